@@ -26,11 +26,8 @@ Example
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -191,30 +188,6 @@ class Kernel:
         """Called in the worker when a frame's per-stream parameters differ from the last."""
 
 
-BUILTIN_KERNELS = {
-    "null": "shmpipe.builtin_kernels:NullKernel",
-    "checksum": "shmpipe.builtin_kernels:ChecksumKernel",
-}
-
-
-class KernelLookupError(LookupError):
-    """A kernel name that names no kernel class."""
-
-
-def _load_dotted(path: str) -> type:
-    module_name, _, attr = path.partition(":")
-    if not attr:
-        raise KernelLookupError(f"{path!r} is not of the form package.module:ClassName")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise KernelLookupError(f"cannot import {module_name!r} for kernel {path!r}: {exc}") from exc
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise KernelLookupError(f"module {module_name!r} has no {attr!r}") from None
-
-
 def resolve_kernel(kind: str) -> type[Kernel]:
     """Return the kernel class named by ``kind``.
 
@@ -224,27 +197,6 @@ def resolve_kernel(kind: str) -> type[Kernel]:
         A built-in name, an entry-point name of the group ``shmpipe.kernels``, or a dotted
         path ``package.module:ClassName``.
     """
-    if ":" in kind:
-        cls = _load_dotted(kind)
-    elif kind in BUILTIN_KERNELS:
-        cls = _load_dotted(BUILTIN_KERNELS[kind])
-    else:
-        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == kind]
-        if not found:
-            known = sorted(set(BUILTIN_KERNELS) | known_entry_points())
-            raise KernelLookupError(
-                f"unknown kernel {kind!r}; known: {', '.join(known)}, or package.module:ClassName"
-            )
-        cls = found[0].load()
-    if not (isinstance(cls, type) and issubclass(cls, Kernel)):
-        raise KernelLookupError(f"{kind!r} is not a shmpipe.kernel.Kernel subclass")
-    return cls
+    from shmpipe.plugins import resolve
 
-
-def known_entry_points() -> set[str]:
-    return {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def param_fields(cls: type[Kernel]) -> dict[str, dataclasses.Field]:
-    """The parameter fields of a kernel class, by name."""
-    return {f.name: f for f in dataclasses.fields(cls.Params)}
+    return resolve(ENTRY_POINT_GROUP, kind, Kernel)

@@ -1,0 +1,5 @@
+import sys
+
+from shmpipe.cli import main
+
+sys.exit(main())

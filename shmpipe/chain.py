@@ -1,0 +1,146 @@
+"""KernelChain: the configured kernels, set up in order, and where their outputs live.
+
+The result slot of every message has the same layout: each kernel's declared outputs, one after
+the other, aligned to 64 bytes. The layout is computed once in the warm-up process (which also
+fills the Numba cache) and checked again in every worker, so a kernel whose declarations differ
+between processes is caught at start, not as corrupt results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shmpipe.kernel import ArraySpec, Frame, Kernel, SetupContext
+
+OUTPUT_ALIGN = 64
+
+
+class KernelSetupError(RuntimeError):
+    """A kernel's setup failed or declared something unusable."""
+
+
+@dataclass(frozen=True)
+class OutputPlacement:
+    kernel: str
+    spec: ArraySpec
+    offset: int
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.kernel}.{self.spec.name}"
+
+
+@dataclass(frozen=True)
+class ChainLayout:
+    """Where each kernel output sits in a result slot."""
+
+    outputs: tuple[OutputPlacement, ...]
+    result_bytes: int
+    setup_seconds: tuple[float, ...] = ()
+
+    def specs(self) -> list[ArraySpec]:
+        return [ArraySpec(o.qualified, o.spec.shape, o.spec.dtype) for o in self.outputs]
+
+    def same_as(self, other: ChainLayout) -> bool:
+        return self.outputs == other.outputs
+
+
+class KernelChain:
+    """The kernels of one worker (or of the warm-up process), in order."""
+
+    def __init__(self, kernels: Sequence[Kernel]) -> None:
+        self.kernels = list(kernels)
+        self.layout: ChainLayout | None = None
+        self._scan_key: Any = None
+        self.current: str | None = None
+
+    def setup(
+        self, parts: list[ArraySpec] | None, cache_dir: Path, threads: int, worker: int
+    ) -> ChainLayout:
+        """Run every kernel's setup in order; return the result-slot layout."""
+        available: dict[str, ArraySpec] = {}
+        placements: list[OutputPlacement] = []
+        timings = []
+        offset = 0
+        for k in self.kernels:
+            ctx = SetupContext(
+                parts=parts,
+                available=dict(available),
+                cache_dir=cache_dir,
+                threads=threads,
+                worker=worker,
+            )
+            t0 = time.perf_counter()
+            try:
+                declared = list(k.setup(ctx) or [])
+            except Exception as exc:
+                raise KernelSetupError(
+                    f"kernel {k.name!r} ({type(k).__name__}) failed in setup: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            timings.append(time.perf_counter() - t0)
+            names = set()
+            for spec in declared:
+                if not isinstance(spec, ArraySpec):
+                    raise KernelSetupError(f"kernel {k.name!r} declared {spec!r}, not an ArraySpec")
+                if spec.name in names:
+                    raise KernelSetupError(f"kernel {k.name!r} declared {spec.name!r} twice")
+                names.add(spec.name)
+                placements.append(OutputPlacement(k.name, spec, offset))
+                available[f"{k.name}.{spec.name}"] = spec
+                offset += (spec.nbytes + OUTPUT_ALIGN - 1) // OUTPUT_ALIGN * OUTPUT_ALIGN
+        self.layout = ChainLayout(tuple(placements), offset, tuple(timings))
+        return self.layout
+
+    def output_views(self, result_view) -> list[dict[str, np.ndarray]]:
+        """Per-kernel dicts of output views for one result slot (``result_view(off, dt, shp)``)."""
+        assert self.layout is not None
+        per_kernel: dict[str, dict[str, np.ndarray]] = {k.name: {} for k in self.kernels}
+        for o in self.layout.outputs:
+            per_kernel[o.kernel][o.spec.name] = result_view(o.offset, o.spec.dtype, o.spec.shape)
+        return [per_kernel[k.name] for k in self.kernels]
+
+    def run(
+        self,
+        frame_fields: dict[str, Any],
+        views: list[dict[str, np.ndarray]],
+        progress: np.ndarray | None = None,
+        progress_index: int = 0,
+    ) -> None:
+        """Process one frame through every kernel.
+
+        Exceptions propagate; ``self.current`` names the kernel that raised. When ``progress``
+        is given, ``progress[progress_index]`` holds 1 + the index of the kernel running, so
+        the supervisor can name the kernel of a worker that died mid-frame.
+        """
+        arrays: dict[str, np.ndarray] = {}
+        for k, out in zip(self.kernels, views, strict=True):
+            for short, arr in out.items():
+                arrays[f"{k.name}.{short}"] = arr
+        frame = Frame(arrays=arrays, **frame_fields)
+        scan_key = _freeze(frame.scan)
+        if scan_key != self._scan_key:
+            for k in self.kernels:
+                self.current = k.name
+                k.on_scan(frame.scan)
+            self._scan_key = scan_key
+        for i, (k, out) in enumerate(zip(self.kernels, views, strict=True)):
+            self.current = k.name
+            if progress is not None:
+                progress[progress_index] = i + 1
+            k.process(frame, out)
+        self.current = None
+
+
+def _freeze(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in obj.items()))
+    if isinstance(obj, list):
+        return tuple(_freeze(v) for v in obj)
+    return obj

@@ -1,0 +1,185 @@
+"""The ``shmpipe`` command: run, config show, status, clean, asapo-standalone."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from shmpipe.config import ConfigError, PipelineConfig, load_config, read_toml, to_toml
+
+log = logging.getLogger("shmpipe.cli")
+
+EPILOG = """examples:
+  shmpipe run --workers 2 --source sim --frames 1000 --sink hdf5 --output out.h5
+  shmpipe run --config beamline.toml --set kernels.integrate.bins=2000 --set run.name=test-b
+  shmpipe config show --config beamline.toml
+  shmpipe status            # pipelines running on this machine
+"""
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("configuration (each overrides the file)")
+    g.add_argument("--config", "-c", metavar="FILE", help="TOML configuration file")
+    g.add_argument("--workers", "-w", type=int, metavar="N", help="worker processes (run.workers)")
+    g.add_argument("--source", metavar="KIND", help="source kind: sim, files, asapo (source.kind)")
+    g.add_argument("--frames", type=int, metavar="N", help="frames per stream (source.frames)")
+    g.add_argument(
+        "--sink", metavar="KIND", help="one sink of this kind replaces [[sinks]]: hdf5, null, asapo"
+    )
+    g.add_argument("--output", "-o", metavar="PATH", help="the first sink's output")
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any key, e.g. --set kernels.integrate.npt=2000 (repeatable)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """Merge the file and the command-line options into a validated configuration."""
+    raw = read_toml(args.config) if args.config else {}
+    sets: list[str] = []
+    if args.workers is not None:
+        sets.append(f"run.workers={args.workers}")
+    if args.source is not None:
+        if raw.get("source", {}).get("kind", args.source) != args.source:
+            raw["source"] = {}  # another kind's keys would be unknown to this one
+        sets.append(f"source.kind={_quote(args.source)}")
+    if args.frames is not None:
+        sets.append(f"source.frames={args.frames}")
+    if args.sink is not None:
+        raw["sinks"] = [{"kind": args.sink}]
+    if args.output is not None:
+        if not raw.get("sinks"):
+            raw["sinks"] = [{"kind": "hdf5"}]
+        sets.append(f"sinks.0.output={_quote(args.output)}")
+    return load_config(args.config, [*sets, *args.overrides], raw=raw)
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from shmpipe.engine import Pipeline, StartupError
+    from shmpipe.logs import configure_logging
+
+    cfg = config_from_args(args)
+    if args.log_format:
+        cfg.run.log_format = args.log_format
+    if args.progress:
+        cfg.run.progress = args.progress
+    configure_logging(cfg.run.log_format, cfg.run.log_level)
+    try:
+        summary = Pipeline(cfg).run()
+    except StartupError as exc:
+        print(f"shmpipe: cannot start: {exc}", file=sys.stderr)
+        return 2
+    print(summary.describe(), file=sys.stderr)
+    if summary.error:
+        print(f"shmpipe: {summary.error}", file=sys.stderr)
+    return summary.exit_code
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    sys.stdout.write(to_toml(cfg.effective()))
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from shmpipe.runs import live_runs, sweep_stale
+
+    lines = sweep_stale()
+    for line in lines:
+        print(line)
+    live = live_runs()
+    if not lines:
+        print(
+            "nothing to clean: no records of dead runs (the rings themselves are nameless "
+            "memfd regions and vanish with their processes)"
+        )
+    for info in live:
+        print(f"running: {info['name']} (pid {info['pid']}) — left alone")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from shmpipe.status import print_status
+
+    return print_status(args.name)
+
+
+def cmd_asapo_standalone(args: argparse.Namespace) -> int:
+    from shmpipe.asapo.service import serve
+
+    serve(port=args.port, data_dir=args.data_dir, host=args.host)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shmpipe",
+        description="Reduce detector frames in near real time: a dispatcher pulls messages into "
+        "shared-memory slots, N workers run Numba kernels on them in place, a publisher writes "
+        "the results and only then acknowledges the input.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser(
+        "run",
+        help="run a pipeline",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_options(run)
+    run.add_argument("--log-format", choices=["text", "json"], help="log lines as text or JSON")
+    run.add_argument("--progress", choices=["auto", "on", "off"], help="live progress line")
+    run.set_defaults(func=cmd_run)
+
+    config = sub.add_parser("config", help="inspect a configuration")
+    csub = config.add_subparsers(dest="config_command", metavar="ACTION")
+    csub.required = True
+    show = csub.add_parser("show", help="print the effective configuration as TOML")
+    _add_config_options(show)
+    show.set_defaults(func=cmd_config_show)
+
+    status = sub.add_parser("status", help="show the processes of running pipelines")
+    status.add_argument("name", nargs="?", help="run name (run.name); default: all")
+    status.set_defaults(func=cmd_status)
+
+    clean = sub.add_parser("clean", help="remove what dead runs left behind")
+    clean.set_defaults(func=cmd_clean)
+
+    asapo = sub.add_parser(
+        "asapo-standalone",
+        help="serve an ASAPO-compatible broker and "
+        "receiver for the real asapo_consumer/asapo_producer clients",
+    )
+    asapo.add_argument("--port", type=int, default=8400, help="discovery/broker port (8400)")
+    asapo.add_argument("--host", default="127.0.0.1", help="listen address (127.0.0.1)")
+    asapo.add_argument("--data-dir", help="keep messages, payloads and acks here across restarts")
+    asapo.set_defaults(func=cmd_asapo_standalone)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"shmpipe: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

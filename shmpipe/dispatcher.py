@@ -1,0 +1,188 @@
+"""Dispatcher: pulls messages from the source into FREE slots and hands them to workers.
+
+Each payload is copied exactly once, into its slot; every later stage reads it in place. When
+no slot is FREE the dispatcher stops pulling: the ring is the backpressure, and the source (an
+ASAPO broker) keeps the data upstream. Messages that cannot become frames (too large for a
+slot, rejected by the source) and stream-finished markers skip the workers and go straight to
+the publisher, in order with the frames around them.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections import deque
+
+from shmpipe.channel import DONE, END, FREE, STOP
+from shmpipe.message import HeaderTooLarge, Message, StreamFinished, copy_parts, encode_header
+from shmpipe.plumbing import EXIT_FATAL, Plumbing, become_child, now_ns, write_error
+from shmpipe.ring import (
+    ATTEMPT,
+    CONTROL,
+    ERROR,
+    ERROR_LEN,
+    FILLED,
+    FILLING,
+    FLAGS,
+    HEADER_LEN,
+    MSG_ID,
+    OWNER,
+    P_BYTES,
+    P_FRAMES,
+    P_MSG_ID,
+    P_PID,
+    P_READY_NS,
+    P_STARTED_NS,
+    P_STATE,
+    PAYLOAD_LEN,
+    PROC_DISPATCHER,
+    PS_BUSY,
+    PS_IDLE,
+    SEQ,
+    STATE,
+    T_FILL,
+    TICKET,
+)
+from shmpipe.ring import DONE as S_DONE
+from shmpipe.source import EndOfSource
+
+
+class Dispatcher:
+    """The dispatcher's state and loop (runs in its own process)."""
+
+    def __init__(self, p: Plumbing) -> None:
+        self.p = p
+        self.ring = p.ring
+        self.free: deque[int] = deque(range(p.ring.geometry.slots))
+        self.seq = 0
+        self.stopping = False
+
+    def _poll_inbox(self, timeout: float) -> None:
+        for kind, slot, _, _ in self.p.dispatcher_inbox.recv(timeout).tolist():
+            if kind == FREE:
+                self.free.append(slot)
+            elif kind == STOP:
+                self.stopping = True
+
+    def _begin(self, slot: int) -> None:
+        row = self.ring.table[slot]
+        self.seq += 1
+        row[STATE] = FILLING
+        row[SEQ] = self.seq
+        row[ATTEMPT] = 0
+        row[FLAGS] = 0
+        row[ERROR_LEN] = 0
+        row[OWNER] = -1
+        row[T_FILL] = now_ns()
+
+    def _straight_to_publisher(self, slot: int) -> None:
+        row = self.ring.table[slot]
+        ticket = int(row[TICKET]) + 1
+        row[TICKET] = ticket
+        row[STATE] = S_DONE
+        self.p.done.send(DONE, slot, ticket)
+
+    def _fill(self, slot: int, item: Message | StreamFinished) -> None:
+        ring, row = self.ring, self.ring.table[slot]
+        self._begin(slot)
+        header = ring.header(slot)
+        if isinstance(item, StreamFinished):
+            control = Message(stream=item.stream, message_id=0, name="")
+            row[HEADER_LEN] = encode_header(
+                control, header, {"control": "stream_finished", "next_stream": item.next_stream}
+            )
+            row[FLAGS] = CONTROL
+            row[MSG_ID] = 0
+            self._straight_to_publisher(slot)
+            return
+        row[MSG_ID] = item.message_id
+        error = item.error
+        nbytes = item.nbytes
+        if error is None and nbytes > ring.geometry.payload_bytes:
+            error = (
+                f"payload of {nbytes} bytes does not fit a slot of {ring.geometry.payload_bytes} "
+                "bytes (ring.slot_bytes)"
+            )
+        try:
+            if error is not None:
+                item = Message(
+                    item.stream,
+                    item.message_id,
+                    item.name,
+                    [],
+                    item.meta,
+                    item.scan,
+                    item.timestamp,
+                    error,
+                )
+            row[HEADER_LEN] = encode_header(item, header)
+        except HeaderTooLarge as exc:
+            error = str(exc)
+            row[HEADER_LEN] = encode_header(
+                Message(item.stream, item.message_id, item.name, error=error), header
+            )
+        if error is None:
+            try:
+                copy_parts(item, ring.payload(slot))
+            except Exception as exc:  # noqa: BLE001 - a part that cannot be read is its frame's error
+                error = f"reading the payload failed: {type(exc).__name__}: {exc}"
+        if error is not None:
+            row[ERROR_LEN] = write_error(
+                ring, slot, {"kernel": "source", "error": error, "traceback": ""}
+            )
+            row[FLAGS] = ERROR
+            row[PAYLOAD_LEN] = 0
+            self._straight_to_publisher(slot)
+            return
+        row[PAYLOAD_LEN] = nbytes
+        row[STATE] = FILLED
+        seat = ring.least_loaded_seat(self.p.workers)
+        ring.assign(slot, seat, self.p.seats[seat])
+
+    def run(self) -> None:
+        p, procs = self.p, self.ring.procs[PROC_DISPATCHER]
+        source = p.source
+        source.open()
+        procs[P_READY_NS] = now_ns()
+        try:
+            while True:
+                self._poll_inbox(0 if self.free else 0.2)
+                if self.stopping:
+                    break
+                if not self.free:
+                    procs[P_STATE] = PS_IDLE
+                    continue
+                procs[P_STATE] = PS_BUSY
+                try:
+                    item = source.next(timeout=0.2)
+                except EndOfSource:
+                    break
+                if item is None:
+                    continue
+                slot = self.free.popleft()
+                self._fill(slot, item)
+                if isinstance(item, Message):
+                    procs[P_FRAMES] += 1
+                    procs[P_BYTES] += item.nbytes
+                    procs[P_MSG_ID] = item.message_id
+        finally:
+            # END tells the publisher how many sequence numbers exist, so it knows when it
+            # has published everything; sent even on the way out of an exception.
+            p.done.send(END, 0, 0, self.seq)
+            source.close()
+        procs[P_STATE] = PS_IDLE
+
+
+def dispatcher_main(p: Plumbing) -> None:
+    log = become_child("dispatcher")
+    procs = p.ring.procs[PROC_DISPATCHER]
+    procs[P_PID] = os.getpid()
+    procs[P_STARTED_NS] = now_ns()
+    try:
+        Dispatcher(p).run()
+    except Exception as exc:  # noqa: BLE001 - the supervisor stops the run with this note
+        log.error("dispatcher failed: %s", exc)
+        p.ring.set_note(
+            PROC_DISPATCHER, f"dispatcher: {type(exc).__name__}: {exc}\n" + traceback.format_exc()
+        )
+        os._exit(EXIT_FATAL)

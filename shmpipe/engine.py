@@ -1,0 +1,550 @@
+"""The engine: a supervisor that owns the shared memory and runs the processes around it.
+
+Data flow (every arrow of the control path is a ``RecordPipe`` of 32-byte records; frames never
+travel through a pipe, only slot numbers do)::
+
+                    ┌──────────────────────── shared memory (memfd, nameless) ─────────────┐
+                    │ slot table   state owner ticket attempt seq msg-id ... (1 row a slot) │
+                    │ process table pid state frames busy-ns current-msg ... (1 row a proc)│
+                    │ input ring   [header|payload] x slots    (written once by dispatcher) │
+                    │ result ring  [outputs|error]  x slots    (written by the workers)     │
+                    └────────────────────────────────────────────────────────────────────────┘
+     source                 ▲ copy once          ▲ views, in place       ▲ read, in place
+       │  Message           │                    │                       │
+       ▼                    │                    │                       │
+  ┌────────────┐  ASSIGN(slot,ticket) ┌──────────────┐  DONE(slot,ticket) ┌────────────┐
+  │ dispatcher │─────────────────────►│ worker seat i│──────────────────►│ publisher  │─► sinks
+  └────────────┘  one inbox per seat  └──────────────┘  one shared pipe   └────────────┘  commit
+        ▲   END(total) ─────────────────────────────────────────────────────►  │     then ack
+        └──────────────────────────── FREE(slot) ──────────────────────────────┘  to the source
+
+  supervisor (this module): forks every process, waits on their sentinels; when a worker dies
+  it finds the seat's slots in the slot table and re-assigns them (attempt+1 for a claimed
+  one; quarantined as an error record after run.max_attempts), then forks a replacement into
+  the same seat. Ctrl-C/SIGTERM: STOP to the dispatcher, the rest drains; a second one kills.
+
+Slot lifecycle: FREE → FILLING → FILLED → ASSIGNED → CLAIMED → DONE → PUBLISHING → FREE. Each
+transition has exactly one writer at a time (dispatcher, owning worker, publisher; the
+supervisor only for slots of a seat whose process it has seen die), so the table needs no lock
+and a process killed at any instant cannot leave one held.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+
+from shmpipe.chain import ChainLayout, KernelChain, KernelSetupError
+from shmpipe.channel import DONE, STOP, RecordPipe
+from shmpipe.config import ConfigError, PipelineConfig
+from shmpipe.dispatcher import dispatcher_main
+from shmpipe.kernel import ArraySpec
+from shmpipe.plumbing import EXIT_FATAL, Plumbing, now_ns, write_error
+from shmpipe.progress import ProgressReporter
+from shmpipe.publisher import publisher_main
+from shmpipe.ring import (
+    ASSIGNED,
+    ATTEMPT,
+    CLAIMED,
+    ERROR_LEN,
+    FLAGS,
+    MSG_ID,
+    OWNER,
+    OWNER_PID,
+    P_EXIT,
+    P_KERNEL,
+    P_RESTARTS,
+    P_STATE,
+    PROC_DISPATCHER,
+    PROC_FIRST_WORKER,
+    PROC_PUBLISHER,
+    PS_DEAD,
+    PS_EXITED,
+    QUARANTINED,
+    STATE,
+    T_CLAIM,
+    TICKET,
+    RingGeometry,
+    ShmCapacityError,
+    SlotRing,
+)
+from shmpipe.ring import DONE as S_DONE
+from shmpipe.ring import ERROR as F_ERROR
+from shmpipe.runs import RunNameInUse, RunRecord, sweep_stale
+from shmpipe.sink import RunInfo
+from shmpipe.source import SourceConfigError, SourceLayout
+from shmpipe.worker import worker_main
+
+log = logging.getLogger("shmpipe.supervisor")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class StartupError(RuntimeError):
+    """The run cannot start; reported with exit code 2 before any worker runs."""
+
+
+@dataclass
+class RunSummary:
+    """What a run did, as printed at its end and returned to callers."""
+
+    name: str
+    exit_code: int = EXIT_OK
+    frames_in: int = 0
+    frames_out: int = 0
+    errors: int = 0
+    bytes_in: int = 0
+    wall_s: float = 0.0
+    worker_restarts: int = 0
+    quarantined: int = 0
+    error: str = ""
+    worker_startup_s: list[float] = field(default_factory=list)
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames_out / self.wall_s if self.wall_s > 0 else 0.0
+
+    def describe(self) -> str:
+        mbps = self.bytes_in / self.wall_s / 1e6 if self.wall_s > 0 else 0.0
+        return (
+            f"run {self.name}: {self.frames_in} frames in, {self.frames_out} out, "
+            f"{self.errors} errors, {self.wall_s:.2f} s, {self.frames_per_s:.1f} frames/s, "
+            f"{mbps:.1f} MB/s, {self.worker_restarts} worker restarts"
+        )
+
+
+def _warmup_main(conn, config: PipelineConfig, parts, cache_dir: Path) -> None:
+    """Run every kernel's setup once (filling the Numba cache) and report the layout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        chain = KernelChain(config.kernel_instances())
+        layout = chain.setup(parts, cache_dir, config.run.kernel_threads, worker=-1)
+        conn.send(("ok", pickle.dumps(layout)))
+    except Exception as exc:  # noqa: BLE001 - sent back and reported as a start-up error
+        conn.send(("error", f"{exc}"))
+    finally:
+        conn.close()
+
+
+class Pipeline:
+    """One run: start-up checks, the processes, supervision, and the summary.
+
+    Parameters
+    ----------
+    config : PipelineConfig
+        A validated configuration (``shmpipe.config.load_config``).
+    """
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        if not config.run.name:
+            config.run.name = f"run-{os.getpid()}"
+        self.name = config.run.name
+        self.ctx = mp.get_context("fork")
+        self._signals = 0
+        self._draining_since = 0.0
+        self.summary = RunSummary(self.name)
+
+    # -- start-up --------------------------------------------------------------------------
+    def _cache_dir(self) -> Path:
+        d = Path(self.config.run.cache_dir or Path.home() / ".cache" / "shmpipe").expanduser()
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def _warm_up(self, parts: list[ArraySpec] | None, cache_dir: Path) -> ChainLayout:
+        t0 = time.perf_counter()
+        ours, theirs = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(
+            target=_warmup_main, args=(theirs, self.config, parts, cache_dir), name="warmup"
+        )
+        proc.start()
+        theirs.close()
+        try:
+            status, payload = ours.recv()
+        except EOFError:
+            status, payload = "error", f"the warm-up process died (exit code {proc.exitcode})"
+        proc.join()
+        if status != "ok":
+            raise StartupError(f"kernel setup failed: {payload}")
+        layout: ChainLayout = pickle.loads(payload)
+        log.info(
+            "kernels set up and compiled in %.2f s (%s)",
+            time.perf_counter() - t0,
+            ", ".join(
+                f"{k.name} {t:.2f} s"
+                for k, t in zip(self.config.kernels, layout.setup_seconds, strict=True)
+            ),
+        )
+        return layout
+
+    def _geometry(self, layout: SourceLayout, chain: ChainLayout) -> RingGeometry:
+        r = self.config.ring
+        slots = r.slots or 2 * self.config.run.workers + 2
+        payload = r.slot_bytes or layout.max_payload_bytes
+        if payload <= 0:
+            raise ConfigError(
+                "the source declares no payload size; set ring.slot_bytes",
+                "ring.slot_bytes",
+                self.config.path,
+            )
+        return RingGeometry(
+            slots=slots,
+            header_bytes=r.header_bytes,
+            payload_bytes=payload,
+            result_bytes=chain.result_bytes,
+            processes=PROC_FIRST_WORKER + self.config.run.workers,
+        )
+
+    def _prepare(self) -> Plumbing:
+        cfg = self.config
+        source = cfg.source_instance()
+        try:
+            source.check()
+            src_layout = source.layout()
+        except (SourceConfigError, ValueError, OSError) as exc:
+            raise StartupError(f"source: {exc}") from exc
+        sinks = cfg.sink_instances()
+        for s in sinks:
+            try:
+                s.check()
+            except (ValueError, OSError) as exc:
+                raise StartupError(str(exc)) from exc
+        cache_dir = self._cache_dir()
+        layout = self._warm_up(src_layout.parts, cache_dir)
+        geometry = self._geometry(src_layout, layout)
+        try:
+            ring = SlotRing(geometry)
+        except ShmCapacityError as exc:
+            raise StartupError(str(exc)) from exc
+        log.info(
+            "ring: %d slots x %.1f MiB input + %.1f MiB result (%.0f MiB shared memory)",
+            geometry.slots,
+            geometry.input_stride / 2**20,
+            geometry.result_stride / 2**20,
+            geometry.total_bytes / 2**20,
+        )
+        run_info = RunInfo(
+            run_name=self.name,
+            config=cfg.effective(),
+            config_hash=cfg.digest(),
+            chain=[k.name for k in cfg.kernels],
+            outputs=layout.specs(),
+        )
+        return Plumbing(
+            config=cfg,
+            ring=ring,
+            layout=layout,
+            parts=src_layout.parts,
+            seats=[RecordPipe() for _ in range(cfg.run.workers)],
+            done=RecordPipe(),
+            dispatcher_inbox=RecordPipe(),
+            source=source,
+            cache_dir=cache_dir,
+            run_info=run_info,
+        )
+
+    # -- processes -------------------------------------------------------------------------
+    def _start(self, target, args, name: str) -> mp.Process:
+        proc = self.ctx.Process(target=target, args=args, name=name, daemon=False)
+        proc.start()
+        return proc
+
+    def _start_worker(self, seat: int) -> None:
+        row = self.p.ring.procs[PROC_FIRST_WORKER + seat]
+        row[P_STATE] = 0
+        row[P_EXIT] = 0
+        self.workers[seat] = self._start(worker_main, (self.p, seat), f"shmpipe-worker{seat}")
+
+    # -- recovery --------------------------------------------------------------------------
+    def _recover_seat(self, seat: int, cause: str) -> None:
+        """Give the slots of a dead worker back: re-assign, or quarantine a poison frame."""
+        p, ring = self.p, self.p.ring
+        table = ring.table
+        kernel_index = int(ring.procs[PROC_FIRST_WORKER + seat, P_KERNEL])
+        kernel = self.config.kernels[kernel_index - 1].name if kernel_index > 0 else "?"
+        for slot in range(ring.geometry.slots):
+            row = table[slot]
+            if row[OWNER] != seat:
+                continue
+            state = row[STATE]
+            if state == ASSIGNED:
+                target = ring.least_loaded_seat(p.workers, exclude=seat)
+                ring.assign(slot, target, p.seats[target])
+            elif state == CLAIMED:
+                row[ATTEMPT] += 1
+                if row[ATTEMPT] >= self.config.run.max_attempts:
+                    self._quarantine(slot, kernel, cause)
+                else:
+                    log.warning(
+                        "re-dispatching message %d (attempt %d) after %s",
+                        int(row[MSG_ID]),
+                        int(row[ATTEMPT]) + 1,
+                        cause,
+                    )
+                    target = ring.least_loaded_seat(p.workers, exclude=seat)
+                    ring.assign(slot, target, p.seats[target])
+            elif state == S_DONE:
+                # It may have died between marking DONE and telling the publisher; a second
+                # DONE with the same ticket is ignored by the publisher if the first arrived.
+                p.done.send(DONE, slot, int(row[TICKET]))
+
+    def _quarantine(self, slot: int, kernel: str, cause: str) -> None:
+        ring = self.p.ring
+        row = ring.table[slot]
+        attempts = int(row[ATTEMPT])
+        row[ERROR_LEN] = write_error(
+            ring,
+            slot,
+            {
+                "kernel": kernel,
+                "error": f"quarantined: the frame killed {attempts} workers in kernel {kernel!r}; "
+                f"last: {cause}",
+                "traceback": "",
+            },
+        )
+        row[FLAGS] = int(row[FLAGS]) | F_ERROR | QUARANTINED
+        row[TICKET] += 1
+        row[STATE] = S_DONE
+        self.summary.quarantined += 1
+        log.error(
+            "message %d quarantined after %d attempts (%s)", int(row[MSG_ID]), attempts, cause
+        )
+        self.p.done.send(DONE, slot, int(row[TICKET]))
+
+    def _on_worker_exit(self, seat: int, proc: mp.Process) -> None:
+        ring = self.p.ring
+        code = proc.exitcode
+        procs = ring.procs[PROC_FIRST_WORKER + seat]
+        procs[P_EXIT] = code if code is not None else -999
+        if code == EXIT_FATAL:
+            raise _RunFailed(ring.note(PROC_FIRST_WORKER + seat) or f"worker {seat} failed")
+        cause = (
+            f"signal {-code} ({signal.Signals(-code).name})"
+            if code and code < 0
+            else f"exit code {code}"
+        )
+        procs[P_STATE] = PS_DEAD
+        log.warning("worker %d (pid %d) died: %s", seat, proc.pid, cause)
+        self._recover_seat(seat, f"worker {seat} (pid {proc.pid}) died: {cause}")
+        self.summary.worker_restarts += 1
+        procs[P_RESTARTS] += 1
+        if self.summary.worker_restarts > self.config.run.max_restarts:
+            raise _RunFailed(
+                f"workers died {self.summary.worker_restarts} times "
+                f"(run.max_restarts = {self.config.run.max_restarts}); last: {cause}"
+            )
+        self._start_worker(seat)
+
+    def _watchdog(self) -> None:
+        limit = self.config.run.watchdog_s
+        if limit <= 0:
+            return
+        table = self.p.ring.table
+        deadline = now_ns() - int(limit * 1e9)
+        stuck = (table[:, STATE] == CLAIMED) & (table[:, T_CLAIM] < deadline)
+        for slot in stuck.nonzero()[0]:
+            pid = int(table[slot, OWNER_PID])
+            seat = int(table[slot, OWNER])
+            if pid > 0 and self.workers[seat] is not None and self.workers[seat].pid == pid:
+                log.warning(
+                    "worker %d (pid %d) spent more than %.1f s on message %d: killing it",
+                    seat,
+                    pid,
+                    limit,
+                    int(table[slot, MSG_ID]),
+                )
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    # -- signals ---------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        self._signals += 1
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        """Start everything, supervise until the source is drained or a stop, return a summary.
+
+        Raises
+        ------
+        StartupError, ConfigError
+            Before any worker starts, for problems of configuration or resources.
+        """
+        for line in sweep_stale():
+            log.warning("%s", line)
+        try:
+            record = RunRecord(self.name)
+        except RunNameInUse as exc:
+            raise ConfigError(str(exc), "run.name", self.config.path) from None
+        t_start = time.perf_counter()
+        self.p = None
+        try:
+            self.p = self._prepare()
+            record.describe(self._describe())
+            return self._supervise(t_start)
+        finally:
+            if self.p is not None:
+                for pipe in [*self.p.seats, self.p.done, self.p.dispatcher_inbox]:
+                    pipe.close()
+                self.p.ring.close()
+            record.release()
+
+    def _describe(self) -> dict:
+        ring = self.p.ring
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "started": time.time(),
+            "tables_fd": ring.tables.fd,
+            "slots": ring.geometry.slots,
+            "processes": ring.geometry.processes,
+            "workers": self.config.run.workers,
+            "chain": [k.name for k in self.config.kernels],
+            "config": self.config.path,
+        }
+
+    def _supervise(self, t_start: float) -> RunSummary:
+        p, ring, cfg = self.p, self.p.ring, self.config
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.workers: list[mp.Process | None] = [None] * cfg.run.workers
+        progress = ProgressReporter(ring, cfg, self.name)
+        exit_code, error = EXIT_OK, ""
+        try:
+            self.publisher = self._start(publisher_main, (p,), "shmpipe-publisher")
+            for seat in range(cfg.run.workers):
+                self._start_worker(seat)
+            self.dispatcher = self._start(dispatcher_main, (p,), "shmpipe-dispatcher")
+            handled_signals = 0
+            dispatcher_done = False
+            while True:
+                procs = {self.publisher.sentinel: ("publisher", self.publisher)}
+                if not dispatcher_done:
+                    procs[self.dispatcher.sentinel] = ("dispatcher", self.dispatcher)
+                for seat, w in enumerate(self.workers):
+                    procs[w.sentinel] = (seat, w)
+                ready = wait(list(procs), timeout=0.25)
+                if self._signals > handled_signals:
+                    handled_signals = self._signals
+                    if handled_signals == 1:
+                        log.warning(
+                            "stopping: no new messages; finishing the frames in flight "
+                            "(Ctrl-C again to stop at once)"
+                        )
+                        p.dispatcher_inbox.send(STOP)
+                        self._draining_since = time.monotonic()
+                    else:
+                        raise _Interrupted
+                if (
+                    self._draining_since
+                    and time.monotonic() - self._draining_since > cfg.run.drain_timeout_s
+                ):
+                    raise _RunFailed(
+                        f"frames in flight did not finish within "
+                        f"run.drain_timeout_s = {cfg.run.drain_timeout_s} s"
+                    )
+                for sentinel in ready:
+                    role, proc = procs[sentinel]
+                    proc.join()
+                    if role == "dispatcher":
+                        dispatcher_done = True
+                        ring.procs[PROC_DISPATCHER, P_STATE] = PS_EXITED
+                        if proc.exitcode != 0:
+                            note = ring.note(PROC_DISPATCHER)
+                            raise _RunFailed(
+                                note or f"the dispatcher died ({_cause(proc.exitcode)})"
+                            )
+                    elif role == "publisher":
+                        ring.procs[PROC_PUBLISHER, P_STATE] = PS_EXITED
+                        if proc.exitcode != 0:
+                            note = ring.note(PROC_PUBLISHER)
+                            raise _RunFailed(
+                                note or f"the publisher died ({_cause(proc.exitcode)})"
+                            )
+                        raise _Finished
+                    else:
+                        self._on_worker_exit(role, proc)
+                self._watchdog()
+                progress.tick()
+        except _Finished:
+            pass
+        except _Interrupted:
+            exit_code, error = EXIT_INTERRUPTED, "stopped at once by a second interrupt"
+            log.error("%s", error)
+        except _RunFailed as exc:
+            exit_code, error = EXIT_FAILED, str(exc)
+            log.error("the run failed: %s", error)
+        finally:
+            self._stop_all(graceful=exit_code == EXIT_OK)
+            for s, h in old.items():
+                signal.signal(s, h)
+            progress.close()
+        summary = self.summary
+        summary.exit_code, summary.error = exit_code, error
+        summary.wall_s = time.perf_counter() - t_start
+        summary.frames_in = int(ring.procs[PROC_DISPATCHER, 2])
+        summary.bytes_in = int(ring.procs[PROC_DISPATCHER, 3])
+        summary.frames_out = int(ring.procs[PROC_PUBLISHER, 2])
+        summary.errors = int(ring.procs[PROC_PUBLISHER, 8])
+        return summary
+
+    def _stop_all(self, graceful: bool) -> None:
+        p = self.p
+        children = [
+            getattr(self, "dispatcher", None),
+            getattr(self, "publisher", None),
+            *getattr(self, "workers", []),
+        ]
+        children = [c for c in children if c is not None and c.pid is not None]
+        if graceful:
+            for seat, pipe in enumerate(p.seats):
+                if self.workers[seat] is not None:
+                    pipe.send(STOP)
+            deadline = time.monotonic() + 5.0
+            for c in children:
+                c.join(timeout=max(0.0, deadline - time.monotonic()))
+        for c in children:
+            if c.exitcode is None:
+                try:
+                    os.kill(c.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for c in children:
+            c.join()
+        for seat in range(len(p.seats)):
+            p.ring.procs[PROC_FIRST_WORKER + seat, P_STATE] = PS_EXITED
+
+
+def _cause(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"killed by signal {-code} ({signal.Signals(-code).name})"
+    return f"exit code {code}"
+
+
+class _Finished(Exception):
+    pass
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _RunFailed(Exception):
+    pass
+
+
+def run_pipeline(config: PipelineConfig) -> RunSummary:
+    """Run a configured pipeline to its end; see ``Pipeline``."""
+    return Pipeline(config).run()
+
+
+__all__ = ["KernelSetupError", "Pipeline", "RunSummary", "StartupError", "run_pipeline"]

@@ -1,0 +1,123 @@
+"""Message: what a source hands the dispatcher, and how it is recorded in a slot header."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+PART_ALIGN = 64
+
+
+@runtime_checkable
+class PartReader(Protocol):
+    """A part the source can write straight into slot memory (a file read, a cache read)."""
+
+    nbytes: int
+    dtype: str
+    shape: tuple[int, ...]
+
+    def read_into(self, dest: np.ndarray) -> None:
+        """Fill ``dest`` (uint8, exactly ``nbytes`` long) with the part's bytes."""
+
+
+@dataclass
+class Message:
+    """One message from a source: parts (one per detector module for a dataset) plus metadata.
+
+    Attributes
+    ----------
+    stream, message_id, name
+        Where the message comes from; ``(stream, message_id)`` identifies it everywhere.
+    parts
+        numpy arrays (copied once into the slot) or ``PartReader`` objects.
+    meta
+        The producer's user metadata.
+    scan
+        Per-stream parameters handed to kernels (``Kernel.on_scan``).
+    error
+        Set when the source already knows the message cannot be processed (an incomplete
+        dataset, metadata that is not JSON): it becomes an error record without reaching a
+        kernel.
+    """
+
+    stream: str
+    message_id: int
+    name: str = ""
+    parts: list[Any] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    scan: dict[str, Any] = field(default_factory=dict)
+    timestamp: float = 0.0
+    error: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(_aligned(p.nbytes) for p in self.parts)
+
+
+@dataclass
+class StreamFinished:
+    """A source's word that ``stream`` has ended; sinks finish their outputs of it in order."""
+
+    stream: str
+    next_stream: str = ""
+
+
+def payload_bytes(parts) -> int:
+    """Bytes a slot needs for these parts (each starts on a PART_ALIGN boundary)."""
+    return sum(_aligned(p.nbytes) for p in parts)
+
+
+def _aligned(n: int) -> int:
+    return (n + PART_ALIGN - 1) // PART_ALIGN * PART_ALIGN
+
+
+class HeaderTooLarge(ValueError):
+    pass
+
+
+def encode_header(msg: Message, dest: memoryview, extra: dict[str, Any] | None = None) -> int:
+    """Write the message's header into ``dest``; return its length. Part offsets are packed."""
+    parts, offset = [], 0
+    for p in msg.parts:
+        parts.append([offset, np.dtype(p.dtype).str, list(p.shape)])
+        offset += _aligned(p.nbytes)
+    doc = {
+        "stream": msg.stream,
+        "id": msg.message_id,
+        "name": msg.name,
+        "meta": msg.meta,
+        "scan": msg.scan,
+        "ts": msg.timestamp,
+        "parts": parts,
+    }
+    if msg.error:
+        doc["error"] = msg.error
+    if extra:
+        doc.update(extra)
+    raw = json.dumps(doc, separators=(",", ":"), default=str).encode()
+    if len(raw) > len(dest):
+        raise HeaderTooLarge(
+            f"message metadata is {len(raw)} bytes, more than ring.header_bytes = {len(dest)}"
+        )
+    dest[: len(raw)] = raw
+    return len(raw)
+
+
+def decode_header(src: memoryview, length: int) -> dict[str, Any]:
+    return json.loads(bytes(src[:length]))
+
+
+def copy_parts(msg: Message, payload: np.ndarray) -> None:
+    """Copy each part once into the slot's payload area (the only copy a frame ever gets)."""
+    offset = 0
+    for p in msg.parts:
+        n = p.nbytes
+        dest = payload[offset : offset + n]
+        if isinstance(p, np.ndarray):
+            dest[...] = np.ascontiguousarray(p).reshape(-1).view(np.uint8)
+        else:
+            p.read_into(dest)
+        offset += _aligned(n)

@@ -1,0 +1,255 @@
+"""SlotRing: preallocated, prefaulted shared memory for payloads, results and the slot table.
+
+The memory is nameless (``memfd_create``): processes forked by the supervisor inherit the
+mappings, and nothing ever appears in ``/dev/shm``, so a run killed by SIGKILL, the OOM killer
+or ``docker kill`` leaves nothing behind (DESIGN.md §3). The pages are reserved with
+``posix_fallocate`` at start, so a machine short of shared memory refuses to start with a clear
+message instead of dying of SIGBUS on the first frame that touches a missing page.
+
+Slot table
+----------
+One row of int64 words per slot; every field is written by one aligned 8-byte store, and the
+protocol (see ``shmpipe.engine``) makes each row's writer unique at any instant, so no locks.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import psutil
+
+# Slot states (DESIGN.md: FREE -> FILLED -> CLAIMED -> DONE -> PUBLISHED -> FREE).
+FREE, FILLING, FILLED, ASSIGNED, CLAIMED, DONE, PUBLISHING = range(7)
+STATE_NAMES = ("free", "filling", "filled", "assigned", "claimed", "done", "publishing")
+
+# Slot table columns.
+STATE, OWNER, TICKET, ATTEMPT, SEQ, MSG_ID, HEADER_LEN, PAYLOAD_LEN = range(8)
+FLAGS, T_FILL, T_CLAIM, T_DONE, ERROR_LEN, OWNER_PID = range(8, 14)
+N_COLUMNS = 16
+
+# FLAGS bits.
+ERROR = 1  # the result slot holds an error record instead of outputs
+QUARANTINED = 2  # the frame killed workers max_attempts times
+CONTROL = 4  # not a frame: a stream-finished marker travelling in order with the frames
+
+# Process table (one row per process: dispatcher, publisher, then the worker seats).
+P_PID, P_STATE, P_FRAMES, P_BYTES, P_BUSY_NS, P_MSG_ID, P_STARTED_NS, P_RESTARTS = range(8)
+P_ERRORS, P_READY_NS, P_KERNEL, P_EXIT = range(8, 12)
+P_COLUMNS = 16
+PROC_DISPATCHER, PROC_PUBLISHER, PROC_FIRST_WORKER = 0, 1, 2
+# Process states.
+PS_STARTING, PS_IDLE, PS_BUSY, PS_DEAD, PS_EXITED = range(5)
+PROC_STATE_NAMES = ("starting", "idle", "busy", "dead", "exited")
+
+ALIGN = 4096
+ERROR_BYTES = 16384
+NOTE_BYTES = 4096
+
+
+def _round_up(n: int, to: int = ALIGN) -> int:
+    return (n + to - 1) // to * to
+
+
+class ShmCapacityError(RuntimeError):
+    """Not enough shared memory for the rings the configuration asks for."""
+
+
+def available_shared_memory() -> int:
+    """Bytes this process can still place in shared memory.
+
+    memfd pages count against RAM (and a cgroup's memory limit), not against the size of
+    ``/dev/shm``; the smaller of what the kernel says is available and what the cgroup allows
+    is the honest bound.
+    """
+    avail = psutil.virtual_memory().available
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                limit = f.read().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            usage_path = path.replace("memory.max", "memory.current").replace(
+                "limit_in_bytes", "usage_in_bytes"
+            )
+            try:
+                with open(usage_path) as f:
+                    used = int(f.read().strip())
+            except (OSError, ValueError):
+                used = 0
+            avail = min(avail, int(limit) - used)
+        break
+    return max(0, avail)
+
+
+class SharedRegion:
+    """One nameless shared-memory region, reserved and mapped at creation."""
+
+    def __init__(self, nbytes: int, label: str) -> None:
+        self.nbytes = _round_up(max(nbytes, 1))
+        self.label = label
+        self.fd = os.memfd_create(f"shmpipe-{label}", os.MFD_CLOEXEC)
+        try:
+            # Reserve every page now: ENOSPC/ENOMEM here is a clear error, a missing page later
+            # would be SIGBUS in whichever process touched it first.
+            os.posix_fallocate(self.fd, 0, self.nbytes)
+        except OSError as exc:
+            os.close(self.fd)
+            raise ShmCapacityError(
+                f"cannot reserve {self.nbytes / 2**20:.0f} MiB of shared memory for the {label}: "
+                f"{exc.strerror}"
+            ) from exc
+        self.map = mmap.mmap(self.fd, self.nbytes, mmap.MAP_SHARED)
+
+    def array(self, dtype: np.dtype | str, shape: tuple[int, ...], offset: int = 0) -> np.ndarray:
+        return np.ndarray(shape, dtype=dtype, buffer=self.map, offset=offset)
+
+    def close(self) -> None:
+        try:
+            self.map.close()
+        except (BufferError, ValueError):
+            pass  # views still alive in this process; the fd close below still frees on exit
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+@dataclass(frozen=True)
+class RingGeometry:
+    """Sizes of the rings, fixed for a run."""
+
+    slots: int
+    header_bytes: int
+    payload_bytes: int
+    result_bytes: int
+    processes: int
+
+    @property
+    def input_stride(self) -> int:
+        return _round_up(self.header_bytes + self.payload_bytes)
+
+    @property
+    def result_stride(self) -> int:
+        return _round_up(self.result_bytes + ERROR_BYTES)
+
+    @property
+    def table_bytes(self) -> int:
+        return _round_up((self.slots * N_COLUMNS + self.processes * P_COLUMNS) * 8) + _round_up(
+            self.processes * NOTE_BYTES
+        )
+
+    @property
+    def total_bytes(self) -> int:
+        return self.table_bytes + self.slots * (self.input_stride + self.result_stride)
+
+
+class SlotRing:
+    """The input ring, the result ring and the tables, in shared memory.
+
+    Parameters
+    ----------
+    geometry : RingGeometry
+        Slot count and sizes.
+    """
+
+    def __init__(self, geometry: RingGeometry) -> None:
+        self.geometry = g = geometry
+        need = g.total_bytes
+        avail = available_shared_memory()
+        if need > avail:
+            raise ShmCapacityError(
+                f"the rings need {need / 2**20:.0f} MiB of shared memory but only "
+                f"{avail / 2**20:.0f} MiB is available ({g.slots} slots of "
+                f"{g.input_stride / 2**20:.1f} MiB input + {g.result_stride / 2**20:.1f} MiB "
+                "result); lower ring.slots, ring.slot_bytes or the kernels' output sizes"
+            )
+        self.tables = SharedRegion(g.table_bytes, "tables")
+        self.inputs = SharedRegion(g.slots * g.input_stride, "input-ring")
+        self.results = SharedRegion(g.slots * g.result_stride, "result-ring")
+        self.table = self.tables.array("<i8", (g.slots, N_COLUMNS))
+        self.procs = self.tables.array("<i8", (g.processes, P_COLUMNS), g.slots * N_COLUMNS * 8)
+        self._notes_at = _round_up((g.slots * N_COLUMNS + g.processes * P_COLUMNS) * 8)
+        self._prefault()
+
+    def _prefault(self) -> None:
+        # fallocate reserved the pages; touching them now maps them into this process's page
+        # tables before fork, so children share them without first-touch faults (DESIGN.md §1).
+        for region in (self.inputs, self.results):
+            view = np.frombuffer(region.map, dtype=np.uint8)
+            view[::4096] = 0
+            del view
+
+    # -- per-slot views -----------------------------------------------------------------
+    def header(self, slot: int) -> memoryview:
+        off = slot * self.geometry.input_stride
+        return memoryview(self.inputs.map)[off : off + self.geometry.header_bytes]
+
+    def payload(self, slot: int) -> np.ndarray:
+        """The payload area of an input slot, as bytes."""
+        g = self.geometry
+        off = slot * g.input_stride + g.header_bytes
+        return self.inputs.array(np.uint8, (g.payload_bytes,), off)
+
+    def part_view(self, slot: int, offset: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+        g = self.geometry
+        return self.inputs.array(dtype, shape, slot * g.input_stride + g.header_bytes + offset)
+
+    def result(self, slot: int, offset: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+        return self.results.array(dtype, shape, slot * self.geometry.result_stride + offset)
+
+    def error_area(self, slot: int) -> memoryview:
+        g = self.geometry
+        off = slot * g.result_stride + g.result_bytes
+        return memoryview(self.results.map)[off : off + ERROR_BYTES]
+
+    # -- notes: the last words of a process that stops with an error ---------------------
+    def set_note(self, proc: int, text: str) -> None:
+        raw = text.encode(errors="replace")[: NOTE_BYTES - 4]
+        off = self._notes_at + proc * NOTE_BYTES
+        self.tables.map[off + 4 : off + 4 + len(raw)] = raw
+        self.tables.map[off : off + 4] = len(raw).to_bytes(4, "little")
+
+    def note(self, proc: int) -> str:
+        off = self._notes_at + proc * NOTE_BYTES
+        n = int.from_bytes(self.tables.map[off : off + 4], "little")
+        return self.tables.map[off + 4 : off + 4 + n].decode(errors="replace")
+
+    # -- scheduling -------------------------------------------------------------------
+    def least_loaded_seat(self, seats: int, exclude: int = -1) -> int:
+        """The live worker seat with the fewest slots assigned or claimed."""
+        t = self.table
+        state = t[:, STATE]
+        active = (state == ASSIGNED) | (state == CLAIMED)
+        load = np.bincount(t[active, OWNER], minlength=seats)[:seats].astype(np.float64)
+        dead = self.procs[PROC_FIRST_WORKER : PROC_FIRST_WORKER + seats, P_STATE] == PS_DEAD
+        load[dead] = np.inf
+        if 0 <= exclude < seats:
+            load[exclude] = np.inf
+        self._rr = (getattr(self, "_rr", -1) + 1) % seats
+        order = np.roll(np.arange(seats), -self._rr)
+        best = order[int(np.argmin(load[order]))]
+        return int(best) if np.isfinite(load[best]) else max(exclude, 0)
+
+    def assign(self, slot: int, seat: int, inbox) -> None:
+        """Hand ``slot`` to worker ``seat``: new ticket, owner, state, then the inbox record.
+
+        The order of the stores matters: the worker reads the row only after the pipe record
+        (the write syscall orders the stores before it), and the supervisor's recovery scan
+        acts only on rows it sees ASSIGNED, which on x86-64 (stores kept in order) implies
+        the owner and ticket are already there.
+        """
+        row = self.table[slot]
+        ticket = int(row[TICKET]) + 1
+        row[TICKET] = ticket
+        row[OWNER] = seat
+        row[STATE] = ASSIGNED
+        inbox.send(1, slot, ticket, 0)
+
+    def close(self) -> None:
+        self.table = self.procs = None  # type: ignore[assignment]
+        for region in (self.tables, self.inputs, self.results):
+            region.close()

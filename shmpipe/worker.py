@@ -1,0 +1,140 @@
+"""Worker: claims slots from its own inbox and runs the kernel chain on them in place.
+
+Each worker seat has its own inbox pipe, so a worker SIGKILLed while waiting, computing or
+handing over a result wedges nobody: the supervisor finds the slots the seat owned in the slot
+table and hands them to other seats with a new ticket; records left in the dead seat's inbox
+carry old tickets and are ignored by its replacement.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+
+from shmpipe.chain import KernelChain
+from shmpipe.channel import ASSIGN, DONE, STOP
+from shmpipe.message import decode_header
+from shmpipe.plumbing import EXIT_FATAL, Plumbing, become_child, now_ns, write_error
+from shmpipe.ring import (
+    ASSIGNED,
+    CLAIMED,
+    ERROR,
+    ERROR_LEN,
+    FLAGS,
+    HEADER_LEN,
+    OWNER,
+    OWNER_PID,
+    P_BUSY_NS,
+    P_BYTES,
+    P_ERRORS,
+    P_FRAMES,
+    P_KERNEL,
+    P_MSG_ID,
+    P_PID,
+    P_READY_NS,
+    P_STARTED_NS,
+    P_STATE,
+    PAYLOAD_LEN,
+    PROC_FIRST_WORKER,
+    PS_BUSY,
+    PS_IDLE,
+    PS_STARTING,
+    STATE,
+    T_CLAIM,
+    T_DONE,
+    TICKET,
+)
+from shmpipe.ring import DONE as S_DONE
+
+
+def worker_main(p: Plumbing, seat: int) -> None:
+    log = become_child(f"worker{seat}")
+    ring, me = p.ring, PROC_FIRST_WORKER + seat
+    procs = ring.procs[me]
+    procs[P_PID] = os.getpid()
+    procs[P_STARTED_NS] = now_ns()
+    procs[P_STATE] = PS_STARTING
+    try:
+        import numba
+
+        numba.set_num_threads(
+            max(1, min(p.config.run.kernel_threads, numba.config.NUMBA_NUM_THREADS))
+        )
+    except ImportError:
+        pass
+    chain = KernelChain(p.config.kernel_instances())
+    try:
+        layout = chain.setup(p.parts, p.cache_dir, p.config.run.kernel_threads, seat)
+    except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which stops the run
+        ring.set_note(me, f"worker {seat}: {exc}")
+        os._exit(EXIT_FATAL)
+    if not layout.same_as(p.layout):
+        ring.set_note(me, f"worker {seat}: kernels declared different outputs than at warm-up")
+        os._exit(EXIT_FATAL)
+    procs[P_READY_NS] = now_ns()
+    procs[P_STATE] = PS_IDLE
+    views: dict[int, list] = {}
+    inbox, done, table = p.seats[seat], p.done, ring.table
+    while True:
+        records = inbox.recv(timeout=None)
+        for kind, slot, ticket, _ in records.tolist():
+            if kind == STOP:
+                return
+            if kind != ASSIGN:
+                continue
+            row = table[slot]
+            if row[OWNER] != seat or row[TICKET] != ticket or row[STATE] != ASSIGNED:
+                continue  # a record from before a recovery: the slot went elsewhere
+            t0 = now_ns()
+            row[OWNER_PID] = procs[P_PID]
+            row[T_CLAIM] = t0
+            row[STATE] = CLAIMED
+            procs[P_STATE] = PS_BUSY
+            header = decode_header(ring.header(slot), int(row[HEADER_LEN]))
+            procs[P_MSG_ID] = header["id"]
+            parts = [
+                ring.part_view(slot, off, dt, tuple(shape)) for off, dt, shape in header["parts"]
+            ]
+            if slot not in views:
+                views[slot] = chain.output_views(
+                    lambda off, dt, shape, s=slot: ring.result(s, off, dt, shape)
+                )
+            fields = {
+                "stream": header["stream"],
+                "message_id": header["id"],
+                "name": header["name"],
+                "meta": header["meta"],
+                "scan": header["scan"],
+                "parts": parts,
+            }
+            try:
+                chain.run(fields, views[slot], procs, P_KERNEL)
+            except Exception as exc:  # noqa: BLE001 - becomes the frame's error record
+                kernel = chain.current or "?"
+                row[ERROR_LEN] = write_error(
+                    ring,
+                    slot,
+                    {
+                        "kernel": kernel,
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "traceback": traceback.format_exc(),
+                    },
+                )
+                row[FLAGS] = int(row[FLAGS]) | ERROR
+                procs[P_ERRORS] += 1
+                log.warning(
+                    "kernel %s failed: %s: %s",
+                    kernel,
+                    type(exc).__name__,
+                    exc,
+                    extra={"stream": header["stream"], "message_id": header["id"]},
+                )
+            t1 = now_ns()
+            row[T_DONE] = t1
+            row[STATE] = S_DONE
+            done.send(DONE, slot, ticket)
+            procs[P_FRAMES] += 1
+            procs[P_BYTES] += int(row[PAYLOAD_LEN])
+            procs[P_BUSY_NS] += t1 - t0
+            procs[P_KERNEL] = 0
+            procs[P_STATE] = PS_IDLE
