@@ -60,7 +60,10 @@ from shmpipe.ring import (
     OWNER_PID,
     P_EXIT,
     P_KERNEL,
+    P_PID,
+    P_READY_NS,
     P_RESTARTS,
+    P_STARTED_NS,
     P_STATE,
     PROC_DISPATCHER,
     PROC_FIRST_WORKER,
@@ -365,6 +368,18 @@ class Pipeline:
                 except ProcessLookupError:
                     pass
 
+    def _report_ready_workers(self) -> None:
+        """Log each worker's start-up time (fork to first frame possible) once."""
+        procs = self.p.ring.procs
+        for seat, w in enumerate(self.workers):
+            row = procs[PROC_FIRST_WORKER + seat]
+            key = (seat, w.pid)
+            if row[P_READY_NS] and key not in self._ready_logged and row[P_PID] == w.pid:
+                self._ready_logged.add(key)
+                took = (int(row[P_READY_NS]) - int(row[P_STARTED_NS])) / 1e9
+                self.summary.worker_startup_s.append(took)
+                log.info("worker %d (pid %d) ready in %.3f s", seat, w.pid, took)
+
     # -- signals ---------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
         self._signals += 1
@@ -415,6 +430,7 @@ class Pipeline:
         p, ring, cfg = self.p, self.p.ring, self.config
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.workers: list[mp.Process | None] = [None] * cfg.run.workers
+        self._ready_logged: set[tuple[int, int]] = set()
         progress = ProgressReporter(ring, cfg, self.name)
         exit_code, error = EXIT_OK, ""
         try:
@@ -472,6 +488,7 @@ class Pipeline:
                     else:
                         self._on_worker_exit(role, proc)
                 self._watchdog()
+                self._report_ready_workers()
                 progress.tick()
         except _Finished:
             pass

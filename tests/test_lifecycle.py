@@ -1,0 +1,168 @@
+"""The run as a user drives it: SIGTERM/Ctrl-C drains, a second Ctrl-C stops, SIGKILL of the
+whole group leaves nothing behind, and two pipelines side by side do not collide."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from shmpipe.ring import P_FRAMES, P_PID, PROC_PUBLISHER
+from shmpipe.runs import live_runs
+from shmpipe.sinks.hdf5 import read_stream
+from shmpipe.status import attach_tables
+from tests.conftest import run_cli
+
+SMALL = ["--set", "source.module_shape=[48, 64]", "--progress", "off"]
+
+
+def start(name: str, *args: str, new_session: bool = False) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "shmpipe", "run", "--set", f"run.name={name}", *SMALL, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=new_session,
+    )
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)  # polling interval of a bounded wait
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def published(name: str) -> int:
+    for info in live_runs():
+        if info["name"] == name:
+            try:
+                _, procs, m = attach_tables(info)
+            except OSError:
+                return 0
+            n = int(procs[PROC_PUBLISHER, P_FRAMES])
+            del procs
+            m.close()
+            return n
+    return 0
+
+
+def frames_in(stderr: str) -> int:
+    return int(re.search(r"(\d+) frames in, (\d+) out", stderr).group(1))
+
+
+def test_sigterm_drains_in_flight_frames_and_exits_0(tmp_path):
+    out = tmp_path / "drain.h5"
+    proc = start("drain", "--frames", "100000", "--set", "source.rate=60", "--sink", "hdf5",
+                 "--output", str(out), "--workers", "2")
+    wait_for(lambda: published("drain") >= 10, what="10 published frames")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    n = frames_in(err)
+    data = read_stream(str(out), "scan_0001")
+    assert data["message_id"].tolist() == list(range(1, n + 1))  # everything pulled is published
+
+
+def test_second_ctrl_c_stops_at_once(tmp_path):
+    proc = start("twice", "--frames", "100000", "--workers", "2",
+                 "--set", 'kernels.slow.kind="tests.plugins:Sleepy"',
+                 "--set", "kernels.slow.ms=2000")
+    wait_for(lambda: any(r["name"] == "twice" for r in live_runs()), what="the run to start")
+    wait_for(lambda: _busy_workers("twice") >= 1, what="a busy worker")
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    # Two signals sent before the first is handled merge into one: wait for its answer.
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "stopping: no new messages" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    err = "".join(lines) + err
+    assert proc.returncode == 130, err
+    assert time.monotonic() - t0 < 1.9  # did not wait for the 2 s frame in flight
+    assert "stopped at once" in err
+
+
+def _busy_workers(name: str) -> int:
+    from shmpipe.ring import P_STATE, PROC_FIRST_WORKER, PS_BUSY
+
+    for info in live_runs():
+        if info["name"] == name:
+            _, procs, m = attach_tables(info)
+            n = int((procs[PROC_FIRST_WORKER:, P_STATE] == PS_BUSY).sum())
+            del procs
+            m.close()
+            return n
+    return 0
+
+
+def test_sigkill_of_whole_group_then_clean_and_rerun(tmp_path):
+    proc = start("killed", "--frames", "100000", "--set", "source.rate=100", "--workers", "2",
+                 new_session=True)
+    wait_for(lambda: published("killed") >= 5, what="5 published frames")
+    info = next(r for r in live_runs() if r["name"] == "killed")
+    _, procs, m = attach_tables(info)
+    pids = [int(p) for p in procs[:, P_PID] if p > 0]
+    del procs
+    m.close()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status()
+                             != psutil.STATUS_ZOMBIE for p in pids), what="children to die")
+    r = run_cli("clean")
+    assert r.returncode == 0
+    assert f"removed the record of dead run 'killed' (pid {proc.pid})" in r.stdout
+    again = run_cli("run", "--set", "run.name=killed", "--frames", "5", *SMALL)
+    assert again.returncode == 0, again.stderr
+    assert "5 frames in, 5 out" in again.stderr
+
+
+def test_next_run_removes_what_a_killed_run_left(tmp_path):
+    proc = start("left", "--frames", "100000", "--set", "source.rate=100", new_session=True)
+    wait_for(lambda: published("left") >= 3, what="3 published frames")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    r = run_cli("run", "--frames", "3", *SMALL)
+    assert r.returncode == 0, r.stderr
+    assert "removed the record of dead run 'left'" in r.stderr
+
+
+def test_two_pipelines_side_by_side(tmp_path):
+    a = start("side-a", "--frames", "30", "--sink", "hdf5", "--output", str(tmp_path / "a.h5"))
+    b = start("side-b", "--frames", "30", "--sink", "hdf5", "--output", str(tmp_path / "b.h5"))
+    for p in (a, b):
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    for f in ("a.h5", "b.h5"):
+        assert read_stream(str(tmp_path / f), "scan_0001")["message_id"].tolist() == list(
+            range(1, 31))
+
+
+def test_same_run_name_twice_is_a_config_error():
+    a = start("dup", "--frames", "100000", "--set", "source.rate=50")
+    try:
+        wait_for(lambda: any(r["name"] == "dup" for r in live_runs()), what="first run")
+        r = run_cli("run", "--set", "run.name=dup", "--frames", "2", *SMALL)
+        assert r.returncode == 2
+        assert "run.name: run name 'dup' is in use" in r.stderr
+    finally:
+        a.send_signal(signal.SIGTERM)
+        a.communicate(timeout=60)
+
+
+@pytest.mark.parametrize("slots", [10**7])
+def test_not_enough_shared_memory_refuses_to_start(slots):
+    r = run_cli("run", "--set", f"ring.slots={slots}", "--frames", "1", *SMALL)
+    assert r.returncode == 2
+    assert "cannot start" in r.stderr and "MiB of shared memory but only" in r.stderr
+    assert "lower ring.slots" in r.stderr
