@@ -112,12 +112,15 @@ class KernelChain:
         views: list[dict[str, np.ndarray]],
         progress: np.ndarray | None = None,
         progress_index: int = 0,
+        timings=None,
+        proc: int = 0,
     ) -> None:
         """Process one frame through every kernel.
 
         Exceptions propagate; ``self.current`` names the kernel that raised. When ``progress``
         is given, ``progress[progress_index]`` holds 1 + the index of the kernel running, so
-        the supervisor can name the kernel of a worker that died mid-frame.
+        the supervisor can name the kernel of a worker that died mid-frame; with ``timings``
+        (``shmpipe.ring.Timings``) each kernel's run time is counted under row ``proc``.
         """
         arrays: dict[str, np.ndarray] = {}
         for k, out in zip(self.kernels, views, strict=True):
@@ -134,7 +137,10 @@ class KernelChain:
             self.current = k.name
             if progress is not None:
                 progress[progress_index] = i + 1
+            t0 = time.perf_counter_ns()
             k.process(frame, out)
+            if timings is not None:
+                timings.add_kernel(proc, i, time.perf_counter_ns() - t0)
         self.current = None
 
 

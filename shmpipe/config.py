@@ -372,6 +372,10 @@ def load_config(
         _plugin("shmpipe.kernels", Kernel, t, f"kernels.{n}", file, name=n)
         for n, t in ktables.items()
     ]
+    from shmpipe.ring import MAX_KERNELS
+
+    if len(kernels) > MAX_KERNELS:
+        raise ConfigError(f"at most {MAX_KERNELS} kernels in one chain", "kernels", file)
     stables = raw.get("sinks", DEFAULT_SINKS)
     if isinstance(stables, dict):
         stables = [stables]

@@ -40,6 +40,7 @@ from shmpipe.ring import (
     QUARANTINED,
     SEQ,
     STATE,
+    T_FILL,
     TICKET,
 )
 from shmpipe.ring import DONE as S_DONE
@@ -175,6 +176,7 @@ class Publisher:
             )
             for s in self.sinks:
                 s.write(record)
+            self.ring.timings.add_latency(now_ns() - int(row[T_FILL]))
             self.procs[P_FRAMES] += 1
             self.procs[P_MSG_ID] = mid
             self._queue(stream, mid, slot, ack=True)

@@ -14,6 +14,7 @@ protocol (see ``shmpipe.engine``) makes each row's writer unique at any instant,
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 from dataclasses import dataclass
@@ -47,6 +48,49 @@ PROC_STATE_NAMES = ("starting", "idle", "busy", "dead", "exited")
 ALIGN = 4096
 ERROR_BYTES = 16384
 NOTE_BYTES = 4096
+
+# Timing histograms kept in shared memory (one writer per row, read by metrics and benchmarks).
+MAX_KERNELS = 16
+# Upper bounds (seconds) of the histogram buckets; the last bucket is everything above.
+KERNEL_BUCKETS_S = (
+    1e-5,
+    3e-5,
+    1e-4,
+    3e-4,
+    1e-3,
+    2e-3,
+    5e-3,
+    1e-2,
+    2e-2,
+    5e-2,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+)
+LATENCY_BUCKETS_S = (
+    1e-4,
+    3e-4,
+    1e-3,
+    2e-3,
+    5e-3,
+    1e-2,
+    2e-2,
+    5e-2,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+N_BUCKETS = len(KERNEL_BUCKETS_S) + 1  # both lists have the same length
 
 
 def _round_up(n: int, to: int = ALIGN) -> int:
@@ -137,14 +181,45 @@ class RingGeometry:
         return _round_up(self.result_bytes + ERROR_BYTES)
 
     @property
+    def timing_words(self) -> int:
+        # kernel histograms [proc, kernel, bucket] + kernel ns sums [proc, kernel]
+        # + latency histogram [bucket] + latency ns sum
+        return self.processes * MAX_KERNELS * (N_BUCKETS + 1) + N_BUCKETS + 1
+
+    @property
     def table_bytes(self) -> int:
-        return _round_up((self.slots * N_COLUMNS + self.processes * P_COLUMNS) * 8) + _round_up(
-            self.processes * NOTE_BYTES
+        return (
+            _round_up((self.slots * N_COLUMNS + self.processes * P_COLUMNS) * 8)
+            + _round_up(self.processes * NOTE_BYTES)
+            + _round_up(self.timing_words * 8)
         )
 
     @property
     def total_bytes(self) -> int:
         return self.table_bytes + self.slots * (self.input_stride + self.result_stride)
+
+
+class Timings:
+    """Histograms of kernel run times (per process and kernel) and of dispatch-to-publish
+    latency, as int64 counters in shared memory. Each row has one writer (a worker, or the
+    publisher for latency), so incrementing needs no lock."""
+
+    def __init__(self, words: np.ndarray, processes: int) -> None:
+        k = processes * MAX_KERNELS
+        self.kernel_hist = words[: k * N_BUCKETS].reshape(processes, MAX_KERNELS, N_BUCKETS)
+        self.kernel_ns = words[k * N_BUCKETS : k * (N_BUCKETS + 1)].reshape(processes, MAX_KERNELS)
+        self.latency_hist = words[k * (N_BUCKETS + 1) : k * (N_BUCKETS + 1) + N_BUCKETS]
+        self.latency_ns = words[k * (N_BUCKETS + 1) + N_BUCKETS :]
+        self._kernel_edges = [int(b * 1e9) for b in KERNEL_BUCKETS_S]
+        self._latency_edges = [int(b * 1e9) for b in LATENCY_BUCKETS_S]
+
+    def add_kernel(self, proc: int, kernel: int, ns: int) -> None:
+        self.kernel_hist[proc, kernel, bisect.bisect_left(self._kernel_edges, ns)] += 1
+        self.kernel_ns[proc, kernel] += ns
+
+    def add_latency(self, ns: int) -> None:
+        self.latency_hist[bisect.bisect_left(self._latency_edges, ns)] += 1
+        self.latency_ns[0] += ns
 
 
 class SlotRing:
@@ -173,6 +248,8 @@ class SlotRing:
         self.table = self.tables.array("<i8", (g.slots, N_COLUMNS))
         self.procs = self.tables.array("<i8", (g.processes, P_COLUMNS), g.slots * N_COLUMNS * 8)
         self._notes_at = _round_up((g.slots * N_COLUMNS + g.processes * P_COLUMNS) * 8)
+        timing_at = self._notes_at + _round_up(g.processes * NOTE_BYTES)
+        self.timings = Timings(self.tables.array("<i8", (g.timing_words,), timing_at), g.processes)
         self._prefault()
 
     def _prefault(self) -> None:

@@ -108,7 +108,7 @@ def worker_main(p: Plumbing, seat: int) -> None:
                 "parts": parts,
             }
             try:
-                chain.run(fields, views[slot], procs, P_KERNEL)
+                chain.run(fields, views[slot], procs, P_KERNEL, ring.timings, me)
             except Exception as exc:  # noqa: BLE001 - becomes the frame's error record
                 kernel = chain.current or "?"
                 row[ERROR_LEN] = write_error(

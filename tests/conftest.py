@@ -37,8 +37,11 @@ def no_leaks():
     before = _shm_entries()
     yield
     me = psutil.Process()
-    left = [c for c in me.children(recursive=True) if c.is_running()
-            and c.status() != psutil.STATUS_ZOMBIE]
+    left = [
+        c
+        for c in me.children(recursive=True)
+        if c.is_running() and c.status() != psutil.STATUS_ZOMBIE
+    ]
     for c in left:
         c.kill()
     assert not left, f"processes left running: {[(c.pid, c.name()) for c in left]}"
@@ -49,6 +52,11 @@ def no_leaks():
 def run_cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     """Run ``python -m shmpipe ARGS`` to completion and return its output."""
     return subprocess.run(
-        [sys.executable, "-m", "shmpipe", *args], capture_output=True, text=True,
-        timeout=timeout, cwd=kw.pop("cwd", None), env=kw.pop("env", None), **kw,
+        [sys.executable, "-m", "shmpipe", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=kw.pop("cwd", None),
+        env=kw.pop("env", None),
+        **kw,
     )

@@ -20,12 +20,12 @@ def write(tmp_path, text: str):
     ("text", "key", "words"),
     [
         ("[run]\nworkerz = 2\n", "run.workerz", "unknown key"),
-        ("[run]\nworkers = \"two\"\n", "run.workers", "must be int"),
-        ("[run]\non_error = \"ignore\"\n", "run.on_error", "'fail' or 'skip'"),
-        ("[source]\nkind = \"sim\"\nframez = 3\n", "source.framez", "unknown key"),
-        ("[kernels.k]\nkind = \"nosuch\"\n", "kernels.k.kind", "unknown kernel 'nosuch'"),
-        ("[kernels.k]\nkind = \"checksum\"\nfoo = 1\n", "kernels.k.foo", "unknown key"),
-        ("[[sinks]]\nkind = \"hdf5\"\noutput = 3\n", "sinks.0.output", "must be str"),
+        ('[run]\nworkers = "two"\n', "run.workers", "must be int"),
+        ('[run]\non_error = "ignore"\n', "run.on_error", "'fail' or 'skip'"),
+        ('[source]\nkind = "sim"\nframez = 3\n', "source.framez", "unknown key"),
+        ('[kernels.k]\nkind = "nosuch"\n', "kernels.k.kind", "unknown kernel 'nosuch'"),
+        ('[kernels.k]\nkind = "checksum"\nfoo = 1\n', "kernels.k.foo", "unknown key"),
+        ('[[sinks]]\nkind = "hdf5"\noutput = 3\n', "sinks.0.output", "must be str"),
         ("[rung]\nslots = 3\n", "rung", "unknown section"),
         ("[run\n", "", "not valid TOML"),
     ],
@@ -57,8 +57,22 @@ def test_cli_missing_file_and_bad_set(tmp_path):
 
 def test_config_show_prints_effective_config_that_reads_back(tmp_path):
     path = write(tmp_path, "[run]\nworkers = 3\n[kernels.checksum]\n")
-    r = run_cli("config", "show", "--config", str(path), "--workers", "5", "--frames", "7",
-                "--set", "run.name=test-b", "--sink", "hdf5", "--output", "x_{stream}.h5")
+    r = run_cli(
+        "config",
+        "show",
+        "--config",
+        str(path),
+        "--workers",
+        "5",
+        "--frames",
+        "7",
+        "--set",
+        "run.name=test-b",
+        "--sink",
+        "hdf5",
+        "--output",
+        "x_{stream}.h5",
+    )
     assert r.returncode == 0, r.stderr
     doc = tomllib.loads(r.stdout)
     assert doc["run"]["workers"] == 5 and doc["run"]["name"] == "test-b"
@@ -70,9 +84,15 @@ def test_config_show_prints_effective_config_that_reads_back(tmp_path):
 
 
 def test_set_parses_toml_values_and_list_items():
-    cfg = load_config(raw={"sinks": [{"kind": "null"}, {"kind": "hdf5"}]},
-                      overrides=["run.ordered=false", "sinks.1.output=\"a.h5\"",
-                                 "source.module_shape=[10, 20]", "run.watchdog_s=2"])
+    cfg = load_config(
+        raw={"sinks": [{"kind": "null"}, {"kind": "hdf5"}]},
+        overrides=[
+            "run.ordered=false",
+            'sinks.1.output="a.h5"',
+            "source.module_shape=[10, 20]",
+            "run.watchdog_s=2",
+        ],
+    )
     assert cfg.run.ordered is False and cfg.run.watchdog_s == 2.0
     assert cfg.sinks[1].params.output == "a.h5"
     assert cfg.source.params.module_shape == [10, 20]

@@ -39,11 +39,14 @@ def hdf5_config(tmp_path, kernels: dict, workers: int = 2, **run) -> dict:
 
 
 def test_checksum_and_sum_match_direct_computation(tmp_path):
-    raw = hdf5_config(tmp_path, {
-        "checksum": {"kind": "checksum"},
-        "sum": {"kind": "tests.plugins:Sum"},
-        "null": {"kind": "null"},
-    })
+    raw = hdf5_config(
+        tmp_path,
+        {
+            "checksum": {"kind": "checksum"},
+            "sum": {"kind": "tests.plugins:Sum"},
+            "null": {"kind": "null"},
+        },
+    )
     _, summary = run(raw)
     assert summary.exit_code == EXIT_OK, summary.error
     data = read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")
@@ -74,8 +77,12 @@ def test_multiple_streams_each_finished_in_order(tmp_path):
 
 @pytest.mark.parametrize("ordered", [True, False])
 def test_ordered_and_unordered_publishing(tmp_path, ordered):
-    raw = hdf5_config(tmp_path, {"jitter": {"kind": "tests.plugins:Jitter", "slow_ms": 20}},
-                      workers=3, ordered=ordered)
+    raw = hdf5_config(
+        tmp_path,
+        {"jitter": {"kind": "tests.plugins:Jitter", "slow_ms": 20}},
+        workers=3,
+        ordered=ordered,
+    )
     raw["source"]["frames"] = 30
     _, summary = run(raw)
     assert summary.exit_code == EXIT_OK, summary.error
@@ -86,8 +93,9 @@ def test_ordered_and_unordered_publishing(tmp_path, ordered):
 
 
 def test_kernel_exception_fail_fast_names_message_stream_and_kernel(tmp_path):
-    raw = hdf5_config(tmp_path, {"checksum": {}, "picky": {"kind": "tests.plugins:FailOn",
-                                                            "ids": [5]}})
+    raw = hdf5_config(
+        tmp_path, {"checksum": {}, "picky": {"kind": "tests.plugins:FailOn", "ids": [5]}}
+    )
     _, summary = run(raw)
     assert summary.exit_code == EXIT_FAILED
     assert "message 5" in summary.error and "scan_0001" in summary.error
@@ -100,8 +108,9 @@ def test_kernel_exception_fail_fast_names_message_stream_and_kernel(tmp_path):
 
 
 def test_kernel_exception_skip_records_error_and_goes_on(tmp_path):
-    raw = hdf5_config(tmp_path, {"picky": {"kind": "tests.plugins:FailOn", "ids": [5, 17]}},
-                      on_error="skip")
+    raw = hdf5_config(
+        tmp_path, {"picky": {"kind": "tests.plugins:FailOn", "ids": [5, 17]}}, on_error="skip"
+    )
     _, summary = run(raw)
     assert summary.exit_code == EXIT_OK, summary.error
     data = read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")
@@ -127,10 +136,13 @@ def test_payload_larger_than_slot_is_an_error_record(tmp_path):
 
 def test_worker_killed_while_computing_repeatedly(tmp_path):
     crash_ids = [3, 8, 9, 15, 22, 30]
-    raw = hdf5_config(tmp_path, {
-        "checksum": {},
-        "crash": {"kind": "tests.plugins:Crash", "ids": crash_ids, "once_dir": str(tmp_path)},
-    })
+    raw = hdf5_config(
+        tmp_path,
+        {
+            "checksum": {},
+            "crash": {"kind": "tests.plugins:Crash", "ids": crash_ids, "once_dir": str(tmp_path)},
+        },
+    )
     _, summary = run(raw)
     assert summary.exit_code == EXIT_OK, summary.error
     data = read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")
@@ -190,9 +202,12 @@ def test_worker_killed_while_waiting_repeatedly(tmp_path):
 
 
 def test_poison_frame_is_quarantined_after_max_attempts(tmp_path):
-    raw = hdf5_config(tmp_path, {"checksum": {}, "crash": {"kind": "tests.plugins:Crash",
-                                                           "ids": [7], "mode": "abort"}},
-                      on_error="skip", max_attempts=2)
+    raw = hdf5_config(
+        tmp_path,
+        {"checksum": {}, "crash": {"kind": "tests.plugins:Crash", "ids": [7], "mode": "abort"}},
+        on_error="skip",
+        max_attempts=2,
+    )
     _, summary = run(raw)
     assert summary.exit_code == EXIT_OK, summary.error
     data = read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")
@@ -204,8 +219,10 @@ def test_poison_frame_is_quarantined_after_max_attempts(tmp_path):
 
 
 def test_kernel_found_by_entry_point_and_dotted_path(tmp_path):
-    raw = hdf5_config(tmp_path, {"a": {"kind": "checksum"},
-                                 "b": {"kind": "shmpipe.builtin_kernels:ChecksumKernel"}})
+    raw = hdf5_config(
+        tmp_path,
+        {"a": {"kind": "checksum"}, "b": {"kind": "shmpipe.builtin_kernels:ChecksumKernel"}},
+    )
     raw["source"]["frames"] = 3
     _, summary = run(raw)
     assert summary.exit_code == EXIT_OK

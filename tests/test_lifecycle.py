@@ -25,7 +25,9 @@ SMALL = ["--set", "source.module_shape=[48, 64]", "--progress", "off"]
 def start(name: str, *args: str, new_session: bool = False) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "shmpipe", "run", "--set", f"run.name={name}", *SMALL, *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=new_session,
     )
 
@@ -60,8 +62,19 @@ def frames_in(stderr: str) -> int:
 
 def test_sigterm_drains_in_flight_frames_and_exits_0(tmp_path):
     out = tmp_path / "drain.h5"
-    proc = start("drain", "--frames", "100000", "--set", "source.rate=60", "--sink", "hdf5",
-                 "--output", str(out), "--workers", "2")
+    proc = start(
+        "drain",
+        "--frames",
+        "100000",
+        "--set",
+        "source.rate=60",
+        "--sink",
+        "hdf5",
+        "--output",
+        str(out),
+        "--workers",
+        "2",
+    )
     wait_for(lambda: published("drain") >= 10, what="10 published frames")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -72,9 +85,17 @@ def test_sigterm_drains_in_flight_frames_and_exits_0(tmp_path):
 
 
 def test_second_ctrl_c_stops_at_once(tmp_path):
-    proc = start("twice", "--frames", "100000", "--workers", "2",
-                 "--set", 'kernels.slow.kind="tests.plugins:Sleepy"',
-                 "--set", "kernels.slow.ms=2000")
+    proc = start(
+        "twice",
+        "--frames",
+        "100000",
+        "--workers",
+        "2",
+        "--set",
+        'kernels.slow.kind="tests.plugins:Sleepy"',
+        "--set",
+        "kernels.slow.ms=2000",
+    )
     wait_for(lambda: any(r["name"] == "twice" for r in live_runs()), what="the run to start")
     wait_for(lambda: _busy_workers("twice") >= 1, what="a busy worker")
     t0 = time.monotonic()
@@ -107,8 +128,16 @@ def _busy_workers(name: str) -> int:
 
 
 def test_sigkill_of_whole_group_then_clean_and_rerun(tmp_path):
-    proc = start("killed", "--frames", "100000", "--set", "source.rate=100", "--workers", "2",
-                 new_session=True)
+    proc = start(
+        "killed",
+        "--frames",
+        "100000",
+        "--set",
+        "source.rate=100",
+        "--workers",
+        "2",
+        new_session=True,
+    )
     wait_for(lambda: published("killed") >= 5, what="5 published frames")
     info = next(r for r in live_runs() if r["name"] == "killed")
     _, procs, m = attach_tables(info)
@@ -117,8 +146,15 @@ def test_sigkill_of_whole_group_then_clean_and_rerun(tmp_path):
     m.close()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
-    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status()
-                             != psutil.STATUS_ZOMBIE for p in pids), what="children to die")
+    wait_for(
+        lambda: (
+            not any(
+                psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                for p in pids
+            )
+        ),
+        what="children to die",
+    )
     r = run_cli("clean")
     assert r.returncode == 0
     assert f"removed the record of dead run 'killed' (pid {proc.pid})" in r.stdout
@@ -145,7 +181,8 @@ def test_two_pipelines_side_by_side(tmp_path):
         assert p.returncode == 0, err
     for f in ("a.h5", "b.h5"):
         assert read_stream(str(tmp_path / f), "scan_0001")["message_id"].tolist() == list(
-            range(1, 31))
+            range(1, 31)
+        )
 
 
 def test_same_run_name_twice_is_a_config_error():
