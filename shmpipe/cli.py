@@ -116,7 +116,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_asapo_standalone(args: argparse.Namespace) -> int:
     from shmpipe.asapo.service import serve
 
-    serve(port=args.port, data_dir=args.data_dir, host=args.host)
+    serve(port=args.port, data_dir=args.data_dir, host=args.host, tokens=args.token or None)
     return 0
 
 
@@ -165,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     asapo.add_argument("--port", type=int, default=8400, help="discovery/broker port (8400)")
     asapo.add_argument("--host", default="127.0.0.1", help="listen address (127.0.0.1)")
     asapo.add_argument("--data-dir", help="keep messages, payloads and acks here across restarts")
+    asapo.add_argument(
+        "--token",
+        action="append",
+        metavar="TOKEN",
+        help="accept only this token (repeatable); default: any token",
+    )
     asapo.set_defaults(func=cmd_asapo_standalone)
     return parser
 

@@ -15,7 +15,7 @@ from collections import deque
 
 from shmpipe.channel import DONE, END, FREE, STOP
 from shmpipe.message import HeaderTooLarge, Message, StreamFinished, copy_parts, encode_header
-from shmpipe.plumbing import EXIT_FATAL, Plumbing, become_child, now_ns, write_error
+from shmpipe.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, become_child, now_ns, write_error
 from shmpipe.ring import (
     ATTEMPT,
     CONTROL,
@@ -44,7 +44,7 @@ from shmpipe.ring import (
     TICKET,
 )
 from shmpipe.ring import DONE as S_DONE
-from shmpipe.source import EndOfSource
+from shmpipe.source import EndOfSource, SourceConfigError
 
 
 class Dispatcher:
@@ -89,7 +89,13 @@ class Dispatcher:
         if isinstance(item, StreamFinished):
             control = Message(stream=item.stream, message_id=0, name="")
             row[HEADER_LEN] = encode_header(
-                control, header, {"control": "stream_finished", "next_stream": item.next_stream}
+                control,
+                header,
+                {
+                    "control": "stream_finished",
+                    "next_stream": item.next_stream,
+                    "last_id": item.last_id,
+                },
             )
             row[FLAGS] = CONTROL
             row[MSG_ID] = 0
@@ -180,6 +186,10 @@ def dispatcher_main(p: Plumbing) -> None:
     procs[P_STARTED_NS] = now_ns()
     try:
         Dispatcher(p).run()
+    except SourceConfigError as exc:
+        log.error("source: %s", exc)
+        p.ring.set_note(PROC_DISPATCHER, f"source: {exc}")
+        os._exit(EXIT_CONFIG)
     except Exception as exc:  # noqa: BLE001 - the supervisor stops the run with this note
         log.error("dispatcher failed: %s", exc)
         p.ring.set_note(

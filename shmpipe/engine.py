@@ -40,13 +40,13 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
+from typing import Any
 
 from shmpipe.chain import ChainLayout, KernelChain, KernelSetupError
 from shmpipe.channel import DONE, STOP, RecordPipe
 from shmpipe.config import ConfigError, PipelineConfig
 from shmpipe.dispatcher import dispatcher_main
-from shmpipe.kernel import ArraySpec
-from shmpipe.plumbing import EXIT_FATAL, Plumbing, now_ns, write_error
+from shmpipe.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, now_ns, write_error
 from shmpipe.progress import ProgressReporter
 from shmpipe.publisher import publisher_main
 from shmpipe.ring import (
@@ -87,7 +87,7 @@ from shmpipe.worker import worker_main
 
 log = logging.getLogger("shmpipe.supervisor")
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class StartupError(RuntimeError):
@@ -123,13 +123,32 @@ class RunSummary:
         )
 
 
-def _warmup_main(conn, config: PipelineConfig, parts, cache_dir: Path) -> None:
-    """Run every kernel's setup once (filling the Numba cache) and report the layout."""
+def _preflight_main(conn, config: PipelineConfig, cache_dir: Path) -> None:
+    """Check the source and sinks, probe the parts' layout, set up every kernel once.
+
+    Runs in a short-lived child so that whatever these load (the ASAPO client's threads, a
+    parallel Numba runtime) never lives in the supervisor, which must stay safe to fork.
+    Sends back the source parameters (a generated consumer group, say), the source layout
+    and the result-slot layout; setting the kernels up fills the Numba cache for the workers.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        source = config.source_instance()
+        try:
+            source.check()
+            src_layout = source.layout()
+        except (SourceConfigError, ValueError, OSError) as exc:
+            conn.send(("error", f"source: {exc}"))
+            return
+        for sink in config.sink_instances():
+            try:
+                sink.check()
+            except (ValueError, OSError) as exc:
+                conn.send(("error", str(exc)))
+                return
         chain = KernelChain(config.kernel_instances())
-        layout = chain.setup(parts, cache_dir, config.run.kernel_threads, worker=-1)
-        conn.send(("ok", pickle.dumps(layout)))
+        layout = chain.setup(src_layout.parts, cache_dir, config.run.kernel_threads, worker=-1)
+        conn.send(("ok", pickle.dumps((source.params, src_layout, layout))))
     except Exception as exc:  # noqa: BLE001 - sent back and reported as a start-up error
         conn.send(("error", f"{exc}"))
     finally:
@@ -161,22 +180,22 @@ class Pipeline:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def _warm_up(self, parts: list[ArraySpec] | None, cache_dir: Path) -> ChainLayout:
+    def _preflight(self, cache_dir: Path) -> tuple[Any, SourceLayout, ChainLayout]:
         t0 = time.perf_counter()
         ours, theirs = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
-            target=_warmup_main, args=(theirs, self.config, parts, cache_dir), name="warmup"
+            target=_preflight_main, args=(theirs, self.config, cache_dir), name="preflight"
         )
         proc.start()
         theirs.close()
         try:
             status, payload = ours.recv()
         except EOFError:
-            status, payload = "error", f"the warm-up process died (exit code {proc.exitcode})"
+            status, payload = "error", f"the start-up checks died (exit code {proc.exitcode})"
         proc.join()
         if status != "ok":
-            raise StartupError(f"kernel setup failed: {payload}")
-        layout: ChainLayout = pickle.loads(payload)
+            raise StartupError(payload)
+        source_params, src_layout, layout = pickle.loads(payload)
         log.info(
             "kernels set up and compiled in %.2f s (%s)",
             time.perf_counter() - t0,
@@ -185,7 +204,7 @@ class Pipeline:
                 for k, t in zip(self.config.kernels, layout.setup_seconds, strict=True)
             ),
         )
-        return layout
+        return source_params, src_layout, layout
 
     def _geometry(self, layout: SourceLayout, chain: ChainLayout) -> RingGeometry:
         r = self.config.ring
@@ -207,20 +226,10 @@ class Pipeline:
 
     def _prepare(self) -> Plumbing:
         cfg = self.config
-        source = cfg.source_instance()
-        try:
-            source.check()
-            src_layout = source.layout()
-        except (SourceConfigError, ValueError, OSError) as exc:
-            raise StartupError(f"source: {exc}") from exc
-        sinks = cfg.sink_instances()
-        for s in sinks:
-            try:
-                s.check()
-            except (ValueError, OSError) as exc:
-                raise StartupError(str(exc)) from exc
         cache_dir = self._cache_dir()
-        layout = self._warm_up(src_layout.parts, cache_dir)
+        source_params, src_layout, layout = self._preflight(cache_dir)
+        cfg.source.params = source_params
+        source = cfg.source_instance()
         geometry = self._geometry(src_layout, layout)
         try:
             ring = SlotRing(geometry)
@@ -472,6 +481,8 @@ class Pipeline:
                     if role == "dispatcher":
                         dispatcher_done = True
                         ring.procs[PROC_DISPATCHER, P_STATE] = PS_EXITED
+                        if proc.exitcode == EXIT_CONFIG:
+                            raise _RunFailed(ring.note(PROC_DISPATCHER), EXIT_CONFIG_ERROR)
                         if proc.exitcode != 0:
                             note = ring.note(PROC_DISPATCHER)
                             raise _RunFailed(
@@ -496,7 +507,7 @@ class Pipeline:
             exit_code, error = EXIT_INTERRUPTED, "stopped at once by a second interrupt"
             log.error("%s", error)
         except _RunFailed as exc:
-            exit_code, error = EXIT_FAILED, str(exc)
+            exit_code, error = exc.exit_code, str(exc)
             log.error("the run failed: %s", error)
         finally:
             self._stop_all(graceful=exit_code == EXIT_OK)
@@ -556,7 +567,9 @@ class _Interrupted(Exception):
 
 
 class _RunFailed(Exception):
-    pass
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def run_pipeline(config: PipelineConfig) -> RunSummary:

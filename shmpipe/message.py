@@ -63,6 +63,7 @@ class StreamFinished:
 
     stream: str
     next_stream: str = ""
+    last_id: int = 0
 
 
 def payload_bytes(parts) -> int:

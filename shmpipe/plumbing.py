@@ -20,6 +20,7 @@ from shmpipe.sink import RunInfo
 from shmpipe.source import Source
 
 EXIT_FATAL = 3  # a child stopping on purpose with a note explaining why
+EXIT_CONFIG = 4  # ... because the source refused its settings (bad token, unknown beamtime)
 
 
 @dataclass

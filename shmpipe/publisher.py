@@ -126,7 +126,7 @@ class Publisher:
         stream, mid, name = header["stream"], header["id"], header["name"]
         if flags & CONTROL:
             for s in self.sinks:
-                s.stream_finished(stream, header.get("next_stream", ""))
+                s.stream_finished(stream, header.get("next_stream", ""), header.get("last_id", 0))
             self._queue(stream, mid, slot, ack=False)
         elif flags & ERROR:
             err = read_error(ring, slot, int(row[ERROR_LEN]))

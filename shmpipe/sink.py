@@ -74,8 +74,8 @@ class Sink:
     def write_error(self, error: ErrorRecord) -> None:  # noqa: B027
         pass
 
-    def stream_finished(self, stream: str, next_stream: str) -> None:  # noqa: B027
-        pass
+    def stream_finished(self, stream: str, next_stream: str, last_id: int = 0) -> None:  # noqa: B027
+        """Every message of ``stream`` up to ``last_id`` has been written before this call."""
 
     def commit(self) -> None:  # noqa: B027
         """Make everything written so far durable; acknowledgements follow this call."""

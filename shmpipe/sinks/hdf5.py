@@ -191,7 +191,7 @@ class HDF5Sink(Sink):
         if error.message_id not in g.error_ids:
             g.append_error(error)
 
-    def stream_finished(self, stream: str, next_stream: str) -> None:
+    def stream_finished(self, stream: str, next_stream: str, last_id: int = 0) -> None:
         g = self._group(stream)
         g.g.attrs["finished"] = True
         g.g.attrs["next_stream"] = next_stream

@@ -1,0 +1,286 @@
+"""The pipeline against the ASAPO-compatible service, through the real clients only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shmpipe.builtin_kernels import frame_digest
+from shmpipe.config import load_config
+from shmpipe.engine import EXIT_CONFIG_ERROR, EXIT_OK, Pipeline
+from shmpipe.sinks.hdf5 import read_stream
+from shmpipe.sources.sim import SimParams, SimSource
+from shmpipe.sources.stream_naming import next_stream
+from tests.asapo_process import AsapoProcess
+from tests.conftest import REPO
+
+asapo_consumer = pytest.importorskip("asapo_consumer")
+
+SHAPE = [32, 48]
+BEAMTIME = "bt_test"
+
+
+@pytest.fixture
+def asapo(tmp_path):
+    service = AsapoProcess(tmp_path / "asapo-data")
+    service.data_dir.mkdir()
+    service.start()
+    yield service
+    service.stop()
+
+
+def produce(endpoint: str, frames: int, streams: list[str], *, rate: float = 0.0,
+            finish: bool = True, extra: list[str] = ()) -> subprocess.Popen:
+    """Run the demo producer script (the real asapo_producer) in its own process."""
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "asapo_produce.py"), "--endpoint", endpoint,
+         "--beamtime", BEAMTIME, "--frames", str(frames), "--streams", ",".join(streams),
+         "--rate", str(rate), "--module-shape", ",".join(map(str, SHAPE)),
+         *([] if finish else ["--no-finish"]), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def produced(endpoint: str, frames: int, streams: list[str], **kw) -> None:
+    p = produce(endpoint, frames, streams, **kw)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, out + err
+
+
+def pool_digests() -> list[bytes]:
+    sim = SimSource(SimParams(module_shape=SHAPE, modules=12, pool=2))
+    sim.open()
+    return [frame_digest(sim.frame_parts(i)) for i in range(2)]
+
+
+def config(asapo: AsapoProcess, tmp_path: Path, group: str = "g1", **source) -> dict:
+    return {
+        "run": {"workers": 2, "progress": "off", "on_error": "skip"},
+        "source": {"kind": "asapo", "endpoint": asapo.endpoint, "beamtime": BEAMTIME,
+                   "stream": "scan_0001", "group_id": group, "part_shape": SHAPE,
+                   "timeout_ms": 200, "until": "finished", "resend_delay_ms": 800, **source},
+        "kernels": {"checksum": {}},
+        "sinks": [
+            {"kind": "hdf5", "output": str(tmp_path / "out_{stream}_{run}.h5")},
+            {"kind": "asapo", "endpoint": asapo.endpoint, "beamtime": BEAMTIME,
+             "data_source": "checksums", "outputs": ["checksum.digest"]},
+        ],
+    }
+
+
+def run(raw: dict, name: str = "asapo-run"):
+    raw = {**raw, "run": {**raw["run"], "name": name}}
+    return Pipeline(load_config(raw=raw)).run()
+
+
+def outputs(asapo: AsapoProcess, stream: str, data_source: str = "checksums") -> dict:
+    """Every record of an output stream, read back by id with the real consumer."""
+    c = asapo_consumer.create_consumer(asapo.endpoint, "", False, BEAMTIME, data_source, "",
+                                       1000)
+    info = c.get_stream_info(stream)
+    got = {}
+    for i in range(1, int(info["lastId"]) + 1):
+        try:
+            data, meta = c.get_by_id(i, meta_only=False, stream=stream)
+        except asapo_consumer.AsapoEndOfStreamError:
+            break
+        except asapo_consumer.AsapoStreamFinishedError:
+            break
+        got[i] = (bytes(np.asarray(data).view(np.uint8)), meta)
+    return got
+
+
+def test_datasets_through_pipeline_to_hdf5_and_asapo_with_lineage(asapo, tmp_path):
+    produced(asapo.endpoint, 12, ["scan_0001", "scan_0002"])
+    summary = run(config(asapo, tmp_path))
+    assert summary.exit_code == EXIT_OK, summary.error
+    assert summary.frames_out == 24
+    digests = pool_digests()
+    for stream, nxt in (("scan_0001", "scan_0002"), ("scan_0002", "")):
+        data = read_stream(str(tmp_path / f"out_{stream}_asapo-run.h5"), stream)
+        assert data["message_id"].tolist() == list(range(1, 13))
+        assert data["attrs"]["next_stream"] == nxt  # followed through the finished flag
+        for i, d in enumerate(data["checksum.digest"]):
+            assert bytes(d) == digests[i % 2]  # 12 parts copied into the slot intact
+        out = outputs(asapo, stream)
+        assert sorted(out) == list(range(1, 13))
+        payload, meta = out[5]
+        assert payload == digests[(5 - 1) % 2]
+        lineage = meta["meta"]["lineage"]
+        assert lineage["input_ids"] == [5] and lineage["input_stream"] == stream
+        assert lineage["input_names"] == [f"{stream}/frame_000005_m01"]
+        assert lineage["kernel_chain"] == ["checksum"] and len(lineage["config_hash"]) == 16
+        assert meta["name"] == f"{stream}/frame_000005_m01"
+    c = asapo_consumer.create_consumer(asapo.endpoint, "", False, BEAMTIME, "checksums", "", 500)
+    with pytest.raises(asapo_consumer.AsapoStreamFinishedError) as fin:
+        c.get_by_id(13, meta_only=True, stream="scan_0001")
+    assert fin.value.next_stream == "scan_0002"  # outputs finished like their inputs
+
+
+def test_follow_streams_by_naming_scheme(asapo, tmp_path):
+    produced(asapo.endpoint, 4, ["scan_0007", "scan_0009", "other_0001"], finish=False)
+    raw = config(asapo, tmp_path, stream="scan_0007", follow="basename", idle_timeout_s=2.0)
+    summary = run(raw)
+    assert summary.exit_code == EXIT_OK, summary.error
+    assert summary.frames_out == 8  # scan_0007 then scan_0009; other_0001 is not a successor
+    first = read_stream(str(tmp_path / "out_scan_0007_asapo-run.h5"), "scan_0007")
+    assert first["message_id"].tolist() == [1, 2, 3, 4]
+    assert first["attrs"]["next_stream"] == "scan_0009"  # finished when its successor appeared
+    last = read_stream(str(tmp_path / "out_scan_0009_asapo-run.h5"), "scan_0009")
+    assert last["message_id"].tolist() == [1, 2, 3, 4]
+    assert "finished" not in last["attrs"]  # no flag and no successor: it may still grow
+
+
+@pytest.mark.parametrize(
+    ("scheme", "current", "names", "expected"),
+    [
+        ("numeric", "9", ["8", "10", "11", "x"], "10"),
+        ("basename", "scan_0009", ["scan_0010", "scan_0100", "run_0010"], "scan_0010"),
+        ("date", "20261121_100000", ["20261121_110000", "20261120_230000"], "20261121_110000"),
+        ("date", "2026-11-21T10:00:00", ["2026-11-21T09:00:00"], None),
+        ("numeric", "scan", ["1"], None),
+    ],
+)
+def test_stream_naming_schemes(scheme, current, names, expected):
+    assert next_stream(scheme, current, names) == expected
+
+
+def test_partial_dataset_error_record_or_processed(asapo, tmp_path):
+    import asapo_producer
+
+    prod = asapo_producer.create_producer(asapo.endpoint, "processed", BEAMTIME, "auto",
+                                          "detector", "", 1, 5000)
+    part = np.arange(np.prod(SHAPE), dtype=np.uint16).reshape(SHAPE)
+    for mid, count in ((1, 12), (2, 11), (3, 12)):
+        for m in range(1, count + 1):
+            prod.send(mid, f"f{mid}_m{m}", part.reshape(-1).view(np.uint8),
+                      user_meta=json.dumps({"m": m}), dataset=(m, 12), stream="scan_0001")
+    prod.wait_requests_finished(5000)
+    prod.send_stream_finished_flag("scan_0001", 3)
+    prod.wait_requests_finished(5000)
+    summary = run(config(asapo, tmp_path, group="strict", timeout_ms=300))
+    assert summary.exit_code == EXIT_OK, summary.error
+    data = read_stream(str(tmp_path / "out_scan_0001_asapo-run.h5"), "scan_0001")
+    assert data["message_id"].tolist() == [1, 3]
+    assert data["errors"]["message_id"].tolist() == [2]
+    assert b"incomplete dataset: 11 of 12 parts (missing substreams [12])" in data["errors"][
+        "error"][0]
+    summary = run(config(asapo, tmp_path, group="lenient", timeout_ms=300, partial="process"),
+                  name="lenient")
+    assert summary.exit_code == EXIT_OK, summary.error
+    data = read_stream(str(tmp_path / "out_scan_0001_lenient.h5"), "scan_0001")
+    assert data["message_id"].tolist() == [1, 2, 3]
+
+
+def test_service_restarted_mid_run_loses_nothing(asapo, tmp_path):
+    producer = produce(asapo.endpoint, 60, ["scan_0001"], rate=40.0)
+    raw = config(asapo, tmp_path, group="restart", timeout_ms=300)
+    result = {}
+
+    def pipeline():
+        result["summary"] = run(raw)
+
+    t = threading.Thread(target=pipeline)
+    t.start()
+    out, err = producer.communicate(timeout=120)
+    assert producer.returncode == 0, out + err
+    asapo.restart()  # mid-run for the pipeline, which is still draining the stream
+    t.join(timeout=120)
+    summary = result["summary"]
+    assert summary.exit_code == EXIT_OK, summary.error
+    data = read_stream(str(tmp_path / "out_scan_0001_asapo-run.h5"), "scan_0001")
+    assert data["message_id"].tolist() == list(range(1, 61))
+
+
+def _run_cli(cfg_path: Path, name: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "shmpipe", "run", "--config", str(cfg_path), "--set",
+         f"run.name={name}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+def _write_toml(path: Path, raw: dict) -> Path:
+    from shmpipe.config import to_toml
+
+    path.write_text(to_toml(load_config(raw=raw).effective()))
+    return path
+
+
+def test_pipeline_sigkilled_and_restarted_no_loss_no_duplicate(asapo, tmp_path):
+    from tests.test_lifecycle import published, wait_for
+
+    produced(asapo.endpoint, 40, ["scan_0001"])
+    raw = config(asapo, tmp_path, group="crash")
+    raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 40.0}
+    cfg = _write_toml(tmp_path / "crash.toml", raw)
+    first = _run_cli(cfg, "crash-1")
+    wait_for(lambda: published("crash-1") >= 8, what="8 published frames")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.communicate(timeout=30)
+    second = _run_cli(cfg, "crash-2")
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    out = outputs(asapo, "scan_0001")
+    assert sorted(out) == list(range(1, 41))  # nothing lost, each id once in the output
+    done_first = set()
+    f1 = tmp_path / "out_scan_0001_crash-1.h5"
+    if f1.exists():
+        try:
+            done_first = set(read_stream(str(f1), "scan_0001")["message_id"].tolist())
+        except OSError:
+            pass  # a file killed mid-write may be unreadable; the ASAPO output is the record
+    again = set(read_stream(str(tmp_path / "out_scan_0001_crash-2.h5"),
+                            "scan_0001")["message_id"].tolist())
+    assert done_first | again == set(range(1, 41))
+
+
+def test_two_instances_share_a_group_exactly_once(asapo, tmp_path):
+    raw = config(asapo, tmp_path, group="shared", idle_timeout_s=3.0, until="forever")
+    cfg = _write_toml(tmp_path / "shared.toml", raw)
+    a, b = _run_cli(cfg, "node-a"), _run_cli(cfg, "node-b")
+    from tests.test_lifecycle import wait_for
+    from shmpipe.runs import live_runs
+
+    wait_for(lambda: {"node-a", "node-b"} <= {r["name"] for r in live_runs()}, what="both")
+    produced(asapo.endpoint, 60, ["scan_0001"], rate=60.0)
+    for p in (a, b):
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    ids = {}
+    for node in ("node-a", "node-b"):
+        path = tmp_path / f"out_scan_0001_{node}.h5"
+        ids[node] = read_stream(str(path), "scan_0001")["message_id"].tolist() if path.exists() \
+            else []
+    assert not set(ids["node-a"]) & set(ids["node-b"])
+    assert sorted(ids["node-a"] + ids["node-b"]) == list(range(1, 61))
+    assert ids["node-a"] and ids["node-b"]  # the broker split the stream between them
+
+
+def test_wrong_token_is_a_configuration_error(tmp_path):
+    service = AsapoProcess(tmp_path / "secure", tokens=["right"])
+    service.data_dir.mkdir()
+    service.start()
+    try:
+        raw = config(service, tmp_path, token="wrong")
+        raw["sinks"] = [{"kind": "null"}]
+        from shmpipe.engine import StartupError
+
+        with pytest.raises(StartupError, match="refused beamtime 'bt_test'"):
+            run(raw)
+        r = subprocess.run(
+            [sys.executable, "-m", "shmpipe", "run", "--config",
+             str(_write_toml(tmp_path / "bad.toml", raw))],
+            capture_output=True, text=True, timeout=60)
+        assert r.returncode == EXIT_CONFIG_ERROR
+        assert "check source.token" in r.stderr
+    finally:
+        service.stop()
