@@ -21,6 +21,7 @@ import logging
 import secrets
 import socket
 import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,7 @@ class Broker:
         # files of a deleted stream go too; defaults to deleting records only
         self.on_delete = on_delete
         self._folder_tokens: set[str] = set()
+        self.stats: Counter[str] = Counter()  # file_transfers (diagnostic)
 
     def route(self, handler: _Handler, method: str, parts: list[str], query: dict[str, str],
               body: bytes) -> None:
@@ -242,6 +244,7 @@ class Broker:
         size = path.stat().st_size
         if _flag(query, "sizeonly"):
             raise _json({"file_size": size})
+        self.stats["file_transfers"] += 1
         handler.send_file(path, size)
         raise _Done
 

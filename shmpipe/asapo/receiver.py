@@ -17,6 +17,7 @@ import socket
 import socketserver
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,6 +162,7 @@ class Receiver:
         self.payloads = payloads
         self.tokens = tokens
         self.advertised = advertised
+        self.stats: Counter[str] = Counter()  # cache_hits, cache_misses, messages (diagnostic)
 
     # ---------------------------------------------------------------- op 7
     def authorize(self, credentials: str) -> tuple[Session | None, int, str]:
@@ -180,6 +182,7 @@ class Receiver:
     def serve_cached(self, sock: socket.socket, req: RequestHeader) -> None:
         """Answer a consumer's cache read: header then payload, or "no data"."""
         ref = self.payloads.cached(req.data_id)
+        self.stats["cache_misses" if ref is None else "cache_hits"] += 1
         if ref is None or ref.size != req.data_size:
             sock.sendall(pack_response(req.op, NetworkError.NO_DATA, "not in cache"))
             return

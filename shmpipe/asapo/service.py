@@ -75,6 +75,8 @@ class AsapoService:
         self._servers: list[BrokerServer | ReceiverServer] = []
         self._threads: list[threading.Thread] = []
         self.store: MessageStore | None = None
+        self._receiver: Receiver | None = None
+        self._broker: Broker | None = None
         self.data_dir: Path | None = self._given_data_dir
 
     # ------------------------------------------------------------ endpoints
@@ -87,6 +89,16 @@ class AsapoService:
     def receiver_address(self) -> str:
         """``host:port`` of the receiver (producers and cache reads)."""
         return f"{self.advertise_host}:{self.receiver_port}"
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Diagnostic counters since the last start: ``cache_hits``, ``cache_misses`` (op 6
+        reads) and ``file_transfers`` (HTTP file-transfer downloads)."""
+        out: dict[str, int] = {"cache_hits": 0, "cache_misses": 0, "file_transfers": 0}
+        for part in (self._receiver, self._broker):
+            if part is not None:
+                out.update(part.stats)
+        return out
 
     @property
     def running(self) -> bool:
@@ -130,6 +142,7 @@ class AsapoService:
         self._servers.append(broker_server)
         self.port = broker_server.server_address[1]
         broker.advertised = self.server_name
+        self._receiver, self._broker = receiver, broker
         for server in self._servers:
             thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                       name=f"asapo-{type(server).__name__}", daemon=True)
