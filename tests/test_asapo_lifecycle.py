@@ -37,7 +37,8 @@ def test_restart_keeps_messages_acks_and_group_pointer(tmp_path):
         consumer = asapo.consumer("src", timeout_ms=1000)
         group = consumer.generate_group_id()
         for i in range(1, 5):
-            assert consumer.get_next(group, meta_only=True, stream="s", ordered=False)[1]["_id"] == i
+            _, meta = consumer.get_next(group, meta_only=True, stream="s", ordered=False)
+            assert meta["_id"] == i
         for i in (1, 2, 3):
             consumer.acknowledge(group, i, stream="s")
         port, receiver_port = asapo.service.port, asapo.service.receiver_port

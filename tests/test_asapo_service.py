@@ -130,7 +130,8 @@ def test_two_consumers_alternating_share_one_pointer(asapo, producer, stream):
     seen = []
     for k in range(6):
         consumer = first if k % 2 == 0 else second
-        seen.append(consumer.get_next(group, meta_only=True, stream=stream, ordered=False)[1]["_id"])
+        _, meta = consumer.get_next(group, meta_only=True, stream=stream, ordered=False)
+        seen.append(meta["_id"])
     assert seen == [1, 2, 3, 4, 5, 6]
 
 
