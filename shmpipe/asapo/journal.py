@@ -1,8 +1,11 @@
 """SqliteJournal: the on-disk mirror of the MessageStore and PayloadStore.
 
-Every state change is written through to a SQLite database (WAL mode, one row per record,
-pointer, ack, in-process id, metadata document and payload file), so a service stopped and
-started again on the same data folder loses no message, acknowledgement or group pointer.
+Every state change is written to a SQLite database (WAL mode, one row per record, pointer,
+ack, in-process id, metadata document and payload file), so a service stopped and started
+again on the same data folder loses no message, acknowledgement or group pointer. Changes are
+grouped into one transaction committed every ``commit_interval`` seconds (and at close):
+a commit per change cost about 65 µs on this VM's disk, a third of a small message's budget;
+the price is that a crash (not a stop) may lose the last interval's changes.
 The in-memory store stays the source of truth while running; the journal is only read back
 at start-up by :meth:`SqliteJournal.load_into`.
 """
@@ -47,9 +50,11 @@ class SqliteJournal:
     ----------
     state_dir
         Folder for the database (created if needed).
+    commit_interval
+        Seconds between commits of the open transaction.
     """
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, commit_interval: float = 0.05) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / "state.sqlite"
         # autocommit: each change is its own transaction; WAL + synchronous=NORMAL makes that
@@ -60,15 +65,37 @@ class SqliteJournal:
         self._db.executescript(_SCHEMA)
         # the store and the payload store call in under different locks
         self._lock = threading.Lock()
+        self._db.execute("BEGIN")
+        self._dirty = False
+        self._closing = threading.Event()
+        self._committer = threading.Thread(target=self._commit_loop, args=(commit_interval,),
+                                           name="asapo-journal", daemon=True)
+        self._committer.start()
+
+    def _commit_loop(self, interval: float) -> None:
+        while not self._closing.wait(interval):
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit the changes so far."""
+        with self._lock:
+            if self._dirty:
+                self._db.execute("COMMIT")
+                self._db.execute("BEGIN")
+                self._dirty = False
 
     def close(self) -> None:
-        """Close the database."""
+        """Commit and close the database."""
+        self._closing.set()
+        self._committer.join()
         with self._lock:
+            self._db.execute("COMMIT")
             self._db.close()
 
     def _exec(self, sql: str, args: tuple[Any, ...]) -> None:
         with self._lock:
             self._db.execute(sql, args)
+            self._dirty = True
 
     # ------------------------------------------------------------ MessageStore journal
     def put_stream(self, key: SourceKey, stream: str, created_ns: int) -> None:
@@ -102,14 +129,11 @@ class SqliteJournal:
                    (*key, stream, json.dumps(meta)))
 
     def delete_stream(self, key: SourceKey, stream: str, delete_meta: bool) -> None:
-        with self._lock, self._db:
-            tables = ["streams", "records", "pointers", "acks", "inprocess"]
-            if delete_meta:
-                tables.append("meta")
-            self._db.execute("BEGIN")
-            for table in tables:
-                self._db.execute(f"DELETE FROM {table} WHERE bt=? AND src=? AND stream=?",
-                                 (*key, stream))
+        tables = ["streams", "records", "pointers", "acks", "inprocess"]
+        if delete_meta:
+            tables.append("meta")
+        for table in tables:
+            self._exec(f"DELETE FROM {table} WHERE bt=? AND src=? AND stream=?", (*key, stream))
 
     # ------------------------------------------------------------ PayloadStore journal
     def put_payload(self, buf_id: int, ref: PayloadRef | None) -> None:

@@ -84,6 +84,7 @@ class PayloadStore:
         self._window: OrderedDict[int, int] = OrderedDict()
         self._window_bytes = 0
         self._next_buf_id = 1
+        self._made_dirs: set[Path] = set()  # parents known to exist: saves a syscall per file
 
     def restore(self, buf_id: int, ref: PayloadRef) -> None:
         """Re-register a payload while loading persisted state (not in the cache window)."""
@@ -105,11 +106,10 @@ class PayloadStore:
             buf_id = self._next_buf_id
             self._next_buf_id += 1
         path = resolve_name(self.data_dir, name) if in_filesystem else self.blob_dir / str(buf_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{buf_id}.part")
         try:
             # write to a temporary name then rename, so a reader never sees half a file
-            with open(tmp, "wb") as out:
+            with self._create(tmp) as out:
                 left = size
                 while left:
                     view = buffer[:min(left, len(buffer))]
@@ -132,6 +132,16 @@ class PayloadStore:
                     _, old = self._window.popitem(last=False)
                     self._window_bytes -= old
         return buf_id
+
+    def _create(self, path: Path):
+        if path.parent not in self._made_dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(path.parent)
+        try:
+            return open(path, "wb")
+        except FileNotFoundError:  # the folder was removed behind our back
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return open(path, "wb")
 
     def cached(self, buf_id: int) -> PayloadRef | None:
         """The payload a cache read (op 6) may serve, or None for "not in cache"."""
