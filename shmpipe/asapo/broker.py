@@ -270,6 +270,9 @@ class Broker:
             else:
                 store.delete_stream(key, stream, err_on_missing, delete_meta)
             raise _Reply(200, "")
+        if rest == ["persist"] and method == "POST":
+            # ASAPO may expire non-persistent streams; this service never expires any
+            raise _Reply(200, "")
         if len(rest) == 3 and rest[:2] == ["0", "meta"]:
             meta = store.get_meta(key, None if rest[2] == "0" else stream)
             # "null": the consumer's get_*_meta then returns None (an empty body makes it fail)

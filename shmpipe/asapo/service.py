@@ -183,7 +183,8 @@ class AsapoService:
         self.stop()
 
 
-def serve(port: int, data_dir: str | None, host: str = "127.0.0.1") -> None:
+def serve(port: int, data_dir: str | None, host: str = "127.0.0.1", *,
+          tokens: Iterable[str] | Mapping[str, Iterable[str]] | None = None) -> None:
     """Run the service until SIGINT or SIGTERM (the ``asapo-standalone`` command).
 
     Parameters
@@ -195,12 +196,14 @@ def serve(port: int, data_dir: str | None, host: str = "127.0.0.1") -> None:
         Persistent data folder, or ``None`` for memory-only state.
     host
         Listen address (loopback by default).
+    tokens
+        Accept only these tokens (default: any); see :class:`~shmpipe.asapo.auth.TokenPolicy`.
     """
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     service = AsapoService(host, port, receiver_port=_free_or_zero(host, port + 1),
-                           data_dir=data_dir)
+                           data_dir=data_dir, tokens=tokens)
     try:
         service.start()
         print(f"ASAPO standalone service: server_name={service.server_name} "
