@@ -306,8 +306,9 @@ class MessageStore:
                     if old.get("name") == part.get("name") and old["size"] == part["size"]:
                         raise DuplicateRecord(id_)
                     raise WrongInputError(f"dataset {id_} part {substream} already exists")
-            rec["messages"].append(part)
-            rec["messages"].sort(key=lambda m: m["dataset_substream"])
+            # a new list rather than an in-place append: a reader may be encoding the old one
+            rec["messages"] = sorted([*rec["messages"], part],
+                                     key=lambda m: m["dataset_substream"])
             st.last_ns = max(st.last_ns, part["timestamp"])
             st.note_if_complete(rec)
             self._journal.put_record(key, stream, rec)
