@@ -105,21 +105,42 @@ class PayloadStore:
         with self._lock:
             buf_id = self._next_buf_id
             self._next_buf_id += 1
-        path = resolve_name(self.data_dir, name) if in_filesystem else self.blob_dir / str(buf_id)
-        tmp = path.with_name(path.name + f".{buf_id}.part")
+        failure: Exception | None = None
         try:
-            # write to a temporary name then rename, so a reader never sees half a file
-            with self._create(tmp) as out:
-                left = size
-                while left:
-                    view = buffer[:min(left, len(buffer))]
-                    read_into(view)
-                    out.write(view)
-                    left -= len(view)
-            os.replace(tmp, path)
+            path = resolve_name(self.data_dir, name) if in_filesystem else \
+                self.blob_dir / str(buf_id)
+            tmp = path.with_name(path.name + f".{buf_id}.part")
+            out = self._create(tmp)
+        except (PayloadError, OSError) as exc:
+            failure, out = exc, None
+        # read all ``size`` bytes even when the file cannot be written, so the connection
+        # stays in step and the error can be answered
+        left = size
+        try:
+            while left:
+                view = buffer[:min(left, len(buffer))]
+                read_into(view)
+                left -= len(view)
+                if out is not None and failure is None:
+                    try:
+                        out.write(view)
+                    except OSError as exc:
+                        failure = exc
+            if out is not None:
+                out.close()
+                if failure is None:
+                    os.replace(tmp, path)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            if out is not None:
+                out.close()
+                tmp.unlink(missing_ok=True)
             raise
+        if failure is not None:
+            if out is not None:
+                tmp.unlink(missing_ok=True)
+            if isinstance(failure, PayloadError):
+                raise failure
+            raise PayloadError(f"cannot store payload {name!r}: {failure}") from failure
         ref = PayloadRef(str(path), size, in_filesystem)
         with self._lock:
             self._refs[buf_id] = ref

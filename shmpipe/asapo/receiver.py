@@ -249,25 +249,35 @@ class Receiver:
     def _transfer(self, key: tuple[str, str], req: RequestHeader, meta: bytes, read_into: Any,
                   chunk: memoryview) -> tuple[int, str]:
         mode, substream, dataset_size = req.custom
-        # the clients need "meta" to be an object; a message sent without one gets {}
-        user_meta = json.loads(meta) if meta.strip() else {}
-        buf_id = 0
-        if mode & IngestMode.TRANSFER_DATA and req.data_size > 0:
-            in_fs = bool(mode & IngestMode.STORE_IN_FILESYSTEM)
-            try:
-                buf_id = self.payloads.receive(read_into, req.data_size, req.message, in_fs,
-                                               chunk)
-            except PayloadError:
+        carries_data = bool(mode & IngestMode.TRANSFER_DATA) and req.data_size > 0
+        try:
+            # the clients need "meta" to be an object; a message sent without one gets {}
+            user_meta = json.loads(meta) if meta.strip() else {}
+            if not isinstance(user_meta, dict):
+                raise ValueError("user meta must be a JSON object")
+        except ValueError:
+            if carries_data:  # keep the connection in step before answering the error
                 drain(read_into, req.data_size, chunk)
-                raise
+            raise
+        buf_id = 0
+        if carries_data:
+            # on error receive() has consumed exactly data_size bytes, so the stream stays
+            # in step and the error is answered on the same connection
+            buf_id = self.payloads.receive(read_into, req.data_size, req.message,
+                                           bool(mode & IngestMode.STORE_IN_FILESYSTEM), chunk)
         record = {"_id": req.data_id, "size": req.data_size, "name": req.message,
                   "timestamp": time.time_ns(), "source": self.advertised, "ib_source": "",
                   "buf_id": buf_id, "stream": req.stream, "dataset_substream": substream,
                   "ingest_mode": mode, "meta": user_meta}
-        if req.op == Opcode.TRANSFER_DATASET_DATA:
-            self.store.add_dataset_part(key, req.stream, req.data_id, dataset_size, record)
-            return NetworkError.NO_ERROR, json.dumps({"id": req.data_id})
-        new_id = self.store.add_message(key, req.stream, record, auto_id=req.data_id == 0)
+        try:
+            if req.op == Opcode.TRANSFER_DATASET_DATA:
+                self.store.add_dataset_part(key, req.stream, req.data_id, dataset_size, record)
+                return NetworkError.NO_ERROR, json.dumps({"id": req.data_id})
+            new_id = self.store.add_message(key, req.stream, record, auto_id=req.data_id == 0)
+        except (DuplicateRecord, BrokerError):
+            if buf_id:
+                self.payloads.forget([buf_id])  # an unused blob (data files are kept)
+            raise
         return NetworkError.NO_ERROR, json.dumps({"id": new_id})
 
     def _set_meta(self, key: tuple[str, str], req: RequestHeader,
