@@ -144,7 +144,8 @@ def _stop_cli(proc: subprocess.Popen) -> None:
     proc.stdout.close()
 
 
-def test_command_line_service_serves_and_persists(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+def test_command_line_service_serves_and_persists(tmp_path, stop_signal):
     import asapo_consumer
     import asapo_producer
 
@@ -160,8 +161,13 @@ def test_command_line_service_serves_and_persists(tmp_path):
         group = consumer.generate_group_id()
         assert consumer.get_next(group, meta_only=True, stream="s", ordered=False)[1]["_id"] == 1
         consumer.acknowledge(group, 1, stream="s")
-        _stop_cli(proc)
-        assert not (data_dir / ".asapo" / "state.sqlite-wal").exists()  # closed cleanly
+        if stop_signal == signal.SIGTERM:
+            _stop_cli(proc)
+            assert not (data_dir / ".asapo" / "state.sqlite-wal").exists()  # closed cleanly
+        else:  # a crash: what the clients were told is done must still be on disk
+            proc.kill()
+            proc.wait(10)
+            proc.stdout.close()
         proc = _start_cli(port, data_dir)
         data, meta = consumer.get_next(group, meta_only=False, stream="s", ordered=False)
         assert meta["_id"] == 2 and data.tobytes() == b"data2"

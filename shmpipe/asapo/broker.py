@@ -22,6 +22,7 @@ import secrets
 import socket
 import threading
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -123,20 +124,23 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         parts = [unquote(p) for p in url.path.split("/")[1:]]
         log.debug("%s %s body=%r", method, self.path, body[:200])
+        broker = self.server.broker
         try:
-            self.server.broker.route(self, method, parts, query, body)
+            broker.route(self, method, parts, query, body)
             raise _Reply(404, f"no route for {method} {url.path}")
         except _Done:
-            pass
+            return
         except _Reply as reply:
             if reply.status == 404:
                 log.warning("unhandled request %s %s", method, self.path)
-            self._send(reply.status, reply.body, reply.content_type)
+            answer = (reply.status, reply.body, reply.content_type)
         except BrokerError as exc:
-            self._send(exc.status, exc.body.encode(), "application/json")
+            answer = (exc.status, exc.body.encode(), "application/json")
         except Exception as exc:  # a bug must not kill the connection silently
             log.exception("error serving %s %s", method, self.path)
-            self._send(500, str(exc).encode())
+            answer = (500, str(exc).encode(), "text/plain")
+        broker.sync()  # what the answer reports (a pointer move, an ack) is on disk first
+        self._send(*answer)
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -180,6 +184,8 @@ class Broker:
         # called as on_delete(key, stream, error_on_not_exist, delete_meta) so the payload
         # files of a deleted stream go too; defaults to deleting records only
         self.on_delete = on_delete
+        # commits the journal before each answer; replaced by the service when persistent
+        self.sync: Callable[[], None] = lambda: None
         self._folder_tokens: set[str] = set()
         self.stats: Counter[str] = Counter()  # file_transfers (diagnostic)
 

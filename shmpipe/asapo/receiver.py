@@ -18,6 +18,7 @@ import socketserver
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,7 @@ class _Handler(socketserver.BaseRequestHandler):
                     continue
                 error, text = receiver.handle_request(session, req, bytes(meta),
                                                       lambda v: recv_exact(sock, v), chunk)
+                receiver.sync()  # a confirmed message is on disk before the producer hears so
                 sock.sendall(pack_response(req.op, error, text))
         except (ConnectionClosed, ConnectionError, OSError):
             pass  # the peer went away (or the service is stopping): nothing to answer
@@ -162,7 +164,9 @@ class Receiver:
         self.payloads = payloads
         self.tokens = tokens
         self.advertised = advertised
-        self.stats: Counter[str] = Counter()  # cache_hits, cache_misses, messages (diagnostic)
+        self.stats: Counter[str] = Counter()  # cache_hits, cache_misses (diagnostic)
+        # commits the journal before each answer; replaced by the service when persistent
+        self.sync: Callable[[], None] = lambda: None
 
     # ---------------------------------------------------------------- op 7
     def authorize(self, credentials: str) -> tuple[Session | None, int, str]:

@@ -142,6 +142,8 @@ class AsapoService:
         self._servers.append(broker_server)
         self.port = broker_server.server_address[1]
         broker.advertised = self.server_name
+        if self._journal is not None:
+            receiver.sync = broker.sync = self._journal.commit
         self._receiver, self._broker = receiver, broker
         for server in self._servers:
             thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
