@@ -112,8 +112,8 @@ class _Handler(socketserver.BaseRequestHandler):
 
     @staticmethod
     def _drain_payload(sock: socket.socket, req: RequestHeader, chunk: memoryview) -> None:
-        if req.op in (Opcode.TRANSFER_DATA, Opcode.TRANSFER_DATASET_DATA) and \
-                req.custom[0] & IngestMode.TRANSFER_DATA:
+        # data, dataset parts and metadata documents all follow the header as payload
+        if req.custom[0] & IngestMode.TRANSFER_DATA:
             drain(lambda v: recv_exact(sock, v), req.data_size, chunk)
 
 
