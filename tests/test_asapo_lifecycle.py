@@ -182,3 +182,27 @@ def test_stop_releases_threads_sockets_and_files(tmp_path, persistent):
 
 def _is(sock, link: str) -> bool:
     return link == f"socket:[{os.fstat(sock.fileno()).st_ino}]"
+
+
+def test_clients_while_the_service_is_down(tmp_path):
+    with running_asapo(tmp_path / "asapo") as asapo:
+        producer = asapo.producer("src", timeout_ms=10000)
+        assert send(producer, "s", [1]) == []
+        consumer = asapo.consumer("src", timeout_ms=300)
+        group = consumer.generate_group_id()
+        asapo.stop()
+        # what an engine sees during an outage: the consumer fails fast, the producer queues
+        with pytest.raises(ac.AsapoUnavailableServiceError):
+            consumer.get_next(group, meta_only=True, stream="s", ordered=False)
+        errors = []
+        producer.send(2, "s/2.bin", payload(2), stream="s",
+                      callback=lambda _p, err: errors.append(err))
+        with pytest.raises(ap.AsapoTimeOutError):
+            producer.wait_requests_finished(300)
+        asapo.start()
+        producer.wait_requests_finished(10000)
+        assert errors == [None]
+        ids = [consumer.get_next(group, meta_only=True, stream="s", ordered=False)[1]["_id"]
+               for _ in range(2)]
+        assert ids == [1, 2]
+        producer.cleanup()
