@@ -106,10 +106,10 @@ def test_send_file_and_persist_stream(asapo, producer, tmp_path):
 
 def test_file_names_cannot_escape_the_data_folder(asapo, producer):
     errors = []
-    producer.send(1, "../escape.bin", b"x", stream="evil",
-                  callback=lambda _p, err: errors.append(err))
+    for i, name in enumerate(["../escape.bin", ".asapo/state.sqlite"], start=1):
+        producer.send(i, name, b"x", stream="evil", callback=lambda _p, err: errors.append(err))
     producer.wait_requests_finished(5000)
-    assert len(errors) == 1 and errors[0] is not None
+    assert len(errors) == 2 and all(err is not None for err in errors)
     assert not (asapo.data_dir.parent / "escape.bin").exists()
     assert asapo.consumer("feat").get_current_size(stream="evil") == 0
 

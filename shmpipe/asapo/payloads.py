@@ -45,17 +45,22 @@ class PayloadError(Exception):
     """A payload could not be stored (bad name, I/O error)."""
 
 
+STATE_DIR = ".asapo"  # inside the data folder: the database and cache-only payloads
+
+
 def resolve_name(root: Path, name: str) -> Path:
-    """``root/name``, refusing names that would escape ``root``.
+    """``root/name``, refusing names that would escape ``root`` or touch the service's state.
 
     Raises
     ------
     PayloadError
-        For an empty or absolute name, or one with ``..`` components.
+        For an empty or absolute name, one with ``..`` components, or one inside
+        ``root/.asapo``.
     """
     rel = Path(name)
-    if not name or rel.is_absolute() or ".." in rel.parts:
-        raise PayloadError(f"file name must be a relative path inside the data folder: {name!r}")
+    if not name or rel.is_absolute() or ".." in rel.parts or rel.parts[0] == STATE_DIR:
+        raise PayloadError(f"file name must be a relative path inside the data folder "
+                           f"(not under {STATE_DIR}/): {name!r}")
     return root / rel
 
 
@@ -75,7 +80,7 @@ class PayloadStore:
     def __init__(self, data_dir: Path, cache_bytes: int = 1 << 30,
                  journal: PayloadJournal | None = None) -> None:
         self.data_dir = Path(data_dir)
-        self.blob_dir = self.data_dir / ".asapo" / "blobs"
+        self.blob_dir = self.data_dir / STATE_DIR / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.cache_bytes = cache_bytes
         self._journal = journal

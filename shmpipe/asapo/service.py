@@ -18,13 +18,12 @@ from pathlib import Path
 from shmpipe.asapo.auth import TokenPolicy
 from shmpipe.asapo.broker import Broker, BrokerServer
 from shmpipe.asapo.journal import SqliteJournal
-from shmpipe.asapo.payloads import PayloadStore
+from shmpipe.asapo.payloads import STATE_DIR, PayloadStore
 from shmpipe.asapo.receiver import Receiver, ReceiverServer
 from shmpipe.asapo.store import MessageStore
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = ".asapo"  # inside the data folder: the database and cache-only payloads
 
 
 class AsapoService:

@@ -428,7 +428,7 @@ class MessageStore:
             record = st.record_at(id_key, pointer)
             if record is None:
                 raise NoDataError(pointer, max_index)
-            if is_partial(record, minsize):
+            if dataset and is_partial(record, minsize):
                 raise PartialDataError(record)
             if resend is not None and record["_id"] not in gstate.inprocess:
                 entry = InProcess(now + resend[0] * 1_000_000, 0,
