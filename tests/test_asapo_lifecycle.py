@@ -106,7 +106,7 @@ def _next_dataset_or_none(consumer, group):
 
 
 def test_producer_sending_through_a_restart_loses_nothing(tmp_path):
-    n = 1000
+    n = 600
     with running_asapo(tmp_path / "asapo") as asapo:
         producer = asapo.producer("src", timeout_ms=10000)
         assert send(producer, "warmup", [1]) == []
