@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import asapo_consumer as ac
 import pytest
 
-from shmpipe.asapo.testing import running_asapo, wait_until
+from shmpipe.asapo.testing import running_asapo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,67 +113,41 @@ def test_file_names_cannot_escape_the_data_folder(asapo, producer):
     assert asapo.consumer("feat").get_current_size(stream="evil") == 0
 
 
-def _free_port() -> int:
-    # two consecutive free ports: the command line puts the receiver on port + 1
-    for _ in range(50):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no pair of free ports")
-
-
-def _start_cli(port: int, data_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-m", "shmpipe.asapo", "--port", str(port),
-                             "--data-dir", str(data_dir), "--log-level", "WARNING"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    line = proc.stdout.readline()
-    assert f"server_name=127.0.0.1:{port}" in line, line
-    return proc
-
-
-def _stop_cli(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(10) == 0
-    proc.stdout.close()
-
-
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
-def test_command_line_service_serves_and_persists(tmp_path, stop_signal):
-    import asapo_consumer
-    import asapo_producer
-
-    port, data_dir = _free_port(), tmp_path / "cli"
-    server = f"127.0.0.1:{port}"
-    proc = _start_cli(port, data_dir)
-    try:
-        producer = asapo_producer.create_producer(server, "processed", "bt", "auto", "cli",
-                                                  "tok", 1, 5000)
+@pytest.mark.parametrize("crash", [False, True], ids=["sigterm", "sigkill"])
+def test_service_process_serves_and_persists_across_stop_or_crash(tmp_path, crash):
+    data_dir = tmp_path / "proc"
+    with running_asapo(data_dir, in_process=False) as asapo:
+        pid = asapo.service.pid
+        producer = asapo.producer("cli")
         _send(producer, "s", [1, 2, 3])
-        consumer = asapo_consumer.create_consumer(server, str(data_dir), True, "bt", "cli",
-                                                  "tok", 500)
+        consumer = asapo.consumer("cli", has_filesystem=True)
         group = consumer.generate_group_id()
         assert consumer.get_next(group, meta_only=True, stream="s", ordered=False)[1]["_id"] == 1
         consumer.acknowledge(group, 1, stream="s")
-        if stop_signal == signal.SIGTERM:
-            _stop_cli(proc)
+        port = asapo.service.port
+        if crash:  # what the clients were told is done must still be on disk
+            asapo.kill()
+        else:
+            asapo.stop()
             assert not (data_dir / ".asapo" / "state.sqlite-wal").exists()  # closed cleanly
-        else:  # a crash: what the clients were told is done must still be on disk
-            proc.kill()
-            proc.wait(10)
-            proc.stdout.close()
-        proc = _start_cli(port, data_dir)
+        asapo.start()
+        assert asapo.service.pid != pid and asapo.service.port == port
         data, meta = consumer.get_next(group, meta_only=False, stream="s", ordered=False)
         assert meta["_id"] == 2 and data.tobytes() == b"data2"
         with pytest.raises(ac.AsapoWrongInputError):
-            consumer.acknowledge(group, 1, stream="s")
-        producer.cleanup()
-    finally:
-        if proc.poll() is None:
-            _stop_cli(proc)
-    wait_until(lambda: proc.returncode is not None)
+            consumer.acknowledge(group, 1, stream="s")  # the ack survived
+        _send(producer, "s", [4])  # the producer reconnects by itself
+        assert consumer.get_current_size(stream="s") == 4
+    assert not asapo.service.running
+
+
+def test_command_line_rejects_a_taken_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ,
+               "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        done = subprocess.run([sys.executable, "-m", "shmpipe.asapo", "--port", str(port)],
+                              capture_output=True, text=True, env=env, timeout=30)
+    assert done.returncode == 1 and "cannot start the service" in done.stderr

@@ -185,7 +185,8 @@ class AsapoService:
 
 
 def serve(port: int, data_dir: str | None, host: str = "127.0.0.1", *,
-          tokens: Iterable[str] | Mapping[str, Iterable[str]] | None = None) -> None:
+          tokens: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
+          receiver_port: int | None = None) -> None:
     """Run the service until SIGINT or SIGTERM (the ``asapo-standalone`` command).
 
     Parameters
@@ -199,12 +200,16 @@ def serve(port: int, data_dir: str | None, host: str = "127.0.0.1", *,
         Listen address (loopback by default).
     tokens
         Accept only these tokens (default: any); see :class:`~shmpipe.asapo.auth.TokenPolicy`.
+    receiver_port
+        Receiver port; by default ``port + 1`` when free, else any free port.
     """
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
-    service = AsapoService(host, port, receiver_port=_free_or_zero(host, port + 1),
-                           data_dir=data_dir, tokens=tokens)
+    if receiver_port is None:
+        receiver_port = _free_or_zero(host, port + 1) if port else 0
+    service = AsapoService(host, port, receiver_port=receiver_port, data_dir=data_dir,
+                           tokens=tokens)
     try:
         service.start()
         print(f"ASAPO standalone service: server_name={service.server_name} "
