@@ -477,12 +477,19 @@ class MessageStore:
             return self._record_or_error(st, top, dataset, minsize)
 
     def set_pointer(self, key: SourceKey, stream: str, group: str, value: int) -> None:
-        """Move the group's pointer so the next ``next`` returns id ``value + 1``."""
+        """Move the group's pointer so the next ``next`` returns id ``value + 1``.
+
+        Pending redeliveries of ids from ``value`` on are dropped (they will come again
+        through the pointer), as the ASAPO broker does.
+        """
         with self._lock:
             gstate = self._group(key, stream, group)
             for id_key in ID_KEYS:
                 gstate.pointers[id_key] = value
                 self._journal.put_pointer(key, stream, group, id_key, value)
+            for id_ in [i for i in gstate.inprocess if i >= value]:
+                del gstate.inprocess[id_]
+                self._journal.put_inprocess(key, stream, group, id_, None)
 
     def ack(self, key: SourceKey, stream: str, group: str, id_: int) -> None:
         """Acknowledge ``id_`` for the group.
