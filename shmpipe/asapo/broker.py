@@ -1,0 +1,356 @@
+"""Broker: the HTTP side of the service — discovery, broker, authorizer and file transfer.
+
+The clients are given one ``server_name`` (``host:port``) and reach every HTTP service through
+it, as they do through ASAPO's nginx front: discovery answers with this same address for the
+broker and the file-transfer service, and with the receiver's address for producers.
+
+Routes (``shared/asapo-protocol.md``)::
+
+    GET  /asapo-discovery/v0.1/{asapo-broker|asapo-file-transfer|asapo-receiver|version}
+    POST /asapo-authorizer/v0.2/folder          folder token for the file transfer
+    POST /v0.2/transfer                         raw file bytes ({"Folder","FileName"})
+    POST /v0.7/creategroup                      new group id
+    /v0.7/beamtime/{bt}/{source}/{stream}/...   next, by id, last, acks, nacks, lastack, size,
+                                                meta, streams, sources, delete, resetcounter
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from shmpipe.asapo.auth import TokenPolicy
+from shmpipe.asapo.errors import BrokerError, UnauthorizedError, WrongInputError
+from shmpipe.asapo.payloads import PayloadError, resolve_name
+from shmpipe.asapo.store import MessageStore
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "v0.7"
+SUPPORTED_PROTOCOLS = ("v0.7",)
+SOFTWARE_VERSION = "25.3.0 (shmpipe standalone)"
+
+
+class _Reply(Exception):
+    """Raised by a route to send a complete answer."""
+
+    def __init__(self, status: int, body: bytes | str = b"", content_type: str = "text/plain"):
+        super().__init__(status)
+        self.status = status
+        self.body = body.encode() if isinstance(body, str) else body
+        self.content_type = content_type
+
+
+def _json(obj: Any, status: int = 200) -> _Reply:
+    return _Reply(status, json.dumps(obj), "application/json")
+
+
+def _flag(query: dict[str, str], name: str) -> bool:
+    return query.get(name, "").lower() == "true"
+
+
+def _int(query: dict[str, str], name: str, default: int = 0) -> int:
+    try:
+        return int(query.get(name) or default)
+    except ValueError as exc:
+        raise WrongInputError(f"{name} must be an integer") from exc
+
+
+class BrokerServer(ThreadingHTTPServer):
+    """The HTTP listener; tracks live connections so :meth:`close_all` can end keep-alives."""
+
+    allow_reuse_address = True
+    daemon_threads = False  # joined by server_close() after close_all()
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], broker: Broker) -> None:
+        self.broker = broker
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def track(self, conn: socket.socket, alive: bool) -> None:
+        with self._conns_lock:
+            (self._conns.add if alive else self._conns.discard)(conn)
+
+    def close_all(self) -> None:
+        """Shut every live connection down so handler threads return."""
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the clients reuse connections
+    server: BrokerServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, True)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, False)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        parts = [unquote(p) for p in url.path.split("/")[1:]]
+        log.debug("%s %s body=%r", method, self.path, body[:200])
+        broker = self.server.broker
+        try:
+            broker.route(self, method, parts, query, body)
+            raise _Reply(404, f"no route for {method} {url.path}")
+        except _Done:
+            return
+        except _Reply as reply:
+            if reply.status == 404:
+                log.warning("unhandled request %s %s", method, self.path)
+            answer = (reply.status, reply.body, reply.content_type)
+        except BrokerError as exc:
+            answer = (exc.status, exc.body.encode(), "application/json")
+        except Exception as exc:  # a bug must not kill the connection silently
+            log.exception("error serving %s %s", method, self.path)
+            answer = (500, str(exc).encode(), "text/plain")
+        broker.sync()  # what the answer reports (a pointer move, an ack) is on disk first
+        self._send(*answer)
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_file(self, path: Path, size: int) -> None:
+        """Answer 200 with the file's bytes, sent with ``sendfile``."""
+        with open(path, "rb") as f:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            self.connection.sendfile(f, 0, size)
+
+
+class Broker:
+    """Routes HTTP requests onto the store.
+
+    Parameters
+    ----------
+    store
+        The state.
+    data_dir
+        Root of payload files for the file-transfer service.
+    tokens
+        Token policy applied to every beamtime request.
+    advertised, receiver_address
+        ``host:port`` of this HTTP service and of the receiver, as the clients should dial them.
+    """
+
+    def __init__(self, store: MessageStore, data_dir: Path, tokens: TokenPolicy,
+                 advertised: str = "", receiver_address: str = "", on_delete: Any = None) -> None:
+        self.store = store
+        self.data_dir = Path(data_dir)
+        self.tokens = tokens
+        self.advertised = advertised
+        self.receiver_address = receiver_address
+        # called as on_delete(key, stream, error_on_not_exist, delete_meta) so the payload
+        # files of a deleted stream go too; defaults to deleting records only
+        self.on_delete = on_delete
+        # commits the journal before each answer; replaced by the service when persistent
+        self.sync: Callable[[], None] = lambda: None
+        self._folder_tokens: set[str] = set()
+        self.stats: Counter[str] = Counter()  # file_transfers (diagnostic)
+
+    def route(self, handler: _Handler, method: str, parts: list[str], query: dict[str, str],
+              body: bytes) -> None:
+        """Serve one request by raising :class:`_Reply` or a :class:`BrokerError`."""
+        if parts[:2] == ["asapo-discovery", "v0.1"] and len(parts) == 3:
+            self._discovery(parts[2], query)
+        if parts[:2] == ["asapo-authorizer", "v0.2"] and parts[2:] == ["folder"]:
+            self._folder_token(body)
+        if parts[-2:] == ["v0.2", "transfer"]:
+            self._transfer(handler, query, body)
+        if not parts or parts[0] != API_VERSION:
+            return
+        if parts[1:] == ["creategroup"] and method == "POST":
+            raise _Reply(200, self.store.create_group())
+        if len(parts) >= 6 and parts[1] == "beamtime":
+            beamtime, source, stream = parts[2:5]
+            if not self.tokens.allows(query.get("token", ""), beamtime):
+                raise UnauthorizedError(f"token not valid for beamtime {beamtime}")
+            self._beamtime(handler, method, (beamtime, source), stream, parts[5:], query, body)
+
+    # ------------------------------------------------------------ discovery & files
+    def _discovery(self, service: str, query: dict[str, str]) -> None:
+        protocol = query.get("protocol", API_VERSION)
+        if service == "version":
+            supported = protocol in SUPPORTED_PROTOCOLS
+            raise _json({"softwareVersion": SOFTWARE_VERSION,
+                         "clientProtocol": {"versionInfo": protocol, "supported": supported},
+                         "clientSupported": "yes" if supported else "no",
+                         "supportedProtocols": list(SUPPORTED_PROTOCOLS)})
+        if protocol not in SUPPORTED_PROTOCOLS:
+            raise _Reply(415, f"protocol {protocol} not supported")
+        if service in ("asapo-broker", "asapo-file-transfer"):
+            raise _Reply(200, self.advertised)
+        if service == "asapo-receiver":
+            raise _json({"MaxConnections": 32, "Uris": [self.receiver_address]})
+
+    def _folder_token(self, body: bytes) -> None:
+        try:
+            request = json.loads(body)
+        except ValueError as exc:
+            raise WrongInputError("folder request must be JSON") from exc
+        beamtime = request.get("BeamtimeId", "")
+        if not self.tokens.allows(request.get("Token", ""), beamtime):
+            raise UnauthorizedError(f"token not valid for beamtime {beamtime}")
+        token = secrets.token_hex(16)
+        self._folder_tokens.add(token)
+        raise _Reply(200, token)
+
+    def _transfer(self, handler: _Handler, query: dict[str, str], body: bytes) -> None:
+        cookie = handler.headers.get("Cookie", "") + ";" + handler.headers.get("Authorization", "")
+        if not any(t in cookie for t in self._folder_tokens):
+            raise UnauthorizedError("missing or unknown folder token")
+        try:
+            request = json.loads(body)
+            path = resolve_name(self.data_dir, request.get("FileName", ""))
+        except (ValueError, PayloadError) as exc:
+            raise WrongInputError(str(exc)) from exc
+        if not path.is_file():
+            raise _Reply(404, f"no file {request.get('FileName')}")
+        size = path.stat().st_size
+        if _flag(query, "sizeonly"):
+            raise _json({"file_size": size})
+        self.stats["file_transfers"] += 1
+        handler.send_file(path, size)
+        raise _Done
+
+    # ------------------------------------------------------------ the broker proper
+    def _beamtime(self, handler: _Handler, method: str, key: tuple[str, str], stream: str,
+                  rest: list[str], query: dict[str, str], body: bytes) -> None:
+        store = self.store
+        # the dataset count asks for size with incomplete=true|false and no dataset flag
+        dataset = _flag(query, "dataset") or (rest == ["size"] and "incomplete" in query)
+        minsize = _int(query, "minsize")
+        if rest == ["streams"]:
+            self._streams(key, query)
+        if rest == ["sources"]:
+            raise _json({"sources": store.sources(key[0])})
+        if rest == ["size"]:
+            raise _json({"size": store.size(key, stream, dataset, _flag(query, "incomplete"))})
+        if rest == ["delete"] and method == "POST":
+            params = json.loads(body) if body.strip() else {}
+            err_on_missing = params.get("ErrorOnNotExist", True)
+            delete_meta = params.get("DeleteMeta", True)
+            if self.on_delete is not None:
+                self.on_delete(key, stream, err_on_missing, delete_meta)
+            else:
+                store.delete_stream(key, stream, err_on_missing, delete_meta)
+            raise _Reply(200, "")
+        if rest == ["persist"] and method == "POST":
+            # ASAPO may expire non-persistent streams; this service never expires any
+            raise _Reply(200, "")
+        if len(rest) == 3 and rest[:2] == ["0", "meta"]:
+            meta = store.get_meta(key, None if rest[2] == "0" else stream)
+            # "null": the consumer's get_*_meta then returns None (an empty body makes it fail)
+            raise _json(meta)
+        if len(rest) != 2:
+            return
+        group, op = rest
+        if method == "GET" and op == "next":
+            resend = None
+            if _flag(query, "resend_nacks"):
+                resend = (_int(query, "delay_ms"), _int(query, "resend_attempts"))
+            record = store.next(key, stream, group, query.get("id_key", "_id"), dataset,
+                                minsize, resend)
+            raise _json(record)
+        if method == "GET" and op == "last":
+            raise _json(store.last(key, stream, dataset, minsize))
+        if method == "GET" and op == "groupedlast":
+            raise _json(store.last(key, stream, dataset, minsize, group=group))
+        if method == "GET" and op == "nacks":
+            ids = store.unacknowledged(key, stream, group, _int(query, "from"), _int(query, "to"))
+            raise _json({"unacknowledged": ids})
+        if method == "GET" and op == "lastack":
+            raise _json({"lastAckId": store.last_ack(key, stream, group)})
+        if method == "POST" and op == "resetcounter":
+            store.set_pointer(key, stream, group, _int(query, "value"))
+            raise _Reply(200, "")
+        if op == "querymessages":
+            raise WrongInputError("query_messages is not supported by the standalone service")
+        if op.isdigit():
+            if method == "GET":
+                raise _json(store.by_id(key, stream, int(op), dataset, minsize))
+            if method == "POST":
+                self._ack(key, stream, group, int(op), body)
+
+    def _ack(self, key: tuple[str, str], stream: str, group: str, id_: int, body: bytes) -> None:
+        try:
+            request = json.loads(body)
+        except ValueError as exc:
+            raise WrongInputError("ack body must be JSON") from exc
+        op = request.get("Op")
+        if op == "ackmessage":
+            self.store.ack(key, stream, group, id_)
+        elif op == "negackmessage":
+            delay = int((request.get("Params") or {}).get("DelayMs", 0))
+            self.store.neg_ack(key, stream, group, id_, delay)
+        else:
+            raise WrongInputError(f"unknown op {op}")
+        raise _Reply(200, "")
+
+    def _streams(self, key: tuple[str, str], query: dict[str, str]) -> None:
+        infos = self.store.streams(key)
+        start = query.get("from", "")
+        if _flag(query, "last"):
+            infos = infos[-1:]
+        elif _flag(query, "single"):
+            infos = [s for s in infos if s["name"] == start]
+        else:
+            if start:
+                names = [s["name"] for s in infos]
+                infos = infos[names.index(start):] if start in names else []
+            wanted = query.get("filter", "all")
+            if wanted == "finished":
+                infos = [s for s in infos if s["finished"]]
+            elif wanted == "unfinished":
+                infos = [s for s in infos if not s["finished"]]
+            elif wanted != "all":
+                raise WrongInputError(f"unknown stream filter {wanted}")
+        raise _json({"streams": infos})
+
+
+class _Done(_Reply):
+    """The answer was already written (a streamed file)."""
+
+    def __init__(self) -> None:
+        super().__init__(0)

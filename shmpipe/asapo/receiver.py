@@ -1,0 +1,298 @@
+"""Receiver: the producer's TCP protocol, plus the consumer's cache read (op 6).
+
+One thread per connection. A producer connection starts with an authorization request (op 7)
+whose meta carries ``type%instance%step%beamtime%beamline%data_source%token``; then every
+request is a header, ``meta_size`` bytes of JSON and, when the ingest mode transfers data,
+``data_size`` payload bytes, and gets exactly one response. A consumer opens connections to
+the record's ``source`` address and asks for payloads by ``buf_id`` (op 6); the answer is a
+response header followed by the payload, sent with ``sendfile``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import socketserver
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from shmpipe.asapo.auth import TokenPolicy
+from shmpipe.asapo.errors import BrokerError
+from shmpipe.asapo.payloads import CHUNK, PayloadError, PayloadStore
+from shmpipe.asapo.protocol import (
+    REQUEST_HEADER,
+    IngestMode,
+    NetworkError,
+    Opcode,
+    RequestHeader,
+    pack_response,
+)
+from shmpipe.asapo.store import DuplicateRecord, MessageStore
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the connection."""
+
+
+def recv_exact(sock: socket.socket, view: memoryview) -> None:
+    """Fill ``view`` from ``sock`` or raise :class:`ConnectionClosed`."""
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise ConnectionClosed
+        got += n
+
+
+def drain(read_into: Any, size: int, chunk: memoryview) -> None:
+    """Read and discard ``size`` payload bytes, keeping the connection in step."""
+    while size:
+        view = chunk[:min(size, len(chunk))]
+        read_into(view)
+        size -= len(view)
+
+
+@dataclass
+class Session:
+    """Who a producer connection authorized as."""
+
+    beamtime: str
+    data_source: str
+    producer_type: str
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: ReceiverServer
+
+    def setup(self) -> None:
+        self.server.track(self.request, True)
+
+    def finish(self) -> None:
+        self.server.track(self.request, False)
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        receiver = self.server.receiver
+        header = bytearray(REQUEST_HEADER.size)
+        chunk = memoryview(bytearray(CHUNK))
+        session: Session | None = None
+        try:
+            while True:
+                recv_exact(sock, memoryview(header))
+                req = RequestHeader.unpack(bytes(header))
+                meta = bytearray(req.meta_size)
+                recv_exact(sock, memoryview(meta))
+                if req.op == Opcode.GET_BUFFER_DATA:
+                    receiver.serve_cached(sock, req)
+                    continue
+                if req.op == Opcode.AUTHORIZE:
+                    session, error, text = receiver.authorize(meta.decode("utf-8", "replace"))
+                    sock.sendall(pack_response(req.op, error, text))
+                    continue
+                if session is None:
+                    self._drain_payload(sock, req, chunk)
+                    sock.sendall(pack_response(req.op, NetworkError.AUTHORIZATION,
+                                               "not authorized"))
+                    continue
+                error, text = receiver.handle_request(session, req, bytes(meta),
+                                                      lambda v: recv_exact(sock, v), chunk)
+                receiver.sync()  # a confirmed message is on disk before the producer hears so
+                sock.sendall(pack_response(req.op, error, text))
+        except (ConnectionClosed, ConnectionError, OSError):
+            pass  # the peer went away (or the service is stopping): nothing to answer
+
+    @staticmethod
+    def _drain_payload(sock: socket.socket, req: RequestHeader, chunk: memoryview) -> None:
+        # data, dataset parts and metadata documents all follow the header as payload
+        if req.custom[0] & IngestMode.TRANSFER_DATA:
+            drain(lambda v: recv_exact(sock, v), req.data_size, chunk)
+
+
+class ReceiverServer(socketserver.ThreadingTCPServer):
+    """The listening socket; tracks live connections so :meth:`close_all` can end them."""
+
+    allow_reuse_address = True
+    daemon_threads = False  # joined by server_close() after close_all()
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], receiver: Receiver) -> None:
+        self.receiver = receiver
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def track(self, conn: socket.socket, alive: bool) -> None:
+        with self._conns_lock:
+            (self._conns.add if alive else self._conns.discard)(conn)
+
+    def close_all(self) -> None:
+        """Shut every live connection down so handler threads return."""
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class Receiver:
+    """Turns producer requests into store records and payload files.
+
+    Parameters
+    ----------
+    store, payloads
+        Where records and payloads go.
+    tokens
+        The token policy for op 7.
+    advertised
+        ``host:port`` written into each record's ``source`` (where consumers read the cache).
+    """
+
+    def __init__(self, store: MessageStore, payloads: PayloadStore, tokens: TokenPolicy,
+                 advertised: str = "") -> None:
+        self.store = store
+        self.payloads = payloads
+        self.tokens = tokens
+        self.advertised = advertised
+        self.stats: Counter[str] = Counter()  # cache_hits, cache_misses (diagnostic)
+        # commits the journal before each answer; replaced by the service when persistent
+        self.sync: Callable[[], None] = lambda: None
+
+    # ---------------------------------------------------------------- op 7
+    def authorize(self, credentials: str) -> tuple[Session | None, int, str]:
+        """Check ``type%instance%step%beamtime%beamline%data_source%token``."""
+        parts = credentials.split("%")
+        if len(parts) < 7:
+            return None, NetworkError.WRONG_REQUEST, "malformed credentials"
+        ptype, _instance, _step, beamtime, beamline, data_source = parts[:6]
+        token = "%".join(parts[6:])
+        if beamtime in ("", "auto"):
+            beamtime = beamline
+        if not self.tokens.allows(token, beamtime):
+            return None, NetworkError.AUTHORIZATION, f"wrong token for beamtime {beamtime}"
+        return Session(beamtime, data_source, ptype), NetworkError.NO_ERROR, ""
+
+    # ---------------------------------------------------------------- op 6
+    def serve_cached(self, sock: socket.socket, req: RequestHeader) -> None:
+        """Answer a consumer's cache read: header then payload, or "no data"."""
+        ref = self.payloads.cached(req.data_id)
+        self.stats["cache_misses" if ref is None else "cache_hits"] += 1
+        if ref is None or ref.size != req.data_size:
+            sock.sendall(pack_response(req.op, NetworkError.NO_DATA, "not in cache"))
+            return
+        try:
+            fd = os.open(ref.path, os.O_RDONLY)
+        except OSError:
+            sock.sendall(pack_response(req.op, NetworkError.NO_DATA, "payload file missing"))
+            return
+        try:
+            sock.sendall(pack_response(req.op, NetworkError.NO_ERROR))
+            sent = 0
+            while sent < ref.size:
+                n = os.sendfile(sock.fileno(), fd, sent, ref.size - sent)
+                if n == 0:
+                    raise ConnectionClosed  # file shrank under us: end this connection
+                sent += n
+        finally:
+            os.close(fd)
+
+    # ---------------------------------------------------------------- the rest
+    def handle_request(self, session: Session, req: RequestHeader, meta: bytes,
+                       read_into: Any, chunk: memoryview) -> tuple[int, str]:
+        """Serve one authorized request; returns (error code, response text)."""
+        key = (session.beamtime, session.data_source)
+        try:
+            if req.op in (Opcode.TRANSFER_DATA, Opcode.TRANSFER_DATASET_DATA):
+                return self._transfer(key, req, meta, read_into, chunk)
+            if req.op == Opcode.TRANSFER_METADATA:
+                return self._set_meta(key, req, read_into)
+            if req.op == Opcode.GET_META:
+                stream = req.stream if req.custom[0] else None
+                found = self.store.get_meta(key, stream)
+                return NetworkError.NO_ERROR, json.dumps(found) if found is not None else ""
+            if req.op == Opcode.DELETE_STREAM:
+                flags = req.custom[0]
+                self.store_delete(key, req.stream, error_on_not_exist=bool(flags & 1),
+                                  delete_meta=bool(flags & 2))
+                return NetworkError.NO_ERROR, ""
+            if req.op == Opcode.STREAM_INFO:
+                infos = [s for s in self.store.streams(key) if s["name"] == req.stream]
+                return NetworkError.NO_ERROR, json.dumps(infos[0] if infos else {})
+            if req.op == Opcode.LAST_STREAM:
+                infos = self.store.streams(key)
+                return NetworkError.NO_ERROR, json.dumps(infos[-1] if infos else {})
+            if req.op == Opcode.PERSIST_STREAM:
+                return NetworkError.NO_ERROR, ""
+        except DuplicateRecord as exc:
+            return NetworkError.WARNING, str(exc)
+        except (BrokerError, PayloadError) as exc:
+            return NetworkError.WRONG_REQUEST, str(exc)
+        except ValueError as exc:
+            return NetworkError.WRONG_REQUEST, f"bad request: {exc}"
+        log.warning("unsupported receiver op %s", req.op)
+        if req.custom[0] & IngestMode.TRANSFER_DATA:
+            drain(read_into, req.data_size, chunk)
+        return NetworkError.NOT_SUPPORTED, f"op {req.op} not supported"
+
+    def store_delete(self, key: tuple[str, str], stream: str, error_on_not_exist: bool,
+                     delete_meta: bool) -> None:
+        """Delete a stream and its internal payload blobs."""
+        messages = self.store.delete_stream(key, stream, error_on_not_exist, delete_meta)
+        self.payloads.forget([m["buf_id"] for m in messages if m.get("buf_id")])
+
+    def _transfer(self, key: tuple[str, str], req: RequestHeader, meta: bytes, read_into: Any,
+                  chunk: memoryview) -> tuple[int, str]:
+        mode, substream, dataset_size = req.custom
+        carries_data = bool(mode & IngestMode.TRANSFER_DATA) and req.data_size > 0
+        try:
+            # the clients need "meta" to be an object; a message sent without one gets {}
+            user_meta = json.loads(meta) if meta.strip() else {}
+            if not isinstance(user_meta, dict):
+                raise ValueError("user meta must be a JSON object")
+        except ValueError:
+            if carries_data:  # keep the connection in step before answering the error
+                drain(read_into, req.data_size, chunk)
+            raise
+        buf_id = 0
+        if carries_data:
+            # on error receive() has consumed exactly data_size bytes, so the stream stays
+            # in step and the error is answered on the same connection
+            buf_id = self.payloads.receive(read_into, req.data_size, req.message,
+                                           bool(mode & IngestMode.STORE_IN_FILESYSTEM), chunk)
+        record = {"_id": req.data_id, "size": req.data_size, "name": req.message,
+                  "timestamp": time.time_ns(), "source": self.advertised, "ib_source": "",
+                  "buf_id": buf_id, "stream": req.stream, "dataset_substream": substream,
+                  "ingest_mode": mode, "meta": user_meta}
+        try:
+            if req.op == Opcode.TRANSFER_DATASET_DATA:
+                self.store.add_dataset_part(key, req.stream, req.data_id, dataset_size, record)
+                return NetworkError.NO_ERROR, json.dumps({"id": req.data_id})
+            new_id = self.store.add_message(key, req.stream, record, auto_id=req.data_id == 0)
+        except (DuplicateRecord, BrokerError):
+            if buf_id:
+                self.payloads.forget([buf_id])  # an unused blob (data files are kept)
+            raise
+        return NetworkError.NO_ERROR, json.dumps({"id": new_id})
+
+    def _set_meta(self, key: tuple[str, str], req: RequestHeader,
+                  read_into: Any) -> tuple[int, str]:
+        # the document travels as the payload; custom word 1 encodes the mode as
+        # op + 10 * upsert with op 1 insert, 2 replace, 3 update (what the 25.3 producer sends)
+        raw = bytearray(req.data_size)
+        read_into(memoryview(raw))
+        doc = json.loads(raw) if raw.strip() else None
+        op, upsert = req.custom[1] % 10, req.custom[1] // 10 == 1
+        mode = {1: "insert", 2: "replace", 3: "update"}.get(op, "replace")
+        stream = req.stream or None  # the beamtime's meta comes with an empty stream
+        self.store.set_meta(key, stream, doc, mode, upsert)
+        return NetworkError.NO_ERROR, ""
