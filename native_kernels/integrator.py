@@ -33,12 +33,7 @@ from typing import Any
 import numpy as np
 
 from native_kernels import positions as P
-from native_kernels.accumulate import (
-    NCOPY,
-    accumulate_bbox,
-    accumulate_nosplit,
-    azimuthal_variance,
-)
+from native_kernels import accumulate as A
 from native_kernels.geometry import DetectorGeometry, ModulePlacement, load_geometry
 from native_kernels.poni import Poni, PoniError, read_poni
 from native_kernels.tables import (
@@ -51,7 +46,7 @@ from native_kernels.tables import (
     static_sums,
 )
 
-TABLE_FORMAT = 3  # bump when the table layout or binning rules change (invalidates caches)
+TABLE_FORMAT = 4  # bump when the table layout or binning rules change (invalidates caches)
 ERROR_MODELS = (None, "poisson", "azimuthal")
 
 
@@ -122,6 +117,29 @@ def _crc(a: np.ndarray | None) -> int | None:
     return zlib.crc32(a.view(np.uint8).reshape(-1).data) ^ hash((a.shape, a.dtype.str)) & 0xFFFF
 
 
+def flat_segment(view: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """(flat array, offset of row 0, row stride) of a 2-D view with unit column stride.
+
+    This is how the loops see a module: an assembled image's module region is passed without
+    copying. A view whose columns are not contiguous (a module rotated or flipped left-right in
+    the layout) is copied first: such layouts are rare, and the copy keeps the hot loop simple.
+    """
+    if view.ndim != 2:
+        raise ValueError(f"expected a 2-D module array, got shape {view.shape}")
+    item = view.dtype.itemsize
+    if view.strides[1] != item or view.strides[0] % item:
+        view = np.ascontiguousarray(view)
+    rows, cols = view.shape
+    s0 = view.strides[0] // item
+    if s0 >= 0:
+        span = (rows - 1) * s0 + cols
+        return np.lib.stride_tricks.as_strided(view, (span,), (item,)), 0, s0
+    up = view[::-1]
+    span = (rows - 1) * (-s0) + cols
+    flat = np.lib.stride_tricks.as_strided(up, (span,), (item,))
+    return flat, (rows - 1) * (-s0), s0
+
+
 class RadialPlan:
     """Precomputed integration of one geometry into fixed bins, with fixed corrections.
 
@@ -155,12 +173,17 @@ class RadialPlan:
         self.dummy = dummy
         self.delta_dummy = delta_dummy
         self.check_dummy = check_dummy
-        self._acc = np.zeros((NCOPY, self.nbins + 1, 2), dtype=np.float64)
-        self._removed = np.zeros((self.nbins + 1, 3), dtype=np.float64)
+        self._accs = np.zeros((A.NCOPY, self.nbins + 2), dtype=np.float64)
+        self._accv = np.zeros((A.NCOPY, self.nbins + 2), dtype=np.float64)
+        self._removed = np.zeros((self.nbins + 2, 3), dtype=np.float64)
         # Placeholders for arrays a loop does not read (Numba needs a typed argument).
-        self._no_dark = np.zeros((1, 1), dtype=np.float32)
-        self._no_span = np.zeros((1, 1), dtype=np.uint8)
-        self._no_coef = np.zeros((1, 1, 3), dtype=np.float32)
+        self._no_dark = np.zeros(1, dtype=np.float32)
+        self._no_coef = np.zeros((1, 1), dtype=np.float32)
+        npx = self.part_shape[0] * self.part_shape[1]
+        if self.split == "bbox":
+            cuts = np.searchsorted(self.table.exc_pix, np.arange(self.n_parts + 1) * npx)
+            self._exc_ranges = [(int(cuts[k]), int(cuts[k + 1])) for k in range(self.n_parts)]
+        self._npx = npx
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -185,33 +208,54 @@ class RadialPlan:
 
     # -- the integration ------------------------------------------------------------------
 
+    def _dummy_args(self):
+        return (self.check_dummy, np.float32(self.dummy if self.dummy is not None else 0.0),
+                np.float32(self.delta_dummy or 0.0))
+
     def accumulate(self, data, dark=None, error_model=None):
-        """Run the per-frame loops; return (acc[nbins, 2], removed[nbins, 3])."""
+        """Run the per-frame loops; return (signal, variance, removed, segments, darks)."""
         em = _error_model(error_model)
         segs = self.segments(data)
         self._check_dtype(segs)
-        darks = [self._no_dark] * len(segs)
+        segs = [flat_segment(v) for v in segs]
+        darks = [(self._no_dark, 0, 0)] * len(segs)
         use_dark = dark is not None
         if use_dark:
             dark = np.asarray(dark, dtype=np.float32)
-            darks = self.segments(dark)
-        acc, removed = self._acc, self._removed
-        acc[...] = 0.0
+            if dark.ndim == 3:
+                dark = list(dark)
+            darks = [flat_segment(v) for v in self.segments(dark)]
+        accs, accv, removed = self._accs, self._accv, self._removed
+        accs[...] = 0.0
+        accv[...] = 0.0
         removed[...] = 0.0
-        cd = self.check_dummy
-        dummy = np.float32(self.dummy if self.dummy is not None else 0.0)
-        ddummy = np.float32(self.delta_dummy or 0.0)
+        cd, dummy, ddummy = self._dummy_args()
         poisson = em == "poisson"
+        lean = not (use_dark or cd)
         t = self.table
-        for k, (img, dk) in enumerate(zip(segs, darks, strict=True)):
+        nb = self.nbins
+        for k, ((img, b0, s0), (dk, db, ds)) in enumerate(zip(segs, darks, strict=True)):
             if self.split == "no":
-                accumulate_nosplit(img, t.bin[k], dk, use_dark, self.norm[k], cd, dummy, ddummy,
-                                   poisson, self.nbins, acc, removed)
+                if lean:
+                    A.nosplit_lean(img, b0, s0, t.bin[k], self.norm[k], poisson, nb, accs, accv,
+                                   removed)
+                else:
+                    A.nosplit_general(img, b0, s0, t.bin[k], dk, db, ds, use_dark, self.norm[k],
+                                      cd, dummy, ddummy, poisson, nb, accs, accv, removed)
+                continue
+            if lean:
+                A.bbox_lean(img, b0, s0, t.bin[k], t.coef[k], self.norm[k], poisson, nb, accs,
+                            accv, removed)
             else:
-                accumulate_bbox(img, t.bin[k], t.span[k], t.coef[k], dk, use_dark, self.norm[k],
-                                cd, dummy, ddummy, poisson, self.nbins, acc, removed)
-        total = acc.sum(axis=0)[: self.nbins]
-        return total, removed[: self.nbins], segs, darks, use_dark
+                A.bbox_general(img, b0, s0, t.bin[k], t.coef[k], dk, db, ds, use_dark,
+                               self.norm[k], cd, dummy, ddummy, poisson, nb, accs, accv, removed)
+            lo, hi = self._exc_ranges[k]
+            if hi > lo:
+                A.bbox_exceptions(img, b0, s0, k * self._npx, t.exc_pix, t.exc_ptr, t.exc_bin,
+                                  t.exc_coef, lo, hi, dk, db, ds, use_dark, self.norm[k], cd,
+                                  dummy, ddummy, poisson, accs, accv, removed)
+        return (accs.sum(axis=0)[:nb], accv.sum(axis=0)[:nb], removed[:nb], segs, darks,
+                use_dark)
 
     def integrate(self, data: np.ndarray | Sequence[np.ndarray], dark: np.ndarray | None = None,
                   normalization_factor: float = 1.0, error_model: str | None = None,
@@ -236,32 +280,21 @@ class RadialPlan:
         if not normalization_factor or not np.isfinite(normalization_factor):
             raise ValueError(f"normalization_factor must be finite and nonzero, "
                              f"got {normalization_factor}")
-        total, removed, segs, darks, use_dark = self.accumulate(data, dark, em)
+        signal, var_sum, removed, segs, darks, use_dark = self.accumulate(data, dark, em)
         st = self.static
         nf = float(normalization_factor)
         count = st[:, 0] - removed[:, 0]
         norm = (st[:, 1] - removed[:, 1]) * nf
         norm2 = (st[:, 2] - removed[:, 2]) * (nf * nf)
-        signal = total[:, 0]
         empty = ~(norm != 0)  # pyFAI: bins with no normalisation are "empty" (0)
         with np.errstate(divide="ignore", invalid="ignore"):
             intensity = np.where(empty, 0.0, signal / norm)
             variance = None
             if em == "poisson":
-                variance = total[:, 1].copy()
+                variance = var_sum.copy()
             elif em == "azimuthal":
-                mean = np.where(empty, 0.0, signal / (norm / nf))
-                variance = np.zeros(self.nbins, dtype=np.float64)
-                cd = self.check_dummy
-                dummy = np.float32(self.dummy if self.dummy is not None else 0.0)
-                ddummy = np.float32(self.delta_dummy or 0.0)
-                t = self.table
-                split = self.split == "bbox"
-                for k, (img, dk) in enumerate(zip(segs, darks, strict=True)):
-                    azimuthal_variance(img, t.bin[k], t.span[k] if split else self._no_span,
-                                       t.coef[k] if split else self._no_coef, split, dk,
-                                       use_dark, self.norm[k], cd, dummy, ddummy, self.nbins,
-                                       mean, variance)
+                variance = self._azimuthal(segs, darks, use_dark,
+                                           np.where(empty, 0.0, signal / (norm / nf)))
             std = sem = None
             if variance is not None:
                 std = np.where(empty, 0.0, np.sqrt(variance / norm2))
@@ -279,6 +312,25 @@ class RadialPlan:
             sum_normalization2=norm2, count=res["count"], sum_variance=variance,
             std=res["std"], sem=res["sigma"], unit=self.unit, method=self.split,
         )
+
+    def _azimuthal(self, segs, darks, use_dark, mean):
+        mean = np.concatenate([mean, [0.0, 0.0]])
+        out = np.zeros(self.nbins + 2, dtype=np.float64)
+        cd, dummy, ddummy = self._dummy_args()
+        t = self.table
+        split = self.split == "bbox"
+        for k, ((img, b0, s0), (dk, db, ds)) in enumerate(zip(segs, darks, strict=True)):
+            A.azimuthal_variance(img, b0, s0, t.bin[k], t.coef[k] if split else self._no_coef,
+                                 split, dk, db, ds, use_dark, self.norm[k], cd, dummy, ddummy,
+                                 self.nbins, mean, out)
+            if split:
+                lo, hi = self._exc_ranges[k]
+                if hi > lo:
+                    A.azimuthal_variance_exceptions(
+                        img, b0, s0, k * self._npx, t.exc_pix, t.exc_ptr, t.exc_bin,
+                        t.exc_coef, lo, hi, dk, db, ds, use_dark, self.norm[k], cd, dummy,
+                        ddummy, mean, out)
+        return out[: self.nbins]
 
     def integrate2d(self, data, dark=None, normalization_factor: float = 1.0,
                     error_model: str | None = None) -> Integrate2dResult:
@@ -300,7 +352,7 @@ class RadialPlan:
         n = self.n_parts * self.part_shape[0] * self.part_shape[1]
         per_px = data_itemsize + self.table.bin.dtype.itemsize
         if self.split == "bbox":
-            per_px += 1 + 12
+            per_px += self.table.coef.dtype.itemsize
         return n * per_px
 
 
@@ -457,8 +509,8 @@ class AzimuthalIntegrator:
                         flat=None if flat is None else np.asarray(flat, np.float32))
         cached = load_cached(cache_dir, key)
         if cached is not None:
-            table = Table(split, npt, cached["bin"], cached.get("span"), cached.get("coef"),
-                          dict(zip(("lo", "hi", "delta"), cached["edges"].tolist(), strict=True)))
+            table = Table.from_arrays(split, npt, cached, dict(
+                zip(("lo", "hi", "delta"), cached["edges"].tolist(), strict=True)))
             w = cached["norm"]
         else:
             w = self.normalization(correct_solid_angle, polarization_factor, flat)
@@ -466,11 +518,7 @@ class AzimuthalIntegrator:
             pos = self._per_pixel("center", space)
             dpos = self._per_pixel("delta", space) if split == "bbox" else None
             table = build_table_1d(pos, dpos, valid, npt, rr, allow_negative=False)
-            drop = ~contrib.reshape(-1)
-            if split == "no":
-                table.bin[drop] = npt
-            else:
-                table.span[drop] = 0
+            table.drop(np.flatnonzero(~contrib.reshape(-1)))
             e = table.edges
             save_cached(cache_dir, key, {**table.arrays(), "norm": w,
                                          "edges": np.array([e["lo"], e["hi"], e["delta"]])})
@@ -499,7 +547,7 @@ class AzimuthalIntegrator:
         names = ("lo", "hi", "delta", "azim_lo", "azim_hi", "azim_delta")
         n = int(npt_rad) * int(npt_azim)
         if cached is not None:
-            table = Table("no", n, cached["bin"], None, None,
+            table = Table("no", n, cached["bin"], None,
                           dict(zip(names, cached["edges"].tolist(), strict=True)))
             w = cached["norm"]
         else:
@@ -508,7 +556,7 @@ class AzimuthalIntegrator:
             table = build_table_2d(self._per_pixel("center", space),
                                    self._per_pixel("center", P.SPACE_CHI), valid,
                                    int(npt_rad), int(npt_azim), rr, ar)
-            table.bin[~contrib.reshape(-1)] = n
+            table.drop(np.flatnonzero(~contrib.reshape(-1)))
             save_cached(cache_dir, key, {"bin": table.bin, "norm": w,
                                          "edges": np.array([table.edges[k] for k in names])})
         return RadialPlan(self.geometry, table, w, unit, scale, (int(npt_rad), int(npt_azim)),

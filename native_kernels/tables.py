@@ -7,10 +7,13 @@ histogram that stays in L1/L2 cache). For each pixel we keep:
 
 * no splitting: ``bin`` (uint16 when the bins fit, else int32); ``nbins`` = "trash" for a
   masked or out-of-range pixel;
-* bbox splitting: ``bin`` (int32, first bin), ``span`` (uint8, bins touched, 0 = skipped) and
-  ``coef`` (float32 × 3: first, middle and last bin weights). A pixel covering ``span`` bins
-  gives ``coef[0]`` to the first, ``coef[1]`` to each middle one and ``coef[2]`` to the last,
-  which is exactly the CSR row structure of a bounding-box split, without the index array.
+* bbox splitting: nearly every pixel's bounding box covers one or two bins, and then its two
+  weights add up to 1. So per pixel we keep ``bin`` (first bin) and ``coef`` (float32 weight
+  of that bin; ``1 - coef`` goes to ``bin + 1``), and the hot loop is branch-free: two
+  multiply-adds per pixel. The rare pixels over three or more bins, or clipped at the ends of
+  the range, are *exceptions* stored as explicit lists (``exc_pix``, ``exc_ptr``,
+  ``exc_bin``, ``exc_coef``) and added in a second, short loop; in the main table they point
+  at the trash bins.
 
 The per-bin sums that do not depend on the frame (count Σc, normalisation Σcω, Σc²ω²) are
 precomputed from the table and the corrections: per frame only the signal (and variance) is
@@ -35,7 +38,6 @@ import numpy as np
 from numba import njit
 
 EPS32 = float(np.finfo(np.float32).eps)
-MAX_SPAN = 255
 
 
 def upper_bound(x: float) -> float:
@@ -73,15 +75,17 @@ def _bins_nosplit(pos, valid, lo, hi_in, delta, nbins, out):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)
-def _bins_bbox(pos, dpos, valid, lo, hi_in, delta, nbins, allow_neg, bin0, span, coef):
+def _bins_bbox(pos, dpos, valid, lo, hi_in, delta, nbins, allow_neg, bin0, coef, exc):
     # pragma: no cover - jitted
+    """Main table (bin, c0) for pixels over one or two bins; others flagged in ``exc``.
+
+    exc[k] = 0: regular; > 0: number of bins of an exception pixel (stored separately).
+    """
     n = pos.shape[0]
     for k in range(n):
-        span[k] = 0
-        bin0[k] = 0
-        coef[k, 0] = 0.0
-        coef[k, 1] = 0.0
-        coef[k, 2] = 0.0
+        bin0[k] = nbins
+        coef[k] = 1.0
+        exc[k] = 0
         if not valid[k]:
             continue
         x0 = pos[k] - dpos[k]
@@ -96,26 +100,48 @@ def _bins_bbox(pos, dpos, valid, lo, hi_in, delta, nbins, allow_neg, bin0, span,
         b1 = int(f1)
         if b1 < 0 or b0 >= nbins:
             continue
+        clipped = b1 >= nbins or b0 < 0
         if b1 >= nbins:
             b1 = nbins - 1
         if b0 < 0:
             b0 = 0
-        bin0[k] = b0
         if b0 == b1:
-            span[k] = 1
-            coef[k, 0] = 1.0
+            bin0[k] = b0
             continue
-        s = b1 - b0 + 1
-        if s > 255:
-            # Flagged to the caller: too many bins for one pixel.
-            span[k] = 255
-            bin0[k] = -1
+        if b1 == b0 + 1 and not clipped:
+            bin0[k] = b0
+            coef[k] = ((b0 + 1) - f0) / (f1 - f0)
             continue
+        exc[k] = b1 - b0 + 1
+
+
+@njit(cache=True, nogil=True)
+def _exceptions(pos, dpos, lo, delta, nbins, allow_neg, pix, ptr, ebin, ecoef):
+    # pragma: no cover - jitted
+    """Explicit (bin, weight) lists of the exception pixels, pyFAI's bbox rule."""
+    m = 0
+    for i in range(pix.shape[0]):
+        k = pix[i]
+        x0 = pos[k] - dpos[k]
+        x1 = pos[k] + dpos[k]
+        if (not allow_neg) and x0 < 0.0:
+            x0 = 0.0
+        f0 = (x0 - lo) / delta
+        f1 = (x1 - lo) / delta
+        b0 = max(int(f0), 0)
+        b1 = min(int(f1), nbins - 1)
         inv = 1.0 / (f1 - f0)
-        span[k] = s
-        coef[k, 0] = inv * ((b0 + 1) - f0)
-        coef[k, 1] = inv
-        coef[k, 2] = inv * (f1 - b1)
+        ptr[i] = m
+        for b in range(b0, b1 + 1):
+            ebin[m] = b
+            if b == b0:
+                ecoef[m] = inv * ((b0 + 1) - f0)
+            elif b == b1:
+                ecoef[m] = inv * (f1 - b1)
+            else:
+                ecoef[m] = inv
+            m += 1
+    ptr[pix.shape[0]] = m
 
 
 @dataclass
@@ -130,47 +156,74 @@ class Table:
         Number of output bins (for 2-D: npt_rad * npt_azim, radial fastest).
     bin : numpy.ndarray
         Per pixel: its bin (no split, ``nbins`` = skipped) or first bin (bbox).
-    span, coef : numpy.ndarray or None
-        bbox only: bins touched (0 = skipped) and the (first, middle, last) weights.
+    coef : numpy.ndarray or None
+        bbox only: weight of ``bin``; ``1 - coef`` goes to ``bin + 1``.
     edges : dict
         ``lo``, ``hi``, ``delta`` (and for 2-D the azimuthal ones) in internal units.
+    exc_pix, exc_ptr, exc_bin, exc_coef : numpy.ndarray or None
+        bbox only: the exception pixels (flat index), and for exception ``i`` the bins
+        ``exc_bin[exc_ptr[i]:exc_ptr[i + 1]]`` with their weights.
     """
 
     split: str
     nbins: int
     bin: np.ndarray
-    span: np.ndarray | None
     coef: np.ndarray | None
     edges: dict
+    exc_pix: np.ndarray | None = None
+    exc_ptr: np.ndarray | None = None
+    exc_bin: np.ndarray | None = None
+    exc_coef: np.ndarray | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
         d = {"bin": self.bin}
         if self.split == "bbox":
-            d["span"] = self.span
-            d["coef"] = self.coef
+            d.update(coef=self.coef, exc_pix=self.exc_pix, exc_ptr=self.exc_ptr,
+                     exc_bin=self.exc_bin, exc_coef=self.exc_coef)
         return d
+
+    @classmethod
+    def from_arrays(cls, split: str, nbins: int, arrays: dict[str, np.ndarray],
+                    edges: dict) -> Table:
+        return cls(split, nbins, arrays["bin"], arrays.get("coef"), edges,
+                   arrays.get("exc_pix"), arrays.get("exc_ptr"), arrays.get("exc_bin"),
+                   arrays.get("exc_coef"))
 
     def reshape(self, shape: tuple[int, ...]) -> Table:
         return Table(self.split, self.nbins, self.bin.reshape(shape),
-                     None if self.span is None else self.span.reshape(shape),
-                     None if self.coef is None else self.coef.reshape(*shape, 3), self.edges)
+                     None if self.coef is None else self.coef.reshape(shape), self.edges,
+                     self.exc_pix, self.exc_ptr, self.exc_bin, self.exc_coef)
+
+    def drop(self, pixels: np.ndarray) -> None:
+        """Make the listed pixels (flat indices) contribute nothing."""
+        self.bin.reshape(-1)[pixels] = self.nbins
+        if self.split == "bbox":
+            self.coef.reshape(-1)[pixels] = 1.0
+            if self.exc_pix.size:
+                gone = np.isin(self.exc_pix, pixels)
+                if gone.any():
+                    keep = ~gone
+                    lens = np.diff(self.exc_ptr)
+                    entry_keep = np.repeat(keep, lens)
+                    self.exc_pix = self.exc_pix[keep]
+                    self.exc_bin = self.exc_bin[entry_keep]
+                    self.exc_coef = self.exc_coef[entry_keep]
+                    self.exc_ptr = np.concatenate([[0], np.cumsum(lens[keep])]).astype(np.int64)
 
     def contributions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(pixel, bin, weight) of every nonzero entry: the table as a COO matrix (tests)."""
-        b = self.bin.reshape(-1)
+        b = self.bin.reshape(-1).astype(np.int64)
+        keep = b < self.nbins
+        pix = np.flatnonzero(keep)
         if self.split == "no":
-            keep = b < self.nbins
-            pix = np.flatnonzero(keep)
-            return pix, b[keep].astype(np.int64), np.ones(pix.size)
-        span = self.span.reshape(-1).astype(np.int64)
-        coef = self.coef.reshape(-1, 3)
-        pix = np.repeat(np.arange(b.size), span)
-        first = np.repeat(np.cumsum(span) - span, span)
-        k = np.arange(pix.size) - first
-        bins = b[pix].astype(np.int64) + k
-        last = k == span[pix] - 1
-        w = np.where(k == 0, coef[pix, 0], np.where(last, coef[pix, 2], coef[pix, 1]))
-        return pix, bins, w.astype(np.float64)
+            return pix, b[keep], np.ones(pix.size)
+        c0 = self.coef.reshape(-1)[keep].astype(np.float64)
+        two = c0 < 1.0
+        pix_all = np.concatenate([pix, pix[two], np.repeat(self.exc_pix, np.diff(self.exc_ptr))])
+        bins = np.concatenate([b[keep], b[keep][two] + 1, self.exc_bin.astype(np.int64)])
+        w = np.concatenate([c0, 1.0 - c0[two], self.exc_coef.astype(np.float64)])
+        order = np.lexsort((bins, pix_all))
+        return pix_all[order], bins[order], w[order]
 
 
 def build_table_1d(pos: np.ndarray, dpos: np.ndarray | None, valid: np.ndarray, npt: int,
@@ -203,18 +256,25 @@ def build_table_1d(pos: np.ndarray, dpos: np.ndarray | None, valid: np.ndarray, 
         dtype = np.uint16 if npt < np.iinfo(np.uint16).max else np.int32
         b = np.empty(pos.size, dtype=dtype)
         _bins_nosplit(pos, valid, lo, hi_in, delta, npt, b)
-        return Table("no", npt, b, None, None, {"lo": lo, "hi": hi, "delta": delta})
+        return Table("no", npt, b, None, {"lo": lo, "hi": hi, "delta": delta})
     dpos = np.ascontiguousarray(dpos, dtype=np.float64).reshape(-1)
     lo_arr = pos - dpos
     lo, hi_in, hi = bin_range(lo_arr, pos + dpos, valid, radial_range, allow_negative)
     delta = (hi - lo) / npt
-    b = np.empty(pos.size, dtype=np.int32)
-    span = np.empty(pos.size, dtype=np.uint8)
-    coef = np.empty((pos.size, 3), dtype=np.float32)
-    _bins_bbox(pos, dpos, valid, lo, hi_in, delta, npt, allow_negative, b, span, coef)
-    if (b < 0).any():
-        raise ValueError(f"a pixel spans more than {MAX_SPAN} bins: use fewer bins (npt={npt})")
-    return Table("bbox", npt, b, span, coef, {"lo": lo, "hi": hi, "delta": delta})
+    # bin + 1 must stay addressable for trash pixels: accumulators have nbins + 2 slots.
+    dtype = np.uint16 if npt + 1 < np.iinfo(np.uint16).max else np.int32
+    b = np.empty(pos.size, dtype=dtype)
+    coef = np.empty(pos.size, dtype=np.float32)
+    exc = np.empty(pos.size, dtype=np.int32)
+    _bins_bbox(pos, dpos, valid, lo, hi_in, delta, npt, allow_negative, b, coef, exc)
+    pix = np.flatnonzero(exc).astype(np.int64)
+    nent = int(exc[pix].sum())
+    ptr = np.empty(pix.size + 1, dtype=np.int64)
+    ebin = np.empty(nent, dtype=np.int32)
+    ecoef = np.empty(nent, dtype=np.float32)
+    _exceptions(pos, dpos, lo, delta, npt, allow_negative, pix, ptr, ebin, ecoef)
+    return Table("bbox", npt, b, coef, {"lo": lo, "hi": hi, "delta": delta},
+                 pix, ptr, ebin, ecoef)
 
 
 def build_table_2d(rad: np.ndarray, chi: np.ndarray, valid: np.ndarray, npt_rad: int,
@@ -231,7 +291,7 @@ def build_table_2d(rad: np.ndarray, chi: np.ndarray, valid: np.ndarray, npt_rad:
     edges = dict(t_rad.edges)
     edges.update({"azim_lo": t_chi.edges["lo"], "azim_hi": t_chi.edges["hi"],
                   "azim_delta": t_chi.edges["delta"]})
-    return Table("no", n, b, None, None, edges)
+    return Table("no", n, b, None, edges)
 
 
 # -- static per-bin sums ---------------------------------------------------------------------
@@ -249,18 +309,30 @@ def _static_nosplit(bins, norm, nbins, out):  # pragma: no cover - jitted
 
 
 @njit(cache=True, nogil=True)
-def _static_bbox(bin0, span, coef, norm, out):  # pragma: no cover - jitted
-    for k in range(bin0.shape[0]):
-        s = span[k]
-        if s == 0:
+def _static_bbox(bins, coef, norm, nbins, epix, eptr, ebin, ecoef, out):
+    # pragma: no cover - jitted
+    for k in range(bins.shape[0]):
+        b = bins[k]
+        if b >= nbins:
             continue
         w = np.float64(norm[k])
-        b = bin0[k]
-        for j in range(s):
-            c = np.float64(coef[k, 0] if j == 0 else (coef[k, 2] if j == s - 1 else coef[k, 1]))
-            out[b + j, 0] += c
-            out[b + j, 1] += c * w
-            out[b + j, 2] += c * c * w * w
+        c0 = np.float64(coef[k])
+        out[b, 0] += c0
+        out[b, 1] += c0 * w
+        out[b, 2] += c0 * c0 * w * w
+        if c0 < 1.0:
+            c1 = 1.0 - c0
+            out[b + 1, 0] += c1
+            out[b + 1, 1] += c1 * w
+            out[b + 1, 2] += c1 * c1 * w * w
+    for i in range(epix.shape[0]):
+        w = np.float64(norm[epix[i]])
+        for m in range(eptr[i], eptr[i + 1]):
+            c = np.float64(ecoef[m])
+            b = ebin[m]
+            out[b, 0] += c
+            out[b, 1] += c * w
+            out[b, 2] += c * c * w * w
 
 
 def static_sums(table: Table, norm: np.ndarray) -> np.ndarray:
@@ -270,8 +342,8 @@ def static_sums(table: Table, norm: np.ndarray) -> np.ndarray:
     if table.split == "no":
         _static_nosplit(table.bin.reshape(-1), norm, table.nbins, out)
     else:
-        _static_bbox(table.bin.reshape(-1), table.span.reshape(-1),
-                     table.coef.reshape(-1, 3), norm, out)
+        _static_bbox(table.bin.reshape(-1), table.coef.reshape(-1), norm, table.nbins,
+                     table.exc_pix, table.exc_ptr, table.exc_bin, table.exc_coef, out)
     return out
 
 
