@@ -3,9 +3,10 @@
 Each call handles one *segment*: the pixels of one module, either a module part or the region
 of an assembled image that module occupies, given as a flat array, the offset of the module's
 row 0 and the row stride in elements (negative for a flipped module), with unit column stride
-so that LLVM sees a contiguous inner loop; the table rows are 2-D arrays of the module shape. Only the frame-dependent sums are accumulated here (Σc·signal, Σc²·variance); the
-static ones were precomputed (see :mod:`native_kernels.tables`). A pixel the frame itself masks
-(its raw value is the dummy, or the signal is NaN/inf) adds its static contributions to
+so that LLVM sees a contiguous inner loop; the table rows are 2-D arrays of the module shape.
+Only the frame-dependent sums are accumulated here (Σc·signal, Σc²·variance); the static
+ones were precomputed (see :mod:`native_kernels.tables`). A pixel the frame itself masks (its
+raw value is the dummy, or the signal is NaN/inf) adds its static contributions to
 ``removed`` so they can be taken back out.
 
 Accumulators are float64 (as pyFAI's) with ``NCOPY`` interleaved copies selected by column:
@@ -29,14 +30,14 @@ NCOPY = 4
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _remove(removed, b, c, w):  # pragma: no cover - jitted
+def _remove(removed, b, c, w):
     removed[b, 0] += c
     removed[b, 1] += c * w
     removed[b, 2] += c * c * w * w
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _is_bad(raw, sig, check_dummy, dummy, delta_dummy):  # pragma: no cover - jitted
+def _is_bad(raw, sig, check_dummy, dummy, delta_dummy):
     if sig - sig != 0.0:  # NaN or inf; constant-folded away for integer images
         return True
     if check_dummy:
@@ -47,7 +48,7 @@ def _is_bad(raw, sig, check_dummy, dummy, delta_dummy):  # pragma: no cover - ji
 
 
 @njit(cache=True, nogil=True)
-def nosplit_lean(img, base, s0, bins, norm, poisson, nbins, accs, accv, removed):  # pragma: no cover
+def nosplit_lean(img, base, s0, bins, norm, poisson, nbins, accs, accv, removed):
     """No splitting, no dark, no dummy: Σ signal (and Σ max(signal, 1))."""
     rows, cols = bins.shape
     for r in range(rows):
@@ -66,8 +67,8 @@ def nosplit_lean(img, base, s0, bins, norm, poisson, nbins, accs, accv, removed)
 
 
 @njit(cache=True, nogil=True)
-def nosplit_general(img, base, s0, bins, dark, dbase, ds0, use_dark, norm, check_dummy, dummy, delta_dummy, poisson,
-                    nbins, accs, accv, removed):  # pragma: no cover - jitted
+def nosplit_general(img, base, s0, bins, dark, dbase, ds0, use_dark, norm, check_dummy,
+                    dummy, delta_dummy, poisson, nbins, accs, accv, removed):
     """No splitting with dark subtraction and/or the dummy test."""
     rows, cols = bins.shape
     for r in range(rows):
@@ -92,7 +93,7 @@ def nosplit_general(img, base, s0, bins, dark, dbase, ds0, use_dark, norm, check
 
 
 @njit(cache=True, nogil=True)
-def bbox_lean(img, base, s0, bins, coef, norm, poisson, nbins, accs, accv, removed):  # pragma: no cover
+def bbox_lean(img, base, s0, bins, coef, norm, poisson, nbins, accs, accv, removed):
     """bbox splitting, no dark, no dummy: c0 to ``bin`` and 1 - c0 to ``bin + 1``."""
     rows, cols = bins.shape
     for r in range(rows):
@@ -118,8 +119,8 @@ def bbox_lean(img, base, s0, bins, coef, norm, poisson, nbins, accs, accv, remov
 
 
 @njit(cache=True, nogil=True)
-def bbox_general(img, base, s0, bins, coef, dark, dbase, ds0, use_dark, norm, check_dummy, dummy, delta_dummy,
-                 poisson, nbins, accs, accv, removed):  # pragma: no cover - jitted
+def bbox_general(img, base, s0, bins, coef, dark, dbase, ds0, use_dark, norm, check_dummy,
+                 dummy, delta_dummy, poisson, nbins, accs, accv, removed):
     """bbox splitting with dark subtraction and/or the dummy test."""
     rows, cols = bins.shape
     for r in range(rows):
@@ -153,7 +154,6 @@ def bbox_general(img, base, s0, bins, coef, dark, dbase, ds0, use_dark, norm, ch
 def bbox_exceptions(img, base, s0, first, pix, ptr, ebin, ecoef, lo, hi, dark, dbase, ds0,
                     use_dark, norm,
                     check_dummy, dummy, delta_dummy, poisson, accs, accv, removed):
-    # pragma: no cover - jitted
     """The exception pixels ``lo:hi`` of a segment whose first flat pixel index is ``first``."""
     cols = norm.shape[1]
     for i in range(lo, hi):
@@ -182,8 +182,8 @@ def bbox_exceptions(img, base, s0, first, pix, ptr, ebin, ecoef, lo, hi, dark, d
 
 
 @njit(cache=True, nogil=True)
-def azimuthal_variance(img, base, s0, bins, coef, split, dark, dbase, ds0, use_dark, norm, check_dummy, dummy,
-                       delta_dummy, nbins, mean, out):  # pragma: no cover - jitted
+def azimuthal_variance(img, base, s0, bins, coef, split, dark, dbase, ds0, use_dark, norm,
+                       check_dummy, dummy, delta_dummy, nbins, mean, out):
     """Second pass of the "azimuthal" error model: Σ c²·(signal − ω·mean_bin)² per bin.
 
     That is Σ c²ω²(x − x̄)² with x = signal/ω: the spread of the pixels around the mean of the
@@ -219,7 +219,6 @@ def azimuthal_variance(img, base, s0, bins, coef, split, dark, dbase, ds0, use_d
 def azimuthal_variance_exceptions(img, base, s0, first, pix, ptr, ebin, ecoef, lo, hi, dark,
                                   dbase, ds0, use_dark,
                                   norm, check_dummy, dummy, delta_dummy, mean, out):
-    # pragma: no cover - jitted
     cols = norm.shape[1]
     for i in range(lo, hi):
         li = pix[i] - first

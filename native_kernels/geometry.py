@@ -229,7 +229,9 @@ class DetectorGeometry:
         r, c = LAMBDA_MODULE_SHAPE
         mods = tuple(
             ModulePlacement(
-                y=row * (r + _ROW_GAP), x=col * (c + _COL_GAP), present=(row * 3 + col) not in missing
+                y=row * (r + _ROW_GAP),
+                x=col * (c + _COL_GAP),
+                present=(row * 3 + col) not in missing,
             )
             for row in range(4)
             for col in range(3)

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from native_kernels import positions as P
 from native_kernels import accumulate as A
+from native_kernels import positions as P
 from native_kernels.geometry import DetectorGeometry, ModulePlacement, load_geometry
 from native_kernels.poni import Poni, PoniError, read_poni
 from native_kernels.tables import (

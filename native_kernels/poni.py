@@ -100,7 +100,8 @@ def parse_poni(text: str, source: str = "<string>") -> Poni:
     try:
         version = float(values.get("poni_version", "1"))
     except ValueError:
-        raise PoniError(f"{source}: poni_version {values['poni_version']!r} is not a number") from None
+        v = values["poni_version"]
+        raise PoniError(f"{source}: poni_version {v!r} is not a number") from None
     if version > 3:
         raise PoniError(f"{source}: PONI version {version} is newer than the supported 3")
     config: dict[str, Any] = {}
