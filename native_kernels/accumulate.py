@@ -81,7 +81,6 @@ def nosplit_general(img, base, s0, bins, dark, dbase, ds0, use_dark, norm, check
             var = raw if raw > 1.0 else np.float32(1.0)
             if use_dark:
                 sig = raw - dark[do + c]
-                var = var + dark[do + c]
             if _is_bad(raw, sig, check_dummy, dummy, delta_dummy):
                 if b < nbins:
                     _remove(removed, b, 1.0, np.float64(norm[r, c]))
@@ -133,7 +132,6 @@ def bbox_general(img, base, s0, bins, coef, dark, dbase, ds0, use_dark, norm, ch
             var = raw if raw > 1.0 else np.float32(1.0)
             if use_dark:
                 sig = raw - dark[do + c]
-                var = var + dark[do + c]
             c0 = np.float64(coef[r, c])
             c1 = 1.0 - c0
             if _is_bad(raw, sig, check_dummy, dummy, delta_dummy):
@@ -167,7 +165,6 @@ def bbox_exceptions(img, base, s0, first, pix, ptr, ebin, ecoef, lo, hi, dark, d
         var = raw if raw > 1.0 else np.float32(1.0)
         if use_dark:
             sig = raw - dark[do + c]
-            var = var + dark[do + c]
         bad = _is_bad(raw, sig, check_dummy, dummy, delta_dummy)
         w = np.float64(norm[r, c])
         for m in range(ptr[i], ptr[i + 1]):

@@ -15,8 +15,8 @@ numbers, summed in the same order). For repeated use, build the plan once:
 Semantics follow pyFAI's ``integrate1d`` (``integrate1d_ng``) with the CSR engine: per bin
 ``sum_signal = Σ c·(raw − dark)``, ``sum_normalization = Σ c·flat·solid_angle·polarization·
 normalization_factor``, ``count = Σ c``, ``intensity = sum_signal / sum_normalization``; with
-an error model ``sum_variance = Σ c²·σ²`` (Poisson: σ² = max(raw, 1) + dark; azimuthal: the
-spread around the bin mean), ``std = sqrt(sum_variance / Σ c²ω²)`` and ``sem = sigma =
+an error model ``sum_variance = Σ c²·σ²`` (Poisson: σ² = max(raw, 1), as pyFAI's Cython
+engine, dark not added; azimuthal: the spread around the bin mean), ``std = sqrt(sum_variance / Σ c²ω²)`` and ``sem = sigma =
 sqrt(sum_variance) / sum_normalization``. Empty bins hold 0. Pixel splitting: ``"no"`` or
 ``"bbox"``; method tuples such as ``("bbox", "csr", "cython")`` are accepted (only the split
 matters).
@@ -187,11 +187,13 @@ class RadialPlan:
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def segments(self, data: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    def segments(self, data: np.ndarray | Sequence[np.ndarray], what: str = "image"
+                 ) -> list[np.ndarray]:
         """The per-module views of ``data``: an assembled image or the list of parts."""
         if isinstance(data, np.ndarray) and data.ndim == 2:
             if data.shape != self.geometry.shape:
-                raise ValueError(f"image has shape {data.shape}, expected {self.geometry.shape}")
+                raise ValueError(f"{what} has shape {data.shape}, expected "
+                                 f"{self.geometry.shape}")
             return self.geometry.module_views(data)
         parts = list(data)
         if len(parts) != self.n_parts:
@@ -224,7 +226,7 @@ class RadialPlan:
             dark = np.asarray(dark, dtype=np.float32)
             if dark.ndim == 3:
                 dark = list(dark)
-            darks = [flat_segment(v) for v in self.segments(dark)]
+            darks = [flat_segment(v) for v in self.segments(dark, "dark")]
         accs, accv, removed = self._accs, self._accv, self._removed
         accs[...] = 0.0
         accv[...] = 0.0
