@@ -16,8 +16,9 @@ Semantics follow pyFAI's ``integrate1d`` (``integrate1d_ng``) with the CSR engin
 ``sum_signal = Σ c·(raw − dark)``, ``sum_normalization = Σ c·flat·solid_angle·polarization·
 normalization_factor``, ``count = Σ c``, ``intensity = sum_signal / sum_normalization``; with
 an error model ``sum_variance = Σ c²·σ²`` (Poisson: σ² = max(raw, 1), as pyFAI's Cython
-engine, dark not added; azimuthal: the spread around the bin mean), ``std = sqrt(sum_variance / Σ c²ω²)`` and ``sem = sigma =
-sqrt(sum_variance) / sum_normalization``. Empty bins hold 0. Pixel splitting: ``"no"`` or
+engine, dark not added; azimuthal: the spread around the bin mean),
+``std = sqrt(sum_variance / Σ c²ω²)`` and ``sem = sigma = sqrt(sum_variance) /
+sum_normalization``. Empty bins hold 0. Pixel splitting: ``"no"`` or
 ``"bbox"``; method tuples such as ``("bbox", "csr", "cython")`` are accepted (only the split
 matters).
 """
