@@ -148,3 +148,27 @@ def test_corrupt_or_truncated_payloads_raise_not_crash():
         pass
     with pytest.raises(PayloadError, match="raw payload"):
         decompress_into(np.zeros(10, np.uint8), out, "none")
+
+
+@pytest.mark.parametrize("out_dtype", ["same", "float32"])
+@pytest.mark.parametrize("in_dtype", [np.uint16, np.uint32])
+def test_streaming_path_any_alignment(in_dtype, out_dtype):
+    """The streaming-store path (unit column stride layouts) for every output alignment."""
+    g = DetectorGeometry(
+        (7, 45),
+        (ModulePlacement(0, 0), ModulePlacement(0, 50, flip_ud=True), ModulePlacement(9, 3),
+         ModulePlacement(9, 60, present=False)),
+        dummy=3,
+    )
+    st = Stitcher(g, in_dtype, out_dtype)
+    assert st.streaming
+    rng = np.random.default_rng(6)
+    parts = [rng.integers(0, 60000, g.module_shape).astype(in_dtype) for _ in g.present]
+    ref = reference_stitch(parts, g, st.output_dtype, 3)
+    n = ref.size
+    for offset in range(17):  # every alignment of the output within a 64-byte line
+        buf = np.full(n + 40, 7, dtype=st.output_dtype)
+        out = buf[offset : offset + n].reshape(g.shape)
+        st(parts, out)
+        np.testing.assert_array_equal(out, ref)
+        assert (buf[:offset] == 7).all() and (buf[offset + n :] == 7).all()  # nothing outside
