@@ -67,33 +67,6 @@ def frames():
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def summary(request):
-    yield
-    if not RESULTS:
-        return
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    copy = RESULTS.get("copy")
-    bw = BYTES["copy"] / copy if copy else None
-    tr.write_line("")
-    tr.write_line(f"LAMBDA 9M, {NPIX / 1e6:.2f} Mpx, {NPT} bins, one thread"
-                  + (f"; copy bandwidth {bw / 1e9:.1f} GB/s (read + write)" if bw else ""))
-    ref = {"no": RESULTS.get("pyfai_no"), "bbox": RESULTS.get("pyfai_bbox"),
-           "no_poisson": RESULTS.get("pyfai_no_poisson"),
-           "bbox_poisson": RESULTS.get("pyfai_bbox_poisson")}
-    for name, t in sorted(RESULTS.items(), key=lambda kv: kv[0]):
-        line = f"  {name:28s} {t * 1e3:8.2f} ms"
-        for key in sorted(ref, key=len, reverse=True):
-            if name.startswith("ours_" + key) and ref[key]:
-                line += f"   {ref[key] / t:6.1f}x faster than pyFAI ({ref[key] * 1e3:.0f} ms)"
-                break
-        if name.startswith("stitch") and copy:
-            line += f"   {t / copy:5.2f}x the copy time"
-        if bw and not name.startswith("pyfai"):
-            line += f"   bandwidth fraction {BYTES[name] / bw / t:5.2f}"
-        tr.write_line(line)
-
-
 def test_copy_module_bytes(benchmark, frames):
     """The yardstick: copy the raw module bytes once (what the dispatcher does)."""
     srcs = [np.concatenate([p.reshape(-1) for p in parts]) for parts, _ in frames]
@@ -183,3 +156,29 @@ def test_frame_stats(benchmark, frames):
     it = itertools.cycle([img for _, img in frames])
     _pedantic(benchmark, lambda: frame_statistics(next(it), 100.0, [[0, 100, 0, 100]]), 20)
     _record(benchmark, "stats_image", GEO.shape[0] * GEO.shape[1] * 4)
+
+
+def test_summary(capsys):
+    """Runs last: print each kernel's time, speed-up over pyFAI and bandwidth fraction."""
+    if not RESULTS:
+        pytest.skip("no timings (--benchmark-disable)")
+    copy = RESULTS.get("copy")
+    bw = BYTES["copy"] / copy if copy else None
+    lines = ["", f"LAMBDA 9M, {NPIX / 1e6:.2f} Mpx, {NPT} bins, one thread"
+             + (f"; copy bandwidth {bw / 1e9:.1f} GB/s (read + write)" if bw else "")]
+    ref = {"no": RESULTS.get("pyfai_no"), "bbox": RESULTS.get("pyfai_bbox"),
+           "no_poisson": RESULTS.get("pyfai_no_poisson"),
+           "bbox_poisson": RESULTS.get("pyfai_bbox_poisson")}
+    for name, t in sorted(RESULTS.items()):
+        line = f"  {name:28s} {t * 1e3:8.2f} ms"
+        for key in sorted(ref, key=len, reverse=True):
+            if name.startswith("ours_" + key + "_") and ref[key]:
+                line += f"  {ref[key] / t:5.1f}x faster than pyFAI ({ref[key] * 1e3:.0f} ms)"
+                break
+        if name.startswith("stitch") and copy:
+            line += f"  {t / copy:5.2f}x the copy time"
+        if bw and not name.startswith("pyfai"):
+            line += f"  bandwidth fraction {BYTES[name] / bw / t:4.2f}"
+        lines.append(line)
+    with capsys.disabled():
+        print("\n".join(lines))
