@@ -112,6 +112,15 @@ def _error_model(em: str | None) -> str | None:
     return em
 
 
+def _usable(cached: dict | None, n_pixels: int, names: tuple[str, ...]) -> dict | None:
+    """A cached table only if it has every array and the right pixel count (else rebuild)."""
+    if cached is None or any(k not in cached for k in names):
+        return None
+    if cached["bin"].size != n_pixels or cached["norm"].size != n_pixels:
+        return None
+    return cached
+
+
 def _crc(a: np.ndarray | None) -> int | None:
     if a is None:
         return None
@@ -530,7 +539,9 @@ class AzimuthalIntegrator:
                         pol=polarization_factor, dummy=dummy, delta_dummy=delta_dummy, rr=rr,
                         mask=None if mask is None else np.asarray(mask) != 0,
                         flat=None if flat is None else np.asarray(flat, np.float32))
-        cached = load_cached(cache_dir, key)
+        cached = _usable(load_cached(cache_dir, key), self.geometry.n_pixels,
+                         ("bin", "norm", "edges") + (("coef", "exc_pix", "exc_ptr", "exc_bin",
+                                                       "exc_coef") if split == "bbox" else ()))
         if cached is not None:
             table = Table.from_arrays(split, npt, cached, dict(
                 zip(("lo", "hi", "delta"), cached["edges"].tolist(), strict=True)))
@@ -566,7 +577,8 @@ class AzimuthalIntegrator:
                         delta_dummy=delta_dummy, rr=rr, ar=ar,
                         mask=None if mask is None else np.asarray(mask) != 0,
                         flat=None if flat is None else np.asarray(flat, np.float32))
-        cached = load_cached(cache_dir, key)
+        cached = _usable(load_cached(cache_dir, key), self.geometry.n_pixels,
+                         ("bin", "norm", "edges"))
         names = ("lo", "hi", "delta", "azim_lo", "azim_hi", "azim_delta")
         n = int(npt_rad) * int(npt_azim)
         if cached is not None:
