@@ -123,7 +123,7 @@ def generate_reference() -> str:
         out += [
             f"## {title}",
             "",
-            f"Each {header} table names its plug-in with `kind = \"...\"` (a name below, or "
+            f'Each {header} table names its plug-in with `kind = "..."` (a name below, or '
             f"`package.module:ClassName`); the other keys are that plug-in's parameters "
             f"(`{key}.<key>` with `--set`).",
             "",

@@ -1,6 +1,6 @@
 """Benchmark of the example kernel with pytest-benchmark (see docs/custom-kernel.md).
 
-    python -m pytest examples/custom_kernel/bench_hot_pixels.py --benchmark-only
+python -m pytest examples/custom_kernel/bench_hot_pixels.py --benchmark-only
 """
 
 from __future__ import annotations
