@@ -1,0 +1,83 @@
+"""Log lines: ``--log-format json`` for log shippers; every line about a frame names it."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from shmpipe.logs import JsonFormatter, TextFormatter
+from tests.conftest import run_cli
+
+
+def test_json_log_lines_about_frames_carry_stream_and_message_id(tmp_path):
+    r = run_cli(
+        "run",
+        "--log-format",
+        "json",
+        "--progress",
+        "off",
+        "--frames",
+        "8",
+        "--set",
+        "source.module_shape=[16, 32]",
+        "--set",
+        'run.on_error="skip"',
+        "--set",
+        'kernels.picky.kind="tests.plugins:FailOn"',
+        "--set",
+        "kernels.picky.ids=[2]",
+        "--set",
+        'kernels.crash.kind="tests.plugins:Crash"',
+        "--set",
+        "kernels.crash.ids=[5]",
+        "--set",
+        f'kernels.crash.once_dir="{tmp_path}"',
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    docs = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
+    summary = [line for line in r.stderr.splitlines() if not line.startswith("{")]
+    assert summary and summary[-1].startswith("run "), "only the summary is not JSON"
+    for d in docs:
+        assert {"time", "level", "process", "pid", "message"} <= set(d)
+
+    def about(text: str) -> list[dict]:
+        return [d for d in docs if text in d["message"]]
+
+    # The kernel failure, as the worker and the publisher report it.
+    failed = about("bad frame 2 on purpose")
+    procs = sorted(d["process"] for d in failed)
+    assert len(failed) == 2 and procs[0] == "publisher" and procs[1].startswith("worker"), procs
+    # The frame that killed its worker, as the supervisor re-dispatches it.
+    redispatched = about("re-dispatching message 5")
+    assert len(redispatched) == 1
+    for d in [*failed, *redispatched]:
+        assert d["stream"] == "scan_0001"
+    assert {d["message_id"] for d in failed} == {2}
+    assert redispatched[0]["message_id"] == 5
+    assert redispatched[0]["process"] == "supervisor"
+    # Lines not about a frame carry no frame fields.
+    ready = about("ready in")
+    assert ready and all("stream" not in d for d in ready)
+
+
+def record(**extra) -> logging.LogRecord:
+    rec = logging.LogRecord(
+        "shmpipe.worker0", logging.WARNING, __file__, 1, "kernel %s failed", ("x",), None
+    )
+    for k, v in extra.items():
+        setattr(rec, k, v)
+    return rec
+
+
+def test_text_format_shows_stream_and_id():
+    line = TextFormatter().format(record(stream="scan_0007", message_id=41))
+    assert line.endswith("warning worker0 [scan_0007#41]: kernel x failed")
+    assert "[" not in TextFormatter().format(record())
+
+
+def test_json_format_fields():
+    doc = json.loads(JsonFormatter().format(record(stream="scan_0007", message_id=41)))
+    assert doc["stream"] == "scan_0007" and doc["message_id"] == 41
+    assert doc["level"] == "warning" and doc["process"] == "worker0"
+    assert doc["message"] == "kernel x failed"
