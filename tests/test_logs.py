@@ -81,3 +81,21 @@ def test_json_format_fields():
     assert doc["stream"] == "scan_0007" and doc["message_id"] == 41
     assert doc["level"] == "warning" and doc["process"] == "worker0"
     assert doc["message"] == "kernel x failed"
+
+
+def test_frame_extra_reads_stream_and_id_from_the_slot_header():
+    from shmpipe.logs import frame_extra
+    from shmpipe.message import Message, encode_header
+    from shmpipe.ring import HEADER_LEN, MSG_ID, RingGeometry, SlotRing
+
+    ring = SlotRing(RingGeometry(2, 4096, 4096, 64, 3))
+    try:
+        ring.table[1, HEADER_LEN] = encode_header(Message("scan_0009", 17), ring.header(1))
+        assert frame_extra(ring, 1) == {"stream": "scan_0009", "message_id": 17}
+        # An unreadable header still names the message id from the slot table.
+        ring.table[0, HEADER_LEN] = 3
+        ring.header(0)[:3] = b"{{{"
+        ring.table[0, MSG_ID] = 5
+        assert frame_extra(ring, 0) == {"stream": "?", "message_id": 5}
+    finally:
+        ring.close()

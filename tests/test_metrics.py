@@ -200,3 +200,31 @@ def test_grafana_dashboard_uses_only_metrics_we_export():
         "shmpipe_process_resident_memory_bytes",
     ):
         assert needed in used, needed
+
+
+def test_stream_table_counts_per_stream_and_reuses_the_oldest_row():
+    from shmpipe.ring import MAX_STREAMS
+
+    ring = SlotRing(RingGeometry(4, 4096, 4096, 64, 4))
+    try:
+        st = ring.streams
+        a = st.count_in("scan_a", 100)
+        assert st.count_in("scan_a", 50) == a
+        b = st.count_in("scan_b", 7)
+        st.count_out(a, error=False)
+        st.count_out(a, error=True)
+        st.count_out(b, error=False)
+        st.count_out(-1, error=False)  # a control record: no stream row, counted nowhere
+        got = {s.stream: s for s in st.read()}
+        assert (got["scan_a"].frames_in, got["scan_a"].bytes_in) == (2, 150)
+        assert (got["scan_a"].frames_out, got["scan_a"].errors) == (1, 1)
+        assert (got["scan_b"].frames_in, got["scan_b"].frames_out) == (1, 1)
+        for i in range(MAX_STREAMS - 1):
+            st.count_in(f"s{i}", 1)
+        names = [s.stream for s in st.read()]
+        assert len(names) == MAX_STREAMS
+        assert "scan_a" not in names and names[0] == "scan_b"  # the oldest row went first
+        st.count_in("scan_a", 1)  # a returning stream takes a fresh row, counted from zero
+        assert {s.stream: s.frames_in for s in st.read()}["scan_a"] == 1
+    finally:
+        ring.close()
