@@ -11,6 +11,9 @@ the proxy and draw from their own copies of the view).
 from __future__ import annotations
 
 import io
+import logging
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -121,6 +124,28 @@ def render_text(f: LiveFigures, width: int = 100) -> str:
     return buf.getvalue()
 
 
+class _PrintAbove:
+    """A stream for the supervisor's log handler while the view is shown: lines go through the
+    view's console, which prints them above the view instead of tearing it.
+
+    A process forked later inherits this object; there it writes straight to the real stream
+    (its own copy of the view must never draw).
+    """
+
+    def __init__(self, console: Console, stream, pid: int) -> None:
+        self.console, self.stream, self.pid = console, stream, pid
+
+    def write(self, text: str) -> int:
+        if os.getpid() != self.pid:
+            return self.stream.write(text)
+        self.console.print(Text(text.rstrip("\n")), soft_wrap=True, highlight=False)
+        return len(text)
+
+    def flush(self) -> None:
+        if os.getpid() != self.pid:
+            self.stream.flush()
+
+
 class LiveView:
     """Draws ``render(figures)`` in place on a terminal; redrawn by the caller, no thread.
 
@@ -134,6 +159,19 @@ class LiveView:
         self.console = console or Console(stderr=True)
         self._live: Live | None = None
         self._last = 0.0
+        self._swapped: list[tuple[logging.StreamHandler, object]] = []
+
+    def _route_logs(self) -> None:
+        """Let the supervisor's log lines print above the view (children keep theirs)."""
+        for h in logging.getLogger("shmpipe").handlers:
+            if isinstance(h, logging.StreamHandler) and h.stream in (sys.stderr, sys.__stderr__):
+                old = h.setStream(_PrintAbove(self.console, h.stream, os.getpid()))
+                self._swapped.append((h, old))
+
+    def _restore_logs(self) -> None:
+        for h, old in self._swapped:
+            h.setStream(old)
+        self._swapped.clear()
 
     def update(self, figures: LiveFigures) -> None:
         """Redraw with new figures (starts the view on the first call)."""
@@ -147,6 +185,7 @@ class LiveView:
                 transient=False,
             )
             self._live.start(refresh=True)
+            self._route_logs()
         else:
             self._live.update(render(figures), refresh=True)
         self._last = time.monotonic()
@@ -154,5 +193,6 @@ class LiveView:
     def stop(self) -> None:
         """Leave the last view on the screen and give the cursor back."""
         if self._live is not None:
+            self._restore_logs()
             self._live.stop()
             self._live = None

@@ -119,3 +119,31 @@ def test_progress_off_a_terminal_is_plain_log_lines(caplog, capsys):
         assert "\x1b" not in capsys.readouterr().err
     finally:
         ring.close()
+
+
+def test_supervisor_log_lines_print_above_the_view_and_children_write_directly():
+    from shmpipe.live import _PrintAbove
+
+    root = logging.getLogger("shmpipe")
+    real = io.StringIO()
+    handler = logging.StreamHandler(real)
+    root.addHandler(handler)
+    old_level, root.level = root.level, logging.INFO
+    try:
+        buf = io.StringIO()
+        view = LiveView(Console(file=buf, force_terminal=True, width=100))
+        # _route_logs swaps handlers writing to stderr; this one writes to `real`, so pose as it.
+        handler.stream = __import__("sys").stderr
+        view.update(figures())
+        assert isinstance(handler.stream, _PrintAbove)
+        logging.getLogger("shmpipe.supervisor").warning("worker 1 died")
+        view.stop()
+        assert "worker 1 died" in buf.getvalue()
+        assert not isinstance(handler.stream, _PrintAbove)  # restored
+        # In a process forked while the view was shown, lines go to the real stream.
+        other = _PrintAbove(Console(file=io.StringIO()), real, pid=-1)
+        other.write("from a child\n")
+        assert real.getvalue() == "from a child\n"
+    finally:
+        root.removeHandler(handler)
+        root.level = old_level
