@@ -439,6 +439,11 @@ class Pipeline:
             "workers": self.config.run.workers,
             "chain": [k.name for k in self.config.kernels],
             "config": self.config.path,
+            "metrics": (
+                f"http://{self.config.metrics.host}:{self.config.metrics.port}/metrics"
+                if self.config.metrics.port > 0
+                else ""
+            ),
         }
 
     def _supervise(self, t_start: float) -> RunSummary:

@@ -227,6 +227,8 @@ def format_status(info: dict, cpu_window_s: float = 0.25) -> str:
             f"{info['name']}  pid {info['pid']}  chain {' -> '.join(info['chain'])}  "
             f"ring: {occupancy}"
         ]
+        if info.get("metrics"):
+            lines.append(f"  metrics {info['metrics']}")
         lines += format_rows(process_rows(ptable, sampler, int(info["pid"])))
         streams = attach_streams(info, m)
         if streams:

@@ -20,6 +20,8 @@ from shmpipe.config import load_config
 from shmpipe.engine import Pipeline, StartupError
 from shmpipe.metrics import PipelineCollector
 from shmpipe.ring import RingGeometry, SlotRing
+from shmpipe.runs import live_runs
+from shmpipe.status import format_status
 from tests.conftest import REPO
 
 FRAME_BYTES = 12 * 48 * 64 * 2  # twelve 48 x 64 uint16 modules (each a multiple of 64 bytes)
@@ -71,7 +73,7 @@ kind = "sim"
 module_shape = [48, 64]
 frames = 10
 streams = 3
-rate = 12.0
+rate = 8.0
 [kernels.checksum]
 kind = "checksum"
 [kernels.picky]
@@ -105,7 +107,7 @@ def test_metrics_endpoint_of_a_running_pipeline(tmp_path):
 
         m = poll(first_stream_done, 60, "the first stream to be published")
         # Scraped while the run goes on: the third stream cannot be finished yet (10 frames
-        # a stream at 12 frames/s).
+        # a stream at 8 frames/s).
         assert proc.poll() is None
         assert m[("shmpipe_stream_frames_in_total", stream)] == 10
         assert m[("shmpipe_stream_frames_out_total", stream)] == 8
@@ -139,6 +141,10 @@ def test_metrics_endpoint_of_a_running_pipeline(tmp_path):
             assert m[("shmpipe_process_cpu_seconds_total", (("process", role),))] > 0
         # The metrics process is one more child: dispatcher, publisher, 2 workers, metrics.
         assert len(psutil.Process(proc.pid).children()) == 5
+        # shmpipe status names the endpoint.
+        info = next(r for r in live_runs() if r["name"] == "metrics-test")
+        status = format_status(info, cpu_window_s=0)
+        assert f"  metrics http://127.0.0.1:{port}/metrics" in status.splitlines()
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

@@ -49,7 +49,7 @@ def test_status_prints_a_row_per_process_of_a_running_pipeline():
             "--set",
             "source.module_shape=[48, 64]",
             "--set",
-            "source.rate=15.0",
+            "source.rate=10.0",
             "--frames",
             "45",
             "--workers",
