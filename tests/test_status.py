@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -92,6 +93,7 @@ def test_status_prints_a_row_per_process_of_a_running_pipeline():
         busy = float(rows["worker 0"][4])
         assert 0.0 <= busy <= 100.0
         assert "scan_0001" in text  # the per-stream lines
+        proc.send_signal(signal.SIGTERM)  # drain and stop; no need to wait for all 45 frames
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
