@@ -9,6 +9,9 @@ import time
 
 import psutil
 
+from shmpipe.ring import P_FRAMES, PROC_FIRST_WORKER
+from shmpipe.runs import live_runs
+from shmpipe.status import attach_tables
 from tests.conftest import run_cli
 
 
@@ -64,6 +67,20 @@ def test_status_prints_a_row_per_process_of_a_running_pipeline():
     )
     try:
 
+        def workers_busy():
+            # Cheap in-process check first, so the command below runs once, at a known point.
+            for info in live_runs():
+                if info["name"] == name:
+                    try:
+                        _, procs, m = attach_tables(info)
+                    except OSError:
+                        return False
+                    ok = all(procs[PROC_FIRST_WORKER + i, P_FRAMES] > 0 for i in (0, 1))
+                    del procs
+                    m.close()
+                    return ok
+            return False
+
         def busy_table():
             r = run_cli("status", name, timeout=30)
             if r.returncode != 0 or "worker 1" not in r.stdout:
@@ -72,6 +89,7 @@ def test_status_prints_a_row_per_process_of_a_running_pipeline():
             done = all(int(rows[f"worker {i}"][3]) > 0 for i in (0, 1))
             return (r.stdout, rows) if done else None
 
+        poll(workers_busy, 60, "both workers to have processed frames")
         text, rows = poll(busy_table, 60, "both workers to have processed frames")
         assert proc.poll() is None, "the run ended before status saw it"
         assert text.splitlines()[0].startswith(f"{name}  pid {proc.pid}  chain checksum")
