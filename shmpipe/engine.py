@@ -265,6 +265,7 @@ class Pipeline:
         row = self.p.ring.procs[PROC_FIRST_WORKER + seat]
         row[P_STATE] = 0
         row[P_EXIT] = 0
+        row[P_READY_NS] = 0  # else a replacement looks ready before it is (negative start-up)
         self.workers[seat] = self._start(worker_main, (self.p, seat), f"shmpipe-worker{seat}")
 
     # -- recovery --------------------------------------------------------------------------

@@ -130,4 +130,11 @@ class ProgressReporter:
 
     def close(self) -> None:
         if self.view is not None:
+            # Leave the final figures on the screen, not those of the last tick.
+            now = time.monotonic()
+            s = self.snapshot()
+            dt = max(now - self.t_last, 1e-9)
+            fps = (s["frames_out"] - self.last_out) / dt
+            mbps = (s["bytes_in"] - self.last_bytes) / dt / 1e6
+            self.view.update(self.figures(s, fps, mbps, now))
             self.view.stop()
