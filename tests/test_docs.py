@@ -138,3 +138,15 @@ def test_kernel_benchmark_runs():
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 passed" in r.stdout
+
+
+def test_example_paths_named_in_the_docs_exist():
+    named = set()
+    for page in [*DOCS.glob("*.md"), REPO / "README.md"]:
+        for path in re.findall(r"`(examples/[^`\s]+)`", page.read_text()):
+            m = re.match(r"(.*)\{(.+)\}(.*)", path)  # examples/compare/integrate_{a,b}.toml
+            alts = [m.group(1) + a + m.group(3) for a in m.group(2).split(",")] if m else [path]
+            named.update(alts)
+    assert len(named) >= 8
+    missing = sorted(p for p in named if not (REPO / p).exists())
+    assert not missing, f"docs name example files that do not exist: {missing}"
