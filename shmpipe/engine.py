@@ -417,6 +417,7 @@ class Pipeline:
                 self._metrics_sock = open_metrics_socket(self.config.metrics)
             except MetricsPortError as exc:
                 raise StartupError(str(exc)) from None
+            self._record = record
             record.describe(self._describe())
             return self._supervise(t_start)
         finally:
@@ -583,6 +584,7 @@ class Pipeline:
         self._metrics_sock = None
         m = self.config.metrics
         log.info("metrics: http://%s:%d/metrics (pid %d)", m.host, m.port, self.metrics.pid)
+        self._record.describe({**self._describe(), "metrics_pid": self.metrics.pid})
 
     def _stop_metrics(self) -> None:
         proc = getattr(self, "metrics", None)

@@ -143,9 +143,13 @@ class ProcessRow:
 
 
 def process_rows(
-    ptable: np.ndarray, sampler: ProcessSampler | None = None, supervisor_pid: int = 0
+    ptable: np.ndarray,
+    sampler: ProcessSampler | None = None,
+    supervisor_pid: int = 0,
+    metrics_pid: int = 0,
 ) -> list[ProcessRow]:
-    """The rows of a process table (plus the supervisor), with CPU and memory from psutil.
+    """The rows of a process table (plus the supervisor and the metrics process), with CPU and
+    memory from psutil.
 
     Busy % is the share of the process's life spent on frames (from ``P_BUSY_NS``).
     """
@@ -157,6 +161,10 @@ def process_rows(
         rows.append(
             ProcessRow("supervisor", supervisor_pid, "running", 0, 0, 0, 0.0, cpu, rss, cpu_s, 0, 0)
         )
+    if metrics_pid:
+        cpu, rss, cpu_s = sampler.sample(metrics_pid)
+        state = "running" if cpu is not None else "dead"
+        rows.append(ProcessRow("metrics", metrics_pid, state, 0, 0, 0, 0.0, cpu, rss, cpu_s, 0, 0))
     for i, r in enumerate(ptable):
         pid = int(r[P_PID])
         cpu, rss, cpu_s = sampler.sample(pid)
@@ -219,7 +227,8 @@ def format_status(info: dict, cpu_window_s: float = 0.25) -> str:
     table, ptable, m = attach_tables(info)
     try:
         sampler = ProcessSampler()
-        sampler.prime([int(info["pid"]), *(int(p) for p in ptable[:, P_PID])])
+        metrics_pid = int(info.get("metrics_pid", 0))
+        sampler.prime([int(info["pid"]), metrics_pid, *(int(p) for p in ptable[:, P_PID])])
         if cpu_window_s > 0:
             time.sleep(cpu_window_s)  # the CPU measurement window, not synchronisation
         occupancy = ", ".join(f"{k} {n}" for k, n in ring_occupancy(table).items())
@@ -229,7 +238,7 @@ def format_status(info: dict, cpu_window_s: float = 0.25) -> str:
         ]
         if info.get("metrics"):
             lines.append(f"  metrics {info['metrics']}")
-        lines += format_rows(process_rows(ptable, sampler, int(info["pid"])))
+        lines += format_rows(process_rows(ptable, sampler, int(info["pid"]), metrics_pid))
         streams = attach_streams(info, m)
         if streams:
             lines.append(f"  {'stream':32s} {'in':>8s} {'out':>8s} {'errors':>8s} {'MB in':>9s}")

@@ -145,6 +145,9 @@ def test_metrics_endpoint_of_a_running_pipeline(tmp_path):
         info = next(r for r in live_runs() if r["name"] == "metrics-test")
         status = format_status(info, cpu_window_s=0)
         assert f"  metrics http://127.0.0.1:{port}/metrics" in status.splitlines()
+        metrics_row = next(line.split() for line in status.splitlines() if "  metrics  " in line)
+        assert int(metrics_row[1]) == info["metrics_pid"]
+        assert info["metrics_pid"] in {c.pid for c in psutil.Process(proc.pid).children()}
         proc.send_signal(signal.SIGTERM)  # drain and stop; the source would go on
         _, err = proc.communicate(timeout=60)
     finally:
