@@ -22,7 +22,7 @@ Metrics (all prefixed ``shmpipe_``; see docs/observability.md for the table)::
     kernel_seconds{kernel} (histogram), latency_seconds (histogram)
     process_cpu_seconds_total{process}, process_cpu_percent{process},
     process_resident_memory_bytes{process}                                    psutil
-    info{run, chain, workers}
+    info{run, chain}
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class PipelineCollector:
         now = time.monotonic_ns()
 
         info = GaugeMetricFamily(
-            "shmpipe_info", "The run: name, kernel chain, worker seats.", labels=["run", "chain"]
+            "shmpipe_info", "The run and its kernel chain (always 1).", labels=["run", "chain"]
         )
         info.add_metric([self.run_name, " -> ".join(n for n, _ in self.kernels)], 1.0)
         yield info
