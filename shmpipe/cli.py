@@ -90,6 +90,18 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from shmpipe.reference import generate_reference
+
+    text = generate_reference()
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from shmpipe.runs import live_runs, sweep_stale
 
@@ -149,8 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     show = csub.add_parser("show", help="print the effective configuration as TOML")
     _add_config_options(show)
     show.set_defaults(func=cmd_config_show)
+    reference = csub.add_parser(
+        "reference", help="print the configuration reference (Markdown) generated from the schema"
+    )
+    reference.add_argument("--output", "-o", metavar="FILE", help="write it here instead")
+    reference.set_defaults(func=cmd_config_reference)
 
-    status = sub.add_parser("status", help="show the processes of running pipelines")
+    status = sub.add_parser(
+        "status",
+        help="show the processes of running pipelines",
+        description="Attach to running pipelines (found by run.name) and print a table per "
+        "process: role, pid, state, frames, busy %%, CPU %%, RSS, current message; then the "
+        "per-stream counts.",
+    )
     status.add_argument("name", nargs="?", help="run name (run.name); default: all")
     status.set_defaults(func=cmd_status)
 

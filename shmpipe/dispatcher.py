@@ -40,6 +40,7 @@ from shmpipe.ring import (
     PS_IDLE,
     SEQ,
     STATE,
+    STREAM_ROW,
     T_FILL,
     TICKET,
 )
@@ -85,6 +86,10 @@ class Dispatcher:
     def _fill(self, slot: int, item: Message | StreamFinished) -> None:
         ring, row = self.ring, self.ring.table[slot]
         self._begin(slot)
+        # Per-stream counters for metrics: one dict lookup and two increments (shmpipe.streams).
+        row[STREAM_ROW] = (
+            ring.streams.count_in(item.stream, item.nbytes) if isinstance(item, Message) else -1
+        )
         header = ring.header(slot)
         if isinstance(item, StreamFinished):
             control = Message(stream=item.stream, message_id=0, name="")

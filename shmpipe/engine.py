@@ -46,6 +46,8 @@ from shmpipe.chain import ChainLayout, KernelChain, KernelSetupError
 from shmpipe.channel import DONE, STOP, RecordPipe
 from shmpipe.config import ConfigError, PipelineConfig
 from shmpipe.dispatcher import dispatcher_main
+from shmpipe.logs import frame_extra
+from shmpipe.metrics import MetricsPortError, metrics_main, open_metrics_socket
 from shmpipe.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, now_ns, write_error
 from shmpipe.progress import ProgressReporter
 from shmpipe.publisher import publisher_main
@@ -272,6 +274,7 @@ class Pipeline:
         row = self.p.ring.procs[PROC_FIRST_WORKER + seat]
         row[P_STATE] = 0
         row[P_EXIT] = 0
+        row[P_READY_NS] = 0  # else a replacement looks ready before it is (negative start-up)
         self.workers[seat] = self._start(worker_main, (self.p, seat), f"shmpipe-worker{seat}")
 
     # -- recovery --------------------------------------------------------------------------
@@ -299,6 +302,7 @@ class Pipeline:
                         int(row[MSG_ID]),
                         int(row[ATTEMPT]) + 1,
                         cause,
+                        extra=frame_extra(ring, slot),
                     )
                     target = ring.least_loaded_seat(p.workers, exclude=seat)
                     ring.assign(slot, target, p.seats[target])
@@ -326,7 +330,11 @@ class Pipeline:
         row[STATE] = S_DONE
         self.summary.quarantined += 1
         log.error(
-            "message %d quarantined after %d attempts (%s)", int(row[MSG_ID]), attempts, cause
+            "message %d quarantined after %d attempts (%s)",
+            int(row[MSG_ID]),
+            attempts,
+            cause,
+            extra=frame_extra(ring, slot),
         )
         self.p.done.send(DONE, slot, int(row[TICKET]))
 
@@ -371,6 +379,7 @@ class Pipeline:
                     pid,
                     limit,
                     int(table[slot, MSG_ID]),
+                    extra=frame_extra(self.p.ring, int(slot)),
                 )
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -410,11 +419,19 @@ class Pipeline:
             raise ConfigError(str(exc), "run.name", self.config.path) from None
         t_start = time.perf_counter()
         self.p = None
+        self._metrics_sock = None
         try:
             self.p = self._prepare()
+            try:
+                self._metrics_sock = open_metrics_socket(self.config.metrics)
+            except MetricsPortError as exc:
+                raise StartupError(str(exc)) from None
+            self._record = record
             record.describe(self._describe())
             return self._supervise(t_start)
         finally:
+            if self._metrics_sock is not None:
+                self._metrics_sock.close()
             if self.p is not None:
                 for pipe in [*self.p.seats, self.p.done, self.p.dispatcher_inbox]:
                     pipe.close()
@@ -433,6 +450,11 @@ class Pipeline:
             "workers": self.config.run.workers,
             "chain": [k.name for k in self.config.kernels],
             "config": self.config.path,
+            "metrics": (
+                f"http://{self.config.metrics.host}:{self.config.metrics.port}/metrics"
+                if self.config.metrics.port > 0
+                else ""
+            ),
         }
 
     def _supervise(self, t_start: float) -> RunSummary:
@@ -442,7 +464,9 @@ class Pipeline:
         self._ready_logged: set[tuple[int, int]] = set()
         progress = ProgressReporter(ring, cfg, self.name)
         exit_code, error = EXIT_OK, ""
+        self.metrics: mp.Process | None = None
         try:
+            self._start_metrics()
             self.publisher = self._start(publisher_main, (p,), "shmpipe-publisher")
             for seat in range(cfg.run.workers):
                 self._start_worker(seat)
@@ -455,6 +479,8 @@ class Pipeline:
                     procs[self.dispatcher.sentinel] = ("dispatcher", self.dispatcher)
                 for seat, w in enumerate(self.workers):
                     procs[w.sentinel] = (seat, w)
+                if self.metrics is not None:
+                    procs[self.metrics.sentinel] = ("metrics", self.metrics)
                 ready = wait(list(procs), timeout=0.25)
                 if self._signals > handled_signals:
                     handled_signals = self._signals
@@ -478,7 +504,14 @@ class Pipeline:
                 for sentinel in ready:
                     role, proc = procs[sentinel]
                     proc.join()
-                    if role == "dispatcher":
+                    if role == "metrics":
+                        # Metrics are an aid, not part of the data path: the run goes on.
+                        log.warning(
+                            "the metrics process died (%s); no metrics for the rest of the run",
+                            _cause(proc.exitcode),
+                        )
+                        self.metrics = None
+                    elif role == "dispatcher":
                         dispatcher_done = True
                         ring.procs[PROC_DISPATCHER, P_STATE] = PS_EXITED
                         if proc.exitcode == EXIT_CONFIG:
@@ -548,6 +581,36 @@ class Pipeline:
             c.join()
         for seat in range(len(p.seats)):
             p.ring.procs[PROC_FIRST_WORKER + seat, P_STATE] = PS_EXITED
+        self._stop_metrics()
+
+    # -- metrics ---------------------------------------------------------------------------
+    def _start_metrics(self) -> None:
+        """Fork the metrics process (before any worker) and give it the bound socket."""
+        sock = self._metrics_sock
+        if sock is None:
+            return
+        self.metrics = self._start(metrics_main, (self.p, sock, os.getpid()), "shmpipe-metrics")
+        # Processes forked from now on must not hold the listening socket.
+        sock.close()
+        self._metrics_sock = None
+        m = self.config.metrics
+        log.info("metrics: http://%s:%d/metrics (pid %d)", m.host, m.port, self.metrics.pid)
+        self._record.describe({**self._describe(), "metrics_pid": self.metrics.pid})
+
+    def _stop_metrics(self) -> None:
+        proc = getattr(self, "metrics", None)
+        if proc is None or proc.pid is None:
+            return
+        if proc.exitcode is None:
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            proc.join(timeout=2.0)
+            if proc.exitcode is None:
+                os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        self.metrics = None
 
 
 def _cause(code: int | None) -> str:

@@ -1,4 +1,10 @@
-"""Log set-up: plain lines, or JSON objects for log shippers; frame lines carry stream and id."""
+"""Log set-up: plain lines, or JSON objects for log shippers; frame lines carry stream and id.
+
+A log call about one frame passes ``extra={"stream": ..., "message_id": ...}`` (or
+``extra=frame_extra(ring, slot)`` where only the slot is at hand); the text format shows it as
+``[stream#id]`` and the JSON format as the fields ``stream`` and ``message_id``, so a log
+shipper can join log lines with sink records and ASAPO messages.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 
 class TextFormatter(logging.Formatter):
@@ -47,3 +54,19 @@ def configure_logging(fmt: str = "text", level: str = "info") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def frame_extra(ring: Any, slot: int) -> dict[str, Any]:
+    """``extra`` for a log call about the frame in ``slot``: its stream and message id.
+
+    Reads the slot's header (written by the dispatcher); used off the hot path only (recovery,
+    quarantine, watchdog), where a JSON decode per line costs nothing that matters.
+    """
+    from shmpipe.message import decode_header
+    from shmpipe.ring import HEADER_LEN, MSG_ID
+
+    try:
+        header = decode_header(ring.header(slot), int(ring.table[slot, HEADER_LEN]))
+        return {"stream": str(header["stream"]), "message_id": int(header["id"])}
+    except (ValueError, KeyError, TypeError):
+        return {"stream": "?", "message_id": int(ring.table[slot, MSG_ID])}

@@ -40,6 +40,7 @@ from shmpipe.ring import (
     QUARANTINED,
     SEQ,
     STATE,
+    STREAM_ROW,
     T_FILL,
     TICKET,
 )
@@ -143,6 +144,7 @@ class Publisher:
             for s in self.sinks:
                 s.write_error(record)
             self.procs[P_ERRORS] += 1
+            self.ring.streams.count_out(int(row[STREAM_ROW]), error=True)
             where = f"stream {stream!r} message {mid}"
             self.log.error(
                 "%s failed in kernel %s: %s",
@@ -178,6 +180,7 @@ class Publisher:
                 s.write(record)
             self.ring.timings.add_latency(now_ns() - int(row[T_FILL]))
             self.procs[P_FRAMES] += 1
+            self.ring.streams.count_out(int(row[STREAM_ROW]), error=False)
             self.procs[P_MSG_ID] = mid
             self._queue(stream, mid, slot, ack=True)
         self._advance(seq)

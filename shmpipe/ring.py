@@ -29,6 +29,7 @@ STATE_NAMES = ("free", "filling", "filled", "assigned", "claimed", "done", "publ
 # Slot table columns.
 STATE, OWNER, TICKET, ATTEMPT, SEQ, MSG_ID, HEADER_LEN, PAYLOAD_LEN = range(8)
 FLAGS, T_FILL, T_CLAIM, T_DONE, ERROR_LEN, OWNER_PID = range(8, 14)
+STREAM_ROW = 14  # row of the message's stream in the stream table (written by the dispatcher)
 N_COLUMNS = 16
 
 # FLAGS bits.
@@ -91,6 +92,10 @@ LATENCY_BUCKETS_S = (
     60.0,
 )
 N_BUCKETS = len(KERNEL_BUCKETS_S) + 1  # both lists have the same length
+
+# Per-stream counters (see shmpipe.streams): a fixed number of rows, reused oldest first.
+MAX_STREAMS = 64
+STREAM_WORDS = 32  # int64 words per row: counters, then the name's bytes
 
 
 def _round_up(n: int, to: int = ALIGN) -> int:
@@ -187,12 +192,21 @@ class RingGeometry:
         return self.processes * MAX_KERNELS * (N_BUCKETS + 1) + N_BUCKETS + 1
 
     @property
-    def table_bytes(self) -> int:
+    def stream_words(self) -> int:
+        return MAX_STREAMS * STREAM_WORDS
+
+    @property
+    def stream_table_offset(self) -> int:
+        """Byte offset of the stream table in the tables region (after everything else)."""
         return (
             _round_up((self.slots * N_COLUMNS + self.processes * P_COLUMNS) * 8)
             + _round_up(self.processes * NOTE_BYTES)
             + _round_up(self.timing_words * 8)
         )
+
+    @property
+    def table_bytes(self) -> int:
+        return self.stream_table_offset + _round_up(self.stream_words * 8)
 
     @property
     def total_bytes(self) -> int:
@@ -250,6 +264,11 @@ class SlotRing:
         self._notes_at = _round_up((g.slots * N_COLUMNS + g.processes * P_COLUMNS) * 8)
         timing_at = self._notes_at + _round_up(g.processes * NOTE_BYTES)
         self.timings = Timings(self.tables.array("<i8", (g.timing_words,), timing_at), g.processes)
+        from shmpipe.streams import StreamTable
+
+        self.streams = StreamTable(
+            self.tables.array("<i8", (MAX_STREAMS, STREAM_WORDS), g.stream_table_offset)
+        )
         self._prefault()
 
     def _prefault(self) -> None:
@@ -327,6 +346,6 @@ class SlotRing:
         inbox.send(1, slot, ticket, 0)
 
     def close(self) -> None:
-        self.table = self.procs = None  # type: ignore[assignment]
+        self.table = self.procs = self.streams = None  # type: ignore[assignment]
         for region in (self.tables, self.inputs, self.results):
             region.close()
