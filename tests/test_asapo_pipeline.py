@@ -37,15 +37,38 @@ def asapo(tmp_path):
     service.stop()
 
 
-def produce(endpoint: str, frames: int, streams: list[str], *, rate: float = 0.0,
-            finish: bool = True, extra: list[str] = ()) -> subprocess.Popen:
+def produce(
+    endpoint: str,
+    frames: int,
+    streams: list[str],
+    *,
+    rate: float = 0.0,
+    finish: bool = True,
+    extra: list[str] = (),
+) -> subprocess.Popen:
     """Run the demo producer script (the real asapo_producer) in its own process."""
     return subprocess.Popen(
-        [sys.executable, str(REPO / "scripts" / "asapo_produce.py"), "--endpoint", endpoint,
-         "--beamtime", BEAMTIME, "--frames", str(frames), "--streams", ",".join(streams),
-         "--rate", str(rate), "--module-shape", ",".join(map(str, SHAPE)),
-         *([] if finish else ["--no-finish"]), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "asapo_produce.py"),
+            "--endpoint",
+            endpoint,
+            "--beamtime",
+            BEAMTIME,
+            "--frames",
+            str(frames),
+            "--streams",
+            ",".join(streams),
+            "--rate",
+            str(rate),
+            "--module-shape",
+            ",".join(map(str, SHAPE)),
+            *([] if finish else ["--no-finish"]),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -64,14 +87,28 @@ def pool_digests() -> list[bytes]:
 def config(asapo: AsapoProcess, tmp_path: Path, group: str = "g1", **source) -> dict:
     return {
         "run": {"workers": 2, "progress": "off", "on_error": "skip"},
-        "source": {"kind": "asapo", "endpoint": asapo.endpoint, "beamtime": BEAMTIME,
-                   "stream": "scan_0001", "group_id": group, "part_shape": SHAPE,
-                   "timeout_ms": 200, "until": "finished", "resend_delay_ms": 800, **source},
+        "source": {
+            "kind": "asapo",
+            "endpoint": asapo.endpoint,
+            "beamtime": BEAMTIME,
+            "stream": "scan_0001",
+            "group_id": group,
+            "part_shape": SHAPE,
+            "timeout_ms": 200,
+            "until": "finished",
+            "resend_delay_ms": 800,
+            **source,
+        },
         "kernels": {"checksum": {}},
         "sinks": [
             {"kind": "hdf5", "output": str(tmp_path / "out_{stream}_{run}.h5")},
-            {"kind": "asapo", "endpoint": asapo.endpoint, "beamtime": BEAMTIME,
-             "data_source": "checksums", "outputs": ["checksum.digest"]},
+            {
+                "kind": "asapo",
+                "endpoint": asapo.endpoint,
+                "beamtime": BEAMTIME,
+                "data_source": "checksums",
+                "outputs": ["checksum.digest"],
+            },
         ],
     }
 
@@ -83,8 +120,7 @@ def run(raw: dict, name: str = "asapo-run"):
 
 def outputs(asapo: AsapoProcess, stream: str, data_source: str = "checksums") -> dict:
     """Every record of an output stream, read back by id with the real consumer."""
-    c = asapo_consumer.create_consumer(asapo.endpoint, "", False, BEAMTIME, data_source, "",
-                                       1000)
+    c = asapo_consumer.create_consumer(asapo.endpoint, "", False, BEAMTIME, data_source, "", 1000)
     info = c.get_stream_info(stream)
     got = {}
     for i in range(1, int(info["lastId"]) + 1):
@@ -118,7 +154,7 @@ def test_datasets_through_pipeline_to_hdf5_and_asapo_with_lineage(asapo, tmp_pat
         assert lineage["input_ids"] == [5] and lineage["input_stream"] == stream
         assert lineage["input_names"] == [f"{stream}/frame_000005_m01"]
         assert lineage["kernel_chain"] == ["checksum"] and len(lineage["config_hash"]) == 16
-        assert meta["name"] == f"{stream}/frame_000005_m01"
+        assert meta["name"] == f"checksums/{stream}/frame_000005_m01"
     c = asapo_consumer.create_consumer(asapo.endpoint, "", False, BEAMTIME, "checksums", "", 500)
     with pytest.raises(asapo_consumer.AsapoStreamFinishedError) as fin:
         c.get_by_id(13, meta_only=True, stream="scan_0001")
@@ -156,13 +192,20 @@ def test_stream_naming_schemes(scheme, current, names, expected):
 def test_partial_dataset_error_record_or_processed(asapo, tmp_path):
     import asapo_producer
 
-    prod = asapo_producer.create_producer(asapo.endpoint, "processed", BEAMTIME, "auto",
-                                          "detector", "", 1, 5000)
+    prod = asapo_producer.create_producer(
+        asapo.endpoint, "processed", BEAMTIME, "auto", "detector", "", 1, 5000
+    )
     part = np.arange(np.prod(SHAPE), dtype=np.uint16).reshape(SHAPE)
     for mid, count in ((1, 12), (2, 11), (3, 12)):
         for m in range(1, count + 1):
-            prod.send(mid, f"f{mid}_m{m}", part.reshape(-1).view(np.uint8),
-                      user_meta=json.dumps({"m": m}), dataset=(m, 12), stream="scan_0001")
+            prod.send(
+                mid,
+                f"f{mid}_m{m}",
+                part.reshape(-1).view(np.uint8),
+                user_meta=json.dumps({"m": m}),
+                dataset=(m, 12),
+                stream="scan_0001",
+            )
     prod.wait_requests_finished(5000)
     prod.send_stream_finished_flag("scan_0001", 3)
     prod.wait_requests_finished(5000)
@@ -171,30 +214,37 @@ def test_partial_dataset_error_record_or_processed(asapo, tmp_path):
     data = read_stream(str(tmp_path / "out_scan_0001_asapo-run.h5"), "scan_0001")
     assert data["message_id"].tolist() == [1, 3]
     assert data["errors"]["message_id"].tolist() == [2]
-    assert b"incomplete dataset: 11 of 12 parts (missing substreams [12])" in data["errors"][
-        "error"][0]
-    summary = run(config(asapo, tmp_path, group="lenient", timeout_ms=300, partial="process"),
-                  name="lenient")
+    assert (
+        b"incomplete dataset: 11 of 12 parts (missing substreams [12])"
+        in data["errors"]["error"][0]
+    )
+    summary = run(
+        config(asapo, tmp_path, group="lenient", timeout_ms=300, partial="process"), name="lenient"
+    )
     assert summary.exit_code == EXIT_OK, summary.error
     data = read_stream(str(tmp_path / "out_scan_0001_lenient.h5"), "scan_0001")
     assert data["message_id"].tolist() == [1, 2, 3]
 
 
 def test_service_restarted_mid_run_loses_nothing(asapo, tmp_path):
-    producer = produce(asapo.endpoint, 60, ["scan_0001"], rate=40.0)
+    from tests.test_lifecycle import published, wait_for
+
+    producer = produce(asapo.endpoint, 60, ["scan_0001"], rate=30.0)
     raw = config(asapo, tmp_path, group="restart", timeout_ms=300)
-    result = {}
+    restarted = threading.Event()
 
-    def pipeline():
-        result["summary"] = run(raw)
+    def restart_mid_run():
+        wait_for(lambda: published("asapo-run") >= 15, what="15 published frames")
+        asapo.restart()  # frames are still being produced and consumed
+        restarted.set()
 
-    t = threading.Thread(target=pipeline)
+    t = threading.Thread(target=restart_mid_run, daemon=True)
     t.start()
+    summary = run(raw)  # in the main thread: the supervisor installs signal handlers
+    t.join(timeout=60)
     out, err = producer.communicate(timeout=120)
+    assert restarted.is_set()
     assert producer.returncode == 0, out + err
-    asapo.restart()  # mid-run for the pipeline, which is still draining the stream
-    t.join(timeout=120)
-    summary = result["summary"]
     assert summary.exit_code == EXIT_OK, summary.error
     data = read_stream(str(tmp_path / "out_scan_0001_asapo-run.h5"), "scan_0001")
     assert data["message_id"].tolist() == list(range(1, 61))
@@ -202,9 +252,20 @@ def test_service_restarted_mid_run_loses_nothing(asapo, tmp_path):
 
 def _run_cli(cfg_path: Path, name: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "shmpipe", "run", "--config", str(cfg_path), "--set",
-         f"run.name={name}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "shmpipe",
+            "run",
+            "--config",
+            str(cfg_path),
+            "--set",
+            f"run.name={name}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -238,8 +299,9 @@ def test_pipeline_sigkilled_and_restarted_no_loss_no_duplicate(asapo, tmp_path):
             done_first = set(read_stream(str(f1), "scan_0001")["message_id"].tolist())
         except OSError:
             pass  # a file killed mid-write may be unreadable; the ASAPO output is the record
-    again = set(read_stream(str(tmp_path / "out_scan_0001_crash-2.h5"),
-                            "scan_0001")["message_id"].tolist())
+    again = set(
+        read_stream(str(tmp_path / "out_scan_0001_crash-2.h5"), "scan_0001")["message_id"].tolist()
+    )
     assert done_first | again == set(range(1, 41))
 
 
@@ -258,8 +320,9 @@ def test_two_instances_share_a_group_exactly_once(asapo, tmp_path):
     ids = {}
     for node in ("node-a", "node-b"):
         path = tmp_path / f"out_scan_0001_{node}.h5"
-        ids[node] = read_stream(str(path), "scan_0001")["message_id"].tolist() if path.exists() \
-            else []
+        ids[node] = (
+            read_stream(str(path), "scan_0001")["message_id"].tolist() if path.exists() else []
+        )
     assert not set(ids["node-a"]) & set(ids["node-b"])
     assert sorted(ids["node-a"] + ids["node-b"]) == list(range(1, 61))
     assert ids["node-a"] and ids["node-b"]  # the broker split the stream between them
@@ -277,9 +340,18 @@ def test_wrong_token_is_a_configuration_error(tmp_path):
         with pytest.raises(StartupError, match="refused beamtime 'bt_test'"):
             run(raw)
         r = subprocess.run(
-            [sys.executable, "-m", "shmpipe", "run", "--config",
-             str(_write_toml(tmp_path / "bad.toml", raw))],
-            capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-m",
+                "shmpipe",
+                "run",
+                "--config",
+                str(_write_toml(tmp_path / "bad.toml", raw)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == EXIT_CONFIG_ERROR
         assert "check source.token" in r.stderr
     finally:

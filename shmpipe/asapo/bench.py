@@ -33,9 +33,11 @@ class Result:
     def line(self) -> str:
         mb = self.frames * self.parts * self.part_bytes / 1e6
         msgs = self.frames * self.parts
-        return (f"{self.phase:<9} {self.frames:>6} frames x {self.parts:>2} x "
-                f"{self.part_bytes / 1e3:>8.1f} kB: {self.frames / self.seconds:>8.1f} frames/s "
-                f"{msgs / self.seconds:>9.1f} msg/s {mb / self.seconds:>8.1f} MB/s")
+        return (
+            f"{self.phase:<9} {self.frames:>6} frames x {self.parts:>2} x "
+            f"{self.part_bytes / 1e3:>8.1f} kB: {self.frames / self.seconds:>8.1f} frames/s "
+            f"{msgs / self.seconds:>9.1f} msg/s {mb / self.seconds:>8.1f} MB/s"
+        )
 
 
 def _produce(producer, stream: str, frames: int, parts: int, data: np.ndarray) -> None:
@@ -48,8 +50,14 @@ def _produce(producer, stream: str, frames: int, parts: int, data: np.ndarray) -
     for i in range(1, frames + 1):
         for part in range(1, parts + 1):
             dataset = (part, parts) if parts > 1 else None
-            producer.send(i, f"{stream}/{i}_{part}.bin", data, stream=stream, dataset=dataset,
-                          callback=callback)
+            producer.send(
+                i,
+                f"{stream}/{i}_{part}.bin",
+                data,
+                stream=stream,
+                dataset=dataset,
+                callback=callback,
+            )
     producer.wait_requests_finished(600_000)
     if errors:
         raise RuntimeError(f"{len(errors)} send errors, first: {errors[0]}")
@@ -105,16 +113,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nthreads", type=int, default=4, help="producer threads")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply frame counts")
-    parser.add_argument("--dir", default=None,
-                        help="parent of the service's data folder (default: the temp dir)")
+    parser.add_argument(
+        "--dir", default=None, help="parent of the service's data folder (default: the temp dir)"
+    )
     args = parser.parse_args(argv)
-    cases = [(1000, 1, 3000), (1000, 12, 300), (1_600_000, 1, 200), (1_600_000, 12, 30),
-             (20_000_000, 1, 20)]
-    with tempfile.TemporaryDirectory(prefix="asapo-bench-", dir=args.dir) as tmp, \
-            running_asapo(tmp) as asapo:
+    cases = [
+        (1000, 1, 3000),
+        (1000, 12, 300),
+        (1_600_000, 1, 200),
+        (1_600_000, 12, 30),
+        (20_000_000, 1, 20),
+    ]
+    with (
+        tempfile.TemporaryDirectory(prefix="asapo-bench-", dir=args.dir) as tmp,
+        running_asapo(tmp) as asapo,
+    ):
         for size, parts, frames in cases:
-            for result in run_case(asapo, size, parts, max(1, int(frames * args.scale)),
-                                   args.nthreads):
+            for result in run_case(
+                asapo, size, parts, max(1, int(frames * args.scale)), args.nthreads
+            ):
                 print(result.line(), flush=True)
 
 

@@ -174,8 +174,15 @@ class Broker:
         ``host:port`` of this HTTP service and of the receiver, as the clients should dial them.
     """
 
-    def __init__(self, store: MessageStore, data_dir: Path, tokens: TokenPolicy,
-                 advertised: str = "", receiver_address: str = "", on_delete: Any = None) -> None:
+    def __init__(
+        self,
+        store: MessageStore,
+        data_dir: Path,
+        tokens: TokenPolicy,
+        advertised: str = "",
+        receiver_address: str = "",
+        on_delete: Any = None,
+    ) -> None:
         self.store = store
         self.data_dir = Path(data_dir)
         self.tokens = tokens
@@ -189,8 +196,9 @@ class Broker:
         self._folder_tokens: set[str] = set()
         self.stats: Counter[str] = Counter()  # file_transfers (diagnostic)
 
-    def route(self, handler: _Handler, method: str, parts: list[str], query: dict[str, str],
-              body: bytes) -> None:
+    def route(
+        self, handler: _Handler, method: str, parts: list[str], query: dict[str, str], body: bytes
+    ) -> None:
         """Serve one request by raising :class:`_Reply` or a :class:`BrokerError`."""
         if parts[:2] == ["asapo-discovery", "v0.1"] and len(parts) == 3:
             self._discovery(parts[2], query)
@@ -213,10 +221,14 @@ class Broker:
         protocol = query.get("protocol", API_VERSION)
         if service == "version":
             supported = protocol in SUPPORTED_PROTOCOLS
-            raise _json({"softwareVersion": SOFTWARE_VERSION,
-                         "clientProtocol": {"versionInfo": protocol, "supported": supported},
-                         "clientSupported": "yes" if supported else "no",
-                         "supportedProtocols": list(SUPPORTED_PROTOCOLS)})
+            raise _json(
+                {
+                    "softwareVersion": SOFTWARE_VERSION,
+                    "clientProtocol": {"versionInfo": protocol, "supported": supported},
+                    "clientSupported": "yes" if supported else "no",
+                    "supportedProtocols": list(SUPPORTED_PROTOCOLS),
+                }
+            )
         if protocol not in SUPPORTED_PROTOCOLS:
             raise _Reply(415, f"protocol {protocol} not supported")
         if service in ("asapo-broker", "asapo-file-transfer"):
@@ -255,8 +267,16 @@ class Broker:
         raise _Done
 
     # ------------------------------------------------------------ the broker proper
-    def _beamtime(self, handler: _Handler, method: str, key: tuple[str, str], stream: str,
-                  rest: list[str], query: dict[str, str], body: bytes) -> None:
+    def _beamtime(
+        self,
+        handler: _Handler,
+        method: str,
+        key: tuple[str, str],
+        stream: str,
+        rest: list[str],
+        query: dict[str, str],
+        body: bytes,
+    ) -> None:
         store = self.store
         # the dataset count asks for size with incomplete=true|false and no dataset flag
         dataset = _flag(query, "dataset") or (rest == ["size"] and "incomplete" in query)
@@ -290,8 +310,9 @@ class Broker:
             resend = None
             if _flag(query, "resend_nacks"):
                 resend = (_int(query, "delay_ms"), _int(query, "resend_attempts"))
-            record = store.next(key, stream, group, query.get("id_key", "_id"), dataset,
-                                minsize, resend)
+            record = store.next(
+                key, stream, group, query.get("id_key", "_id"), dataset, minsize, resend
+            )
             raise _json(record)
         if method == "GET" and op == "last":
             raise _json(store.last(key, stream, dataset, minsize))
@@ -338,7 +359,7 @@ class Broker:
         else:
             if start:
                 names = [s["name"] for s in infos]
-                infos = infos[names.index(start):] if start in names else []
+                infos = infos[names.index(start) :] if start in names else []
             wanted = query.get("filter", "all")
             if wanted == "finished":
                 infos = [s for s in infos if s["finished"]]

@@ -26,8 +26,11 @@ class NoDataError(BrokerError):
     status = 409
 
     def __init__(self, id_: int, id_max: int, next_stream: str = "") -> None:
-        super().__init__(json.dumps({"op": "get_record_by_id", "id": id_, "id_max": id_max,
-                                     "next_stream": next_stream}))
+        super().__init__(
+            json.dumps(
+                {"op": "get_record_by_id", "id": id_, "id_max": id_max, "next_stream": next_stream}
+            )
+        )
         self.id, self.id_max, self.next_stream = id_, id_max, next_stream
 
 

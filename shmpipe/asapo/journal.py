@@ -93,30 +93,36 @@ class SqliteJournal:
 
     def put_record(self, key: SourceKey, stream: str, record: dict[str, Any]) -> None:
         order = record.get("time_id", _FINISH_ORDER)
-        self._exec("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?)",
-                   (*key, stream, record["_id"], order, json.dumps(record)))
+        self._exec(
+            "INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?)",
+            (*key, stream, record["_id"], order, json.dumps(record)),
+        )
 
-    def put_pointer(self, key: SourceKey, stream: str, group: str, id_key: str,
-                    value: int) -> None:
-        self._exec("INSERT OR REPLACE INTO pointers VALUES (?,?,?,?,?,?)",
-                   (*key, stream, group, id_key, value))
+    def put_pointer(self, key: SourceKey, stream: str, group: str, id_key: str, value: int) -> None:
+        self._exec(
+            "INSERT OR REPLACE INTO pointers VALUES (?,?,?,?,?,?)",
+            (*key, stream, group, id_key, value),
+        )
 
     def put_ack(self, key: SourceKey, stream: str, group: str, id_: int) -> None:
         self._exec("INSERT OR REPLACE INTO acks VALUES (?,?,?,?,?)", (*key, stream, group, id_))
 
-    def put_inprocess(self, key: SourceKey, stream: str, group: str, id_: int,
-                      entry: InProcess | None) -> None:
+    def put_inprocess(
+        self, key: SourceKey, stream: str, group: str, id_: int, entry: InProcess | None
+    ) -> None:
         if entry is None:
-            self._exec("DELETE FROM inprocess WHERE bt=? AND src=? AND stream=? AND grp=? "
-                       "AND id=?", (*key, stream, group, id_))
+            self._exec(
+                "DELETE FROM inprocess WHERE bt=? AND src=? AND stream=? AND grp=? AND id=?",
+                (*key, stream, group, id_),
+            )
         else:
-            self._exec("INSERT OR REPLACE INTO inprocess VALUES (?,?,?,?,?,?,?,?)",
-                       (*key, stream, group, id_, entry.due_ns, entry.attempts,
-                        entry.max_attempts))
+            self._exec(
+                "INSERT OR REPLACE INTO inprocess VALUES (?,?,?,?,?,?,?,?)",
+                (*key, stream, group, id_, entry.due_ns, entry.attempts, entry.max_attempts),
+            )
 
     def put_meta(self, key: SourceKey, stream: str, meta: Any) -> None:
-        self._exec("INSERT OR REPLACE INTO meta VALUES (?,?,?,?)",
-                   (*key, stream, json.dumps(meta)))
+        self._exec("INSERT OR REPLACE INTO meta VALUES (?,?,?,?)", (*key, stream, json.dumps(meta)))
 
     def delete_stream(self, key: SourceKey, stream: str, delete_meta: bool) -> None:
         tables = ["streams", "records", "pointers", "acks", "inprocess"]
@@ -130,8 +136,10 @@ class SqliteJournal:
         if ref is None:
             self._exec("DELETE FROM payloads WHERE buf_id=?", (buf_id,))
         else:
-            self._exec("INSERT OR REPLACE INTO payloads VALUES (?,?,?,?)",
-                       (buf_id, ref.path, ref.size, int(ref.in_filesystem)))
+            self._exec(
+                "INSERT OR REPLACE INTO payloads VALUES (?,?,?,?)",
+                (buf_id, ref.path, ref.size, int(ref.in_filesystem)),
+            )
 
     # ------------------------------------------------------------ start-up
     def load_into(self, store: MessageStore, payloads: PayloadStore) -> None:
@@ -141,7 +149,8 @@ class SqliteJournal:
             for bt, src, stream, created in db.execute("SELECT * FROM streams ORDER BY created_ns"):
                 store.restore_stream((bt, src), stream, created)
             for bt, src, stream, doc in db.execute(
-                    "SELECT bt, src, stream, doc FROM records ORDER BY bt, src, stream, time_id"):
+                "SELECT bt, src, stream, doc FROM records ORDER BY bt, src, stream, time_id"
+            ):
                 store.restore_record((bt, src), stream, json.loads(doc))
             for bt, src, stream, doc in db.execute("SELECT * FROM meta"):
                 store.restore_meta((bt, src), stream, json.loads(doc))
@@ -150,8 +159,10 @@ class SqliteJournal:
             for bt, src, stream, grp, id_ in db.execute("SELECT * FROM acks"):
                 store.restore_ack((bt, src), stream, grp, id_)
             for bt, src, stream, grp, id_, due, attempts, max_attempts in db.execute(
-                    "SELECT * FROM inprocess"):
-                store.restore_inprocess((bt, src), stream, grp, id_,
-                                        InProcess(due, attempts, max_attempts))
+                "SELECT * FROM inprocess"
+            ):
+                store.restore_inprocess(
+                    (bt, src), stream, grp, id_, InProcess(due, attempts, max_attempts)
+                )
             for buf_id, path, size, in_fs in db.execute("SELECT * FROM payloads"):
                 payloads.restore(buf_id, PayloadRef(path, size, bool(in_fs)))

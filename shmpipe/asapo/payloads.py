@@ -59,8 +59,10 @@ def resolve_name(root: Path, name: str) -> Path:
     """
     rel = Path(name)
     if not name or rel.is_absolute() or ".." in rel.parts or rel.parts[0] == STATE_DIR:
-        raise PayloadError(f"file name must be a relative path inside the data folder "
-                           f"(not under {STATE_DIR}/): {name!r}")
+        raise PayloadError(
+            f"file name must be a relative path inside the data folder "
+            f"(not under {STATE_DIR}/): {name!r}"
+        )
     return root / rel
 
 
@@ -77,8 +79,9 @@ class PayloadStore:
         Persists buf id -> file; ``None`` for memory-only state.
     """
 
-    def __init__(self, data_dir: Path, cache_bytes: int = 1 << 30,
-                 journal: PayloadJournal | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, cache_bytes: int = 1 << 30, journal: PayloadJournal | None = None
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.blob_dir = self.data_dir / STATE_DIR / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
@@ -96,8 +99,9 @@ class PayloadStore:
         self._refs[buf_id] = ref
         self._next_buf_id = max(self._next_buf_id, buf_id + 1)
 
-    def receive(self, read_into, size: int, name: str, in_filesystem: bool,
-                buffer: memoryview) -> int:
+    def receive(
+        self, read_into, size: int, name: str, in_filesystem: bool, buffer: memoryview
+    ) -> int:
         """Stream ``size`` bytes into a new payload file and return its buf id.
 
         Parameters
@@ -112,8 +116,9 @@ class PayloadStore:
             self._next_buf_id += 1
         failure: Exception | None = None
         try:
-            path = resolve_name(self.data_dir, name) if in_filesystem else \
-                self.blob_dir / str(buf_id)
+            path = (
+                resolve_name(self.data_dir, name) if in_filesystem else self.blob_dir / str(buf_id)
+            )
             tmp = path.with_name(path.name + f".{buf_id}.part")
             out = self._create(tmp)
         except (PayloadError, OSError) as exc:
@@ -123,7 +128,7 @@ class PayloadStore:
         left = size
         try:
             while left:
-                view = buffer[:min(left, len(buffer))]
+                view = buffer[: min(left, len(buffer))]
                 read_into(view)
                 left -= len(view)
                 if out is not None and failure is None:

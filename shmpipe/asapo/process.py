@@ -39,9 +39,14 @@ class AsapoProcess:
         Seconds to wait for the child's start-up line.
     """
 
-    def __init__(self, data_dir: str | Path | None = None, *,
-                 tokens: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
-                 host: str = "127.0.0.1", start_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        tokens: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
+        host: str = "127.0.0.1",
+        start_timeout: float = 30.0,
+    ) -> None:
         self.host = host
         self.port = 0
         self.receiver_port = 0
@@ -81,14 +86,24 @@ class AsapoProcess:
         """Start the child (on the ports of the previous start, if any) and wait until ready."""
         if self.running:
             raise RuntimeError("service process already running")
-        cmd = [sys.executable, "-m", "shmpipe.asapo", "--host", self.host,
-               "--port", str(self.port), "--receiver-port", str(self.receiver_port),
-               "--log-level", "WARNING", *self._token_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "shmpipe.asapo",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--receiver-port",
+            str(self.receiver_port),
+            "--log-level",
+            "WARNING",
+            *self._token_args,
+        ]
         if self._given_data_dir is not None:
             cmd += ["--data-dir", str(self._given_data_dir)]
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH"))
-                                            if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         start_at = len(self._output_bytes())
         # the child gets its own append-mode description of the log: no shared file offset
         with open(self._log_path, "ab") as log:

@@ -75,14 +75,22 @@ class RequestHeader:
     def unpack(cls, raw: bytes) -> RequestHeader:
         """Decode the 2120 header bytes."""
         op, data_id, size, meta_size, c0, c1, c2, msg, stream, api = REQUEST_HEADER.unpack(raw)
-        return cls(op, data_id, size, meta_size, (c0, c1, c2), _cstr(msg), _cstr(stream),
-                   _cstr(api))
+        return cls(
+            op, data_id, size, meta_size, (c0, c1, c2), _cstr(msg), _cstr(stream), _cstr(api)
+        )
 
     def pack(self) -> bytes:
         """Encode to the 2120 header bytes (used by tests and tools, not by the service)."""
-        return REQUEST_HEADER.pack(self.op, self.data_id, self.data_size, self.meta_size,
-                                   *self.custom, self.message.encode(), self.stream.encode(),
-                                   self.api_version.encode())
+        return REQUEST_HEADER.pack(
+            self.op,
+            self.data_id,
+            self.data_size,
+            self.meta_size,
+            *self.custom,
+            self.message.encode(),
+            self.stream.encode(),
+            self.api_version.encode(),
+        )
 
 
 def pack_response(op: int, error: int, message: str = "") -> bytes:

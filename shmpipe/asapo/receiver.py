@@ -55,7 +55,7 @@ def recv_exact(sock: socket.socket, view: memoryview) -> None:
 def drain(read_into: Any, size: int, chunk: memoryview) -> None:
     """Read and discard ``size`` payload bytes, keeping the connection in step."""
     while size:
-        view = chunk[:min(size, len(chunk))]
+        view = chunk[: min(size, len(chunk))]
         read_into(view)
         size -= len(view)
 
@@ -100,11 +100,13 @@ class _Handler(socketserver.BaseRequestHandler):
                     continue
                 if session is None:
                     self._drain_payload(sock, req, chunk)
-                    sock.sendall(pack_response(req.op, NetworkError.AUTHORIZATION,
-                                               "not authorized"))
+                    sock.sendall(
+                        pack_response(req.op, NetworkError.AUTHORIZATION, "not authorized")
+                    )
                     continue
-                error, text = receiver.handle_request(session, req, bytes(meta),
-                                                      lambda v: recv_exact(sock, v), chunk)
+                error, text = receiver.handle_request(
+                    session, req, bytes(meta), lambda v: recv_exact(sock, v), chunk
+                )
                 receiver.sync()  # a confirmed message is on disk before the producer hears so
                 sock.sendall(pack_response(req.op, error, text))
         except (ConnectionClosed, ConnectionError, OSError):
@@ -158,8 +160,9 @@ class Receiver:
         ``host:port`` written into each record's ``source`` (where consumers read the cache).
     """
 
-    def __init__(self, store: MessageStore, payloads: PayloadStore, tokens: TokenPolicy,
-                 advertised: str = "") -> None:
+    def __init__(
+        self, store: MessageStore, payloads: PayloadStore, tokens: TokenPolicy, advertised: str = ""
+    ) -> None:
         self.store = store
         self.payloads = payloads
         self.tokens = tokens
@@ -207,8 +210,9 @@ class Receiver:
             os.close(fd)
 
     # ---------------------------------------------------------------- the rest
-    def handle_request(self, session: Session, req: RequestHeader, meta: bytes,
-                       read_into: Any, chunk: memoryview) -> tuple[int, str]:
+    def handle_request(
+        self, session: Session, req: RequestHeader, meta: bytes, read_into: Any, chunk: memoryview
+    ) -> tuple[int, str]:
         """Serve one authorized request; returns (error code, response text)."""
         key = (session.beamtime, session.data_source)
         try:
@@ -222,8 +226,9 @@ class Receiver:
                 return NetworkError.NO_ERROR, json.dumps(found) if found is not None else ""
             if req.op == Opcode.DELETE_STREAM:
                 flags = req.custom[0]
-                self.store_delete(key, req.stream, error_on_not_exist=bool(flags & 1),
-                                  delete_meta=bool(flags & 2))
+                self.store_delete(
+                    key, req.stream, error_on_not_exist=bool(flags & 1), delete_meta=bool(flags & 2)
+                )
                 return NetworkError.NO_ERROR, ""
             if req.op == Opcode.STREAM_INFO:
                 infos = [s for s in self.store.streams(key) if s["name"] == req.stream]
@@ -244,14 +249,21 @@ class Receiver:
             drain(read_into, req.data_size, chunk)
         return NetworkError.NOT_SUPPORTED, f"op {req.op} not supported"
 
-    def store_delete(self, key: tuple[str, str], stream: str, error_on_not_exist: bool,
-                     delete_meta: bool) -> None:
+    def store_delete(
+        self, key: tuple[str, str], stream: str, error_on_not_exist: bool, delete_meta: bool
+    ) -> None:
         """Delete a stream and its internal payload blobs."""
         messages = self.store.delete_stream(key, stream, error_on_not_exist, delete_meta)
         self.payloads.forget([m["buf_id"] for m in messages if m.get("buf_id")])
 
-    def _transfer(self, key: tuple[str, str], req: RequestHeader, meta: bytes, read_into: Any,
-                  chunk: memoryview) -> tuple[int, str]:
+    def _transfer(
+        self,
+        key: tuple[str, str],
+        req: RequestHeader,
+        meta: bytes,
+        read_into: Any,
+        chunk: memoryview,
+    ) -> tuple[int, str]:
         mode, substream, dataset_size = req.custom
         carries_data = bool(mode & IngestMode.TRANSFER_DATA) and req.data_size > 0
         try:
@@ -267,12 +279,26 @@ class Receiver:
         if carries_data:
             # on error receive() has consumed exactly data_size bytes, so the stream stays
             # in step and the error is answered on the same connection
-            buf_id = self.payloads.receive(read_into, req.data_size, req.message,
-                                           bool(mode & IngestMode.STORE_IN_FILESYSTEM), chunk)
-        record = {"_id": req.data_id, "size": req.data_size, "name": req.message,
-                  "timestamp": time.time_ns(), "source": self.advertised, "ib_source": "",
-                  "buf_id": buf_id, "stream": req.stream, "dataset_substream": substream,
-                  "ingest_mode": mode, "meta": user_meta}
+            buf_id = self.payloads.receive(
+                read_into,
+                req.data_size,
+                req.message,
+                bool(mode & IngestMode.STORE_IN_FILESYSTEM),
+                chunk,
+            )
+        record = {
+            "_id": req.data_id,
+            "size": req.data_size,
+            "name": req.message,
+            "timestamp": time.time_ns(),
+            "source": self.advertised,
+            "ib_source": "",
+            "buf_id": buf_id,
+            "stream": req.stream,
+            "dataset_substream": substream,
+            "ingest_mode": mode,
+            "meta": user_meta,
+        }
         try:
             if req.op == Opcode.TRANSFER_DATASET_DATA:
                 self.store.add_dataset_part(key, req.stream, req.data_id, dataset_size, record)
@@ -284,8 +310,9 @@ class Receiver:
             raise
         return NetworkError.NO_ERROR, json.dumps({"id": new_id})
 
-    def _set_meta(self, key: tuple[str, str], req: RequestHeader,
-                  read_into: Any) -> tuple[int, str]:
+    def _set_meta(
+        self, key: tuple[str, str], req: RequestHeader, read_into: Any
+    ) -> tuple[int, str]:
         # the document travels as the payload; custom word 1 encodes the mode as
         # op + 10 * upsert with op 1 insert, 2 replace, 3 update (what the 25.3 producer sends)
         raw = bytearray(req.data_size)

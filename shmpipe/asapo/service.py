@@ -25,7 +25,6 @@ from shmpipe.asapo.store import MessageStore
 log = logging.getLogger(__name__)
 
 
-
 class AsapoService:
     """An ASAPO-compatible service on two ports: HTTP (discovery/broker/files) and receiver.
 
@@ -55,10 +54,17 @@ class AsapoService:
     ...     consumer = asapo_consumer.create_consumer(service.server_name, ...)
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, receiver_port: int = 0,
-                 data_dir: str | Path | None = None,
-                 tokens: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
-                 cache_bytes: int = 1 << 30, advertise_host: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        receiver_port: int = 0,
+        data_dir: str | Path | None = None,
+        tokens: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
+        cache_bytes: int = 1 << 30,
+        advertise_host: str | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.receiver_port = receiver_port
@@ -135,8 +141,13 @@ class AsapoService:
         self._servers.append(receiver_server)
         self.receiver_port = receiver_server.server_address[1]
         receiver.advertised = self.receiver_address
-        broker = Broker(self.store, self.data_dir, self.tokens,
-                        receiver_address=self.receiver_address, on_delete=receiver.store_delete)
+        broker = Broker(
+            self.store,
+            self.data_dir,
+            self.tokens,
+            receiver_address=self.receiver_address,
+            on_delete=receiver.store_delete,
+        )
         broker_server = BrokerServer((self.host, self.port), broker)
         self._servers.append(broker_server)
         self.port = broker_server.server_address[1]
@@ -145,12 +156,20 @@ class AsapoService:
             receiver.sync = broker.sync = self._journal.commit
         self._receiver, self._broker = receiver, broker
         for server in self._servers:
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                      name=f"asapo-{type(server).__name__}", daemon=True)
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"asapo-{type(server).__name__}",
+                daemon=True,
+            )
             thread.start()
             self._threads.append(thread)
-        log.info("ASAPO service on %s (receiver %s), data in %s", self.server_name,
-                 self.receiver_address, self.data_dir)
+        log.info(
+            "ASAPO service on %s (receiver %s), data in %s",
+            self.server_name,
+            self.receiver_address,
+            self.data_dir,
+        )
 
     def stop(self) -> None:
         """Stop serving: close listeners and live connections, join threads, close state.
@@ -184,9 +203,14 @@ class AsapoService:
         self.stop()
 
 
-def serve(port: int, data_dir: str | None, host: str = "127.0.0.1", *,
-          tokens: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
-          receiver_port: int | None = None) -> None:
+def serve(
+    port: int,
+    data_dir: str | None,
+    host: str = "127.0.0.1",
+    *,
+    tokens: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
+    receiver_port: int | None = None,
+) -> None:
     """Run the service until SIGINT or SIGTERM (the ``asapo-standalone`` command).
 
     Parameters
@@ -204,16 +228,21 @@ def serve(port: int, data_dir: str | None, host: str = "127.0.0.1", *,
         Receiver port; by default ``port + 1`` when free, else any free port.
     """
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     if receiver_port is None:
         receiver_port = _free_or_zero(host, port + 1) if port else 0
-    service = AsapoService(host, port, receiver_port=receiver_port, data_dir=data_dir,
-                           tokens=tokens)
+    service = AsapoService(
+        host, port, receiver_port=receiver_port, data_dir=data_dir, tokens=tokens
+    )
     try:
         service.start()
-        print(f"ASAPO standalone service: server_name={service.server_name} "
-              f"receiver={service.receiver_address} data_dir={service.data_dir}", flush=True)
+        print(
+            f"ASAPO standalone service: server_name={service.server_name} "
+            f"receiver={service.receiver_address} data_dir={service.data_dir}",
+            flush=True,
+        )
         while not stop.wait(1.0):
             pass
     finally:

@@ -38,11 +38,13 @@ class Journal(Protocol):
 
     def put_stream(self, key: SourceKey, stream: str, created_ns: int) -> None: ...
     def put_record(self, key: SourceKey, stream: str, record: dict[str, Any]) -> None: ...
-    def put_pointer(self, key: SourceKey, stream: str, group: str, id_key: str,
-                    value: int) -> None: ...
+    def put_pointer(
+        self, key: SourceKey, stream: str, group: str, id_key: str, value: int
+    ) -> None: ...
     def put_ack(self, key: SourceKey, stream: str, group: str, id_: int) -> None: ...
-    def put_inprocess(self, key: SourceKey, stream: str, group: str, id_: int,
-                      entry: InProcess | None) -> None: ...
+    def put_inprocess(
+        self, key: SourceKey, stream: str, group: str, id_: int, entry: InProcess | None
+    ) -> None: ...
     def put_meta(self, key: SourceKey, stream: str, meta: Any) -> None: ...
     def delete_stream(self, key: SourceKey, stream: str, delete_meta: bool) -> None: ...
 
@@ -120,9 +122,14 @@ class Stream:
 
     def info(self) -> dict[str, Any]:
         next_stream = self.next_stream
-        return {"lastId": self.max_id, "name": self.name, "timestampCreated": self.created_ns,
-                "timestampLast": self.last_ns, "finished": self.finish is not None,
-                "nextStream": "" if next_stream == NO_NEXT_STREAM else next_stream}
+        return {
+            "lastId": self.max_id,
+            "name": self.name,
+            "timestampCreated": self.created_ns,
+            "timestampLast": self.last_ns,
+            "finished": self.finish is not None,
+            "nextStream": "" if next_stream == NO_NEXT_STREAM else next_stream,
+        }
 
     def add(self, record: dict[str, Any]) -> None:
         """Insert a new record (message, first dataset part, or the finish flag)."""
@@ -239,8 +246,9 @@ class MessageStore:
             st = self._source(key).streams[stream] = Stream(stream, record.get("timestamp", 0))
         st.add(record)
 
-    def restore_pointer(self, key: SourceKey, stream: str, group: str, id_key: str,
-                        value: int) -> None:
+    def restore_pointer(
+        self, key: SourceKey, stream: str, group: str, id_key: str, value: int
+    ) -> None:
         """Restore a group pointer while loading."""
         self._group(key, stream, group).pointers[id_key] = value
 
@@ -248,8 +256,9 @@ class MessageStore:
         """Restore an acknowledgement while loading."""
         self._group(key, stream, group).acks.add(id_)
 
-    def restore_inprocess(self, key: SourceKey, stream: str, group: str, id_: int,
-                          entry: InProcess) -> None:
+    def restore_inprocess(
+        self, key: SourceKey, stream: str, group: str, id_: int, entry: InProcess
+    ) -> None:
         """Restore an in-process (unacknowledged, redeliverable) id while loading."""
         self._group(key, stream, group).track(id_, entry)
 
@@ -264,8 +273,9 @@ class MessageStore:
             self._source(key).meta = meta
 
     # ----------------------------------------------------------------- producer side
-    def add_message(self, key: SourceKey, stream: str, record: dict[str, Any],
-                    auto_id: bool = False) -> int:
+    def add_message(
+        self, key: SourceKey, stream: str, record: dict[str, Any], auto_id: bool = False
+    ) -> int:
         """Insert one message record (or the finish flag) and return its id.
 
         Raises
@@ -288,15 +298,20 @@ class MessageStore:
             self._journal.put_record(key, stream, record)
             return id_
 
-    def add_dataset_part(self, key: SourceKey, stream: str, id_: int, dataset_size: int,
-                         part: dict[str, Any]) -> None:
+    def add_dataset_part(
+        self, key: SourceKey, stream: str, id_: int, dataset_size: int, part: dict[str, Any]
+    ) -> None:
         """Add one part (substream) of dataset ``id_``, creating the dataset record."""
         with self._lock:
             st = self._stream(key, stream, create=True)
             rec = st.records.get(id_)
             if rec is None:
-                rec = {"_id": id_, "timestamp": part["timestamp"], "dataset_size": dataset_size,
-                       "messages": []}
+                rec = {
+                    "_id": id_,
+                    "timestamp": part["timestamp"],
+                    "dataset_size": dataset_size,
+                    "messages": [],
+                }
                 st.add(rec)
             elif "messages" not in rec:
                 raise WrongInputError(f"record {id_} is not a dataset")
@@ -307,22 +322,23 @@ class MessageStore:
                         raise DuplicateRecord(id_)
                     raise WrongInputError(f"dataset {id_} part {substream} already exists")
             # a new list rather than an in-place append: a reader may be encoding the old one
-            rec["messages"] = sorted([*rec["messages"], part],
-                                     key=lambda m: m["dataset_substream"])
+            rec["messages"] = sorted([*rec["messages"], part], key=lambda m: m["dataset_substream"])
             st.last_ns = max(st.last_ns, part["timestamp"])
             st.note_if_complete(rec)
             self._journal.put_record(key, stream, rec)
 
-    def set_meta(self, key: SourceKey, stream: str | None, meta: Any, mode: str,
-                 upsert: bool = True) -> None:
+    def set_meta(
+        self, key: SourceKey, stream: str | None, meta: Any, mode: str, upsert: bool = True
+    ) -> None:
         """Store beamtime (``stream=None``) or stream metadata.
 
         ``mode`` is ``replace``, ``update`` (merge top-level keys) or ``insert`` (fail if
         present).
         """
         with self._lock:
-            holder: Any = self._source(key) if stream is None else self._stream(key, stream,
-                                                                                  create=True)
+            holder: Any = (
+                self._source(key) if stream is None else self._stream(key, stream, create=True)
+            )
             old = holder.meta
             if mode == "insert" and old is not None:
                 raise WrongInputError("metadata already exists")
@@ -343,8 +359,9 @@ class MessageStore:
             st = self._stream(key, stream)
             return st.meta if st else None
 
-    def delete_stream(self, key: SourceKey, stream: str, error_on_not_exist: bool = True,
-                      delete_meta: bool = True) -> list[dict[str, Any]]:
+    def delete_stream(
+        self, key: SourceKey, stream: str, error_on_not_exist: bool = True, delete_meta: bool = True
+    ) -> list[dict[str, Any]]:
         """Delete a stream with its groups' pointers and acks; returns its message records.
 
         Raises
@@ -377,9 +394,16 @@ class MessageStore:
         """A new, unique consumer group id."""
         return secrets.token_hex(10)
 
-    def next(self, key: SourceKey, stream: str, group: str, id_key: str = "_id",
-             dataset: bool = False, minsize: int = 0,
-             resend: tuple[int, int] | None = None) -> dict[str, Any]:
+    def next(
+        self,
+        key: SourceKey,
+        stream: str,
+        group: str,
+        id_key: str = "_id",
+        dataset: bool = False,
+        minsize: int = 0,
+        resend: tuple[int, int] | None = None,
+    ) -> dict[str, Any]:
         """Advance the group's pointer and return the record there.
 
         Parameters
@@ -431,8 +455,9 @@ class MessageStore:
             if dataset and is_partial(record, minsize):
                 raise PartialDataError(record)
             if resend is not None and record["_id"] not in gstate.inprocess:
-                entry = InProcess(now + resend[0] * 1_000_000, 0,
-                                  resend[1] if resend[1] > 0 else -1)
+                entry = InProcess(
+                    now + resend[0] * 1_000_000, 0, resend[1] if resend[1] > 0 else -1
+                )
                 gstate.track(record["_id"], entry)
                 self._journal.put_inprocess(key, stream, group, record["_id"], entry)
             return record
@@ -448,8 +473,9 @@ class MessageStore:
             raise PartialDataError(record)
         return record
 
-    def by_id(self, key: SourceKey, stream: str, id_: int, dataset: bool = False,
-              minsize: int = 0) -> dict[str, Any]:
+    def by_id(
+        self, key: SourceKey, stream: str, id_: int, dataset: bool = False, minsize: int = 0
+    ) -> dict[str, Any]:
         """The record with id ``id_``; the pointers do not move."""
         with self._lock:
             st = self._stream(key, stream)
@@ -457,8 +483,14 @@ class MessageStore:
                 raise NoDataError(id_, 0)
             return self._record_or_error(st, id_, dataset, minsize)
 
-    def last(self, key: SourceKey, stream: str, dataset: bool = False, minsize: int = 0,
-             group: str | None = None) -> dict[str, Any]:
+    def last(
+        self,
+        key: SourceKey,
+        stream: str,
+        dataset: bool = False,
+        minsize: int = 0,
+        group: str | None = None,
+    ) -> dict[str, Any]:
         """The newest record (for datasets, the newest complete one).
 
         With ``group`` (the client's ``get_last(group_id=...)``) each newest record is given
@@ -518,8 +550,9 @@ class MessageStore:
             gstate.track(id_, entry)
             self._journal.put_inprocess(key, stream, group, id_, entry)
 
-    def unacknowledged(self, key: SourceKey, stream: str, group: str, from_id: int = 0,
-                       to_id: int = 0) -> list[int]:
+    def unacknowledged(
+        self, key: SourceKey, stream: str, group: str, from_id: int = 0, to_id: int = 0
+    ) -> list[int]:
         """Ids in ``[from_id, to_id]`` (``to_id=0``: up to the last) not acknowledged."""
         with self._lock:
             st = self._stream(key, stream)
@@ -527,8 +560,7 @@ class MessageStore:
                 return []
             acks = self._group(key, stream, group).acks
             top = to_id if to_id > 0 else st.max_id
-            return [i for i in range(max(from_id, 1), top + 1)
-                    if i in st.records and i not in acks]
+            return [i for i in range(max(from_id, 1), top + 1) if i in st.records and i not in acks]
 
     def last_ack(self, key: SourceKey, stream: str, group: str) -> int:
         """The highest acknowledged id of the group, 0 when none."""
@@ -536,8 +568,9 @@ class MessageStore:
             acks = self._group(key, stream, group).acks
             return max(acks) if acks else 0
 
-    def size(self, key: SourceKey, stream: str, dataset: bool = False,
-             incomplete: bool = False) -> int:
+    def size(
+        self, key: SourceKey, stream: str, dataset: bool = False, incomplete: bool = False
+    ) -> int:
         """Number of records (for datasets, complete ones unless ``incomplete``)."""
         with self._lock:
             st = self._stream(key, stream)
@@ -559,8 +592,11 @@ class MessageStore:
     def sources(self, beamtime: str) -> list[str]:
         """Data sources of a beamtime that have at least one stream or metadata."""
         with self._lock:
-            return sorted(src for (bt, src), s in self._sources.items()
-                          if bt == beamtime and (s.streams or s.meta is not None))
+            return sorted(
+                src
+                for (bt, src), s in self._sources.items()
+                if bt == beamtime and (s.streams or s.meta is not None)
+            )
 
     def records(self, key: SourceKey, stream: str) -> Iterable[dict[str, Any]]:
         """A snapshot of the stream's records (for tools and tests)."""

@@ -94,15 +94,29 @@ class AsapoEndpoint:
             raise TypeError("kill() needs running_asapo(..., in_process=False)")
         self.service.kill()
 
-    def producer(self, data_source: str, *, beamtime: str | None = None,
-                 token: str | None = None, nthreads: int = 1, timeout_ms: int = 5000,
-                 producer_type: str = "processed") -> Any:
+    def producer(
+        self,
+        data_source: str,
+        *,
+        beamtime: str | None = None,
+        token: str | None = None,
+        nthreads: int = 1,
+        timeout_ms: int = 5000,
+        producer_type: str = "processed",
+    ) -> Any:
         """A real ``asapo_producer`` producer connected to this service."""
         import asapo_producer
 
         producer = asapo_producer.create_producer(
-            self.server_name, producer_type, beamtime or self.beamtime, "auto", data_source,
-            token if token is not None else self.token, nthreads, timeout_ms)
+            self.server_name,
+            producer_type,
+            beamtime or self.beamtime,
+            "auto",
+            data_source,
+            token if token is not None else self.token,
+            nthreads,
+            timeout_ms,
+        )
         self.producers.append(producer)
         return producer
 
@@ -112,9 +126,16 @@ class AsapoEndpoint:
             producer.cleanup()
         self.producers.clear()
 
-    def consumer(self, data_source: str, *, beamtime: str | None = None,
-                 token: str | None = None, timeout_ms: int = 500,
-                 has_filesystem: bool = False, source_path: str | Path | None = None) -> Any:
+    def consumer(
+        self,
+        data_source: str,
+        *,
+        beamtime: str | None = None,
+        token: str | None = None,
+        timeout_ms: int = 500,
+        has_filesystem: bool = False,
+        source_path: str | Path | None = None,
+    ) -> Any:
         """A real ``asapo_consumer`` consumer of this service.
 
         With ``has_filesystem=True`` the source path defaults to :attr:`data_dir`.
@@ -124,15 +145,26 @@ class AsapoEndpoint:
         if source_path is None:
             source_path = self.data_dir if has_filesystem else ""
         return asapo_consumer.create_consumer(
-            self.server_name, str(source_path), has_filesystem, beamtime or self.beamtime,
-            data_source, token if token is not None else self.token, timeout_ms)
+            self.server_name,
+            str(source_path),
+            has_filesystem,
+            beamtime or self.beamtime,
+            data_source,
+            token if token is not None else self.token,
+            timeout_ms,
+        )
 
 
 @contextmanager
-def running_asapo(data_dir: str | Path | None = None, *,
-                  tokens: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
-                  cache_bytes: int = 1 << 30, beamtime: str = DEFAULT_BEAMTIME,
-                  token: str = DEFAULT_TOKEN, in_process: bool = True) -> Iterator[AsapoEndpoint]:
+def running_asapo(
+    data_dir: str | Path | None = None,
+    *,
+    tokens: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
+    cache_bytes: int = 1 << 30,
+    beamtime: str = DEFAULT_BEAMTIME,
+    token: str = DEFAULT_TOKEN,
+    in_process: bool = True,
+) -> Iterator[AsapoEndpoint]:
     """Run the service on free loopback ports for the duration of a block.
 
     Parameters
@@ -158,8 +190,9 @@ def running_asapo(data_dir: str | Path | None = None, *,
     """
     service: AsapoService | AsapoProcess
     if in_process:
-        service = AsapoService("127.0.0.1", 0, data_dir=data_dir, tokens=tokens,
-                               cache_bytes=cache_bytes)
+        service = AsapoService(
+            "127.0.0.1", 0, data_dir=data_dir, tokens=tokens, cache_bytes=cache_bytes
+        )
     else:
         service = AsapoProcess(data_dir, tokens=tokens)
     endpoint = AsapoEndpoint(service, beamtime, token)
@@ -175,8 +208,9 @@ def running_asapo(data_dir: str | Path | None = None, *,
             service.stop()
 
 
-def asapo_fixture(scope: str = "function", *, persistent: bool = True,
-                  **kwargs: Any) -> Callable[..., Any]:
+def asapo_fixture(
+    scope: str = "function", *, persistent: bool = True, **kwargs: Any
+) -> Callable[..., Any]:
     """Make a pytest fixture yielding an :class:`AsapoEndpoint`.
 
     Parameters
@@ -199,8 +233,7 @@ def asapo_fixture(scope: str = "function", *, persistent: bool = True,
     return _asapo
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0,
-               interval: float = 0.01) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
     """Poll ``predicate`` until it returns something truthy; return it.
 
     Raises

@@ -36,8 +36,10 @@ class AsapoSinkParams:
     """Output data source, e.g. azint, image, errors."""
     stream: str = "{stream}"
     """Output stream name; {stream} is the input's stream."""
-    name: str = "{name}"
-    """Output message name; {name} is the input's name, {id} its id, {stream} its stream."""
+    name: str = "{data_source}/{name}"
+    """Output message name; {name} is the input's name, {id} its id, {stream} its stream,
+    {data_source} this output's. Keep it distinct from the input's name: stored payloads are
+    files named after their messages."""
     carry: Literal["results", "errors"] = "results"
     """What this output carries: kernel results, or the error records."""
     outputs: list[str] | None = None
@@ -109,7 +111,9 @@ class AsapoSink(Sink):
         out_stream = self.params.stream.format(stream=stream)
         self.producer.send(
             mid,
-            self.params.name.format(name=name, id=mid, stream=stream),
+            self.params.name.format(
+                name=name, id=mid, stream=stream, data_source=self.params.data_source
+            ),
             data,
             user_meta=json.dumps(meta, default=str),
             stream=out_stream,

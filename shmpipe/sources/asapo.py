@@ -201,7 +201,7 @@ class AsapoSource(Source):
         self._ended = False
         self._pending: tuple | None = None
         self._end_at = 0.0
-        self._end_stream = ""
+        self._finished_streams: set[str] = set()
 
     def _scan(self, stream: str) -> dict[str, Any]:
         if stream not in self._scans:
@@ -308,11 +308,12 @@ class AsapoSource(Source):
         try:
             item = self._fetch(stream)
         except asapo.AsapoStreamFinishedError as exc:
-            if self._end_stream == stream:
-                # Draining: only redeliveries may still come, and the broker answers a
-                # finished stream at once, so pace the polling.
+            if stream in self._finished_streams:
+                # Known to be finished: only redeliveries may still come, and the broker
+                # answers a finished stream at once, so pace the polling.
                 time.sleep(min(timeout, 0.1))
-                return None
+                return self._idle(stream)
+            self._finished_streams.add(stream)
             nxt = exc.next_stream or ""
             # The broker names "no next stream" with this sentinel rather than an empty name.
             nxt = "" if nxt == "asapo_no_next" else nxt
@@ -387,7 +388,6 @@ class AsapoSource(Source):
             self._stream = nxt
         elif p.follow in ("numeric", "date", "basename"):
             self._next_poll = 0.0  # look for a successor by name at once
-            self._finished_stream = stream
         elif p.until == "finished":
             self._drain(stream)
         return StreamFinished(stream, nxt, last_id)
@@ -395,7 +395,6 @@ class AsapoSource(Source):
     def _drain(self, stream: str) -> None:
         """End once ``stream`` stays quiet for a resend period: messages a crashed run held
         unacknowledged come back within it, and must not be left for a later run."""
-        self._end_stream = stream
         self._end_at = time.monotonic() + self.params.resend_delay_ms / 1000 + 0.5
 
     def _idle(self, stream: str) -> StreamFinished | None:
@@ -417,10 +416,10 @@ class AsapoSource(Source):
                 log.info("following stream %s -> %s (%s naming)", stream, nxt, p.follow)
                 self._stream = nxt
                 self._last_data = now
-                if getattr(self, "_finished_stream", None) == stream:
+                if stream in self._finished_streams:
                     return None  # its finished flag was already passed on
                 return StreamFinished(stream, nxt)
-            if getattr(self, "_finished_stream", None) == stream and p.until == "finished":
+            if stream in self._finished_streams and p.until == "finished":
                 if not self._end_at:
                     self._drain(stream)
         if p.idle_timeout_s and now - self._last_data > p.idle_timeout_s:
