@@ -149,7 +149,11 @@ def _preflight_main(conn, config: PipelineConfig, cache_dir: Path) -> None:
                 conn.send(("error", str(exc)))
                 return
         chain = KernelChain(config.kernel_instances())
-        layout = chain.setup(src_layout.parts, cache_dir, config.run.kernel_threads, worker=-1)
+        try:
+            layout = chain.setup(src_layout.parts, cache_dir, config.run.kernel_threads, -1)
+        except KernelSetupError as exc:
+            conn.send(("error", f"kernel setup failed: {exc}"))
+            return
         conn.send(("ok", pickle.dumps((source.params, src_layout, layout))))
     except Exception as exc:  # noqa: BLE001 - sent back and reported as a start-up error
         conn.send(("error", f"{exc}"))
