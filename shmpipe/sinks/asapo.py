@@ -5,7 +5,7 @@ Each ``[[sinks]] kind = "asapo"`` table is one output: a data source (``azint``,
 output record keeps the input's id (so a redelivered input maps to the same output id, which
 the service refuses as a duplicate: the sink is idempotent) and user meta with lineage.
 
-``commit`` waits for the producer's queue to drain and raises if any send failed, so the
+``commit`` waits for the confirmation of every send and raises if any failed, so the
 publisher acknowledges an input only once its outputs are stored — never lost in silence.
 """
 
@@ -82,20 +82,26 @@ class AsapoSink(Sink):
             p.timeout_ms,
         )
         self.producer.set_log_level("warn")
-        self._lock = threading.Lock()
+        # Completion is tracked through the send callbacks: the client's own
+        # wait_requests_finished polls every 100 ms, which would cap commits at 10/s.
+        self._done = threading.Condition()
+        self._in_flight = 0
         self._failures: list[str] = []
         self._last_id: dict[str, int] = {}
-        self._sent = 0
 
     def _callback(self, payload: dict[str, Any], err: Exception | None) -> None:
-        if err is None:
-            return
         import asapo_producer
 
-        if isinstance(err, asapo_producer.AsapoServerWarning):
-            return  # e.g. a duplicate of a record already stored: idempotent by id
-        with self._lock:
-            self._failures.append(f"{payload.get('original_header', payload)}: {err}")
+        with self._done:
+            self._in_flight -= 1
+            # A server warning is e.g. a duplicate of a record already stored: idempotent by id.
+            if err is not None and not isinstance(err, asapo_producer.AsapoServerWarning):
+                self._failures.append(f"{payload.get('original_header', payload)}: {err}")
+            self._done.notify_all()
+
+    def _count_send(self) -> None:
+        with self._done:
+            self._in_flight += 1
 
     def _lineage(self, stream: str, ids: list[int], names: list[str]) -> dict[str, Any]:
         return {
@@ -109,6 +115,7 @@ class AsapoSink(Sink):
 
     def _send(self, stream: str, mid: int, name: str, data: np.ndarray, meta: dict) -> None:
         out_stream = self.params.stream.format(stream=stream)
+        self._count_send()
         self.producer.send(
             mid,
             self.params.name.format(
@@ -120,7 +127,6 @@ class AsapoSink(Sink):
             callback=self._callback,
         )
         self._last_id[out_stream] = max(self._last_id.get(out_stream, 0), mid)
-        self._sent += 1
 
     def write(self, record: Record) -> None:
         if self.params.carry != "results":
@@ -169,25 +175,23 @@ class AsapoSink(Sink):
         if last <= 0:
             return  # nothing was ever sent to this output: there is no stream to finish
         nxt = self.params.stream.format(stream=next_stream) if next_stream else ""
+        self._count_send()
         self.producer.send_stream_finished_flag(
             out_stream, last, next_stream=nxt or None, callback=self._callback
         )
 
     def commit(self) -> None:
-        import asapo_producer
-
-        if not self._sent and not self._failures:
-            return
-        try:
-            self.producer.wait_requests_finished(self.params.timeout_ms)
-        except asapo_producer.AsapoProducerError as exc:
-            raise AsapoSinkError(
-                f"ASAPO output {self.params.data_source}: sends not confirmed within "
-                f"{self.params.timeout_ms} ms: {exc}"
-            ) from exc
-        self._sent = 0
-        with self._lock:
+        with self._done:
+            confirmed = self._done.wait_for(
+                lambda: self._in_flight <= 0, timeout=self.params.timeout_ms / 1000
+            )
             failures, self._failures = self._failures, []
+            waiting = self._in_flight
+        if not confirmed:
+            raise AsapoSinkError(
+                f"ASAPO output {self.params.data_source}: {waiting} sends not confirmed within "
+                f"{self.params.timeout_ms} ms (sinks.timeout_ms)"
+            )
         if failures:
             raise AsapoSinkError(
                 f"ASAPO output {self.params.data_source}: {len(failures)} sends failed; first: "
