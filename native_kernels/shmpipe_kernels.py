@@ -79,22 +79,26 @@ def _input_spec(ctx: SetupContext, name: str, kernel: str) -> tuple[int, tuple[i
         if not ctx.parts:
             raise KernelConfigError(
                 f"{kernel}: the source does not declare its parts (compressed payloads?); "
-                "put a lambda_decompress kernel first and read 'decompress.modules'")
+                "put a lambda_decompress kernel first and read 'decompress.modules'"
+            )
         shapes = {p.shape for p in ctx.parts}
         dtypes = {p.dtype for p in ctx.parts}
         if len(shapes) != 1 or len(dtypes) != 1:
             raise KernelConfigError(f"{kernel}: parts differ in shape or dtype: {ctx.parts}")
         return len(ctx.parts), shapes.pop(), dtypes.pop()
     if name not in ctx.available:
-        raise KernelConfigError(f"{kernel}: input {name!r} is not produced earlier in the "
-                                f"chain; available: parts, {', '.join(ctx.available)}")
+        raise KernelConfigError(
+            f"{kernel}: input {name!r} is not produced earlier in the "
+            f"chain; available: parts, {', '.join(ctx.available)}"
+        )
     spec = ctx.available[name]
     if len(spec.shape) == 3:
         return spec.shape[0], spec.shape[1:], spec.dtype
     if len(spec.shape) == 2:
         return 0, spec.shape, spec.dtype
-    raise KernelConfigError(f"{kernel}: input {name!r} has shape {spec.shape}; expected an "
-                            "image or a stack of modules")
+    raise KernelConfigError(
+        f"{kernel}: input {name!r} has shape {spec.shape}; expected an image or a stack of modules"
+    )
 
 
 def _as_parts(x: np.ndarray | list[np.ndarray]) -> list[np.ndarray] | np.ndarray:
@@ -110,13 +114,13 @@ def _geometry(p) -> DetectorGeometry:
 
 def _warm_stitch(st: Stitcher) -> None:
     """Compile the stitcher's loops for its dtypes on a tiny layout of the same kind."""
-    tiny = DetectorGeometry((2, 24), (ModulePlacement(0, 0), ModulePlacement(0, 30)),
-                            dummy=st.dummy)
+    tiny = DetectorGeometry(
+        (2, 24), (ModulePlacement(0, 0), ModulePlacement(0, 30)), dummy=st.dummy
+    )
     flat = None if st.flat is None else np.ones((2, 2, 24), np.float32)
     mask = None if st.mask is None else np.zeros((2, 2, 24), np.uint8)
     out_dtype = "same" if st.output_dtype == st.input_dtype else st.output_dtype
-    Stitcher(tiny, st.input_dtype, out_dtype, flat, mask)(
-        [np.zeros((2, 24), st.input_dtype)] * 2)
+    Stitcher(tiny, st.input_dtype, out_dtype, flat, mask)([np.zeros((2, 24), st.input_dtype)] * 2)
 
 
 class LambdaDecompress(Kernel):
@@ -131,17 +135,25 @@ class LambdaDecompress(Kernel):
     @dataclass
     class Params:
         input: str = "parts"
-        compression: str = "auto"  # auto | none | bslz4 | bslz4_h5
+        """The payloads: "parts" (one per module)."""
+        compression: str = "auto"
+        """auto (detect), none, bslz4 (bitshuffle-LZ4 with its 12-byte header) or bslz4_h5."""
         dtype: str = "uint16"
-        block_size: int = 0  # elements per bitshuffle block; 0 = bitshuffle's default
+        """Pixel type of the decoded modules."""
+        block_size: int = 0
+        """Elements per bitshuffle block; 0: bitshuffle's default."""
         geometry: str = "lambda9m"
+        """"lambda9m" or a .toml/.json geometry file: the module shape and count."""
         missing_modules: list = field(default_factory=list)
+        """Indices of modules not installed (no part arrives for them)."""
 
     def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
         p = self.params
         if p.compression not in ("auto", "none", "bslz4", "bslz4_h5"):
-            raise KernelConfigError(f"{self.name}: compression must be auto, none, bslz4 or "
-                                    f"bslz4_h5, not {p.compression!r}")
+            raise KernelConfigError(
+                f"{self.name}: compression must be auto, none, bslz4 or "
+                f"bslz4_h5, not {p.compression!r}"
+            )
         if np.dtype(p.dtype) not in (np.dtype(np.uint16), np.dtype(np.uint32)):
             raise KernelConfigError(f"{self.name}: dtype must be uint16 or uint32")
         geo = _geometry(p)
@@ -160,8 +172,9 @@ class LambdaDecompress(Kernel):
             try:
                 decompress_into(part, dest[i], self.params.compression, self.params.block_size)
             except PayloadError as exc:
-                raise PayloadError(f"frame {frame.message_id} ({frame.name}) part {i}: "
-                                   f"{exc}") from exc
+                raise PayloadError(
+                    f"frame {frame.message_id} ({frame.name}) part {i}: {exc}"
+                ) from exc
 
 
 class LambdaStitch(Kernel):
@@ -170,26 +183,42 @@ class LambdaStitch(Kernel):
     @dataclass
     class Params:
         input: str = "parts"
-        geometry: str = "lambda9m"  # "lambda9m" or a .toml/.json geometry file
+        """The modules: "parts", or "decompress.modules" after a lambda_decompress kernel."""
+        geometry: str = "lambda9m"
+        """"lambda9m" (the default layout) or a .toml/.json geometry file."""
         missing_modules: list = field(default_factory=list)
-        dtype: str = "float32"  # float32, float64 or "same" (the parts' dtype)
-        dummy: float | None = None  # default: the geometry's
-        flat: str | None = None  # .npy, (n, rows, cols) multiplicative flat-field
-        mask: str | None = None  # .npy, (n, rows, cols), nonzero = bad pixel
+        """Indices of modules not installed; their area stays dummy."""
+        dtype: str = "float32"
+        """Image type: float32, float64, or "same" (the parts' dtype)."""
+        dummy: float | None = None
+        """Value of the gaps and absent modules; unset: the geometry's (0)."""
+        flat: str | None = None
+        """.npy of shape (n, rows, cols): a multiplicative per-pixel flat-field."""
+        mask: str | None = None
+        """.npy of shape (n, rows, cols): nonzero marks a bad pixel (set to dummy)."""
 
     def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
         p = self.params
         geo = _geometry(p)
         n, shape, dtype = _input_spec(ctx, p.input, self.name)
         if n and n != len(geo.present):
-            raise KernelConfigError(f"{self.name}: input has {n} parts, the geometry "
-                                    f"{len(geo.present)} present modules")
+            raise KernelConfigError(
+                f"{self.name}: input has {n} parts, the geometry {len(geo.present)} present modules"
+            )
         if tuple(shape) != tuple(geo.module_shape):
-            raise KernelConfigError(f"{self.name}: parts of shape {shape}, the geometry's "
-                                    f"modules are {geo.module_shape}")
+            raise KernelConfigError(
+                f"{self.name}: parts of shape {shape}, the geometry's "
+                f"modules are {geo.module_shape}"
+            )
         try:
-            self.stitcher = Stitcher(geo, dtype, p.dtype, _load_array(p.flat, "flat"),
-                                     _load_array(p.mask, "mask"), p.dummy)
+            self.stitcher = Stitcher(
+                geo,
+                dtype,
+                p.dtype,
+                _load_array(p.flat, "flat"),
+                _load_array(p.mask, "mask"),
+                p.dummy,
+            )
         except (TypeError, ValueError) as exc:
             raise KernelConfigError(f"{self.name}: {exc}") from exc
         _warm_stitch(self.stitcher)
@@ -210,45 +239,76 @@ class AzimuthalIntegrate(Kernel):
     @dataclass
     class Params:
         input: str = "stitch.image"
+        """The image, or "parts" / "decompress.modules" to integrate straight from the
+        modules without assembling an image (the fused path)."""
         poni: str | None = None
+        """A pyFAI PONI file (version 1 to 3) giving the geometry below."""
         dist: float | None = None
+        """Sample-detector distance in m (instead of poni)."""
         poni1: float = 0.0
+        """Point of normal incidence along the slow axis, m."""
         poni2: float = 0.0
+        """Point of normal incidence along the fast axis, m."""
         rot1: float = 0.0
+        """Rotation about axis 1, rad (pyFAI convention)."""
         rot2: float = 0.0
+        """Rotation about axis 2, rad."""
         rot3: float = 0.0
+        """Rotation about the beam, rad."""
         wavelength: float | None = None
+        """Wavelength in m; needed for q units."""
         geometry: str = "lambda9m"
+        """Detector layout: "lambda9m" or a .toml/.json geometry file."""
         missing_modules: list = field(default_factory=list)
-        npt: int | None = None  # default 1000
-        bins: int | None = None  # alias of npt
+        """Indices of modules not installed."""
+        npt: int | None = None
+        """Number of radial bins; unset: 1000."""
+        bins: int | None = None
+        """Alias of npt."""
         unit: str = "q_nm^-1"
-        method: str = "bbox"  # "no" or "bbox" pixel splitting
+        """Radial unit: 2th_deg, q_nm^-1, q_A^-1 or r_mm."""
+        method: str = "bbox"
+        """Pixel splitting: "no" or "bbox" (as pyFAI's ("no"|"bbox", "csr", ...))."""
         correct_solid_angle: bool = True
+        """Divide by the pixels' solid angle (pyFAI's correctSolidAngle)."""
         polarization_factor: float | None = None
-        error_model: str | None = None  # None, "poisson" or "azimuthal"
+        """-1..1; unset: no polarization correction."""
+        error_model: str | None = None
+        """Unset, "poisson" or "azimuthal": adds the sigma and std outputs."""
         dummy: float | None = None
+        """Pixels of this value are ignored (dynamic mask)."""
         delta_dummy: float | None = None
+        """Tolerance around dummy."""
         radial_range: list | None = None
+        """[min, max] of the radial axis in unit; unset: the full range."""
         normalization_factor: float = 1.0
-        normalization_key: str | None = None  # frame meta key of a monitor value
-        mask: str | None = None  # .npy, image shape or (n, rows, cols); nonzero = masked
+        """Divide the intensity by this (e.g. a monitor value)."""
+        normalization_key: str | None = None
+        """Frame meta key of a per-frame monitor value used as the normalization factor."""
+        mask: str | None = None
+        """.npy of image shape or (n, rows, cols); nonzero = masked."""
         flat: str | None = None
+        """.npy flat-field the signal is divided by."""
         dark: str | None = None
+        """.npy dark current subtracted from the signal."""
 
     def _integrator(self) -> AzimuthalIntegrator:
         p = self.params
         geo = _geometry(p)
         if p.poni is not None:
             if p.dist is not None:
-                raise KernelConfigError(f"{self.name}: give either poni or dist/poni1/..., "
-                                        "not both")
+                raise KernelConfigError(
+                    f"{self.name}: give either poni or dist/poni1/..., not both"
+                )
             return AzimuthalIntegrator.from_poni(read_poni(p.poni), geometry=geo)
         if p.dist is None:
-            raise KernelConfigError(f"{self.name}: a geometry needs poni = 'file.poni' or "
-                                    "explicit dist, poni1, poni2, rot1, rot2, rot3")
-        return AzimuthalIntegrator(p.dist, p.poni1, p.poni2, p.rot1, p.rot2, p.rot3,
-                                   p.wavelength, geometry=geo)
+            raise KernelConfigError(
+                f"{self.name}: a geometry needs poni = 'file.poni' or "
+                "explicit dist, poni1, poni2, rot1, rot2, rot3"
+            )
+        return AzimuthalIntegrator(
+            p.dist, p.poni1, p.poni2, p.rot1, p.rot2, p.rot3, p.wavelength, geometry=geo
+        )
 
     def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
         p = self.params
@@ -259,20 +319,32 @@ class AzimuthalIntegrate(Kernel):
         n, shape, dtype = _input_spec(ctx, p.input, self.name)
         expected = ai.geometry.shape if n == 0 else ai.geometry.module_shape
         if tuple(shape) != tuple(expected) or (n and n != len(ai.geometry.present)):
-            raise KernelConfigError(f"{self.name}: input {p.input!r} ({n or 'image'} of "
-                                    f"{shape}) does not match the geometry")
+            raise KernelConfigError(
+                f"{self.name}: input {p.input!r} ({n or 'image'} of "
+                f"{shape}) does not match the geometry"
+            )
         try:
             self.plan: RadialPlan = ai.plan1d(
-                npt, p.unit, p.method, p.correct_solid_angle, p.polarization_factor,
-                _load_array(p.flat, "flat"), _load_array(p.mask, "mask"), p.dummy,
-                p.delta_dummy, None if p.radial_range is None else tuple(p.radial_range),
-                cache_dir=ctx.cache_dir)
+                npt,
+                p.unit,
+                p.method,
+                p.correct_solid_angle,
+                p.polarization_factor,
+                _load_array(p.flat, "flat"),
+                _load_array(p.mask, "mask"),
+                p.dummy,
+                p.delta_dummy,
+                None if p.radial_range is None else tuple(p.radial_range),
+                cache_dir=ctx.cache_dir,
+            )
         except ValueError as exc:
             raise KernelConfigError(f"{self.name}: {exc}") from exc
         self.dark = _load_array(p.dark, "dark")
         self.error_model = p.error_model
-        specs = [ArraySpec(k, (npt,), "float64") for k in
-                 ("radial", "intensity", "sum_signal", "sum_normalization", "count")]
+        specs = [
+            ArraySpec(k, (npt,), "float64")
+            for k in ("radial", "intensity", "sum_signal", "sum_normalization", "count")
+        ]
         if p.error_model:
             specs += [ArraySpec("sigma", (npt,), "float64"), ArraySpec("std", (npt,), "float64")]
         # Probe once with data like the real input: a bad error_model or dark shape fails at
@@ -301,9 +373,13 @@ class FrameStats(Kernel):
     @dataclass
     class Params:
         input: str = "stitch.image"
+        """The image to summarise."""
         threshold: float = 0.0
-        rois: list = field(default_factory=list)  # [[y0, y1, x0, x1], ...], half-open
-        dummy: float | None = None  # pixels of this value (gaps) are ignored
+        """count_above counts the pixels above this value (cheap hit finding)."""
+        rois: list = field(default_factory=list)
+        """Regions of interest [[y0, y1, x0, x1], ...], half-open, summed into roi_sums."""
+        dummy: float | None = None
+        """Pixels of this value (the gaps) are ignored."""
 
     def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
         p = self.params
@@ -317,8 +393,12 @@ class FrameStats(Kernel):
         self._acc = np.zeros(4)
         self._rs = np.zeros(len(self.rois))
         _stats(np.zeros((2, 2), dtype), 0.0, False, 0.0, np.zeros(4))  # compile now
-        specs = [ArraySpec("sum", (), "float64"), ArraySpec("max", (), "float64"),
-                 ArraySpec("count_above", (), "int64"), ArraySpec("n_valid", (), "int64")]
+        specs = [
+            ArraySpec("sum", (), "float64"),
+            ArraySpec("max", (), "float64"),
+            ArraySpec("count_above", (), "int64"),
+            ArraySpec("n_valid", (), "int64"),
+        ]
         if len(self.rois):
             specs.append(ArraySpec("roi_sums", (len(self.rois),), "float64"))
         return specs

@@ -80,7 +80,12 @@ def params_table(cls: type) -> list[str]:
     lines = ["| key | type | default | description |", "|---|---|---|---|"]
     for f in fields:
         default = _default(f)
-        shown = "required" if default is dataclasses.MISSING else f"`{_toml_value(default)}`"
+        if default is dataclasses.MISSING:
+            shown = "required"
+        elif default is None:
+            shown = "unset"
+        else:
+            shown = f"`{_toml_value(default)}`"
         lines.append(
             f"| `{f.name}` | {_cell(_type_name(hints[f.name]))} | {_cell(shown)} | "
             f"{_cell(docs.get(f.name, ''))} |"
