@@ -3,11 +3,12 @@
 Data flow (every arrow of the control path is a ``RecordPipe`` of 32-byte records; frames never
 travel through a pipe, only slot numbers do)::
 
-                    ┌──────────────────────── shared memory (memfd, nameless) ─────────────┐
-                    │ slot table   state owner ticket attempt seq msg-id ... (1 row a slot) │
-                    │ process table pid state frames busy-ns current-msg ... (1 row a proc)│
-                    │ input ring   [header|payload] x slots    (written once by dispatcher) │
-                    │ result ring  [outputs|error]  x slots    (written by the workers)     │
+                    ┌──────────────────────── shared memory (memfd, nameless) ───────────────┐
+                    │ slot table   state owner ticket attempt seq msg-id ... (1 row a slot)  │
+                    │ process table pid state frames busy-ns current-msg ... (1 row a proc)  │
+                    │ input ring   [header|payload] x slots    (written once by dispatcher)  │
+                    │ result ring  [outputs|error]  x slots    (written by the workers)      │
+                    │ timings, streams  kernel/latency histograms, per-stream counters       │
                     └────────────────────────────────────────────────────────────────────────┘
      source                 ▲ copy once          ▲ views, in place       ▲ read, in place
        │  Message           │                    │                       │
@@ -18,10 +19,13 @@ travel through a pipe, only slot numbers do)::
         ▲   END(total) ─────────────────────────────────────────────────────►  │     then ack
         └──────────────────────────── FREE(slot) ──────────────────────────────┘  to the source
 
-  supervisor (this module): forks every process, waits on their sentinels; when a worker dies
-  it finds the seat's slots in the slot table and re-assigns them (attempt+1 for a claimed
-  one; quarantined as an error record after run.max_attempts), then forks a replacement into
-  the same seat. Ctrl-C/SIGTERM: STOP to the dispatcher, the rest drains; a second one kills.
+  supervisor (this module): first forks a short-lived preflight child (source and sink
+  checks, kernel setup filling the Numba cache), then allocates the memory and forks every
+  process (plus a metrics process when [metrics] port is set, which only reads the tables),
+  and waits on their sentinels; when a worker dies it finds the seat's slots in the slot
+  table and re-assigns them (attempt+1 for a claimed one; quarantined as an error record
+  after run.max_attempts), then forks a replacement into the same seat. Ctrl-C/SIGTERM: STOP
+  to the dispatcher, the rest drains; a second one kills.
 
 Slot lifecycle: FREE → FILLING → FILLED → ASSIGNED → CLAIMED → DONE → PUBLISHING → FREE. Each
 transition has exactly one writer at a time (dispatcher, owning worker, publisher; the
