@@ -1,0 +1,646 @@
+"""Azimuthal (radial) integration with a pyFAI-shaped API.
+
+>>> ai = AzimuthalIntegrator.from_poni("calib.poni")            # default LAMBDA 9M layout
+>>> res = ai.integrate1d(image, 1000, unit="q_nm^-1", polarization_factor=0.99,
+...                      error_model="poisson")
+>>> res.radial, res.intensity, res.sigma
+
+``integrate1d`` accepts an assembled image or the list of module parts (the *fused* path:
+no assembled image is ever built; the tables are laid out per module, so both give the same
+numbers, summed in the same order). For repeated use, build the plan once:
+
+>>> plan = ai.plan1d(1000, unit="2th_deg", method="bbox", cache_dir="/tmp/azint")
+>>> res = plan.integrate(parts)
+
+Semantics follow pyFAI's ``integrate1d`` (``integrate1d_ng``) with the CSR engine: per bin
+``sum_signal = Σ c·(raw − dark)``, ``sum_normalization = Σ c·flat·solid_angle·polarization·
+normalization_factor``, ``count = Σ c``, ``intensity = sum_signal / sum_normalization``; with
+an error model ``sum_variance = Σ c²·σ²`` (Poisson: σ² = max(raw, 1) + dark; azimuthal: the
+spread around the bin mean), ``std = sqrt(sum_variance / Σ c²ω²)`` and ``sem = sigma =
+sqrt(sum_variance) / sum_normalization``. Empty bins hold 0. Pixel splitting: ``"no"`` or
+``"bbox"``; method tuples such as ``("bbox", "csr", "cython")`` are accepted (only the split
+matters).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from native_kernels import accumulate as A
+from native_kernels import positions as P
+from native_kernels.geometry import DetectorGeometry, ModulePlacement, load_geometry
+from native_kernels.poni import Poni, PoniError, read_poni
+from native_kernels.tables import (
+    Table,
+    build_table_1d,
+    build_table_2d,
+    cache_key,
+    load_cached,
+    save_cached,
+    static_sums,
+)
+
+TABLE_FORMAT = 4  # bump when the table layout or binning rules change (invalidates caches)
+ERROR_MODELS = (None, "poisson", "azimuthal")
+
+
+@dataclass
+class Integrate1dResult:
+    """Result of a 1-D integration; names follow pyFAI's ``Integrate1dResult``.
+
+    ``sigma`` is the standard error of the mean (``sem``), as pyFAI reports it; ``std`` the
+    standard deviation of the pixel values in the bin. Both are None without an error model.
+    """
+
+    radial: np.ndarray
+    intensity: np.ndarray
+    sigma: np.ndarray | None
+    sum_signal: np.ndarray
+    sum_normalization: np.ndarray
+    sum_normalization2: np.ndarray
+    count: np.ndarray
+    sum_variance: np.ndarray | None
+    std: np.ndarray | None
+    sem: np.ndarray | None
+    unit: str
+    method: str
+
+    def __iter__(self):  # ``q, I = ai.integrate1d(...)`` as with pyFAI
+        yield self.radial
+        yield self.intensity
+        if self.sigma is not None:
+            yield self.sigma
+
+
+@dataclass
+class Integrate2dResult:
+    """Result of a 2-D (cake) integration: arrays are (npt_azim, npt_rad), as in pyFAI."""
+
+    intensity: np.ndarray
+    radial: np.ndarray
+    azimuthal: np.ndarray
+    sum_signal: np.ndarray
+    sum_normalization: np.ndarray
+    count: np.ndarray
+    sigma: np.ndarray | None
+    unit: str
+
+
+def _split_of(method: Any) -> str:
+    if isinstance(method, (tuple, list)):
+        method = method[0] if method else "no"
+    m = str(method).lower()
+    if m in ("no", "nosplit", "histogram"):
+        return "no"
+    if m in ("bbox", "splitbbox"):
+        return "bbox"
+    raise ValueError(f"unsupported pixel splitting {method!r}: use 'no' or 'bbox'")
+
+
+def _error_model(em: str | None) -> str | None:
+    em = None if em in (None, "", "no", "none") else str(em).lower()
+    if em not in ERROR_MODELS:
+        raise ValueError(f"error_model must be None, 'poisson' or 'azimuthal', not {em!r}")
+    return em
+
+
+def _crc(a: np.ndarray | None) -> int | None:
+    if a is None:
+        return None
+    a = np.ascontiguousarray(a)
+    return zlib.crc32(a.view(np.uint8).reshape(-1).data) ^ hash((a.shape, a.dtype.str)) & 0xFFFF
+
+
+def flat_segment(view: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """(flat array, offset of row 0, row stride) of a 2-D view with unit column stride.
+
+    This is how the loops see a module: an assembled image's module region is passed without
+    copying. A view whose columns are not contiguous (a module rotated or flipped left-right in
+    the layout) is copied first: such layouts are rare, and the copy keeps the hot loop simple.
+    """
+    if view.ndim != 2:
+        raise ValueError(f"expected a 2-D module array, got shape {view.shape}")
+    item = view.dtype.itemsize
+    if view.strides[1] != item or view.strides[0] % item:
+        view = np.ascontiguousarray(view)
+    rows, cols = view.shape
+    s0 = view.strides[0] // item
+    if s0 >= 0:
+        span = (rows - 1) * s0 + cols
+        return np.lib.stride_tricks.as_strided(view, (span,), (item,)), 0, s0
+    up = view[::-1]
+    span = (rows - 1) * (-s0) + cols
+    flat = np.lib.stride_tricks.as_strided(up, (span,), (item,))
+    return flat, (rows - 1) * (-s0), s0
+
+
+class RadialPlan:
+    """Precomputed integration of one geometry into fixed bins, with fixed corrections.
+
+    Built by :meth:`AzimuthalIntegrator.plan1d` / :meth:`AzimuthalIntegrator.plan2d`. Holds,
+    per present module, the table rows and the normalisation ω = flat·solid angle·
+    polarization in the module's own pixel order, plus the static per-bin sums.
+    """
+
+    def __init__(self, geometry: DetectorGeometry, table: Table, norm: np.ndarray,
+                 unit: str, scale: float, npt: int | tuple[int, int],
+                 check_dummy: bool, dummy: float | None, delta_dummy: float | None) -> None:
+        self.geometry = geometry
+        self.n_parts = len(geometry.present)
+        self.part_shape = geometry.module_shape
+        seg_shape = (self.n_parts, *geometry.module_shape)
+        self.table = table.reshape(seg_shape)
+        self.norm = np.ascontiguousarray(norm, dtype=np.float32).reshape(seg_shape)
+        self.static = static_sums(table, norm)
+        self.unit = unit
+        self.scale = scale
+        self.npt = npt
+        self.nbins = table.nbins
+        self.split = table.split
+        e = table.edges
+        n_rad = npt if isinstance(npt, int) else npt[0]
+        self.radial = (e["lo"] + (np.arange(n_rad) + 0.5) * e["delta"]) * scale
+        self.azimuthal = None
+        if "azim_lo" in e:
+            self.azimuthal = np.rad2deg(
+                e["azim_lo"] + (np.arange(npt[1]) + 0.5) * e["azim_delta"])
+        self.dummy = dummy
+        self.delta_dummy = delta_dummy
+        self.check_dummy = check_dummy
+        self._accs = np.zeros((A.NCOPY, self.nbins + 2), dtype=np.float64)
+        self._accv = np.zeros((A.NCOPY, self.nbins + 2), dtype=np.float64)
+        self._removed = np.zeros((self.nbins + 2, 3), dtype=np.float64)
+        # Placeholders for arrays a loop does not read (Numba needs a typed argument).
+        self._no_dark = np.zeros(1, dtype=np.float32)
+        self._no_coef = np.zeros((1, 1), dtype=np.float32)
+        npx = self.part_shape[0] * self.part_shape[1]
+        if self.split == "bbox":
+            cuts = np.searchsorted(self.table.exc_pix, np.arange(self.n_parts + 1) * npx)
+            self._exc_ranges = [(int(cuts[k]), int(cuts[k + 1])) for k in range(self.n_parts)]
+        self._npx = npx
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def segments(self, data: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The per-module views of ``data``: an assembled image or the list of parts."""
+        if isinstance(data, np.ndarray) and data.ndim == 2:
+            if data.shape != self.geometry.shape:
+                raise ValueError(f"image has shape {data.shape}, expected {self.geometry.shape}")
+            return self.geometry.module_views(data)
+        parts = list(data)
+        if len(parts) != self.n_parts:
+            raise ValueError(f"expected {self.n_parts} module parts, got {len(parts)}")
+        for i, p in enumerate(parts):
+            if p.shape != self.part_shape:
+                raise ValueError(f"part {i} has shape {p.shape}, expected {self.part_shape}")
+        return parts
+
+    def _check_dtype(self, segs: list[np.ndarray]) -> None:
+        for s in segs:
+            if s.dtype.kind not in "uif" or s.dtype.itemsize > 8:
+                raise TypeError(f"cannot integrate data of dtype {s.dtype}")
+
+    # -- the integration ------------------------------------------------------------------
+
+    def _dummy_args(self):
+        return (self.check_dummy, np.float32(self.dummy if self.dummy is not None else 0.0),
+                np.float32(self.delta_dummy or 0.0))
+
+    def accumulate(self, data, dark=None, error_model=None):
+        """Run the per-frame loops; return (signal, variance, removed, segments, darks)."""
+        em = _error_model(error_model)
+        segs = self.segments(data)
+        self._check_dtype(segs)
+        segs = [flat_segment(v) for v in segs]
+        darks = [(self._no_dark, 0, 0)] * len(segs)
+        use_dark = dark is not None
+        if use_dark:
+            dark = np.asarray(dark, dtype=np.float32)
+            if dark.ndim == 3:
+                dark = list(dark)
+            darks = [flat_segment(v) for v in self.segments(dark)]
+        accs, accv, removed = self._accs, self._accv, self._removed
+        accs[...] = 0.0
+        accv[...] = 0.0
+        removed[...] = 0.0
+        cd, dummy, ddummy = self._dummy_args()
+        poisson = em == "poisson"
+        lean = not (use_dark or cd)
+        t = self.table
+        nb = self.nbins
+        for k, ((img, b0, s0), (dk, db, ds)) in enumerate(zip(segs, darks, strict=True)):
+            if self.split == "no":
+                if lean:
+                    A.nosplit_lean(img, b0, s0, t.bin[k], self.norm[k], poisson, nb, accs, accv,
+                                   removed)
+                else:
+                    A.nosplit_general(img, b0, s0, t.bin[k], dk, db, ds, use_dark, self.norm[k],
+                                      cd, dummy, ddummy, poisson, nb, accs, accv, removed)
+                continue
+            if lean:
+                A.bbox_lean(img, b0, s0, t.bin[k], t.coef[k], self.norm[k], poisson, nb, accs,
+                            accv, removed)
+            else:
+                A.bbox_general(img, b0, s0, t.bin[k], t.coef[k], dk, db, ds, use_dark,
+                               self.norm[k], cd, dummy, ddummy, poisson, nb, accs, accv, removed)
+            lo, hi = self._exc_ranges[k]
+            if hi > lo:
+                A.bbox_exceptions(img, b0, s0, k * self._npx, t.exc_pix, t.exc_ptr, t.exc_bin,
+                                  t.exc_coef, lo, hi, dk, db, ds, use_dark, self.norm[k], cd,
+                                  dummy, ddummy, poisson, accs, accv, removed)
+        return (accs.sum(axis=0)[:nb], accv.sum(axis=0)[:nb], removed[:nb], segs, darks,
+                use_dark)
+
+    def integrate(self, data: np.ndarray | Sequence[np.ndarray], dark: np.ndarray | None = None,
+                  normalization_factor: float = 1.0, error_model: str | None = None,
+                  out: dict[str, np.ndarray] | None = None) -> Integrate1dResult:
+        """Integrate one frame.
+
+        Parameters
+        ----------
+        data : numpy.ndarray or sequence of numpy.ndarray
+            The assembled image (geometry.shape) or the module parts (fused path).
+        dark : numpy.ndarray, optional
+            Dark current, same layout as ``data`` (assembled image or stacked parts).
+        normalization_factor : float
+            Monitor value: the normalisation is multiplied by it (pyFAI semantics).
+        error_model : {None, "poisson", "azimuthal"}
+        out : dict, optional
+            Preallocated destination arrays by name (``radial``, ``intensity``,
+            ``sum_signal``, ``sum_normalization``, ``count``, ``sigma``, ``std``); the result
+            then holds views of them.
+        """
+        em = _error_model(error_model)
+        if not normalization_factor or not np.isfinite(normalization_factor):
+            raise ValueError(f"normalization_factor must be finite and nonzero, "
+                             f"got {normalization_factor}")
+        signal, var_sum, removed, segs, darks, use_dark = self.accumulate(data, dark, em)
+        st = self.static
+        nf = float(normalization_factor)
+        count = st[:, 0] - removed[:, 0]
+        norm = (st[:, 1] - removed[:, 1]) * nf
+        norm2 = (st[:, 2] - removed[:, 2]) * (nf * nf)
+        empty = ~(norm != 0)  # pyFAI: bins with no normalisation are "empty" (0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            intensity = np.where(empty, 0.0, signal / norm)
+            variance = None
+            if em == "poisson":
+                variance = var_sum.copy()
+            elif em == "azimuthal":
+                variance = self._azimuthal(segs, darks, use_dark,
+                                           np.where(empty, 0.0, signal / (norm / nf)))
+            std = sem = None
+            if variance is not None:
+                std = np.where(empty, 0.0, np.sqrt(variance / norm2))
+                sem = np.where(empty, 0.0, np.sqrt(variance) / norm)
+        res = dict(radial=self.radial, intensity=intensity, sum_signal=signal,
+                   sum_normalization=norm, count=count, sigma=sem, std=std)
+        if out is not None:
+            for name, arr in res.items():
+                if name in out and arr is not None:
+                    out[name][...] = arr.reshape(out[name].shape)
+                    res[name] = out[name]
+        return Integrate1dResult(
+            radial=res["radial"], intensity=res["intensity"], sigma=res["sigma"],
+            sum_signal=res["sum_signal"], sum_normalization=res["sum_normalization"],
+            sum_normalization2=norm2, count=res["count"], sum_variance=variance,
+            std=res["std"], sem=res["sigma"], unit=self.unit, method=self.split,
+        )
+
+    def _azimuthal(self, segs, darks, use_dark, mean):
+        mean = np.concatenate([mean, [0.0, 0.0]])
+        out = np.zeros(self.nbins + 2, dtype=np.float64)
+        cd, dummy, ddummy = self._dummy_args()
+        t = self.table
+        split = self.split == "bbox"
+        for k, ((img, b0, s0), (dk, db, ds)) in enumerate(zip(segs, darks, strict=True)):
+            A.azimuthal_variance(img, b0, s0, t.bin[k], t.coef[k] if split else self._no_coef,
+                                 split, dk, db, ds, use_dark, self.norm[k], cd, dummy, ddummy,
+                                 self.nbins, mean, out)
+            if split:
+                lo, hi = self._exc_ranges[k]
+                if hi > lo:
+                    A.azimuthal_variance_exceptions(
+                        img, b0, s0, k * self._npx, t.exc_pix, t.exc_ptr, t.exc_bin,
+                        t.exc_coef, lo, hi, dk, db, ds, use_dark, self.norm[k], cd, dummy,
+                        ddummy, mean, out)
+        return out[: self.nbins]
+
+    def integrate2d(self, data, dark=None, normalization_factor: float = 1.0,
+                    error_model: str | None = None) -> Integrate2dResult:
+        """Integrate one frame with a 2-D plan (see :meth:`AzimuthalIntegrator.plan2d`)."""
+        if self.azimuthal is None:
+            raise ValueError("this plan is 1-D: build it with plan2d")
+        r = self.integrate(data, dark, normalization_factor, error_model)
+        shape = (self.npt[1], self.npt[0])
+        return Integrate2dResult(
+            intensity=r.intensity.reshape(shape), radial=self.radial, azimuthal=self.azimuthal,
+            sum_signal=r.sum_signal.reshape(shape),
+            sum_normalization=r.sum_normalization.reshape(shape),
+            count=r.count.reshape(shape),
+            sigma=None if r.sigma is None else r.sigma.reshape(shape), unit=self.unit,
+        )
+
+    def bytes_per_frame(self, data_itemsize: int = 2) -> int:
+        """Bytes the per-frame loop must read (for bandwidth figures)."""
+        n = self.n_parts * self.part_shape[0] * self.part_shape[1]
+        per_px = data_itemsize + self.table.bin.dtype.itemsize
+        if self.split == "bbox":
+            per_px += self.table.coef.dtype.itemsize
+        return n * per_px
+
+
+class AzimuthalIntegrator:
+    """Geometry of a diffraction experiment on a (multi-module) detector; integrates images.
+
+    Parameters
+    ----------
+    dist, poni1, poni2, rot1, rot2, rot3 : float
+        pyFAI geometry (metres, radians).
+    wavelength : float, optional
+        Metres; required for q units.
+    geometry : DetectorGeometry, path, tuple or None
+        The detector layout: a :class:`DetectorGeometry`, a geometry file, ``"lambda9m"``
+        (default) or a plain image shape ``(rows, cols)`` for a single-module detector.
+    missing_modules : sequence of int
+        Module slots not installed.
+    pixel1, pixel2 : float, optional
+        Override the geometry's pixel size (metres).
+    """
+
+    def __init__(self, dist: float = 0.1, poni1: float = 0.0, poni2: float = 0.0,
+                 rot1: float = 0.0, rot2: float = 0.0, rot3: float = 0.0,
+                 wavelength: float | None = None,
+                 geometry: DetectorGeometry | str | Path | tuple[int, int] | None = None,
+                 missing_modules: Sequence[int] = (), pixel1: float | None = None,
+                 pixel2: float | None = None) -> None:
+        self.poni = Poni(float(dist), float(poni1), float(poni2), float(rot1), float(rot2),
+                         float(rot3), None if wavelength is None else float(wavelength))
+        if isinstance(geometry, tuple) and len(geometry) == 2 and all(
+                isinstance(n, (int, np.integer)) for n in geometry):
+            geometry = DetectorGeometry((int(geometry[0]), int(geometry[1])),
+                                        (ModulePlacement(0, 0),), name="image")
+        geo = load_geometry(geometry, missing_modules)
+        if pixel1 is not None or pixel2 is not None:
+            px = (pixel1 or geo.pixel_size[0], pixel2 or geo.pixel_size[1])
+            geo = DetectorGeometry(geo.module_shape, geo.modules, px, geo.dummy, geo.name,
+                                   geo.shape)
+        self.geometry = geo
+        self._plans: dict[Any, RadialPlan] = {}
+        self._arrays: dict[Any, np.ndarray] = {}
+
+    @classmethod
+    def from_poni(cls, poni: str | Path | Poni, geometry=None, missing_modules=(),
+                  use_poni_pixel_size: bool = False) -> AzimuthalIntegrator:
+        """Build from a pyFAI PONI file (versions 1-3) and our detector geometry.
+
+        The PONI's detector description is not used for the layout (our geometry is);
+        with ``use_poni_pixel_size`` its pixel1/pixel2 replace the geometry's.
+        """
+        p = poni if isinstance(poni, Poni) else read_poni(poni)
+        px = p.pixel_size if use_poni_pixel_size else None
+        if use_poni_pixel_size and px is None:
+            raise PoniError("the PONI file gives no pixel size")
+        return cls(*p.params, wavelength=p.wavelength, geometry=geometry,
+                   missing_modules=missing_modules, pixel1=px[0] if px else None,
+                   pixel2=px[1] if px else None)
+
+    # -- per-pixel arrays (module order) --------------------------------------------------
+
+    def _modules(self, canvas: np.ndarray) -> np.ndarray:
+        """Gather an assembled-shape array into (n_present, rows, cols) module order."""
+        return np.stack([np.ascontiguousarray(v) for v in self.geometry.module_views(canvas)])
+
+    def _per_pixel(self, what: str, space: int | None = None) -> np.ndarray:
+        key = (what, space)
+        if key in self._arrays:
+            return self._arrays[key]
+        g = self.geometry
+        par = self.poni.params
+        wl = self.poni.wavelength
+        if what == "center":
+            a = self._modules(P.center_array(g.shape, g.pixel_size, par, space, wl))
+        elif what == "delta":
+            center = P.center_array(g.shape, g.pixel_size, par, space, wl)
+            corners = P.corner_grid(g.shape, g.pixel_size, par, space, wl)
+            a = self._modules(P.delta_array(center, corners))
+        elif what == "solid_angle":
+            a = self._modules(P.solid_angle_array(g.shape, g.pixel_size, par))
+        else:
+            raise KeyError(what)
+        self._arrays[key] = a
+        return a
+
+    def _module_array(self, arr: np.ndarray | None, name: str, dtype=np.float32):
+        """Accept an assembled-shape or (n_present, rows, cols) array; return module order."""
+        if arr is None:
+            return None
+        arr = np.asarray(arr)
+        mshape = (len(self.geometry.present), *self.geometry.module_shape)
+        if arr.shape == tuple(self.geometry.shape):
+            return self._modules(arr).astype(dtype, copy=False)
+        if arr.shape == mshape:
+            return np.ascontiguousarray(arr, dtype=dtype)
+        raise ValueError(f"{name} has shape {arr.shape}; expected the image shape "
+                         f"{tuple(self.geometry.shape)} or the module stack {mshape}")
+
+    def normalization(self, correct_solid_angle: bool = True,
+                      polarization_factor: float | None = None,
+                      flat: np.ndarray | None = None) -> np.ndarray:
+        """Per-pixel ω = flat · solid angle · polarization, float32, module order."""
+        mshape = (len(self.geometry.present), *self.geometry.module_shape)
+        w = np.ones(mshape, dtype=np.float32)
+        # float32 products in pyFAI's order (flat, polarization, solid angle)
+        if flat is not None:
+            w *= self._module_array(flat, "flat")
+        if polarization_factor is not None:
+            tth = self._per_pixel("center", P.SPACE_2TH)
+            chi = self._per_pixel("center", P.SPACE_CHI)
+            w *= P.polarization_array(tth, chi, float(polarization_factor)).astype(np.float32)
+        if correct_solid_angle:
+            w *= self._per_pixel("solid_angle").astype(np.float32)
+        return w
+
+    # -- plans ----------------------------------------------------------------------------
+
+    def _static_valid(self, mask, flat, w, dummy, delta_dummy):
+        """(range_valid, contributes): static mask; plus normalisation usable."""
+        valid = np.ones(w.shape, dtype=bool)
+        if mask is not None:
+            valid &= self._module_array(mask, "mask", dtype=bool) == 0
+        contrib = valid & np.isfinite(w) & (w != 0)
+        if flat is not None and dummy is not None:
+            f = self._module_array(flat, "flat")
+            bad = (f == np.float32(dummy)) if not delta_dummy else (
+                np.abs(f - np.float32(dummy)) <= np.float32(delta_dummy))
+            contrib &= ~bad
+        return valid, contrib
+
+    def _key(self, **kw) -> str:
+        return cache_key(format=TABLE_FORMAT, geometry=self.geometry.digest(),
+                         poni=list(self.poni.params), wavelength=self.poni.wavelength, **kw)
+
+    def plan1d(self, npt: int, unit: str = "q_nm^-1", method: Any = "bbox",
+               correct_solid_angle: bool = True, polarization_factor: float | None = None,
+               flat: np.ndarray | None = None, mask: np.ndarray | None = None,
+               dummy: float | None = None, delta_dummy: float | None = None,
+               radial_range: tuple[float, float] | None = None,
+               cache_dir: str | Path | None = None) -> RadialPlan:
+        """Precompute a 1-D integration (tables and static sums), cached under ``cache_dir``.
+
+        Parameters are those of :meth:`integrate1d` that do not change per frame;
+        ``radial_range`` is in ``unit``. The result is keyed on disk by a hash of the geometry,
+        the geometry parameters and every argument here (arrays by content).
+        """
+        space, scale = P.parse_unit(unit)
+        split = _split_of(method)
+        npt = int(npt)
+        rr = None if radial_range is None else (radial_range[0] / scale,
+                                                radial_range[1] / scale)
+        key = self._key(kind="1d", npt=npt, space=space, split=split, sa=bool(correct_solid_angle),
+                        pol=polarization_factor, dummy=dummy, delta_dummy=delta_dummy, rr=rr,
+                        mask=None if mask is None else np.asarray(mask) != 0,
+                        flat=None if flat is None else np.asarray(flat, np.float32))
+        cached = load_cached(cache_dir, key)
+        if cached is not None:
+            table = Table.from_arrays(split, npt, cached, dict(
+                zip(("lo", "hi", "delta"), cached["edges"].tolist(), strict=True)))
+            w = cached["norm"]
+        else:
+            w = self.normalization(correct_solid_angle, polarization_factor, flat)
+            valid, contrib = self._static_valid(mask, flat, w, dummy, delta_dummy)
+            pos = self._per_pixel("center", space)
+            dpos = self._per_pixel("delta", space) if split == "bbox" else None
+            table = build_table_1d(pos, dpos, valid, npt, rr, allow_negative=False)
+            table.drop(np.flatnonzero(~contrib.reshape(-1)))
+            e = table.edges
+            save_cached(cache_dir, key, {**table.arrays(), "norm": w,
+                                         "edges": np.array([e["lo"], e["hi"], e["delta"]])})
+        return RadialPlan(self.geometry, table, w, unit, scale, npt, dummy is not None,
+                          dummy, delta_dummy)
+
+    def plan2d(self, npt_rad: int, npt_azim: int = 360, unit: str = "q_nm^-1",
+               method: Any = "no", correct_solid_angle: bool = True,
+               polarization_factor: float | None = None, flat: np.ndarray | None = None,
+               mask: np.ndarray | None = None, dummy: float | None = None,
+               delta_dummy: float | None = None, radial_range=None, azimuth_range=None,
+               cache_dir: str | Path | None = None) -> RadialPlan:
+        """Precompute a 2-D cake integration (no pixel splitting); ranges in unit / degrees."""
+        if _split_of(method) != "no":
+            raise NotImplementedError("2-D integration supports no pixel splitting only")
+        space, scale = P.parse_unit(unit)
+        rr = None if radial_range is None else (radial_range[0] / scale,
+                                                radial_range[1] / scale)
+        ar = None if azimuth_range is None else tuple(np.deg2rad(azimuth_range))
+        key = self._key(kind="2d", npt=[int(npt_rad), int(npt_azim)], space=space,
+                        sa=bool(correct_solid_angle), pol=polarization_factor, dummy=dummy,
+                        delta_dummy=delta_dummy, rr=rr, ar=ar,
+                        mask=None if mask is None else np.asarray(mask) != 0,
+                        flat=None if flat is None else np.asarray(flat, np.float32))
+        cached = load_cached(cache_dir, key)
+        names = ("lo", "hi", "delta", "azim_lo", "azim_hi", "azim_delta")
+        n = int(npt_rad) * int(npt_azim)
+        if cached is not None:
+            table = Table("no", n, cached["bin"], None,
+                          dict(zip(names, cached["edges"].tolist(), strict=True)))
+            w = cached["norm"]
+        else:
+            w = self.normalization(correct_solid_angle, polarization_factor, flat)
+            valid, contrib = self._static_valid(mask, flat, w, dummy, delta_dummy)
+            table = build_table_2d(self._per_pixel("center", space),
+                                   self._per_pixel("center", P.SPACE_CHI), valid,
+                                   int(npt_rad), int(npt_azim), rr, ar)
+            table.drop(np.flatnonzero(~contrib.reshape(-1)))
+            save_cached(cache_dir, key, {"bin": table.bin, "norm": w,
+                                         "edges": np.array([table.edges[k] for k in names])})
+        return RadialPlan(self.geometry, table, w, unit, scale, (int(npt_rad), int(npt_azim)),
+                          dummy is not None, dummy, delta_dummy)
+
+    # -- pyFAI-style one-call API -----------------------------------------------------------
+
+    def _plan(self, factory, key, **kw) -> RadialPlan:
+        # Arrays are keyed by content checksum so a new mask or flat gets a new plan.
+        if key not in self._plans:
+            if len(self._plans) > 8:
+                self._plans.clear()
+            self._plans[key] = factory(**kw)
+        return self._plans[key]
+
+    def integrate1d(self, data: np.ndarray | Sequence[np.ndarray], npt: int, *,
+                    unit: str = "q_nm^-1", method: Any = ("bbox", "csr", "cython"),
+                    correct_solid_angle: bool = True, error_model: str | None = None,
+                    radial_range: tuple[float, float] | None = None,
+                    mask: np.ndarray | None = None, dummy: float | None = None,
+                    delta_dummy: float | None = None, polarization_factor: float | None = None,
+                    dark: np.ndarray | None = None, flat: np.ndarray | None = None,
+                    normalization_factor: float = 1.0,
+                    cache_dir: str | Path | None = None) -> Integrate1dResult:
+        """Azimuthal integration of an image (or of module parts) into ``npt`` radial bins.
+
+        Parameters
+        ----------
+        data : numpy.ndarray or sequence of numpy.ndarray
+            Assembled image of ``geometry.shape``, or the module parts (fused path).
+        npt : int
+            Number of radial bins.
+        unit : {"q_nm^-1", "q_A^-1", "2th_deg", "2th_rad", "r_mm", "r_m"}
+        method : str or tuple
+            "no" or "bbox" pixel splitting (pyFAI method tuples accepted).
+        correct_solid_angle : bool
+        error_model : {None, "poisson", "azimuthal"}
+        radial_range : (float, float), optional
+            In ``unit``.
+        mask : numpy.ndarray, optional
+            Static mask, nonzero = masked (image shape or module stack).
+        dummy, delta_dummy : float, optional
+            Pixels whose raw value is within ``delta_dummy`` of ``dummy`` are ignored.
+        polarization_factor : float, optional
+            In [-1, 1]; None for no correction.
+        dark, flat : numpy.ndarray, optional
+            Dark current (subtracted) and flat field (divides), image shape or module stack.
+        normalization_factor : float
+        cache_dir : path, optional
+            Where tables are kept between runs.
+
+        Returns
+        -------
+        Integrate1dResult
+        """
+        if mask is not None:
+            self._module_array(mask, "mask", dtype=bool)  # shape check before anything else
+        key = ("1d", npt, unit, _split_of(method), bool(correct_solid_angle), polarization_factor,
+               dummy, delta_dummy, radial_range and tuple(radial_range), _crc(mask), _crc(flat))
+        plan = self._plan(self.plan1d, key, npt=npt, unit=unit, method=method,
+                          correct_solid_angle=correct_solid_angle,
+                          polarization_factor=polarization_factor, flat=flat, mask=mask,
+                          dummy=dummy, delta_dummy=delta_dummy, radial_range=radial_range,
+                          cache_dir=cache_dir)
+        return plan.integrate(data, dark, normalization_factor, error_model)
+
+    def integrate2d(self, data: np.ndarray | Sequence[np.ndarray], npt_rad: int,
+                    npt_azim: int = 360, *, unit: str = "q_nm^-1", method: Any = "no",
+                    correct_solid_angle: bool = True, error_model: str | None = None,
+                    radial_range=None, azimuth_range=None, mask=None, dummy=None,
+                    delta_dummy=None, polarization_factor=None, dark=None, flat=None,
+                    normalization_factor: float = 1.0,
+                    cache_dir: str | Path | None = None) -> Integrate2dResult:
+        """2-D "cake" integration into (npt_azim, npt_rad) bins, no pixel splitting.
+
+        Parameters are as for :meth:`integrate1d`; ``azimuth_range`` is in degrees, χ in
+        (-180°, 180°] as pyFAI's default.
+        """
+        key = ("2d", npt_rad, npt_azim, unit, _split_of(method), bool(correct_solid_angle),
+               polarization_factor, dummy, delta_dummy, radial_range and tuple(radial_range),
+               azimuth_range and tuple(azimuth_range), _crc(mask), _crc(flat))
+        plan = self._plan(self.plan2d, key, npt_rad=npt_rad, npt_azim=npt_azim, unit=unit,
+                          method=method, correct_solid_angle=correct_solid_angle,
+                          polarization_factor=polarization_factor, flat=flat, mask=mask,
+                          dummy=dummy, delta_dummy=delta_dummy, radial_range=radial_range,
+                          azimuth_range=azimuth_range, cache_dir=cache_dir)
+        return plan.integrate2d(data, dark, normalization_factor, error_model)

@@ -1,0 +1,323 @@
+"""shmpipe kernel adapters: the native kernels as steps of a TOML pipeline.
+
+Registered as entry points of the ``shmpipe.kernels`` group (setup.cfg):
+
+==================== ===================== ============================================
+name                 class                 outputs
+==================== ===================== ============================================
+lambda_decompress    LambdaDecompress      ``modules`` (n, rows, cols)
+lambda_stitch        LambdaStitch          ``image`` (assembled shape)
+azimuthal_integrate  AzimuthalIntegrate    ``radial``, ``intensity``, ``sum_signal``,
+                                           ``sum_normalization``, ``count``
+                                           (+ ``sigma``, ``std`` with an error model)
+frame_stats          FrameStats            ``sum``, ``max``, ``count_above``, ``n_valid``
+                                           (+ ``roi_sums``)
+==================== ===================== ============================================
+
+A typical chain::
+
+    [kernels.decompress]
+    kind = "lambda_decompress"
+    [kernels.stitch]
+    kind = "lambda_stitch"
+    input = "decompress.modules"
+    [kernels.integrate]
+    kind = "azimuthal_integrate"
+    poni = "calib.poni"
+    npt = 1000
+    unit = "q_nm^-1"
+    [kernels.stats]
+    kind = "frame_stats"
+    threshold = 1000
+
+The integrator reads ``stitch.image`` by default; with ``input = "parts"`` (or
+``"decompress.modules"``) it integrates straight from the modules (the fused path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from native_kernels.compression import PayloadError, decompress_into
+from native_kernels.geometry import DetectorGeometry, load_geometry
+from native_kernels.integrator import AzimuthalIntegrator, RadialPlan
+from native_kernels.poni import read_poni
+from native_kernels.stats import _roi_sums, _stats, check_rois
+from native_kernels.stitch import Stitcher
+from shmpipe.kernel import ArraySpec, Frame, Kernel, SetupContext
+
+
+class KernelConfigError(ValueError):
+    """Kernel parameters that cannot work with the chain they are in."""
+
+
+def _load_array(path: str | None, what: str) -> np.ndarray | None:
+    if path is None:
+        return None
+    p = Path(path)
+    try:
+        if p.suffix == ".npy":
+            return np.load(p, allow_pickle=False)
+        if p.suffix in (".h5", ".hdf5", ".nxs"):
+            import h5py
+
+            name, _, dset = str(p).partition("::")
+            with h5py.File(name, "r") as f:
+                return np.asarray(f[dset or "data"][()])
+    except (OSError, KeyError, ValueError) as exc:
+        raise KernelConfigError(f"cannot read {what} from {path}: {exc}") from exc
+    raise KernelConfigError(f"{what} file {path}: use .npy (or file.h5::dataset)")
+
+
+def _input_spec(ctx: SetupContext, name: str, kernel: str) -> tuple[int, tuple[int, ...], str]:
+    """(n parts, part shape, dtype) of the input ``name`` as known at setup."""
+    if name == "parts":
+        if not ctx.parts:
+            raise KernelConfigError(
+                f"{kernel}: the source does not declare its parts (compressed payloads?); "
+                "put a lambda_decompress kernel first and read 'decompress.modules'")
+        shapes = {p.shape for p in ctx.parts}
+        dtypes = {p.dtype for p in ctx.parts}
+        if len(shapes) != 1 or len(dtypes) != 1:
+            raise KernelConfigError(f"{kernel}: parts differ in shape or dtype: {ctx.parts}")
+        return len(ctx.parts), shapes.pop(), dtypes.pop()
+    if name not in ctx.available:
+        raise KernelConfigError(f"{kernel}: input {name!r} is not produced earlier in the "
+                                f"chain; available: parts, {', '.join(ctx.available)}")
+    spec = ctx.available[name]
+    if len(spec.shape) == 3:
+        return spec.shape[0], spec.shape[1:], spec.dtype
+    if len(spec.shape) == 2:
+        return 0, spec.shape, spec.dtype
+    raise KernelConfigError(f"{kernel}: input {name!r} has shape {spec.shape}; expected an "
+                            "image or a stack of modules")
+
+
+def _as_parts(x: np.ndarray | list[np.ndarray]) -> list[np.ndarray] | np.ndarray:
+    """A (n, rows, cols) stack becomes a list of module views; images and lists pass."""
+    if isinstance(x, np.ndarray) and x.ndim == 3:
+        return list(x)
+    return x
+
+
+def _geometry(p) -> DetectorGeometry:
+    return load_geometry(p.geometry, tuple(p.missing_modules))
+
+
+class LambdaDecompress(Kernel):
+    """Decode module payloads (raw or bitshuffle-LZ4) into a (n, rows, cols) stack.
+
+    The first kernel of a chain fed with compressed payloads: the source cannot declare the
+    parts' layout, so this kernel declares it from the geometry and ``dtype``. A truncated or
+    corrupt payload raises :class:`~native_kernels.compression.PayloadError` naming the frame
+    and part; other frames are unaffected.
+    """
+
+    @dataclass
+    class Params:
+        input: str = "parts"
+        compression: str = "auto"  # auto | none | bslz4 | bslz4_h5
+        dtype: str = "uint16"
+        block_size: int = 0  # elements per bitshuffle block; 0 = bitshuffle's default
+        geometry: str = "lambda9m"
+        missing_modules: list = field(default_factory=list)
+
+    def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
+        p = self.params
+        if p.compression not in ("auto", "none", "bslz4", "bslz4_h5"):
+            raise KernelConfigError(f"{self.name}: compression must be auto, none, bslz4 or "
+                                    f"bslz4_h5, not {p.compression!r}")
+        if np.dtype(p.dtype) not in (np.dtype(np.uint16), np.dtype(np.uint32)):
+            raise KernelConfigError(f"{self.name}: dtype must be uint16 or uint32")
+        geo = _geometry(p)
+        self.n = len(geo.present)
+        return [ArraySpec("modules", (self.n, *geo.module_shape), p.dtype)]
+
+    def process(self, frame: Frame, out: dict[str, np.ndarray]) -> None:
+        parts = frame.get(self.params.input)
+        dest = out["modules"]
+        if len(parts) != self.n:
+            raise PayloadError(f"frame {frame.message_id}: {len(parts)} parts, expected {self.n}")
+        for i, part in enumerate(parts):
+            try:
+                decompress_into(part, dest[i], self.params.compression, self.params.block_size)
+            except PayloadError as exc:
+                raise PayloadError(f"frame {frame.message_id} ({frame.name}) part {i}: "
+                                   f"{exc}") from exc
+
+
+class LambdaStitch(Kernel):
+    """Assemble module parts into one image; gaps and absent modules set to ``dummy``."""
+
+    @dataclass
+    class Params:
+        input: str = "parts"
+        geometry: str = "lambda9m"  # "lambda9m" or a .toml/.json geometry file
+        missing_modules: list = field(default_factory=list)
+        dtype: str = "float32"  # float32, float64 or "same" (the parts' dtype)
+        dummy: float | None = None  # default: the geometry's
+        flat: str | None = None  # .npy, (n, rows, cols) multiplicative flat-field
+        mask: str | None = None  # .npy, (n, rows, cols), nonzero = bad pixel
+
+    def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
+        p = self.params
+        geo = _geometry(p)
+        n, shape, dtype = _input_spec(ctx, p.input, self.name)
+        if n and n != len(geo.present):
+            raise KernelConfigError(f"{self.name}: input has {n} parts, the geometry "
+                                    f"{len(geo.present)} present modules")
+        if tuple(shape) != tuple(geo.module_shape):
+            raise KernelConfigError(f"{self.name}: parts of shape {shape}, the geometry's "
+                                    f"modules are {geo.module_shape}")
+        try:
+            self.stitcher = Stitcher(geo, dtype, p.dtype, _load_array(p.flat, "flat"),
+                                     _load_array(p.mask, "mask"), p.dummy)
+        except (TypeError, ValueError) as exc:
+            raise KernelConfigError(f"{self.name}: {exc}") from exc
+        return [ArraySpec("image", geo.shape, self.stitcher.output_dtype.str)]
+
+    def process(self, frame: Frame, out: dict[str, np.ndarray]) -> None:
+        self.stitcher(_as_parts(frame.get(self.params.input)), out["image"])
+
+
+class AzimuthalIntegrate(Kernel):
+    """Radial integration (pyFAI ``integrate1d`` semantics) of the image or of the parts.
+
+    Geometry: ``poni`` (a PONI file) or explicit ``dist``, ``poni1``, ``poni2``, ``rot1..3``,
+    ``wavelength``; detector layout: ``geometry`` and ``missing_modules``. ``bins`` is an
+    alias of ``npt``. Tables are built once and cached in ``ctx.cache_dir``.
+    """
+
+    @dataclass
+    class Params:
+        input: str = "stitch.image"
+        poni: str | None = None
+        dist: float | None = None
+        poni1: float = 0.0
+        poni2: float = 0.0
+        rot1: float = 0.0
+        rot2: float = 0.0
+        rot3: float = 0.0
+        wavelength: float | None = None
+        geometry: str = "lambda9m"
+        missing_modules: list = field(default_factory=list)
+        npt: int | None = None  # default 1000
+        bins: int | None = None  # alias of npt
+        unit: str = "q_nm^-1"
+        method: str = "bbox"  # "no" or "bbox" pixel splitting
+        correct_solid_angle: bool = True
+        polarization_factor: float | None = None
+        error_model: str | None = None  # None, "poisson" or "azimuthal"
+        dummy: float | None = None
+        delta_dummy: float | None = None
+        radial_range: list | None = None
+        normalization_factor: float = 1.0
+        normalization_key: str | None = None  # frame meta key of a monitor value
+        mask: str | None = None  # .npy, image shape or (n, rows, cols); nonzero = masked
+        flat: str | None = None
+        dark: str | None = None
+
+    def _integrator(self) -> AzimuthalIntegrator:
+        p = self.params
+        geo = _geometry(p)
+        if p.poni is not None:
+            if p.dist is not None:
+                raise KernelConfigError(f"{self.name}: give either poni or dist/poni1/..., "
+                                        "not both")
+            return AzimuthalIntegrator.from_poni(read_poni(p.poni), geometry=geo)
+        if p.dist is None:
+            raise KernelConfigError(f"{self.name}: a geometry needs poni = 'file.poni' or "
+                                    "explicit dist, poni1, poni2, rot1, rot2, rot3")
+        return AzimuthalIntegrator(p.dist, p.poni1, p.poni2, p.rot1, p.rot2, p.rot3,
+                                   p.wavelength, geometry=geo)
+
+    def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
+        p = self.params
+        if p.npt is not None and p.bins is not None and p.npt != p.bins:
+            raise KernelConfigError(f"{self.name}: npt={p.npt} and bins={p.bins} disagree")
+        npt = int(p.npt or p.bins or 1000)
+        ai = self._integrator()
+        n, shape, _ = _input_spec(ctx, p.input, self.name)
+        expected = ai.geometry.shape if n == 0 else ai.geometry.module_shape
+        if tuple(shape) != tuple(expected) or (n and n != len(ai.geometry.present)):
+            raise KernelConfigError(f"{self.name}: input {p.input!r} ({n or 'image'} of "
+                                    f"{shape}) does not match the geometry")
+        try:
+            self.plan: RadialPlan = ai.plan1d(
+                npt, p.unit, p.method, p.correct_solid_angle, p.polarization_factor,
+                _load_array(p.flat, "flat"), _load_array(p.mask, "mask"), p.dummy,
+                p.delta_dummy, None if p.radial_range is None else tuple(p.radial_range),
+                cache_dir=ctx.cache_dir)
+        except ValueError as exc:
+            raise KernelConfigError(f"{self.name}: {exc}") from exc
+        self.dark = _load_array(p.dark, "dark")
+        self.error_model = p.error_model
+        specs = [ArraySpec(k, (npt,), "float64") for k in
+                 ("radial", "intensity", "sum_signal", "sum_normalization", "count")]
+        if p.error_model:
+            specs += [ArraySpec("sigma", (npt,), "float64"), ArraySpec("std", (npt,), "float64")]
+        # Probe once so a bad error_model or dark shape fails at setup, not on frame 1.
+        try:
+            self.plan.integrate(np.zeros(ai.geometry.shape, np.float32), self.dark,
+                                error_model=p.error_model)
+        except (TypeError, ValueError) as exc:
+            raise KernelConfigError(f"{self.name}: {exc}") from exc
+        return specs
+
+    def process(self, frame: Frame, out: dict[str, np.ndarray]) -> None:
+        p = self.params
+        nf = p.normalization_factor
+        if p.normalization_key is not None:
+            nf = nf * float(frame.meta[p.normalization_key])
+        self.plan.integrate(_as_parts(frame.get(p.input)), self.dark, nf, self.error_model, out)
+
+
+class FrameStats(Kernel):
+    """Sum, maximum, pixels above ``threshold`` (hit finding) and ROI sums of a frame."""
+
+    @dataclass
+    class Params:
+        input: str = "stitch.image"
+        threshold: float = 0.0
+        rois: list = field(default_factory=list)  # [[y0, y1, x0, x1], ...], half-open
+        dummy: float | None = None  # pixels of this value (gaps) are ignored
+
+    def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
+        p = self.params
+        n, shape, _ = _input_spec(ctx, p.input, self.name)
+        try:
+            self.rois = check_rois(p.rois, tuple(shape))
+        except ValueError as exc:
+            raise KernelConfigError(f"{self.name}: {exc}") from exc
+        if n and len(self.rois):
+            raise KernelConfigError(f"{self.name}: ROIs need an image input (stitch first)")
+        self._acc = np.zeros(4)
+        self._rs = np.zeros(len(self.rois))
+        specs = [ArraySpec("sum", (), "float64"), ArraySpec("max", (), "float64"),
+                 ArraySpec("count_above", (), "int64"), ArraySpec("n_valid", (), "int64")]
+        if len(self.rois):
+            specs.append(ArraySpec("roi_sums", (len(self.rois),), "float64"))
+        return specs
+
+    def process(self, frame: Frame, out: dict[str, np.ndarray]) -> None:
+        p = self.params
+        data = _as_parts(frame.get(p.input))
+        arrays = [data] if isinstance(data, np.ndarray) else data
+        acc = self._acc
+        acc[:] = (0.0, -np.inf, 0.0, 0.0)
+        use_dummy = p.dummy is not None
+        d = float(p.dummy) if use_dummy else 0.0
+        for a in arrays:
+            _stats(a, float(p.threshold), use_dummy, d, acc)
+        out["sum"][...] = acc[0]
+        out["max"][...] = acc[1]
+        out["count_above"][...] = int(acc[2])
+        out["n_valid"][...] = int(acc[3])
+        if len(self.rois):
+            self._rs[:] = 0.0
+            _roi_sums(arrays[0], self.rois, use_dummy, d, self._rs)
+            out["roi_sums"][...] = self._rs
