@@ -15,9 +15,11 @@ numbers, summed in the same order). For repeated use, build the plan once:
 Semantics follow pyFAI's ``integrate1d`` (``integrate1d_ng``) with the CSR engine: per bin
 ``sum_signal = Σ c·(raw − dark)``, ``sum_normalization = Σ c·flat·solid_angle·polarization·
 normalization_factor``, ``count = Σ c``, ``intensity = sum_signal / sum_normalization``; with
-an error model ``sum_variance = Σ c²·σ²`` (Poisson: σ² = max(raw, 1) + dark; azimuthal: the
-spread around the bin mean), ``std = sqrt(sum_variance / Σ c²ω²)`` and ``sem = sigma =
-sqrt(sum_variance) / sum_normalization``. Empty bins hold 0. Pixel splitting: ``"no"`` or
+an error model ``sum_variance = Σ c²·σ²`` (Poisson: σ² = max(raw, 1), as pyFAI's Cython
+engine, dark not added; azimuthal: the spread of signal/ω around the bin mean, with
+pyFAI's single-pass weighted update),
+``std = sqrt(sum_variance / Σ c²ω²)`` and ``sem = sigma = sqrt(sum_variance) /
+sum_normalization``. Empty bins hold 0. Pixel splitting: ``"no"`` or
 ``"bbox"``; method tuples such as ``("bbox", "csr", "cython")`` are accepted (only the split
 matters).
 """
@@ -110,6 +112,15 @@ def _error_model(em: str | None) -> str | None:
     return em
 
 
+def _usable(cached: dict | None, n_pixels: int, names: tuple[str, ...]) -> dict | None:
+    """A cached table only if it has every array and the right pixel count (else rebuild)."""
+    if cached is None or any(k not in cached for k in names):
+        return None
+    if cached["bin"].size != n_pixels or cached["norm"].size != n_pixels:
+        return None
+    return cached
+
+
 def _crc(a: np.ndarray | None) -> int | None:
     if a is None:
         return None
@@ -184,14 +195,18 @@ class RadialPlan:
             cuts = np.searchsorted(self.table.exc_pix, np.arange(self.n_parts + 1) * npx)
             self._exc_ranges = [(int(cuts[k]), int(cuts[k + 1])) for k in range(self.n_parts)]
         self._npx = npx
+        self._runs = None  # image-order runs, for the azimuthal error model
+        self._exc_of = None
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def segments(self, data: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    def segments(self, data: np.ndarray | Sequence[np.ndarray], what: str = "image"
+                 ) -> list[np.ndarray]:
         """The per-module views of ``data``: an assembled image or the list of parts."""
         if isinstance(data, np.ndarray) and data.ndim == 2:
             if data.shape != self.geometry.shape:
-                raise ValueError(f"image has shape {data.shape}, expected {self.geometry.shape}")
+                raise ValueError(f"{what} has shape {data.shape}, expected "
+                                 f"{self.geometry.shape}")
             return self.geometry.module_views(data)
         parts = list(data)
         if len(parts) != self.n_parts:
@@ -224,7 +239,7 @@ class RadialPlan:
             dark = np.asarray(dark, dtype=np.float32)
             if dark.ndim == 3:
                 dark = list(dark)
-            darks = [flat_segment(v) for v in self.segments(dark)]
+            darks = [flat_segment(v) for v in self.segments(dark, "dark")]
         accs, accv, removed = self._accs, self._accv, self._removed
         accs[...] = 0.0
         accv[...] = 0.0
@@ -293,8 +308,7 @@ class RadialPlan:
             if em == "poisson":
                 variance = var_sum.copy()
             elif em == "azimuthal":
-                variance = self._azimuthal(segs, darks, use_dark,
-                                           np.where(empty, 0.0, signal / (norm / nf)))
+                variance = self._azimuthal(segs, darks, use_dark)
             std = sem = None
             if variance is not None:
                 std = np.where(empty, 0.0, np.sqrt(variance / norm2))
@@ -313,24 +327,42 @@ class RadialPlan:
             std=res["std"], sem=res["sigma"], unit=self.unit, method=self.split,
         )
 
-    def _azimuthal(self, segs, darks, use_dark, mean):
-        mean = np.concatenate([mean, [0.0, 0.0]])
-        out = np.zeros(self.nbins + 2, dtype=np.float64)
+    def _image_order(self):
+        """Runs of module pixels in assembled-image order (built on first use, then kept)."""
+        if self._runs is None:
+            order = np.argsort(self.geometry.module_pixel_index().reshape(-1), kind="stable")
+            self._runs = A.canvas_runs(order.astype(np.int64), self.part_shape[1])
+            if self.split == "bbox":
+                exc_of = np.full(self.n_parts * self._npx, -1, dtype=np.int32)
+                exc_of[self.table.exc_pix] = np.arange(self.table.exc_pix.size, dtype=np.int32)
+                self._exc_of = exc_of
+        return self._runs
+
+    def _azimuthal(self, segs, darks, use_dark):
+        runs = self._image_order()
+        state = np.zeros((self.nbins + 2, 3), dtype=np.float64)
         cd, dummy, ddummy = self._dummy_args()
         t = self.table
         split = self.split == "bbox"
-        for k, ((img, b0, s0), (dk, db, ds)) in enumerate(zip(segs, darks, strict=True)):
-            A.azimuthal_variance(img, b0, s0, t.bin[k], t.coef[k] if split else self._no_coef,
-                                 split, dk, db, ds, use_dark, self.norm[k], cd, dummy, ddummy,
-                                 self.nbins, mean, out)
-            if split:
-                lo, hi = self._exc_ranges[k]
-                if hi > lo:
-                    A.azimuthal_variance_exceptions(
-                        img, b0, s0, k * self._npx, t.exc_pix, t.exc_ptr, t.exc_bin,
-                        t.exc_coef, lo, hi, dk, db, ds, use_dark, self.norm[k], cd, dummy,
-                        ddummy, mean, out)
-        return out[: self.nbins]
+
+        def addressing(views):
+            return (np.array([v.ctypes.data for v, _, _ in views], dtype=np.int64),
+                    np.array([b for _, b, _ in views], dtype=np.int64),
+                    np.array([s for _, _, s in views], dtype=np.int64))
+
+        a, b, st = addressing(segs)
+        da, db, dst = addressing(darks)
+        no_exc = np.zeros(1, np.int32)
+        A.azimuthal_variance(
+            runs, self._npx, self.part_shape[1], segs[0][0], a, b, st, darks[0][0], da, db,
+            dst, use_dark, t.bin.reshape(-1),
+            t.coef.reshape(-1) if split else self._no_coef.reshape(-1), split,
+            self._exc_of if split else no_exc,
+            t.exc_ptr if split else np.zeros(1, np.int64),
+            t.exc_bin if split else np.zeros(1, np.int32),
+            t.exc_coef if split else np.zeros(1, np.float32),
+            self.norm.reshape(-1), cd, dummy, ddummy, self.nbins, state)
+        return state[: self.nbins, 2].copy()
 
     def integrate2d(self, data, dark=None, normalization_factor: float = 1.0,
                     error_model: str | None = None) -> Integrate2dResult:
@@ -507,7 +539,9 @@ class AzimuthalIntegrator:
                         pol=polarization_factor, dummy=dummy, delta_dummy=delta_dummy, rr=rr,
                         mask=None if mask is None else np.asarray(mask) != 0,
                         flat=None if flat is None else np.asarray(flat, np.float32))
-        cached = load_cached(cache_dir, key)
+        cached = _usable(load_cached(cache_dir, key), self.geometry.n_pixels,
+                         ("bin", "norm", "edges") + (("coef", "exc_pix", "exc_ptr", "exc_bin",
+                                                       "exc_coef") if split == "bbox" else ()))
         if cached is not None:
             table = Table.from_arrays(split, npt, cached, dict(
                 zip(("lo", "hi", "delta"), cached["edges"].tolist(), strict=True)))
@@ -543,7 +577,8 @@ class AzimuthalIntegrator:
                         delta_dummy=delta_dummy, rr=rr, ar=ar,
                         mask=None if mask is None else np.asarray(mask) != 0,
                         flat=None if flat is None else np.asarray(flat, np.float32))
-        cached = load_cached(cache_dir, key)
+        cached = _usable(load_cached(cache_dir, key), self.geometry.n_pixels,
+                         ("bin", "norm", "edges"))
         names = ("lo", "hi", "delta", "azim_lo", "azim_hi", "azim_delta")
         n = int(npt_rad) * int(npt_azim)
         if cached is not None:

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from native_kernels.compression import PayloadError, decompress_into
-from native_kernels.geometry import DetectorGeometry, load_geometry
+from native_kernels.compression import PayloadError, compress, decompress_into
+from native_kernels.geometry import DetectorGeometry, ModulePlacement, load_geometry
 from native_kernels.integrator import AzimuthalIntegrator, RadialPlan
 from native_kernels.poni import read_poni
 from native_kernels.stats import _roi_sums, _stats, check_rois
@@ -108,6 +108,17 @@ def _geometry(p) -> DetectorGeometry:
     return load_geometry(p.geometry, tuple(p.missing_modules))
 
 
+def _warm_stitch(st: Stitcher) -> None:
+    """Compile the stitcher's loops for its dtypes on a tiny layout of the same kind."""
+    tiny = DetectorGeometry((2, 24), (ModulePlacement(0, 0), ModulePlacement(0, 30)),
+                            dummy=st.dummy)
+    flat = None if st.flat is None else np.ones((2, 2, 24), np.float32)
+    mask = None if st.mask is None else np.zeros((2, 2, 24), np.uint8)
+    out_dtype = "same" if st.output_dtype == st.input_dtype else st.output_dtype
+    Stitcher(tiny, st.input_dtype, out_dtype, flat, mask)(
+        [np.zeros((2, 24), st.input_dtype)] * 2)
+
+
 class LambdaDecompress(Kernel):
     """Decode module payloads (raw or bitshuffle-LZ4) into a (n, rows, cols) stack.
 
@@ -135,6 +146,9 @@ class LambdaDecompress(Kernel):
             raise KernelConfigError(f"{self.name}: dtype must be uint16 or uint32")
         geo = _geometry(p)
         self.n = len(geo.present)
+        # Compile the block walker now (in the warm-up process, before workers fork).
+        probe = np.arange(64, dtype=p.dtype).reshape(8, 8)
+        decompress_into(compress(probe), np.empty_like(probe))
         return [ArraySpec("modules", (self.n, *geo.module_shape), p.dtype)]
 
     def process(self, frame: Frame, out: dict[str, np.ndarray]) -> None:
@@ -178,6 +192,7 @@ class LambdaStitch(Kernel):
                                      _load_array(p.mask, "mask"), p.dummy)
         except (TypeError, ValueError) as exc:
             raise KernelConfigError(f"{self.name}: {exc}") from exc
+        _warm_stitch(self.stitcher)
         return [ArraySpec("image", geo.shape, self.stitcher.output_dtype.str)]
 
     def process(self, frame: Frame, out: dict[str, np.ndarray]) -> None:
@@ -241,7 +256,7 @@ class AzimuthalIntegrate(Kernel):
             raise KernelConfigError(f"{self.name}: npt={p.npt} and bins={p.bins} disagree")
         npt = int(p.npt or p.bins or 1000)
         ai = self._integrator()
-        n, shape, _ = _input_spec(ctx, p.input, self.name)
+        n, shape, dtype = _input_spec(ctx, p.input, self.name)
         expected = ai.geometry.shape if n == 0 else ai.geometry.module_shape
         if tuple(shape) != tuple(expected) or (n and n != len(ai.geometry.present)):
             raise KernelConfigError(f"{self.name}: input {p.input!r} ({n or 'image'} of "
@@ -260,10 +275,14 @@ class AzimuthalIntegrate(Kernel):
                  ("radial", "intensity", "sum_signal", "sum_normalization", "count")]
         if p.error_model:
             specs += [ArraySpec("sigma", (npt,), "float64"), ArraySpec("std", (npt,), "float64")]
-        # Probe once so a bad error_model or dark shape fails at setup, not on frame 1.
+        # Probe once with data like the real input: a bad error_model or dark shape fails at
+        # setup rather than on frame 1, and the loops for these dtypes are compiled now.
+        if n == 0:
+            probe = np.zeros(ai.geometry.shape, dtype)
+        else:
+            probe = [np.zeros(ai.geometry.module_shape, dtype)] * n
         try:
-            self.plan.integrate(np.zeros(ai.geometry.shape, np.float32), self.dark,
-                                error_model=p.error_model)
+            self.plan.integrate(probe, self.dark, error_model=p.error_model)
         except (TypeError, ValueError) as exc:
             raise KernelConfigError(f"{self.name}: {exc}") from exc
         return specs
@@ -288,7 +307,7 @@ class FrameStats(Kernel):
 
     def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
         p = self.params
-        n, shape, _ = _input_spec(ctx, p.input, self.name)
+        n, shape, dtype = _input_spec(ctx, p.input, self.name)
         try:
             self.rois = check_rois(p.rois, tuple(shape))
         except ValueError as exc:
@@ -297,6 +316,7 @@ class FrameStats(Kernel):
             raise KernelConfigError(f"{self.name}: ROIs need an image input (stitch first)")
         self._acc = np.zeros(4)
         self._rs = np.zeros(len(self.rois))
+        _stats(np.zeros((2, 2), dtype), 0.0, False, 0.0, np.zeros(4))  # compile now
         specs = [ArraySpec("sum", (), "float64"), ArraySpec("max", (), "float64"),
                  ArraySpec("count_above", (), "int64"), ArraySpec("n_valid", (), "int64")]
         if len(self.rois):

@@ -9,27 +9,32 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
+# "reassoc" lets LLVM vectorise the sums (partial sums in float64, summed at the end); no
+# "nnan"/"ninf", so NaN and inf tests keep their meaning.
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
 def _stats(img, threshold, use_dummy, dummy, out):  # pragma: no cover - jitted
-    """Accumulate into out = [sum, max, count_above, n_valid] over a 2-D array."""
+    """Accumulate into out = [sum, max, count_above, n_valid] over a 2-D array.
+
+    Branch-free per pixel (selects, not jumps) so the loop vectorises; NaN/inf and, with
+    ``use_dummy``, pixels equal to ``dummy`` are not counted.
+    """
     rows, cols = img.shape
     s = out[0]
     m = out[1]
     n_above = out[2]
     n_valid = out[3]
+    not_dummy_test = not use_dummy
     for r in range(rows):
+        row = img[r]
         for c in range(cols):
-            v = np.float64(img[r, c])
-            if v - v != 0.0:  # NaN/inf: not a measurement
-                continue
-            if use_dummy and v == dummy:
-                continue
-            s += v
-            if v > m:
-                m = v
-            if v > threshold:
-                n_above += 1.0
-            n_valid += 1.0
+            v = np.float64(row[c])
+            # bitwise & and |: no short-circuit jumps in the loop body
+            ok = (v - v == 0.0) & (not_dummy_test | (v != dummy))
+            s += v if ok else 0.0
+            w = v if ok else -np.inf
+            m = w if w > m else m
+            n_above += 1.0 if (ok & (v > threshold)) else 0.0
+            n_valid += 1.0 if ok else 0.0
     out[0] = s
     out[1] = m
     out[2] = n_above

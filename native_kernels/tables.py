@@ -372,7 +372,7 @@ def load_cached(cache_dir: str | Path | None, key: str) -> dict[str, np.ndarray]
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError, EOFError):
+    except Exception:  # missing, truncated, not a zip (BadZipFile), bad member...
         return None
 
 

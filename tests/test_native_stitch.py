@@ -1,0 +1,174 @@
+"""Stitching and payload decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from native_kernels.compression import PayloadError, compress, decompress_into
+from native_kernels.geometry import DetectorGeometry, ModulePlacement
+from native_kernels.stitch import Stitcher, stitch
+
+
+def reference_stitch(parts, geo, dtype=np.float32, dummy=0.0):
+    """Hand-built reference: plain numpy, module by module, flips then np.rot90."""
+    img = np.full(geo.shape, dummy, dtype=dtype)
+    for part, i in zip(parts, geo.present, strict=True):
+        m = geo.modules[i]
+        a = part
+        if m.flip_ud:
+            a = np.flipud(a)
+        if m.flip_lr:
+            a = np.fliplr(a)
+        a = np.rot90(a, m.rot90)
+        img[m.y : m.y + a.shape[0], m.x : m.x + a.shape[1]] = a
+    return img
+
+
+@pytest.fixture(scope="module")
+def mixed_geometry():
+    # 6 slots of 12 x 20: one rotated by 90 and one by 270, flips, slot 4 absent.
+    mods = (
+        ModulePlacement(0, 0),
+        ModulePlacement(0, 24, rot90=1),
+        ModulePlacement(0, 40, flip_lr=True),
+        ModulePlacement(16, 0, flip_ud=True),
+        ModulePlacement(16, 24, present=False),
+        ModulePlacement(22, 44, rot90=3, flip_ud=True),
+    )
+    return DetectorGeometry((12, 20), mods, dummy=-1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_stitch_matches_hand_built_layout(mixed_geometry, dtype):
+    g = mixed_geometry
+    rng = np.random.default_rng(1)
+    parts = [rng.integers(1, 60000, g.module_shape).astype(dtype) for _ in g.present]
+    ref = reference_stitch(parts, g, np.float32, -1.0)
+    out = stitch(parts, g)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, ref)
+    # The absent module's area and the gaps hold the dummy value.
+    assert (out[20:28, 24:44] == -1).all()
+    same = Stitcher(g, dtype, "same", dummy=0)(parts)
+    assert same.dtype == dtype
+    np.testing.assert_array_equal(same, reference_stitch(parts, g, dtype, 0))
+
+
+def test_stitch_full_lambda9m_with_missing_module():
+    g = DetectorGeometry.default_lambda9m(missing=(5,))
+    rng = np.random.default_rng(2)
+    parts = [rng.integers(0, 4096, g.module_shape, dtype=np.uint16) for _ in g.present]
+    st = Stitcher(g, np.uint16)
+    out = np.full(g.shape, np.nan, np.float32)  # reused output: every pixel must be written
+    st(parts, out)
+    np.testing.assert_array_equal(out, reference_stitch(parts, g))
+    # module_pixel_index is the same mapping, as flat indices
+    idx = g.module_pixel_index()
+    np.testing.assert_array_equal(out.reshape(-1)[idx[3]], parts[3])
+
+
+def test_flat_field_and_pixel_mask(mixed_geometry):
+    g = mixed_geometry
+    n = len(g.present)
+    rng = np.random.default_rng(3)
+    parts = [rng.integers(0, 1000, g.module_shape).astype(np.uint16) for _ in range(n)]
+    flat = rng.uniform(0.5, 1.5, (n, *g.module_shape)).astype(np.float32)
+    mask = (rng.random((n, *g.module_shape)) < 0.1).astype(np.uint8)
+    out = Stitcher(g, np.uint16, flat=flat, mask=mask)(parts)
+    corrected = [np.where(m != 0, -1.0, p * f).astype(np.float32)
+                 for p, f, m in zip(parts, flat, mask, strict=True)]
+    np.testing.assert_allclose(out, reference_stitch(corrected, g, np.float32, -1.0), rtol=1e-6)
+
+
+def test_stitch_bad_input(mixed_geometry):
+    g = mixed_geometry
+    st = Stitcher(g, np.uint16)
+    good = [np.zeros(g.module_shape, np.uint16) for _ in g.present]
+    with pytest.raises(ValueError, match="expected 5 module parts"):
+        st(good[:-1])
+    with pytest.raises(ValueError, match="shape"):
+        st(good[:-1] + [np.zeros((20, 12), np.uint16)])
+    with pytest.raises(TypeError, match="dtype"):
+        st(good[:-1] + [np.zeros(g.module_shape, np.int16)])
+    with pytest.raises(ValueError, match="out must be"):
+        st(good, np.zeros((3, 3), np.float32))
+    with pytest.raises(TypeError):
+        Stitcher(g, np.float32)
+    with pytest.raises(ValueError, match="flat"):
+        Stitcher(g, np.uint16, flat=np.ones((2, 2), np.float32))
+    with pytest.raises(ValueError, match="does not fit"):
+        Stitcher(g, np.uint16, "same", dummy=-1)
+
+
+@pytest.mark.parametrize("framing", ["bslz4", "bslz4_h5"])
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_bitshuffle_roundtrip(framing, dtype):
+    rng = np.random.default_rng(4)
+    module = rng.poisson(20, (516, 1556)).astype(dtype)
+    payload = compress(module, framing)
+    assert payload.nbytes < module.nbytes
+    out = np.empty_like(module)
+    decompress_into(payload, out)  # auto-detected framing
+    np.testing.assert_array_equal(out, module)
+    out[...] = 0
+    decompress_into(payload, out, framing)
+    np.testing.assert_array_equal(out, module)
+
+
+def test_odd_sized_payload_and_raw():
+    module = np.arange(1003, dtype=np.uint16).reshape(17, 59)  # n % 8 != 0: verbatim tail
+    out = np.empty_like(module)
+    decompress_into(compress(module), out)
+    np.testing.assert_array_equal(out, module)
+    decompress_into(module.reshape(-1).view(np.uint8), out, "none")
+    np.testing.assert_array_equal(out, module)
+
+
+def test_corrupt_or_truncated_payloads_raise_not_crash():
+    rng = np.random.default_rng(5)
+    module = rng.poisson(20, (516, 1556)).astype(np.uint16)
+    payload = compress(module)
+    out = np.empty_like(module)
+    bad = {
+        "truncated": payload[: payload.size // 2],
+        "one byte short": payload[:-1],
+        "garbage": rng.integers(0, 256, payload.size, dtype=np.uint8),  # segfaults bitshuffle
+        "empty": payload[:0],
+        "bad h5 header": compress(module, "bslz4_h5")[:10],
+    }
+    for name, p in bad.items():
+        with pytest.raises(PayloadError):
+            decompress_into(p, out, "auto" if name != "bad h5 header" else "bslz4_h5")
+    flipped = payload.copy()
+    flipped[6:14] ^= 0xFF  # inside the first LZ4 block: decoder error or wrong data, no crash
+    try:
+        decompress_into(flipped, out)
+    except PayloadError:
+        pass
+    with pytest.raises(PayloadError, match="raw payload"):
+        decompress_into(np.zeros(10, np.uint8), out, "none")
+
+
+@pytest.mark.parametrize("out_dtype", ["same", "float32"])
+@pytest.mark.parametrize("in_dtype", [np.uint16, np.uint32])
+def test_streaming_path_any_alignment(in_dtype, out_dtype):
+    """The streaming-store path (unit column stride layouts) for every output alignment."""
+    g = DetectorGeometry(
+        (7, 45),
+        (ModulePlacement(0, 0), ModulePlacement(0, 50, flip_ud=True), ModulePlacement(9, 3),
+         ModulePlacement(9, 60, present=False)),
+        dummy=3,
+    )
+    st = Stitcher(g, in_dtype, out_dtype)
+    assert st.streaming
+    rng = np.random.default_rng(6)
+    parts = [rng.integers(0, 60000, g.module_shape).astype(in_dtype) for _ in g.present]
+    ref = reference_stitch(parts, g, st.output_dtype, 3)
+    n = ref.size
+    for offset in range(17):  # every alignment of the output within a 64-byte line
+        buf = np.full(n + 40, 7, dtype=st.output_dtype)
+        out = buf[offset : offset + n].reshape(g.shape)
+        st(parts, out)
+        np.testing.assert_array_equal(out, ref)
+        assert (buf[:offset] == 7).all() and (buf[offset + n :] == 7).all()  # nothing outside
