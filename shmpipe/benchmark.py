@@ -49,7 +49,7 @@ from shmpipe.chain import KernelChain
 from shmpipe.config import PipelineConfig, load_config
 from shmpipe.engine import Pipeline, RunSummary
 from shmpipe.message import Message, copy_parts, payload_bytes
-from shmpipe.ring import LATENCY_BUCKETS_S
+from shmpipe.ring import LATENCY_BUCKETS_S, P_READY_NS
 from shmpipe.sink import Record, RunInfo, Sink
 
 LAMBDA_MODULE_SHAPE = (516, 1556)
@@ -183,6 +183,9 @@ class RunResult:
     bytes_per_frame: float
     first_result_s: float
     latency_s: np.ndarray = field(repr=False)
+    """Dispatch -> publish latency of the frames handed over after every process was ready."""
+    latency_all_s: np.ndarray = field(repr=False)
+    """... of every frame, start-up included."""
     kernel_ms: dict[str, float]
     engine_latency_mean_s: float
     worker_startup_s: list[float]
@@ -196,10 +199,12 @@ class RunResult:
         d = {
             k: v
             for k, v in dataclasses.asdict(self).items()
-            if k not in ("latency_s", "worker_startup_s")
+            if k not in ("latency_s", "latency_all_s", "worker_startup_s")
         }
         d["gbps_steady"] = self.gbps_steady
         d["latency_p50_s"], d["latency_p99_s"] = percentiles(self.latency_s)
+        d["latency_all_p99_s"] = percentiles(self.latency_all_s, (99,))[0]
+        d["latency_frames"] = len(self.latency_s)
         d["worker_startup_s"] = [round(x, 4) for x in self.worker_startup_s]
         return d
 
@@ -269,12 +274,18 @@ def run_pipeline(
     if bytes_per_frame is None:
         bytes_per_frame = float(cfg.source_instance().layout().max_payload_bytes)
     t0 = time.time()
+    wall_minus_mono = time.time() - time.monotonic()
     summary = Pipeline(cfg).run()
     try:
         t, lat = np.load(timing)
         timing.unlink()
     except (OSError, ValueError):
         t, lat = np.empty(0), np.empty(0)
+    # Latency in steady state: frames handed over after every worker was ready. The paced
+    # source starts before the workers finish their set-up; those first frames measure
+    # start-up, which has its own benchmark.
+    ready = all_ready_wall(summary, wall_minus_mono)
+    steady_lat = lat[(t - lat) >= ready] if math.isfinite(ready) else lat
     return RunResult(
         workers=workers,
         frames=summary.frames_out,
@@ -283,12 +294,74 @@ def run_pipeline(
         fps_steady=steady_rate(t),
         bytes_per_frame=bytes_per_frame,
         first_result_s=float(t[0] - t0) if len(t) else math.nan,
-        latency_s=lat,
+        latency_s=steady_lat,
+        latency_all_s=lat,
         kernel_ms=kernel_means_ms(summary, [k.name for k in cfg.kernels]),
         engine_latency_mean_s=engine_latency_mean(summary),
         worker_startup_s=list(summary.worker_startup_s),
         error=summary.error,
     )
+
+
+def all_ready_wall(summary: RunSummary, wall_minus_mono: float) -> float:
+    """Wall-clock time when the last of the run's processes was ready (NaN if unknown)."""
+    procs = summary.timings.get("procs")
+    if procs is None:
+        return math.nan
+    ready = procs[:, P_READY_NS]
+    ready = ready[ready > 0]
+    return float(ready.max()) / 1e9 + wall_minus_mono if len(ready) else math.nan
+
+
+def cpu_anchor(processes: int, seconds: float = 1.0) -> dict[str, float]:
+    """What this machine gives ``processes`` CPU-bound processes right now, side by side.
+
+    Each process runs a pure-Python loop (no memory traffic) for ``seconds``; ``rate`` is
+    the loops per second of all of them together. On a quiet N-core machine the rate of N
+    processes is N times that of one; a shared machine shows less, and a pipeline's speedup
+    cannot beat it.
+    """
+    ctx = mp.get_context("fork")
+    q = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_spin, args=(seconds, q)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    total = sum(q.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return {"processes": processes, "rate": total / seconds}
+
+
+def _spin(seconds: float, q) -> None:
+    n, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        sum(range(10000))
+        n += 1
+    q.put(n)
+
+
+def memory_anchor(processes: int, nbytes: int = 19_000_000, seconds: float = 1.0) -> float:
+    """Aggregate copy bandwidth (GB/s) of ``processes`` processes each copying ``nbytes``
+    buffers (beyond the caches) for ``seconds``, side by side."""
+    ctx = mp.get_context("fork")
+    q = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_copy_loop, args=(nbytes, seconds, q)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    total = sum(q.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return total / seconds / 1e9
+
+
+def _copy_loop(nbytes: int, seconds: float, q) -> None:
+    src = np.ones(nbytes, np.uint8)
+    dst = [src.copy() for _ in range(3)]  # touched: no first-touch faults in the timing
+    n, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        dst[n % 3][...] = src
+        n += 1
+    q.put(n * nbytes)
 
 
 # -- the anchor: one process copying a frame -------------------------------------------------
@@ -592,6 +665,10 @@ def run_suite(opts: SuiteOptions, log=print) -> dict[str, Any]:
 
         # 5. scaling with the LAMBDA chain (+ end to end against the stages' kernel times)
         n_chain = _frames(opts, 60, 8)
+        anchor_s = 0.3 if opts.quick else 1.0
+        log("machine anchors: CPU-bound and copying processes side by side ...")
+        cpu_before = {w: cpu_anchor(w, anchor_s)["rate"] for w in opts.workers}
+        mem_before = {w: memory_anchor(w, seconds=anchor_s) for w in opts.workers}
         runs = []
         for w in opts.workers:
             log(f"scaling: LAMBDA chain, {w} workers, {n_chain} frames ...")
@@ -622,7 +699,27 @@ def run_suite(opts: SuiteOptions, log=print) -> dict[str, Any]:
                     - kernel_sum,
                 }
             )
-        report["scaling"] = {"chain": list(chain), "runs": scaling}
+        cpu_after = {w: cpu_anchor(w, anchor_s)["rate"] for w in opts.workers}
+        mem_after = {w: memory_anchor(w, seconds=anchor_s) for w in opts.workers}
+        w0 = opts.workers[0]
+        machine = []
+        for w in opts.workers:
+            cpu = (cpu_before[w] + cpu_after[w]) / 2
+            cpu0 = (cpu_before[w0] + cpu_after[w0]) / 2
+            machine.append(
+                {
+                    "processes": w,
+                    "cpu_speedup": cpu / cpu0,
+                    "copy_gbps": (mem_before[w] + mem_after[w]) / 2,
+                }
+            )
+        for row, m in zip(scaling, machine, strict=True):
+            row["machine_cpu_speedup"] = m["cpu_speedup"]
+            row["speedup_over_machine"] = row["speedup"] / m["cpu_speedup"]
+        report["scaling"] = {"chain": list(chain), "runs": scaling, "machine": machine}
+        log("  machine: " + ", ".join(
+            f"{m['processes']} procs x{m['cpu_speedup']:.2f} CPU, {m['copy_gbps']:.1f} GB/s"
+            for m in machine))  # fmt: skip
         one = scaling[0]
         report["end_to_end"] = {
             "workers": one["workers"],
@@ -655,6 +752,7 @@ def run_suite(opts: SuiteOptions, log=print) -> dict[str, Any]:
             "p50_s": p50,
             "p99_s": p99,
             "max_s": float(lat.latency_s.max()) if len(lat.latency_s) else math.nan,
+            "p99_with_startup_s": percentiles(lat.latency_all_s, (99,))[0],
             "chain_ms": chain_ms,
             "p99_over_chain": p99 / (chain_ms / 1e3),
             "engine_histogram_mean_s": lat.engine_latency_mean_s,
