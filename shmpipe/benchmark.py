@@ -835,7 +835,9 @@ def run_suite(opts: SuiteOptions, log=print) -> dict[str, Any]:
         report["model"]["measured_here_copy_gbps"] = max(m["copy_gbps"] for m in machine)
         report["goals"] = goals(report)
         plots(report, out, lat.latency_s)
-    (out / "report.json").write_text(json.dumps(_jsonable(report), indent=1))
+    (out / "report.md").write_text(report_markdown(report))  # before NaN becomes null
+    report = _jsonable(report)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
     return report
 
 
@@ -1016,3 +1018,92 @@ def print_summary(report: dict[str, Any], log=print) -> None:
         f"({m['bound_by']}); {m['nodes_for_detector']} nodes for "
         f"{m['assumptions']['detector_rate_hz']:.0f} Hz"
     )
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report's figures as Markdown tables (what docs/performance.md shows)."""
+    m, eb, nv = report["meta"], report["engine_bound"], report["naive_pool"]
+    sm, lat, e2e = report["small_messages"], report["latency"], report["end_to_end"]
+    cp = report["copy"]
+    lines = [
+        f"Measured {m['date']} on `{m['host']}` ({m['cpus']} CPUs, Python {m['python']}, "
+        f"numpy {m['numpy']}, numba {m['numba']}), commit `{m['commit']}`; frames "
+        f"{m['modules']} x {m['module_shape'][0]} x {m['module_shape'][1]} uint16 "
+        f"({m['frame_bytes'] / 1e6:.1f} MB).",
+        "",
+        "| goal | measured | target | met |",
+        "|---|---:|---|---|",
+    ]
+    for g in report["goals"]:
+        lines.append(
+            f"| {g['goal']} | {g['measured']:.3g} | {g['target']} | {'yes' if g['met'] else 'no'} |"
+        )
+    stream = cp.get("streaming", {}).get("fps", math.nan)
+    lines += [
+        "",
+        "| measurement | value |",
+        "|---|---:|",
+        f"| copy anchor (memcpy, one process, reused buffer), frames/s | {cp['fps']:.0f} |",
+        f"| streaming-copy reference (one process), frames/s | {stream:.0f} |",
+        f"| engine, null kernel, 2 workers, frames/s (steady) | {eb['fps_steady']:.0f} |",
+        f"| engine, null kernel, 2 workers, GB/s (steady) | {eb['gbps_steady']:.2f} |",
+        f"| engine, null kernel, 2 workers, frames/s (whole run, start-up included) | "
+        f"{eb['fps_wall']:.0f} |",
+        f"| engine / streaming-copy reference | {eb['ratio_vs_streaming_copy']:.2f} |",
+        f"| naive `multiprocessing.Pool` ({nv['workers']} workers, pickled frames), frames/s "
+        f"| {nv['pool']['fps']:.1f} |",
+        f"| engine, same chain and workers, frames/s | {nv['engine']['fps_steady']:.0f} |",
+        f"| 1 KB messages/s (steady) | {sm['fps_steady']:.0f} |",
+        f"| 1 KB message latency p50 / p99, ms | {sm['latency_p50_s'] * 1e3:.2f} / "
+        f"{sm['latency_p99_s'] * 1e3:.2f} |",
+        "",
+        "| workers | frames/s | speedup | efficiency | machine CPU speedup | "
+        + " | ".join(f"{k} ms" for k in e2e["kernel_ms"])
+        + " |",
+        "|---:|---:|---:|---:|---:|" + "---:|" * len(e2e["kernel_ms"]),
+    ]
+    for r in report["scaling"]["runs"]:
+        lines.append(
+            f"| {r['workers']} | {r['fps_steady']:.2f} | {r['speedup']:.2f} | "
+            f"{r['efficiency']:.2f} | {r.get('machine_cpu_speedup', math.nan):.2f} | "
+            + " | ".join(f"{r['kernel_ms'].get(k, math.nan):.1f}" for k in e2e["kernel_ms"])
+            + " |"
+        )
+    st = report["startup"]
+    cold = st.get("cold", {}).get("first_result_s", math.nan)
+    lines += [
+        "",
+        "| end to end (1 worker) | value |",
+        "|---|---:|",
+        f"| sum of the stages' kernel times, ms | {e2e['kernel_sum_ms']:.1f} |",
+        f"| frames/s if the engine cost nothing (1 / sum) | {e2e['ideal_fps']:.2f} |",
+        f"| frames/s measured | {e2e['fps']:.2f} |",
+        f"| engine overhead per frame, ms | {e2e['engine_overhead_ms_per_frame']:.2f} |",
+        "",
+        "| latency and start-up | value |",
+        "|---|---:|",
+        f"| source paced at, frames/s ({lat['workers']} workers) | {lat['rate']:.2f} |",
+        f"| dispatch -> publish p50 / p99, ms | {lat['p50_s'] * 1e3:.1f} / "
+        f"{lat['p99_s'] * 1e3:.1f} |",
+        f"| chain's own time per frame, ms | {lat['chain_ms']:.1f} |",
+        f"| p99 with the start-up backlog, ms | {lat['p99_with_startup_s'] * 1e3:.1f} |",
+        f"| first result, cold Numba cache, s | {cold:.2f} |",
+        f"| first result, warm Numba cache, s | {st['warm']['first_result_s']:.2f} |",
+    ]
+    mo = report["model"]
+    a = mo["assumptions"]
+    lines += [
+        "",
+        "| node model | value |",
+        "|---|---:|",
+        f"| CPU time per frame (kernels + engine), ms | {mo['cpu_ms_per_frame']:.1f} |",
+        f"| bytes moved per frame (reads + writes), MB | {mo['bytes_per_frame'] / 1e6:.0f} |",
+        f"| {a['cores']:.0f}-core node, compute bound ({mo['workers']:.0f} workers), frames/s | "
+        f"{mo['fps_compute']:.0f} |",
+        f"| dispatcher bound, frames/s | {mo['fps_dispatcher']:.0f} |",
+        f"| memory bound at {a['mem_bandwidth_gbs']:.0f} GB/s, frames/s | {mo['fps_memory']:.0f} |",
+        f"| **predicted frames/s per node** ({mo['bound_by']}) | **{mo['predicted_fps']:.0f}** |",
+        f"| **nodes for a {a['detector_rate_hz']:.0f} Hz LAMBDA 9M** | "
+        f"**{mo['nodes_for_detector']}** |",
+    ]
+    return "\n".join(lines) + "\n"

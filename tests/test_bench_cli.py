@@ -47,6 +47,7 @@ def test_bench_quick_writes_report_and_plots(tmp_path):
     assert "warm" in report["startup"]
     assert {g["key"] for g in report["goals"]} >= {"engine_bound_vs_copy", "naive_pool_speedup"}
     assert all(isinstance(g["met"], bool) for g in report["goals"])
+    assert "| goal |" in (out / "report.md").read_text()
     for png in ("throughput_vs_workers.png", "latency.png", "stages.png"):
         assert (out / png).stat().st_size > 1000
     assert res.stdout.count("goal") >= 5
