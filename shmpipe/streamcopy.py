@@ -34,7 +34,11 @@ def _stream_copy(dst: np.ndarray, src: np.ndarray) -> None:
 def stream_copy(dst: np.ndarray, src: np.ndarray) -> bool:
     """Copy the bytes of ``src`` into ``dst`` (both uint8, 1-D, same size) with streaming
     stores; return False, copying nothing, where the destination is not 64-byte aligned."""
-    if not AVAILABLE or dst.ctypes.data % LINE or dst.size != src.size:
+    if dst.size != src.size:
+        return False
+    if src.size == 0:
+        return True
+    if not AVAILABLE or dst.ctypes.data % LINE:
         return False
     _stream_copy(dst, src)
     return True
