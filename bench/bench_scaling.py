@@ -56,3 +56,25 @@ def test_end_to_end_vs_kernel_times(benchmark, sizes, tmp_path, chain, table_cac
         wall_minus_kernels_ms=(1 / r.fps_steady - kernel_s) * 1e3,
         **r.kernel_ms,
     )
+
+
+def test_naive_pool_lambda_chain(benchmark, sizes, tmp_path, chain, table_cache):
+    """For reference: the LAMBDA chain through ``multiprocessing.Pool`` (compressed frames
+    pickled to 2 workers), then through the engine with 2 workers."""
+    from shmpipe.benchmark import naive_pool_rate
+
+    sim_parts_lz4(sizes.shape, 12)
+    frames = 6 if sizes.smoke else 40
+    src = sim_source(frames, sizes.shape, compression="bitshuffle-lz4")
+    pool = naive_pool_rate(src, chain, 2, table_cache)
+    r = benchmark.pedantic(
+        run_pipeline, args=(src, chain, 2, tmp_path), kwargs={"cache_dir": str(table_cache)}
+    )
+    assert r.frames == frames, r.error
+    report(
+        benchmark,
+        "naive pool, LAMBDA chain",
+        pool_fps=pool["fps"],
+        engine_fps=r.fps_steady,
+        speedup=r.fps_steady / pool["fps"],
+    )

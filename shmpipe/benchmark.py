@@ -435,6 +435,8 @@ _POOL: dict[str, Any] = {}
 
 
 def _pool_init(cfg: PipelineConfig, cache_dir: str) -> None:
+    # One thread per kernel, as the engine's workers run (OpenMP reads this when it loads).
+    os.environ["OMP_NUM_THREADS"] = "1"
     chain = KernelChain(cfg.kernel_instances())
     layout = chain.setup(cfg.source_instance().layout().parts, Path(cache_dir), 1, 0)
     buf = np.empty(max(layout.result_bytes, 64), dtype=np.uint8)
@@ -810,6 +812,20 @@ def run_suite(opts: SuiteOptions, log=print) -> dict[str, Any]:
             "wall_minus_kernels_ms": one["wall_minus_kernels_ms"],
         }
 
+        # 5b. the naive way with the LAMBDA chain (for reference; the goal is the null chain)
+        n_nl = _frames(opts, 40, 6)
+        log(f"naive multiprocessing.Pool, LAMBDA chain: {n_nl} frames, {max_w} workers ...")
+        src_l = sim_source(n_nl, shape, modules, "bitshuffle-lz4")
+        naive_l = naive_pool_rate(src_l, chain, max_w, cache)
+        eng_l = next(r for r in runs if r.workers == max_w)
+        report["naive_pool_lambda"] = {
+            "workers": max_w,
+            "pool": naive_l,
+            "engine_fps": eng_l.fps_steady,
+            "speedup": eng_l.fps_steady / naive_l["fps"],
+        }
+        log(f"  pool {naive_l['fps']:.2f}/s, engine {eng_l.fps_steady:.2f}/s")
+
         # 6. latency at half the sustainable rate
         best = max(runs, key=lambda r: r.fps_steady)
         rate = 0.5 * best.fps_steady
@@ -1054,6 +1070,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     m, eb, nv = report["meta"], report["engine_bound"], report["naive_pool"]
     sm, lat, e2e = report["small_messages"], report["latency"], report["end_to_end"]
     cp = report["copy"]
+    nl = report["naive_pool_lambda"]
     lines = [
         f"Measured {m['date']} on `{m['host']}` ({m['cpus']} CPUs, Python {m['python']}, "
         f"numpy {m['numpy']}, numba {m['numba']}), commit `{m['commit']}`; frames "
@@ -1082,6 +1099,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"| naive `multiprocessing.Pool` ({nv['workers']} workers, pickled frames), frames/s "
         f"| {nv['pool']['fps']:.1f} |",
         f"| engine, same chain and workers, frames/s | {nv['engine']['fps_steady']:.0f} |",
+        f"| naive `Pool`, LAMBDA chain ({nl['workers']} workers), frames/s | "
+        f"{nl['pool']['fps']:.2f} |",
+        f"| engine, LAMBDA chain, same workers, frames/s | {nl['engine_fps']:.2f} |",
         f"| 1 KB messages/s (steady) | {sm['fps_steady']:.0f} |",
         f"| 1 KB message latency p50 / p99, ms | {sm['latency_p50_s'] * 1e3:.2f} / "
         f"{sm['latency_p99_s'] * 1e3:.2f} |",

@@ -12,6 +12,7 @@ SECTIONS = {
     "copy",
     "engine_bound",
     "naive_pool",
+    "naive_pool_lambda",
     "small_messages",
     "startup",
     "scaling",
