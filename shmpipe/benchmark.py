@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -504,7 +505,12 @@ def _startup_child(spec_json: str) -> None:
 
 
 def startup_time(
-    source: dict, kernels: dict, workers: int, numba_cache: Path, cache_dir: Path, workdir: Path
+    source: dict,
+    kernels: dict,
+    workers: int,
+    numba_cache: Path | None,
+    cache_dir: Path,
+    workdir: Path,
 ) -> dict[str, float]:
     """Time until the first result of a run in a fresh Python process.
 
@@ -519,7 +525,9 @@ def startup_time(
         "workdir": str(workdir),
         "cache_dir": str(cache_dir),
     }
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(numba_cache))
+    env = dict(os.environ)
+    if numba_cache is not None:  # None: the process's usual Numba cache
+        env["NUMBA_CACHE_DIR"] = str(numba_cache)
     code = "import sys; from shmpipe.benchmark import _startup_child; _startup_child(sys.argv[1])"
     t0 = time.perf_counter()
     out = subprocess.run(
@@ -646,7 +654,8 @@ class SuiteOptions:
     quick: bool = False
     """Tiny frames and few of them: checks the code paths in seconds, measures nothing."""
     cold_start: bool = True
-    """Measure a start-up with an empty Numba cache (compiles everything: tens of seconds)."""
+    """Start with empty Numba and kernel-table caches and measure a cold start-up (compiles
+    everything: several seconds); otherwise use the usual caches (warm after a first run)."""
 
 
 def _frames(opts: SuiteOptions, full: int, quick: int) -> int:
@@ -655,7 +664,7 @@ def _frames(opts: SuiteOptions, full: int, quick: int) -> int:
     return quick if opts.quick else full
 
 
-def run_suite(opts: SuiteOptions, log=print) -> dict[str, Any]:
+def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every measurement and write ``report.json`` and the plots into ``opts.output``.
 
     Returns
@@ -670,8 +679,14 @@ def run_suite(opts: SuiteOptions, log=print) -> dict[str, Any]:
     report: dict[str, Any] = {"meta": _meta(opts, shape, modules)}
     with tempfile.TemporaryDirectory(prefix="shmpipe-bench-") as tmp:
         work = Path(tmp)
-        cache = work / "tables"
-        cache.mkdir()
+        if opts.cold_start:  # empty caches, so the first start-up is cold
+            cache = work / "tables"
+            numba_cache: Path | None = work / "numba-cache"
+            numba_cache.mkdir()
+        else:  # the usual caches: warm after the first run on this machine
+            cache = Path.home() / ".cache" / "shmpipe"
+            numba_cache = None
+        cache.mkdir(parents=True, exist_ok=True)
         geo = geometry_file(work, shape, modules)
         chain = lambda_chain(geo, shape)
         max_w = max(opts.workers)
@@ -724,12 +739,12 @@ def run_suite(opts: SuiteOptions, log=print) -> dict[str, Any]:
         # 4. start-up, cold then warm (also compiles and builds the tables for what follows)
         src_c = sim_source(4 if opts.quick else 8, shape, modules, "bitshuffle-lz4")
         sim_parts_lz4(shape, modules)  # the simulator's pool is not what we time
-        numba_cache = work / "numba-cache"
-        numba_cache.mkdir()
         startup: dict[str, Any] = {}
         if opts.cold_start:
             log("start-up with a cold Numba cache (compiles every kernel) ...")
-            startup["cold"] = startup_time(src_c, chain, 1, numba_cache, cache, work)
+        first = startup_time(src_c, chain, 1, numba_cache, cache, work)  # fills the caches
+        if opts.cold_start:
+            startup["cold"] = first
         log("start-up with a warm Numba cache ...")
         startup["warm"] = startup_time(src_c, chain, 1, numba_cache, cache, work)
         report["startup"] = startup
@@ -1052,7 +1067,7 @@ def plots(report: dict[str, Any], out: Path, latency_s: np.ndarray) -> list[Path
     return paths
 
 
-def print_summary(report: dict[str, Any], log=print) -> None:
+def print_summary(report: dict[str, Any], log: Callable[[str], None] = print) -> None:
     """Print the goal table of a report."""
     for g in report["goals"]:
         mark = "met" if g["met"] else "NOT met"

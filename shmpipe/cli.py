@@ -190,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--frames", type=int, metavar="N", help="frames per throughput run")
     bench.add_argument("--output", "-o", default="bench-report", metavar="DIR", help="report dir")
     bench.add_argument("--quick", action="store_true", help="tiny frames: check, don't measure")
-    bench.add_argument("--no-cold-start", action="store_true", help="skip the cold-cache start")
+    bench.add_argument(
+        "--no-cold-start", action="store_true", help="use the usual caches; no cold start-up"
+    )
     bench.set_defaults(func=cmd_bench)
     return parser
 
