@@ -52,3 +52,26 @@ def test_bench_quick_writes_report_and_plots(tmp_path):
     for png in ("throughput_vs_workers.png", "latency.png", "stages.png"):
         assert (out / png).stat().st_size > 1000
     assert res.stdout.count("goal") >= 5
+
+
+def test_node_model_takes_the_tightest_bound():
+    from shmpipe.benchmark import ModelAssumptions, node_model
+
+    a = ModelAssumptions(cores=16, service_cores=2, mem_bandwidth_gbs=80, detector_rate_hz=2000)
+    m = node_model({"k1": 40.0, "k2": 15.0}, 1.0, 1.0, 300e6, a)
+    assert m["workers"] == 14
+    assert abs(m["fps_compute"] - 14 / 0.056) < 1e-6
+    assert abs(m["fps_memory"] - 80e9 / 300e6) < 1e-6
+    assert m["bound_by"] == "compute" and m["predicted_fps"] == m["fps_compute"]
+    assert m["nodes_for_detector"] == 8  # 2000 / 250
+    m = node_model({"k": 1.0}, 0.0, 1.0, 300e6, a)
+    assert m["bound_by"] == "memory bandwidth"
+
+
+def test_steady_rate_skips_the_start():
+    import numpy as np
+
+    from shmpipe.benchmark import steady_rate
+
+    t = np.concatenate([[0.0, 5.0], 5.0 + np.arange(1, 99) * 0.01])  # slow start, then 100/s
+    assert abs(steady_rate(t) - 100.0) < 1e-6
