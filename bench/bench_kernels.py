@@ -111,8 +111,14 @@ def test_pyfai(benchmark, frames, pyfai_ai, split, em):
     """pyFAI integrate1d, CSR Cython engine, solid angle + polarization + gap mask."""
     mask = GEO.gap_mask()
     it = itertools.cycle([img for _, img in frames])
-    kw = dict(unit="q_nm^-1", method=(split, "csr", "cython"), mask=mask,
-              polarization_factor=POL, correctSolidAngle=True, error_model=em)
+    kw = dict(
+        unit="q_nm^-1",
+        method=(split, "csr", "cython"),
+        mask=mask,
+        polarization_factor=POL,
+        correctSolidAngle=True,
+        error_model=em,
+    )
     pyfai_ai.integrate1d(frames[0][1], NPT, **kw)  # build the CSR matrix outside the timing
     _pedantic(benchmark, lambda: pyfai_ai.integrate1d(next(it), NPT, **kw), 5)
     _record(benchmark, f"pyfai_{_case_name(split, em)}", 0)
@@ -122,8 +128,10 @@ def test_pyfai(benchmark, frames, pyfai_ai, split, em):
 def plans(tmp_path_factory):
     ai = AzimuthalIntegrator(*PARAMS, wavelength=WL, geometry=GEO)
     d = tmp_path_factory.mktemp("azint")
-    return {s: ai.plan1d(NPT, "q_nm^-1", s, polarization_factor=POL, cache_dir=d)
-            for s in ("no", "bbox")}
+    return {
+        s: ai.plan1d(NPT, "q_nm^-1", s, polarization_factor=POL, cache_dir=d)
+        for s in ("no", "bbox")
+    }
 
 
 @pytest.mark.parametrize("source", ["image", "parts"])
@@ -134,8 +142,11 @@ def test_ours(benchmark, frames, plans, split, em, source):
     data = [img for _, img in frames] if source == "image" else [p for p, _ in frames]
     it = itertools.cycle(data)
     _pedantic(benchmark, lambda: plan.integrate(next(it), error_model=em), 20)
-    _record(benchmark, f"ours_{_case_name(split, em)}_{source}",
-            plan.bytes_per_frame(4 if source == "image" else 2))
+    _record(
+        benchmark,
+        f"ours_{_case_name(split, em)}_{source}",
+        plan.bytes_per_frame(4 if source == "image" else 2),
+    )
 
 
 def test_decompress(benchmark, frames):
@@ -164,11 +175,17 @@ def test_summary(capsys):
         pytest.skip("no timings (--benchmark-disable)")
     copy = RESULTS.get("copy")
     bw = BYTES["copy"] / copy if copy else None
-    lines = ["", f"LAMBDA 9M, {NPIX / 1e6:.2f} Mpx, {NPT} bins, one thread"
-             + (f"; copy bandwidth {bw / 1e9:.1f} GB/s (read + write)" if bw else "")]
-    ref = {"no": RESULTS.get("pyfai_no"), "bbox": RESULTS.get("pyfai_bbox"),
-           "no_poisson": RESULTS.get("pyfai_no_poisson"),
-           "bbox_poisson": RESULTS.get("pyfai_bbox_poisson")}
+    lines = [
+        "",
+        f"LAMBDA 9M, {NPIX / 1e6:.2f} Mpx, {NPT} bins, one thread"
+        + (f"; copy bandwidth {bw / 1e9:.1f} GB/s (read + write)" if bw else ""),
+    ]
+    ref = {
+        "no": RESULTS.get("pyfai_no"),
+        "bbox": RESULTS.get("pyfai_bbox"),
+        "no_poisson": RESULTS.get("pyfai_no_poisson"),
+        "bbox_poisson": RESULTS.get("pyfai_bbox_poisson"),
+    }
     for name, t in sorted(RESULTS.items()):
         line = f"  {name:28s} {t * 1e3:8.2f} ms"
         for key in sorted(ref, key=len, reverse=True):

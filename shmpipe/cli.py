@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from shmpipe.config import ConfigError, PipelineConfig, load_config, read_toml, to_toml
 
@@ -15,6 +16,7 @@ EPILOG = """examples:
   shmpipe run --config beamline.toml --set kernels.integrate.bins=2000 --set run.name=test-b
   shmpipe config show --config beamline.toml
   shmpipe status            # pipelines running on this machine
+  shmpipe bench --workers 1,2 --output bench-report   # what this node sustains
 """
 
 
@@ -132,6 +134,20 @@ def cmd_asapo_standalone(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from shmpipe.benchmark import SuiteOptions, print_summary, run_suite
+
+    opts = SuiteOptions(output=Path(args.output), quick=args.quick, frames=args.frames or 0)
+    if args.workers:
+        opts.workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    if args.no_cold_start:
+        opts.cold_start = False
+    report = run_suite(opts, log=lambda s: print(s, file=sys.stderr))
+    print_summary(report)
+    print(f"report: {opts.output / 'report.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shmpipe",
@@ -195,6 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept only this token (repeatable); default: any token",
     )
     asapo.set_defaults(func=cmd_asapo_standalone)
+
+    bench = sub.add_parser(
+        "bench", help="measure what this node sustains: report.json and plots in --output"
+    )
+    bench.add_argument("--workers", metavar="N,M", help="worker counts to sweep (default 1..cores)")
+    bench.add_argument("--frames", type=int, metavar="N", help="frames per throughput run")
+    bench.add_argument("--output", "-o", default="bench-report", metavar="DIR", help="report dir")
+    bench.add_argument("--quick", action="store_true", help="tiny frames: check, don't measure")
+    bench.add_argument(
+        "--no-cold-start", action="store_true", help="use the usual caches; no cold start-up"
+    )
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

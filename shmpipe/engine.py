@@ -46,6 +46,8 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from shmpipe.chain import ChainLayout, KernelChain, KernelSetupError
 from shmpipe.channel import DONE, STOP, RecordPipe
 from shmpipe.config import ConfigError, PipelineConfig
@@ -115,6 +117,9 @@ class RunSummary:
     quarantined: int = 0
     error: str = ""
     worker_startup_s: list[float] = field(default_factory=list)
+    timings: dict[str, np.ndarray] = field(default_factory=dict)
+    """Copies of the ring's ``Timings`` arrays (``kernel_hist``, ``kernel_ns``, ``latency_hist``,
+    ``latency_ns``) and of the process table (``procs``), taken before the ring closes."""
 
     @property
     def frames_per_s(self) -> float:
@@ -562,6 +567,14 @@ class Pipeline:
         summary.bytes_in = int(ring.procs[PROC_DISPATCHER, 3])
         summary.frames_out = int(ring.procs[PROC_PUBLISHER, 2])
         summary.errors = int(ring.procs[PROC_PUBLISHER, 8])
+        t = ring.timings
+        summary.timings = {
+            "kernel_hist": t.kernel_hist.copy(),
+            "kernel_ns": t.kernel_ns.copy(),
+            "latency_hist": t.latency_hist.copy(),
+            "latency_ns": t.latency_ns.copy(),
+            "procs": ring.procs.copy(),
+        }
         return summary
 
     def _stop_all(self, graceful: bool) -> None:

@@ -9,6 +9,7 @@ carry old tickets and are ignored by its replacement.
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 
 from shmpipe.chain import KernelChain
@@ -54,14 +55,19 @@ def worker_main(p: Plumbing, seat: int) -> None:
     procs[P_PID] = os.getpid()
     procs[P_STARTED_NS] = now_ns()
     procs[P_STATE] = PS_STARTING
-    try:
-        import numba
-
-        numba.set_num_threads(
-            max(1, min(p.config.run.kernel_threads, numba.config.NUMBA_NUM_THREADS))
-        )
-    except ImportError:
-        pass
+    threads = max(1, p.config.run.kernel_threads)
+    # OpenMP runtimes read this when they load, which for a kernel's libraries (bitshuffle's
+    # LZ4 decoder) happens later in this process. Left unset, every worker starts one OpenMP
+    # thread per core, and N workers x cores threads meeting at OpenMP barriers on shared
+    # cores made decompression 7-15x slower (2 cores: 84-205 ms a LAMBDA frame, not 12 ms).
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    else:
+        # Not imported by the supervisor (no Numba kernel in the chain): importing it here
+        # would cost every worker 0.3-0.9 s of start-up; a later import reads this instead.
+        os.environ["NUMBA_NUM_THREADS"] = str(threads)
     chain = KernelChain(p.config.kernel_instances())
     try:
         layout = chain.setup(p.parts, p.cache_dir, p.config.run.kernel_threads, seat)

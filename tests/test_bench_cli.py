@@ -1,0 +1,77 @@
+"""``shmpipe bench --quick``: the report has every section and the plots exist (no timings
+are asserted: the quick mode runs tiny frames to check the code paths)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_cli
+
+SECTIONS = {
+    "meta",
+    "copy",
+    "engine_bound",
+    "naive_pool",
+    "naive_pool_lambda",
+    "small_messages",
+    "startup",
+    "scaling",
+    "end_to_end",
+    "latency",
+    "model",
+    "goals",
+}
+
+
+def test_bench_quick_writes_report_and_plots(tmp_path):
+    out = tmp_path / "report"
+    res = run_cli(
+        "bench", "--quick", "--workers", "1,2", "--no-cold-start", "--output", str(out),
+        timeout=240,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert SECTIONS <= set(report)
+    assert [r["workers"] for r in report["scaling"]["runs"]] == [1, 2]
+    for key in ("fps_steady", "gbps_steady", "latency_p50_s", "latency_p99_s", "kernel_ms"):
+        assert key in report["engine_bound"]
+    assert set(report["scaling"]["runs"][0]["kernel_ms"]) == {
+        "decompress",
+        "stitch",
+        "integrate",
+        "stats",
+    }
+    for key in ("p50_s", "p99_s", "chain_ms", "p99_over_chain"):
+        assert key in report["latency"]
+    for key in ("predicted_fps", "nodes_for_detector", "assumptions", "bound_by"):
+        assert key in report["model"]
+    assert "warm" in report["startup"]
+    assert {g["key"] for g in report["goals"]} >= {"engine_bound_vs_copy", "naive_pool_speedup"}
+    assert all(isinstance(g["met"], bool) for g in report["goals"])
+    assert "| goal |" in (out / "report.md").read_text()
+    for png in ("throughput_vs_workers.png", "latency.png", "stages.png"):
+        assert (out / png).stat().st_size > 1000
+    assert res.stdout.count("goal") >= 5
+
+
+def test_node_model_takes_the_tightest_bound():
+    from shmpipe.benchmark import ModelAssumptions, node_model
+
+    a = ModelAssumptions(cores=16, service_cores=2, mem_bandwidth_gbs=80, detector_rate_hz=2000)
+    m = node_model({"k1": 40.0, "k2": 15.0}, 1.0, 1.0, 300e6, a)
+    assert m["workers"] == 14
+    assert abs(m["fps_compute"] - 14 / 0.056) < 1e-6
+    assert abs(m["fps_memory"] - 80e9 / 300e6) < 1e-6
+    assert m["bound_by"] == "compute" and m["predicted_fps"] == m["fps_compute"]
+    assert m["nodes_for_detector"] == 8  # 2000 / 250
+    m = node_model({"k": 1.0}, 0.0, 1.0, 300e6, a)
+    assert m["bound_by"] == "memory bandwidth"
+
+
+def test_steady_rate_skips_the_start():
+    import numpy as np
+
+    from shmpipe.benchmark import steady_rate
+
+    t = np.concatenate([[0.0, 5.0], 5.0 + np.arange(1, 99) * 0.01])  # slow start, then 100/s
+    assert abs(steady_rate(t) - 100.0) < 1e-6

@@ -1,0 +1,72 @@
+"""The dispatcher's fast paths: seat choice and the streaming copy into slots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shmpipe.ring import (
+    ASSIGNED,
+    CLAIMED,
+    FREE,
+    OWNER,
+    P_STATE,
+    PROC_FIRST_WORKER,
+    PS_DEAD,
+    STATE,
+    RingGeometry,
+    SlotRing,
+)
+
+
+@pytest.fixture
+def ring():
+    r = SlotRing(RingGeometry(slots=8, header_bytes=4096, payload_bytes=4096, result_bytes=0,
+                              processes=PROC_FIRST_WORKER + 3))  # fmt: skip
+    yield r
+    r.close()
+
+
+def test_least_loaded_seat_counts_assigned_and_claimed(ring):
+    t = ring.table
+    t[:, STATE] = FREE
+    t[:3, STATE], t[:3, OWNER] = ASSIGNED, 0
+    t[3:5, STATE], t[3:5, OWNER] = CLAIMED, 1
+    t[5, STATE], t[5, OWNER] = FREE, 2  # free slots do not count, whatever the old owner
+    assert {ring.least_loaded_seat(3) for _ in range(6)} == {2}
+    t[5, STATE] = CLAIMED
+    t[6:8, STATE], t[6:8, OWNER] = ASSIGNED, 2
+    assert {ring.least_loaded_seat(3) for _ in range(6)} == {1}  # 2 vs 3 and 3
+
+
+def test_least_loaded_seat_ties_rotate_and_skip_dead_and_excluded(ring):
+    ring.table[:, STATE] = FREE
+    assert sorted(ring.least_loaded_seat(3) for _ in range(3)) == [0, 1, 2]
+    ring.procs[PROC_FIRST_WORKER + 1, P_STATE] = PS_DEAD
+    assert {ring.least_loaded_seat(3) for _ in range(6)} == {0, 2}
+    assert {ring.least_loaded_seat(3, exclude=0) for _ in range(6)} == {2}
+    ring.procs[PROC_FIRST_WORKER + 2, P_STATE] = PS_DEAD
+    assert ring.least_loaded_seat(3, exclude=0) == 0  # nobody else alive: the excluded seat
+
+
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 4096 + 13, (1 << 20) + 7])
+def test_stream_copy_matches_numpy(n):
+    streamcopy = pytest.importorskip("shmpipe.streamcopy")
+    if not streamcopy.AVAILABLE:
+        pytest.skip("streaming stores need x86-64")
+    rng = np.random.default_rng(n)
+    src = rng.integers(0, 256, n, dtype=np.uint8)
+    buf = np.zeros(n + 192, dtype=np.uint8)
+    off = (-buf.ctypes.data) % 64
+    dest = buf[off : off + n]
+    assert streamcopy.stream_copy(dest, src)
+    assert np.array_equal(dest, src)
+    assert not buf[:off].any() and not buf[off + n :].any()  # nothing written outside
+
+
+def test_stream_copy_refuses_unaligned_destinations():
+    streamcopy = pytest.importorskip("shmpipe.streamcopy")
+    buf = np.zeros(300, dtype=np.uint8)
+    off = (-buf.ctypes.data) % 64 + 1
+    assert not streamcopy.stream_copy(buf[off : off + 128], np.ones(128, dtype=np.uint8))
+    assert not buf.any()
