@@ -138,10 +138,12 @@ def test_metrics_endpoint_of_a_running_pipeline(tmp_path):
         assert 0 <= m[("shmpipe_process_busy_ratio", (("process", "worker0"),))] <= 1
         for role in ("supervisor", "metrics", "worker0"):
             assert m[("shmpipe_process_resident_memory_bytes", (("process", role),))] > 5e6
-            cpu = m[("shmpipe_process_cpu_seconds_total", (("process", role),))]
-            # Only worker0 is sure to have used a 10 ms clock tick by now (it computes the
-            # checksums); an idle supervisor or metrics process may still read 0.
-            assert (cpu > 0 if role == "worker0" else cpu >= 0), (role, cpu)
+            # CPU time moves in 10 ms clock ticks: a process with little to do may read 0.
+            assert m[("shmpipe_process_cpu_seconds_total", (("process", role),))] >= 0
+        cpu_total = sum(
+            v for (name, _), v in m.items() if name == "shmpipe_process_cpu_seconds_total"
+        )
+        assert cpu_total > 0.05  # the supervisor alone spent more than that importing numpy
         # The metrics process is one more child: dispatcher, publisher, 2 workers, metrics.
         assert len(psutil.Process(proc.pid).children()) == 5
         # shmpipe status names the endpoint.
