@@ -69,8 +69,25 @@ def nosplit_lean(img, base, s0, bins, norm, poisson, nbins, accs, accv, removed)
 
 
 @njit(cache=True, nogil=True)
-def nosplit_general(img, base, s0, bins, dark, dbase, ds0, use_dark, norm, check_dummy,
-                    dummy, delta_dummy, poisson, nbins, accs, accv, removed):
+def nosplit_general(
+    img,
+    base,
+    s0,
+    bins,
+    dark,
+    dbase,
+    ds0,
+    use_dark,
+    norm,
+    check_dummy,
+    dummy,
+    delta_dummy,
+    poisson,
+    nbins,
+    accs,
+    accv,
+    removed,
+):
     """No splitting with dark subtraction and/or the dummy test."""
     rows, cols = bins.shape
     for r in range(rows):
@@ -120,8 +137,26 @@ def bbox_lean(img, base, s0, bins, coef, norm, poisson, nbins, accs, accv, remov
 
 
 @njit(cache=True, nogil=True)
-def bbox_general(img, base, s0, bins, coef, dark, dbase, ds0, use_dark, norm, check_dummy,
-                 dummy, delta_dummy, poisson, nbins, accs, accv, removed):
+def bbox_general(
+    img,
+    base,
+    s0,
+    bins,
+    coef,
+    dark,
+    dbase,
+    ds0,
+    use_dark,
+    norm,
+    check_dummy,
+    dummy,
+    delta_dummy,
+    poisson,
+    nbins,
+    accs,
+    accv,
+    removed,
+):
     """bbox splitting with dark subtraction and/or the dummy test."""
     rows, cols = bins.shape
     for r in range(rows):
@@ -151,9 +186,30 @@ def bbox_general(img, base, s0, bins, coef, dark, dbase, ds0, use_dark, norm, ch
 
 
 @njit(cache=True, nogil=True)
-def bbox_exceptions(img, base, s0, first, pix, ptr, ebin, ecoef, lo, hi, dark, dbase, ds0,
-                    use_dark, norm,
-                    check_dummy, dummy, delta_dummy, poisson, accs, accv, removed):
+def bbox_exceptions(
+    img,
+    base,
+    s0,
+    first,
+    pix,
+    ptr,
+    ebin,
+    ecoef,
+    lo,
+    hi,
+    dark,
+    dbase,
+    ds0,
+    use_dark,
+    norm,
+    check_dummy,
+    dummy,
+    delta_dummy,
+    poisson,
+    accs,
+    accv,
+    removed,
+):
     """The exception pixels ``lo:hi`` of a segment whose first flat pixel index is ``first``."""
     cols = norm.shape[1]
     for i in range(lo, hi):
@@ -236,9 +292,33 @@ def canvas_runs(order, cols):
 
 
 @njit(cache=True, nogil=True)
-def azimuthal_variance(runs, npx, cols, like, addrs, bases, strides, dlike, daddrs, dbases,
-                       dstrides, use_dark, bins, coef, split, exc_of, eptr, ebin, ecoef, norm,
-                       check_dummy, dummy, delta_dummy, nbins, state):
+def azimuthal_variance(
+    runs,
+    npx,
+    cols,
+    like,
+    addrs,
+    bases,
+    strides,
+    dlike,
+    daddrs,
+    dbases,
+    dstrides,
+    use_dark,
+    bins,
+    coef,
+    split,
+    exc_of,
+    eptr,
+    ebin,
+    ecoef,
+    norm,
+    check_dummy,
+    dummy,
+    delta_dummy,
+    nbins,
+    state,
+):
     """The "azimuthal" error model: per bin, the spread of the pixel values x = signal/ω
     around the bin mean, in one pass (see :func:`_welford`), visiting pixels in image order
     as pyFAI does (the update depends on the order). ``runs`` come from :func:`canvas_runs`;

@@ -46,8 +46,12 @@ def _walk_blocks(buf, start, n_elem, itemsize, block):  # pragma: no cover - jit
     for _ in range(nblocks):
         if pos + 4 > n:
             return -1
-        length = (np.int64(buf[pos]) << 24) | (np.int64(buf[pos + 1]) << 16) | (
-            np.int64(buf[pos + 2]) << 8) | np.int64(buf[pos + 3])
+        length = (
+            (np.int64(buf[pos]) << 24)
+            | (np.int64(buf[pos + 1]) << 16)
+            | (np.int64(buf[pos + 2]) << 8)
+            | np.int64(buf[pos + 3])
+        )
         if length <= 0 or length > bound:
             return -1
         pos += 4 + length
@@ -111,8 +115,10 @@ def decompress_into(
         hdr_block = int.from_bytes(buf[8:12].tobytes(), "big")
         if hdr_block:
             if hdr_block % itemsize:
-                raise PayloadError(f"bslz4 block size {hdr_block} B is not a multiple of "
-                                   f"the element size {itemsize}")
+                raise PayloadError(
+                    f"bslz4 block size {hdr_block} B is not a multiple of "
+                    f"the element size {itemsize}"
+                )
             block = hdr_block // itemsize
         start = _H5_HEADER
     elif kind != "bslz4":

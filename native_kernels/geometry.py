@@ -243,8 +243,15 @@ class DetectorGeometry:
         """Build from a mapping: ``module_shape``, ``modules`` (list of tables with y, x and
         optionally rot90, flip_ud, flip_lr, present), optional ``pixel_size``, ``dummy``,
         ``name``, ``shape``, ``missing_modules``."""
-        known = {"name", "module_shape", "pixel_size", "dummy", "shape", "modules",
-                 "missing_modules"}
+        known = {
+            "name",
+            "module_shape",
+            "pixel_size",
+            "dummy",
+            "shape",
+            "modules",
+            "missing_modules",
+        }
         unknown = set(d) - known
         if unknown:
             raise GeometryError(f"unknown geometry keys {sorted(unknown)}; known: {sorted(known)}")
@@ -256,8 +263,11 @@ class DetectorGeometry:
                     raise GeometryError(f"module {i}: unknown keys {sorted(extra)}")
                 mods.append(
                     ModulePlacement(
-                        int(m["y"]), int(m["x"]), int(m.get("rot90", 0)),
-                        bool(m.get("flip_ud", False)), bool(m.get("flip_lr", False)),
+                        int(m["y"]),
+                        int(m["x"]),
+                        int(m.get("rot90", 0)),
+                        bool(m.get("flip_ud", False)),
+                        bool(m.get("flip_lr", False)),
                         bool(m.get("present", True)),
                     )
                 )
@@ -352,8 +362,11 @@ def read_nexus_corrections(
         with h5py.File(p, "r") as f:
             det = f[detector]
             for key, out in (("flatfield", flats), ("pixel_mask", masks)):
-                applied = bool(np.asarray(det[key + "_applied"][()])) if (
-                    key + "_applied") in det else False
+                applied = (
+                    bool(np.asarray(det[key + "_applied"][()]))
+                    if (key + "_applied") in det
+                    else False
+                )
                 out.append(np.asarray(det[key][()]) if key in det and not applied else None)
     return flats, masks
 

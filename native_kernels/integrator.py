@@ -159,9 +159,18 @@ class RadialPlan:
     polarization in the module's own pixel order, plus the static per-bin sums.
     """
 
-    def __init__(self, geometry: DetectorGeometry, table: Table, norm: np.ndarray,
-                 unit: str, scale: float, npt: int | tuple[int, int],
-                 check_dummy: bool, dummy: float | None, delta_dummy: float | None) -> None:
+    def __init__(
+        self,
+        geometry: DetectorGeometry,
+        table: Table,
+        norm: np.ndarray,
+        unit: str,
+        scale: float,
+        npt: int | tuple[int, int],
+        check_dummy: bool,
+        dummy: float | None,
+        delta_dummy: float | None,
+    ) -> None:
         self.geometry = geometry
         self.n_parts = len(geometry.present)
         self.part_shape = geometry.module_shape
@@ -179,8 +188,7 @@ class RadialPlan:
         self.radial = (e["lo"] + (np.arange(n_rad) + 0.5) * e["delta"]) * scale
         self.azimuthal = None
         if "azim_lo" in e:
-            self.azimuthal = np.rad2deg(
-                e["azim_lo"] + (np.arange(npt[1]) + 0.5) * e["azim_delta"])
+            self.azimuthal = np.rad2deg(e["azim_lo"] + (np.arange(npt[1]) + 0.5) * e["azim_delta"])
         self.dummy = dummy
         self.delta_dummy = delta_dummy
         self.check_dummy = check_dummy
@@ -200,13 +208,13 @@ class RadialPlan:
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def segments(self, data: np.ndarray | Sequence[np.ndarray], what: str = "image"
-                 ) -> list[np.ndarray]:
+    def segments(
+        self, data: np.ndarray | Sequence[np.ndarray], what: str = "image"
+    ) -> list[np.ndarray]:
         """The per-module views of ``data``: an assembled image or the list of parts."""
         if isinstance(data, np.ndarray) and data.ndim == 2:
             if data.shape != self.geometry.shape:
-                raise ValueError(f"{what} has shape {data.shape}, expected "
-                                 f"{self.geometry.shape}")
+                raise ValueError(f"{what} has shape {data.shape}, expected {self.geometry.shape}")
             return self.geometry.module_views(data)
         parts = list(data)
         if len(parts) != self.n_parts:
@@ -224,8 +232,11 @@ class RadialPlan:
     # -- the integration ------------------------------------------------------------------
 
     def _dummy_args(self):
-        return (self.check_dummy, np.float32(self.dummy if self.dummy is not None else 0.0),
-                np.float32(self.delta_dummy or 0.0))
+        return (
+            self.check_dummy,
+            np.float32(self.dummy if self.dummy is not None else 0.0),
+            np.float32(self.delta_dummy or 0.0),
+        )
 
     def accumulate(self, data, dark=None, error_model=None):
         """Run the per-frame loops; return (signal, variance, removed, segments, darks)."""
@@ -252,29 +263,91 @@ class RadialPlan:
         for k, ((img, b0, s0), (dk, db, ds)) in enumerate(zip(segs, darks, strict=True)):
             if self.split == "no":
                 if lean:
-                    A.nosplit_lean(img, b0, s0, t.bin[k], self.norm[k], poisson, nb, accs, accv,
-                                   removed)
+                    A.nosplit_lean(
+                        img, b0, s0, t.bin[k], self.norm[k], poisson, nb, accs, accv, removed
+                    )
                 else:
-                    A.nosplit_general(img, b0, s0, t.bin[k], dk, db, ds, use_dark, self.norm[k],
-                                      cd, dummy, ddummy, poisson, nb, accs, accv, removed)
+                    A.nosplit_general(
+                        img,
+                        b0,
+                        s0,
+                        t.bin[k],
+                        dk,
+                        db,
+                        ds,
+                        use_dark,
+                        self.norm[k],
+                        cd,
+                        dummy,
+                        ddummy,
+                        poisson,
+                        nb,
+                        accs,
+                        accv,
+                        removed,
+                    )
                 continue
             if lean:
-                A.bbox_lean(img, b0, s0, t.bin[k], t.coef[k], self.norm[k], poisson, nb, accs,
-                            accv, removed)
+                A.bbox_lean(
+                    img, b0, s0, t.bin[k], t.coef[k], self.norm[k], poisson, nb, accs, accv, removed
+                )
             else:
-                A.bbox_general(img, b0, s0, t.bin[k], t.coef[k], dk, db, ds, use_dark,
-                               self.norm[k], cd, dummy, ddummy, poisson, nb, accs, accv, removed)
+                A.bbox_general(
+                    img,
+                    b0,
+                    s0,
+                    t.bin[k],
+                    t.coef[k],
+                    dk,
+                    db,
+                    ds,
+                    use_dark,
+                    self.norm[k],
+                    cd,
+                    dummy,
+                    ddummy,
+                    poisson,
+                    nb,
+                    accs,
+                    accv,
+                    removed,
+                )
             lo, hi = self._exc_ranges[k]
             if hi > lo:
-                A.bbox_exceptions(img, b0, s0, k * self._npx, t.exc_pix, t.exc_ptr, t.exc_bin,
-                                  t.exc_coef, lo, hi, dk, db, ds, use_dark, self.norm[k], cd,
-                                  dummy, ddummy, poisson, accs, accv, removed)
-        return (accs.sum(axis=0)[:nb], accv.sum(axis=0)[:nb], removed[:nb], segs, darks,
-                use_dark)
+                A.bbox_exceptions(
+                    img,
+                    b0,
+                    s0,
+                    k * self._npx,
+                    t.exc_pix,
+                    t.exc_ptr,
+                    t.exc_bin,
+                    t.exc_coef,
+                    lo,
+                    hi,
+                    dk,
+                    db,
+                    ds,
+                    use_dark,
+                    self.norm[k],
+                    cd,
+                    dummy,
+                    ddummy,
+                    poisson,
+                    accs,
+                    accv,
+                    removed,
+                )
+        return (accs.sum(axis=0)[:nb], accv.sum(axis=0)[:nb], removed[:nb], segs, darks, use_dark)
 
-    def integrate(self, data: np.ndarray | Sequence[np.ndarray], dark: np.ndarray | None = None,
-                  normalization_factor: float = 1.0, error_model: str | None = None,
-                  out: dict[str, np.ndarray] | None = None) -> Integrate1dResult:
+    def integrate(
+        self,
+        data: np.ndarray | Sequence[np.ndarray],
+        dark: np.ndarray | None = None,
+        normalization_factor: float = 1.0,
+        error_model: str | None = None,
+        out: dict[str, np.ndarray] | None = None,
+    ) -> Integrate1dResult:
         """Integrate one frame.
 
         Parameters
@@ -293,8 +366,9 @@ class RadialPlan:
         """
         em = _error_model(error_model)
         if not normalization_factor or not np.isfinite(normalization_factor):
-            raise ValueError(f"normalization_factor must be finite and nonzero, "
-                             f"got {normalization_factor}")
+            raise ValueError(
+                f"normalization_factor must be finite and nonzero, got {normalization_factor}"
+            )
         signal, var_sum, removed, segs, darks, use_dark = self.accumulate(data, dark, em)
         st = self.static
         nf = float(normalization_factor)
@@ -313,18 +387,33 @@ class RadialPlan:
             if variance is not None:
                 std = np.where(empty, 0.0, np.sqrt(variance / norm2))
                 sem = np.where(empty, 0.0, np.sqrt(variance) / norm)
-        res = dict(radial=self.radial, intensity=intensity, sum_signal=signal,
-                   sum_normalization=norm, count=count, sigma=sem, std=std)
+        res = dict(
+            radial=self.radial,
+            intensity=intensity,
+            sum_signal=signal,
+            sum_normalization=norm,
+            count=count,
+            sigma=sem,
+            std=std,
+        )
         if out is not None:
             for name, arr in res.items():
                 if name in out and arr is not None:
                     out[name][...] = arr.reshape(out[name].shape)
                     res[name] = out[name]
         return Integrate1dResult(
-            radial=res["radial"], intensity=res["intensity"], sigma=res["sigma"],
-            sum_signal=res["sum_signal"], sum_normalization=res["sum_normalization"],
-            sum_normalization2=norm2, count=res["count"], sum_variance=variance,
-            std=res["std"], sem=res["sigma"], unit=self.unit, method=self.split,
+            radial=res["radial"],
+            intensity=res["intensity"],
+            sigma=res["sigma"],
+            sum_signal=res["sum_signal"],
+            sum_normalization=res["sum_normalization"],
+            sum_normalization2=norm2,
+            count=res["count"],
+            sum_variance=variance,
+            std=res["std"],
+            sem=res["sigma"],
+            unit=self.unit,
+            method=self.split,
         )
 
     def _image_order(self):
@@ -346,37 +435,61 @@ class RadialPlan:
         split = self.split == "bbox"
 
         def addressing(views):
-            return (np.array([v.ctypes.data for v, _, _ in views], dtype=np.int64),
-                    np.array([b for _, b, _ in views], dtype=np.int64),
-                    np.array([s for _, _, s in views], dtype=np.int64))
+            return (
+                np.array([v.ctypes.data for v, _, _ in views], dtype=np.int64),
+                np.array([b for _, b, _ in views], dtype=np.int64),
+                np.array([s for _, _, s in views], dtype=np.int64),
+            )
 
         a, b, st = addressing(segs)
         da, db, dst = addressing(darks)
         no_exc = np.zeros(1, np.int32)
         A.azimuthal_variance(
-            runs, self._npx, self.part_shape[1], segs[0][0], a, b, st, darks[0][0], da, db,
-            dst, use_dark, t.bin.reshape(-1),
-            t.coef.reshape(-1) if split else self._no_coef.reshape(-1), split,
+            runs,
+            self._npx,
+            self.part_shape[1],
+            segs[0][0],
+            a,
+            b,
+            st,
+            darks[0][0],
+            da,
+            db,
+            dst,
+            use_dark,
+            t.bin.reshape(-1),
+            t.coef.reshape(-1) if split else self._no_coef.reshape(-1),
+            split,
             self._exc_of if split else no_exc,
             t.exc_ptr if split else np.zeros(1, np.int64),
             t.exc_bin if split else np.zeros(1, np.int32),
             t.exc_coef if split else np.zeros(1, np.float32),
-            self.norm.reshape(-1), cd, dummy, ddummy, self.nbins, state)
+            self.norm.reshape(-1),
+            cd,
+            dummy,
+            ddummy,
+            self.nbins,
+            state,
+        )
         return state[: self.nbins, 2].copy()
 
-    def integrate2d(self, data, dark=None, normalization_factor: float = 1.0,
-                    error_model: str | None = None) -> Integrate2dResult:
+    def integrate2d(
+        self, data, dark=None, normalization_factor: float = 1.0, error_model: str | None = None
+    ) -> Integrate2dResult:
         """Integrate one frame with a 2-D plan (see :meth:`AzimuthalIntegrator.plan2d`)."""
         if self.azimuthal is None:
             raise ValueError("this plan is 1-D: build it with plan2d")
         r = self.integrate(data, dark, normalization_factor, error_model)
         shape = (self.npt[1], self.npt[0])
         return Integrate2dResult(
-            intensity=r.intensity.reshape(shape), radial=self.radial, azimuthal=self.azimuthal,
+            intensity=r.intensity.reshape(shape),
+            radial=self.radial,
+            azimuthal=self.azimuthal,
             sum_signal=r.sum_signal.reshape(shape),
             sum_normalization=r.sum_normalization.reshape(shape),
             count=r.count.reshape(shape),
-            sigma=None if r.sigma is None else r.sigma.reshape(shape), unit=self.unit,
+            sigma=None if r.sigma is None else r.sigma.reshape(shape),
+            unit=self.unit,
         )
 
     def bytes_per_frame(self, data_itemsize: int = 2) -> int:
@@ -406,30 +519,55 @@ class AzimuthalIntegrator:
         Override the geometry's pixel size (metres).
     """
 
-    def __init__(self, dist: float = 0.1, poni1: float = 0.0, poni2: float = 0.0,
-                 rot1: float = 0.0, rot2: float = 0.0, rot3: float = 0.0,
-                 wavelength: float | None = None,
-                 geometry: DetectorGeometry | str | Path | tuple[int, int] | None = None,
-                 missing_modules: Sequence[int] = (), pixel1: float | None = None,
-                 pixel2: float | None = None) -> None:
-        self.poni = Poni(float(dist), float(poni1), float(poni2), float(rot1), float(rot2),
-                         float(rot3), None if wavelength is None else float(wavelength))
-        if isinstance(geometry, tuple) and len(geometry) == 2 and all(
-                isinstance(n, (int, np.integer)) for n in geometry):
-            geometry = DetectorGeometry((int(geometry[0]), int(geometry[1])),
-                                        (ModulePlacement(0, 0),), name="image")
+    def __init__(
+        self,
+        dist: float = 0.1,
+        poni1: float = 0.0,
+        poni2: float = 0.0,
+        rot1: float = 0.0,
+        rot2: float = 0.0,
+        rot3: float = 0.0,
+        wavelength: float | None = None,
+        geometry: DetectorGeometry | str | Path | tuple[int, int] | None = None,
+        missing_modules: Sequence[int] = (),
+        pixel1: float | None = None,
+        pixel2: float | None = None,
+    ) -> None:
+        self.poni = Poni(
+            float(dist),
+            float(poni1),
+            float(poni2),
+            float(rot1),
+            float(rot2),
+            float(rot3),
+            None if wavelength is None else float(wavelength),
+        )
+        if (
+            isinstance(geometry, tuple)
+            and len(geometry) == 2
+            and all(isinstance(n, (int, np.integer)) for n in geometry)
+        ):
+            geometry = DetectorGeometry(
+                (int(geometry[0]), int(geometry[1])), (ModulePlacement(0, 0),), name="image"
+            )
         geo = load_geometry(geometry, missing_modules)
         if pixel1 is not None or pixel2 is not None:
             px = (pixel1 or geo.pixel_size[0], pixel2 or geo.pixel_size[1])
-            geo = DetectorGeometry(geo.module_shape, geo.modules, px, geo.dummy, geo.name,
-                                   geo.shape)
+            geo = DetectorGeometry(
+                geo.module_shape, geo.modules, px, geo.dummy, geo.name, geo.shape
+            )
         self.geometry = geo
         self._plans: dict[Any, RadialPlan] = {}
         self._arrays: dict[Any, np.ndarray] = {}
 
     @classmethod
-    def from_poni(cls, poni: str | Path | Poni, geometry=None, missing_modules=(),
-                  use_poni_pixel_size: bool = False) -> AzimuthalIntegrator:
+    def from_poni(
+        cls,
+        poni: str | Path | Poni,
+        geometry=None,
+        missing_modules=(),
+        use_poni_pixel_size: bool = False,
+    ) -> AzimuthalIntegrator:
         """Build from a pyFAI PONI file (versions 1-3) and our detector geometry.
 
         The PONI's detector description is not used for the layout (our geometry is);
@@ -439,9 +577,14 @@ class AzimuthalIntegrator:
         px = p.pixel_size if use_poni_pixel_size else None
         if use_poni_pixel_size and px is None:
             raise PoniError("the PONI file gives no pixel size")
-        return cls(*p.params, wavelength=p.wavelength, geometry=geometry,
-                   missing_modules=missing_modules, pixel1=px[0] if px else None,
-                   pixel2=px[1] if px else None)
+        return cls(
+            *p.params,
+            wavelength=p.wavelength,
+            geometry=geometry,
+            missing_modules=missing_modules,
+            pixel1=px[0] if px else None,
+            pixel2=px[1] if px else None,
+        )
 
     # -- per-pixel arrays (module order) --------------------------------------------------
 
@@ -479,12 +622,17 @@ class AzimuthalIntegrator:
             return self._modules(arr).astype(dtype, copy=False)
         if arr.shape == mshape:
             return np.ascontiguousarray(arr, dtype=dtype)
-        raise ValueError(f"{name} has shape {arr.shape}; expected the image shape "
-                         f"{tuple(self.geometry.shape)} or the module stack {mshape}")
+        raise ValueError(
+            f"{name} has shape {arr.shape}; expected the image shape "
+            f"{tuple(self.geometry.shape)} or the module stack {mshape}"
+        )
 
-    def normalization(self, correct_solid_angle: bool = True,
-                      polarization_factor: float | None = None,
-                      flat: np.ndarray | None = None) -> np.ndarray:
+    def normalization(
+        self,
+        correct_solid_angle: bool = True,
+        polarization_factor: float | None = None,
+        flat: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Per-pixel ω = flat · solid angle · polarization, float32, module order."""
         mshape = (len(self.geometry.present), *self.geometry.module_shape)
         w = np.ones(mshape, dtype=np.float32)
@@ -509,21 +657,37 @@ class AzimuthalIntegrator:
         contrib = valid & np.isfinite(w) & (w != 0)
         if flat is not None and dummy is not None:
             f = self._module_array(flat, "flat")
-            bad = (f == np.float32(dummy)) if not delta_dummy else (
-                np.abs(f - np.float32(dummy)) <= np.float32(delta_dummy))
+            bad = (
+                (f == np.float32(dummy))
+                if not delta_dummy
+                else (np.abs(f - np.float32(dummy)) <= np.float32(delta_dummy))
+            )
             contrib &= ~bad
         return valid, contrib
 
     def _key(self, **kw) -> str:
-        return cache_key(format=TABLE_FORMAT, geometry=self.geometry.digest(),
-                         poni=list(self.poni.params), wavelength=self.poni.wavelength, **kw)
+        return cache_key(
+            format=TABLE_FORMAT,
+            geometry=self.geometry.digest(),
+            poni=list(self.poni.params),
+            wavelength=self.poni.wavelength,
+            **kw,
+        )
 
-    def plan1d(self, npt: int, unit: str = "q_nm^-1", method: Any = "bbox",
-               correct_solid_angle: bool = True, polarization_factor: float | None = None,
-               flat: np.ndarray | None = None, mask: np.ndarray | None = None,
-               dummy: float | None = None, delta_dummy: float | None = None,
-               radial_range: tuple[float, float] | None = None,
-               cache_dir: str | Path | None = None) -> RadialPlan:
+    def plan1d(
+        self,
+        npt: int,
+        unit: str = "q_nm^-1",
+        method: Any = "bbox",
+        correct_solid_angle: bool = True,
+        polarization_factor: float | None = None,
+        flat: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        dummy: float | None = None,
+        delta_dummy: float | None = None,
+        radial_range: tuple[float, float] | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> RadialPlan:
         """Precompute a 1-D integration (tables and static sums), cached under ``cache_dir``.
 
         Parameters are those of :meth:`integrate1d` that do not change per frame;
@@ -533,18 +697,33 @@ class AzimuthalIntegrator:
         space, scale = P.parse_unit(unit)
         split = _split_of(method)
         npt = int(npt)
-        rr = None if radial_range is None else (radial_range[0] / scale,
-                                                radial_range[1] / scale)
-        key = self._key(kind="1d", npt=npt, space=space, split=split, sa=bool(correct_solid_angle),
-                        pol=polarization_factor, dummy=dummy, delta_dummy=delta_dummy, rr=rr,
-                        mask=None if mask is None else np.asarray(mask) != 0,
-                        flat=None if flat is None else np.asarray(flat, np.float32))
-        cached = _usable(load_cached(cache_dir, key), self.geometry.n_pixels,
-                         ("bin", "norm", "edges") + (("coef", "exc_pix", "exc_ptr", "exc_bin",
-                                                       "exc_coef") if split == "bbox" else ()))
+        rr = None if radial_range is None else (radial_range[0] / scale, radial_range[1] / scale)
+        key = self._key(
+            kind="1d",
+            npt=npt,
+            space=space,
+            split=split,
+            sa=bool(correct_solid_angle),
+            pol=polarization_factor,
+            dummy=dummy,
+            delta_dummy=delta_dummy,
+            rr=rr,
+            mask=None if mask is None else np.asarray(mask) != 0,
+            flat=None if flat is None else np.asarray(flat, np.float32),
+        )
+        cached = _usable(
+            load_cached(cache_dir, key),
+            self.geometry.n_pixels,
+            ("bin", "norm", "edges")
+            + (("coef", "exc_pix", "exc_ptr", "exc_bin", "exc_coef") if split == "bbox" else ()),
+        )
         if cached is not None:
-            table = Table.from_arrays(split, npt, cached, dict(
-                zip(("lo", "hi", "delta"), cached["edges"].tolist(), strict=True)))
+            table = Table.from_arrays(
+                split,
+                npt,
+                cached,
+                dict(zip(("lo", "hi", "delta"), cached["edges"].tolist(), strict=True)),
+            )
             w = cached["norm"]
         else:
             w = self.normalization(correct_solid_angle, polarization_factor, flat)
@@ -554,48 +733,93 @@ class AzimuthalIntegrator:
             table = build_table_1d(pos, dpos, valid, npt, rr, allow_negative=False)
             table.drop(np.flatnonzero(~contrib.reshape(-1)))
             e = table.edges
-            save_cached(cache_dir, key, {**table.arrays(), "norm": w,
-                                         "edges": np.array([e["lo"], e["hi"], e["delta"]])})
-        return RadialPlan(self.geometry, table, w, unit, scale, npt, dummy is not None,
-                          dummy, delta_dummy)
+            save_cached(
+                cache_dir,
+                key,
+                {**table.arrays(), "norm": w, "edges": np.array([e["lo"], e["hi"], e["delta"]])},
+            )
+        return RadialPlan(
+            self.geometry, table, w, unit, scale, npt, dummy is not None, dummy, delta_dummy
+        )
 
-    def plan2d(self, npt_rad: int, npt_azim: int = 360, unit: str = "q_nm^-1",
-               method: Any = "no", correct_solid_angle: bool = True,
-               polarization_factor: float | None = None, flat: np.ndarray | None = None,
-               mask: np.ndarray | None = None, dummy: float | None = None,
-               delta_dummy: float | None = None, radial_range=None, azimuth_range=None,
-               cache_dir: str | Path | None = None) -> RadialPlan:
+    def plan2d(
+        self,
+        npt_rad: int,
+        npt_azim: int = 360,
+        unit: str = "q_nm^-1",
+        method: Any = "no",
+        correct_solid_angle: bool = True,
+        polarization_factor: float | None = None,
+        flat: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        dummy: float | None = None,
+        delta_dummy: float | None = None,
+        radial_range=None,
+        azimuth_range=None,
+        cache_dir: str | Path | None = None,
+    ) -> RadialPlan:
         """Precompute a 2-D cake integration (no pixel splitting); ranges in unit / degrees."""
         if _split_of(method) != "no":
             raise NotImplementedError("2-D integration supports no pixel splitting only")
         space, scale = P.parse_unit(unit)
-        rr = None if radial_range is None else (radial_range[0] / scale,
-                                                radial_range[1] / scale)
+        rr = None if radial_range is None else (radial_range[0] / scale, radial_range[1] / scale)
         ar = None if azimuth_range is None else tuple(np.deg2rad(azimuth_range))
-        key = self._key(kind="2d", npt=[int(npt_rad), int(npt_azim)], space=space,
-                        sa=bool(correct_solid_angle), pol=polarization_factor, dummy=dummy,
-                        delta_dummy=delta_dummy, rr=rr, ar=ar,
-                        mask=None if mask is None else np.asarray(mask) != 0,
-                        flat=None if flat is None else np.asarray(flat, np.float32))
-        cached = _usable(load_cached(cache_dir, key), self.geometry.n_pixels,
-                         ("bin", "norm", "edges"))
+        key = self._key(
+            kind="2d",
+            npt=[int(npt_rad), int(npt_azim)],
+            space=space,
+            sa=bool(correct_solid_angle),
+            pol=polarization_factor,
+            dummy=dummy,
+            delta_dummy=delta_dummy,
+            rr=rr,
+            ar=ar,
+            mask=None if mask is None else np.asarray(mask) != 0,
+            flat=None if flat is None else np.asarray(flat, np.float32),
+        )
+        cached = _usable(
+            load_cached(cache_dir, key), self.geometry.n_pixels, ("bin", "norm", "edges")
+        )
         names = ("lo", "hi", "delta", "azim_lo", "azim_hi", "azim_delta")
         n = int(npt_rad) * int(npt_azim)
         if cached is not None:
-            table = Table("no", n, cached["bin"], None,
-                          dict(zip(names, cached["edges"].tolist(), strict=True)))
+            table = Table(
+                "no",
+                n,
+                cached["bin"],
+                None,
+                dict(zip(names, cached["edges"].tolist(), strict=True)),
+            )
             w = cached["norm"]
         else:
             w = self.normalization(correct_solid_angle, polarization_factor, flat)
             valid, contrib = self._static_valid(mask, flat, w, dummy, delta_dummy)
-            table = build_table_2d(self._per_pixel("center", space),
-                                   self._per_pixel("center", P.SPACE_CHI), valid,
-                                   int(npt_rad), int(npt_azim), rr, ar)
+            table = build_table_2d(
+                self._per_pixel("center", space),
+                self._per_pixel("center", P.SPACE_CHI),
+                valid,
+                int(npt_rad),
+                int(npt_azim),
+                rr,
+                ar,
+            )
             table.drop(np.flatnonzero(~contrib.reshape(-1)))
-            save_cached(cache_dir, key, {"bin": table.bin, "norm": w,
-                                         "edges": np.array([table.edges[k] for k in names])})
-        return RadialPlan(self.geometry, table, w, unit, scale, (int(npt_rad), int(npt_azim)),
-                          dummy is not None, dummy, delta_dummy)
+            save_cached(
+                cache_dir,
+                key,
+                {"bin": table.bin, "norm": w, "edges": np.array([table.edges[k] for k in names])},
+            )
+        return RadialPlan(
+            self.geometry,
+            table,
+            w,
+            unit,
+            scale,
+            (int(npt_rad), int(npt_azim)),
+            dummy is not None,
+            dummy,
+            delta_dummy,
+        )
 
     # -- pyFAI-style one-call API -----------------------------------------------------------
 
@@ -607,15 +831,25 @@ class AzimuthalIntegrator:
             self._plans[key] = factory(**kw)
         return self._plans[key]
 
-    def integrate1d(self, data: np.ndarray | Sequence[np.ndarray], npt: int, *,
-                    unit: str = "q_nm^-1", method: Any = ("bbox", "csr", "cython"),
-                    correct_solid_angle: bool = True, error_model: str | None = None,
-                    radial_range: tuple[float, float] | None = None,
-                    mask: np.ndarray | None = None, dummy: float | None = None,
-                    delta_dummy: float | None = None, polarization_factor: float | None = None,
-                    dark: np.ndarray | None = None, flat: np.ndarray | None = None,
-                    normalization_factor: float = 1.0,
-                    cache_dir: str | Path | None = None) -> Integrate1dResult:
+    def integrate1d(
+        self,
+        data: np.ndarray | Sequence[np.ndarray],
+        npt: int,
+        *,
+        unit: str = "q_nm^-1",
+        method: Any = ("bbox", "csr", "cython"),
+        correct_solid_angle: bool = True,
+        error_model: str | None = None,
+        radial_range: tuple[float, float] | None = None,
+        mask: np.ndarray | None = None,
+        dummy: float | None = None,
+        delta_dummy: float | None = None,
+        polarization_factor: float | None = None,
+        dark: np.ndarray | None = None,
+        flat: np.ndarray | None = None,
+        normalization_factor: float = 1.0,
+        cache_dir: str | Path | None = None,
+    ) -> Integrate1dResult:
         """Azimuthal integration of an image (or of module parts) into ``npt`` radial bins.
 
         Parameters
@@ -649,33 +883,92 @@ class AzimuthalIntegrator:
         """
         if mask is not None:
             self._module_array(mask, "mask", dtype=bool)  # shape check before anything else
-        key = ("1d", npt, unit, _split_of(method), bool(correct_solid_angle), polarization_factor,
-               dummy, delta_dummy, radial_range and tuple(radial_range), _crc(mask), _crc(flat))
-        plan = self._plan(self.plan1d, key, npt=npt, unit=unit, method=method,
-                          correct_solid_angle=correct_solid_angle,
-                          polarization_factor=polarization_factor, flat=flat, mask=mask,
-                          dummy=dummy, delta_dummy=delta_dummy, radial_range=radial_range,
-                          cache_dir=cache_dir)
+        key = (
+            "1d",
+            npt,
+            unit,
+            _split_of(method),
+            bool(correct_solid_angle),
+            polarization_factor,
+            dummy,
+            delta_dummy,
+            radial_range and tuple(radial_range),
+            _crc(mask),
+            _crc(flat),
+        )
+        plan = self._plan(
+            self.plan1d,
+            key,
+            npt=npt,
+            unit=unit,
+            method=method,
+            correct_solid_angle=correct_solid_angle,
+            polarization_factor=polarization_factor,
+            flat=flat,
+            mask=mask,
+            dummy=dummy,
+            delta_dummy=delta_dummy,
+            radial_range=radial_range,
+            cache_dir=cache_dir,
+        )
         return plan.integrate(data, dark, normalization_factor, error_model)
 
-    def integrate2d(self, data: np.ndarray | Sequence[np.ndarray], npt_rad: int,
-                    npt_azim: int = 360, *, unit: str = "q_nm^-1", method: Any = "no",
-                    correct_solid_angle: bool = True, error_model: str | None = None,
-                    radial_range=None, azimuth_range=None, mask=None, dummy=None,
-                    delta_dummy=None, polarization_factor=None, dark=None, flat=None,
-                    normalization_factor: float = 1.0,
-                    cache_dir: str | Path | None = None) -> Integrate2dResult:
+    def integrate2d(
+        self,
+        data: np.ndarray | Sequence[np.ndarray],
+        npt_rad: int,
+        npt_azim: int = 360,
+        *,
+        unit: str = "q_nm^-1",
+        method: Any = "no",
+        correct_solid_angle: bool = True,
+        error_model: str | None = None,
+        radial_range=None,
+        azimuth_range=None,
+        mask=None,
+        dummy=None,
+        delta_dummy=None,
+        polarization_factor=None,
+        dark=None,
+        flat=None,
+        normalization_factor: float = 1.0,
+        cache_dir: str | Path | None = None,
+    ) -> Integrate2dResult:
         """2-D "cake" integration into (npt_azim, npt_rad) bins, no pixel splitting.
 
         Parameters are as for :meth:`integrate1d`; ``azimuth_range`` is in degrees, χ in
         (-180°, 180°] as pyFAI's default.
         """
-        key = ("2d", npt_rad, npt_azim, unit, _split_of(method), bool(correct_solid_angle),
-               polarization_factor, dummy, delta_dummy, radial_range and tuple(radial_range),
-               azimuth_range and tuple(azimuth_range), _crc(mask), _crc(flat))
-        plan = self._plan(self.plan2d, key, npt_rad=npt_rad, npt_azim=npt_azim, unit=unit,
-                          method=method, correct_solid_angle=correct_solid_angle,
-                          polarization_factor=polarization_factor, flat=flat, mask=mask,
-                          dummy=dummy, delta_dummy=delta_dummy, radial_range=radial_range,
-                          azimuth_range=azimuth_range, cache_dir=cache_dir)
+        key = (
+            "2d",
+            npt_rad,
+            npt_azim,
+            unit,
+            _split_of(method),
+            bool(correct_solid_angle),
+            polarization_factor,
+            dummy,
+            delta_dummy,
+            radial_range and tuple(radial_range),
+            azimuth_range and tuple(azimuth_range),
+            _crc(mask),
+            _crc(flat),
+        )
+        plan = self._plan(
+            self.plan2d,
+            key,
+            npt_rad=npt_rad,
+            npt_azim=npt_azim,
+            unit=unit,
+            method=method,
+            correct_solid_angle=correct_solid_angle,
+            polarization_factor=polarization_factor,
+            flat=flat,
+            mask=mask,
+            dummy=dummy,
+            delta_dummy=delta_dummy,
+            radial_range=radial_range,
+            azimuth_range=azimuth_range,
+            cache_dir=cache_dir,
+        )
         return plan.integrate2d(data, dark, normalization_factor, error_model)

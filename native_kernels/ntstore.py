@@ -43,10 +43,12 @@ def _copy_intrinsic(nbytes: int):
         def codegen(context, builder, signature, args):
             d, doff, s, soff = args
             vt = ir.VectorType(ir.IntType(8), nbytes)
-            sp = builder.bitcast(_byte_ptr(context, builder, signature.args[2], s, soff),
-                                 vt.as_pointer())
-            dp = builder.bitcast(_byte_ptr(context, builder, signature.args[0], d, doff),
-                                 vt.as_pointer())
+            sp = builder.bitcast(
+                _byte_ptr(context, builder, signature.args[2], s, soff), vt.as_pointer()
+            )
+            dp = builder.bitcast(
+                _byte_ptr(context, builder, signature.args[0], d, doff), vt.as_pointer()
+            )
             v = builder.load(sp, align=1)
             _nontemporal(builder, builder.store(v, dp, align=nbytes))
             return context.get_dummy_value()
@@ -69,14 +71,17 @@ def _convert_intrinsic(src_bits: int, lanes: int):
         def codegen(context, builder, signature, args):
             d, doff, s, soff = args
             vin = ir.VectorType(ir.IntType(src_bits), lanes)
-            sp = builder.bitcast(_byte_ptr(context, builder, signature.args[2], s, soff),
-                                 vin.as_pointer())
+            sp = builder.bitcast(
+                _byte_ptr(context, builder, signature.args[2], s, soff), vin.as_pointer()
+            )
             v = builder.load(sp, align=1)
             if src_bits < 32:
                 v = builder.zext(v, ir.VectorType(ir.IntType(32), lanes))
             f = builder.uitofp(v, ir.VectorType(ir.FloatType(), lanes))
-            dp = builder.bitcast(_byte_ptr(context, builder, signature.args[0], d, doff),
-                                 ir.VectorType(ir.FloatType(), lanes).as_pointer())
+            dp = builder.bitcast(
+                _byte_ptr(context, builder, signature.args[0], d, doff),
+                ir.VectorType(ir.FloatType(), lanes).as_pointer(),
+            )
             _nontemporal(builder, builder.store(f, dp, align=4 * lanes))
             return context.get_dummy_value()
 

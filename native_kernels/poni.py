@@ -75,8 +75,16 @@ class Poni:
         return None
 
 
-_ALIASES = {"distance": "dist", "dist": "dist", "poni1": "poni1", "poni2": "poni2",
-            "rot1": "rot1", "rot2": "rot2", "rot3": "rot3", "wavelength": "wavelength"}
+_ALIASES = {
+    "distance": "dist",
+    "dist": "dist",
+    "poni1": "poni1",
+    "poni2": "poni2",
+    "rot1": "rot1",
+    "rot2": "rot2",
+    "rot3": "rot3",
+    "wavelength": "wavelength",
+}
 
 
 def parse_poni(text: str, source: str = "<string>") -> Poni:
@@ -115,8 +123,10 @@ def parse_poni(text: str, source: str = "<string>") -> Poni:
     elif "pixelsize1" in values and "pixelsize2" in values:  # version 1
         config = {"pixel1": values["pixelsize1"], "pixel2": values["pixelsize2"]}
     if int(config.get("orientation", 3)) != 3:
-        raise PoniError(f"{source}: detector orientation {config['orientation']} is not supported "
-                        "(only pyFAI's default, 3)")
+        raise PoniError(
+            f"{source}: detector orientation {config['orientation']} is not supported "
+            "(only pyFAI's default, 3)"
+        )
     if values.get("parallax", "false").lower() not in ("false", "none", ""):
         raise PoniError(f"{source}: parallax correction is not supported")
     kw: dict[str, Any] = {}

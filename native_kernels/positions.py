@@ -100,8 +100,20 @@ def center_array(shape, pixel_size, params, space, wavelength=None) -> np.ndarra
         raise ValueError("q units need a wavelength")
     dist, poni1, poni2, rot1, rot2, rot3 = params
     out = np.empty(shape, dtype=np.float64)
-    _grid(shape[0], shape[1], 0.5, pixel_size[0], pixel_size[1], dist, poni1, poni2,
-          rotation_matrix(rot1, rot2, rot3), space, wavelength or 1.0, out)
+    _grid(
+        shape[0],
+        shape[1],
+        0.5,
+        pixel_size[0],
+        pixel_size[1],
+        dist,
+        poni1,
+        poni2,
+        rotation_matrix(rot1, rot2, rot3),
+        space,
+        wavelength or 1.0,
+        out,
+    )
     return out
 
 
@@ -115,8 +127,20 @@ def corner_grid(shape, pixel_size, params, space, wavelength=None) -> np.ndarray
         raise ValueError("q units need a wavelength")
     dist, poni1, poni2, rot1, rot2, rot3 = params
     out = np.empty((shape[0] + 1, shape[1] + 1), dtype=np.float64)
-    _grid(shape[0] + 1, shape[1] + 1, 0.0, pixel_size[0], pixel_size[1], dist, poni1, poni2,
-          rotation_matrix(rot1, rot2, rot3), space, wavelength or 1.0, out)
+    _grid(
+        shape[0] + 1,
+        shape[1] + 1,
+        0.0,
+        pixel_size[0],
+        pixel_size[1],
+        dist,
+        poni1,
+        poni2,
+        rotation_matrix(rot1, rot2, rot3),
+        space,
+        wavelength or 1.0,
+        out,
+    )
     return out.astype(np.float32)
 
 
@@ -158,8 +182,9 @@ def solid_angle_array(shape, pixel_size, params) -> np.ndarray:
     return out
 
 
-def polarization_array(tth: np.ndarray, chi: np.ndarray, factor: float,
-                       axis_offset: float = 0.0) -> np.ndarray:
+def polarization_array(
+    tth: np.ndarray, chi: np.ndarray, factor: float, axis_offset: float = 0.0
+) -> np.ndarray:
     """pyFAI's polarization correction for a polarization factor in [-1, 1], float64."""
     if not -1.0 <= factor <= 1.0:
         raise ValueError(f"polarization_factor must be within [-1, 1], got {factor}")

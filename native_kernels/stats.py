@@ -67,18 +67,22 @@ class FrameStatistics:
 
 def check_rois(rois: Sequence[Sequence[int]], shape: tuple[int, int]) -> np.ndarray:
     """Validate ROIs ``[y0, y1, x0, x1]`` (half-open) against an image shape; int64 (n, 4)."""
-    a = np.asarray(rois, dtype=np.int64).reshape(-1, 4) if len(rois) else np.zeros(
-        (0, 4), np.int64)
+    a = np.asarray(rois, dtype=np.int64).reshape(-1, 4) if len(rois) else np.zeros((0, 4), np.int64)
     for k, (y0, y1, x0, x1) in enumerate(a):
         if not (0 <= y0 < y1 <= shape[0] and 0 <= x0 < x1 <= shape[1]):
-            raise ValueError(f"roi {k} = [{y0}, {y1}, {x0}, {x1}] is empty or outside the "
-                             f"image {shape} (use [y0, y1, x0, x1], half-open)")
+            raise ValueError(
+                f"roi {k} = [{y0}, {y1}, {x0}, {x1}] is empty or outside the "
+                f"image {shape} (use [y0, y1, x0, x1], half-open)"
+            )
     return a
 
 
-def frame_statistics(data: np.ndarray | Sequence[np.ndarray], threshold: float = 0.0,
-                     rois: Sequence[Sequence[int]] = (), dummy: float | None = None,
-                     ) -> FrameStatistics:
+def frame_statistics(
+    data: np.ndarray | Sequence[np.ndarray],
+    threshold: float = 0.0,
+    rois: Sequence[Sequence[int]] = (),
+    dummy: float | None = None,
+) -> FrameStatistics:
     """Sum, maximum, count of pixels above ``threshold`` and ROI sums of an image or parts.
 
     Parameters

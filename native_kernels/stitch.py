@@ -183,13 +183,15 @@ class Stitcher:
         self.mask = None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8)
         for name, arr in (("flat", self.flat), ("mask", self.mask)):
             if arr is not None and arr.shape != mshape:
-                raise ValueError(f"{name} must have shape {mshape} (present modules), "
-                                 f"not {arr.shape}")
+                raise ValueError(
+                    f"{name} must have shape {mshape} (present modules), not {arr.shape}"
+                )
         if self.flat is not None and self.output_dtype.kind != "f":
             raise TypeError("a flat-field correction needs a float output dtype")
         self.dummy = geometry.dummy if dummy is None else float(dummy)
         if self.output_dtype.kind == "u" and (
-            self.dummy < 0 or self.dummy > np.iinfo(self.output_dtype).max
+            self.dummy < 0
+            or self.dummy > np.iinfo(self.output_dtype).max
             or self.dummy != int(self.dummy)
         ):
             raise ValueError(f"dummy {self.dummy} does not fit {self.output_dtype}")
@@ -201,7 +203,7 @@ class Stitcher:
         probe = np.empty(self.shape, dtype=np.uint8)
         self._layout = []
         for v in geometry.module_views(probe):
-            base = (v.__array_interface__["data"][0] - probe.__array_interface__["data"][0])
+            base = v.__array_interface__["data"][0] - probe.__array_interface__["data"][0]
             self._layout.append((base, v.strides[0], v.strides[1]))
         self._dummy_typed = self.output_dtype.type(self.dummy)
         # Streaming path: every module placed with unit column stride (no rotation and no
@@ -212,12 +214,14 @@ class Stitcher:
             self._mode = 1 if self.input_dtype == np.uint16 else 2
         else:
             self._mode = -1
-        self.streaming = (ntstore.AVAILABLE and self._mode >= 0
-                          and all(s1 == 1 for _, _, s1 in self._layout))
+        self.streaming = (
+            ntstore.AVAILABLE and self._mode >= 0 and all(s1 == 1 for _, _, s1 in self._layout)
+        )
         if self.streaming:
             self._stream_runs = self._runs_in_order()
-            self._pattern = np.full(64 // self.output_dtype.itemsize, self.dummy,
-                                    dtype=self.output_dtype)
+            self._pattern = np.full(
+                64 // self.output_dtype.itemsize, self.dummy, dtype=self.output_dtype
+            )
             self._temp = np.empty_like(self._pattern)
         self._empty_f = np.ones((1, 1), np.float32)
         self._empty_m = np.zeros((1, 1), np.uint8)
@@ -259,25 +263,43 @@ class Stitcher:
         if out is None:
             out = np.empty(self.shape, dtype=self.output_dtype)
         elif out.shape != self.shape or out.dtype != self.output_dtype:
-            raise ValueError(f"out must be {self.shape} {self.output_dtype}, "
-                             f"not {out.shape} {out.dtype}")
+            raise ValueError(
+                f"out must be {self.shape} {self.output_dtype}, not {out.shape} {out.dtype}"
+            )
         if not out.flags.c_contiguous:
             raise ValueError("out must be C-contiguous")
         dst = out.reshape(-1)
         corrected = self.flat is not None or self.mask is not None
         addr = out.ctypes.data
-        if (self.streaming and not corrected and addr % out.dtype.itemsize == 0
-                and all(p.flags.c_contiguous for p in parts)):
+        if (
+            self.streaming
+            and not corrected
+            and addr % out.dtype.itemsize == 0
+            and all(p.flags.c_contiguous for p in parts)
+        ):
             addrs = np.array([p.ctypes.data for p in parts], dtype=np.int64)
-            _stitch_stream(addrs, parts[0], parts[0].size, dst, (addr % 64) // out.itemsize,
-                           self._stream_runs, self._mode, self._pattern, self._temp)
+            _stitch_stream(
+                addrs,
+                parts[0],
+                parts[0].size,
+                dst,
+                (addr % 64) // out.itemsize,
+                self._stream_runs,
+                self._mode,
+                self._pattern,
+                self._temp,
+            )
             return out
         for k, (p, (base, s0, s1)) in enumerate(zip(parts, self._layout, strict=True)):
             # Offsets and strides were measured on a uint8 probe, so bytes == elements.
             b, r, c = base, s0, s1
             if corrected:
                 _copy_rows_corrected(
-                    p, dst, b, r, c,
+                    p,
+                    dst,
+                    b,
+                    r,
+                    c,
                     self.flat[k] if self.flat is not None else self._empty_f,
                     self.flat is not None,
                     self.mask[k] if self.mask is not None else self._empty_m,

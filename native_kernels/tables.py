@@ -45,9 +45,13 @@ def upper_bound(x: float) -> float:
     return x * (1.0 + EPS32) if x > 0 else x * (1.0 - EPS32) if x < 0 else EPS32
 
 
-def bin_range(pos_lo: np.ndarray, pos_hi: np.ndarray, valid: np.ndarray,
-              radial_range: tuple[float, float] | None, allow_negative: bool
-              ) -> tuple[float, float, float]:
+def bin_range(
+    pos_lo: np.ndarray,
+    pos_hi: np.ndarray,
+    valid: np.ndarray,
+    radial_range: tuple[float, float] | None,
+    allow_negative: bool,
+) -> tuple[float, float, float]:
     """(lower, upper_in, upper) of the binned range, in internal units, pyFAI style."""
     if radial_range is not None:
         lo, hi = float(min(radial_range)), float(max(radial_range))
@@ -178,21 +182,43 @@ class Table:
     def arrays(self) -> dict[str, np.ndarray]:
         d = {"bin": self.bin}
         if self.split == "bbox":
-            d.update(coef=self.coef, exc_pix=self.exc_pix, exc_ptr=self.exc_ptr,
-                     exc_bin=self.exc_bin, exc_coef=self.exc_coef)
+            d.update(
+                coef=self.coef,
+                exc_pix=self.exc_pix,
+                exc_ptr=self.exc_ptr,
+                exc_bin=self.exc_bin,
+                exc_coef=self.exc_coef,
+            )
         return d
 
     @classmethod
-    def from_arrays(cls, split: str, nbins: int, arrays: dict[str, np.ndarray],
-                    edges: dict) -> Table:
-        return cls(split, nbins, arrays["bin"], arrays.get("coef"), edges,
-                   arrays.get("exc_pix"), arrays.get("exc_ptr"), arrays.get("exc_bin"),
-                   arrays.get("exc_coef"))
+    def from_arrays(
+        cls, split: str, nbins: int, arrays: dict[str, np.ndarray], edges: dict
+    ) -> Table:
+        return cls(
+            split,
+            nbins,
+            arrays["bin"],
+            arrays.get("coef"),
+            edges,
+            arrays.get("exc_pix"),
+            arrays.get("exc_ptr"),
+            arrays.get("exc_bin"),
+            arrays.get("exc_coef"),
+        )
 
     def reshape(self, shape: tuple[int, ...]) -> Table:
-        return Table(self.split, self.nbins, self.bin.reshape(shape),
-                     None if self.coef is None else self.coef.reshape(shape), self.edges,
-                     self.exc_pix, self.exc_ptr, self.exc_bin, self.exc_coef)
+        return Table(
+            self.split,
+            self.nbins,
+            self.bin.reshape(shape),
+            None if self.coef is None else self.coef.reshape(shape),
+            self.edges,
+            self.exc_pix,
+            self.exc_ptr,
+            self.exc_bin,
+            self.exc_coef,
+        )
 
     def drop(self, pixels: np.ndarray) -> None:
         """Make the listed pixels (flat indices) contribute nothing."""
@@ -226,9 +252,14 @@ class Table:
         return pix_all[order], bins[order], w[order]
 
 
-def build_table_1d(pos: np.ndarray, dpos: np.ndarray | None, valid: np.ndarray, npt: int,
-                   radial_range: tuple[float, float] | None = None,
-                   allow_negative: bool = False) -> Table:
+def build_table_1d(
+    pos: np.ndarray,
+    dpos: np.ndarray | None,
+    valid: np.ndarray,
+    npt: int,
+    radial_range: tuple[float, float] | None = None,
+    allow_negative: bool = False,
+) -> Table:
     """Build a 1-D table from per-pixel positions (internal units, float64, flat arrays).
 
     Parameters
@@ -273,13 +304,19 @@ def build_table_1d(pos: np.ndarray, dpos: np.ndarray | None, valid: np.ndarray, 
     ebin = np.empty(nent, dtype=np.int32)
     ecoef = np.empty(nent, dtype=np.float32)
     _exceptions(pos, dpos, lo, delta, npt, allow_negative, pix, ptr, ebin, ecoef)
-    return Table("bbox", npt, b, coef, {"lo": lo, "hi": hi, "delta": delta},
-                 pix, ptr, ebin, ecoef)
+    return Table("bbox", npt, b, coef, {"lo": lo, "hi": hi, "delta": delta}, pix, ptr, ebin, ecoef)
 
 
-def build_table_2d(rad: np.ndarray, chi: np.ndarray, valid: np.ndarray, npt_rad: int,
-                   npt_azim: int, radial_range=None, azimuth_range=None,
-                   allow_negative: bool = False) -> Table:
+def build_table_2d(
+    rad: np.ndarray,
+    chi: np.ndarray,
+    valid: np.ndarray,
+    npt_rad: int,
+    npt_azim: int,
+    radial_range=None,
+    azimuth_range=None,
+    allow_negative: bool = False,
+) -> Table:
     """A 2-D (cake) table without pixel splitting: bin = azim_bin * npt_rad + rad_bin."""
     t_rad = build_table_1d(rad, None, valid, npt_rad, radial_range, allow_negative)
     t_chi = build_table_1d(chi, None, valid, npt_azim, azimuth_range, True)
@@ -289,8 +326,13 @@ def build_table_2d(rad: np.ndarray, chi: np.ndarray, valid: np.ndarray, npt_rad:
     keep = (br < npt_rad) & (ba < npt_azim)
     b = np.where(keep, ba * npt_rad + br, n).astype(np.int32)
     edges = dict(t_rad.edges)
-    edges.update({"azim_lo": t_chi.edges["lo"], "azim_hi": t_chi.edges["hi"],
-                  "azim_delta": t_chi.edges["delta"]})
+    edges.update(
+        {
+            "azim_lo": t_chi.edges["lo"],
+            "azim_hi": t_chi.edges["hi"],
+            "azim_delta": t_chi.edges["delta"],
+        }
+    )
     return Table("no", n, b, None, edges)
 
 
@@ -342,8 +384,17 @@ def static_sums(table: Table, norm: np.ndarray) -> np.ndarray:
     if table.split == "no":
         _static_nosplit(table.bin.reshape(-1), norm, table.nbins, out)
     else:
-        _static_bbox(table.bin.reshape(-1), table.coef.reshape(-1), norm, table.nbins,
-                     table.exc_pix, table.exc_ptr, table.exc_bin, table.exc_coef, out)
+        _static_bbox(
+            table.bin.reshape(-1),
+            table.coef.reshape(-1),
+            norm,
+            table.nbins,
+            table.exc_pix,
+            table.exc_ptr,
+            table.exc_bin,
+            table.exc_coef,
+            out,
+        )
     return out
 
 

@@ -40,11 +40,19 @@ def send_frames(
     from shmpipe.sources.sim import SimParams, SimSource
 
     streams = streams or ["scan_0001"]
-    sim = SimSource(SimParams(module_shape=list(module_shape), modules=modules, seed=seed,
-                              compression=compression, pool=2))
+    sim = SimSource(
+        SimParams(
+            module_shape=list(module_shape),
+            modules=modules,
+            seed=seed,
+            compression=compression,
+            pool=2,
+        )
+    )
     sim.open()
-    producer = asapo_producer.create_producer(endpoint, "processed", beamtime, "auto",
-                                              data_source, token, 2, timeout_ms)
+    producer = asapo_producer.create_producer(
+        endpoint, "processed", beamtime, "auto", data_source, token, 2, timeout_ms
+    )
     failed = []
     lock = threading.Lock()
 
@@ -66,15 +74,20 @@ def send_frames(
             parts = sim.frame_parts(sent % 2)
             for m, part in enumerate(parts, start=1):
                 data = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
-                producer.send(i, f"{stream}/frame_{i:06d}_m{m:02d}", data,
-                              user_meta=json.dumps({"frame": i, "module": m}),
-                              dataset=(m, len(parts)), stream=stream, callback=callback)
+                producer.send(
+                    i,
+                    f"{stream}/frame_{i:06d}_m{m:02d}",
+                    data,
+                    user_meta=json.dumps({"frame": i, "module": m}),
+                    dataset=(m, len(parts)),
+                    stream=stream,
+                    callback=callback,
+                )
             sent += 1
         if finish:
             producer.wait_requests_finished(timeout_ms)
             nxt = streams[si + 1] if si + 1 < len(streams) else None
-            producer.send_stream_finished_flag(stream, frames, next_stream=nxt,
-                                               callback=callback)
+            producer.send_stream_finished_flag(stream, frames, next_stream=nxt, callback=callback)
     producer.wait_requests_finished(timeout_ms)
     return len(failed)
 
@@ -92,16 +105,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--module-shape", default="516,1556")
     ap.add_argument("--no-finish", action="store_true", help="send no finished flags")
     a = ap.parse_args(argv)
-    streams = ([f"scan_{i + 1:04d}" for i in range(int(a.streams))] if a.streams.isdigit()
-               else a.streams.split(","))
+    streams = (
+        [f"scan_{i + 1:04d}" for i in range(int(a.streams))]
+        if a.streams.isdigit()
+        else a.streams.split(",")
+    )
     shape = tuple(int(x) for x in a.module_shape.split(","))
     t0 = time.monotonic()
-    failed = send_frames(a.endpoint, a.beamtime, a.data_source, a.token, a.frames, streams,
-                         a.rate, a.compression, shape, finish=not a.no_finish)
+    failed = send_frames(
+        a.endpoint,
+        a.beamtime,
+        a.data_source,
+        a.token,
+        a.frames,
+        streams,
+        a.rate,
+        a.compression,
+        shape,
+        finish=not a.no_finish,
+    )
     dt = time.monotonic() - t0
     n = a.frames * len(streams)
-    print(f"sent {n} frames of 12 parts to {a.endpoint} {a.beamtime}/{a.data_source} "
-          f"streams {', '.join(streams)} in {dt:.1f} s ({n / dt:.1f} frames/s); {failed} failed")
+    print(
+        f"sent {n} frames of 12 parts to {a.endpoint} {a.beamtime}/{a.data_source} "
+        f"streams {', '.join(streams)} in {dt:.1f} s ({n / dt:.1f} frames/s); {failed} failed"
+    )
     return 1 if failed else 0
 
 

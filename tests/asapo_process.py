@@ -40,17 +40,25 @@ class AsapoProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        args = [sys.executable, "-m", "shmpipe", "asapo-standalone", "--port", str(self.port),
-                "--data-dir", str(self.data_dir)]
+        args = [
+            sys.executable,
+            "-m",
+            "shmpipe",
+            "asapo-standalone",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
         for t in self.tokens:
             args += ["--token", t]
-        self.log = open(self.data_dir.parent / f"asapo-{self.port}.log", "a")  # noqa: SIM115
+        self.log = open(self.data_dir.parent / f"asapo-{self.port}.log", "a")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         # The service prints its address once it listens: that line is the handshake.
         deadline = time.monotonic() + 30
         log_path = Path(self.log.name)
         while time.monotonic() < deadline:
-            if "server_name=127.0.0.1:%d" % self.port in log_path.read_text()[self._seen:]:
+            if f"server_name=127.0.0.1:{self.port}" in log_path.read_text()[self._seen :]:
                 self._seen = len(log_path.read_text())
                 return
             if self.proc.poll() is not None:

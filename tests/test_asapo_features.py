@@ -34,8 +34,13 @@ def producer(asapo):
 def _send(producer, stream, ids):
     errors = []
     for i in ids:
-        producer.send(i, f"{stream}/{i}", f"data{i}".encode(), stream=stream,
-                      callback=lambda _p, err: err and errors.append(err))
+        producer.send(
+            i,
+            f"{stream}/{i}",
+            f"data{i}".encode(),
+            stream=stream,
+            callback=lambda _p, err: err and errors.append(err),
+        )
     producer.wait_requests_finished(5000)
     assert errors == []
 
@@ -43,8 +48,9 @@ def _send(producer, stream, ids):
 def test_missing_stream_is_end_of_stream(asapo):
     consumer = asapo.consumer("feat", timeout_ms=200)
     with pytest.raises(ac.AsapoEndOfStreamError) as end:
-        consumer.get_next(consumer.generate_group_id(), meta_only=True, stream="never",
-                          ordered=False)
+        consumer.get_next(
+            consumer.generate_group_id(), meta_only=True, stream="never", ordered=False
+        )
     assert end.value.id_max == 0
     assert consumer.get_current_size(stream="never") == 0
 
@@ -52,8 +58,14 @@ def test_missing_stream_is_end_of_stream(asapo):
 def test_auto_id_numbers_messages_in_arrival_order(asapo, producer):
     answers = []
     for name in ("a", "b", "c"):
-        producer.send(0, f"auto/{name}", name.encode(), stream="auto", auto_id=True,
-                      callback=lambda payload, err: answers.append((payload, err)))
+        producer.send(
+            0,
+            f"auto/{name}",
+            name.encode(),
+            stream="auto",
+            auto_id=True,
+            callback=lambda payload, err: answers.append((payload, err)),
+        )
     producer.wait_requests_finished(5000)
     assert [err for _, err in answers] == [None] * 3
     assert sorted(json.loads(p["server_response"])["id"] for p, _ in answers) == [1, 2, 3]
@@ -83,8 +95,9 @@ def test_lastread_marker_moves_the_group_pointer(asapo, producer):
     with warnings.catch_warnings():  # deprecated in 25.3, exercised on purpose
         warnings.simplefilter("ignore", DeprecationWarning)
         consumer.set_lastread_marker(group, 3, stream="marker")
-        assert consumer.get_next(group, meta_only=True, stream="marker",
-                                 ordered=False)[1]["_id"] == 4
+        assert (
+            consumer.get_next(group, meta_only=True, stream="marker", ordered=False)[1]["_id"] == 4
+        )
         consumer.reset_lastread_marker(group, stream="marker")
     assert consumer.get_next(group, meta_only=True, stream="marker", ordered=False)[1]["_id"] == 1
 
@@ -146,8 +159,12 @@ def test_command_line_rejects_a_taken_port():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {**os.environ,
-               "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        done = subprocess.run([sys.executable, "-m", "shmpipe.asapo", "--port", str(port)],
-                              capture_output=True, text=True, env=env, timeout=30)
+        env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        done = subprocess.run(
+            [sys.executable, "-m", "shmpipe.asapo", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
     assert done.returncode == 1 and "cannot start the service" in done.stderr

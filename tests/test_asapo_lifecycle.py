@@ -24,8 +24,14 @@ def send(producer, stream, ids) -> list:
     """Send and wait; returns the callback errors (warnings included)."""
     errors = []
     for i in ids:
-        producer.send(i, f"{stream}/{i}.bin", payload(i), user_meta=json.dumps({"i": i}),
-                      stream=stream, callback=lambda _p, err: err and errors.append(err))
+        producer.send(
+            i,
+            f"{stream}/{i}.bin",
+            payload(i),
+            user_meta=json.dumps({"i": i}),
+            stream=stream,
+            callback=lambda _p, err: err and errors.append(err),
+        )
     producer.wait_requests_finished(10000)
     return errors
 
@@ -55,15 +61,22 @@ def test_restart_keeps_messages_acks_and_group_pointer(tmp_path):
         consumer.acknowledge(group, 4, stream="s")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            assert list(consumer.get_unacknowledged_messages(group, stream="s")) == \
-                [5, 6, 7, 8, 9, 10]
+            assert list(consumer.get_unacknowledged_messages(group, stream="s")) == [
+                5,
+                6,
+                7,
+                8,
+                9,
+                10,
+            ]
         # the producer reconnects by itself and its new messages follow the old ones
         assert send(producer, "s", [11, 12]) == []
         rest = []
         while True:
             try:
-                rest.append(consumer.get_next(group, meta_only=True, stream="s",
-                                              ordered=False)[1]["_id"])
+                rest.append(
+                    consumer.get_next(group, meta_only=True, stream="s", ordered=False)[1]["_id"]
+                )
             except ac.AsapoEndOfStreamError:
                 break
         assert rest == [6, 7, 8, 9, 10, 11, 12]
@@ -115,8 +128,13 @@ def test_producer_sending_through_a_restart_loses_nothing(tmp_path):
 
         def produce():
             for i in range(1, n + 1):
-                producer.send(i, f"s/{i}.bin", payload(i), stream="s",
-                              callback=lambda _p, err: err and errors.append(err))
+                producer.send(
+                    i,
+                    f"s/{i}.bin",
+                    payload(i),
+                    stream="s",
+                    callback=lambda _p, err: err and errors.append(err),
+                )
             producer.wait_requests_finished(20000)
             done.set()
 
@@ -146,8 +164,11 @@ def test_producer_sending_through_a_restart_loses_nothing(tmp_path):
 
 
 def _service_resources() -> tuple[set[str], set[str]]:
-    threads = {t.name for t in threading.enumerate() if t.name.startswith("asapo-")
-               or "process_request" in t.name}
+    threads = {
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith("asapo-") or "process_request" in t.name
+    }
     fds = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -195,14 +216,17 @@ def test_clients_while_the_service_is_down(tmp_path):
         with pytest.raises(ac.AsapoUnavailableServiceError):
             consumer.get_next(group, meta_only=True, stream="s", ordered=False)
         errors = []
-        producer.send(2, "s/2.bin", payload(2), stream="s",
-                      callback=lambda _p, err: errors.append(err))
+        producer.send(
+            2, "s/2.bin", payload(2), stream="s", callback=lambda _p, err: errors.append(err)
+        )
         with pytest.raises(ap.AsapoTimeOutError):
             producer.wait_requests_finished(300)
         asapo.start()
         producer.wait_requests_finished(10000)
         assert errors == [None]
-        ids = [consumer.get_next(group, meta_only=True, stream="s", ordered=False)[1]["_id"]
-               for _ in range(2)]
+        ids = [
+            consumer.get_next(group, meta_only=True, stream="s", ordered=False)[1]["_id"]
+            for _ in range(2)
+        ]
         assert ids == [1, 2]
         producer.cleanup()

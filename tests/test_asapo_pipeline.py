@@ -311,8 +311,8 @@ def test_two_instances_share_a_group_exactly_once(asapo, tmp_path):
     raw = config(asapo, tmp_path, group="shared", idle_timeout_s=3.0, until="forever")
     cfg = _write_toml(tmp_path / "shared.toml", raw)
     a, b = _run_cli(cfg, "node-a"), _run_cli(cfg, "node-b")
-    from tests.test_lifecycle import wait_for
     from shmpipe.runs import live_runs
+    from tests.test_lifecycle import wait_for
 
     wait_for(lambda: {"node-a", "node-b"} <= {r["name"] for r in live_runs()}, what="both")
     produced(asapo.endpoint, 60, ["scan_0001"], rate=60.0)

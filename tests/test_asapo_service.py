@@ -42,9 +42,15 @@ def send(producer, stream, ids, size=64, **kwargs) -> None:
     """Send messages ``ids`` to ``stream`` and wait until the service confirmed every one."""
     errors = []
     for i in ids:
-        producer.send(i, f"{stream}/{i}.bin", payload(i, size), user_meta=json.dumps({"i": i}),
-                      stream=stream, callback=lambda _p, err: err and errors.append(err),
-                      **kwargs)
+        producer.send(
+            i,
+            f"{stream}/{i}.bin",
+            payload(i, size),
+            user_meta=json.dumps({"i": i}),
+            stream=stream,
+            callback=lambda _p, err: err and errors.append(err),
+            **kwargs,
+        )
     producer.wait_requests_finished(5000)
     assert errors == []
 
@@ -54,8 +60,9 @@ def drain_ids(consumer, group, stream, **kwargs) -> list[int]:
     ids = []
     while True:
         try:
-            _, meta = consumer.get_next(group, meta_only=True, stream=stream, ordered=False,
-                                        **kwargs)
+            _, meta = consumer.get_next(
+                group, meta_only=True, stream=stream, ordered=False, **kwargs
+            )
         except ac.AsapoEndOfStreamError:
             return ids
         ids.append(meta["_id"])
@@ -148,8 +155,9 @@ def test_ack_second_ack_lastack_and_nacks(asapo, producer, stream):
         warnings.simplefilter("ignore", DeprecationWarning)
         assert consumer.get_last_acknowledged_message(group, stream=stream) == 4
         assert list(consumer.get_unacknowledged_messages(group, stream=stream)) == [1, 3, 5]
-        assert list(consumer.get_unacknowledged_messages(group, from_id=2, to_id=4,
-                                                         stream=stream)) == [3]
+        assert list(
+            consumer.get_unacknowledged_messages(group, from_id=2, to_id=4, stream=stream)
+        ) == [3]
         other = consumer.generate_group_id()  # acks are per group; "none" is reported as
         with pytest.raises(ac.AsapoNoDataError):  # no data by the client (lastAckId 0)
             consumer.get_last_acknowledged_message(other, stream=stream)
@@ -176,8 +184,10 @@ def test_resend_of_unacknowledged_messages_respects_attempts(asapo, producer, st
     # that each drain sees at most one round of redeliveries
     consumer.set_resend_nacs(True, 800, 2)
     group = consumer.generate_group_id()
-    first = [consumer.get_next(group, meta_only=True, stream=stream, ordered=False)[1]["_id"]
-             for _ in range(3)]
+    first = [
+        consumer.get_next(group, meta_only=True, stream=stream, ordered=False)[1]["_id"]
+        for _ in range(3)
+    ]
     assert first == [1, 2, 3]
     consumer.acknowledge(group, 2, stream=stream)
     redelivered: list[int] = []
@@ -223,8 +233,9 @@ def drain_ids_until_finished(consumer, group, stream):
     ids = []
     while True:
         try:
-            ids.append(consumer.get_next(group, meta_only=True, stream=stream,
-                                         ordered=False)[1]["_id"])
+            ids.append(
+                consumer.get_next(group, meta_only=True, stream=stream, ordered=False)[1]["_id"]
+            )
         except ac.AsapoStreamFinishedError as fin:
             return ids, fin.next_stream, fin.id_max
 
@@ -269,8 +280,14 @@ def test_datasets_complete_partial_minsize_and_sizes(asapo, producer, stream):
         for part in (1, 2, 3):
             if i == 2 and part == 3:
                 continue  # dataset 2 stays incomplete
-            producer.send(i, f"{stream}/{i}_{part}.bin", payload(10 * i + part), stream=stream,
-                          dataset=(part, 3), callback=lambda _p, e: e and errors.append(e))
+            producer.send(
+                i,
+                f"{stream}/{i}_{part}.bin",
+                payload(10 * i + part),
+                stream=stream,
+                dataset=(part, 3),
+                callback=lambda _p, e: e and errors.append(e),
+            )
     producer.wait_requests_finished(5000)
     assert errors == []
     consumer = asapo.consumer(SOURCE)
@@ -373,8 +390,9 @@ def test_cache_only_ingest_is_served_from_the_cache_without_a_data_file(tmp_path
         send(producer, "s", [1], size=500, ingest_mode=mode)
         assert not (service.data_dir / "s" / "1.bin").exists()
         consumer = service.consumer("cache")
-        data, _ = consumer.get_next(consumer.generate_group_id(), meta_only=False, stream="s",
-                                    ordered=False)
+        data, _ = consumer.get_next(
+            consumer.generate_group_id(), meta_only=False, stream="s", ordered=False
+        )
         assert data.tobytes() == payload(1, 500)
 
 
@@ -383,8 +401,9 @@ def test_large_payload_roundtrip(asapo, producer, stream):
     producer.send(1, f"{stream}/big.bin", big, stream=stream)
     producer.wait_requests_finished(10000)
     consumer = asapo.consumer(SOURCE, timeout_ms=2000)
-    data, meta = consumer.get_next(consumer.generate_group_id(), meta_only=False, stream=stream,
-                                   ordered=False)
+    data, meta = consumer.get_next(
+        consumer.generate_group_id(), meta_only=False, stream=stream, ordered=False
+    )
     assert meta["size"] == big.nbytes
     assert np.array_equal(data.view(np.uint8), big)
 
@@ -403,8 +422,7 @@ def test_configured_tokens_reject_wrong_token_and_beamtime():
                 consumer.get_last(meta_only=True, stream="s")
         errors = []
         bad = service.producer("auth", token="bad")
-        bad.send(2, "s/2.bin", payload(2), stream="s",
-                 callback=lambda _p, err: errors.append(err))
+        bad.send(2, "s/2.bin", payload(2), stream="s", callback=lambda _p, err: errors.append(err))
         bad.wait_requests_finished(5000)
         assert len(errors) == 1 and isinstance(errors[0], ap.AsapoWrongInputError)
         assert service.consumer("auth").get_current_size(stream="s") == 1
@@ -415,8 +433,9 @@ def test_duplicate_send_is_a_warning_not_a_second_record(asapo, producer, stream
 
     send(producer, stream, [1])
     errors = []
-    producer.send(1, f"{stream}/1.bin", payload(1), stream=stream,
-                  callback=lambda _p, err: errors.append(err))
+    producer.send(
+        1, f"{stream}/1.bin", payload(1), stream=stream, callback=lambda _p, err: errors.append(err)
+    )
     producer.wait_requests_finished(5000)
     assert len(errors) == 1 and isinstance(errors[0], ap.AsapoServerWarning)
     assert asapo.consumer(SOURCE).get_current_size(stream=stream) == 1

@@ -24,13 +24,14 @@ def test_files_source_one_hdf5_file_per_module(tmp_path):
         with h5py.File(tmp_path / f"scan_m{i + 1:02d}.nxs", "w") as f:
             f["entry/data/data"] = m
     out = tmp_path / "out.h5"
-    summary = _run({
-        "run": {"workers": 2, "progress": "off"},
-        "source": {"kind": "files", "paths": [str(tmp_path / "scan_m*.nxs")],
-                   "stream": "scan"},
-        "kernels": {"checksum": {}},
-        "sinks": [{"kind": "hdf5", "output": str(out)}],
-    })
+    summary = _run(
+        {
+            "run": {"workers": 2, "progress": "off"},
+            "source": {"kind": "files", "paths": [str(tmp_path / "scan_m*.nxs")], "stream": "scan"},
+            "kernels": {"checksum": {}},
+            "sinks": [{"kind": "hdf5", "output": str(out)}],
+        }
+    )
     assert summary.exit_code == EXIT_OK, summary.error
     data = read_stream(str(out), "scan")
     assert data["message_id"].tolist() == list(range(1, 8))
@@ -44,12 +45,14 @@ def test_files_source_npy_frames_one_stream_per_file(tmp_path):
     np.save(tmp_path / "run_a.npy", a)
     np.save(tmp_path / "run_b.npy", b)
     out = tmp_path / "out_{stream}.h5"
-    summary = _run({
-        "run": {"workers": 1, "progress": "off"},
-        "source": {"kind": "files", "paths": [str(tmp_path / "run_*.npy")], "layout": "frames"},
-        "kernels": {"sum": {"kind": "tests.plugins:Sum"}},
-        "sinks": [{"kind": "hdf5", "output": str(out)}],
-    })
+    summary = _run(
+        {
+            "run": {"workers": 1, "progress": "off"},
+            "source": {"kind": "files", "paths": [str(tmp_path / "run_*.npy")], "layout": "frames"},
+            "kernels": {"sum": {"kind": "tests.plugins:Sum"}},
+            "sinks": [{"kind": "hdf5", "output": str(out)}],
+        }
+    )
     assert summary.exit_code == EXIT_OK, summary.error
     ra = read_stream(str(tmp_path / "out_run_a.h5"), "run_a")
     rb = read_stream(str(tmp_path / "out_run_b.h5"), "run_b")
@@ -61,8 +64,10 @@ def test_files_source_npy_frames_one_stream_per_file(tmp_path):
 def test_files_source_missing_file_is_a_start_error(tmp_path):
     from shmpipe.engine import StartupError
 
-    raw = {"run": {"progress": "off"},
-           "source": {"kind": "files", "paths": [str(tmp_path / "nothing*.h5")]}}
+    raw = {
+        "run": {"progress": "off"},
+        "source": {"kind": "files", "paths": [str(tmp_path / "nothing*.h5")]},
+    }
     try:
         _run(raw)
     except StartupError as exc:
@@ -73,8 +78,15 @@ def test_files_source_missing_file_is_a_start_error(tmp_path):
 
 def _sink(path, run="r") -> HDF5Sink:
     sink = HDF5Sink(HDF5Params(output=str(path)))
-    sink.open(RunInfo(run, {"run": {}, "ring": {}, "metrics": {}, "source": {}, "kernels": {},
-                            "sinks": []}, "abc", ["k"], [ArraySpec("k.v", (3,), "float32")]))
+    sink.open(
+        RunInfo(
+            run,
+            {"run": {}, "ring": {}, "metrics": {}, "source": {}, "kernels": {}, "sinks": []},
+            "abc",
+            ["k"],
+            [ArraySpec("k.v", (3,), "float32")],
+        )
+    )
     return sink
 
 

@@ -20,8 +20,12 @@ PX = 55e-6
 # tests, with gaps and module orientation like the real one.
 SMALL = DetectorGeometry(
     (96, 300),
-    (ModulePlacement(0, 0), ModulePlacement(0, 306), ModulePlacement(106, 0, rot90=2),
-     ModulePlacement(106, 306)),
+    (
+        ModulePlacement(0, 0),
+        ModulePlacement(0, 306),
+        ModulePlacement(106, 0, rot90=2),
+        ModulePlacement(106, 306),
+    ),
     name="small",
 )
 GEOMETRIES = {
@@ -65,8 +69,7 @@ def _assert_profiles_match(ours, ref, sigma_rtol=1e-3, min_count=100):
     rel = np.abs(ours.intensity[ok] / ref.intensity[ok] - 1.0)
     assert rel.max() <= 1e-4, f"mean intensity differs by {rel.max():.2e}"
     np.testing.assert_allclose(ours.sum_signal[ok], ref.sum_signal[ok], rtol=1e-4)
-    np.testing.assert_allclose(ours.sum_normalization[ok], ref.sum_normalization[ok],
-                               rtol=1e-5)
+    np.testing.assert_allclose(ours.sum_normalization[ok], ref.sum_normalization[ok], rtol=1e-5)
     if ref.sigma is not None:
         srel = np.abs(ours.sigma[ok] / ref.sigma[ok] - 1.0)
         assert srel.max() <= sigma_rtol, f"sigma differs by {srel.max():.2e}"
@@ -83,13 +86,25 @@ def test_integrate1d_matches_pyfai(name, split, corrections):
     ai = AzimuthalIntegrator(*params, wavelength=WAVELENGTH, geometry=SMALL)
     mask = corrections["mask"]
     for unit in units:
-        kw = dict(unit=unit, polarization_factor=0.95, dark=corrections["dark"],
-                  flat=corrections["flat"], dummy=-5.0, delta_dummy=0.5,
-                  normalization_factor=2.5, error_model="poisson")
-        ref = ref_ai.integrate1d(img, 150, method=(split, "csr", "cython"),
-                                 mask=mask | SMALL.gap_mask(), correctSolidAngle=True, **kw)
-        ours = ai.integrate1d(img, 150, method=split, mask=mask, correct_solid_angle=True,
-                              **kw)
+        kw = dict(
+            unit=unit,
+            polarization_factor=0.95,
+            dark=corrections["dark"],
+            flat=corrections["flat"],
+            dummy=-5.0,
+            delta_dummy=0.5,
+            normalization_factor=2.5,
+            error_model="poisson",
+        )
+        ref = ref_ai.integrate1d(
+            img,
+            150,
+            method=(split, "csr", "cython"),
+            mask=mask | SMALL.gap_mask(),
+            correctSolidAngle=True,
+            **kw,
+        )
+        ours = ai.integrate1d(img, 150, method=split, mask=mask, correct_solid_angle=True, **kw)
         _assert_profiles_match(ours, ref)
         # the fused path (module parts, never assembled) gives the same profile
         parts = [np.ascontiguousarray(v) for v in SMALL.module_views(img)]
@@ -101,10 +116,12 @@ def test_integrate1d_matches_pyfai(name, split, corrections):
 def test_azimuthal_error_model(split, corrections):
     params = GEOMETRIES["tilted_offcentre"][0]
     img = ring_image(SMALL, params, seed=3)
-    kw = dict(unit="q_nm^-1", error_model="azimuthal", dark=corrections["dark"],
-              polarization_factor=0.9)
+    kw = dict(
+        unit="q_nm^-1", error_model="azimuthal", dark=corrections["dark"], polarization_factor=0.9
+    )
     ref = pyfai_for(SMALL, params).integrate1d(
-        img, 100, method=(split, "csr", "cython"), mask=SMALL.gap_mask(), **kw)
+        img, 100, method=(split, "csr", "cython"), mask=SMALL.gap_mask(), **kw
+    )
     ai = AzimuthalIntegrator(*params, wavelength=WAVELENGTH, geometry=SMALL)
     ours = ai.integrate1d(img, 100, method=split, **kw)
     # pyFAI's single-pass update depends on the pixel order; we visit pixels in image order
@@ -122,10 +139,8 @@ def test_corrections_change_the_result():
     ai = AzimuthalIntegrator(*params, wavelength=WAVELENGTH, geometry=SMALL)
     base = ai.integrate1d(img, 80, method="no", correct_solid_angle=False)
     sa = ai.integrate1d(img, 80, method="no", correct_solid_angle=True)
-    pol = ai.integrate1d(img, 80, method="no", correct_solid_angle=False,
-                         polarization_factor=0.9)
-    nf = ai.integrate1d(img, 80, method="no", correct_solid_angle=False,
-                        normalization_factor=2.0)
+    pol = ai.integrate1d(img, 80, method="no", correct_solid_angle=False, polarization_factor=0.9)
+    nf = ai.integrate1d(img, 80, method="no", correct_solid_angle=False, normalization_factor=2.0)
     assert not np.allclose(base.intensity, sa.intensity, rtol=1e-3)
     assert not np.allclose(base.intensity, pol.intensity, rtol=1e-3)
     np.testing.assert_allclose(nf.intensity * 2.0, base.intensity, rtol=1e-12)
@@ -135,10 +150,17 @@ def test_integrate2d_matches_pyfai():
     params = GEOMETRIES["tilted_offcentre"][0]
     img = ring_image(SMALL, params)
     ref = pyfai_for(SMALL, params).integrate2d(
-        img, 60, 36, unit="2th_deg", method=("no", "csr", "cython"), mask=SMALL.gap_mask(),
-        polarization_factor=0.9)
+        img,
+        60,
+        36,
+        unit="2th_deg",
+        method=("no", "csr", "cython"),
+        mask=SMALL.gap_mask(),
+        polarization_factor=0.9,
+    )
     ours = AzimuthalIntegrator(*params, wavelength=WAVELENGTH, geometry=SMALL).integrate2d(
-        img, 60, 36, unit="2th_deg", polarization_factor=0.9)
+        img, 60, 36, unit="2th_deg", polarization_factor=0.9
+    )
     assert ours.intensity.shape == ref.intensity.shape == (36, 60)
     np.testing.assert_allclose(ours.radial, ref.radial, rtol=1e-9)
     np.testing.assert_allclose(ours.azimuthal, ref.azimuthal, rtol=1e-6, atol=1e-9)
@@ -163,8 +185,14 @@ def test_full_lambda9m_against_pyfai(lambda9m_frame, split, tmp_path):
     img = stitch(parts, geo)
     det = Detector(pixel1=PX, pixel2=PX, max_shape=geo.shape)
     ref = PyFAIIntegrator(*params, detector=det, wavelength=WAVELENGTH).integrate1d(
-        img, 1000, unit="q_nm^-1", method=(split, "csr", "cython"), mask=geo.gap_mask(),
-        polarization_factor=0.99, error_model="poisson")
+        img,
+        1000,
+        unit="q_nm^-1",
+        method=(split, "csr", "cython"),
+        mask=geo.gap_mask(),
+        polarization_factor=0.99,
+        error_model="poisson",
+    )
     ai = AzimuthalIntegrator(*params, wavelength=WAVELENGTH, geometry=geo)
     plan = ai.plan1d(1000, "q_nm^-1", split, polarization_factor=0.99, cache_dir=tmp_path)
     ours = plan.integrate(img, error_model="poisson")
@@ -204,7 +232,8 @@ def test_tables_are_cached_on_disk(tmp_path, monkeypatch):
     for bad in (b"not a zip", good[: len(good) // 2]):
         files[0].write_bytes(bad)
         p3 = AzimuthalIntegrator(*params, wavelength=WAVELENGTH, geometry=SMALL).plan1d(
-            100, "2th_deg", "bbox", polarization_factor=0.5, cache_dir=tmp_path)
+            100, "2th_deg", "bbox", polarization_factor=0.5, cache_dir=tmp_path
+        )
         np.testing.assert_array_equal(p3.integrate(img).intensity, r1.intensity)
 
 
@@ -213,8 +242,9 @@ def test_table_contributions_match_pyfai_csr():
     params = GEOMETRIES["tilted_offcentre"][0]
     g = DetectorGeometry((60, 80), (ModulePlacement(0, 0),))
     ref_ai = pyfai_for(g, params)
-    ref_ai.integrate1d(np.ones(g.shape, np.float32), 40, unit="q_nm^-1",
-                       method=("bbox", "csr", "cython"))
+    ref_ai.integrate1d(
+        np.ones(g.shape, np.float32), 40, unit="q_nm^-1", method=("bbox", "csr", "cython")
+    )
     eng = next(e.engine for e in ref_ai.engines.values() if e.engine is not None)
     data, indices, indptr = eng.lut
     ref = {}
@@ -237,12 +267,14 @@ def test_table_contributions_match_pyfai_csr():
 def test_from_poni_file(tmp_path):
     params = GEOMETRIES["tilted_offcentre"][0]
     path = tmp_path / "calib.poni"
-    write_poni(Poni(*params, wavelength=WAVELENGTH, detector_config={"pixel1": PX,
-                                                                      "pixel2": PX}), path)
+    write_poni(
+        Poni(*params, wavelength=WAVELENGTH, detector_config={"pixel1": PX, "pixel2": PX}), path
+    )
     img = ring_image(SMALL, params)
     a = AzimuthalIntegrator.from_poni(path, geometry=SMALL).integrate1d(img, 50, unit="r_mm")
     b = AzimuthalIntegrator(*params, wavelength=WAVELENGTH, geometry=SMALL).integrate1d(
-        img, 50, unit="r_mm")
+        img, 50, unit="r_mm"
+    )
     np.testing.assert_array_equal(a.intensity, b.intensity)
     q, intensity = a  # unpacks like pyFAI's result
     assert q is a.radial and intensity is a.intensity

@@ -69,42 +69,79 @@ def test_params_are_plain_dataclasses_with_defaults():
         assert issubclass(cls, Kernel)
         for f in dataclasses.fields(cls.Params):
             assert f.default is not dataclasses.MISSING or (
-                f.default_factory is not dataclasses.MISSING), f"{cls.__name__}.{f.name}"
+                f.default_factory is not dataclasses.MISSING
+            ), f"{cls.__name__}.{f.name}"
     names = {f.name for f in dataclasses.fields(AzimuthalIntegrate.Params)}
-    assert {"npt", "bins", "unit", "dummy", "delta_dummy", "polarization_factor",
-            "correct_solid_angle", "error_model", "poni"} <= names
+    assert {
+        "npt",
+        "bins",
+        "unit",
+        "dummy",
+        "delta_dummy",
+        "polarization_factor",
+        "correct_solid_angle",
+        "error_model",
+        "poni",
+    } <= names
 
 
 def test_entry_points_declared():
     cfg = configparser.ConfigParser()
     cfg.read(Path(__file__).parents[1] / "setup.cfg")
     eps = dict(
-        line.split(" = ") for line in
-        cfg["options.entry_points"]["shmpipe.kernels"].strip().splitlines())
-    for name, cls in (("lambda_decompress", LambdaDecompress), ("lambda_stitch", LambdaStitch),
-                      ("azimuthal_integrate", AzimuthalIntegrate), ("frame_stats", FrameStats)):
+        line.split(" = ")
+        for line in cfg["options.entry_points"]["shmpipe.kernels"].strip().splitlines()
+    )
+    for name, cls in (
+        ("lambda_decompress", LambdaDecompress),
+        ("lambda_stitch", LambdaStitch),
+        ("azimuthal_integrate", AzimuthalIntegrate),
+        ("frame_stats", FrameStats),
+    ):
         assert eps[name] == f"native_kernels.shmpipe_kernels:{cls.__name__}"
 
 
 def test_chain_raw_parts(frame_parts, poni_file, tmp_path):
-    ctx = SetupContext(parts=[ArraySpec("m", GEO.module_shape, "uint16")] * 12,
-                       cache_dir=tmp_path)
+    ctx = SetupContext(parts=[ArraySpec("m", GEO.module_shape, "uint16")] * 12, cache_dir=tmp_path)
     chain = [
         make(LambdaStitch, "stitch"),
-        make(AzimuthalIntegrate, "integrate", poni=str(poni_file), bins=500, method="no",
-             unit="2th_deg", error_model="poisson", polarization_factor=0.99,
-             normalization_key="i0"),
-        make(AzimuthalIntegrate, "fused", input="parts", poni=str(poni_file), npt=500,
-             method="no", unit="2th_deg", error_model="poisson", polarization_factor=0.99,
-             normalization_key="i0"),
+        make(
+            AzimuthalIntegrate,
+            "integrate",
+            poni=str(poni_file),
+            bins=500,
+            method="no",
+            unit="2th_deg",
+            error_model="poisson",
+            polarization_factor=0.99,
+            normalization_key="i0",
+        ),
+        make(
+            AzimuthalIntegrate,
+            "fused",
+            input="parts",
+            poni=str(poni_file),
+            npt=500,
+            method="no",
+            unit="2th_deg",
+            error_model="poisson",
+            polarization_factor=0.99,
+            normalization_key="i0",
+        ),
         make(FrameStats, "stats", threshold=60.0, rois=[[0, 10, 0, 20], [600, 700, 30, 90]]),
     ]
     out = run_chain(chain, ctx, frame_parts, meta={"i0": 2.0})
     img = stitch(frame_parts, GEO)
     np.testing.assert_array_equal(out["stitch.image"], img)
     ref = AzimuthalIntegrator(*PARAMS, wavelength=WL).integrate1d(
-        img, 500, unit="2th_deg", method="no", error_model="poisson",
-        polarization_factor=0.99, normalization_factor=2.0)
+        img,
+        500,
+        unit="2th_deg",
+        method="no",
+        error_model="poisson",
+        polarization_factor=0.99,
+        normalization_factor=2.0,
+    )
     np.testing.assert_allclose(out["integrate.intensity"], ref.intensity, rtol=1e-12)
     np.testing.assert_allclose(out["integrate.sigma"], ref.sigma, rtol=1e-12)
     np.testing.assert_allclose(out["integrate.radial"], ref.radial)
@@ -115,8 +152,9 @@ def test_chain_raw_parts(frame_parts, poni_file, tmp_path):
     assert out["stats.max"] == img.max()
     assert out["stats.count_above"] == int((img > 60).sum())
     assert out["stats.n_valid"] == img.size
-    np.testing.assert_allclose(out["stats.roi_sums"],
-                               [img[0:10, 0:20].sum(), img[600:700, 30:90].sum()])
+    np.testing.assert_allclose(
+        out["stats.roi_sums"], [img[0:10, 0:20].sum(), img[600:700, 30:90].sum()]
+    )
 
 
 def test_chain_compressed_parts_with_missing_module(frame_parts, tmp_path):
@@ -127,16 +165,28 @@ def test_chain_compressed_parts_with_missing_module(frame_parts, tmp_path):
     chain = [
         make(LambdaDecompress, "decompress", missing_modules=[11]),
         make(LambdaStitch, "stitch", input="decompress.modules", missing_modules=[11]),
-        make(AzimuthalIntegrate, "integrate", input="decompress.modules", dist=PARAMS[0],
-             poni1=PARAMS[1], poni2=PARAMS[2], rot1=PARAMS[3], rot2=PARAMS[4],
-             wavelength=WL, missing_modules=[11], npt=300, unit="q_nm^-1"),
+        make(
+            AzimuthalIntegrate,
+            "integrate",
+            input="decompress.modules",
+            dist=PARAMS[0],
+            poni1=PARAMS[1],
+            poni2=PARAMS[2],
+            rot1=PARAMS[3],
+            rot2=PARAMS[4],
+            wavelength=WL,
+            missing_modules=[11],
+            npt=300,
+            unit="q_nm^-1",
+        ),
         make(FrameStats, "stats", input="decompress.modules", threshold=50.0),
     ]
     out = run_chain(chain, ctx, payloads)
     np.testing.assert_array_equal(out["decompress.modules"], np.stack(parts))
     np.testing.assert_array_equal(out["stitch.image"], stitch(parts, geo))
     ref = AzimuthalIntegrator(*PARAMS[:5], wavelength=WL, geometry=geo).integrate1d(
-        stitch(parts, geo), 300, unit="q_nm^-1")
+        stitch(parts, geo), 300, unit="q_nm^-1"
+    )
     np.testing.assert_allclose(out["integrate.intensity"], ref.intensity, rtol=1e-12)
     assert out["stats.count_above"] == sum(int((p > 50).sum()) for p in parts)
     # A truncated payload is an error for that frame, naming it.
@@ -165,5 +215,6 @@ def test_setup_rejects_inconsistent_configuration(tmp_path):
     bad_mask = tmp_path / "mask.npy"
     np.save(bad_mask, np.zeros((3, 3), bool))
     with pytest.raises(KernelConfigError, match="mask"):
-        make(AzimuthalIntegrate, "i", dist=0.2, input="parts", mask=str(bad_mask),
-             npt=100).setup(ctx)
+        make(AzimuthalIntegrate, "i", dist=0.2, input="parts", mask=str(bad_mask), npt=100).setup(
+            ctx
+        )

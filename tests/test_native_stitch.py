@@ -76,8 +76,10 @@ def test_flat_field_and_pixel_mask(mixed_geometry):
     flat = rng.uniform(0.5, 1.5, (n, *g.module_shape)).astype(np.float32)
     mask = (rng.random((n, *g.module_shape)) < 0.1).astype(np.uint8)
     out = Stitcher(g, np.uint16, flat=flat, mask=mask)(parts)
-    corrected = [np.where(m != 0, -1.0, p * f).astype(np.float32)
-                 for p, f, m in zip(parts, flat, mask, strict=True)]
+    corrected = [
+        np.where(m != 0, -1.0, p * f).astype(np.float32)
+        for p, f, m in zip(parts, flat, mask, strict=True)
+    ]
     np.testing.assert_allclose(out, reference_stitch(corrected, g, np.float32, -1.0), rtol=1e-6)
 
 
@@ -156,8 +158,12 @@ def test_streaming_path_any_alignment(in_dtype, out_dtype):
     """The streaming-store path (unit column stride layouts) for every output alignment."""
     g = DetectorGeometry(
         (7, 45),
-        (ModulePlacement(0, 0), ModulePlacement(0, 50, flip_ud=True), ModulePlacement(9, 3),
-         ModulePlacement(9, 60, present=False)),
+        (
+            ModulePlacement(0, 0),
+            ModulePlacement(0, 50, flip_ud=True),
+            ModulePlacement(9, 3),
+            ModulePlacement(9, 60, present=False),
+        ),
         dummy=3,
     )
     st = Stitcher(g, in_dtype, out_dtype)
