@@ -1,0 +1,627 @@
+"""Fault scenarios shared by the reliability tests and ``scripts/reliability_report.py``.
+
+Each scenario runs a real pipeline (in this process, with the supervisor in the main thread),
+injects its faults, reads the sink back and returns :class:`Figures`: faults injected, frames
+lost, duplicates, hangs and the longest recovery. Tests assert on the figures (and on the
+details a scenario returns); the report prints them as a table.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from shmpipe.config import load_config
+from shmpipe.engine import Pipeline, RunSummary
+from shmpipe.ring import P_FRAMES, P_PID, P_READY_NS, PROC_FIRST_WORKER, PROC_PUBLISHER
+from shmpipe.sinks.hdf5 import read_stream
+
+SMALL = {"kind": "sim", "module_shape": [48, 64], "modules": 12, "pool": 3}
+
+
+@dataclass
+class Figures:
+    """What one scenario did, as reported in the table."""
+
+    scenario: str
+    faults: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    hangs: int = 0
+    recovery_s: list[float] = field(default_factory=list)
+    exit_code: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def longest_recovery_s(self) -> float:
+        return max(self.recovery_s, default=0.0)
+
+    def row(self) -> list[str]:
+        return [
+            self.scenario,
+            str(self.faults),
+            str(self.lost),
+            str(self.duplicates),
+            str(self.hangs),
+            f"{self.longest_recovery_s:.3f}" if self.recovery_s else "-",
+        ]
+
+
+HEADER = ["scenario", "faults injected", "frames lost", "duplicates", "hangs", "longest recovery s"]
+
+
+def table(rows: list[Figures]) -> str:
+    """A Markdown table of the figures."""
+    cells = [HEADER, *[f.row() for f in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(HEADER))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    """Poll ``predicate`` until it is true, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)  # polling interval of a bounded wait
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def config(tmp: Path, kernels: dict, *, frames: int, workers: int = 2, **run) -> dict:
+    """A small simulated run into one HDF5 file per stream."""
+    return {
+        "run": {"workers": workers, "progress": "off", "on_error": "skip", **run},
+        "source": {**SMALL, "frames": frames},
+        "kernels": kernels,
+        "sinks": [{"kind": "hdf5", "output": str(tmp / "out_{stream}.h5")}],
+    }
+
+
+class HangGuard:
+    """Stops a run that outlives ``deadline_s``: two SIGINTs to this process, which the
+    supervisor answers with an immediate stop (exit 130), counted as a hang."""
+
+    def __init__(self, deadline_s: float) -> None:
+        self.deadline_s = deadline_s
+        self.fired = False
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        if self._stop.wait(self.deadline_s):
+            return
+        self.fired = True
+        for _ in range(2):
+            if self._stop.is_set():
+                return
+            os.kill(os.getpid(), signal.SIGINT)
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> HangGuard:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def run_guarded(pipeline: Pipeline, deadline_s: float) -> tuple[RunSummary, bool]:
+    """Run to the end; whether the hang guard had to stop it."""
+    with HangGuard(deadline_s) as guard:
+        summary = pipeline.run()
+    return summary, guard.fired
+
+
+def count(ids: list[int], expected: set[int]) -> tuple[int, int]:
+    """Frames lost (expected, never seen) and duplicates (seen more than once)."""
+    c = Counter(ids)
+    return len(expected - set(c)), sum(n - 1 for n in c.values() if n > 1)
+
+
+def _published_at(data: dict, mid: int) -> float:
+    rows = (data["message_id"] == mid).nonzero()[0]
+    return float(data["published"][rows[0]]) if len(rows) else float("nan")
+
+
+# -- worker faults --------------------------------------------------------------------------
+def random_sigkill(
+    tmp: Path, frames: int = 300, every: int = 25, seed: int = 1, deadline_s: float = 300
+) -> Figures:
+    """SIGKILL a random worker every ``every`` published frames (±50 %) over ``frames``."""
+    raw = config(tmp, {"checksum": {}}, frames=frames)
+    raw["source"]["rate"] = 400.0  # paced, so kills land while frames are in flight
+    cfg = load_config(raw=raw)
+    pipeline = Pipeline(cfg)
+    rng = random.Random(seed)
+    kills: list[int] = []
+    recoveries: list[float] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        next_at = rng.randint(every // 2 + 1, every * 3 // 2 + 1)
+        while not stop.is_set():
+            p = getattr(pipeline, "p", None)
+            workers = getattr(pipeline, "workers", None)
+            if p is None or not workers or int(p.ring.procs[PROC_PUBLISHER, P_FRAMES]) < next_at:
+                stop.wait(0.002)
+                continue
+            seat = rng.randrange(cfg.run.workers)
+            row = p.ring.procs[PROC_FIRST_WORKER + seat]
+            pid = int(row[P_PID])
+            if pid <= 0 or not row[P_READY_NS]:
+                stop.wait(0.002)
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            t0 = time.monotonic()
+            kills.append(pid)
+            next_at += rng.randint(every // 2 + 1, every * 3 // 2 + 1)
+            # Recovery: until the seat's replacement has started and is ready for frames.
+            while not stop.is_set():
+                if int(row[P_PID]) not in (pid, 0) and row[P_READY_NS]:
+                    recoveries.append(time.monotonic() - t0)
+                    break
+                stop.wait(0.001)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        summary, hung = run_guarded(pipeline, deadline_s)
+    finally:
+        stop.set()
+        t.join()
+    data = read_stream(str(tmp / "out_scan_0001.h5"), "scan_0001")
+    lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
+    return Figures(
+        f"worker SIGKILL every ~{every} frames ({frames} frames)",
+        faults=len(kills),
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung),
+        recovery_s=recoveries,
+        exit_code=summary.exit_code,
+        details={"summary": summary, "data": data, "kills": kills},
+    )
+
+
+def crash_kernel(
+    tmp: Path,
+    mode: str,
+    ids: list[int],
+    *,
+    once: bool,
+    frames: int = 30,
+    max_attempts: int = 2,
+    watchdog_s: float = 0.0,
+    deadline_s: float = 300,
+) -> Figures:
+    """A kernel that kills (or hangs, or stops) its worker on ``ids``; once, or every time."""
+    marks = tmp / "marks"
+    marks.mkdir(exist_ok=True)
+    if mode == "raise":
+        crash = {"kind": "tests.plugins:FailOn", "ids": ids}
+    else:
+        crash = {
+            "kind": "tests.plugins:Crash",
+            "ids": ids,
+            "mode": mode,
+            "once_dir": str(marks) if once else "",
+        }
+    raw = config(
+        tmp,
+        {"checksum": {}, "crash": crash},
+        frames=frames,
+        max_attempts=max_attempts,
+        watchdog_s=watchdog_s,
+    )
+    pipeline = Pipeline(load_config(raw=raw))
+    summary, hung = run_guarded(pipeline, deadline_s)
+    data = read_stream(str(tmp / "out_scan_0001.h5"), "scan_0001")
+    errors = data["errors"]
+    seen = data["message_id"].tolist() + errors["message_id"].tolist()
+    lost, dups = count(seen, set(range(1, frames + 1)))
+    recoveries = []
+    if once and mode != "raise":
+        for mid in ids:
+            mark = marks / f"scan_0001-{mid}"
+            if mark.exists():
+                recoveries.append(_published_at(data, mid) - mark.stat().st_mtime)
+    faults = summary.worker_restarts if mode != "raise" else len(errors["message_id"])
+    what = {
+        "raise": "kernel raises",
+        "abort": "kernel calls os.abort()",
+        "segfault": "kernel segfaults",
+        "sigkill": "kernel SIGKILLs its worker",
+        "hang": "kernel loops (watchdog)",
+        "sigstop": "worker SIGSTOPped (watchdog)",
+    }[mode]
+    how = "once, then retried" if once else f"every attempt, quarantined after {max_attempts}"
+    return Figures(
+        f"{what}: {how}",
+        faults=faults,
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung),
+        recovery_s=recoveries,
+        exit_code=summary.exit_code,
+        details={"summary": summary, "data": data},
+    )
+
+
+# -- dispatcher and publisher ---------------------------------------------------------------
+def kill_role(pipeline: Pipeline, role: str, after: int, stop: threading.Event) -> list[float]:
+    """SIGKILL the dispatcher or publisher once ``after`` frames are published."""
+    killed: list[float] = []
+    while not stop.is_set():
+        p = getattr(pipeline, "p", None)
+        proc = getattr(pipeline, role, None)
+        if p is None or proc is None or int(p.ring.procs[PROC_PUBLISHER, P_FRAMES]) < after:
+            stop.wait(0.005)
+            continue
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed.append(time.time())
+        except ProcessLookupError:
+            pass
+        return killed
+    return killed
+
+
+def process_death(tmp: Path, role: str, frames: int = 2000, deadline_s: float = 120) -> Figures:
+    """SIGKILL the dispatcher or the publisher mid-run: the run must stop cleanly (exit 1)."""
+    raw = config(tmp, {"checksum": {}}, frames=frames)
+    raw["source"]["rate"] = 200.0
+    pipeline = Pipeline(load_config(raw=raw))
+    stop = threading.Event()
+    killed: list[float] = []
+    t = threading.Thread(
+        target=lambda: killed.extend(kill_role(pipeline, role, 10, stop)), daemon=True
+    )
+    t.start()
+    try:
+        summary, hung = run_guarded(pipeline, deadline_s)
+    finally:
+        stop.set()
+        t.join()
+    stopped_s = time.time() - killed[0] if killed else float("nan")
+    return Figures(
+        f"{role} SIGKILLed (sim source: clean stop)",
+        faults=len(killed),
+        lost=0,
+        hangs=int(hung),
+        recovery_s=[stopped_s] if killed else [],
+        exit_code=summary.exit_code,
+        details={"summary": summary},
+    )
+
+
+# -- long run -------------------------------------------------------------------------------
+def _tree(pipeline: Pipeline) -> list[psutil.Process]:
+    procs = [psutil.Process()]
+    for c in [
+        getattr(pipeline, "dispatcher", None),
+        getattr(pipeline, "publisher", None),
+        *getattr(pipeline, "workers", []),
+    ]:
+        if c is not None and c.pid:
+            try:
+                procs.append(psutil.Process(c.pid))
+            except psutil.NoSuchProcess:
+                pass
+    return procs
+
+
+def _sample(pipeline: Pipeline) -> dict[str, tuple[int, int]]:
+    out = {}
+    for proc in _tree(pipeline):
+        try:
+            out[f"{proc.name()}:{proc.pid}"] = (proc.memory_info().rss, proc.num_fds())
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def long_run(
+    tmp: Path, frames: int = 8000, error_every: int = 1000, deadline_s: float = 600
+) -> Figures:
+    """Many small frames: resident memory and open files of every process, before and after.
+
+    Samples are taken at 25 % (after warm-up) and at 95 % of the frames, while everything
+    runs; ``details["growth"]`` is the largest relative RSS growth of any process.
+    """
+    bad = list(range(error_every, frames + 1, error_every))
+    raw = config(
+        tmp,
+        {"checksum": {}, "bad": {"kind": "tests.plugins:FailOn", "ids": bad}},
+        frames=frames,
+    )
+    raw["source"] = {"kind": "sim", "payload_bytes": 256, "frames": frames, "pool": 4}
+    pipeline = Pipeline(load_config(raw=raw))
+    samples: list[dict[str, tuple[int, int]]] = []
+    stop = threading.Event()
+
+    def sampler() -> None:
+        for fraction in (0.25, 0.95):
+            while not stop.is_set():
+                p = getattr(pipeline, "p", None)
+                if p is not None and int(p.ring.procs[PROC_PUBLISHER, P_FRAMES]) >= (
+                    fraction * frames
+                ):
+                    samples.append(_sample(pipeline))
+                    break
+                stop.wait(0.005)
+
+    t = threading.Thread(target=sampler, daemon=True)
+    t.start()
+    try:
+        summary, hung = run_guarded(pipeline, deadline_s)
+    finally:
+        stop.set()
+        t.join()
+    data = read_stream(str(tmp / "out_scan_0001.h5"), "scan_0001")
+    seen = data["message_id"].tolist() + data["errors"]["message_id"].tolist()
+    lost, dups = count(seen, set(range(1, frames + 1)))
+    growth, fd_growth = 0.0, 0
+    if len(samples) == 2:
+        a, b = samples
+        for key in a.keys() & b.keys():
+            growth = max(growth, (b[key][0] - a[key][0]) / a[key][0])
+            fd_growth = max(fd_growth, b[key][1] - a[key][1])
+    return Figures(
+        f"long run: {frames} small frames, an error every {error_every}",
+        faults=len(bad),
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung),
+        exit_code=summary.exit_code,
+        details={
+            "summary": summary,
+            "data": data,
+            "samples": samples,
+            "growth": growth,
+            "fd_growth": fd_growth,
+            "errors": len(data["errors"]["message_id"]),
+            "expected_errors": len(bad),
+        },
+    )
+
+
+# -- ASAPO ----------------------------------------------------------------------------------
+ASAPO_SHAPE = [32, 48]
+BEAMTIME = "bt_faults"
+
+
+def asapo_config(endpoint: str, tmp: Path, group: str, name: str, **source) -> dict:
+    """The ASAPO source into an HDF5 file per run and an ASAPO output stream of checksums."""
+    return {
+        "run": {"workers": 2, "progress": "off", "on_error": "skip", "name": name},
+        "source": {
+            "kind": "asapo",
+            "endpoint": endpoint,
+            "beamtime": BEAMTIME,
+            "stream": "scan_0001",
+            "group_id": group,
+            "part_shape": ASAPO_SHAPE,
+            "timeout_ms": 300,
+            "until": "finished",
+            "resend_delay_ms": 800,
+            "retry_max_s": 2.0,
+            **source,
+        },
+        "kernels": {"checksum": {}},
+        "sinks": [
+            {"kind": "hdf5", "output": str(tmp / "out_{stream}_{run}.h5")},
+            {
+                "kind": "asapo",
+                "endpoint": endpoint,
+                "beamtime": BEAMTIME,
+                "data_source": f"checksums_{group}",
+                "outputs": ["checksum.digest"],
+            },
+        ],
+    }
+
+
+def produce(endpoint: str, frames: int, rate: float = 0.0):
+    """The demo producer (the real ``asapo_producer``) in its own process."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(repo / "scripts" / "asapo_produce.py"),
+            "--endpoint",
+            endpoint,
+            "--beamtime",
+            BEAMTIME,
+            "--frames",
+            str(frames),
+            "--streams",
+            "scan_0001",
+            "--rate",
+            str(rate),
+            "--module-shape",
+            ",".join(map(str, ASAPO_SHAPE)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def output_ids(endpoint: str, group: str) -> list[int]:
+    """Ids of every record in the output stream, read back with the real consumer."""
+    import asapo_consumer
+
+    c = asapo_consumer.create_consumer(
+        endpoint, "", False, BEAMTIME, f"checksums_{group}", "", 2000
+    )
+    last = int(c.get_stream_info("scan_0001")["lastId"])
+    ids = []
+    for i in range(1, last + 1):
+        try:
+            _, meta = c.get_by_id(i, meta_only=True, stream="scan_0001")
+        except (asapo_consumer.AsapoEndOfStreamError, asapo_consumer.AsapoStreamFinishedError):
+            break
+        ids.append(int(meta["_id"]))
+    return ids
+
+
+def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> Figures:
+    """SIGSTOP the ASAPO service mid-run for ``stall_s`` (a stalled connection), then go on."""
+    group = "stall"
+    producer = produce(service.endpoint, frames, rate=40.0)
+    pipeline = Pipeline(load_config(raw=asapo_config(service.endpoint, tmp, group, "stall")))
+    marks: dict[str, float] = {}
+    stop = threading.Event()
+
+    def stall() -> None:
+        def out() -> int:
+            p = getattr(pipeline, "p", None)
+            return int(p.ring.procs[PROC_PUBLISHER, P_FRAMES]) if p is not None else 0
+
+        while not stop.is_set() and out() < frames // 4:
+            stop.wait(0.01)
+        if stop.is_set():
+            return
+        pid = service.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        marks["stopped"] = time.monotonic()
+        before = out()
+        stop.wait(stall_s)
+        os.kill(pid, signal.SIGCONT)
+        marks["resumed"] = time.monotonic()
+        while not stop.is_set():
+            if out() > before:
+                marks["next"] = time.monotonic()
+                return
+            stop.wait(0.005)
+
+    t = threading.Thread(target=stall, daemon=True)
+    t.start()
+    try:
+        summary, hung = run_guarded(pipeline, 240)
+    finally:
+        stop.set()
+        t.join()
+        if service.proc is not None and service.proc.poll() is None:
+            os.kill(service.proc.pid, signal.SIGCONT)
+    out, err = producer.communicate(timeout=120)
+    data = read_stream(str(tmp / "out_scan_0001_stall.h5"), "scan_0001")
+    lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
+    out_lost, out_dups = count(output_ids(service.endpoint, group), set(range(1, frames + 1)))
+    return Figures(
+        f"ASAPO service stalled {stall_s:.0f} s (SIGSTOP) mid-run",
+        faults=int("stopped" in marks),
+        lost=max(lost, out_lost),
+        duplicates=max(dups, out_dups),
+        hangs=int(hung),
+        recovery_s=[marks["next"] - marks["resumed"]] if "next" in marks else [],
+        exit_code=summary.exit_code,
+        details={"summary": summary, "data": data, "producer": (producer.returncode, err)},
+    )
+
+
+def asapo_restart(service, tmp: Path, frames: int = 60) -> Figures:
+    """Restart the ASAPO service mid-run (stop, start on the same port and data)."""
+    group = "restart"
+    producer = produce(service.endpoint, frames, rate=40.0)
+    pipeline = Pipeline(load_config(raw=asapo_config(service.endpoint, tmp, group, "restart")))
+    marks: dict[str, float] = {}
+    stop = threading.Event()
+
+    def restart() -> None:
+        def out() -> int:
+            p = getattr(pipeline, "p", None)
+            return int(p.ring.procs[PROC_PUBLISHER, P_FRAMES]) if p is not None else 0
+
+        while not stop.is_set() and out() < frames // 4:
+            stop.wait(0.01)
+        if stop.is_set():
+            return
+        marks["fault"] = time.monotonic()
+        service.restart()
+        before = out()
+        while not stop.is_set():
+            if out() > before:
+                marks["next"] = time.monotonic()
+                return
+            stop.wait(0.005)
+
+    t = threading.Thread(target=restart, daemon=True)
+    t.start()
+    try:
+        summary, hung = run_guarded(pipeline, 240)
+    finally:
+        stop.set()
+        t.join()
+    producer.communicate(timeout=120)
+    data = read_stream(str(tmp / "out_scan_0001_restart.h5"), "scan_0001")
+    lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
+    out_lost, out_dups = count(output_ids(service.endpoint, group), set(range(1, frames + 1)))
+    return Figures(
+        "ASAPO service restarted mid-run",
+        faults=int("fault" in marks),
+        lost=max(lost, out_lost),
+        duplicates=max(dups, out_dups),
+        hangs=int(hung),
+        recovery_s=[marks["next"] - marks["fault"]] if "next" in marks else [],
+        exit_code=summary.exit_code,
+        details={"summary": summary, "data": data},
+    )
+
+
+def asapo_role_death(service, tmp: Path, role: str, frames: int = 40) -> Figures:
+    """SIGKILL the dispatcher or publisher of an ASAPO run, then start the run again with the
+    same consumer group: the unacknowledged messages come back, nothing is lost."""
+    group = f"death-{role}"
+    p = produce(service.endpoint, frames)
+    p.communicate(timeout=120)
+    raw = asapo_config(service.endpoint, tmp, group, f"{role}-1")
+    raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 30.0}
+    first = Pipeline(load_config(raw=raw))
+    stop = threading.Event()
+    killed: list[float] = []
+    t = threading.Thread(target=lambda: killed.extend(kill_role(first, role, 8, stop)), daemon=True)
+    t.start()
+    try:
+        s1, hung1 = run_guarded(first, 120)
+    finally:
+        stop.set()
+        t.join()
+    raw = asapo_config(service.endpoint, tmp, group, f"{role}-2")
+    second = Pipeline(load_config(raw=raw))
+    s2, hung2 = run_guarded(second, 120)
+    ids = output_ids(service.endpoint, group)
+    lost, dups = count(ids, set(range(1, frames + 1)))
+    data = read_stream(str(tmp / f"out_scan_0001_{role}-2.h5"), "scan_0001")
+    return Figures(
+        f"ASAPO: {role} SIGKILLed, run restarted",
+        faults=len(killed),
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung1 or hung2),
+        # From the kill to the restarted run's first published frame.
+        recovery_s=[float(data["published"].min()) - killed[0]] if killed else [],
+        exit_code=s2.exit_code,
+        details={"first": s1, "second": s2, "data": data, "output_ids": ids},
+    )
