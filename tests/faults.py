@@ -625,3 +625,128 @@ def asapo_role_death(service, tmp: Path, role: str, frames: int = 40) -> Figures
         exit_code=s2.exit_code,
         details={"first": s1, "second": s2, "data": data, "output_ids": ids},
     )
+
+
+# -- whole runs as a user starts them -------------------------------------------------------
+def published(name: str) -> int:
+    """Frames the live run ``name`` has published (0 until it is up)."""
+    from shmpipe.runs import live_runs
+    from shmpipe.status import attach_tables
+
+    for info in live_runs():
+        if info["name"] == name:
+            try:
+                _, procs, m = attach_tables(info)
+            except OSError:
+                return 0
+            n = int(procs[PROC_PUBLISHER, P_FRAMES])
+            del procs
+            m.close()
+            return n
+    return 0
+
+
+def cli(*args: str, new_session: bool = False):
+    """``python -m shmpipe ARGS`` as a child process."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "shmpipe", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=new_session,
+    )
+
+
+def sigterm_under_load(tmp: Path, sleep_ms: float = 30.0) -> Figures:
+    """SIGTERM a busy run (a full ring of slow frames): it must drain and exit 0."""
+    import re
+
+    name = f"sigterm-{os.getpid()}"
+    out = tmp / "load.h5"
+    proc = cli(
+        "run", "--set", f"run.name={name}", "--set", "source.module_shape=[48, 64]",
+        "--progress", "off", "--frames", "100000", "--workers", "2", "--sink", "hdf5",
+        "--output", str(out), "--set", 'kernels.slow.kind="tests.plugins:Sleepy"',
+        "--set", f"kernels.slow.ms={sleep_ms}", "--set", "run.drain_timeout_s=30",
+    )  # fmt: skip
+    hung = False
+    try:
+        wait_for(lambda: published(name) >= 10, what="10 published frames")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: a hang
+            hung = True
+            proc.kill()
+            _, err = proc.communicate()
+        drained = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    m = re.search(r"(\d+) frames in, (\d+) out", err)
+    n_in = int(m.group(1)) if m else -1
+    ids = read_stream(str(out), "scan_0001")["message_id"].tolist() if out.exists() else []
+    lost, dups = count(ids, set(range(1, n_in + 1)))
+    return Figures(
+        f"SIGTERM under load ({sleep_ms:.0f} ms frames, full ring)",
+        faults=1,
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung),
+        recovery_s=[drained],
+        exit_code=proc.returncode,
+        details={"stderr": err, "frames_in": n_in, "ids": ids, "drain_s": drained},
+    )
+
+
+def asapo_group_kill(service, tmp: Path, frames: int = 40) -> Figures:
+    """SIGKILL the whole process group of an ASAPO run, start it again: 0 lost, and the
+    restarted run starts clean (nothing in /dev/shm, the dead run's record swept)."""
+    from shmpipe.config import to_toml
+
+    group = "groupkill"
+    p = produce(service.endpoint, frames)
+    p.communicate(timeout=120)
+    raw = asapo_config(service.endpoint, tmp, group, "unused")
+    raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 40.0}
+    del raw["run"]["name"]
+    path = tmp / "groupkill.toml"
+    path.write_text(to_toml(load_config(raw=raw).effective()))
+    shm_before = set(os.listdir("/dev/shm"))
+    first = cli("run", "--config", str(path), "--set", "run.name=gk-1", new_session=True)
+    try:
+        wait_for(lambda: published("gk-1") >= 8, what="8 published frames")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate(timeout=30)
+    killed_at = time.time()
+    second = cli("run", "--config", str(path), "--set", "run.name=gk-2")
+    hung = False
+    try:
+        _, err = second.communicate(timeout=180)
+    except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: a hang
+        hung = True
+        second.kill()
+        _, err = second.communicate()
+    ids = output_ids(service.endpoint, group)
+    lost, dups = count(ids, set(range(1, frames + 1)))
+    data = read_stream(str(tmp / "out_scan_0001_gk-2.h5"), "scan_0001")
+    return Figures(
+        "ASAPO: whole process group SIGKILLed, run restarted",
+        faults=1,
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung),
+        recovery_s=[float(data["published"].min()) - killed_at],
+        exit_code=second.returncode,
+        details={
+            "stderr": err,
+            "output_ids": ids,
+            "shm_left": sorted(set(os.listdir("/dev/shm")) - shm_before),
+        },
+    )

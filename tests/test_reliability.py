@@ -10,9 +10,6 @@ service restarted mid-run (test_asapo_pipeline).
 
 from __future__ import annotations
 
-import signal
-import time
-
 import numpy as np
 import pytest
 
@@ -107,40 +104,12 @@ def test_dispatcher_or_publisher_death_stops_the_run_cleanly(tmp_path, role):
 
 # -- SIGTERM under load ---------------------------------------------------------------------
 def test_sigterm_under_load_drains_in_bounded_time_and_exits_0(tmp_path):
-    from tests.test_lifecycle import frames_in, published, start
-
-    out = tmp_path / "load.h5"
-    proc = start(
-        "load",
-        "--frames",
-        "100000",
-        "--workers",
-        "2",
-        "--sink",
-        "hdf5",
-        "--output",
-        str(out),
-        "--set",
-        'kernels.slow.kind="tests.plugins:Sleepy"',
-        "--set",
-        "kernels.slow.ms=30",
-        "--set",
-        "run.drain_timeout_s=30",
-    )
-    try:
-        faults.wait_for(lambda: published("load") >= 10, what="10 published frames")
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    drained_s = time.monotonic() - t0
-    assert proc.returncode == 0, err
-    assert drained_s < 30  # bounded by run.drain_timeout_s (a full ring is ~6 frames of 30 ms)
-    n = frames_in(err)
-    assert read_stream(str(out), "scan_0001")["message_id"].tolist() == list(range(1, n + 1))
+    f = faults.sigterm_under_load(tmp_path, sleep_ms=30.0)
+    assert f.exit_code == 0, f.details["stderr"]
+    assert f.details["frames_in"] >= 10
+    assert (f.lost, f.duplicates, f.hangs) == (0, 0, 0)  # everything pulled is published
+    assert f.details["ids"] == list(range(1, f.details["frames_in"] + 1))
+    assert f.details["drain_s"] < 30  # within run.drain_timeout_s (a full ring: ~6 frames)
 
 
 # -- bad input ------------------------------------------------------------------------------
@@ -298,6 +267,15 @@ def test_asapo_dispatcher_or_publisher_death_then_restart_loses_nothing(asapo, t
     assert (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
     assert f.details["output_ids"] == list(range(1, 31))
     assert second.frames_out >= 30 - first.frames_out
+
+
+def test_asapo_whole_group_sigkilled_then_restarted_loses_nothing(asapo, tmp_path):
+    f = faults.asapo_group_kill(asapo, tmp_path, frames=30)
+    assert f.exit_code == EXIT_OK, f.details["stderr"]
+    assert (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
+    assert f.details["output_ids"] == list(range(1, 31))
+    assert f.details["shm_left"] == []
+    assert "removed the record of dead run 'gk-1'" in f.details["stderr"]
 
 
 def test_asapo_unknown_stream_is_named_and_the_run_ends_at_idle_timeout(asapo, tmp_path):
