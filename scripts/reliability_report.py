@@ -118,6 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.monotonic() - t0:.0f} s)\n"
     )
     print(faults.table(rows))
+    for f in rows:
+        if "growth" in f.details:
+            print(
+                f"\n{f.scenario}: largest growth of any process's resident memory between "
+                f"25 % and 95 % of the frames {100 * f.details['growth']:.1f} %, of its open "
+                f"files {f.details['fd_growth']:+d}; {f.details['errors']} error records for "
+                f"{f.details['expected_errors']} bad frames"
+            )
     return 1 if failed else 0
 
 

@@ -32,10 +32,13 @@ def _digests_match(data: dict) -> None:
 # -- worker SIGKILL at random ---------------------------------------------------------------
 @pytest.mark.parametrize(
     ("frames", "every"),
-    [pytest.param(240, 20, id="short"), pytest.param(20000, 50, id="soak", marks=pytest.mark.soak)],
+    [
+        pytest.param(240, 20, id="short"),
+        pytest.param(20000, 50, id="soak", marks=[pytest.mark.soak, pytest.mark.timeout(1800)]),
+    ],
 )
 def test_random_worker_sigkill_loses_and_duplicates_nothing(tmp_path, frames, every):
-    f = faults.random_sigkill(tmp_path, frames=frames, every=every)
+    f = faults.random_sigkill(tmp_path, frames=frames, every=every, deadline_s=120 + frames / 20)
     assert f.exit_code == EXIT_OK, f.details["summary"].error
     assert f.faults >= frames // every // 2  # the kills did happen, mid-run
     assert (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
@@ -56,6 +59,13 @@ def test_hung_worker_is_killed_by_the_watchdog_and_the_frame_retried(tmp_path, m
     assert data["attempt"][3] == 1 and data["attempt"].sum() == 1  # retried once, then done
     assert f.details["summary"].worker_restarts == 1
     assert 1.5 <= f.longest_recovery_s  # the watchdog waited its time, no more than needed
+
+
+def test_without_watchdog_a_hang_is_caught_by_the_suite_guard(tmp_path):
+    """The suite's hang count can fail: with the watchdog off, a looping kernel hangs the
+    run until the guard stops it (exit 130)."""
+    f = faults.crash_kernel(tmp_path, "hang", [2], once=False, frames=4, deadline_s=4.0)
+    assert f.hangs == 1 and f.exit_code == 130
 
 
 def test_frame_that_hangs_every_time_is_quarantined(tmp_path):
@@ -221,11 +231,13 @@ def test_nan_and_inf_pixels_are_ignored_as_masked(tmp_path):
     ("frames", "error_every"),
     [
         pytest.param(2000, 400, id="short"),
-        pytest.param(100_000, 5000, id="soak", marks=pytest.mark.soak),
+        pytest.param(100_000, 5000, id="soak", marks=[pytest.mark.soak, pytest.mark.timeout(3600)]),
     ],
 )
 def test_long_run_memory_and_file_descriptors_stay_flat(tmp_path, frames, error_every):
-    f = faults.long_run(tmp_path, frames=frames, error_every=error_every)
+    f = faults.long_run(
+        tmp_path, frames=frames, error_every=error_every, deadline_s=120 + frames / 20
+    )
     assert f.exit_code == EXIT_OK, f.details["summary"].error
     assert (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
     d = f.details
