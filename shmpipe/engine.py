@@ -194,11 +194,23 @@ class Pipeline:
         )
         proc.start()
         theirs.close()
+        limit = self.config.run.setup_timeout_s
         try:
-            status, payload = ours.recv()
+            if limit > 0 and not ours.poll(limit):
+                proc.kill()
+                status, payload = (
+                    "error",
+                    f"the start-up checks and kernel set-up did not finish within "
+                    f"run.setup_timeout_s = {limit} s (a kernel's setup hung? a process that "
+                    "has used OpenMP, bitshuffle say, cannot fork safely: run shmpipe as a "
+                    "command rather than inside such a process)",
+                )
+            else:
+                status, payload = ours.recv()
         except EOFError:
             status, payload = "error", f"the start-up checks died (exit code {proc.exitcode})"
         proc.join()
+        ours.close()
         if status != "ok":
             raise StartupError(payload)
         source_params, src_layout, layout = pickle.loads(payload)
