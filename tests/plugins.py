@@ -186,3 +186,11 @@ class BadInputSource(Source):
             meta=meta,
             timestamp=time.time(),
         )
+
+
+class HangingSetup(Kernel):
+    """A kernel whose setup never returns (a deadlock, a network mount that hangs)."""
+
+    def setup(self, ctx):
+        while True:
+            time.sleep(1)  # never returns; run.setup_timeout_s must act

@@ -10,15 +10,18 @@ service restarted mid-run (test_asapo_pipeline).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from shmpipe.builtin_kernels import frame_digest
-from shmpipe.config import load_config
+from shmpipe.config import load_config, to_toml
 from shmpipe.engine import EXIT_FAILED, EXIT_OK, Pipeline
 from shmpipe.sinks.hdf5 import read_stream
 from shmpipe.sources.sim import SimParams, SimSource, sim_geometry
 from tests import faults
+from tests.conftest import SMALL_SIM, run_cli
 
 
 def _digests_match(data: dict) -> None:
@@ -122,6 +125,18 @@ def test_sigterm_under_load_drains_in_bounded_time_and_exits_0(tmp_path):
     assert f.details["drain_s"] < 30  # within run.drain_timeout_s (a full ring: ~6 frames)
 
 
+# -- resources ------------------------------------------------------------------------------
+def test_kernel_setup_that_hangs_refuses_to_start_within_setup_timeout():
+    r = run_cli(
+        "run", "--frames", "3", "--progress", "off",
+        "--set", f"source.module_shape={SMALL_SIM['module_shape']}",
+        "--set", 'kernels.stuck.kind="tests.plugins:HangingSetup"',
+        "--set", "run.setup_timeout_s=2",
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "did not finish within run.setup_timeout_s = 2.0 s" in r.stderr
+
+
 # -- bad input ------------------------------------------------------------------------------
 def _lambda_chain(tmp_path, compressed: bool, float_parts: bool = False) -> dict:
     geo = tmp_path / "geometry.json"
@@ -165,7 +180,15 @@ def _bad_input_run(tmp_path, cases, *, compressed=False, dtype="uint16", on_erro
         "kernels": _lambda_chain(tmp_path, compressed, float_parts=dtype == "float32"),
         "sinks": [{"kind": "hdf5", "output": str(tmp_path / "out.h5")}],
     }
-    summary = Pipeline(load_config(raw=raw)).run()
+    if not compressed:
+        summary = Pipeline(load_config(raw=raw)).run()
+        return summary, read_stream(str(tmp_path / "out.h5"), "scan_0001")
+    # bitshuffle (OpenMP) has run in this process (test_native_*): a fork of it that calls
+    # bitshuffle again hangs in libgomp, so the compressed chain runs as a command, as users do.
+    path = tmp_path / "bad.toml"
+    path.write_text(to_toml(load_config(raw=raw).effective()))
+    r = run_cli("run", "--config", str(path))
+    summary = SimpleNamespace(exit_code=r.returncode, error=r.stderr)
     return summary, read_stream(str(tmp_path / "out.h5"), "scan_0001")
 
 
