@@ -52,6 +52,7 @@ def scenarios(soak: bool) -> list[tuple[str, Callable[[Path], faults.Figures]]]:
             "hang",
             lambda d: faults.crash_kernel(d, "sigstop", [5], once=False, watchdog_s=1.5),
         ),
+        ("hang", lambda d: faults.stopped_worker(d)),
         ("poison", lambda d: faults.crash_kernel(d, "raise", [3, 7, 11], once=False)),
         ("poison", lambda d: faults.crash_kernel(d, "abort", [3, 7, 11], once=False)),
         ("poison", lambda d: faults.crash_kernel(d, "segfault", [3, 7, 11], once=False)),

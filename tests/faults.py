@@ -770,3 +770,58 @@ def asapo_group_kill(service, tmp: Path, frames: int = 40) -> Figures:
             "shm_left": sorted(set(os.listdir("/dev/shm")) - shm_before),
         },
     )
+
+
+def stopped_worker(
+    tmp: Path, frames: int = 60, rate: float = 60.0, watchdog_s: float = 1.0, deadline_s=120
+) -> Figures:
+    """SIGSTOP a worker between frames (idle, or with frames waiting in its inbox)."""
+    raw = config(tmp, {"checksum": {}}, frames=frames, watchdog_s=watchdog_s)
+    raw["source"]["rate"] = rate
+    pipeline = Pipeline(load_config(raw=raw))
+    recoveries: list[float] = []
+    stopped: list[int] = []
+    stop = threading.Event()
+
+    def freezer() -> None:
+        while not stop.is_set():
+            p = getattr(pipeline, "p", None)
+            if p is None or int(p.ring.procs[PROC_PUBLISHER, P_FRAMES]) < 5:
+                stop.wait(0.005)
+                continue
+            row = p.ring.procs[PROC_FIRST_WORKER + 0]
+            pid = int(row[P_PID])
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+            t0 = time.monotonic()
+            while not stop.is_set():
+                if int(row[P_PID]) not in (pid, 0) and row[P_READY_NS]:
+                    recoveries.append(time.monotonic() - t0)
+                    return
+                stop.wait(0.005)
+            return
+
+    t = threading.Thread(target=freezer, daemon=True)
+    t.start()
+    try:
+        summary, hung = run_guarded(pipeline, deadline_s)
+    finally:
+        stop.set()
+        t.join()
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)  # if the run did not kill it, let it be reaped
+            except ProcessLookupError:
+                pass
+    data = read_or_empty(tmp / "out_scan_0001.h5", "scan_0001")
+    lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
+    return Figures(
+        "worker SIGSTOPped between frames (watchdog)",
+        faults=len(stopped),
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung),
+        recovery_s=recoveries,
+        exit_code=summary.exit_code,
+        details={"summary": summary, "data": data},
+    )

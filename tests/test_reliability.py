@@ -64,6 +64,15 @@ def test_hung_worker_is_killed_by_the_watchdog_and_the_frame_retried(tmp_path, m
     assert 1.5 <= f.longest_recovery_s  # the watchdog waited its time, no more than needed
 
 
+def test_worker_stopped_between_frames_is_replaced_by_the_watchdog(tmp_path):
+    f = faults.stopped_worker(tmp_path, frames=40, rate=60.0, watchdog_s=1.0, deadline_s=90)
+    assert f.exit_code == EXIT_OK, f.details["summary"].error
+    assert f.faults == 1 and (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
+    assert f.details["data"]["message_id"].tolist() == list(range(1, 41))
+    assert f.details["summary"].worker_restarts == 1
+    assert f.longest_recovery_s >= 1.0
+
+
 def test_without_watchdog_a_hang_is_caught_by_the_suite_guard(tmp_path):
     """The suite's hang count can fail: with the watchdog off, a looping kernel hangs the
     run until the guard stops it (exit 130)."""
