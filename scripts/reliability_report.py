@@ -120,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(faults.table(rows))
     for f in rows:
+        if "in_flight" in f.details:
+            print(
+                f"\n{f.scenario}: {f.details['in_flight']} frames were in flight; the sim "
+                "source cannot redeliver them (with ASAPO they come back: the rows below)"
+            )
         if "growth" in f.details:
             print(
                 f"\n{f.scenario}: largest growth of any process's resident memory between "

@@ -49,7 +49,7 @@ class Figures:
         return [
             self.scenario,
             str(self.faults),
-            str(self.lost),
+            str(self.lost) if self.lost >= 0 else "n/a",
             str(self.duplicates),
             str(self.hangs),
             f"{self.longest_recovery_s:.3f}" if self.recovery_s else "-",
@@ -321,14 +321,17 @@ def process_death(tmp: Path, role: str, frames: int = 2000, deadline_s: float = 
         stop.set()
         t.join()
     stopped_s = time.time() - killed[0] if killed else float("nan")
+    # The sim source cannot redeliver: what was in flight is not lost in silence (the run
+    # stops with exit 1 and says why) but is not published either; ASAPO's case below.
+    in_flight = summary.frames_in - summary.frames_out - summary.errors
     return Figures(
-        f"{role} SIGKILLed (sim source: clean stop)",
+        f"{role} SIGKILLed (sim source: run stops, exit 1)",
         faults=len(killed),
-        lost=0,
+        lost=-1,
         hangs=int(hung),
         recovery_s=[stopped_s] if killed else [],
         exit_code=summary.exit_code,
-        details={"summary": summary},
+        details={"summary": summary, "in_flight": in_flight},
     )
 
 
