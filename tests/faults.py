@@ -22,7 +22,14 @@ import psutil
 
 from shmpipe.config import load_config
 from shmpipe.engine import Pipeline, RunSummary
-from shmpipe.ring import P_FRAMES, P_PID, P_READY_NS, PROC_FIRST_WORKER, PROC_PUBLISHER
+from shmpipe.ring import (
+    P_FRAMES,
+    P_PID,
+    P_READY_NS,
+    PROC_DISPATCHER,
+    PROC_FIRST_WORKER,
+    PROC_PUBLISHER,
+)
 from shmpipe.sinks.hdf5 import read_stream
 
 SMALL = {"kind": "sim", "module_shape": [48, 64], "modules": 12, "pool": 3}
@@ -137,6 +144,15 @@ def count(ids: list[int], expected: set[int]) -> tuple[int, int]:
     return len(expected - set(c)), sum(n - 1 for n in c.values() if n > 1)
 
 
+def progress(pipeline: Pipeline, row: int = PROC_PUBLISHER) -> int:
+    """Frames the publisher (or ``row``'s process) has handled; -1 before start or after the
+    end (the ring is gone)."""
+    try:
+        return int(pipeline.p.ring.procs[row, P_FRAMES])
+    except (AttributeError, TypeError, IndexError):
+        return -1
+
+
 def read_or_empty(path: Path, stream: str) -> dict[str, Any]:
     """The stream's committed rows, or none when a stopped run left no readable file."""
     import numpy as np
@@ -175,13 +191,14 @@ def random_sigkill(
     def killer() -> None:
         next_at = rng.randint(every // 2 + 1, every * 3 // 2 + 1)
         while not stop.is_set():
-            p = getattr(pipeline, "p", None)
-            workers = getattr(pipeline, "workers", None)
-            if p is None or not workers or int(p.ring.procs[PROC_PUBLISHER, P_FRAMES]) < next_at:
+            if progress(pipeline) < next_at or not getattr(pipeline, "workers", None):
                 stop.wait(0.002)
                 continue
             seat = rng.randrange(cfg.run.workers)
-            row = p.ring.procs[PROC_FIRST_WORKER + seat]
+            try:
+                row = pipeline.p.ring.procs[PROC_FIRST_WORKER + seat]
+            except (AttributeError, TypeError):
+                return  # the run has ended
             pid = int(row[P_PID])
             if pid <= 0 or not row[P_READY_NS]:
                 stop.wait(0.002)
@@ -290,9 +307,8 @@ def kill_role(pipeline: Pipeline, role: str, after: int, stop: threading.Event) 
     """SIGKILL the dispatcher or publisher once ``after`` frames are published."""
     killed: list[float] = []
     while not stop.is_set():
-        p = getattr(pipeline, "p", None)
         proc = getattr(pipeline, role, None)
-        if p is None or proc is None or int(p.ring.procs[PROC_PUBLISHER, P_FRAMES]) < after:
+        if proc is None or progress(pipeline) < after:
             stop.wait(0.005)
             continue
         try:
@@ -383,10 +399,7 @@ def long_run(
     def sampler() -> None:
         for fraction in (0.25, 0.95):
             while not stop.is_set():
-                p = getattr(pipeline, "p", None)
-                if p is not None and int(p.ring.procs[PROC_PUBLISHER, P_FRAMES]) >= (
-                    fraction * frames
-                ):
+                if progress(pipeline) >= fraction * frames:
                     samples.append(_sample(pipeline))
                     break
                 stop.wait(0.005)
@@ -518,23 +531,20 @@ def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> F
     stop = threading.Event()
 
     def stall() -> None:
-        def out() -> int:
-            p = getattr(pipeline, "p", None)
-            return int(p.ring.procs[PROC_PUBLISHER, P_FRAMES]) if p is not None else 0
-
-        while not stop.is_set() and out() < frames // 4:
+        while not stop.is_set() and progress(pipeline) < frames // 4:
             stop.wait(0.01)
         if stop.is_set():
             return
         pid = service.proc.pid
         os.kill(pid, signal.SIGSTOP)
         marks["stopped"] = time.monotonic()
-        before = out()
         stop.wait(stall_s)
+        before = progress(pipeline, PROC_DISPATCHER)
         os.kill(pid, signal.SIGCONT)
         marks["resumed"] = time.monotonic()
+        # Recovery: from the service's return to the next message pulled from it.
         while not stop.is_set():
-            if out() > before:
+            if progress(pipeline, PROC_DISPATCHER) > before:
                 marks["next"] = time.monotonic()
                 return
             stop.wait(0.005)
@@ -573,19 +583,17 @@ def asapo_restart(service, tmp: Path, frames: int = 60) -> Figures:
     stop = threading.Event()
 
     def restart() -> None:
-        def out() -> int:
-            p = getattr(pipeline, "p", None)
-            return int(p.ring.procs[PROC_PUBLISHER, P_FRAMES]) if p is not None else 0
-
-        while not stop.is_set() and out() < frames // 4:
+        while not stop.is_set() and progress(pipeline) < frames // 4:
             stop.wait(0.01)
         if stop.is_set():
             return
+        service.stop()
+        before = progress(pipeline, PROC_DISPATCHER)
+        service.start()
         marks["fault"] = time.monotonic()
-        service.restart()
-        before = out()
+        # Recovery: from the service's return to the next message pulled from it.
         while not stop.is_set():
-            if out() > before:
+            if progress(pipeline, PROC_DISPATCHER) > before:
                 marks["next"] = time.monotonic()
                 return
             stop.wait(0.005)
@@ -788,11 +796,13 @@ def stopped_worker(
 
     def freezer() -> None:
         while not stop.is_set():
-            p = getattr(pipeline, "p", None)
-            if p is None or int(p.ring.procs[PROC_PUBLISHER, P_FRAMES]) < 5:
+            if progress(pipeline) < 5:
                 stop.wait(0.005)
                 continue
-            row = p.ring.procs[PROC_FIRST_WORKER + 0]
+            try:
+                row = pipeline.p.ring.procs[PROC_FIRST_WORKER + 0]
+            except (AttributeError, TypeError):
+                return  # the run has ended
             pid = int(row[P_PID])
             os.kill(pid, signal.SIGSTOP)
             stopped.append(pid)
