@@ -9,7 +9,7 @@ Columns: faults injected; frames lost (expected ids never published nor recorded
 error); duplicates (ids stored twice); hangs (runs the hang guard had to stop); the longest
 recovery, in seconds: for a killed worker, until its replacement is ready; for a retried
 frame, from the fault to the frame's publication (the watchdog's wait included); for a
-stalled or restarted ASAPO service, from its return to the next published frame; for a
+stalled or restarted ASAPO service, from its return to the next message pulled; for a
 killed dispatcher or publisher, from the kill to the end of the run (sim source) or to the
 restarted run's first published frame (ASAPO).
 
