@@ -144,13 +144,56 @@ def count(ids: list[int], expected: set[int]) -> tuple[int, int]:
     return len(expected - set(c)), sum(n - 1 for n in c.values() if n > 1)
 
 
-def progress(pipeline: Pipeline, row: int = PROC_PUBLISHER) -> int:
-    """Frames the publisher (or ``row``'s process) has handled; -1 before start or after the
-    end (the ring is gone)."""
-    try:
-        return int(pipeline.p.ring.procs[row, P_FRAMES])
-    except (AttributeError, TypeError, IndexError):
-        return -1
+class ProcTable:
+    """A run's process table through a mapping of its own, as ``shmpipe status`` reads it.
+
+    The pipeline unmaps its rings when the run ends; numpy views on them do not keep the
+    memory mapped, so a watching thread that read them then would crash. This mapping stays
+    valid until :meth:`close`, whatever the run does.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.procs = None
+        self._m = None
+
+    def get(self):
+        """The process table, or ``None`` before the run has its rings."""
+        if self.procs is None:
+            from shmpipe.status import attach_tables
+
+            ring = getattr(getattr(self.pipeline, "p", None), "ring", None)
+            if ring is None or ring.procs is None:
+                return None
+            try:
+                _, self.procs, self._m = attach_tables(self.pipeline._describe())
+            except (OSError, AttributeError, TypeError):
+                return None
+        return self.procs
+
+    def frames(self, row: int = PROC_PUBLISHER) -> int:
+        """Frames the publisher (or ``row``'s process) has handled; -1 before the start."""
+        procs = self.get()
+        return -1 if procs is None else int(procs[row, P_FRAMES])
+
+    def worker_pid(self, seat: int) -> tuple[int, bool]:
+        """The pid in a worker seat and whether it is ready for frames."""
+        procs = self.get()
+        if procs is None:
+            return 0, False
+        row = procs[PROC_FIRST_WORKER + seat]
+        return int(row[P_PID]), bool(row[P_READY_NS])
+
+    def close(self) -> None:
+        self.procs = None
+        if self._m is not None:
+            self._m.close()
+            self._m = None
+
+
+def is_child(pipeline: Pipeline, pid: int) -> bool:
+    """Whether ``pid`` is one of the run's live worker processes (never signal another)."""
+    return pid > 0 and any(w is not None and w.pid == pid for w in getattr(pipeline, "workers", []))
 
 
 def read_or_empty(path: Path, stream: str) -> dict[str, Any]:
@@ -184,6 +227,7 @@ def random_sigkill(
     cfg = load_config(raw=raw)
     pipeline = Pipeline(cfg)
     rng = random.Random(seed)
+    table = ProcTable(pipeline)
     kills: list[int] = []
     recoveries: list[float] = []
     stop = threading.Event()
@@ -191,16 +235,12 @@ def random_sigkill(
     def killer() -> None:
         next_at = rng.randint(every // 2 + 1, every * 3 // 2 + 1)
         while not stop.is_set():
-            if progress(pipeline) < next_at or not getattr(pipeline, "workers", None):
+            if table.frames() < next_at:
                 stop.wait(0.002)
                 continue
             seat = rng.randrange(cfg.run.workers)
-            try:
-                row = pipeline.p.ring.procs[PROC_FIRST_WORKER + seat]
-            except (AttributeError, TypeError):
-                return  # the run has ended
-            pid = int(row[P_PID])
-            if pid <= 0 or not row[P_READY_NS]:
+            pid, ready = table.worker_pid(seat)
+            if not ready or not is_child(pipeline, pid):
                 stop.wait(0.002)
                 continue
             try:
@@ -212,7 +252,8 @@ def random_sigkill(
             next_at += rng.randint(every // 2 + 1, every * 3 // 2 + 1)
             # Recovery: until the seat's replacement has started and is ready for frames.
             while not stop.is_set():
-                if int(row[P_PID]) not in (pid, 0) and row[P_READY_NS]:
+                new_pid, ready = table.worker_pid(seat)
+                if new_pid not in (pid, 0) and ready:
                     recoveries.append(time.monotonic() - t0)
                     break
                 stop.wait(0.001)
@@ -224,6 +265,7 @@ def random_sigkill(
     finally:
         stop.set()
         t.join()
+        table.close()
     data = read_stream(str(tmp / "out_scan_0001.h5"), "scan_0001")
     lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
     return Figures(
@@ -305,19 +347,21 @@ def crash_kernel(
 # -- dispatcher and publisher ---------------------------------------------------------------
 def kill_role(pipeline: Pipeline, role: str, after: int, stop: threading.Event) -> list[float]:
     """SIGKILL the dispatcher or publisher once ``after`` frames are published."""
-    killed: list[float] = []
-    while not stop.is_set():
-        proc = getattr(pipeline, role, None)
-        if proc is None or progress(pipeline) < after:
-            stop.wait(0.005)
-            continue
-        try:
-            os.kill(proc.pid, signal.SIGKILL)
-            killed.append(time.time())
-        except ProcessLookupError:
-            pass
-        return killed
-    return killed
+    table = ProcTable(pipeline)
+    try:
+        while not stop.is_set():
+            proc = getattr(pipeline, role, None)
+            if proc is None or proc.pid is None or table.frames() < after:
+                stop.wait(0.005)
+                continue
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+                return [time.time()]
+            except ProcessLookupError:
+                return []
+        return []
+    finally:
+        table.close()
 
 
 def process_death(tmp: Path, role: str, frames: int = 2000, deadline_s: float = 120) -> Figures:
@@ -396,10 +440,12 @@ def long_run(
     samples: list[dict[str, tuple[int, int]]] = []
     stop = threading.Event()
 
+    table = ProcTable(pipeline)
+
     def sampler() -> None:
         for fraction in (0.25, 0.95):
             while not stop.is_set():
-                if progress(pipeline) >= fraction * frames:
+                if table.frames() >= fraction * frames:
                     samples.append(_sample(pipeline))
                     break
                 stop.wait(0.005)
@@ -411,6 +457,7 @@ def long_run(
     finally:
         stop.set()
         t.join()
+        table.close()
     data = read_stream(str(tmp / "out_scan_0001.h5"), "scan_0001")
     seen = data["message_id"].tolist() + data["errors"]["message_id"].tolist()
     lost, dups = count(seen, set(range(1, frames + 1)))
@@ -529,9 +576,10 @@ def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> F
     pipeline = Pipeline(load_config(raw=asapo_config(service.endpoint, tmp, group, "stall")))
     marks: dict[str, float] = {}
     stop = threading.Event()
+    table = ProcTable(pipeline)
 
     def stall() -> None:
-        while not stop.is_set() and progress(pipeline) < frames // 4:
+        while not stop.is_set() and table.frames() < frames // 4:
             stop.wait(0.01)
         if stop.is_set():
             return
@@ -539,12 +587,12 @@ def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> F
         os.kill(pid, signal.SIGSTOP)
         marks["stopped"] = time.monotonic()
         stop.wait(stall_s)
-        before = progress(pipeline, PROC_DISPATCHER)
+        before = table.frames(PROC_DISPATCHER)
         os.kill(pid, signal.SIGCONT)
         marks["resumed"] = time.monotonic()
         # Recovery: from the service's return to the next message pulled from it.
         while not stop.is_set():
-            if progress(pipeline, PROC_DISPATCHER) > before:
+            if table.frames(PROC_DISPATCHER) > before:
                 marks["next"] = time.monotonic()
                 return
             stop.wait(0.005)
@@ -556,6 +604,7 @@ def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> F
     finally:
         stop.set()
         t.join()
+        table.close()
         if service.proc is not None and service.proc.poll() is None:
             os.kill(service.proc.pid, signal.SIGCONT)
     out, err = producer.communicate(timeout=120)
@@ -581,19 +630,20 @@ def asapo_restart(service, tmp: Path, frames: int = 60) -> Figures:
     pipeline = Pipeline(load_config(raw=asapo_config(service.endpoint, tmp, group, "restart")))
     marks: dict[str, float] = {}
     stop = threading.Event()
+    table = ProcTable(pipeline)
 
     def restart() -> None:
-        while not stop.is_set() and progress(pipeline) < frames // 4:
+        while not stop.is_set() and table.frames() < frames // 4:
             stop.wait(0.01)
         if stop.is_set():
             return
         service.stop()
-        before = progress(pipeline, PROC_DISPATCHER)
+        before = table.frames(PROC_DISPATCHER)
         service.start()
         marks["fault"] = time.monotonic()
         # Recovery: from the service's return to the next message pulled from it.
         while not stop.is_set():
-            if progress(pipeline, PROC_DISPATCHER) > before:
+            if table.frames(PROC_DISPATCHER) > before:
                 marks["next"] = time.monotonic()
                 return
             stop.wait(0.005)
@@ -605,6 +655,7 @@ def asapo_restart(service, tmp: Path, frames: int = 60) -> Figures:
     finally:
         stop.set()
         t.join()
+        table.close()
     producer.communicate(timeout=120)
     data = read_stream(str(tmp / "out_scan_0001_restart.h5"), "scan_0001")
     lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
@@ -793,22 +844,20 @@ def stopped_worker(
     recoveries: list[float] = []
     stopped: list[int] = []
     stop = threading.Event()
+    table = ProcTable(pipeline)
 
     def freezer() -> None:
         while not stop.is_set():
-            if progress(pipeline) < 5:
+            pid, ready = table.worker_pid(0)
+            if table.frames() < 5 or not ready or not is_child(pipeline, pid):
                 stop.wait(0.005)
                 continue
-            try:
-                row = pipeline.p.ring.procs[PROC_FIRST_WORKER + 0]
-            except (AttributeError, TypeError):
-                return  # the run has ended
-            pid = int(row[P_PID])
             os.kill(pid, signal.SIGSTOP)
             stopped.append(pid)
             t0 = time.monotonic()
             while not stop.is_set():
-                if int(row[P_PID]) not in (pid, 0) and row[P_READY_NS]:
+                new_pid, ready = table.worker_pid(0)
+                if new_pid not in (pid, 0) and ready:
                     recoveries.append(time.monotonic() - t0)
                     return
                 stop.wait(0.005)
@@ -821,6 +870,7 @@ def stopped_worker(
     finally:
         stop.set()
         t.join()
+        table.close()
         for pid in stopped:
             try:
                 os.kill(pid, signal.SIGCONT)  # if the run did not kill it, let it be reaped
