@@ -363,8 +363,24 @@ class AzimuthalIntegrate(Kernel):
         p = self.params
         nf = p.normalization_factor
         if p.normalization_key is not None:
-            nf = nf * float(frame.meta[p.normalization_key])
+            nf = nf * _monitor(frame, p.normalization_key, self.name)
         self.plan.integrate(_as_parts(frame.get(p.input)), self.dark, nf, self.error_model, out)
+
+
+def _monitor(frame: Frame, key: str, kernel: str) -> float:
+    """The frame's monitor value ``meta[key]``: a clear error when absent or not a number."""
+    try:
+        value = float(frame.meta[key])
+    except KeyError:
+        raise ValueError(f"{kernel}: frame meta has no {key!r} (normalization_key); "
+                         f"keys: {sorted(frame.meta)}") from None
+    except (TypeError, ValueError):
+        raise ValueError(f"{kernel}: frame meta {key!r} = {frame.meta[key]!r} is not a "
+                         "number (normalization_key)") from None
+    if not np.isfinite(value) or value == 0.0:
+        raise ValueError(f"{kernel}: frame meta {key!r} = {value} cannot normalise "
+                         "(normalization_key)")
+    return value
 
 
 class FrameStats(Kernel):

@@ -81,6 +81,9 @@ class RunSection:
     """... and at least this often while records arrive."""
     drain_timeout_s: float = 60.0
     """On Ctrl-C/SIGTERM, how long frames in flight may take to finish before a hard stop."""
+    setup_timeout_s: float = 600.0
+    """Longest the start-up checks and the kernels' set-up may take before the run refuses
+    to start; 0: no limit."""
 
 
 @dataclass

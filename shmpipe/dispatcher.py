@@ -24,6 +24,7 @@ from shmpipe.message import (
     StreamFinished,
     copy_parts,
     encode_header,
+    layout_mismatch,
 )
 from shmpipe.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, become_child, now_ns, write_error
 from shmpipe.ring import (
@@ -153,6 +154,10 @@ class Dispatcher:
         row[MSG_ID] = item.message_id
         error = item.error
         nbytes = item.nbytes
+        if error is None:
+            mismatch = layout_mismatch(item.parts, self.p.parts)
+            if mismatch is not None:
+                error = f"wrong payload: {mismatch}"
         if error is None and nbytes > ring.geometry.payload_bytes:
             error = (
                 f"payload of {nbytes} bytes does not fit a slot of {ring.geometry.payload_bytes} "

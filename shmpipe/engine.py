@@ -203,11 +203,23 @@ class Pipeline:
         )
         proc.start()
         theirs.close()
+        limit = self.config.run.setup_timeout_s
         try:
-            status, payload = ours.recv()
+            if limit > 0 and not ours.poll(limit):
+                proc.kill()
+                status, payload = (
+                    "error",
+                    f"the start-up checks and kernel set-up did not finish within "
+                    f"run.setup_timeout_s = {limit} s (a kernel's setup hung? a process that "
+                    "has used OpenMP, bitshuffle say, cannot fork safely: run shmpipe as a "
+                    "command rather than inside such a process)",
+                )
+            else:
+                status, payload = ours.recv()
         except EOFError:
             status, payload = "error", f"the start-up checks died (exit code {proc.exitcode})"
         proc.join()
+        ours.close()
         if status != "ok":
             raise StartupError(payload)
         source_params, src_layout, layout = pickle.loads(payload)
@@ -379,6 +391,7 @@ class Pipeline:
         limit = self.config.run.watchdog_s
         if limit <= 0:
             return
+        self._watch_stopped(limit)
         table = self.p.ring.table
         deadline = now_ns() - int(limit * 1e9)
         stuck = (table[:, STATE] == CLAIMED) & (table[:, T_CLAIM] < deadline)
@@ -396,6 +409,35 @@ class Pipeline:
                 )
                 try:
                     os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def _watch_stopped(self, limit: float) -> None:
+        """Kill a worker that has been stopped (SIGSTOP, a debugger, a cgroup freezer) for
+        longer than ``limit``: frames already in its inbox would wait for it for ever."""
+        now = time.monotonic()
+        for seat, w in enumerate(self.workers):
+            if w is None or w.pid is None:
+                continue
+            try:
+                with open(f"/proc/{w.pid}/stat", "rb") as f:
+                    state = f.read().rsplit(b")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state not in (b"T", b"t"):
+                self._stopped_since.pop(w.pid, None)
+                continue
+            since = self._stopped_since.setdefault(w.pid, now)
+            if now - since > limit:
+                log.warning(
+                    "worker %d (pid %d) has been stopped for more than %.1f s: killing it",
+                    seat,
+                    w.pid,
+                    limit,
+                )
+                self._stopped_since.pop(w.pid, None)
+                try:
+                    os.kill(w.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
 
@@ -475,6 +517,7 @@ class Pipeline:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.workers: list[mp.Process | None] = [None] * cfg.run.workers
         self._ready_logged: set[tuple[int, int]] = set()
+        self._stopped_since: dict[int, float] = {}
         progress = ProgressReporter(ring, cfg, self.name)
         exit_code, error = EXIT_OK, ""
         self.metrics: mp.Process | None = None

@@ -75,6 +75,32 @@ def _aligned(n: int) -> int:
     return (n + PART_ALIGN - 1) // PART_ALIGN * PART_ALIGN
 
 
+def layout_mismatch(parts: list[Any], specs: list[Any] | None) -> str | None:
+    """Why ``parts`` do not match the layout the source declared (``None`` when they do).
+
+    The kernels were set up (and compiled) for the declared parts; a message whose parts
+    differ in number, dtype or shape must become an error record, not reach them.
+
+    Parameters
+    ----------
+    parts : list
+        The message's parts (arrays or ``PartReader`` objects).
+    specs : list of ArraySpec or None
+        The declared layout; ``None`` (opaque, compressed parts): nothing to check.
+    """
+    if specs is None:
+        return None
+    if len(parts) != len(specs):
+        return f"{len(parts)} parts, the source declared {len(specs)}"
+    for i, (p, s) in enumerate(zip(parts, specs, strict=True)):
+        if np.dtype(p.dtype) != np.dtype(s.dtype) or tuple(p.shape) != tuple(s.shape):
+            return (
+                f"part {i} is {np.dtype(p.dtype).name} {list(p.shape)}, "
+                f"the source declared {np.dtype(s.dtype).name} {list(s.shape)}"
+            )
+    return None
+
+
 class HeaderTooLarge(ValueError):
     pass
 

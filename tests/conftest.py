@@ -60,3 +60,21 @@ def run_cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProce
         env=kw.pop("env", None),
         **kw,
     )
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="run the long reliability runs (@pytest.mark.soak); skipped otherwise",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="long run: give --soak to run it")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import os
 import signal
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from shmpipe.kernel import ArraySpec, Kernel
+from shmpipe.message import Message, StreamFinished, payload_bytes
+from shmpipe.source import EndOfSource, Source, SourceLayout
 
 
 class Sum(Kernel):
@@ -59,7 +62,7 @@ class FailOn(Kernel):
 @dataclass
 class CrashParams:
     ids: list[int] = field(default_factory=list)
-    mode: str = "sigkill"  # sigkill | abort | segfault | hang
+    mode: str = "sigkill"  # sigkill | abort | segfault | hang | sigstop
     once_dir: str = ""  # when set: crash only on the first attempt (a marker file per id)
 
 
@@ -77,6 +80,7 @@ class Crash(Kernel):
                 return
             marker.touch()
         mode = self.params.mode
+        faulthandler.disable()  # a crash on purpose: no traceback dump on the test's stderr
         if mode == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif mode == "abort":
@@ -86,6 +90,8 @@ class Crash(Kernel):
         elif mode == "hang":
             while True:
                 time.sleep(1)  # a kernel that never returns; the watchdog must act
+        elif mode == "sigstop":
+            os.kill(os.getpid(), signal.SIGSTOP)  # a frozen worker; the watchdog must act
 
 
 class Sleepy(Kernel):
@@ -97,3 +103,94 @@ class Sleepy(Kernel):
 
     def process(self, frame, out):
         time.sleep(self.params.ms / 1000)
+
+
+@dataclass
+class BadInputParams:
+    cases: list[str] = field(default_factory=list)
+    """One message per entry, ids 1, 2, ...: good, wrong_size, wrong_dtype, truncated, corrupt,
+    missing_module, no_monitor, nan, inf."""
+    module_shape: list[int] = field(default_factory=lambda: [48, 64])
+    modules: int = 12
+    dtype: str = "uint16"
+    """Declared dtype of the raw parts (float32 for NaN and inf pixels)."""
+    compressed: bool = False
+    """Send bitshuffle-LZ4 modules (opaque parts; the decompress kernel checks them)."""
+    stream: str = "scan_0001"
+    monitor_key: str = "monitor"
+
+
+class BadInputSource(Source):
+    """A detector that sends the listed good and bad messages, then finishes its stream."""
+
+    Params = BadInputParams
+
+    def _module(self, rng: np.random.Generator) -> np.ndarray:
+        p = self.params
+        return rng.poisson(20.0, tuple(p.module_shape)).astype(p.dtype)
+
+    def layout(self) -> SourceLayout:
+        p = self.params
+        specs = [
+            ArraySpec(f"module_{i:02d}", tuple(p.module_shape), p.dtype) for i in range(p.modules)
+        ]
+        if p.compressed:
+            return SourceLayout(None, payload_bytes(specs) * 2 + 4096 * p.modules)
+        return SourceLayout(specs, payload_bytes(specs))
+
+    def open(self) -> None:
+        self._next = 0
+        self._rng = np.random.default_rng(5)
+
+    def _parts(self, case: str) -> list[np.ndarray]:
+        from native_kernels.compression import compress
+
+        p, rng = self.params, self._rng
+        parts = [self._module(rng) for _ in range(p.modules)]
+        if case == "wrong_size":
+            parts[3] = parts[3][:-1]
+        elif case == "wrong_dtype":
+            parts = [m.astype(np.float64) for m in parts]
+        elif case == "missing_module":
+            parts = parts[:-1]
+        elif case in ("nan", "inf"):
+            parts[2][5, 7] = np.nan if case == "nan" else np.inf
+            parts[4][0, :] = np.nan if case == "nan" else -np.inf
+        if p.compressed:
+            parts = [compress(np.ascontiguousarray(m)) for m in parts]
+            if case == "truncated":
+                parts[1] = parts[1][: parts[1].size // 2].copy()
+            elif case == "corrupt":
+                parts[6] = rng.integers(0, 256, parts[6].size, dtype=np.uint8)
+        elif case in ("truncated", "corrupt"):
+            raw = parts[1].reshape(-1).view(np.uint8)
+            parts[1] = raw[: raw.size // 2].copy()
+        return parts
+
+    def next(self, timeout: float) -> Message | StreamFinished | None:
+        p = self.params
+        if self._next > len(p.cases):
+            raise EndOfSource
+        self._next += 1
+        if self._next > len(p.cases):
+            return StreamFinished(p.stream, "", len(p.cases))
+        case = p.cases[self._next - 1]
+        meta = {"case": case}
+        if case != "no_monitor":
+            meta[p.monitor_key] = 2.0
+        return Message(
+            stream=p.stream,
+            message_id=self._next,
+            name=f"{p.stream}/{case}_{self._next}",
+            parts=self._parts(case),
+            meta=meta,
+            timestamp=time.time(),
+        )
+
+
+class HangingSetup(Kernel):
+    """A kernel whose setup never returns (a deadlock, a network mount that hangs)."""
+
+    def setup(self, ctx):
+        while True:
+            time.sleep(1)  # never returns; run.setup_timeout_s must act

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 import time
+from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +47,62 @@ _ERRORS = (
     ("traceback", _STR),
     ("quarantined", np.bool_),
 )
+
+
+CHUNK_BYTES = 256 * 1024
+
+
+class IdSet:
+    """Message ids seen, as sorted disjoint runs ``[lo, hi]``.
+
+    Ids arrive mostly in order, so a long stream costs a few runs instead of one set entry
+    per frame: the sink's memory stays flat however many frames a run publishes.
+    """
+
+    def __init__(self, ids: Iterable[int] = ()) -> None:
+        self.lo: list[int] = []
+        self.hi: list[int] = []
+        for i in sorted(set(int(i) for i in ids)):
+            self.add(i)
+
+    def __contains__(self, i: int) -> bool:
+        k = bisect_right(self.lo, i) - 1
+        return k >= 0 and i <= self.hi[k]
+
+    def add(self, i: int) -> None:
+        """Add ``i``, joining it to the runs beside it."""
+        lo, hi = self.lo, self.hi
+        k = bisect_right(lo, i) - 1
+        if k >= 0 and i <= hi[k]:
+            return
+        joins_left = k >= 0 and hi[k] == i - 1
+        joins_right = k + 1 < len(lo) and lo[k + 1] == i + 1
+        if joins_left and joins_right:
+            hi[k] = hi[k + 1]
+            del lo[k + 1], hi[k + 1]
+        elif joins_left:
+            hi[k] = i
+        elif joins_right:
+            lo[k + 1] = i
+        else:
+            lo.insert(k + 1, i)
+            hi.insert(k + 1, i)
+
+    @property
+    def runs(self) -> int:
+        """How many runs of consecutive ids are stored."""
+        return len(self.lo)
+
+
+def _chunk_rows(spec) -> int:
+    """Rows per chunk of an output dataset: one row of an image, many of a scalar.
+
+    A chunk per row of a tiny output (a digest, a sum) makes the file's chunk index, and
+    the library's memory with it, grow with every frame; about 256 KiB a chunk stays well
+    inside h5py's default chunk cache (1 MiB) while rows are appended one at a time.
+    """
+    row = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+    return int(max(1, min(1024, CHUNK_BYTES // max(1, row))))
 
 
 @dataclass
@@ -79,19 +137,23 @@ class _StreamGroup:
                     (0, *s.shape),
                     dtype=s.dtype,
                     maxshape=(None, *s.shape),
-                    chunks=(1, *s.shape),
+                    chunks=(_chunk_rows(s), *s.shape),
                     compression=compression or None,
                 )
         self.specs = specs
         self._truncate(self.rows)
-        self.seen = set(group["message_id"][: self.rows].tolist())
+        self.seen = IdSet(group["message_id"][: self.rows].tolist())
         eg = group.require_group("errors")
         self.error_rows = int(eg.attrs.get("rows", 0))
         for name, dt in _ERRORS:
             if name not in eg:
                 eg.create_dataset(name, (0,), dtype=dt, maxshape=(None,), chunks=(256,))
         self.errors = eg
-        self.error_ids = set(eg["message_id"][: self.error_rows].tolist())
+        for name, _ in _ERRORS:
+            # Error rows beyond the committed count were never acknowledged either.
+            if eg[name].shape[0] != self.error_rows:
+                eg[name].resize(self.error_rows, axis=0)
+        self.error_ids = IdSet(eg["message_id"][: self.error_rows].tolist())
 
     def _truncate(self, n: int) -> None:
         # Rows beyond the committed count were never acknowledged: drop them.

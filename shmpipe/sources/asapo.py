@@ -202,6 +202,7 @@ class AsapoSource(Source):
         self._pending: tuple | None = None
         self._end_at = 0.0
         self._finished_streams: set[str] = set()
+        self._known_streams: set[str] = set()
 
     def _scan(self, stream: str) -> dict[str, Any]:
         if stream not in self._scans:
@@ -319,6 +320,7 @@ class AsapoSource(Source):
             nxt = "" if nxt == "asapo_no_next" else nxt
             return self._finished(stream, nxt, int(exc.id_max or 0))
         except asapo.AsapoEndOfStreamError:
+            self._check_exists(stream)
             return self._idle(stream)
         except asapo.AsapoNoDataError:
             return None
@@ -396,6 +398,35 @@ class AsapoSource(Source):
         """End once ``stream`` stays quiet for a resend period: messages a crashed run held
         unacknowledged come back within it, and must not be left for a later run."""
         self._end_at = time.monotonic() + self.params.resend_delay_ms / 1000 + 0.5
+
+    def _check_exists(self, stream: str) -> None:
+        """Say once, clearly, when the stream read from does not exist (yet): a typo in
+        ``source.stream`` would otherwise look like a quiet detector."""
+        if stream in self._known_streams:
+            return
+        self._known_streams.add(stream)
+        try:
+            names = [
+                s["name"]
+                for s in self._consumer.get_stream_list(
+                    from_stream="", filter="all", detailed=False
+                )
+            ]
+        except _client().AsapoConsumerError:
+            return
+        if stream not in names:
+            p = self.params
+            log.warning(
+                "stream %r does not exist (yet) in beamtime %r, data source %r: waiting for it%s"
+                " (streams there: %s)",
+                stream,
+                p.beamtime,
+                p.data_source,
+                f" for at most {p.idle_timeout_s} s (source.idle_timeout_s)"
+                if p.idle_timeout_s
+                else "",
+                ", ".join(names[:10]) or "none",
+            )
 
     def _idle(self, stream: str) -> StreamFinished | None:
         p = self.params

@@ -1,0 +1,890 @@
+"""Fault scenarios shared by the reliability tests and ``scripts/reliability_report.py``.
+
+Each scenario runs a real pipeline (in this process, with the supervisor in the main thread),
+injects its faults, reads the sink back and returns :class:`Figures`: faults injected, frames
+lost, duplicates, hangs and the longest recovery. Tests assert on the figures (and on the
+details a scenario returns); the report prints them as a table.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from shmpipe.config import load_config
+from shmpipe.engine import Pipeline, RunSummary
+from shmpipe.ring import (
+    P_FRAMES,
+    P_PID,
+    P_READY_NS,
+    PROC_DISPATCHER,
+    PROC_FIRST_WORKER,
+    PROC_PUBLISHER,
+)
+from shmpipe.sinks.hdf5 import read_stream
+
+SMALL = {"kind": "sim", "module_shape": [48, 64], "modules": 12, "pool": 3}
+
+
+@dataclass
+class Figures:
+    """What one scenario did, as reported in the table."""
+
+    scenario: str
+    faults: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    hangs: int = 0
+    recovery_s: list[float] = field(default_factory=list)
+    exit_code: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def longest_recovery_s(self) -> float:
+        return max(self.recovery_s, default=0.0)
+
+    def row(self) -> list[str]:
+        return [
+            self.scenario,
+            str(self.faults),
+            str(self.lost) if self.lost >= 0 else "n/a",
+            str(self.duplicates),
+            str(self.hangs),
+            f"{self.longest_recovery_s:.3f}" if self.recovery_s else "-",
+        ]
+
+
+HEADER = ["scenario", "faults injected", "frames lost", "duplicates", "hangs", "longest recovery s"]
+
+
+def table(rows: list[Figures]) -> str:
+    """A Markdown table of the figures."""
+    cells = [HEADER, *[f.row() for f in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(HEADER))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    """Poll ``predicate`` until it is true, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)  # polling interval of a bounded wait
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def config(tmp: Path, kernels: dict, *, frames: int, workers: int = 2, **run) -> dict:
+    """A small simulated run into one HDF5 file per stream."""
+    return {
+        "run": {"workers": workers, "progress": "off", "on_error": "skip", **run},
+        "source": {**SMALL, "frames": frames},
+        "kernels": kernels,
+        "sinks": [{"kind": "hdf5", "output": str(tmp / "out_{stream}.h5")}],
+    }
+
+
+class HangGuard:
+    """Stops a run that outlives ``deadline_s``: two SIGINTs to this process, which the
+    supervisor answers with an immediate stop (exit 130), counted as a hang."""
+
+    def __init__(self, deadline_s: float) -> None:
+        self.deadline_s = deadline_s
+        self.fired = False
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        if self._stop.wait(self.deadline_s):
+            return
+        self.fired = True
+        sent = 0
+        while sent < 2 and not self._stop.is_set():
+            # Only while the supervisor's handler is installed: elsewhere SIGINT would stop
+            # the caller (pytest) instead of the run.
+            handler = signal.getsignal(signal.SIGINT)
+            if getattr(handler, "__name__", "") == "_on_signal":
+                os.kill(os.getpid(), signal.SIGINT)
+                sent += 1
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> HangGuard:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def run_guarded(pipeline: Pipeline, deadline_s: float) -> tuple[RunSummary, bool]:
+    """Run to the end; whether the hang guard had to stop it."""
+    with HangGuard(deadline_s) as guard:
+        summary = pipeline.run()
+    return summary, guard.fired
+
+
+def count(ids: list[int], expected: set[int]) -> tuple[int, int]:
+    """Frames lost (expected, never seen) and duplicates (seen more than once)."""
+    c = Counter(ids)
+    return len(expected - set(c)), sum(n - 1 for n in c.values() if n > 1)
+
+
+class ProcTable:
+    """A run's process table through a mapping of its own, as ``shmpipe status`` reads it.
+
+    The pipeline unmaps its rings when the run ends; numpy views on them do not keep the
+    memory mapped, so a watching thread that read them then would crash. This mapping stays
+    valid until :meth:`close`, whatever the run does.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.procs = None
+        self._m = None
+
+    def get(self):
+        """The process table, or ``None`` before the run has its rings."""
+        if self.procs is None:
+            from shmpipe.status import attach_tables
+
+            ring = getattr(getattr(self.pipeline, "p", None), "ring", None)
+            if ring is None or ring.procs is None:
+                return None
+            try:
+                _, self.procs, self._m = attach_tables(self.pipeline._describe())
+            except (OSError, AttributeError, TypeError):
+                return None
+        return self.procs
+
+    def frames(self, row: int = PROC_PUBLISHER) -> int:
+        """Frames the publisher (or ``row``'s process) has handled; -1 before the start."""
+        procs = self.get()
+        return -1 if procs is None else int(procs[row, P_FRAMES])
+
+    def worker_pid(self, seat: int) -> tuple[int, bool]:
+        """The pid in a worker seat and whether it is ready for frames."""
+        procs = self.get()
+        if procs is None:
+            return 0, False
+        row = procs[PROC_FIRST_WORKER + seat]
+        return int(row[P_PID]), bool(row[P_READY_NS])
+
+    def close(self) -> None:
+        self.procs = None
+        if self._m is not None:
+            self._m.close()
+            self._m = None
+
+
+def is_child(pipeline: Pipeline, pid: int) -> bool:
+    """Whether ``pid`` is one of the run's live worker processes (never signal another)."""
+    return pid > 0 and any(w is not None and w.pid == pid for w in getattr(pipeline, "workers", []))
+
+
+def read_or_empty(path: Path, stream: str) -> dict[str, Any]:
+    """The stream's committed rows, or none when a stopped run left no readable file."""
+    import numpy as np
+
+    try:
+        return read_stream(str(path), stream)
+    except (OSError, KeyError):
+        empty = np.zeros(0, np.int64)
+        return {
+            "message_id": empty,
+            "published": np.zeros(0),
+            "attempt": empty,
+            "errors": {"message_id": empty, "quarantined": np.zeros(0, bool)},
+        }
+
+
+def _published_at(data: dict, mid: int) -> float:
+    rows = (data["message_id"] == mid).nonzero()[0]
+    return float(data["published"][rows[0]]) if len(rows) else float("nan")
+
+
+# -- worker faults --------------------------------------------------------------------------
+def random_sigkill(
+    tmp: Path, frames: int = 300, every: int = 25, seed: int = 1, deadline_s: float = 300
+) -> Figures:
+    """SIGKILL a random worker every ``every`` published frames (±50 %) over ``frames``."""
+    raw = config(tmp, {"checksum": {}}, frames=frames)
+    raw["source"]["rate"] = 400.0  # paced, so kills land while frames are in flight
+    cfg = load_config(raw=raw)
+    pipeline = Pipeline(cfg)
+    rng = random.Random(seed)
+    table = ProcTable(pipeline)
+    kills: list[int] = []
+    recoveries: list[float] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        next_at = rng.randint(every // 2 + 1, every * 3 // 2 + 1)
+        while not stop.is_set():
+            if table.frames() < next_at:
+                stop.wait(0.002)
+                continue
+            seat = rng.randrange(cfg.run.workers)
+            pid, ready = table.worker_pid(seat)
+            if not ready or not is_child(pipeline, pid):
+                stop.wait(0.002)
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            t0 = time.monotonic()
+            kills.append(pid)
+            next_at += rng.randint(every // 2 + 1, every * 3 // 2 + 1)
+            # Recovery: until the seat's replacement has started and is ready for frames.
+            while not stop.is_set():
+                new_pid, ready = table.worker_pid(seat)
+                if new_pid not in (pid, 0) and ready:
+                    recoveries.append(time.monotonic() - t0)
+                    break
+                stop.wait(0.001)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        summary, hung = run_guarded(pipeline, deadline_s)
+    finally:
+        stop.set()
+        t.join()
+        table.close()
+    data = read_stream(str(tmp / "out_scan_0001.h5"), "scan_0001")
+    lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
+    return Figures(
+        f"worker SIGKILL every ~{every} frames ({frames} frames)",
+        faults=len(kills),
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung),
+        recovery_s=recoveries,
+        exit_code=summary.exit_code,
+        details={"summary": summary, "data": data, "kills": kills},
+    )
+
+
+def crash_kernel(
+    tmp: Path,
+    mode: str,
+    ids: list[int],
+    *,
+    once: bool,
+    frames: int = 30,
+    max_attempts: int = 2,
+    watchdog_s: float = 0.0,
+    deadline_s: float = 300,
+) -> Figures:
+    """A kernel that kills (or hangs, or stops) its worker on ``ids``; once, or every time."""
+    marks = tmp / "marks"
+    marks.mkdir(exist_ok=True)
+    if mode == "raise":
+        crash = {"kind": "tests.plugins:FailOn", "ids": ids}
+    else:
+        crash = {
+            "kind": "tests.plugins:Crash",
+            "ids": ids,
+            "mode": mode,
+            "once_dir": str(marks) if once else "",
+        }
+    raw = config(
+        tmp,
+        {"checksum": {}, "crash": crash},
+        frames=frames,
+        max_attempts=max_attempts,
+        watchdog_s=watchdog_s,
+    )
+    pipeline = Pipeline(load_config(raw=raw))
+    summary, hung = run_guarded(pipeline, deadline_s)
+    data = read_or_empty(tmp / "out_scan_0001.h5", "scan_0001")
+    errors = data["errors"]
+    seen = data["message_id"].tolist() + errors["message_id"].tolist()
+    lost, dups = count(seen, set(range(1, frames + 1)))
+    recoveries = []
+    if once and mode != "raise":
+        for mid in ids:
+            mark = marks / f"scan_0001-{mid}"
+            if mark.exists():
+                recoveries.append(_published_at(data, mid) - mark.stat().st_mtime)
+    faults = summary.worker_restarts if mode != "raise" else len(errors["message_id"])
+    what = {
+        "raise": "kernel raises",
+        "abort": "kernel calls os.abort()",
+        "segfault": "kernel segfaults",
+        "sigkill": "kernel SIGKILLs its worker",
+        "hang": "kernel loops (watchdog)",
+        "sigstop": "worker SIGSTOPped (watchdog)",
+    }[mode]
+    how = "once, then retried" if once else f"every attempt, quarantined after {max_attempts}"
+    return Figures(
+        f"{what}: {how}",
+        faults=faults,
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung),
+        recovery_s=recoveries,
+        exit_code=summary.exit_code,
+        details={"summary": summary, "data": data},
+    )
+
+
+# -- dispatcher and publisher ---------------------------------------------------------------
+def kill_role(pipeline: Pipeline, role: str, after: int, stop: threading.Event) -> list[float]:
+    """SIGKILL the dispatcher or publisher once ``after`` frames are published."""
+    table = ProcTable(pipeline)
+    try:
+        while not stop.is_set():
+            proc = getattr(pipeline, role, None)
+            if proc is None or proc.pid is None or table.frames() < after:
+                stop.wait(0.005)
+                continue
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+                return [time.time()]
+            except ProcessLookupError:
+                return []
+        return []
+    finally:
+        table.close()
+
+
+def process_death(tmp: Path, role: str, frames: int = 2000, deadline_s: float = 120) -> Figures:
+    """SIGKILL the dispatcher or the publisher mid-run: the run must stop cleanly (exit 1)."""
+    raw = config(tmp, {"checksum": {}}, frames=frames)
+    raw["source"]["rate"] = 200.0
+    pipeline = Pipeline(load_config(raw=raw))
+    stop = threading.Event()
+    killed: list[float] = []
+    t = threading.Thread(
+        target=lambda: killed.extend(kill_role(pipeline, role, 10, stop)), daemon=True
+    )
+    t.start()
+    try:
+        summary, hung = run_guarded(pipeline, deadline_s)
+    finally:
+        stop.set()
+        t.join()
+    stopped_s = time.time() - killed[0] if killed else float("nan")
+    # The sim source cannot redeliver: what was in flight is not lost in silence (the run
+    # stops with exit 1 and says why) but is not published either; ASAPO's case below.
+    in_flight = summary.frames_in - summary.frames_out - summary.errors
+    return Figures(
+        f"{role} SIGKILLed (sim source: run stops, exit 1)",
+        faults=len(killed),
+        lost=-1,
+        hangs=int(hung),
+        recovery_s=[stopped_s] if killed else [],
+        exit_code=summary.exit_code,
+        details={"summary": summary, "in_flight": in_flight},
+    )
+
+
+# -- long run -------------------------------------------------------------------------------
+def _tree(pipeline: Pipeline) -> list[psutil.Process]:
+    procs = [psutil.Process()]
+    for c in [
+        getattr(pipeline, "dispatcher", None),
+        getattr(pipeline, "publisher", None),
+        *getattr(pipeline, "workers", []),
+    ]:
+        if c is not None and c.pid:
+            try:
+                procs.append(psutil.Process(c.pid))
+            except psutil.NoSuchProcess:
+                pass
+    return procs
+
+
+def _sample(pipeline: Pipeline) -> dict[str, tuple[int, int]]:
+    out = {}
+    for proc in _tree(pipeline):
+        try:
+            out[f"{proc.name()}:{proc.pid}"] = (proc.memory_info().rss, proc.num_fds())
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def long_run(
+    tmp: Path, frames: int = 8000, error_every: int = 1000, deadline_s: float = 600
+) -> Figures:
+    """Many small frames: resident memory and open files of every process, before and after.
+
+    Samples are taken at 25 % (after warm-up) and at 95 % of the frames, while everything
+    runs; ``details["growth"]`` is the largest relative RSS growth of any process.
+    """
+    bad = list(range(error_every, frames + 1, error_every))
+    raw = config(
+        tmp,
+        {"checksum": {}, "bad": {"kind": "tests.plugins:FailOn", "ids": bad}},
+        frames=frames,
+    )
+    raw["source"] = {"kind": "sim", "payload_bytes": 256, "frames": frames, "pool": 4}
+    pipeline = Pipeline(load_config(raw=raw))
+    samples: list[dict[str, tuple[int, int]]] = []
+    stop = threading.Event()
+
+    table = ProcTable(pipeline)
+
+    def sampler() -> None:
+        for fraction in (0.25, 0.95):
+            while not stop.is_set():
+                if table.frames() >= fraction * frames:
+                    samples.append(_sample(pipeline))
+                    break
+                stop.wait(0.005)
+
+    t = threading.Thread(target=sampler, daemon=True)
+    t.start()
+    try:
+        summary, hung = run_guarded(pipeline, deadline_s)
+    finally:
+        stop.set()
+        t.join()
+        table.close()
+    data = read_stream(str(tmp / "out_scan_0001.h5"), "scan_0001")
+    seen = data["message_id"].tolist() + data["errors"]["message_id"].tolist()
+    lost, dups = count(seen, set(range(1, frames + 1)))
+    growth, fd_growth = 0.0, 0
+    if len(samples) == 2:
+        a, b = samples
+        for key in a.keys() & b.keys():
+            growth = max(growth, (b[key][0] - a[key][0]) / a[key][0])
+            fd_growth = max(fd_growth, b[key][1] - a[key][1])
+    return Figures(
+        f"long run: {frames} small frames, an error every {error_every}",
+        faults=len(bad),
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung),
+        exit_code=summary.exit_code,
+        details={
+            "summary": summary,
+            "data": data,
+            "samples": samples,
+            "growth": growth,
+            "fd_growth": fd_growth,
+            "errors": len(data["errors"]["message_id"]),
+            "expected_errors": len(bad),
+        },
+    )
+
+
+# -- ASAPO ----------------------------------------------------------------------------------
+ASAPO_SHAPE = [32, 48]
+BEAMTIME = "bt_faults"
+
+
+def asapo_config(endpoint: str, tmp: Path, group: str, name: str, **source) -> dict:
+    """The ASAPO source into an HDF5 file per run and an ASAPO output stream of checksums."""
+    return {
+        "run": {"workers": 2, "progress": "off", "on_error": "skip", "name": name},
+        "source": {
+            "kind": "asapo",
+            "endpoint": endpoint,
+            "beamtime": BEAMTIME,
+            "stream": "scan_0001",
+            "group_id": group,
+            "part_shape": ASAPO_SHAPE,
+            "timeout_ms": 300,
+            "until": "finished",
+            "resend_delay_ms": 800,
+            "retry_max_s": 2.0,
+            **source,
+        },
+        "kernels": {"checksum": {}},
+        "sinks": [
+            {"kind": "hdf5", "output": str(tmp / "out_{stream}_{run}.h5")},
+            {
+                "kind": "asapo",
+                "endpoint": endpoint,
+                "beamtime": BEAMTIME,
+                "data_source": f"checksums_{group}",
+                "outputs": ["checksum.digest"],
+            },
+        ],
+    }
+
+
+def produce(endpoint: str, frames: int, rate: float = 0.0):
+    """The demo producer (the real ``asapo_producer``) in its own process."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(repo / "scripts" / "asapo_produce.py"),
+            "--endpoint",
+            endpoint,
+            "--beamtime",
+            BEAMTIME,
+            "--frames",
+            str(frames),
+            "--streams",
+            "scan_0001",
+            "--rate",
+            str(rate),
+            "--module-shape",
+            ",".join(map(str, ASAPO_SHAPE)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def output_ids(endpoint: str, group: str) -> list[int]:
+    """Ids of every record in the output stream, read back with the real consumer."""
+    import asapo_consumer
+
+    c = asapo_consumer.create_consumer(
+        endpoint, "", False, BEAMTIME, f"checksums_{group}", "", 2000
+    )
+    last = int(c.get_stream_info("scan_0001")["lastId"])
+    ids = []
+    for i in range(1, last + 1):
+        try:
+            _, meta = c.get_by_id(i, meta_only=True, stream="scan_0001")
+        except (asapo_consumer.AsapoEndOfStreamError, asapo_consumer.AsapoStreamFinishedError):
+            break
+        ids.append(int(meta["_id"]))
+    return ids
+
+
+def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> Figures:
+    """SIGSTOP the ASAPO service mid-run for ``stall_s`` (a stalled connection), then go on."""
+    group = "stall"
+    producer = produce(service.endpoint, frames, rate=40.0)
+    pipeline = Pipeline(load_config(raw=asapo_config(service.endpoint, tmp, group, "stall")))
+    marks: dict[str, float] = {}
+    stop = threading.Event()
+    table = ProcTable(pipeline)
+
+    def stall() -> None:
+        while not stop.is_set() and table.frames() < frames // 4:
+            stop.wait(0.01)
+        if stop.is_set():
+            return
+        pid = service.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        marks["stopped"] = time.monotonic()
+        stop.wait(stall_s)
+        before = table.frames(PROC_DISPATCHER)
+        os.kill(pid, signal.SIGCONT)
+        marks["resumed"] = time.monotonic()
+        # Recovery: from the service's return to the next message pulled from it.
+        while not stop.is_set():
+            if table.frames(PROC_DISPATCHER) > before:
+                marks["next"] = time.monotonic()
+                return
+            stop.wait(0.005)
+
+    t = threading.Thread(target=stall, daemon=True)
+    t.start()
+    try:
+        summary, hung = run_guarded(pipeline, 240)
+    finally:
+        stop.set()
+        t.join()
+        table.close()
+        if service.proc is not None and service.proc.poll() is None:
+            os.kill(service.proc.pid, signal.SIGCONT)
+    out, err = producer.communicate(timeout=120)
+    data = read_stream(str(tmp / "out_scan_0001_stall.h5"), "scan_0001")
+    lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
+    out_lost, out_dups = count(output_ids(service.endpoint, group), set(range(1, frames + 1)))
+    return Figures(
+        f"ASAPO service stalled {stall_s:.0f} s (SIGSTOP) mid-run",
+        faults=int("stopped" in marks),
+        lost=max(lost, out_lost),
+        duplicates=max(dups, out_dups),
+        hangs=int(hung),
+        recovery_s=[marks["next"] - marks["resumed"]] if "next" in marks else [],
+        exit_code=summary.exit_code,
+        details={"summary": summary, "data": data, "producer": (producer.returncode, err)},
+    )
+
+
+def asapo_restart(service, tmp: Path, frames: int = 60) -> Figures:
+    """Restart the ASAPO service mid-run (stop, start on the same port and data)."""
+    group = "restart"
+    producer = produce(service.endpoint, frames, rate=40.0)
+    pipeline = Pipeline(load_config(raw=asapo_config(service.endpoint, tmp, group, "restart")))
+    marks: dict[str, float] = {}
+    stop = threading.Event()
+    table = ProcTable(pipeline)
+
+    def restart() -> None:
+        while not stop.is_set() and table.frames() < frames // 4:
+            stop.wait(0.01)
+        if stop.is_set():
+            return
+        service.stop()
+        before = table.frames(PROC_DISPATCHER)
+        service.start()
+        marks["fault"] = time.monotonic()
+        # Recovery: from the service's return to the next message pulled from it.
+        while not stop.is_set():
+            if table.frames(PROC_DISPATCHER) > before:
+                marks["next"] = time.monotonic()
+                return
+            stop.wait(0.005)
+
+    t = threading.Thread(target=restart, daemon=True)
+    t.start()
+    try:
+        summary, hung = run_guarded(pipeline, 240)
+    finally:
+        stop.set()
+        t.join()
+        table.close()
+    producer.communicate(timeout=120)
+    data = read_stream(str(tmp / "out_scan_0001_restart.h5"), "scan_0001")
+    lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
+    out_lost, out_dups = count(output_ids(service.endpoint, group), set(range(1, frames + 1)))
+    return Figures(
+        "ASAPO service restarted mid-run",
+        faults=int("fault" in marks),
+        lost=max(lost, out_lost),
+        duplicates=max(dups, out_dups),
+        hangs=int(hung),
+        recovery_s=[marks["next"] - marks["fault"]] if "next" in marks else [],
+        exit_code=summary.exit_code,
+        details={"summary": summary, "data": data},
+    )
+
+
+def asapo_role_death(service, tmp: Path, role: str, frames: int = 40) -> Figures:
+    """SIGKILL the dispatcher or publisher of an ASAPO run, then start the run again with the
+    same consumer group: the unacknowledged messages come back, nothing is lost."""
+    group = f"death-{role}"
+    p = produce(service.endpoint, frames)
+    p.communicate(timeout=120)
+    raw = asapo_config(service.endpoint, tmp, group, f"{role}-1")
+    raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 30.0}
+    first = Pipeline(load_config(raw=raw))
+    stop = threading.Event()
+    killed: list[float] = []
+    t = threading.Thread(target=lambda: killed.extend(kill_role(first, role, 8, stop)), daemon=True)
+    t.start()
+    try:
+        s1, hung1 = run_guarded(first, 120)
+    finally:
+        stop.set()
+        t.join()
+    raw = asapo_config(service.endpoint, tmp, group, f"{role}-2")
+    second = Pipeline(load_config(raw=raw))
+    s2, hung2 = run_guarded(second, 120)
+    ids = output_ids(service.endpoint, group)
+    lost, dups = count(ids, set(range(1, frames + 1)))
+    data = read_stream(str(tmp / f"out_scan_0001_{role}-2.h5"), "scan_0001")
+    return Figures(
+        f"ASAPO: {role} SIGKILLed, run restarted",
+        faults=len(killed),
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung1 or hung2),
+        # From the kill to the restarted run's first published frame.
+        recovery_s=[float(data["published"].min()) - killed[0]] if killed else [],
+        exit_code=s2.exit_code,
+        details={"first": s1, "second": s2, "data": data, "output_ids": ids},
+    )
+
+
+# -- whole runs as a user starts them -------------------------------------------------------
+def published(name: str) -> int:
+    """Frames the live run ``name`` has published (0 until it is up)."""
+    from shmpipe.runs import live_runs
+    from shmpipe.status import attach_tables
+
+    for info in live_runs():
+        if info["name"] == name:
+            try:
+                _, procs, m = attach_tables(info)
+            except OSError:
+                return 0
+            n = int(procs[PROC_PUBLISHER, P_FRAMES])
+            del procs
+            m.close()
+            return n
+    return 0
+
+
+def cli(*args: str, new_session: bool = False):
+    """``python -m shmpipe ARGS`` as a child process."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "shmpipe", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=new_session,
+    )
+
+
+def sigterm_under_load(tmp: Path, sleep_ms: float = 30.0) -> Figures:
+    """SIGTERM a busy run (a full ring of slow frames): it must drain and exit 0."""
+    import re
+
+    name = f"sigterm-{os.getpid()}"
+    out = tmp / "load.h5"
+    proc = cli(
+        "run", "--set", f"run.name={name}", "--set", "source.module_shape=[48, 64]",
+        "--progress", "off", "--frames", "100000", "--workers", "2", "--sink", "hdf5",
+        "--output", str(out), "--set", 'kernels.slow.kind="tests.plugins:Sleepy"',
+        "--set", f"kernels.slow.ms={sleep_ms}", "--set", "run.drain_timeout_s=30",
+    )  # fmt: skip
+    hung = False
+    try:
+        wait_for(lambda: published(name) >= 10, what="10 published frames")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: a hang
+            hung = True
+            proc.kill()
+            _, err = proc.communicate()
+        drained = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    m = re.search(r"(\d+) frames in, (\d+) out", err)
+    n_in = int(m.group(1)) if m else -1
+    ids = read_stream(str(out), "scan_0001")["message_id"].tolist() if out.exists() else []
+    lost, dups = count(ids, set(range(1, n_in + 1)))
+    return Figures(
+        f"SIGTERM under load ({sleep_ms:.0f} ms frames, full ring)",
+        faults=1,
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung),
+        recovery_s=[drained],
+        exit_code=proc.returncode,
+        details={"stderr": err, "frames_in": n_in, "ids": ids, "drain_s": drained},
+    )
+
+
+def asapo_group_kill(service, tmp: Path, frames: int = 40) -> Figures:
+    """SIGKILL the whole process group of an ASAPO run, start it again: 0 lost, and the
+    restarted run starts clean (nothing in /dev/shm, the dead run's record swept)."""
+    from shmpipe.config import to_toml
+
+    group = "groupkill"
+    p = produce(service.endpoint, frames)
+    p.communicate(timeout=120)
+    raw = asapo_config(service.endpoint, tmp, group, "unused")
+    raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 40.0}
+    del raw["run"]["name"]
+    path = tmp / "groupkill.toml"
+    path.write_text(to_toml(load_config(raw=raw).effective()))
+    shm_before = set(os.listdir("/dev/shm"))
+    first = cli("run", "--config", str(path), "--set", "run.name=gk-1", new_session=True)
+    try:
+        wait_for(lambda: published("gk-1") >= 8, what="8 published frames")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate(timeout=30)
+    killed_at = time.time()
+    second = cli("run", "--config", str(path), "--set", "run.name=gk-2")
+    hung = False
+    try:
+        _, err = second.communicate(timeout=180)
+    except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: a hang
+        hung = True
+        second.kill()
+        _, err = second.communicate()
+    ids = output_ids(service.endpoint, group)
+    lost, dups = count(ids, set(range(1, frames + 1)))
+    data = read_stream(str(tmp / "out_scan_0001_gk-2.h5"), "scan_0001")
+    return Figures(
+        "ASAPO: whole process group SIGKILLed, run restarted",
+        faults=1,
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung),
+        recovery_s=[float(data["published"].min()) - killed_at],
+        exit_code=second.returncode,
+        details={
+            "stderr": err,
+            "output_ids": ids,
+            "shm_left": sorted(set(os.listdir("/dev/shm")) - shm_before),
+        },
+    )
+
+
+def stopped_worker(
+    tmp: Path, frames: int = 60, rate: float = 60.0, watchdog_s: float = 1.0, deadline_s=120
+) -> Figures:
+    """SIGSTOP a worker between frames (idle, or with frames waiting in its inbox)."""
+    raw = config(tmp, {"checksum": {}}, frames=frames, watchdog_s=watchdog_s)
+    raw["source"]["rate"] = rate
+    pipeline = Pipeline(load_config(raw=raw))
+    recoveries: list[float] = []
+    stopped: list[int] = []
+    stop = threading.Event()
+    table = ProcTable(pipeline)
+
+    def freezer() -> None:
+        while not stop.is_set():
+            pid, ready = table.worker_pid(0)
+            if table.frames() < 5 or not ready or not is_child(pipeline, pid):
+                stop.wait(0.005)
+                continue
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+            t0 = time.monotonic()
+            while not stop.is_set():
+                new_pid, ready = table.worker_pid(0)
+                if new_pid not in (pid, 0) and ready:
+                    recoveries.append(time.monotonic() - t0)
+                    return
+                stop.wait(0.005)
+            return
+
+    t = threading.Thread(target=freezer, daemon=True)
+    t.start()
+    try:
+        summary, hung = run_guarded(pipeline, deadline_s)
+    finally:
+        stop.set()
+        t.join()
+        table.close()
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)  # if the run did not kill it, let it be reaped
+            except ProcessLookupError:
+                pass
+    data = read_or_empty(tmp / "out_scan_0001.h5", "scan_0001")
+    lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
+    return Figures(
+        "worker SIGSTOPped between frames (watchdog)",
+        faults=len(stopped),
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung),
+        recovery_s=recoveries,
+        exit_code=summary.exit_code,
+        details={"summary": summary, "data": data},
+    )
