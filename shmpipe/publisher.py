@@ -141,6 +141,20 @@ class Publisher:
                 quarantined=bool(flags & QUARANTINED),
                 attempt=int(row[ATTEMPT]),
             )
+            if record.quarantined and self.acknowledger.retry_elsewhere(stream, mid):
+                # The source took it back (an ASAPO negative acknowledgement): the frame
+                # killed workers here, which may be this node's fault; it comes back later,
+                # possibly to another node, and is only recorded as an error on its last try.
+                self.log.warning(
+                    "stream %r message %d quarantined here; handed back to the source for "
+                    "another try",
+                    stream,
+                    mid,
+                    extra={"stream": stream, "message_id": mid},
+                )
+                self._queue(stream, mid, slot, ack=False)
+                self._advance(seq)
+                return
             for s in self.sinks:
                 s.write_error(record)
             self.procs[P_ERRORS] += 1

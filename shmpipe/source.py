@@ -47,6 +47,12 @@ class Acknowledger:
     def nack(self, stream: str, message_id: int, delay_ms: int = 0) -> None:  # noqa: B027
         """The message failed in a way worth retrying later; ask for a redelivery."""
 
+    def retry_elsewhere(self, stream: str, message_id: int) -> bool:
+        """A frame was quarantined (it killed workers ``run.max_attempts`` times): hand it
+        back for another try later (return True), or let it become an error record (False).
+        Sources that cannot redeliver return False."""
+        return False
+
     def close(self) -> None:  # noqa: B027
         pass
 

@@ -358,3 +358,29 @@ def test_wrong_token_is_a_configuration_error(tmp_path):
         assert "check source.token" in r.stderr
     finally:
         service.stop()
+
+
+def test_has_filesystem_reads_payload_files_straight_into_slots(asapo, tmp_path):
+    produced(asapo.endpoint, 6, ["scan_0001"])
+    raw = config(asapo, tmp_path, group="fs", has_filesystem=True, source_path=str(asapo.data_dir))
+    summary = run(raw)
+    assert summary.exit_code == EXIT_OK, summary.error
+    data = read_stream(str(tmp_path / "out_scan_0001_asapo-run.h5"), "scan_0001")
+    digests = pool_digests()
+    assert data["message_id"].tolist() == list(range(1, 7))
+    assert [bytes(d) for d in data["checksum.digest"]] == [digests[i % 2] for i in range(6)]
+
+
+def test_quarantined_frame_is_handed_back_once_then_recorded(asapo, tmp_path):
+    produced(asapo.endpoint, 8, ["scan_0001"])
+    raw = config(asapo, tmp_path, group="poison", nack_delay_ms=200, retry_quarantined=1)
+    raw["run"]["max_attempts"] = 1
+    raw["kernels"]["crash"] = {"kind": "tests.plugins:Crash", "ids": [3], "mode": "abort"}
+    summary = run(raw)
+    assert summary.exit_code == EXIT_OK, summary.error
+    assert summary.frames_in == 9  # message 3 came back once after the negative ack
+    assert summary.worker_restarts == 2 and summary.quarantined == 2
+    data = read_stream(str(tmp_path / "out_scan_0001_asapo-run.h5"), "scan_0001")
+    assert sorted(data["message_id"].tolist()) == [1, 2, 4, 5, 6, 7, 8]
+    assert data["errors"]["message_id"].tolist() == [3]  # recorded once, on its last try
+    assert data["errors"]["quarantined"].tolist() == [True]

@@ -77,6 +77,10 @@ class AsapoSourceParams:
     """Redeliveries of one unacknowledged message; 0: unlimited."""
     nack_delay_ms: int = 1000
     """Delay of the redelivery asked for by a negative acknowledgement."""
+    retry_quarantined: int = 1
+    """Times a frame quarantined here (it killed workers run.max_attempts times) is handed
+    back to the broker with a negative acknowledgement, to be tried again later or on another
+    node, before it is recorded as an error; 0: record it at once."""
     metadata_source: str = ""
     """A companion data source whose stream metadata (and last message's meta) become the
     per-scan kernel parameters; empty: the stream's own metadata."""
@@ -475,6 +479,17 @@ class AsapoAcknowledger(Acknowledger):
 
     def __init__(self, consumer, params: AsapoSourceParams) -> None:
         self.consumer, self.params = consumer, params
+        self._handed_back: dict[tuple[str, int], int] = {}
+
+    def retry_elsewhere(self, stream: str, message_id: int) -> bool:
+        key = (stream, message_id)
+        n = self._handed_back.get(key, 0)
+        if n >= self.params.retry_quarantined:
+            self._handed_back.pop(key, None)
+            return False
+        self._handed_back[key] = n + 1
+        self.nack(stream, message_id, self.params.nack_delay_ms)
+        return True
 
     def ack(self, stream: str, message_id: int) -> None:
         asapo = _client()
