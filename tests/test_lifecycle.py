@@ -13,11 +13,12 @@ import time
 import psutil
 import pytest
 
-from shmpipe.ring import P_FRAMES, P_PID, PROC_PUBLISHER
+from shmpipe.ring import P_PID
 from shmpipe.runs import live_runs
 from shmpipe.sinks.hdf5 import read_stream
 from shmpipe.status import attach_tables
 from tests.conftest import run_cli
+from tests.faults import published  # noqa: F401 - also used by test_asapo_pipeline
 
 SMALL = ["--set", "source.module_shape=[48, 64]", "--progress", "off"]
 
@@ -40,20 +41,6 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
             return value
         time.sleep(0.02)  # polling interval of a bounded wait
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def published(name: str) -> int:
-    for info in live_runs():
-        if info["name"] == name:
-            try:
-                _, procs, m = attach_tables(info)
-            except OSError:
-                return 0
-            n = int(procs[PROC_PUBLISHER, P_FRAMES])
-            del procs
-            m.close()
-            return n
-    return 0
 
 
 def frames_in(stderr: str) -> int:

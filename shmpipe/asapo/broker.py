@@ -20,7 +20,6 @@ import json
 import logging
 import secrets
 import socket
-import threading
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from shmpipe.asapo.auth import TokenPolicy
+from shmpipe.asapo.connections import TrackedConnections
 from shmpipe.asapo.errors import BrokerError, UnauthorizedError, WrongInputError
 from shmpipe.asapo.payloads import PayloadError, resolve_name
 from shmpipe.asapo.store import MessageStore
@@ -65,32 +65,13 @@ def _int(query: dict[str, str], name: str, default: int = 0) -> int:
         raise WrongInputError(f"{name} must be an integer") from exc
 
 
-class BrokerServer(ThreadingHTTPServer):
+class BrokerServer(TrackedConnections, ThreadingHTTPServer):
     """The HTTP listener; tracks live connections so :meth:`close_all` can end keep-alives."""
-
-    allow_reuse_address = True
-    daemon_threads = False  # joined by server_close() after close_all()
-    block_on_close = True
 
     def __init__(self, address: tuple[str, int], broker: Broker) -> None:
         self.broker = broker
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
+        self._init_tracking()
         super().__init__(address, _Handler)
-
-    def track(self, conn: socket.socket, alive: bool) -> None:
-        with self._conns_lock:
-            (self._conns.add if alive else self._conns.discard)(conn)
-
-    def close_all(self) -> None:
-        """Shut every live connection down so handler threads return."""
-        with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class _Handler(BaseHTTPRequestHandler):

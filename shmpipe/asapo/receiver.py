@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import socketserver
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shmpipe.asapo.auth import TokenPolicy
+from shmpipe.asapo.connections import TrackedConnections
 from shmpipe.asapo.errors import BrokerError
 from shmpipe.asapo.payloads import CHUNK, PayloadError, PayloadStore
 from shmpipe.asapo.protocol import (
@@ -119,32 +119,13 @@ class _Handler(socketserver.BaseRequestHandler):
             drain(lambda v: recv_exact(sock, v), req.data_size, chunk)
 
 
-class ReceiverServer(socketserver.ThreadingTCPServer):
+class ReceiverServer(TrackedConnections, socketserver.ThreadingTCPServer):
     """The listening socket; tracks live connections so :meth:`close_all` can end them."""
-
-    allow_reuse_address = True
-    daemon_threads = False  # joined by server_close() after close_all()
-    block_on_close = True
 
     def __init__(self, address: tuple[str, int], receiver: Receiver) -> None:
         self.receiver = receiver
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
+        self._init_tracking()
         super().__init__(address, _Handler)
-
-    def track(self, conn: socket.socket, alive: bool) -> None:
-        with self._conns_lock:
-            (self._conns.add if alive else self._conns.discard)(conn)
-
-    def close_all(self) -> None:
-        """Shut every live connection down so handler threads return."""
-        with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class Receiver:
