@@ -28,7 +28,8 @@ class RunInfo:
 
 @dataclass
 class Record:
-    """The results of one message: views on the result slot (valid until ``write`` returns)."""
+    """The results of one message: views on the result slot, valid until the sinks' next
+    ``commit`` returns (the publisher frees the slot only after that)."""
 
     stream: str
     message_id: int

@@ -143,6 +143,8 @@ class _StreamGroup:
         self.specs = specs
         self._truncate(self.rows)
         self.seen = IdSet(group["message_id"][: self.rows].tolist())
+        self.pending: list[Record] = []
+        self.pending_names: list[str] = []
         eg = group.require_group("errors")
         self.error_rows = int(eg.attrs.get("rows", 0))
         for name, dt in _ERRORS:
@@ -162,17 +164,36 @@ class _StreamGroup:
                 self.g[name].resize(n, axis=0)
 
     def append(self, record: Record, names: list[str]) -> None:
-        n = self.g["message_id"].shape[0]
-        for name in [nm for nm, _ in _LINEAGE] + ["name"] + names:
-            self.g[name].resize(n + 1, axis=0)
-        self.g["message_id"][n] = record.message_id
-        self.g["timestamp"][n] = record.timestamp
-        self.g["published"][n] = time.time()
-        self.g["attempt"][n] = record.attempt
-        self.g["name"][n] = record.name
-        for name in names:
-            self.g[name][n] = record.arrays[name]
+        """Queue a row; it is written with the others of the batch at ``commit``.
+
+        The record's arrays are views on its result slot, which the publisher frees only after
+        ``commit`` returns, so they are kept as views until then: one slab write per dataset
+        and batch instead of a resize and a write per dataset and row.
+        """
+        self.pending.append(record)
+        self.pending_names = names
         self.seen.add(record.message_id)
+
+    def _write_pending(self) -> None:
+        rows = self.pending
+        if not rows:
+            return
+        n, k = self.g["message_id"].shape[0], len(rows)
+        now = time.time()
+        columns = {
+            "message_id": np.array([r.message_id for r in rows], dtype=np.int64),
+            "timestamp": np.array([r.timestamp for r in rows], dtype=np.float64),
+            "published": np.full(k, now, dtype=np.float64),
+            "attempt": np.array([r.attempt for r in rows], dtype=np.int32),
+            "name": np.array([r.name for r in rows], dtype=object),
+        }
+        for name in self.pending_names:
+            columns[name] = np.stack([r.arrays[name] for r in rows])
+        for name, values in columns.items():
+            ds = self.g[name]
+            ds.resize(n + k, axis=0)
+            ds[n : n + k] = values
+        self.pending = []
 
     def append_error(self, e: ErrorRecord) -> None:
         n = self.errors["message_id"].shape[0]
@@ -190,6 +211,7 @@ class _StreamGroup:
         self.error_ids.add(e.message_id)
 
     def commit(self) -> None:
+        self._write_pending()
         self.g.attrs["rows"] = self.g["message_id"].shape[0]
         self.errors.attrs["rows"] = self.errors["message_id"].shape[0]
 
