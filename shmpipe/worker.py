@@ -63,7 +63,9 @@ def worker_main(p: Plumbing, seat: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     numba = sys.modules.get("numba")
     if numba is not None:
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        if threads > 1:
+            # Only then: set_num_threads launches Numba's thread pool in this process.
+            numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     else:
         # Not imported by the supervisor (no Numba kernel in the chain): importing it here
         # would cost every worker 0.3-0.9 s of start-up; a later import reads this instead.
