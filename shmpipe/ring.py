@@ -53,44 +53,12 @@ NOTE_BYTES = 4096
 # Timing histograms kept in shared memory (one writer per row, read by metrics and benchmarks).
 MAX_KERNELS = 16
 # Upper bounds (seconds) of the histogram buckets; the last bucket is everything above.
-KERNEL_BUCKETS_S = (
-    1e-5,
-    3e-5,
-    1e-4,
-    3e-4,
-    1e-3,
-    2e-3,
-    5e-3,
-    1e-2,
-    2e-2,
-    5e-2,
-    0.1,
-    0.2,
-    0.5,
-    1.0,
-    2.0,
-    5.0,
-    10.0,
-)
-LATENCY_BUCKETS_S = (
-    1e-4,
-    3e-4,
-    1e-3,
-    2e-3,
-    5e-3,
-    1e-2,
-    2e-2,
-    5e-2,
-    0.1,
-    0.2,
-    0.5,
-    1.0,
-    2.0,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
+# fmt: off
+KERNEL_BUCKETS_S = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5,
+                    1.0, 2.0, 5.0, 10.0)
+LATENCY_BUCKETS_S = (1e-4, 3e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 2.0,
+                     5.0, 10.0, 30.0, 60.0)
+# fmt: on
 N_BUCKETS = len(KERNEL_BUCKETS_S) + 1  # both lists have the same length
 
 # Per-stream counters (see shmpipe.streams): a fixed number of rows, reused oldest first.
