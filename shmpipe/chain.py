@@ -51,13 +51,21 @@ class ChainLayout:
         return self.outputs == other.outputs
 
 
+@dataclass(frozen=True)
+class SlotViews:
+    """A result slot's output views: per kernel (short names) and by ``kernel.output``."""
+
+    per_kernel: list[dict[str, np.ndarray]]
+    by_name: dict[str, np.ndarray]
+
+
 class KernelChain:
     """The kernels of one worker (or of the warm-up process), in order."""
 
     def __init__(self, kernels: Sequence[Kernel]) -> None:
         self.kernels = list(kernels)
         self.layout: ChainLayout | None = None
-        self._scan_key: Any = None
+        self._scan: dict[str, Any] | None = None
         self.current: str | None = None
 
     def setup(
@@ -98,18 +106,22 @@ class KernelChain:
         self.layout = ChainLayout(tuple(placements), offset, tuple(timings))
         return self.layout
 
-    def output_views(self, result_view) -> list[dict[str, np.ndarray]]:
-        """Per-kernel dicts of output views for one result slot (``result_view(off, dt, shp)``)."""
+    def output_views(self, result_view) -> SlotViews:
+        """The output views of one result slot (``result_view(off, dt, shp)`` makes one),
+        made once per slot: per kernel by short name, and all of them by qualified name."""
         assert self.layout is not None
         per_kernel: dict[str, dict[str, np.ndarray]] = {k.name: {} for k in self.kernels}
+        by_name: dict[str, np.ndarray] = {}
         for o in self.layout.outputs:
-            per_kernel[o.kernel][o.spec.name] = result_view(o.offset, o.spec.dtype, o.spec.shape)
-        return [per_kernel[k.name] for k in self.kernels]
+            view = result_view(o.offset, o.spec.dtype, o.spec.shape)
+            per_kernel[o.kernel][o.spec.name] = view
+            by_name[o.qualified] = view
+        return SlotViews([per_kernel[k.name] for k in self.kernels], by_name)
 
     def run(
         self,
         frame_fields: dict[str, Any],
-        views: list[dict[str, np.ndarray]],
+        views: SlotViews,
         progress: np.ndarray | None = None,
         progress_index: int = 0,
         timings=None,
@@ -122,18 +134,15 @@ class KernelChain:
         the supervisor can name the kernel of a worker that died mid-frame; with ``timings``
         (``shmpipe.ring.Timings``) each kernel's run time is counted under row ``proc``.
         """
-        arrays: dict[str, np.ndarray] = {}
-        for k, out in zip(self.kernels, views, strict=True):
-            for short, arr in out.items():
-                arrays[f"{k.name}.{short}"] = arr
-        frame = Frame(arrays=arrays, **frame_fields)
-        scan_key = _freeze(frame.scan)
-        if scan_key != self._scan_key:
+        frame = Frame(arrays=views.by_name, **frame_fields)
+        # Plain dict equality: cheap for the small (usually empty) per-scan tables, and only
+        # when it differs do the kernels hear about it.
+        if frame.scan != self._scan:
             for k in self.kernels:
                 self.current = k.name
                 k.on_scan(frame.scan)
-            self._scan_key = scan_key
-        for i, (k, out) in enumerate(zip(self.kernels, views, strict=True)):
+            self._scan = dict(frame.scan)
+        for i, (k, out) in enumerate(zip(self.kernels, views.per_kernel, strict=True)):
             self.current = k.name
             if progress is not None:
                 progress[progress_index] = i + 1
@@ -142,11 +151,3 @@ class KernelChain:
             if timings is not None:
                 timings.add_kernel(proc, i, time.perf_counter_ns() - t0)
         self.current = None
-
-
-def _freeze(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in obj.items()))
-    if isinstance(obj, list):
-        return tuple(_freeze(v) for v in obj)
-    return obj

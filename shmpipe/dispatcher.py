@@ -18,7 +18,6 @@ import numpy as np
 
 from shmpipe.channel import DONE, END, FREE, STOP
 from shmpipe.message import (
-    PART_ALIGN,
     HeaderTooLarge,
     Message,
     StreamFinished,
@@ -84,24 +83,8 @@ class Dispatcher:
         self.stream_copy = stream_copy
 
     def _copy(self, item: Message, payload: np.ndarray) -> None:
-        """Copy the parts into the slot: streaming stores when loaded, else numpy."""
-        stream = self.stream_copy
-        if stream is None:
-            copy_parts(item, payload)
-            return
-        offset = 0
-        for p in item.parts:
-            n = p.nbytes
-            dest = payload[offset : offset + n]
-            if isinstance(p, np.ndarray) and p.flags.c_contiguous and n >= STREAM_MIN_BYTES:
-                src = p.reshape(-1).view(np.uint8)
-                if not stream(dest, src):
-                    dest[...] = src
-            elif isinstance(p, np.ndarray):
-                dest[...] = np.ascontiguousarray(p).reshape(-1).view(np.uint8)
-            else:
-                p.read_into(dest)
-            offset += (n + PART_ALIGN - 1) // PART_ALIGN * PART_ALIGN
+        """Copy the parts into the slot: streaming stores once loaded, numpy until then."""
+        copy_parts(item, payload, self.stream_copy, STREAM_MIN_BYTES)
 
     def _poll_inbox(self, timeout: float) -> None:
         for kind, slot, _, _ in self.p.dispatcher_inbox.recv(timeout).tolist():

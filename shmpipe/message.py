@@ -137,14 +137,23 @@ def decode_header(src: memoryview, length: int) -> dict[str, Any]:
     return json.loads(bytes(src[:length]))
 
 
-def copy_parts(msg: Message, payload: np.ndarray) -> None:
-    """Copy each part once into the slot's payload area (the only copy a frame ever gets)."""
+def copy_parts(msg: Message, payload: np.ndarray, fast_copy=None, fast_min: int = 65536) -> None:
+    """Copy each part once into the slot's payload area (the only copy a frame ever gets).
+
+    ``fast_copy(dest, src) -> bool``, when given, copies contiguous parts of at least
+    ``fast_min`` bytes (the dispatcher's streaming stores); where it returns False numpy does.
+    """
     offset = 0
     for p in msg.parts:
         n = p.nbytes
         dest = payload[offset : offset + n]
         if isinstance(p, np.ndarray):
-            dest[...] = np.ascontiguousarray(p).reshape(-1).view(np.uint8)
+            if fast_copy is not None and p.flags.c_contiguous and n >= fast_min:
+                src = p.reshape(-1).view(np.uint8)
+                if not fast_copy(dest, src):
+                    dest[...] = src
+            else:
+                dest[...] = np.ascontiguousarray(p).reshape(-1).view(np.uint8)
         else:
             p.read_into(dest)
         offset += _aligned(n)

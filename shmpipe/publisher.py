@@ -71,6 +71,7 @@ class Publisher:
         self.first_uncommitted = 0.0
         self.fatal: str | None = None
         self.out_specs = p.layout.outputs
+        self._views: dict[int, dict] = {}  # result views per slot, made once
 
     # -- intake ------------------------------------------------------------------------
     def take(self, records) -> None:
@@ -176,10 +177,12 @@ class Publisher:
             else:
                 self._queue(stream, mid, slot, ack=True)
         else:
-            arrays = {
-                o.qualified: ring.result(slot, o.offset, o.spec.dtype, o.spec.shape)
-                for o in self.out_specs
-            }
+            arrays = self._views.get(slot)
+            if arrays is None:
+                arrays = self._views[slot] = {
+                    o.qualified: ring.result(slot, o.offset, o.spec.dtype, o.spec.shape)
+                    for o in self.out_specs
+                }
             record = Record(
                 stream=stream,
                 message_id=mid,
