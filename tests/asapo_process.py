@@ -81,3 +81,39 @@ class AsapoProcess:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def produce(
+    endpoint: str,
+    beamtime: str,
+    frames: int,
+    streams: list[str],
+    module_shape: list[int],
+    *,
+    rate: float = 0.0,
+    finish: bool = True,
+) -> subprocess.Popen:
+    """Run the demo producer script (the real asapo_producer) in its own process."""
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(repo / "scripts" / "asapo_produce.py"),
+            "--endpoint",
+            endpoint,
+            "--beamtime",
+            beamtime,
+            "--frames",
+            str(frames),
+            "--streams",
+            ",".join(streams),
+            "--rate",
+            str(rate),
+            "--module-shape",
+            ",".join(map(str, module_shape)),
+            *([] if finish else ["--no-finish"]),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -525,31 +525,9 @@ def asapo_config(endpoint: str, tmp: Path, group: str, name: str, **source) -> d
 
 def produce(endpoint: str, frames: int, rate: float = 0.0):
     """The demo producer (the real ``asapo_producer``) in its own process."""
-    import subprocess
-    import sys
+    from tests.asapo_process import produce as run_producer
 
-    repo = Path(__file__).resolve().parents[1]
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(repo / "scripts" / "asapo_produce.py"),
-            "--endpoint",
-            endpoint,
-            "--beamtime",
-            BEAMTIME,
-            "--frames",
-            str(frames),
-            "--streams",
-            "scan_0001",
-            "--rate",
-            str(rate),
-            "--module-shape",
-            ",".join(map(str, ASAPO_SHAPE)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return run_producer(endpoint, BEAMTIME, frames, ["scan_0001"], ASAPO_SHAPE, rate=rate)
 
 
 def output_ids(endpoint: str, group: str) -> list[int]:

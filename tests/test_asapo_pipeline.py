@@ -19,8 +19,8 @@ from shmpipe.engine import EXIT_CONFIG_ERROR, EXIT_OK, Pipeline
 from shmpipe.sinks.hdf5 import read_stream
 from shmpipe.sources.sim import SimParams, SimSource
 from shmpipe.sources.stream_naming import next_stream
+from tests import asapo_process
 from tests.asapo_process import AsapoProcess
-from tests.conftest import REPO
 
 asapo_consumer = pytest.importorskip("asapo_consumer")
 
@@ -38,37 +38,10 @@ def asapo(tmp_path):
 
 
 def produce(
-    endpoint: str,
-    frames: int,
-    streams: list[str],
-    *,
-    rate: float = 0.0,
-    finish: bool = True,
-    extra: list[str] = (),
+    endpoint: str, frames: int, streams: list[str], *, rate: float = 0.0, finish: bool = True
 ) -> subprocess.Popen:
-    """Run the demo producer script (the real asapo_producer) in its own process."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "asapo_produce.py"),
-            "--endpoint",
-            endpoint,
-            "--beamtime",
-            BEAMTIME,
-            "--frames",
-            str(frames),
-            "--streams",
-            ",".join(streams),
-            "--rate",
-            str(rate),
-            "--module-shape",
-            ",".join(map(str, SHAPE)),
-            *([] if finish else ["--no-finish"]),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    return asapo_process.produce(
+        endpoint, BEAMTIME, frames, streams, SHAPE, rate=rate, finish=finish
     )
 
 
