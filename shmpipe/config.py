@@ -10,7 +10,7 @@ at the prompt, not a started pipeline.
     [run]                          # RunSection
     workers = 16
     [ring]                         # RingSection
-    slots = 0                      # 0: 2 x workers + 2
+    slots = 0                      # 0: 2 x workers + 2 (more when slots are small)
     [source]
     kind = "sim"                   # + the source's parameters
     [kernels.integrate]            # one table per kernel, chained in file order
@@ -91,11 +91,12 @@ class RingSection:
     """The shared-memory rings."""
 
     slots: int = 0
-    """Slots in each ring; 0: 2 x workers + 2."""
+    """Slots in each ring; 0: 2 x workers + 2, or more small slots (up to 256 within
+    64 MiB) so that small messages travel in batches."""
     slot_bytes: int = 0
     """Payload bytes per input slot; 0: what the source declares."""
     header_bytes: int = 65536
-    """Bytes per slot for the message's metadata (JSON)."""
+    """Bytes per slot for the message's header: its metadata and part layout (pickled)."""
 
 
 @dataclass

@@ -60,7 +60,7 @@ def frame_extra(ring: Any, slot: int) -> dict[str, Any]:
     """``extra`` for a log call about the frame in ``slot``: its stream and message id.
 
     Reads the slot's header (written by the dispatcher); used off the hot path only (recovery,
-    quarantine, watchdog), where a JSON decode per line costs nothing that matters.
+    quarantine, watchdog), where a header decode per line costs nothing that matters.
     """
     from shmpipe.message import decode_header
     from shmpipe.ring import HEADER_LEN, MSG_ID

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import pickle
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -54,7 +54,7 @@ class Message:
 
     @property
     def nbytes(self) -> int:
-        return sum(_aligned(p.nbytes) for p in self.parts)
+        return part_layout(self.parts).nbytes
 
 
 @dataclass
@@ -101,16 +101,51 @@ def layout_mismatch(parts: list[Any], specs: list[Any] | None) -> str | None:
     return None
 
 
-class HeaderTooLarge(ValueError):
+class UnstorableHeader(ValueError):
     pass
 
 
+class HeaderError(ValueError):
+    """A slot header that cannot be read back (never written, or overwritten)."""
+
+
+@dataclass(frozen=True)
+class PartLayout:
+    """Where a message's parts lie in a slot: ``(offset, dtype str, shape)`` each, and the
+    bytes they take (each part starts on a PART_ALIGN boundary)."""
+
+    key: tuple
+    entries: tuple[tuple[int, str, tuple[int, ...]], ...]
+    nbytes: int
+
+
+# Part layouts repeat from message to message; working one out costs more than the rest of
+# the header together, so each distinct sequence of (dtype, shape) is worked out once.
+_layouts: dict[tuple, PartLayout] = {}
+
+
+def part_layout(parts: list[Any]) -> PartLayout:
+    """The slot layout of ``parts`` (arrays or ``PartReader`` objects), cached."""
+    key = tuple([(p.dtype, tuple(p.shape), p.nbytes) for p in parts])
+    layout = _layouts.get(key)
+    if layout is None:
+        entries, offset = [], 0
+        for dtype, shape, nbytes in key:
+            entries.append((offset, np.dtype(dtype).str, shape))
+            offset += _aligned(nbytes)
+        layout = PartLayout(key, tuple(entries), offset)
+        if len(_layouts) < 1024:  # bounded: a source with ever-changing shapes just pays
+            _layouts[key] = layout
+    return layout
+
+
 def encode_header(msg: Message, dest: memoryview, extra: dict[str, Any] | None = None) -> int:
-    """Write the message's header into ``dest``; return its length. Part offsets are packed."""
-    parts, offset = [], 0
-    for p in msg.parts:
-        parts.append([offset, np.dtype(p.dtype).str, list(p.shape)])
-        offset += _aligned(p.nbytes)
+    """Write the message's header into ``dest``; return its length. Part offsets are packed.
+
+    The header is a pickle, not JSON: it never leaves the run's processes, and for small
+    messages the JSON encode and two decodes were a fifth of the engine's time per message
+    (10 + 2 x 8.5 us against 2.3 + 2 x 3.7 us).
+    """
     doc = {
         "stream": msg.stream,
         "id": msg.message_id,
@@ -118,15 +153,18 @@ def encode_header(msg: Message, dest: memoryview, extra: dict[str, Any] | None =
         "meta": msg.meta,
         "scan": msg.scan,
         "ts": msg.timestamp,
-        "parts": parts,
+        "parts": part_layout(msg.parts).entries,
     }
     if msg.error:
         doc["error"] = msg.error
     if extra:
         doc.update(extra)
-    raw = json.dumps(doc, separators=(",", ":"), default=str).encode()
+    try:
+        raw = pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - a metadata value that cannot be stored
+        raise UnstorableHeader(f"message metadata cannot be stored: {exc}") from exc
     if len(raw) > len(dest):
-        raise HeaderTooLarge(
+        raise UnstorableHeader(
             f"message metadata is {len(raw)} bytes, more than ring.header_bytes = {len(dest)}"
         )
     dest[: len(raw)] = raw
@@ -134,7 +172,14 @@ def encode_header(msg: Message, dest: memoryview, extra: dict[str, Any] | None =
 
 
 def decode_header(src: memoryview, length: int) -> dict[str, Any]:
-    return json.loads(bytes(src[:length]))
+    """Read back a header written by ``encode_header``; ``HeaderError`` if it is not one."""
+    try:
+        doc = pickle.loads(src[:length])
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same here
+        raise HeaderError(f"unreadable slot header: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise HeaderError("unreadable slot header")
+    return doc
 
 
 def copy_parts(msg: Message, payload: np.ndarray, fast_copy=None, fast_min: int = 65536) -> None:

@@ -47,6 +47,8 @@ from shmpipe.ring import (
 )
 from shmpipe.ring import DONE as S_DONE
 
+HOLD_DONE_NS = 500_000
+
 
 def worker_main(p: Plumbing, seat: int) -> None:
     log = become_child(f"worker{seat}")
@@ -83,10 +85,20 @@ def worker_main(p: Plumbing, seat: int) -> None:
     procs[P_STATE] = PS_IDLE
     views: dict[int, list] = {}
     inbox, done, table = p.seats[seat], p.done, ring.table
+    # DONE records of a batch of small messages go to the publisher in one write; a result
+    # is held back at most HOLD_DONE_NS (a large frame's result goes out at once). A worker
+    # killed while holding some loses nothing: the slots are DONE in the table, and the
+    # supervisor's recovery sends their DONE records again.
+    finished: list[tuple[int, int, int, int]] = []
+    finished_since = 0
     while True:
-        records = inbox.recv(timeout=None)
-        for kind, slot, ticket, _ in records.tolist():
+        if finished:
+            done.send_many(finished)
+            finished = []
+        for kind, slot, ticket, _ in inbox.recv(timeout=None).tolist():
             if kind == STOP:
+                if finished:
+                    done.send_many(finished)
                 return
             if kind != ASSIGN:
                 continue
@@ -140,7 +152,12 @@ def worker_main(p: Plumbing, seat: int) -> None:
             t1 = now_ns()
             row[T_DONE] = t1
             row[STATE] = S_DONE
-            done.send(DONE, slot, ticket)
+            if not finished:
+                finished_since = t0
+            finished.append((DONE, slot, ticket, 0))
+            if t1 - finished_since >= HOLD_DONE_NS:
+                done.send_many(finished)
+                finished = []
             procs[P_FRAMES] += 1
             procs[P_BYTES] += int(row[PAYLOAD_LEN])
             procs[P_BUSY_NS] += t1 - t0

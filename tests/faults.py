@@ -219,12 +219,22 @@ def _published_at(data: dict, mid: int) -> float:
 
 # -- worker faults --------------------------------------------------------------------------
 def random_sigkill(
-    tmp: Path, frames: int = 300, every: int = 25, seed: int = 1, deadline_s: float = 300
+    tmp: Path,
+    frames: int = 300,
+    every: int = 25,
+    seed: int = 1,
+    deadline_s: float = 300,
+    rate: float = 400.0,
 ) -> Figures:
-    """SIGKILL a random worker every ``every`` published frames (±50 %) over ``frames``."""
+    """SIGKILL a random worker every ``every`` published frames (±50 %) over ``frames``.
+
+    At 400 frames/s the dispatcher hands frames over one by one; at a few thousand per
+    second it hands them over in batches and the workers report them in batches, so kills
+    land on slots assigned but not yet read, and on results held back in a batch.
+    """
     # Deaths are the test here, not a sign of a sick node: allow every one of them.
     raw = config(tmp, {"checksum": {}}, frames=frames, max_restarts=frames)
-    raw["source"]["rate"] = 400.0  # paced, so kills land while frames are in flight
+    raw["source"]["rate"] = rate  # paced, so kills land while frames are in flight
     cfg = load_config(raw=raw)
     pipeline = Pipeline(cfg)
     rng = random.Random(seed)

@@ -10,7 +10,14 @@ import pytest
 from shmpipe.builtin_kernels import frame_digest
 from shmpipe.config import load_config
 from shmpipe.engine import EXIT_FAILED, EXIT_OK, Pipeline
-from shmpipe.ring import P_FRAMES, P_PID, PROC_FIRST_WORKER, PROC_PUBLISHER
+from shmpipe.ring import (
+    P_FRAMES,
+    P_HANDOVERS,
+    P_PID,
+    PROC_DISPATCHER,
+    PROC_FIRST_WORKER,
+    PROC_PUBLISHER,
+)
 from shmpipe.sinks.hdf5 import read_stream
 from shmpipe.sources.sim import SimParams, SimSource
 from tests.conftest import SMALL_SIM
@@ -228,3 +235,37 @@ def test_kernel_found_by_entry_point_and_dotted_path(tmp_path):
     assert summary.exit_code == EXIT_OK
     data = read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")
     assert (data["a.digest"] == data["b.digest"]).all()
+
+
+# -- small messages: a larger ring and batched hand-over -------------------------------------
+def test_small_messages_travel_in_batches_each_once_in_order(tmp_path):
+    raw = hdf5_config(tmp_path, {"checksum": {"kind": "checksum"}})
+    raw["source"] = {"kind": "sim", "payload_bytes": 1024, "frames": 3000, "pool": 5}
+    _, summary = run(raw)
+    assert summary.exit_code == EXIT_OK, summary.error
+    data = read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")
+    assert data["message_id"].tolist() == list(range(1, 3001))
+    pool = sim_pool(raw["source"])
+    for i, mid in enumerate(data["message_id"]):
+        assert bytes(data["checksum.digest"][i]) == frame_digest(pool[(mid - 1) % 5])
+    assert summary.slots == 256  # ring.slots = 0 and 1 KB slots: the small-slot ring
+    handovers = int(summary.timings["procs"][PROC_DISPATCHER, P_HANDOVERS])
+    assert 0 < handovers < 3000 / 2, "messages were handed to the workers one by one"
+
+
+def _geometry(workers: int, payload: int, slots: int = 0):
+    from types import SimpleNamespace
+
+    raw = {"run": {"workers": workers}, "ring": {"slots": slots}}
+    pipeline = Pipeline(load_config(raw=raw))
+    return pipeline._geometry(
+        SimpleNamespace(max_payload_bytes=payload), SimpleNamespace(result_bytes=4096)
+    )
+
+
+def test_ring_size_follows_the_slot_size_unless_set():
+    assert _geometry(4, 1024).slots == 256  # small slots: many, within 64 MiB
+    assert _geometry(4, 19_271_680).slots == 10  # LAMBDA 9M frames: 2 x workers + 2
+    mid = _geometry(2, 4 * 2**20)
+    assert 2 * 2 + 2 < mid.slots < 256 and mid.slots * mid.input_stride <= 64 * 2**20
+    assert _geometry(4, 1024, slots=12).slots == 12  # ring.slots wins

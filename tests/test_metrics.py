@@ -69,6 +69,8 @@ on_error = "skip"
 progress = "off"
 [metrics]
 port = {port}
+[ring]
+slots = 6
 [source]
 kind = "sim"
 module_shape = [48, 64]
@@ -117,7 +119,7 @@ def test_metrics_endpoint_of_a_running_pipeline(tmp_path):
         assert m[("shmpipe_frames_error_total", ())] >= 2
         assert m[("shmpipe_info", (("chain", "checksum -> picky"), ("run", "metrics-test")))] == 1
         # Ring occupancy: every slot is in exactly one state.
-        assert m[("shmpipe_ring_capacity_slots", ())] == 6  # 2 x workers + 2
+        assert m[("shmpipe_ring_capacity_slots", ())] == 6  # ring.slots
         states = [v for (name, _), v in m.items() if name == "shmpipe_ring_slots"]
         assert len(states) == 7 and sum(states) == 6
         # Histograms: every frame passed checksum; picky times only the frames it passed.

@@ -18,6 +18,7 @@ import pytest
 from shmpipe.builtin_kernels import frame_digest
 from shmpipe.config import load_config, to_toml
 from shmpipe.engine import EXIT_FAILED, EXIT_OK, Pipeline
+from shmpipe.ring import P_HANDOVERS, PROC_DISPATCHER
 from shmpipe.sinks.hdf5 import read_stream
 from shmpipe.sources.sim import SimParams, SimSource, sim_geometry
 from tests import faults
@@ -34,14 +35,22 @@ def _digests_match(data: dict) -> None:
 
 # -- worker SIGKILL at random ---------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("frames", "every"),
+    ("frames", "every", "rate"),
     [
-        pytest.param(240, 20, id="short"),
-        pytest.param(20000, 50, id="soak", marks=[pytest.mark.soak, pytest.mark.timeout(1800)]),
+        pytest.param(240, 20, 400.0, id="short"),
+        pytest.param(2000, 100, 4000.0, id="batched"),
+        pytest.param(
+            20000, 50, 400.0, id="soak", marks=[pytest.mark.soak, pytest.mark.timeout(1800)]
+        ),
     ],
 )
-def test_random_worker_sigkill_loses_and_duplicates_nothing(tmp_path, frames, every):
-    f = faults.random_sigkill(tmp_path, frames=frames, every=every, deadline_s=120 + frames / 20)
+def test_random_worker_sigkill_loses_and_duplicates_nothing(tmp_path, frames, every, rate):
+    f = faults.random_sigkill(
+        tmp_path, frames=frames, every=every, rate=rate, deadline_s=120 + frames / 20
+    )
+    handovers = f.details["summary"].timings["procs"][PROC_DISPATCHER, P_HANDOVERS]
+    if rate > 1000:
+        assert handovers < frames * 0.9, "frames were not handed over in batches"
     assert f.exit_code == EXIT_OK, f.details["summary"].error
     assert f.faults >= frames // every // 2  # the kills did happen, mid-run
     assert (f.lost, f.duplicates, f.hangs) == (0, 0, 0)

@@ -92,6 +92,7 @@ class FileSource(Source):
     """Frames from files (``[source] kind = "files"``)."""
 
     Params = FilesParams
+    bounded_wait = True  # files never wait
 
     def __init__(self, params: FilesParams, run_name: str = "") -> None:
         super().__init__(params, run_name)

@@ -105,6 +105,7 @@ class SimSource(Source):
     """The built-in simulated detector (``[source] kind = "sim"``)."""
 
     Params = SimParams
+    bounded_wait = True  # a paced run sleeps at most the timeout
 
     def __init__(self, params: SimParams, run_name: str = "") -> None:
         super().__init__(params, run_name)
