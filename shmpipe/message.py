@@ -188,7 +188,7 @@ def copy_parts(msg: Message, payload: np.ndarray, fast_copy=None, fast_min: int 
     ``fast_copy(dest, src) -> bool``, when given, copies contiguous parts of at least
     ``fast_min`` bytes (the dispatcher's streaming stores); where it returns False numpy does.
     """
-    offset = 0
+    offset, flat = 0, None
     for p in msg.parts:
         n = p.nbytes
         dest = payload[offset : offset + n]
@@ -197,6 +197,15 @@ def copy_parts(msg: Message, payload: np.ndarray, fast_copy=None, fast_min: int 
                 src = p.reshape(-1).view(np.uint8)
                 if not fast_copy(dest, src):
                     dest[...] = src
+            elif p.flags.c_contiguous and n:
+                # A memoryview copy: a quarter of numpy's fixed cost, which is what a small
+                # part's copy consists of (0.4 against 1.6 us for 1 KB).
+                if flat is None:
+                    flat = payload.data.cast("B")
+                try:
+                    flat[offset : offset + n] = memoryview(p).cast("B")
+                except (TypeError, ValueError):  # a dtype the buffer protocol cannot express
+                    dest[...] = p.reshape(-1).view(np.uint8)
             else:
                 dest[...] = np.ascontiguousarray(p).reshape(-1).view(np.uint8)
         else:

@@ -72,6 +72,7 @@ class Publisher:
         self.fatal: str | None = None
         self.out_specs = p.layout.outputs
         self._views: dict[int, dict] = {}  # result views per slot, made once
+        self._headers = [p.ring.header(s) for s in range(p.ring.geometry.slots)]
 
     # -- intake ------------------------------------------------------------------------
     def take(self, records) -> None:
@@ -123,7 +124,7 @@ class Publisher:
 
     def _publish(self, seq: int, slot: int) -> None:
         ring, row = self.ring, self.ring.table[slot]
-        header = decode_header(ring.header(slot), int(row[HEADER_LEN]))
+        header = decode_header(self._headers[slot], int(row[HEADER_LEN]))
         flags = int(row[FLAGS])
         stream, mid, name = header["stream"], header["id"], header["name"]
         if flags & CONTROL:

@@ -70,3 +70,55 @@ def test_stream_copy_refuses_unaligned_destinations():
     off = (-buf.ctypes.data) % 64 + 1
     assert not streamcopy.stream_copy(buf[off : off + 128], np.ones(128, dtype=np.uint8))
     assert not buf.any()
+
+
+def test_assign_many_spreads_a_batch_one_write_per_seat(ring):
+    from shmpipe.channel import ASSIGN, RecordPipe
+    from shmpipe.ring import TICKET
+
+    t = ring.table
+    t[:, STATE] = FREE
+    t[0, STATE], t[0, OWNER] = CLAIMED, 0  # seat 0 already holds one
+    ring.procs[PROC_FIRST_WORKER + 2, P_STATE] = PS_DEAD
+    inboxes = [RecordPipe() for _ in range(3)]
+    try:
+        ring.assign_many([1, 2, 3, 4, 5], inboxes)
+        got = [inbox.recv(0) for inbox in inboxes]
+        assert len(got[2]) == 0  # a dead seat gets nothing
+        assert sorted(len(g) for g in got[:2]) == [2, 3]  # balanced, counting the claimed one
+        assert len(got[1]) == 3
+        for seat, records in enumerate(got[:2]):
+            for kind, slot, ticket, _ in records.tolist():
+                assert kind == ASSIGN
+                assert (t[slot, STATE], t[slot, OWNER], t[slot, TICKET]) == (
+                    ASSIGNED,
+                    seat,
+                    ticket,
+                )
+    finally:
+        for inbox in inboxes:
+            inbox.close()
+
+
+def test_copy_parts_small_parts_byte_for_byte():
+    from shmpipe.message import PART_ALIGN, Message, copy_parts, part_layout
+
+    structured = np.zeros((2, 3), dtype=[("a", "<i4"), ("b", "<f8")])
+    structured["a"] = 7
+    parts = [
+        np.arange(12, dtype=">u2").reshape(3, 4),  # big-endian
+        np.arange(5, dtype=np.float64),
+        np.array(3.5),  # 0-d
+        structured,
+        np.arange(40, dtype=np.int32).reshape(5, 8)[:, ::2],  # not contiguous
+        np.zeros(0, dtype=np.uint8),  # empty
+    ]
+    layout = part_layout(parts)
+    buf = np.full(layout.nbytes + PART_ALIGN, 0xAB, np.uint8)
+    copy_parts(Message("s", 1, parts=parts), buf)
+    for (offset, dtype, shape), p in zip(layout.entries, parts, strict=True):
+        # (a structured dtype travels as raw bytes of its size: "|V12")
+        assert offset % PART_ALIGN == 0 and shape == p.shape
+        assert np.dtype(dtype) == p.dtype or np.dtype(dtype).str == f"|V{p.dtype.itemsize}"
+        assert bytes(buf[offset : offset + p.nbytes]) == np.ascontiguousarray(p).tobytes()
+    assert (buf[layout.nbytes :] == 0xAB).all()  # nothing written past the parts
