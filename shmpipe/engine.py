@@ -34,8 +34,8 @@ and a process killed at any instant cannot leave one held.
 
 Records travel in batches where that saves wake-ups without delaying anyone: the dispatcher
 hands small messages over a few dozen at a time (each held at most 0.5 ms, the source's wait
-included), workers report a batch's DONE records in one write (held at most 0.5 ms), the
-publisher frees a commit's slots in one write. A large frame travels alone, at once.
+included), workers report a batch's DONE records in one write (when the batch ends, or once
+0.5 ms old), the publisher frees a commit's slots in one write. A large frame travels alone.
 """
 
 from __future__ import annotations

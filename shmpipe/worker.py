@@ -87,10 +87,11 @@ def worker_main(p: Plumbing, seat: int) -> None:
     headers = [ring.header(s) for s in range(ring.geometry.slots)]
     part_views: dict[tuple, list] = {}
     inbox, done, table = p.seats[seat], p.done, ring.table
-    # DONE records of a batch of small messages go to the publisher in one write; a result
-    # is held back at most HOLD_DONE_NS (a large frame's result goes out at once). A worker
-    # killed while holding some loses nothing: the slots are DONE in the table, and the
-    # supervisor's recovery sends their DONE records again.
+    # DONE records of a batch of small messages go to the publisher in one write, when the
+    # batch ends or, checked after each frame, once the oldest is HOLD_DONE_NS old (a frame
+    # that took that long itself goes out at once). A worker killed while holding some loses
+    # nothing: the slots are DONE in the table, and the supervisor's recovery sends their
+    # DONE records again.
     finished: list[tuple[int, int, int, int]] = []
     finished_since = 0
     while True:
