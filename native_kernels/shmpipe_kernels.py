@@ -372,14 +372,18 @@ def _monitor(frame: Frame, key: str, kernel: str) -> float:
     try:
         value = float(frame.meta[key])
     except KeyError:
-        raise ValueError(f"{kernel}: frame meta has no {key!r} (normalization_key); "
-                         f"keys: {sorted(frame.meta)}") from None
+        raise ValueError(
+            f"{kernel}: frame meta has no {key!r} (normalization_key); keys: {sorted(frame.meta)}"
+        ) from None
     except (TypeError, ValueError):
-        raise ValueError(f"{kernel}: frame meta {key!r} = {frame.meta[key]!r} is not a "
-                         "number (normalization_key)") from None
+        raise ValueError(
+            f"{kernel}: frame meta {key!r} = {frame.meta[key]!r} is not a "
+            "number (normalization_key)"
+        ) from None
     if not np.isfinite(value) or value == 0.0:
-        raise ValueError(f"{kernel}: frame meta {key!r} = {value} cannot normalise "
-                         "(normalization_key)")
+        raise ValueError(
+            f"{kernel}: frame meta {key!r} = {value} cannot normalise (normalization_key)"
+        )
     return value
 
 
