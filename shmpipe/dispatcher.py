@@ -74,7 +74,7 @@ class Dispatcher:
         self.ring = p.ring
         self.procs = p.ring.procs[PROC_DISPATCHER]
         self.free: deque[int] = deque(range(p.ring.geometry.slots))
-        self._headers = [p.ring.header(s) for s in range(p.ring.geometry.slots)]
+        self._headers = p.ring.headers()
         self._payloads = [p.ring.payload(s) for s in range(p.ring.geometry.slots)]
         self._mismatches: dict[tuple, str | None] = {}
         self.seq = 0

@@ -68,7 +68,7 @@ class StreamFinished:
 
 def payload_bytes(parts) -> int:
     """Bytes a slot needs for these parts (each starts on a PART_ALIGN boundary)."""
-    return sum(_aligned(p.nbytes) for p in parts)
+    return part_layout(parts).nbytes
 
 
 def _aligned(n: int) -> int:

@@ -72,7 +72,7 @@ class Publisher:
         self.fatal: str | None = None
         self.out_specs = p.layout.outputs
         self._views: dict[int, dict] = {}  # result views per slot, made once
-        self._headers = [p.ring.header(s) for s in range(p.ring.geometry.slots)]
+        self._headers = p.ring.headers()
 
     # -- intake ------------------------------------------------------------------------
     def take(self, records) -> None:

@@ -255,6 +255,10 @@ class SlotRing:
         off = slot * self.geometry.input_stride
         return memoryview(self.inputs.map)[off : off + self.geometry.header_bytes]
 
+    def headers(self) -> list[memoryview]:
+        """Every slot's header area, for a process that reads or writes them per message."""
+        return [self.header(slot) for slot in range(self.geometry.slots)]
+
     def payload(self, slot: int) -> np.ndarray:
         """The payload area of an input slot, as bytes."""
         g = self.geometry

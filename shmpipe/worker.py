@@ -84,7 +84,7 @@ def worker_main(p: Plumbing, seat: int) -> None:
     procs[P_READY_NS] = now_ns()
     procs[P_STATE] = PS_IDLE
     views: dict[int, list] = {}
-    headers = [ring.header(s) for s in range(ring.geometry.slots)]
+    headers = ring.headers()
     part_views: dict[tuple, list] = {}
     inbox, done, table = p.seats[seat], p.done, ring.table
     # DONE records of a batch of small messages go to the publisher in one write, when the
