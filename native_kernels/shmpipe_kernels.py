@@ -46,7 +46,7 @@ from native_kernels.compression import PayloadError, compress, decompress_into
 from native_kernels.geometry import DetectorGeometry, ModulePlacement, load_geometry
 from native_kernels.integrator import AzimuthalIntegrator, RadialPlan
 from native_kernels.poni import read_poni
-from native_kernels.stats import _roi_sums, _stats, check_rois
+from native_kernels.stats import _roi_sums, accumulate_stats, check_rois
 from native_kernels.stitch import Stitcher
 from shmpipe.kernel import ArraySpec, Frame, Kernel, SetupContext
 
@@ -412,7 +412,7 @@ class FrameStats(Kernel):
             raise KernelConfigError(f"{self.name}: ROIs need an image input (stitch first)")
         self._acc = np.zeros(4)
         self._rs = np.zeros(len(self.rois))
-        _stats(np.zeros((2, 2), dtype), 0.0, False, 0.0, np.zeros(4))  # compile now
+        accumulate_stats(np.zeros((2, 2), dtype), 0.0, None, np.zeros(4))  # compile now
         specs = [
             ArraySpec("sum", (), "float64"),
             ArraySpec("max", (), "float64"),
@@ -432,7 +432,7 @@ class FrameStats(Kernel):
         use_dummy = p.dummy is not None
         d = float(p.dummy) if use_dummy else 0.0
         for a in arrays:
-            _stats(a, float(p.threshold), use_dummy, d, acc)
+            accumulate_stats(a, p.threshold, p.dummy, acc)
         out["sum"][...] = acc[0]
         out["max"][...] = acc[1]
         out["count_above"][...] = int(acc[2])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,108 @@ def _stats(img, threshold, use_dummy, dummy, out):  # pragma: no cover - jitted
     out[1] = m
     out[2] = n_above
     out[3] = n_valid
+
+
+# The float32 path (a stitched canvas): the loop above does not vectorise (its maximum is a
+# compare-and-select chain across four reductions), 18-20 ms for a 9.4 Mpx canvas. Split per
+# row into a sum-and-count loop on the floats and a maximum on the bits as ordered integers
+# (no fast-math flag can touch NaN handling there), each of which vectorises; the row is in
+# L1 for the second loop, so memory is still read once.
+_F32_EXPONENT = 0x7F800000
+_INT32_MIN = -(2**31)
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
+def _row_sum_counts(row, threshold, dummy):  # pragma: no cover - jitted
+    # float32 counters keep every lane the width of the pixels (1.2 ms less a 9.4 Mpx frame
+    # than int64 ones); exact while a row is shorter than 2**24 (accumulate_stats checks).
+    s = 0.0
+    n_above = np.float32(0.0)
+    n_valid = np.float32(0.0)
+    one, zero = np.float32(1.0), np.float32(0.0)
+    for c in range(row.shape[0]):
+        v = row[c]
+        ok = (v - v == 0) & (v != dummy)  # dummy NaN: nothing is a dummy
+        s += np.float64(v) if ok else 0.0
+        n_above += one if (ok & (v > threshold)) else zero
+        n_valid += one if ok else zero
+    return s, n_above, n_valid
+
+
+@njit(cache=True, nogil=True)
+def _row_max_key(bits, dummy_mask, dummy_bits, m):  # pragma: no cover - jitted
+    """Largest order key of the valid pixels of a row of float32 bits (int32)."""
+    for c in range(bits.shape[0]):
+        b = bits[c]
+        ok = ((b & _F32_EXPONENT) != _F32_EXPONENT) & ((b & dummy_mask) != dummy_bits)
+        key = b ^ ((b >> 31) & 0x7FFFFFFF)  # float order as signed-integer order
+        key = key if ok else np.int32(_INT32_MIN)
+        m = max(m, key)
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _stats_f32(img, bits, threshold, dummy, dummy_mask, dummy_bits, out):  # pragma: no cover
+    s = 0.0
+    n_above = 0
+    n_valid = 0
+    m = np.int32(_INT32_MIN)
+    for r in range(img.shape[0]):
+        a, b, c = _row_sum_counts(img[r], threshold, dummy)
+        s += a
+        n_above += np.int64(b)
+        n_valid += np.int64(c)
+        m = _row_max_key(bits[r], dummy_mask, dummy_bits, m)
+    out[0] += s
+    out[2] += n_above
+    out[3] += n_valid
+    return m
+
+
+@functools.lru_cache(maxsize=64)
+def _f32_constants(threshold: float, dummy: float | None):
+    """Threshold and dummy for comparisons in float32 that agree with float64 ones."""
+    with np.errstate(over="ignore"):
+        t32 = np.float32(threshold)
+    if float(t32) > threshold:
+        # v > threshold and v > t32 must agree for every float32 v: the largest float32
+        # not above the threshold does that.
+        t32 = np.nextafter(t32, np.float32(-np.inf))
+    d32, mask, dbits = np.float32(np.nan), np.int32(0), np.int32(1)  # no dummy: never equal
+    if dummy is not None and not np.isnan(dummy):
+        with np.errstate(over="ignore"):
+            candidate = np.float32(dummy)
+        if float(candidate) == float(dummy):  # else no float32 pixel can equal it
+            d32 = candidate
+            if candidate == 0:  # -0.0 == 0.0, as the comparison in the general path says
+                mask, dbits = np.int32(0x7FFFFFFF), np.int32(0)
+            else:
+                mask, dbits = np.int32(-1), np.array([candidate]).view(np.int32)[0]
+    return t32, d32, mask, dbits
+
+
+def accumulate_stats(img: np.ndarray, threshold: float, dummy: float | None, out) -> None:
+    """Add one 2-D array's statistics to ``out = [sum, max, count_above, n_valid]``.
+
+    Pixels that are NaN, +-inf or equal to ``dummy`` are left out; ``count_above`` counts
+    pixels strictly above ``threshold``. float32 arrays take a vectorised path with the same
+    results as the general one (the threshold and the dummy are compared exactly).
+    """
+    if (
+        img.dtype != np.float32
+        or img.ndim != 2
+        or not img.flags.c_contiguous
+        or img.shape[1] >= 2**24
+    ):
+        use = dummy is not None
+        _stats(img, float(threshold), use, float(dummy) if use else 0.0, out)
+        return
+    t32, d32, mask, dbits = _f32_constants(float(threshold), dummy)
+    key = _stats_f32(img, img.view(np.int32), t32, d32, mask, dbits, out)
+    if key != _INT32_MIN:
+        k = np.array([key], np.int32)
+        k ^= (k >> 31) & 0x7FFFFFFF
+        out[1] = max(out[1], float(k.view(np.float32)[0]))
 
 
 @njit(cache=True, nogil=True)
@@ -105,7 +208,7 @@ def frame_statistics(
     rs = np.zeros(len(roi))
     d = float(dummy) if dummy is not None else 0.0
     for a in arrays:
-        _stats(a, float(threshold), dummy is not None, d, out)
+        accumulate_stats(a, threshold, dummy, out)
     if len(roi):
         _roi_sums(arrays[0], roi, dummy is not None, d, rs)
     return FrameStatistics(float(out[0]), float(out[1]), int(out[2]), int(out[3]), rs)
