@@ -93,10 +93,10 @@ class StreamTable:
         return row
 
     # -- publisher ----------------------------------------------------------------------
-    def count_out(self, row: int, error: bool) -> None:
-        """Count one published frame (or error record) of the stream in ``row``."""
+    def count_out(self, row: int, error: bool, n: int = 1) -> None:
+        """Count ``n`` published frames (or error records) of the stream in ``row``."""
         if 0 <= row < MAX_STREAMS:
-            self.words[row, ERRORS if error else FRAMES_OUT] += 1
+            self.words[row, ERRORS if error else FRAMES_OUT] += n
 
     # -- readers ------------------------------------------------------------------------
     def read(self) -> list[StreamCounts]:
