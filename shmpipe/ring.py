@@ -202,12 +202,8 @@ class Timings:
         self.kernel_hist[proc, kernel, bisect.bisect_left(self._kernel_edges, ns)] += 1
         self.kernel_ns[proc, kernel] += ns
 
-    def add_latency(self, ns: int) -> None:
-        self.latency_hist[bisect.bisect_left(self._latency_edges, ns)] += 1
-        self.latency_ns[0] += ns
-
     def add_latencies(self, ns: list[int]) -> None:
-        """``add_latency`` for many at once (the publisher's, once per commit)."""
+        """Count dispatch-to-publish latencies (the publisher's, once per commit)."""
         if ns:
             where = np.searchsorted(self._latency_edges, ns, side="left")
             self.latency_hist += np.bincount(where, minlength=N_BUCKETS)
