@@ -1090,7 +1090,9 @@ def print_summary(report: dict[str, Any], log: Callable[[str], None] = print) ->
     """Print the goal table of a report."""
     for g in report["goals"]:
         mark = "met" if g["met"] else "NOT met"
-        log(f"{g['goal']:<58} {g['measured']:>10.3f}  goal {g['target']:<10} {mark}")
+        measured = g["measured"]
+        shown = f"{measured:>10.3f}" if measured is not None else f"{'n/a':>10}"
+        log(f"{g['goal']:<58} {shown}  goal {g['target']:<10} {mark}")
     m = report["model"]
     log(
         f"model: {m['predicted_fps']:.1f} frames/s on a {m['assumptions']['cores']}-core node "

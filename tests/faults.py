@@ -31,6 +31,7 @@ from shmpipe.ring import (
     PROC_PUBLISHER,
 )
 from shmpipe.sinks.hdf5 import read_stream
+from tests.conftest import wait_for
 
 SMALL = {"kind": "sim", "module_shape": [48, 64], "modules": 12, "pool": 3}
 
@@ -75,17 +76,6 @@ def table(rows: list[Figures]) -> str:
     ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    """Poll ``predicate`` until it is true, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)  # polling interval of a bounded wait
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def config(tmp: Path, kernels: dict, *, frames: int, workers: int = 2, **run) -> dict:

@@ -17,7 +17,7 @@ from shmpipe.ring import P_PID
 from shmpipe.runs import live_runs
 from shmpipe.sinks.hdf5 import read_stream
 from shmpipe.status import attach_tables
-from tests.conftest import run_cli
+from tests.conftest import run_cli, wait_for
 from tests.faults import published  # noqa: F401 - also used by test_asapo_pipeline
 
 SMALL = ["--set", "source.module_shape=[48, 64]", "--progress", "off"]
@@ -31,16 +31,6 @@ def start(name: str, *args: str, new_session: bool = False) -> subprocess.Popen:
         text=True,
         start_new_session=new_session,
     )
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)  # polling interval of a bounded wait
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def frames_in(stderr: str) -> int:

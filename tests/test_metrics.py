@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -23,7 +22,7 @@ from shmpipe.metrics import PipelineCollector
 from shmpipe.ring import RingGeometry, SlotRing
 from shmpipe.runs import live_runs
 from shmpipe.status import format_status
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for
 
 FRAME_BYTES = 12 * 48 * 64 * 2  # twelve 48 x 64 uint16 modules (each a multiple of 64 bytes)
 
@@ -46,16 +45,6 @@ def scrape(port: int) -> dict[tuple[str, tuple], float] | None:
         for s in fam.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
-
-
-def poll(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)  # polling interval of a bounded wait
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def write_config(tmp_path, port: int) -> str:
@@ -108,7 +97,7 @@ def test_metrics_endpoint_of_a_running_pipeline(tmp_path):
             )
             return m if done >= 10 else None
 
-        m = poll(first_stream_done, 60, "the first stream to be published")
+        m = wait_for(first_stream_done, 60, "the first stream to be published")
         # Scraped while the run goes on (20 streams of 10 frames at 10 frames/s).
         assert proc.poll() is None
         assert m[("shmpipe_stream_frames_in_total", stream)] == 10

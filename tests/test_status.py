@@ -5,24 +5,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 
 from shmpipe.ring import P_FRAMES, PROC_FIRST_WORKER
 from shmpipe.runs import live_runs
 from shmpipe.status import attach_tables
-from tests.conftest import run_cli
-
-
-def poll(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)  # polling interval of a bounded wait
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.conftest import run_cli, wait_for
 
 
 def parse_table(text: str) -> dict[str, list[str]]:
@@ -89,8 +78,8 @@ def test_status_prints_a_row_per_process_of_a_running_pipeline():
             done = all(int(rows[f"worker {i}"][3]) > 0 for i in (0, 1))
             return (r.stdout, rows) if done else None
 
-        poll(workers_busy, 60, "both workers to have processed frames")
-        text, rows = poll(busy_table, 60, "both workers to have processed frames")
+        wait_for(workers_busy, 60, "both workers to have processed frames")
+        text, rows = wait_for(busy_table, 60, "both workers to have processed frames")
         assert proc.poll() is None, "the run ended before status saw it"
         assert text.splitlines()[0].startswith(f"{name}  pid {proc.pid}  chain checksum")
         assert set(rows) == {"supervisor", "dispatcher", "publisher", "worker 0", "worker 1"}

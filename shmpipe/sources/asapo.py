@@ -409,16 +409,8 @@ class AsapoSource(Source):
         if stream in self._known_streams:
             return
         self._known_streams.add(stream)
-        try:
-            names = [
-                s["name"]
-                for s in self._consumer.get_stream_list(
-                    from_stream="", filter="all", detailed=False
-                )
-            ]
-        except _client().AsapoConsumerError:
-            return
-        if stream not in names:
+        names = self._stream_names()
+        if names is not None and stream not in names:
             p = self.params
             log.warning(
                 "stream %r does not exist (yet) in beamtime %r, data source %r: waiting for it%s"
@@ -432,21 +424,20 @@ class AsapoSource(Source):
                 ", ".join(names[:10]) or "none",
             )
 
+    def _stream_names(self) -> list[str] | None:
+        """Names of the data source's streams; None when the broker cannot say now."""
+        try:
+            listed = self._consumer.get_stream_list(from_stream="", filter="all", detailed=False)
+        except _client().AsapoConsumerError:
+            return None
+        return [s["name"] for s in listed]
+
     def _idle(self, stream: str) -> StreamFinished | None:
         p = self.params
         now = time.monotonic()
         if p.follow in ("numeric", "date", "basename") and now >= self._next_poll:
             self._next_poll = now + p.poll_streams_s
-            try:
-                names = [
-                    s["name"]
-                    for s in self._consumer.get_stream_list(
-                        from_stream="", filter="all", detailed=False
-                    )
-                ]
-            except _client().AsapoConsumerError:
-                names = []
-            nxt = next_stream(p.follow, stream, names)
+            nxt = next_stream(p.follow, stream, self._stream_names() or [])
             if nxt:
                 log.info("following stream %s -> %s (%s naming)", stream, nxt, p.follow)
                 self._stream = nxt
