@@ -222,7 +222,7 @@ class LambdaStitch(Kernel):
         except (TypeError, ValueError) as exc:
             raise KernelConfigError(f"{self.name}: {exc}") from exc
         _warm_stitch(self.stitcher)
-        return [ArraySpec("image", geo.shape, self.stitcher.output_dtype.str)]
+        return [ArraySpec("image", geo.shape, self.stitcher.output_dtype.str, unit="counts")]
 
     def process(self, frame: Frame, out: dict[str, np.ndarray]) -> None:
         self.stitcher(_as_parts(frame.get(self.params.input)), out["image"])
@@ -341,12 +341,21 @@ class AzimuthalIntegrate(Kernel):
             raise KernelConfigError(f"{self.name}: {exc}") from exc
         self.dark = _load_array(p.dark, "dark")
         self.error_model = p.error_model
+        errors = "sigma" if p.error_model else None
         specs = [
-            ArraySpec(k, (npt,), "float64")
-            for k in ("radial", "intensity", "sum_signal", "sum_normalization", "count")
+            ArraySpec("radial", (npt,), "float64", unit=p.unit, long_name=p.unit),
+            ArraySpec(
+                "intensity", (npt,), "float64", axis="radial", errors=errors, long_name="Intensity"
+            ),
+            ArraySpec("sum_signal", (npt,), "float64", axis="radial", unit="counts"),
+            ArraySpec("sum_normalization", (npt,), "float64", axis="radial"),
+            ArraySpec("count", (npt,), "float64", axis="radial", unit="pixels"),
         ]
         if p.error_model:
-            specs += [ArraySpec("sigma", (npt,), "float64"), ArraySpec("std", (npt,), "float64")]
+            specs += [
+                ArraySpec("sigma", (npt,), "float64", axis="radial", long_name="Uncertainty"),
+                ArraySpec("std", (npt,), "float64", axis="radial", long_name="Deviation"),
+            ]
         # Probe once with data like the real input: a bad error_model or dark shape fails at
         # setup rather than on frame 1, and the loops for these dtypes are compiled now.
         if n == 0:
@@ -414,13 +423,13 @@ class FrameStats(Kernel):
         self._rs = np.zeros(len(self.rois))
         accumulate_stats(np.zeros((2, 2), dtype), 0.0, None, np.zeros(4))  # compile now
         specs = [
-            ArraySpec("sum", (), "float64"),
-            ArraySpec("max", (), "float64"),
-            ArraySpec("count_above", (), "int64"),
-            ArraySpec("n_valid", (), "int64"),
+            ArraySpec("sum", (), "float64", unit="counts"),
+            ArraySpec("max", (), "float64", unit="counts"),
+            ArraySpec("count_above", (), "int64", unit="pixels"),
+            ArraySpec("n_valid", (), "int64", unit="pixels"),
         ]
         if len(self.rois):
-            specs.append(ArraySpec("roi_sums", (len(self.rois),), "float64"))
+            specs.append(ArraySpec("roi_sums", (len(self.rois),), "float64", unit="counts"))
         return specs
 
     def process(self, frame: Frame, out: dict[str, np.ndarray]) -> None:

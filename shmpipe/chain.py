@@ -45,7 +45,7 @@ class ChainLayout:
     setup_seconds: tuple[float, ...] = ()
 
     def specs(self) -> list[ArraySpec]:
-        return [ArraySpec(o.qualified, o.spec.shape, o.spec.dtype) for o in self.outputs]
+        return [o.spec.qualified(o.kernel) for o in self.outputs]
 
     def same_as(self, other: ChainLayout) -> bool:
         return self.outputs == other.outputs

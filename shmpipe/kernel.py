@@ -26,6 +26,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +49,27 @@ class ArraySpec:
         Shape of the array for one frame; ``()`` for a scalar.
     dtype : str
         Any numpy dtype string (``"float32"``, ``"<u2"``, ``"S64"``).
+    unit : str, optional
+        Physical unit of the values (``"q_nm^-1"``, ``"2th_deg"``, ``"counts"``); ``""`` when
+        the values have none. Views label axes with it, the HDF5 sink writes it as ``units``.
+    axis : str, optional
+        Short name of another output of the same kernel holding this output's abscissa (the
+        integrator's ``intensity`` has ``axis="radial"``). Views plot against it and the
+        HDF5 sink writes NeXus ``NXdata`` with ``signal``/``axes``.
+    errors : str, optional
+        Short name of another output of the same kernel holding this output's standard
+        uncertainties (``sigma`` for ``intensity``): error bars in views, ``*_errors`` in NeXus.
+    long_name : str, optional
+        A label for plots (``"Intensity"``); the output's name when empty.
     """
 
     name: str
     shape: tuple[int, ...]
     dtype: str
+    unit: str = ""
+    axis: str | None = None
+    errors: str | None = None
+    long_name: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
@@ -62,12 +79,14 @@ class ArraySpec:
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> ArraySpec:
-        return cls(d["name"], tuple(d["shape"]), d["dtype"])
+    def qualified(self, kernel: str) -> ArraySpec:
+        """This spec under the name ``kernel.name``, its axis and errors qualified alike."""
+        return dataclasses.replace(
+            self,
+            name=f"{kernel}.{self.name}",
+            axis=None if self.axis is None else f"{kernel}.{self.axis}",
+            errors=None if self.errors is None else f"{kernel}.{self.errors}",
+        )
 
 
 @dataclass
