@@ -44,21 +44,31 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Merge the file and the command-line options into a validated configuration."""
     raw = read_toml(args.config) if args.config else {}
     sets: list[str] = []
+    labels: list[str] = []
+
+    def given(assignment: str, label: str) -> None:
+        sets.append(assignment)
+        labels.append(label)
+
     if args.workers is not None:
-        sets.append(f"run.workers={args.workers}")
+        given(f"run.workers={args.workers}", f"--workers {args.workers}")
     if args.source is not None:
         if raw.get("source", {}).get("kind", args.source) != args.source:
             raw["source"] = {}  # another kind's keys would be unknown to this one
-        sets.append(f"source.kind={_quote(args.source)}")
+        given(f"source.kind={_quote(args.source)}", f"--source {args.source}")
     if args.frames is not None:
-        sets.append(f"source.frames={args.frames}")
+        given(f"source.frames={args.frames}", f"--frames {args.frames}")
     if args.sink is not None:
         raw["sinks"] = [{"kind": args.sink}]
     if args.output is not None:
         if not raw.get("sinks"):
             raw["sinks"] = [{"kind": "hdf5"}]
-        sets.append(f"sinks.0.output={_quote(args.output)}")
-    return load_config(args.config, [*sets, *args.overrides], raw=raw)
+        given(f"sinks.0.output={_quote(args.output)}", f"--output {args.output}")
+    for assignment in args.overrides:
+        given(assignment, f"--set {assignment}")
+    if getattr(args, "reprocess", False):
+        given("source.reprocess=true", "--reprocess")
+    return load_config(args.config, sets, raw=raw, labels=labels)
 
 
 def _quote(s: str) -> str:
@@ -187,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="show the processes of running pipelines",
         description="Attach to running pipelines (found by run.name) and print a table per "
-        "process: role, pid, state, frames, busy %%, CPU %%, RSS, current message; then the "
+        "process: role, pid, state, frames, busy %, CPU %, RSS, current message; then the "
         "per-stream counts.",
     )
     status.add_argument("name", nargs="?", help="run name (run.name); default: all")
