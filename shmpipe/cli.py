@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
+from shmpipe import exit_codes
 from shmpipe.config import ConfigError, PipelineConfig, load_config, read_toml, to_toml
 
 log = logging.getLogger("shmpipe.cli")
+
 
 EPILOG = """examples:
   shmpipe run --workers 2 --source sim --frames 1000 --sink hdf5 --output out.h5
@@ -78,6 +81,7 @@ def _quote(s: str) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from shmpipe.engine import Pipeline, StartupError
     from shmpipe.logs import configure_logging
+    from shmpipe.resources import warn_about_resources
 
     cfg = config_from_args(args)
     if args.log_format:
@@ -85,15 +89,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.progress:
         cfg.run.progress = args.progress
     configure_logging(cfg.run.log_format, cfg.run.log_level)
+    warn_about_resources(cfg.run.workers)
+    # Until the supervisor takes signals over, SIGTERM stops the start-up like Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         summary = Pipeline(cfg).run()
     except StartupError as exc:
         print(f"shmpipe: cannot start: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.EXIT_CONFIG_ERROR
+    except _Terminated:
+        print("shmpipe: stopped by SIGTERM during start-up", file=sys.stderr)
+        return exit_codes.EXIT_SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(summary.describe(), file=sys.stderr)
     if summary.error:
         print(f"shmpipe: {summary.error}", file=sys.stderr)
+    elif summary.exit_code in (exit_codes.EXIT_SIGINT, exit_codes.EXIT_SIGTERM):
+        print(
+            "shmpipe: stopped early by "
+            f"{'Ctrl-C (SIGINT)' if summary.exit_code == exit_codes.EXIT_SIGINT else 'SIGTERM'}: "
+            "no new messages were taken; the frames in flight were finished",
+            file=sys.stderr,
+        )
+    elif summary.exit_code == exit_codes.EXIT_FRAME_ERRORS:
+        print(
+            f"shmpipe: {summary.errors} of {summary.frames_in} frames became error records "
+            '(run.on_error = "skip")',
+            file=sys.stderr,
+        )
     return summary.exit_code
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _terminated(signum, frame) -> None:  # noqa: ARG001
+    raise _Terminated
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -173,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="run a pipeline",
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + exit_codes.HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_options(run)
@@ -243,9 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         print(f"shmpipe: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.EXIT_CONFIG_ERROR
     except KeyboardInterrupt:
-        return 130
+        return exit_codes.EXIT_SIGINT
 
 
 if __name__ == "__main__":

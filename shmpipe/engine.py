@@ -59,6 +59,12 @@ from shmpipe.chain import ChainLayout, KernelChain, KernelSetupError
 from shmpipe.channel import DONE, STOP, RecordPipe
 from shmpipe.config import ConfigError, PipelineConfig
 from shmpipe.dispatcher import dispatcher_main
+from shmpipe.exit_codes import (
+    EXIT_CONFIG_ERROR,
+    EXIT_FAILED,
+    EXIT_FRAME_ERRORS,
+    EXIT_OK,
+)
 from shmpipe.logs import frame_extra
 from shmpipe.metrics import MetricsPortError, metrics_main, open_metrics_socket
 from shmpipe.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, now_ns, write_error
@@ -105,7 +111,9 @@ AUTO_RING_BYTES = 64 * 2**20  # ... and beyond 2 x workers + 2 only while they f
 
 log = logging.getLogger("shmpipe.supervisor")
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+# A second SIGINT this long after the first is a person pressing Ctrl-C again; signals closer
+# together are one interrupt delivered twice (`timeout` signals the child, then its group).
+HUMAN_REPEAT_S = 0.5
 
 
 class StartupError(RuntimeError):
@@ -215,7 +223,7 @@ class Pipeline:
             config.run.name = f"run-{os.getpid()}"
         self.name = config.run.name
         self.ctx = mp.get_context("fork")
-        self._signals = 0
+        self._signals: list[tuple[int, float]] = []
         self._draining_since = 0.0
         self.summary = RunSummary(self.name)
 
@@ -248,6 +256,11 @@ class Pipeline:
                 status, payload = ours.recv()
         except EOFError:
             status, payload = "error", f"the start-up checks died (exit code {proc.exitcode})"
+        except BaseException:  # interrupted during start-up: the checks must not live on
+            proc.kill()
+            proc.join()
+            ours.close()
+            raise
         proc.join()
         ours.close()
         if status != "ok":
@@ -495,7 +508,18 @@ class Pipeline:
 
     # -- signals ---------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
-        self._signals += 1
+        self._signals.append((signum, time.monotonic()))
+
+    def _stop_at_once(self) -> bool:
+        """Whether a person asked twice: a SIGINT well after the first interrupt.
+
+        SIGTERM always drains (a scheduler or ``timeout`` may send it more than once, and
+        drain_timeout_s bounds the drain); only Ctrl-C given again stops at once.
+        """
+        first = self._signals[0][1]
+        return any(
+            sig == signal.SIGINT and t - first >= HUMAN_REPEAT_S for sig, t in self._signals[1:]
+        )
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -578,16 +602,17 @@ class Pipeline:
                 if self.metrics is not None:
                     procs[self.metrics.sentinel] = ("metrics", self.metrics)
                 ready = wait(list(procs), timeout=0.25)
-                if self._signals > handled_signals:
-                    handled_signals = self._signals
-                    if handled_signals == 1:
+                if len(self._signals) > handled_signals:
+                    if not handled_signals:
                         log.warning(
-                            "stopping: no new messages; finishing the frames in flight "
-                            "(Ctrl-C again to stop at once)"
+                            "stopping (%s): no new messages; finishing the frames in flight "
+                            "(Ctrl-C again to stop at once)",
+                            signal.Signals(self._signals[0][0]).name,
                         )
                         p.dispatcher_inbox.send(STOP)
                         self._draining_since = time.monotonic()
-                    else:
+                    handled_signals = len(self._signals)
+                    if self._stop_at_once():
                         raise _Interrupted
                 if (
                     self._draining_since
@@ -633,7 +658,8 @@ class Pipeline:
         except _Finished:
             pass
         except _Interrupted:
-            exit_code, error = EXIT_INTERRUPTED, "stopped at once by a second interrupt"
+            exit_code = 128 + self._signals[0][0]
+            error = "stopped at once by a second Ctrl-C: frames in flight were dropped"
             log.error("%s", error)
         except _RunFailed as exc:
             exit_code, error = exc.exit_code, str(exc)
@@ -644,12 +670,16 @@ class Pipeline:
                 signal.signal(s, h)
             progress.close()
         summary = self.summary
+        if exit_code == EXIT_OK and self._signals:
+            exit_code = 128 + self._signals[0][0]  # 130 SIGINT, 143 SIGTERM: stopped early
         summary.exit_code, summary.error = exit_code, error
         summary.wall_s = time.perf_counter() - t_start
         summary.frames_in = int(ring.procs[PROC_DISPATCHER, 2])
         summary.bytes_in = int(ring.procs[PROC_DISPATCHER, 3])
         summary.frames_out = int(ring.procs[PROC_PUBLISHER, 2])
         summary.errors = int(ring.procs[PROC_PUBLISHER, 8])
+        if summary.exit_code == EXIT_OK and summary.errors:
+            summary.exit_code = EXIT_FRAME_ERRORS
         summary.slots = ring.geometry.slots
         t = ring.timings
         summary.timings = {
@@ -745,4 +775,14 @@ def run_pipeline(config: PipelineConfig) -> RunSummary:
     return Pipeline(config).run()
 
 
-__all__ = ["KernelSetupError", "Pipeline", "RunSummary", "StartupError", "run_pipeline"]
+__all__ = [
+    "EXIT_CONFIG_ERROR",
+    "EXIT_FAILED",
+    "EXIT_FRAME_ERRORS",
+    "EXIT_OK",
+    "KernelSetupError",
+    "Pipeline",
+    "RunSummary",
+    "StartupError",
+    "run_pipeline",
+]
