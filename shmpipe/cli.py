@@ -69,9 +69,17 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         given(f"sinks.0.output={_quote(args.output)}", f"--output {args.output}")
     for assignment in args.overrides:
         given(assignment, f"--set {assignment}")
+    cfg = load_config(args.config, sets, raw=raw, labels=labels)
     if getattr(args, "reprocess", False):
-        given("source.reprocess=true", "--reprocess")
-    return load_config(args.config, sets, raw=raw, labels=labels)
+        if not hasattr(cfg.source.params, "reprocess"):
+            raise ConfigError(
+                f"a {cfg.source.kind} source keeps no consumer group: every run reads from the "
+                'start (--reprocess is for source.kind = "asapo")',
+                "source.kind",
+                "command line (--reprocess)",
+            )
+        cfg.source.params.reprocess = True
+    return cfg
 
 
 def _quote(s: str) -> str:
@@ -212,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(run)
     run.add_argument("--log-format", choices=["text", "json"], help="log lines as text or JSON")
     run.add_argument("--progress", choices=["auto", "on", "off"], help="live progress line")
+    run.add_argument(
+        "--reprocess",
+        action="store_true",
+        help="ASAPO: read the streams again from their first message, in a fresh consumer "
+        "group (source.reprocess); source.group_id's progress is left as it was",
+    )
     run.set_defaults(func=cmd_run)
 
     config = sub.add_parser("config", help="inspect a configuration")

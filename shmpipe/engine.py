@@ -80,6 +80,7 @@ from shmpipe.ring import (
     OWNER,
     OWNER_PID,
     P_EXIT,
+    P_FRAMES,
     P_KERNEL,
     P_PID,
     P_READY_NS,
@@ -101,6 +102,7 @@ from shmpipe.ring import (
 )
 from shmpipe.ring import DONE as S_DONE
 from shmpipe.ring import ERROR as F_ERROR
+from shmpipe.run_report import SteadyRate, written_outputs
 from shmpipe.runs import RunNameInUse, RunRecord, sweep_stale
 from shmpipe.sink import RunInfo
 from shmpipe.source import SourceConfigError, SourceLayout
@@ -114,6 +116,7 @@ log = logging.getLogger("shmpipe.supervisor")
 # A second SIGINT this long after the first is a person pressing Ctrl-C again; signals closer
 # together are one interrupt delivered twice (`timeout` signals the child, then its group).
 HUMAN_REPEAT_S = 0.5
+SETUP_QUIET_S = 1.0  # a kernel set-up longer than this is announced (Numba compiling)
 
 
 class StartupError(RuntimeError):
@@ -137,6 +140,10 @@ class RunSummary:
     slots: int = 0
     """Slots in the ring."""
     worker_startup_s: list[float] = field(default_factory=list)
+    steady_frames_per_s: float | None = None
+    """Frames/s between the first and the last frame published (None: too short to tell)."""
+    outputs: list[str] = field(default_factory=list)
+    """Where the sinks put the results (files, or a service's streams)."""
     timings: dict[str, np.ndarray] = field(default_factory=dict)
     """Copies of the ring's ``Timings`` arrays (``kernel_hist``, ``kernel_ns``, ``latency_hist``,
     ``latency_ns``) and of the process table (``procs``), taken before the ring closes."""
@@ -147,11 +154,20 @@ class RunSummary:
 
     def describe(self) -> str:
         mbps = self.bytes_in / self.wall_s / 1e6 if self.wall_s > 0 else 0.0
-        return (
+        steady = (
+            f"{self.steady_frames_per_s:.1f} frames/s steady, "
+            if self.steady_frames_per_s is not None
+            else ""
+        )
+        text = (
             f"run {self.name}: {self.frames_in} frames in, {self.frames_out} out, "
-            f"{self.errors} errors, {self.wall_s:.2f} s, {self.frames_per_s:.1f} frames/s, "
+            f"{self.errors} errors, {self.wall_s:.2f} s, {steady}"
+            f"{self.frames_per_s:.1f} frames/s over the whole run (start-up included), "
             f"{mbps:.1f} MB/s, {self.worker_restarts} worker restarts"
         )
+        if self.outputs:
+            text += "\nwritten: " + "\n         ".join(self.outputs)
+        return text
 
 
 def _preflight_main(conn, config: PipelineConfig, cache_dir: Path) -> None:
@@ -243,7 +259,13 @@ class Pipeline:
         theirs.close()
         limit = self.config.run.setup_timeout_s
         try:
-            if limit > 0 and not ours.poll(limit):
+            if not ours.poll(min(SETUP_QUIET_S, limit) if limit > 0 else SETUP_QUIET_S):
+                log.info(
+                    "setting up the kernels (%s): the first run on a machine compiles their "
+                    "Numba code (10-20 s, once; later runs load it from the cache)",
+                    ", ".join(k.name for k in self.config.kernels),
+                )
+            if limit > 0 and not ours.poll(max(0.0, limit - SETUP_QUIET_S)):
                 proc.kill()
                 status, payload = (
                     "error",
@@ -583,6 +605,7 @@ class Pipeline:
         self._ready_logged: set[tuple[int, int]] = set()
         self._stopped_since: dict[int, float] = {}
         progress = ProgressReporter(ring, cfg, self.name)
+        steady = SteadyRate()
         exit_code, error = EXIT_OK, ""
         self.metrics: mp.Process | None = None
         try:
@@ -655,6 +678,7 @@ class Pipeline:
                 self._watchdog()
                 self._report_ready_workers()
                 progress.tick()
+                steady.sample(int(ring.procs[PROC_PUBLISHER, P_FRAMES]))
         except _Finished:
             pass
         except _Interrupted:
@@ -681,6 +705,12 @@ class Pipeline:
         if summary.exit_code == EXIT_OK and summary.errors:
             summary.exit_code = EXIT_FRAME_ERRORS
         summary.slots = ring.geometry.slots
+        steady.sample(summary.frames_out)
+        summary.steady_frames_per_s = steady.rate()
+        try:
+            summary.outputs = written_outputs(cfg, [c.stream for c in ring.streams.read()])
+        except Exception as exc:  # noqa: BLE001 - the summary must not fail the run
+            log.debug("cannot list the outputs written: %s", exc)
         t = ring.timings
         summary.timings = {
             "kernel_hist": t.kernel_hist.copy(),

@@ -168,6 +168,7 @@ def test_partial_dataset_error_record_or_processed(asapo, tmp_path):
     prod = asapo_producer.create_producer(
         asapo.endpoint, "processed", BEAMTIME, "auto", "detector", "", 1, 5000
     )
+    prod.set_log_level("error")
     part = np.arange(np.prod(SHAPE), dtype=np.uint16).reshape(SHAPE)
     for mid, count in ((1, 12), (2, 11), (3, 12)):
         for m in range(1, count + 1):

@@ -359,6 +359,7 @@ def test_asapo_user_meta_not_json_never_reaches_the_pipeline(asapo, tmp_path):
     prod = asapo_producer.create_producer(
         asapo.endpoint, "processed", faults.BEAMTIME, "auto", "detector", "", 1, 5000
     )
+    prod.set_log_level("error")
     refused = []
     part = np.zeros(faults.ASAPO_SHAPE, np.uint16).reshape(-1).view(np.uint8)
 

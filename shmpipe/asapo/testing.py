@@ -117,6 +117,8 @@ class AsapoEndpoint:
             nthreads,
             timeout_ms,
         )
+        # Its JSON log lines (retries it recovers from) would fill the test output.
+        producer.set_log_level("error")
         self.producers.append(producer)
         return producer
 

@@ -247,6 +247,10 @@ class HDF5Sink(Sink):
         self.specs = [s for s in run.outputs if not wanted or s.name in wanted]
         self.names = [s.name for s in self.specs]
 
+    def written(self, run_name: str, streams: list[str]) -> list[str]:
+        paths = [self.params.output.format(stream=s, run=run_name) for s in streams]
+        return [p for i, p in enumerate(paths) if p not in paths[:i] and os.path.isfile(p)]
+
     def _path(self, stream: str) -> str:
         return self.params.output.format(stream=stream, run=self.run.run_name)
 
