@@ -3,11 +3,13 @@ mistake, one-line refusals before anything starts, and the help text."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 
 import pytest
 
 from shmpipe.resources import Cores, oversubscription_warning
+from shmpipe.run_report import SteadyRate
 from tests.conftest import REPO, run_cli
 
 SIM = str(REPO / "examples" / "lambda9m_sim.toml")
@@ -154,3 +156,53 @@ def test_the_run_warns_with_the_cores_of_this_process():
     r = run_cli("run", *SMALL, "--workers", str(len(os.sched_getaffinity(0)) + 3))
     assert r.returncode == 0, r.stderr
     assert "CPUs in this process's affinity" in r.stderr
+
+
+def test_a_slow_kernel_setup_is_announced_not_silent():
+    r = run_cli(
+        "run",
+        *SMALL,
+        "--set",
+        'kernels.k.kind="tests.plugins:HangingSetup"',
+        "--set",
+        "run.setup_timeout_s=2",
+    )
+    assert r.returncode == 2
+    said = r.stderr.index("setting up the kernels (k)")
+    assert "compiles their Numba code" in r.stderr and "once" in r.stderr
+    assert said < r.stderr.index("did not finish within run.setup_timeout_s")
+
+
+def test_summary_gives_the_steady_rate_and_names_the_files(tmp_path):
+    out = tmp_path / "o_{stream}.h5"
+    r = run_cli(
+        "run",
+        *SMALL[:-2],
+        "--frames",
+        "30",
+        "--set",
+        "source.rate=30",
+        "--set",
+        "source.streams=2",
+        "--sink",
+        "hdf5",
+        "--output",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    steady = float(re.search(r"([\d.]+) frames/s steady", r.stderr).group(1))
+    whole = float(re.search(r"([\d.]+) frames/s over the whole run", r.stderr).group(1))
+    assert steady > whole  # start-up is left out of the steady rate
+    written = r.stderr.split("written: ", 1)[1].split()
+    assert written == [str(tmp_path / "o_scan_0001.h5"), str(tmp_path / "o_scan_0002.h5")]
+
+
+def test_steady_rate_spans_first_to_last_frame_published():
+    rate = SteadyRate()
+    for t, n in [(0.0, 0), (5.0, 0), (6.0, 10), (7.0, 30), (8.0, 50), (9.0, 50), (20.0, 50)]:
+        rate.sample(n, now=t)
+    assert rate.rate() == pytest.approx(20.0)  # 40 frames from t=6 to t=8
+    short = SteadyRate()
+    short.sample(5, now=1.0)
+    short.sample(6, now=1.1)
+    assert short.rate() is None
