@@ -369,17 +369,15 @@ def _has_key(tables: Any, dotted: str) -> bool:
 
 
 def _blame(exc: ConfigError, file_tables: dict[str, Any], given: dict[str, str]) -> ConfigError:
-    """Name the command line as the origin of a mistake made there rather than the file."""
+    """Name the command line as the origin of a mistake made there rather than the file.
+
+    It is the command line's when the key in error is one it set (or lies inside one), or is
+    a table it brought in that the file does not have (a misspelt section, say).
+    """
     key = exc.key.split("[")[0]
     for set_key, label in given.items():
-        inside = set_key == key or set_key.startswith(key + ".")
-        # The error's key is the one set, or a table the command line brought in that the
-        # file does not have (a misspelt section, say).
-        if (
-            set_key == key
-            or (inside and not _has_key(file_tables, key))
-            or (key.startswith(set_key + "."))
-        ):
+        brought_in = set_key.startswith(key + ".") and not _has_key(file_tables, key)
+        if set_key == key or key.startswith(set_key + ".") or brought_in:
             return ConfigError(exc.message, exc.key, f"command line ({label})")
     return exc
 

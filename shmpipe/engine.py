@@ -262,7 +262,8 @@ class Pipeline:
             if not ours.poll(min(SETUP_QUIET_S, limit) if limit > 0 else SETUP_QUIET_S):
                 log.info(
                     "setting up the kernels (%s): the first run on a machine compiles their "
-                    "Numba code (10-20 s, once; later runs load it from the cache)",
+                    "Numba code and builds their tables (10-20 s for the LAMBDA chain, once; "
+                    "later runs load both from the cache)",
                     ", ".join(k.name for k in self.config.kernels),
                 )
             if limit > 0 and not ours.poll(max(0.0, limit - SETUP_QUIET_S)):

@@ -18,6 +18,7 @@ from shmpipe.ring import P_PID
 from shmpipe.runs import live_runs
 from shmpipe.sinks.hdf5 import read_stream
 from shmpipe.status import attach_tables
+from tests.asapo_process import free_port
 from tests.conftest import run_cli, wait_for
 from tests.faults import published  # noqa: F401 - also used by test_asapo_pipeline
 
@@ -115,6 +116,8 @@ def test_a_signal_to_the_child_then_its_group_drains(tmp_path, sig):
         "hdf5",
         "--output",
         str(out),
+        "--set",
+        f"metrics.port={free_port()}",
         new_session=True,
     )
     wait_for(lambda: published(name) >= 2, what="2 published frames")
@@ -125,6 +128,7 @@ def test_a_signal_to_the_child_then_its_group_drains(tmp_path, sig):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, err
     assert "stopped at once" not in err
+    assert "metrics process died" not in err  # it is not in the group the signal went to
     n = frames_in(err)
     data = read_stream(str(out), "scan_0001")
     # Every frame taken in, the ones in flight at the signal included, was written.
