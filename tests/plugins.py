@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shmpipe.kernel import ArraySpec, Kernel
-from shmpipe.message import Message, StreamFinished, payload_bytes
-from shmpipe.source import EndOfSource, Source, SourceLayout
+from shmpipe.api.kernel import ArraySpec, Kernel
+from shmpipe.api.message import Message, StreamFinished, payload_bytes
+from shmpipe.api.source import EndOfSource, Source, SourceLayout
 
 
 class Sum(Kernel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shmpipe.ring import (
+from shmpipe.shm.ring import (
     ASSIGNED,
     CLAIMED,
     FREE,
@@ -51,7 +51,7 @@ def test_least_loaded_seat_ties_rotate_and_skip_dead_and_excluded(ring):
 
 @pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 4096 + 13, (1 << 20) + 7])
 def test_stream_copy_matches_numpy(n):
-    streamcopy = pytest.importorskip("shmpipe.streamcopy")
+    streamcopy = pytest.importorskip("shmpipe.shm.streamcopy")
     if not streamcopy.AVAILABLE:
         pytest.skip("streaming stores need x86-64")
     rng = np.random.default_rng(n)
@@ -65,7 +65,7 @@ def test_stream_copy_matches_numpy(n):
 
 
 def test_stream_copy_refuses_unaligned_destinations():
-    streamcopy = pytest.importorskip("shmpipe.streamcopy")
+    streamcopy = pytest.importorskip("shmpipe.shm.streamcopy")
     buf = np.zeros(300, dtype=np.uint8)
     off = (-buf.ctypes.data) % 64 + 1
     assert not streamcopy.stream_copy(buf[off : off + 128], np.ones(128, dtype=np.uint8))
@@ -73,8 +73,8 @@ def test_stream_copy_refuses_unaligned_destinations():
 
 
 def test_assign_many_spreads_a_batch_one_write_per_seat(ring):
-    from shmpipe.channel import ASSIGN, RecordPipe
-    from shmpipe.ring import TICKET
+    from shmpipe.shm.channel import ASSIGN, RecordPipe
+    from shmpipe.shm.ring import TICKET
 
     t = ring.table
     t[:, STATE] = FREE
@@ -101,7 +101,7 @@ def test_assign_many_spreads_a_batch_one_write_per_seat(ring):
 
 
 def test_copy_parts_small_parts_byte_for_byte():
-    from shmpipe.message import PART_ALIGN, Message, copy_parts, part_layout
+    from shmpipe.api.message import PART_ALIGN, Message, copy_parts, part_layout
 
     structured = np.zeros((2, 3), dtype=[("a", "<i4"), ("b", "<f8")])
     structured["a"] = 7

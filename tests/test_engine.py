@@ -7,10 +7,12 @@ import threading
 import numpy as np
 import pytest
 
-from shmpipe.builtin_kernels import frame_digest
 from shmpipe.config import load_config
-from shmpipe.engine import EXIT_FAILED, EXIT_OK, Pipeline
-from shmpipe.ring import (
+from shmpipe.engine.supervisor import EXIT_FAILED, EXIT_OK, Pipeline
+from shmpipe.plugins.kernels import frame_digest
+from shmpipe.plugins.sinks.hdf5 import read_stream
+from shmpipe.plugins.sources.sim import SimParams, SimSource
+from shmpipe.shm.ring import (
     P_FRAMES,
     P_HANDOVERS,
     P_PID,
@@ -18,8 +20,6 @@ from shmpipe.ring import (
     PROC_FIRST_WORKER,
     PROC_PUBLISHER,
 )
-from shmpipe.sinks.hdf5 import read_stream
-from shmpipe.sources.sim import SimParams, SimSource
 from tests.conftest import SMALL_SIM
 
 
@@ -228,7 +228,7 @@ def test_poison_frame_is_quarantined_after_max_attempts(tmp_path):
 def test_kernel_found_by_entry_point_and_dotted_path(tmp_path):
     raw = hdf5_config(
         tmp_path,
-        {"a": {"kind": "checksum"}, "b": {"kind": "shmpipe.builtin_kernels:ChecksumKernel"}},
+        {"a": {"kind": "checksum"}, "b": {"kind": "shmpipe.plugins.kernels:ChecksumKernel"}},
     )
     raw["source"]["frames"] = 3
     _, summary = run(raw)
