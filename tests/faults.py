@@ -23,7 +23,7 @@ import psutil
 from shmpipe.config import load_config
 from shmpipe.engine.supervisor import Pipeline, RunSummary
 from shmpipe.plugins.sinks.hdf5 import read_stream
-from shmpipe.shm.ring import (
+from shmpipe.shm.layout import (
     P_FRAMES,
     P_PID,
     P_READY_NS,

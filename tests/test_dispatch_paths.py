@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shmpipe.shm.ring import (
+from shmpipe.engine.scheduler import Scheduler
+from shmpipe.shm.layout import (
     ASSIGNED,
     CLAIMED,
     FREE,
@@ -14,6 +15,8 @@ from shmpipe.shm.ring import (
     PROC_FIRST_WORKER,
     PS_DEAD,
     STATE,
+)
+from shmpipe.shm.ring import (
     RingGeometry,
     SlotRing,
 )
@@ -33,20 +36,21 @@ def test_least_loaded_seat_counts_assigned_and_claimed(ring):
     t[:3, STATE], t[:3, OWNER] = ASSIGNED, 0
     t[3:5, STATE], t[3:5, OWNER] = CLAIMED, 1
     t[5, STATE], t[5, OWNER] = FREE, 2  # free slots do not count, whatever the old owner
-    assert {ring.least_loaded_seat(3) for _ in range(6)} == {2}
+    assert {Scheduler(ring).least_loaded_seat(3) for _ in range(6)} == {2}
     t[5, STATE] = CLAIMED
     t[6:8, STATE], t[6:8, OWNER] = ASSIGNED, 2
-    assert {ring.least_loaded_seat(3) for _ in range(6)} == {1}  # 2 vs 3 and 3
+    assert {Scheduler(ring).least_loaded_seat(3) for _ in range(6)} == {1}  # 2 vs 3 and 3
 
 
 def test_least_loaded_seat_ties_rotate_and_skip_dead_and_excluded(ring):
+    sched = Scheduler(ring)
     ring.table[:, STATE] = FREE
-    assert sorted(ring.least_loaded_seat(3) for _ in range(3)) == [0, 1, 2]
+    assert sorted(sched.least_loaded_seat(3) for _ in range(3)) == [0, 1, 2]
     ring.procs[PROC_FIRST_WORKER + 1, P_STATE] = PS_DEAD
-    assert {ring.least_loaded_seat(3) for _ in range(6)} == {0, 2}
-    assert {ring.least_loaded_seat(3, exclude=0) for _ in range(6)} == {2}
+    assert {sched.least_loaded_seat(3) for _ in range(6)} == {0, 2}
+    assert {sched.least_loaded_seat(3, exclude=0) for _ in range(6)} == {2}
     ring.procs[PROC_FIRST_WORKER + 2, P_STATE] = PS_DEAD
-    assert ring.least_loaded_seat(3, exclude=0) == 0  # nobody else alive: the excluded seat
+    assert sched.least_loaded_seat(3, exclude=0) == 0  # nobody else alive: the excluded seat
 
 
 @pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 4096 + 13, (1 << 20) + 7])
@@ -74,7 +78,9 @@ def test_stream_copy_refuses_unaligned_destinations():
 
 def test_assign_many_spreads_a_batch_one_write_per_seat(ring):
     from shmpipe.shm.channel import ASSIGN, RecordPipe
-    from shmpipe.shm.ring import TICKET
+    from shmpipe.shm.layout import (
+        TICKET,
+    )
 
     t = ring.table
     t[:, STATE] = FREE
@@ -82,7 +88,7 @@ def test_assign_many_spreads_a_batch_one_write_per_seat(ring):
     ring.procs[PROC_FIRST_WORKER + 2, P_STATE] = PS_DEAD
     inboxes = [RecordPipe() for _ in range(3)]
     try:
-        ring.assign_many([1, 2, 3, 4, 5], inboxes)
+        Scheduler(ring).assign_many([1, 2, 3, 4, 5], inboxes)
         got = [inbox.recv(0) for inbox in inboxes]
         assert len(got[2]) == 0  # a dead seat gets nothing
         assert sorted(len(g) for g in got[:2]) == [2, 3]  # balanced, counting the claimed one

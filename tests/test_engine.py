@@ -12,7 +12,7 @@ from shmpipe.engine.supervisor import EXIT_FAILED, EXIT_OK, Pipeline
 from shmpipe.plugins.kernels import frame_digest
 from shmpipe.plugins.sinks.hdf5 import read_stream
 from shmpipe.plugins.sources.sim import SimParams, SimSource
-from shmpipe.shm.ring import (
+from shmpipe.shm.layout import (
     P_FRAMES,
     P_HANDOVERS,
     P_PID,

@@ -13,11 +13,13 @@ from shmpipe.config import load_config
 from shmpipe.observe.live import BARS, LiveFigures, LiveView, render_text, sparkline
 from shmpipe.observe.progress import ProgressReporter
 from shmpipe.observe.status import ProcessRow
-from shmpipe.shm.ring import (
+from shmpipe.shm.layout import (
     P_FRAMES,
     P_PID,
     PROC_DISPATCHER,
     PROC_PUBLISHER,
+)
+from shmpipe.shm.ring import (
     RingGeometry,
     SlotRing,
 )

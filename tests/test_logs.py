@@ -86,7 +86,14 @@ def test_json_format_fields():
 def test_frame_extra_reads_stream_and_id_from_the_slot_header():
     from shmpipe.api.message import Message, encode_header
     from shmpipe.observe.logs import frame_extra
-    from shmpipe.shm.ring import HEADER_LEN, MSG_ID, RingGeometry, SlotRing
+    from shmpipe.shm.layout import (
+        HEADER_LEN,
+        MSG_ID,
+    )
+    from shmpipe.shm.ring import (
+        RingGeometry,
+        SlotRing,
+    )
 
     ring = SlotRing(RingGeometry(2, 4096, 4096, 64, 3))
     try:

@@ -211,7 +211,9 @@ def test_grafana_dashboard_uses_only_metrics_we_export():
 
 
 def test_stream_table_counts_per_stream_and_reuses_the_oldest_row():
-    from shmpipe.shm.ring import MAX_STREAMS
+    from shmpipe.shm.layout import (
+        MAX_STREAMS,
+    )
 
     ring = SlotRing(RingGeometry(4, 4096, 4096, 64, 4))
     try:

@@ -20,7 +20,10 @@ from shmpipe.engine.supervisor import EXIT_FAILED, EXIT_OK, Pipeline
 from shmpipe.plugins.kernels import frame_digest
 from shmpipe.plugins.sinks.hdf5 import read_stream
 from shmpipe.plugins.sources.sim import SimParams, SimSource, sim_geometry
-from shmpipe.shm.ring import P_HANDOVERS, PROC_DISPATCHER
+from shmpipe.shm.layout import (
+    P_HANDOVERS,
+    PROC_DISPATCHER,
+)
 from tests import faults
 from tests.conftest import SMALL_SIM, run_cli
 

@@ -10,7 +10,10 @@ import psutil
 
 from shmpipe.observe.runs import live_runs
 from shmpipe.observe.status import attach_tables
-from shmpipe.shm.ring import P_FRAMES, PROC_FIRST_WORKER
+from shmpipe.shm.layout import (
+    P_FRAMES,
+    PROC_FIRST_WORKER,
+)
 from tests.conftest import run_cli, wait_for
 
 

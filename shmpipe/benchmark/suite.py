@@ -51,7 +51,7 @@ from shmpipe.api.sink import Record, RunInfo, Sink
 from shmpipe.config import PipelineConfig, load_config
 from shmpipe.engine.chain import KernelChain
 from shmpipe.engine.supervisor import Pipeline, RunSummary
-from shmpipe.shm.ring import (
+from shmpipe.shm.layout import (
     LATENCY_BUCKETS_S,
     P_BUSY_NS,
     P_FRAMES,
@@ -544,7 +544,10 @@ def startup_time(
     env = dict(os.environ)
     if numba_cache is not None:  # None: the process's usual Numba cache
         env["NUMBA_CACHE_DIR"] = str(numba_cache)
-    code = "import sys; from shmpipe.benchmark.suite import _startup_child; _startup_child(sys.argv[1])"
+    code = (
+        "import sys; from shmpipe.benchmark.suite import _startup_child; "
+        "_startup_child(sys.argv[1])"
+    )
     t0 = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-c", code, json.dumps(spec)],

@@ -376,7 +376,9 @@ def load_config(
         _plugin("shmpipe.kernels", Kernel, t, f"kernels.{n}", file, name=n)
         for n, t in ktables.items()
     ]
-    from shmpipe.shm.ring import MAX_KERNELS
+    from shmpipe.shm.layout import (
+        MAX_KERNELS,
+    )
 
     if len(kernels) > MAX_KERNELS:
         raise ConfigError(f"at most {MAX_KERNELS} kernels in one chain", "kernels", file)

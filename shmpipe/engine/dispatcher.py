@@ -25,26 +25,21 @@ from shmpipe.api.message import (
     part_layout,
 )
 from shmpipe.api.source import EndOfSource, SourceConfigError
+from shmpipe.engine import protocol
 from shmpipe.engine.plumbing import (
     EXIT_CONFIG,
     EXIT_FATAL,
     Plumbing,
     become_child,
     now_ns,
-    write_error,
 )
+from shmpipe.engine.scheduler import Scheduler
 from shmpipe.shm.channel import DONE, END, FREE, STOP
-from shmpipe.shm.ring import (
-    ATTEMPT,
+from shmpipe.shm.layout import (
     CONTROL,
-    ERROR,
-    ERROR_LEN,
-    FILLED,
-    FILLING,
     FLAGS,
     HEADER_LEN,
     MSG_ID,
-    OWNER,
     P_BYTES,
     P_FRAMES,
     P_HANDOVERS,
@@ -57,13 +52,9 @@ from shmpipe.shm.ring import (
     PROC_DISPATCHER,
     PS_BUSY,
     PS_IDLE,
-    SEQ,
-    STATE,
     STREAM_ROW,
     T_FILL,
-    TICKET,
 )
-from shmpipe.shm.ring import DONE as S_DONE
 
 STREAM_MIN_BYTES = 65536  # smaller parts: numpy copies them faster than a Numba call
 POLL_EVERY = 16  # messages between looks at the inbox while FREE slots remain
@@ -87,6 +78,7 @@ class Dispatcher:
         self.frames = self.bytes = self.last_id = 0
         self._mismatches: dict[tuple, str | None] = {}
         self.seq = 0
+        self.scheduler = Scheduler(p.ring)
         self.stopping = False
         # Filled slots not yet handed to a worker. Small messages are handed over in batches
         # (one pipe write per seat, not per message: the write and the wake-up it causes were
@@ -121,23 +113,8 @@ class Dispatcher:
             elif kind == STOP:
                 self.stopping = True
 
-    def _begin(self, slot: int) -> None:
-        row = self.ring.table[slot]
-        self.seq += 1
-        row[STATE] = FILLING
-        row[SEQ] = self.seq
-        row[ATTEMPT] = 0
-        row[FLAGS] = 0
-        row[ERROR_LEN] = 0
-        row[OWNER] = -1
-        row[T_FILL] = now_ns()
-
     def _straight_to_publisher(self, slot: int) -> None:
-        row = self.ring.table[slot]
-        ticket = int(row[TICKET]) + 1
-        row[TICKET] = ticket
-        row[STATE] = S_DONE
-        self.p.done.send(DONE, slot, ticket)
+        self.p.done.send(DONE, slot, protocol.skip_to_done(self.ring.table[slot]))
 
     def _mismatch(self, layout: PartLayout, parts: list) -> str | None:
         """Why a part layout differs from the declared one, worked out once per layout."""
@@ -152,7 +129,8 @@ class Dispatcher:
     def _fill(self, slot: int, item: Message | StreamFinished) -> int:
         """Fill ``slot`` with ``item``; return the payload bytes copied."""
         ring, row = self.ring, self.ring.table[slot]
-        self._begin(slot)
+        self.seq += 1
+        protocol.begin_fill(row, self.seq, now_ns())
         header = self._headers[slot]
         if isinstance(item, StreamFinished):
             row[STREAM_ROW] = -1
@@ -209,15 +187,11 @@ class Dispatcher:
             except Exception as exc:  # noqa: BLE001 - a part that cannot be read is its frame's error
                 error = f"reading the payload failed: {type(exc).__name__}: {exc}"
         if error is not None:
-            row[ERROR_LEN] = write_error(
-                ring, slot, {"kernel": "source", "error": error, "traceback": ""}
-            )
-            row[FLAGS] = ERROR
+            protocol.record_error(ring, slot, "source", error)
             row[PAYLOAD_LEN] = 0
             self._straight_to_publisher(slot)
             return 0
-        row[PAYLOAD_LEN] = nbytes
-        row[STATE] = FILLED
+        protocol.mark_filled(row, nbytes)
         if not self.pending:
             self.pending_since = int(row[T_FILL])
         self.pending.append(slot)
@@ -226,7 +200,7 @@ class Dispatcher:
     def _flush(self) -> None:
         """Hand the filled slots to the workers."""
         if self.pending:
-            self.ring.assign_many(self.pending, self.p.seats)
+            self.scheduler.assign_many(self.pending, self.p.seats)
             self.pending = []
             self.procs[P_HANDOVERS] += 1
         self._report()

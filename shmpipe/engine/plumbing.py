@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from shmpipe.api.kernel import ArraySpec
 from shmpipe.api.sink import RunInfo
@@ -17,7 +15,9 @@ from shmpipe.api.source import Source
 from shmpipe.config import PipelineConfig
 from shmpipe.engine.chain import ChainLayout
 from shmpipe.shm.channel import RecordPipe
-from shmpipe.shm.ring import ERROR_BYTES, SlotRing
+from shmpipe.shm.ring import (
+    SlotRing,
+)
 
 EXIT_FATAL = 3  # a child stopping on purpose with a note explaining why
 EXIT_CONFIG = 4  # ... because the source refused its settings (bad token, unknown beamtime)
@@ -60,24 +60,3 @@ def become_child(role: str) -> logging.Logger:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return logging.getLogger(f"shmpipe.{role}")
-
-
-def write_error(ring: SlotRing, slot: int, doc: dict[str, Any]) -> int:
-    """Store an error record in the slot's error area; return its length."""
-    raw = json.dumps(doc, default=str).encode()
-    if len(raw) > ERROR_BYTES:
-        doc = dict(doc, traceback=str(doc.get("traceback", ""))[-(ERROR_BYTES // 2) :])
-        raw = json.dumps(doc, default=str).encode()[:ERROR_BYTES]
-    ring.error_area(slot)[: len(raw)] = raw
-    return len(raw)
-
-
-def read_error(ring: SlotRing, slot: int, length: int) -> dict[str, Any]:
-    try:
-        return json.loads(bytes(ring.error_area(slot)[:length]))
-    except ValueError:
-        return {"error": "unreadable error record", "kernel": ""}
-
-
-def pid_of(ring: SlotRing, proc: int) -> int:
-    return int(ring.procs[proc, 0])

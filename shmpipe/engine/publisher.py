@@ -18,13 +18,13 @@ import traceback
 
 from shmpipe.api.message import decode_header
 from shmpipe.api.sink import ErrorRecord, Record
-from shmpipe.engine.plumbing import EXIT_FATAL, Plumbing, become_child, now_ns, read_error
+from shmpipe.engine.plumbing import EXIT_FATAL, Plumbing, become_child, now_ns
+from shmpipe.engine.protocol import read_error, release, take_for_publishing
 from shmpipe.shm.channel import DONE, END, FREE
-from shmpipe.shm.ring import (
+from shmpipe.shm.layout import (
     ATTEMPT,
     CONTROL,
     ERROR,
-    ERROR_LEN,
     FLAGS,
     HEADER_LEN,
     P_ERRORS,
@@ -37,16 +37,11 @@ from shmpipe.shm.ring import (
     PROC_PUBLISHER,
     PS_BUSY,
     PS_IDLE,
-    PUBLISHING,
     QUARANTINED,
     SEQ,
-    STATE,
     STREAM_ROW,
     T_FILL,
-    TICKET,
 )
-from shmpipe.shm.ring import DONE as S_DONE
-from shmpipe.shm.ring import FREE as S_FREE
 
 
 class FailFast(Exception):
@@ -87,9 +82,8 @@ class Publisher:
                 self.total = arg
             elif kind == DONE:
                 row = table[slot]
-                if row[STATE] != S_DONE or row[TICKET] != ticket:
+                if not take_for_publishing(row, ticket):
                     continue  # a duplicate DONE (recovery re-sent it); already taken
-                row[STATE] = PUBLISHING
                 heapq.heappush(self.ready, (int(row[SEQ]), slot))
 
     # -- publishing --------------------------------------------------------------------
@@ -137,7 +131,7 @@ class Publisher:
                 s.stream_finished(stream, header.get("next_stream", ""), header.get("last_id", 0))
             self._queue(stream, mid, slot, ack=False)
         elif flags & ERROR:
-            err = read_error(ring, slot, int(row[ERROR_LEN]))
+            err = read_error(ring, slot)
             record = ErrorRecord(
                 stream=stream,
                 message_id=mid,
@@ -239,7 +233,7 @@ class Publisher:
         for stream, mid, slot, ack in self.uncommitted:
             if ack:
                 self.acknowledger.ack(stream, mid)
-            table[slot, STATE] = S_FREE
+            release(table[slot])
             freed.append((FREE, slot, 0, 0))
         self.report()
         self.p.dispatcher_inbox.send_many(freed)

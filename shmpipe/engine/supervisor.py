@@ -58,22 +58,22 @@ import numpy as np
 from shmpipe.api.sink import RunInfo
 from shmpipe.api.source import SourceConfigError, SourceLayout
 from shmpipe.config import ConfigError, PipelineConfig
+from shmpipe.engine import protocol
 from shmpipe.engine.chain import ChainLayout, KernelChain, KernelSetupError
 from shmpipe.engine.dispatcher import dispatcher_main
-from shmpipe.engine.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, now_ns, write_error
+from shmpipe.engine.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, now_ns
 from shmpipe.engine.publisher import publisher_main
+from shmpipe.engine.scheduler import Scheduler
 from shmpipe.engine.worker import worker_main
 from shmpipe.observe.logs import frame_extra
 from shmpipe.observe.metrics import MetricsPortError, metrics_main, open_metrics_socket
 from shmpipe.observe.progress import ProgressReporter
 from shmpipe.observe.runs import RunNameInUse, RunRecord, sweep_stale
 from shmpipe.shm.channel import DONE, STOP, RecordPipe
-from shmpipe.shm.ring import (
+from shmpipe.shm.layout import (
     ASSIGNED,
     ATTEMPT,
     CLAIMED,
-    ERROR_LEN,
-    FLAGS,
     MSG_ID,
     OWNER,
     OWNER_PID,
@@ -89,16 +89,18 @@ from shmpipe.shm.ring import (
     PROC_PUBLISHER,
     PS_DEAD,
     PS_EXITED,
-    QUARANTINED,
     STATE,
     T_CLAIM,
     TICKET,
+)
+from shmpipe.shm.layout import (
+    DONE as S_DONE,
+)
+from shmpipe.shm.ring import (
     RingGeometry,
     ShmCapacityError,
     SlotRing,
 )
-from shmpipe.shm.ring import DONE as S_DONE
-from shmpipe.shm.ring import ERROR as F_ERROR
 
 AUTO_RING_SLOTS = 256  # ring.slots = 0: at most this many slots ...
 AUTO_RING_BYTES = 64 * 2**20  # ... and beyond 2 x workers + 2 only while they fit in this
@@ -218,6 +220,8 @@ class Pipeline:
         self._signals = 0
         self._draining_since = 0.0
         self.summary = RunSummary(self.name)
+        self.p: Plumbing | None = None
+        self.scheduler: Scheduler | None = None
 
     # -- start-up --------------------------------------------------------------------------
     def _cache_dir(self) -> Path:
@@ -355,11 +359,10 @@ class Pipeline:
                 continue
             state = row[STATE]
             if state == ASSIGNED:
-                target = ring.least_loaded_seat(p.workers, exclude=seat)
-                ring.assign(slot, target, p.seats[target])
+                target = self.scheduler.least_loaded_seat(p.workers, exclude=seat)
+                self.scheduler.assign(slot, target, p.seats[target])
             elif state == CLAIMED:
-                row[ATTEMPT] += 1
-                if row[ATTEMPT] >= self.config.run.max_attempts:
+                if protocol.retry(row) >= self.config.run.max_attempts:
                     self._quarantine(slot, kernel, cause)
                 else:
                     log.warning(
@@ -369,8 +372,8 @@ class Pipeline:
                         cause,
                         extra=frame_extra(ring, slot),
                     )
-                    target = ring.least_loaded_seat(p.workers, exclude=seat)
-                    ring.assign(slot, target, p.seats[target])
+                    target = self.scheduler.least_loaded_seat(p.workers, exclude=seat)
+                    self.scheduler.assign(slot, target, p.seats[target])
             elif state == S_DONE:
                 # It may have died between marking DONE and telling the publisher; a second
                 # DONE with the same ticket is ignored by the publisher if the first arrived.
@@ -380,19 +383,13 @@ class Pipeline:
         ring = self.p.ring
         row = ring.table[slot]
         attempts = int(row[ATTEMPT])
-        row[ERROR_LEN] = write_error(
+        protocol.record_error(
             ring,
             slot,
-            {
-                "kernel": kernel,
-                "error": f"quarantined: the frame killed {attempts} workers in kernel {kernel!r}; "
-                f"last: {cause}",
-                "traceback": "",
-            },
+            kernel,
+            f"quarantined: the frame killed {attempts} workers in kernel {kernel!r}; last: {cause}",
         )
-        row[FLAGS] = int(row[FLAGS]) | F_ERROR | QUARANTINED
-        row[TICKET] += 1
-        row[STATE] = S_DONE
+        ticket = protocol.quarantine(row)
         self.summary.quarantined += 1
         log.error(
             "message %d quarantined after %d attempts (%s)",
@@ -401,7 +398,7 @@ class Pipeline:
             cause,
             extra=frame_extra(ring, slot),
         )
-        self.p.done.send(DONE, slot, int(row[TICKET]))
+        self.p.done.send(DONE, slot, ticket)
 
     def _on_worker_exit(self, seat: int, proc: mp.Process) -> None:
         ring = self.p.ring
@@ -517,6 +514,7 @@ class Pipeline:
         self._metrics_sock = None
         try:
             self.p = self._prepare()
+            self.scheduler = Scheduler(self.p.ring)
             try:
                 self._metrics_sock = open_metrics_socket(self.config.metrics)
             except MetricsPortError as exc:

@@ -14,17 +14,11 @@ import traceback
 
 from shmpipe.api.message import decode_header
 from shmpipe.engine.chain import KernelChain
-from shmpipe.engine.plumbing import EXIT_FATAL, Plumbing, become_child, now_ns, write_error
+from shmpipe.engine.plumbing import EXIT_FATAL, Plumbing, become_child, now_ns
+from shmpipe.engine.protocol import claim, finish, record_error
 from shmpipe.shm.channel import ASSIGN, DONE, STOP
-from shmpipe.shm.ring import (
-    ASSIGNED,
-    CLAIMED,
-    ERROR,
-    ERROR_LEN,
-    FLAGS,
+from shmpipe.shm.layout import (
     HEADER_LEN,
-    OWNER,
-    OWNER_PID,
     P_BUSY_NS,
     P_BYTES,
     P_ERRORS,
@@ -40,12 +34,7 @@ from shmpipe.shm.ring import (
     PS_BUSY,
     PS_IDLE,
     PS_STARTING,
-    STATE,
-    T_CLAIM,
-    T_DONE,
-    TICKET,
 )
-from shmpipe.shm.ring import DONE as S_DONE
 
 HOLD_DONE_NS = 500_000
 
@@ -87,6 +76,7 @@ def worker_main(p: Plumbing, seat: int) -> None:
     headers = ring.headers()
     part_views: dict[tuple, list] = {}
     inbox, done, table = p.seats[seat], p.done, ring.table
+    pid = int(procs[P_PID])
     # DONE records of a batch of small messages go to the publisher in one write, when the
     # batch ends or, checked after each frame, once the oldest is HOLD_DONE_NS old (a frame
     # that took that long itself goes out at once). A worker killed while holding some loses
@@ -106,12 +96,9 @@ def worker_main(p: Plumbing, seat: int) -> None:
             if kind != ASSIGN:
                 continue
             row = table[slot]
-            if row[OWNER] != seat or row[TICKET] != ticket or row[STATE] != ASSIGNED:
-                continue  # a record from before a recovery: the slot went elsewhere
             t0 = now_ns()
-            row[OWNER_PID] = procs[P_PID]
-            row[T_CLAIM] = t0
-            row[STATE] = CLAIMED
+            if not claim(row, seat, ticket, pid, t0):
+                continue  # a record from before a recovery: the slot went elsewhere
             procs[P_STATE] = PS_BUSY
             header = decode_header(headers[slot], int(row[HEADER_LEN]))
             procs[P_MSG_ID] = header["id"]
@@ -141,16 +128,9 @@ def worker_main(p: Plumbing, seat: int) -> None:
                 chain.run(fields, views[slot], procs, P_KERNEL, ring.timings, me)
             except Exception as exc:  # noqa: BLE001 - becomes the frame's error record
                 kernel = chain.current or "?"
-                row[ERROR_LEN] = write_error(
-                    ring,
-                    slot,
-                    {
-                        "kernel": kernel,
-                        "error": f"{type(exc).__name__}: {exc}",
-                        "traceback": traceback.format_exc(),
-                    },
+                record_error(
+                    ring, slot, kernel, f"{type(exc).__name__}: {exc}", traceback.format_exc()
                 )
-                row[FLAGS] = int(row[FLAGS]) | ERROR
                 procs[P_ERRORS] += 1
                 log.warning(
                     "kernel %s failed: %s: %s",
@@ -160,8 +140,7 @@ def worker_main(p: Plumbing, seat: int) -> None:
                     extra={"stream": header["stream"], "message_id": header["id"]},
                 )
             t1 = now_ns()
-            row[T_DONE] = t1
-            row[STATE] = S_DONE
+            finish(row, t1)
             if not finished:
                 finished_since = t0
             finished.append((DONE, slot, ticket, 0))

@@ -63,7 +63,10 @@ def frame_extra(ring: Any, slot: int) -> dict[str, Any]:
     quarantine, watchdog), where a header decode per line costs nothing that matters.
     """
     from shmpipe.api.message import decode_header
-    from shmpipe.shm.ring import HEADER_LEN, MSG_ID
+    from shmpipe.shm.layout import (
+        HEADER_LEN,
+        MSG_ID,
+    )
 
     try:
         header = decode_header(ring.header(slot), int(ring.table[slot, HEADER_LEN]))

@@ -48,7 +48,7 @@ from prometheus_client.exposition import MetricsHandler
 from shmpipe.config import MetricsSection
 from shmpipe.engine.plumbing import Plumbing, become_child
 from shmpipe.observe.status import ProcessSampler
-from shmpipe.shm.ring import (
+from shmpipe.shm.layout import (
     KERNEL_BUCKETS_S,
     LATENCY_BUCKETS_S,
     P_BUSY_NS,
@@ -66,6 +66,8 @@ from shmpipe.shm.ring import (
     PS_EXITED,
     STATE,
     STATE_NAMES,
+)
+from shmpipe.shm.ring import (
     SlotRing,
 )
 

@@ -18,8 +18,10 @@ import numpy as np
 from shmpipe.config import PipelineConfig
 from shmpipe.observe.live import LiveFigures, LiveView
 from shmpipe.observe.status import ProcessSampler, process_rows
-from shmpipe.shm.ring import FREE as S_FREE
-from shmpipe.shm.ring import (
+from shmpipe.shm.layout import (
+    FREE as S_FREE,
+)
+from shmpipe.shm.layout import (
     P_BYTES,
     P_ERRORS,
     P_FRAMES,
@@ -29,6 +31,8 @@ from shmpipe.shm.ring import (
     PROC_PUBLISHER,
     PS_BUSY,
     STATE,
+)
+from shmpipe.shm.ring import (
     SlotRing,
 )
 

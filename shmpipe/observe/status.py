@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 
 from shmpipe.observe.runs import live_runs
-from shmpipe.shm.ring import (
+from shmpipe.shm.layout import (
     MAX_STREAMS,
     N_COLUMNS,
     P_BUSY_NS,
@@ -34,6 +34,8 @@ from shmpipe.shm.ring import (
     STATE,
     STATE_NAMES,
     STREAM_WORDS,
+)
+from shmpipe.shm.ring import (
     RingGeometry,
 )
 from shmpipe.shm.streams import StreamCounts, read_streams

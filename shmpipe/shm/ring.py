@@ -9,7 +9,7 @@ message instead of dying of SIGBUS on the first frame that touches a missing pag
 Slot table
 ----------
 One row of int64 words per slot; every field is written by one aligned 8-byte store, and the
-protocol (see ``shmpipe.engine``) makes each row's writer unique at any instant, so no locks.
+protocol (``shmpipe.engine.protocol``) makes each row's writer unique at any instant, so no locks.
 """
 
 from __future__ import annotations
@@ -22,51 +22,19 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 
-from shmpipe.shm.channel import ASSIGN
-
-# Slot states (DESIGN.md: FREE -> FILLED -> CLAIMED -> DONE -> PUBLISHED -> FREE).
-FREE, FILLING, FILLED, ASSIGNED, CLAIMED, DONE, PUBLISHING = range(7)
-STATE_NAMES = ("free", "filling", "filled", "assigned", "claimed", "done", "publishing")
-
-# Slot table columns.
-STATE, OWNER, TICKET, ATTEMPT, SEQ, MSG_ID, HEADER_LEN, PAYLOAD_LEN = range(8)
-FLAGS, T_FILL, T_CLAIM, T_DONE, ERROR_LEN, OWNER_PID = range(8, 14)
-STREAM_ROW = 14  # row of the message's stream in the stream table (written by the dispatcher)
-N_COLUMNS = 16
-
-# FLAGS bits.
-ERROR = 1  # the result slot holds an error record instead of outputs
-QUARANTINED = 2  # the frame killed workers max_attempts times
-CONTROL = 4  # not a frame: a stream-finished marker travelling in order with the frames
-
-# Process table (one row per process: dispatcher, publisher, then the worker seats).
-P_PID, P_STATE, P_FRAMES, P_BYTES, P_BUSY_NS, P_MSG_ID, P_STARTED_NS, P_RESTARTS = range(8)
-P_ERRORS, P_READY_NS, P_KERNEL, P_EXIT = range(8, 12)
-P_HANDOVERS = 12  # dispatcher: batches of filled slots handed to the workers
-P_COLUMNS = 16
-PROC_DISPATCHER, PROC_PUBLISHER, PROC_FIRST_WORKER = 0, 1, 2
-# Process states.
-PS_STARTING, PS_IDLE, PS_BUSY, PS_DEAD, PS_EXITED = range(5)
-PROC_STATE_NAMES = ("starting", "idle", "busy", "dead", "exited")
-
-ALIGN = 4096
-ERROR_BYTES = 16384
-NOTE_BYTES = 4096
-
-# Timing histograms kept in shared memory (one writer per row, read by metrics and benchmarks).
-MAX_KERNELS = 16
-# Upper bounds (seconds) of the histogram buckets; the last bucket is everything above.
-# fmt: off
-KERNEL_BUCKETS_S = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5,
-                    1.0, 2.0, 5.0, 10.0)
-LATENCY_BUCKETS_S = (1e-4, 3e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 2.0,
-                     5.0, 10.0, 30.0, 60.0)
-# fmt: on
-N_BUCKETS = len(KERNEL_BUCKETS_S) + 1  # both lists have the same length
-
-# Per-stream counters (see shmpipe.streams): a fixed number of rows, reused oldest first.
-MAX_STREAMS = 64
-STREAM_WORDS = 32  # int64 words per row: counters, then the name's bytes
+from shmpipe.shm.layout import (
+    ALIGN,
+    ERROR_BYTES,
+    KERNEL_BUCKETS_S,
+    LATENCY_BUCKETS_S,
+    MAX_KERNELS,
+    MAX_STREAMS,
+    N_BUCKETS,
+    N_COLUMNS,
+    NOTE_BYTES,
+    P_COLUMNS,
+    STREAM_WORDS,
+)
 
 
 def _round_up(n: int, to: int = ALIGN) -> int:
@@ -291,70 +259,6 @@ class SlotRing:
         off = self._notes_at + proc * NOTE_BYTES
         n = int.from_bytes(self.tables.map[off : off + 4], "little")
         return self.tables.map[off + 4 : off + 4 + n].decode(errors="replace")
-
-    # -- scheduling -------------------------------------------------------------------
-    def seat_loads(self, seats: int) -> tuple[list[int], list[bool]]:
-        """Slots assigned or claimed per worker seat, and which seats are alive.
-
-        Called by the dispatcher once per batch of assignments: a mask and a bincount over
-        the slot column, about 15 us at 256 slots (a Python loop took 32 us there).
-        """
-        state, owner = self.table[:, STATE], self.table[:, OWNER]
-        held = ((state == ASSIGNED) | (state == CLAIMED)) & (owner >= 0) & (owner < seats)
-        load = np.bincount(owner[held], minlength=seats).tolist()
-        pstate = self.procs[PROC_FIRST_WORKER : PROC_FIRST_WORKER + seats, P_STATE].tolist()
-        return load, [s != PS_DEAD for s in pstate]
-
-    def least_loaded_seat(self, seats: int, exclude: int = -1) -> int:
-        """The live worker seat with the fewest slots assigned or claimed (ties round-robin)."""
-        load, alive = self.seat_loads(seats)
-        return self._pick(load, alive, exclude)
-
-    def _pick(self, load: list[int], alive: list[bool], exclude: int = -1) -> int:
-        seats = len(load)
-        self._rr = (getattr(self, "_rr", -1) + 1) % seats
-        best, best_load = -1, 0
-        for k in range(seats):
-            seat = (self._rr + k) % seats
-            if seat == exclude or not alive[seat]:
-                continue
-            if best < 0 or load[seat] < best_load:
-                best, best_load = seat, load[seat]
-        return best if best >= 0 else max(exclude, 0)
-
-    def assign(self, slot: int, seat: int, inbox) -> None:
-        """Hand ``slot`` to worker ``seat``: new ticket, owner, state, then the inbox record.
-
-        The order of the stores matters: the worker reads the row only after the pipe record
-        (the write syscall orders the stores before it), and the supervisor's recovery scan
-        acts only on rows it sees ASSIGNED, which on x86-64 (stores kept in order) implies
-        the owner and ticket are already there.
-        """
-        inbox.send(ASSIGN, slot, self._mark_assigned(slot, seat), 0)
-
-    def assign_many(self, slots: list[int], inboxes: list) -> None:
-        """Hand FILLED ``slots`` to the least loaded live seats, one pipe write per seat.
-
-        Each slot goes to the seat with the fewest slots at that moment, so a batch spreads
-        over the seats as single assignments would; what changes is one write (one wake-up)
-        per seat instead of one per slot.
-        """
-        load, alive = self.seat_loads(len(inboxes))
-        by_seat: dict[int, list[tuple[int, int, int, int]]] = {}
-        for slot in slots:
-            seat = self._pick(load, alive)
-            load[seat] += 1
-            by_seat.setdefault(seat, []).append((ASSIGN, slot, self._mark_assigned(slot, seat), 0))
-        for seat, records in by_seat.items():
-            inboxes[seat].send_many(records)
-
-    def _mark_assigned(self, slot: int, seat: int) -> int:
-        row = self.table[slot]
-        ticket = int(row[TICKET]) + 1
-        row[TICKET] = ticket
-        row[OWNER] = seat
-        row[STATE] = ASSIGNED
-        return ticket
 
     def close(self) -> None:
         self.table = self.procs = self.streams = None  # type: ignore[assignment]

@@ -29,7 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shmpipe.shm.ring import MAX_STREAMS, STREAM_WORDS
+from shmpipe.shm.layout import (
+    MAX_STREAMS,
+    STREAM_WORDS,
+)
 
 GEN, NAME_LEN, FRAMES_IN, BYTES_IN, FRAMES_OUT, ERRORS = range(6)
 NAME_AT = 16  # first word of the name
