@@ -9,9 +9,7 @@ the publisher, in order with the frames around them.
 
 from __future__ import annotations
 
-import os
 import threading
-import traceback
 from collections import deque
 
 from shmpipe.api.message import (
@@ -27,12 +25,10 @@ from shmpipe.api.message import (
 from shmpipe.api.source import EndOfSource, SourceConfigError
 from shmpipe.engine import protocol
 from shmpipe.engine.plumbing import (
-    EXIT_CONFIG,
-    EXIT_FATAL,
     Plumbing,
-    become_child,
     now_ns,
 )
+from shmpipe.engine.roles import run_role
 from shmpipe.engine.scheduler import Scheduler
 from shmpipe.shm.channel import DONE, END, FREE, STOP
 from shmpipe.shm.layout import (
@@ -44,9 +40,7 @@ from shmpipe.shm.layout import (
     P_FRAMES,
     P_HANDOVERS,
     P_MSG_ID,
-    P_PID,
     P_READY_NS,
-    P_STARTED_NS,
     P_STATE,
     PAYLOAD_LEN,
     PROC_DISPATCHER,
@@ -274,19 +268,11 @@ class Dispatcher:
 
 
 def dispatcher_main(p: Plumbing) -> None:
-    log = become_child("dispatcher")
-    procs = p.ring.procs[PROC_DISPATCHER]
-    procs[P_PID] = os.getpid()
-    procs[P_STARTED_NS] = now_ns()
-    try:
-        Dispatcher(p).run()
-    except SourceConfigError as exc:
-        log.error("source: %s", exc)
-        p.ring.set_note(PROC_DISPATCHER, f"source: {exc}")
-        os._exit(EXIT_CONFIG)
-    except Exception as exc:  # noqa: BLE001 - the supervisor stops the run with this note
-        log.error("dispatcher failed: %s", exc)
-        p.ring.set_note(
-            PROC_DISPATCHER, f"dispatcher: {type(exc).__name__}: {exc}\n" + traceback.format_exc()
-        )
-        os._exit(EXIT_FATAL)
+    run_role(
+        p,
+        PROC_DISPATCHER,
+        "dispatcher",
+        "dispatcher",
+        lambda log: Dispatcher(p).run(),
+        config_errors=(SourceConfigError,),
+    )

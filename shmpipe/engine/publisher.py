@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
 import time
-import traceback
 
 from shmpipe.api.message import decode_header
 from shmpipe.api.sink import ErrorRecord, Record
-from shmpipe.engine.plumbing import EXIT_FATAL, Plumbing, become_child, now_ns
+from shmpipe.engine.plumbing import Plumbing, now_ns
 from shmpipe.engine.protocol import read_error, release, take_for_publishing
+from shmpipe.engine.roles import run_role
 from shmpipe.shm.channel import DONE, END, FREE
 from shmpipe.shm.layout import (
     ATTEMPT,
@@ -30,9 +29,7 @@ from shmpipe.shm.layout import (
     P_ERRORS,
     P_FRAMES,
     P_MSG_ID,
-    P_PID,
     P_READY_NS,
-    P_STARTED_NS,
     P_STATE,
     PROC_PUBLISHER,
     PS_BUSY,
@@ -279,17 +276,11 @@ class Publisher:
 
 
 def publisher_main(p: Plumbing) -> None:
-    log = become_child("publisher")
-    procs = p.ring.procs[PROC_PUBLISHER]
-    procs[P_PID] = os.getpid()
-    procs[P_STARTED_NS] = now_ns()
-    try:
-        Publisher(p, log).run()
-    except FailFast as exc:
-        p.ring.set_note(PROC_PUBLISHER, str(exc))
-        os._exit(EXIT_FATAL)
-    except Exception as exc:  # noqa: BLE001 - a sink or acknowledger failure stops the run
-        p.ring.set_note(
-            PROC_PUBLISHER, f"publisher: {type(exc).__name__}: {exc}\n" + traceback.format_exc()
-        )
-        os._exit(EXIT_FATAL)
+    run_role(
+        p,
+        PROC_PUBLISHER,
+        "publisher",
+        "publisher",
+        lambda log: Publisher(p, log).run(),
+        fatal_errors=(FailFast,),
+    )

@@ -63,6 +63,7 @@ from shmpipe.engine.chain import ChainLayout, KernelChain, KernelSetupError
 from shmpipe.engine.dispatcher import dispatcher_main
 from shmpipe.engine.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, now_ns
 from shmpipe.engine.publisher import publisher_main
+from shmpipe.engine.roles import getproctitle, set_process_title, setproctitle
 from shmpipe.engine.scheduler import Scheduler
 from shmpipe.engine.worker import worker_main
 from shmpipe.observe.logs import frame_extra
@@ -512,6 +513,8 @@ class Pipeline:
         t_start = time.perf_counter()
         self.p = None
         self._metrics_sock = None
+        title = getproctitle()
+        set_process_title("supervisor", self.name)
         try:
             self.p = self._prepare()
             self.scheduler = Scheduler(self.p.ring)
@@ -530,6 +533,7 @@ class Pipeline:
                     pipe.close()
                 self.p.ring.close()
             record.release()
+            setproctitle(title)
 
     def _describe(self) -> dict:
         ring = self.p.ring

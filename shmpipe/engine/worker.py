@@ -14,8 +14,9 @@ import traceback
 
 from shmpipe.api.message import decode_header
 from shmpipe.engine.chain import KernelChain
-from shmpipe.engine.plumbing import EXIT_FATAL, Plumbing, become_child, now_ns
+from shmpipe.engine.plumbing import Plumbing, now_ns
 from shmpipe.engine.protocol import claim, finish, record_error
+from shmpipe.engine.roles import fail, start_role
 from shmpipe.shm.channel import ASSIGN, DONE, STOP
 from shmpipe.shm.layout import (
     HEADER_LEN,
@@ -27,7 +28,6 @@ from shmpipe.shm.layout import (
     P_MSG_ID,
     P_PID,
     P_READY_NS,
-    P_STARTED_NS,
     P_STATE,
     PAYLOAD_LEN,
     PROC_FIRST_WORKER,
@@ -40,12 +40,10 @@ HOLD_DONE_NS = 500_000
 
 
 def worker_main(p: Plumbing, seat: int) -> None:
-    log = become_child(f"worker{seat}")
     ring, me = p.ring, PROC_FIRST_WORKER + seat
+    ring.procs[me, P_STATE] = PS_STARTING
+    log = start_role(p, me, f"worker {seat}", f"worker{seat}")
     procs = ring.procs[me]
-    procs[P_PID] = os.getpid()
-    procs[P_STARTED_NS] = now_ns()
-    procs[P_STATE] = PS_STARTING
     threads = max(1, p.config.run.kernel_threads)
     # OpenMP runtimes read this when they load, which for a kernel's libraries (bitshuffle's
     # LZ4 decoder) happens later in this process. Left unset, every worker starts one OpenMP
@@ -65,11 +63,9 @@ def worker_main(p: Plumbing, seat: int) -> None:
     try:
         layout = chain.setup(p.parts, p.cache_dir, p.config.run.kernel_threads, seat)
     except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which stops the run
-        ring.set_note(me, f"worker {seat}: {exc}")
-        os._exit(EXIT_FATAL)
+        fail(p, me, f"worker {seat}: {exc}")
     if not layout.same_as(p.layout):
-        ring.set_note(me, f"worker {seat}: kernels declared different outputs than at warm-up")
-        os._exit(EXIT_FATAL)
+        fail(p, me, f"worker {seat}: kernels declared different outputs than at warm-up")
     procs[P_READY_NS] = now_ns()
     procs[P_STATE] = PS_IDLE
     views: dict[int, list] = {}

@@ -46,7 +46,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import MetricsHandler
 
 from shmpipe.config import MetricsSection
-from shmpipe.engine.plumbing import Plumbing, become_child
+from shmpipe.engine.plumbing import Plumbing
+from shmpipe.engine.roles import start_role
 from shmpipe.observe.status import ProcessSampler
 from shmpipe.shm.layout import (
     KERNEL_BUCKETS_S,
@@ -303,7 +304,7 @@ def build_registry(collector: PipelineCollector) -> CollectorRegistry:
 
 def metrics_main(p: Plumbing, sock: socket.socket, supervisor_pid: int) -> None:
     """Body of the metrics process: serve ``/metrics`` on the socket bound by the supervisor."""
-    become_child("metrics")
+    start_role(p, -1, "metrics", "metrics")
     # The supervisor stops this process with SIGTERM at the end of the run; it holds no state.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     collector = PipelineCollector(
