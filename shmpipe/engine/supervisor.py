@@ -65,9 +65,10 @@ from shmpipe.engine.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, now_ns
 from shmpipe.engine.publisher import publisher_main
 from shmpipe.engine.roles import getproctitle, set_process_title, setproctitle
 from shmpipe.engine.scheduler import Scheduler
+from shmpipe.engine.sideprocs import SideProcesses
 from shmpipe.engine.worker import worker_main
 from shmpipe.observe.logs import frame_extra
-from shmpipe.observe.metrics import MetricsPortError, metrics_main, open_metrics_socket
+from shmpipe.observe.metrics import MetricsPortError
 from shmpipe.observe.progress import ProgressReporter
 from shmpipe.observe.runs import RunNameInUse, RunRecord, sweep_stale
 from shmpipe.shm.channel import DONE, STOP, RecordPipe
@@ -127,6 +128,7 @@ class RunSummary:
     bytes_in: int = 0
     wall_s: float = 0.0
     worker_restarts: int = 0
+    side_restarts: dict[str, int] = field(default_factory=dict)
     quarantined: int = 0
     error: str = ""
     slots: int = 0
@@ -512,22 +514,21 @@ class Pipeline:
             raise ConfigError(str(exc), "run.name", self.config.path) from None
         t_start = time.perf_counter()
         self.p = None
-        self._metrics_sock = None
+        self.side = SideProcesses(self.config, self.ctx)
         title = getproctitle()
         set_process_title("supervisor", self.name)
         try:
             self.p = self._prepare()
             self.scheduler = Scheduler(self.p.ring)
             try:
-                self._metrics_sock = open_metrics_socket(self.config.metrics)
+                self.side.prepare()
             except MetricsPortError as exc:
                 raise StartupError(str(exc)) from None
             self._record = record
             record.describe(self._describe())
             return self._supervise(t_start)
         finally:
-            if self._metrics_sock is not None:
-                self._metrics_sock.close()
+            self.side.stop_all()
             if self.p is not None:
                 for pipe in [*self.p.seats, self.p.done, self.p.dispatcher_inbox]:
                     pipe.close()
@@ -562,9 +563,8 @@ class Pipeline:
         self._stopped_since: dict[int, float] = {}
         progress = ProgressReporter(ring, cfg, self.name)
         exit_code, error = EXIT_OK, ""
-        self.metrics: mp.Process | None = None
         try:
-            self._start_metrics()
+            self._start_side_processes()
             self.publisher = self._start(publisher_main, (p,), "shmpipe-publisher")
             for seat in range(cfg.run.workers):
                 self._start_worker(seat)
@@ -577,8 +577,8 @@ class Pipeline:
                     procs[self.dispatcher.sentinel] = ("dispatcher", self.dispatcher)
                 for seat, w in enumerate(self.workers):
                     procs[w.sentinel] = (seat, w)
-                if self.metrics is not None:
-                    procs[self.metrics.sentinel] = ("metrics", self.metrics)
+                side = self.side.sentinels()
+                procs.update({s: ("side", r) for s, r in side.items()})
                 ready = wait(list(procs), timeout=0.25)
                 if self._signals > handled_signals:
                     handled_signals = self._signals
@@ -601,15 +601,12 @@ class Pipeline:
                     )
                 for sentinel in ready:
                     role, proc = procs[sentinel]
+                    if role == "side":
+                        # An observer, not part of the data path: restarted, the run goes on.
+                        self.side.on_exit(proc)
+                        continue
                     proc.join()
-                    if role == "metrics":
-                        # Metrics are an aid, not part of the data path: the run goes on.
-                        log.warning(
-                            "the metrics process died (%s); no metrics for the rest of the run",
-                            _cause(proc.exitcode),
-                        )
-                        self.metrics = None
-                    elif role == "dispatcher":
+                    if role == "dispatcher":
                         dispatcher_done = True
                         ring.procs[PROC_DISPATCHER, P_STATE] = PS_EXITED
                         if proc.exitcode == EXIT_CONFIG:
@@ -630,6 +627,7 @@ class Pipeline:
                     else:
                         self._on_worker_exit(role, proc)
                 self._watchdog()
+                self.side.tick(p)
                 self._report_ready_workers()
                 progress.tick()
         except _Finished:
@@ -688,36 +686,18 @@ class Pipeline:
             c.join()
         for seat in range(len(p.seats)):
             p.ring.procs[PROC_FIRST_WORKER + seat, P_STATE] = PS_EXITED
-        self._stop_metrics()
+        self.side.stop_all()
+        self.summary.side_restarts = self.side.restarts()
 
-    # -- metrics ---------------------------------------------------------------------------
-    def _start_metrics(self) -> None:
-        """Fork the metrics process (before any worker) and give it the bound socket."""
-        sock = self._metrics_sock
-        if sock is None:
-            return
-        self.metrics = self._start(metrics_main, (self.p, sock, os.getpid()), "shmpipe-metrics")
-        # Processes forked from now on must not hold the listening socket.
-        sock.close()
-        self._metrics_sock = None
-        m = self.config.metrics
-        log.info("metrics: http://%s:%d/metrics (pid %d)", m.host, m.port, self.metrics.pid)
-        self._record.describe({**self._describe(), "metrics_pid": self.metrics.pid})
-
-    def _stop_metrics(self) -> None:
-        proc = getattr(self, "metrics", None)
-        if proc is None or proc.pid is None:
-            return
-        if proc.exitcode is None:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            proc.join(timeout=2.0)
-            if proc.exitcode is None:
-                os.kill(proc.pid, signal.SIGKILL)
-        proc.join()
-        self.metrics = None
+    # -- side processes --------------------------------------------------------------------
+    def _start_side_processes(self) -> None:
+        """Fork the observers (before any worker, so none holds their sockets)."""
+        self.side.start_all(self.p)
+        pid = self.side.pid("metrics")
+        if pid:
+            m = self.config.metrics
+            log.info("metrics: http://%s:%d/metrics (pid %d)", m.host, m.port, pid)
+            self._record.describe({**self._describe(), "metrics_pid": pid})
 
 
 def _cause(code: int | None) -> str:

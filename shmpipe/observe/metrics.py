@@ -45,6 +45,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import MetricsHandler
 
+from shmpipe.api.sideprocess import SideProcess
 from shmpipe.config import MetricsSection
 from shmpipe.engine.plumbing import Plumbing
 from shmpipe.engine.roles import start_role
@@ -323,3 +324,11 @@ def metrics_main(p: Plumbing, sock: socket.socket, supervisor_pid: int) -> None:
         server.serve_forever(poll_interval=0.5)
     finally:
         server.server_close()
+
+
+SIDE_PROCESS = SideProcess(
+    name="metrics",
+    enabled=lambda config: config.metrics.port > 0,
+    target=metrics_main,
+    prepare=lambda config: open_metrics_socket(config.metrics),
+)
