@@ -24,6 +24,8 @@ class RunInfo:
     config_hash: str
     chain: list[str]
     outputs: list[ArraySpec]
+    config_toml: str = ""
+    """``config`` as TOML text, as a user would write it back (for result files)."""
 
 
 @dataclass

@@ -57,7 +57,7 @@ import numpy as np
 
 from shmpipe.api.sink import RunInfo
 from shmpipe.api.source import SourceConfigError, SourceLayout
-from shmpipe.config import ConfigError, PipelineConfig
+from shmpipe.config import ConfigError, PipelineConfig, to_toml
 from shmpipe.engine import protocol
 from shmpipe.engine.chain import ChainLayout, KernelChain, KernelSetupError
 from shmpipe.engine.dispatcher import dispatcher_main
@@ -322,6 +322,7 @@ class Pipeline:
             config_hash=cfg.digest(),
             chain=[k.name for k in cfg.kernels],
             outputs=layout.specs(),
+            config_toml=to_toml(cfg.effective()),
         )
         return Plumbing(
             config=cfg,

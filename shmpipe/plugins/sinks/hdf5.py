@@ -30,7 +30,6 @@ import h5py
 import numpy as np
 
 from shmpipe.api.sink import ErrorRecord, Record, RunInfo, Sink
-from shmpipe.config import to_toml
 
 _STR = h5py.string_dtype()
 _LINEAGE = (
@@ -256,7 +255,7 @@ class HDF5Sink(Sink):
             if f is None:
                 f = self._files[path] = h5py.File(path, "a")
                 f.attrs["run_name"] = self.run.run_name
-                f.attrs["config"] = to_toml(self.run.config)
+                f.attrs["config"] = self.run.config_toml
                 f.attrs["config_hash"] = self.run.config_hash
                 f.attrs["chain"] = ",".join(self.run.chain)
                 self.paths.append(path)
