@@ -28,6 +28,13 @@ class Sum(Kernel):
         out["parts"][...] = len(frame.parts)
 
 
+class WritesParts(Kernel):
+    """Tries to change its input in place (which the engine refuses)."""
+
+    def process(self, frame, out):
+        frame.parts[0][...] = 0
+
+
 @dataclass
 class JitterParams:
     slow_ms: float = 30.0

@@ -269,3 +269,12 @@ def test_ring_size_follows_the_slot_size_unless_set():
     mid = _geometry(2, 4 * 2**20)
     assert 2 * 2 + 2 < mid.slots < 256 and mid.slots * mid.input_stride <= 64 * 2**20
     assert _geometry(4, 1024, slots=12).slots == 12  # ring.slots wins
+
+
+def test_a_kernel_cannot_write_into_the_input_parts(tmp_path):
+    raw = hdf5_config(tmp_path, {"w": {"kind": "tests.plugins:WritesParts"}}, on_error="skip")
+    raw["source"] = dict(SMALL_SIM, frames=3)
+    _, summary = run(raw)
+    assert summary.exit_code == EXIT_OK and summary.errors == 3
+    errors = read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")["errors"]
+    assert all(b"read-only" in e for e in errors["error"])

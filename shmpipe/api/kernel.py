@@ -205,17 +205,3 @@ class Kernel:
 
     def on_scan(self, scan: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
         """Called in the worker when a frame's per-stream parameters differ from the last."""
-
-
-def resolve_kernel(kind: str) -> type[Kernel]:
-    """Return the kernel class named by ``kind``.
-
-    Parameters
-    ----------
-    kind : str
-        A built-in name, an entry-point name of the group ``shmpipe.kernels``, or a dotted
-        path ``package.module:ClassName``.
-    """
-    from shmpipe.api.registry import resolve
-
-    return resolve(ENTRY_POINT_GROUP, kind, Kernel)

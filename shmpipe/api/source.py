@@ -70,12 +70,10 @@ class Source:
 
     Params: ClassVar[type]
     bounded_wait: ClassVar[bool] = False
-    """True when ``next(timeout)`` returns within about ``timeout`` even when nothing comes.
-    The dispatcher then hands small messages to the workers in batches, asking the source
-    for the next one with a wait of under 0.5 ms while it holds some back. Leave it False
-    for a source whose client waits longer (ASAPO's consumer waits its own ``timeout_ms``,
-    and cutting that short would declare datasets still arriving incomplete): every message
-    then goes to a worker as soon as it is in its slot."""
+    """True when ``next(timeout)`` returns within about ``timeout`` even when nothing comes,
+    so the engine may call it with very short timeouts. Leave it False for a source whose
+    client waits longer (ASAPO's consumer waits its own ``timeout_ms``, and cutting that short
+    would declare datasets still arriving incomplete); the engine then never relies on it."""
 
     def __init__(self, params: Any, run_name: str = "") -> None:
         self.params = params

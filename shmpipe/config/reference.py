@@ -22,7 +22,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from shmpipe.api.registry import BUILTINS, PluginLookupError, load_dotted
-from shmpipe.config.schema import SECTIONS, _toml_value, _type_name
+from shmpipe.config.schema import SECTIONS, toml_value, type_name
 
 PROJECT_MODULES = ("shmpipe", "native_kernels")
 GROUPS = (
@@ -85,9 +85,9 @@ def params_table(cls: type) -> list[str]:
         elif default is None:
             shown = "unset"
         else:
-            shown = f"`{_toml_value(default)}`"
+            shown = f"`{toml_value(default)}`"
         lines.append(
-            f"| `{f.name}` | {_cell(_type_name(hints[f.name]))} | {_cell(shown)} | "
+            f"| `{f.name}` | {_cell(type_name(hints[f.name]))} | {_cell(shown)} | "
             f"{_cell(docs.get(f.name, ''))} |"
         )
     return lines

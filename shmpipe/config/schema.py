@@ -28,7 +28,7 @@ import json
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,7 +140,6 @@ class PipelineConfig:
     source: PluginSpec
     kernels: list[PluginSpec]
     sinks: list[PluginSpec]
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def effective(self) -> dict[str, Any]:
         """The configuration with every default filled in, as TOML-shaped dicts."""
@@ -169,12 +168,12 @@ class PipelineConfig:
 
 
 # -- type checking of TOML values against dataclass fields ---------------------------------
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
         return " or ".join(repr(a) for a in typing.get_args(tp))
     if origin in (types.UnionType, typing.Union):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+        return " or ".join(type_name(a) for a in typing.get_args(tp))
     if origin is not None:
         return getattr(origin, "__name__", str(origin))
     return "none" if tp is type(None) else getattr(tp, "__name__", str(tp))
@@ -188,14 +187,14 @@ def coerce(value: Any, tp: Any, key: str, file: str | None) -> Any:
     if origin is Literal:
         if value in args:
             return value
-        raise ConfigError(f"must be {_type_name(tp)}, got {value!r}", key, file)
+        raise ConfigError(f"must be {type_name(tp)}, got {value!r}", key, file)
     if origin in (types.UnionType, typing.Union):
         for a in args:
             try:
                 return coerce(value, a, key, file)
             except ConfigError:
                 continue
-        raise ConfigError(f"must be {_type_name(tp)}, got {value!r}", key, file)
+        raise ConfigError(f"must be {type_name(tp)}, got {value!r}", key, file)
     if tp is type(None):
         if value is None:
             return None
@@ -222,9 +221,7 @@ def coerce(value: Any, tp: Any, key: str, file: str | None) -> Any:
             return dict(value)
     elif isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise ConfigError(
-        f"must be {_type_name(tp)}, got {value!r} ({type(value).__name__})", key, file
-    )
+    raise ConfigError(f"must be {type_name(tp)}, got {value!r} ({type(value).__name__})", key, file)
 
 
 def build_dataclass(cls: type, table: dict[str, Any], prefix: str, file: str | None) -> Any:
@@ -400,7 +397,7 @@ def load_config(
 
 
 # -- TOML output for `shmpipe config show` --------------------------------------------------
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
@@ -408,9 +405,9 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, str):
         return json.dumps(v)
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
     if v is None:
         return '""'
     return json.dumps(str(v))
@@ -426,15 +423,15 @@ def to_toml(doc: dict[str, Any]) -> str:
     for section in ("run", "ring", "metrics", "source"):
         out.append(f"[{section}]")
         out += [
-            f"{_toml_key(k)} = {_toml_value(v)}" for k, v in doc[section].items() if v is not None
+            f"{_toml_key(k)} = {toml_value(v)}" for k, v in doc[section].items() if v is not None
         ]
         out.append("")
     for name, table in doc["kernels"].items():
         out.append(f"[kernels.{_toml_key(name)}]")
-        out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+        out += [f"{_toml_key(k)} = {toml_value(v)}" for k, v in table.items() if v is not None]
         out.append("")
     for table in doc["sinks"]:
         out.append("[[sinks]]")
-        out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+        out += [f"{_toml_key(k)} = {toml_value(v)}" for k, v in table.items() if v is not None]
         out.append("")
     return "\n".join(out)

@@ -122,16 +122,16 @@ class KernelChain:
         self,
         frame_fields: dict[str, Any],
         views: SlotViews,
-        progress: np.ndarray | None = None,
-        progress_index: int = 0,
+        running: np.ndarray | None = None,
         timings=None,
         proc: int = 0,
     ) -> None:
         """Process one frame through every kernel.
 
-        Exceptions propagate; ``self.current`` names the kernel that raised. When ``progress``
-        is given, ``progress[progress_index]`` holds 1 + the index of the kernel running, so
-        the supervisor can name the kernel of a worker that died mid-frame; with ``timings``
+        Exceptions propagate; ``self.current`` names the kernel that raised. When ``running``
+        (a one-element int64 array) is given, ``running[0]`` holds 1 + the index of the kernel
+        running, so the supervisor can name the kernel of a worker that died mid-frame; with
+        ``timings``
         (``shmpipe.shm.ring.Timings``) each kernel's run time is counted under row ``proc``.
         """
         frame = Frame(arrays=views.by_name, **frame_fields)
@@ -144,8 +144,8 @@ class KernelChain:
             self._scan = dict(frame.scan)
         for i, (k, out) in enumerate(zip(self.kernels, views.per_kernel, strict=True)):
             self.current = k.name
-            if progress is not None:
-                progress[progress_index] = i + 1
+            if running is not None:
+                running[0] = i + 1
             t0 = time.perf_counter_ns()
             k.process(frame, out)
             if timings is not None:

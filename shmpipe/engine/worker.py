@@ -73,6 +73,7 @@ def worker_main(p: Plumbing, seat: int) -> None:
     part_views: dict[tuple, list] = {}
     inbox, done, table = p.seats[seat], p.done, ring.table
     pid = int(procs[P_PID])
+    running = procs[P_KERNEL : P_KERNEL + 1]  # where the supervisor reads the kernel running
     # DONE records of a batch of small messages go to the publisher in one write, when the
     # batch ends or, checked after each frame, once the oldest is HOLD_DONE_NS old (a frame
     # that took that long itself goes out at once). A worker killed while holding some loses
@@ -105,6 +106,8 @@ def worker_main(p: Plumbing, seat: int) -> None:
             parts = part_views.get((slot, layout))
             if parts is None:
                 parts = [ring.part_view(slot, off, dt, tuple(shape)) for off, dt, shape in layout]
+                for view in parts:
+                    view.flags.writeable = False  # the input of every kernel of the chain
                 if len(part_views) < 4 * len(headers):
                     part_views[(slot, layout)] = parts
             parts = list(parts)
@@ -121,7 +124,7 @@ def worker_main(p: Plumbing, seat: int) -> None:
                 "parts": parts,
             }
             try:
-                chain.run(fields, views[slot], procs, P_KERNEL, ring.timings, me)
+                chain.run(fields, views[slot], running, ring.timings, me)
             except Exception as exc:  # noqa: BLE001 - becomes the frame's error record
                 kernel = chain.current or "?"
                 record_error(

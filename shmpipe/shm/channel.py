@@ -4,7 +4,7 @@ Every control message in the engine is four int64 words ``(kind, slot, ticket, a
 travel through plain OS pipes written in whole records of at most ``PIPE_BUF`` bytes, which
 POSIX makes atomic: several writers may share one pipe and none holds a lock in user space, so
 a writer or reader SIGKILLed at any instant cannot leave the channel locked or half-written
-(unlike ``multiprocessing.Queue``, whose reader lock dies with its holder; DESIGN.md §2).
+(unlike ``multiprocessing.Queue``, whose reader lock dies with its holder).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The memory is nameless (``memfd_create``): processes forked by the supervisor inherit the
 mappings, and nothing ever appears in ``/dev/shm``, so a run killed by SIGKILL, the OOM killer
-or ``docker kill`` leaves nothing behind (DESIGN.md §3). The pages are reserved with
+or ``docker kill`` leaves nothing behind. The pages are reserved with
 ``posix_fallocate`` at start, so a machine short of shared memory refuses to start with a clear
 message instead of dying of SIGBUS on the first frame that touches a missing page.
 
@@ -215,7 +215,7 @@ class SlotRing:
 
     def _prefault(self) -> None:
         # fallocate reserved the pages; touching them now maps them into this process's page
-        # tables before fork, so children share them without first-touch faults (DESIGN.md §1).
+        # tables before fork, so children share them without first-touch faults.
         for region in (self.inputs, self.results):
             view = np.frombuffer(region.map, dtype=np.uint8)
             view[::4096] = 0
