@@ -21,16 +21,18 @@ travel through a pipe, only slot numbers do)::
 
   supervisor (this module): first forks a short-lived preflight child (source and sink
   checks, kernel setup filling the Numba cache), then allocates the memory and forks every
-  process (plus a metrics process when [metrics] port is set, which only reads the tables),
-  and waits on their sentinels; when a worker dies it finds the seat's slots in the slot
-  table and re-assigns them (attempt+1 for a claimed one; quarantined as an error record
-  after run.max_attempts), then forks a replacement into the same seat. Ctrl-C/SIGTERM: STOP
+  process (plus the side processes, such as metrics when [metrics] port is set, which only
+  read the tables: ``engine/sideprocs.py``), and waits on their sentinels; when a worker
+  dies it finds the seat's slots in the slot table and re-assigns them (attempt+1 for a
+  claimed one; quarantined as an error record after run.max_attempts), then forks a
+  replacement into the same seat. Ctrl-C/SIGTERM: STOP
   to the dispatcher, the rest drains; a second one kills.
 
-Slot lifecycle: FREE → FILLING → FILLED → ASSIGNED → CLAIMED → DONE → PUBLISHING → FREE. Each
-transition has exactly one writer at a time (dispatcher, owning worker, publisher; the
-supervisor only for slots of a seat whose process it has seen die), so the table needs no lock
-and a process killed at any instant cannot leave one held.
+Slot lifecycle: FREE → FILLING → FILLED → ASSIGNED → CLAIMED → DONE → PUBLISHING → FREE, each
+transition a function of ``shmpipe.engine.protocol``. Each transition has exactly one writer
+(dispatcher, owning worker, publisher; the supervisor only for slots of a seat whose process
+it has seen die), so the table needs no lock and a process killed at any instant cannot leave
+one held.
 
 Records travel in batches where that saves wake-ups without delaying anyone: the dispatcher
 hands small messages over a few dozen at a time (each held at most 0.5 ms, the source's wait
