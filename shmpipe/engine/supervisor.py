@@ -73,6 +73,7 @@ from shmpipe.observe.logs import frame_extra
 from shmpipe.observe.metrics import MetricsPortError
 from shmpipe.observe.progress import ProgressReporter
 from shmpipe.observe.runs import RunNameInUse, RunRecord, sweep_stale
+from shmpipe.observe.snapshot import Snapshot
 from shmpipe.shm.channel import DONE, STOP, RecordPipe
 from shmpipe.shm.layout import (
     ASSIGNED,
@@ -649,10 +650,9 @@ class Pipeline:
         summary = self.summary
         summary.exit_code, summary.error = exit_code, error
         summary.wall_s = time.perf_counter() - t_start
-        summary.frames_in = int(ring.procs[PROC_DISPATCHER, 2])
-        summary.bytes_in = int(ring.procs[PROC_DISPATCHER, 3])
-        summary.frames_out = int(ring.procs[PROC_PUBLISHER, 2])
-        summary.errors = int(ring.procs[PROC_PUBLISHER, 8])
+        snap = Snapshot.read(ring.procs, ring.table)
+        summary.frames_in, summary.bytes_in = snap.frames_in, snap.bytes_in
+        summary.frames_out, summary.errors = snap.frames_out, snap.errors
         summary.slots = ring.geometry.slots
         t = ring.timings
         summary.timings = {

@@ -49,21 +49,18 @@ from shmpipe.api.sideprocess import SideProcess
 from shmpipe.config import MetricsSection
 from shmpipe.engine.plumbing import Plumbing
 from shmpipe.engine.roles import start_role
+from shmpipe.observe.snapshot import Snapshot
 from shmpipe.observe.status import ProcessSampler
 from shmpipe.shm.layout import (
     KERNEL_BUCKETS_S,
     LATENCY_BUCKETS_S,
     P_BUSY_NS,
-    P_BYTES,
-    P_ERRORS,
     P_FRAMES,
     P_PID,
     P_RESTARTS,
     P_STARTED_NS,
     P_STATE,
-    PROC_DISPATCHER,
     PROC_FIRST_WORKER,
-    PROC_PUBLISHER,
     PS_DEAD,
     PS_EXITED,
     STATE,
@@ -162,14 +159,15 @@ class PipelineCollector:
         yield info
 
         # -- run totals (from the process table; never roll over) ----------------------
+        snap = Snapshot.read(procs, self.ring.table)
         for name, doc, value in (
-            ("frames_in", "Messages taken from the source.", procs[PROC_DISPATCHER, P_FRAMES]),
-            ("bytes_in", "Payload bytes taken from the source.", procs[PROC_DISPATCHER, P_BYTES]),
-            ("frames_out", "Results published to the sinks.", procs[PROC_PUBLISHER, P_FRAMES]),
+            ("frames_in", "Messages taken from the source.", snap.frames_in),
+            ("bytes_in", "Payload bytes taken from the source.", snap.bytes_in),
+            ("frames_out", "Results published to the sinks.", snap.frames_out),
             (
                 "frames_error",
                 "Error records published (kernel errors, quarantined frames).",
-                procs[PROC_PUBLISHER, P_ERRORS],
+                snap.errors,
             ),
         ):
             yield CounterMetricFamily(f"shmpipe_{name}", doc, value=float(value))

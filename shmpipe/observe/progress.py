@@ -8,30 +8,16 @@ seconds, which suits files, journald and log shippers (``--log-format json``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
 import time
 
-import numpy as np
-
 from shmpipe.config import PipelineConfig
 from shmpipe.observe.live import LiveFigures, LiveView
+from shmpipe.observe.snapshot import Snapshot
 from shmpipe.observe.status import ProcessSampler, process_rows
-from shmpipe.shm.layout import (
-    FREE as S_FREE,
-)
-from shmpipe.shm.layout import (
-    P_BYTES,
-    P_ERRORS,
-    P_FRAMES,
-    P_STATE,
-    PROC_DISPATCHER,
-    PROC_FIRST_WORKER,
-    PROC_PUBLISHER,
-    PS_BUSY,
-    STATE,
-)
 from shmpipe.shm.ring import (
     SlotRing,
 )
@@ -80,18 +66,7 @@ class ProgressReporter:
         self.supervisor_pid = os.getpid()
 
     def snapshot(self) -> dict[str, float]:
-        procs, table = self.ring.procs, self.ring.table
-        workers = procs[PROC_FIRST_WORKER:]
-        return {
-            "frames_in": int(procs[PROC_DISPATCHER, P_FRAMES]),
-            "frames_out": int(procs[PROC_PUBLISHER, P_FRAMES]),
-            "errors": int(procs[PROC_PUBLISHER, P_ERRORS]),
-            "bytes_in": int(procs[PROC_DISPATCHER, P_BYTES]),
-            "ring_used": int(np.count_nonzero(table[:, STATE] != S_FREE)),
-            "ring_slots": int(table.shape[0]),
-            "workers_busy": int(np.count_nonzero(workers[:, P_STATE] == PS_BUSY)),
-            "workers": int(workers.shape[0]),
-        }
+        return dataclasses.asdict(Snapshot.read(self.ring.procs, self.ring.table))
 
     def tick(self) -> None:
         now = time.monotonic()
