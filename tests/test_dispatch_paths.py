@@ -107,7 +107,8 @@ def test_assign_many_spreads_a_batch_one_write_per_seat(ring):
 
 
 def test_copy_parts_small_parts_byte_for_byte():
-    from shmpipe.api.message import PART_ALIGN, Message, copy_parts, part_layout
+    from shmpipe.api.message import PART_ALIGN, Message, part_layout
+    from shmpipe.shm.slotio import copy_parts
 
     structured = np.zeros((2, 3), dtype=[("a", "<i4"), ("b", "<f8")])
     structured["a"] = 7
@@ -128,3 +129,26 @@ def test_copy_parts_small_parts_byte_for_byte():
         assert np.dtype(dtype) == p.dtype or np.dtype(dtype).str == f"|V{p.dtype.itemsize}"
         assert bytes(buf[offset : offset + p.nbytes]) == np.ascontiguousarray(p).tobytes()
     assert (buf[layout.nbytes :] == 0xAB).all()  # nothing written past the parts
+
+
+def test_slot_header_round_trip_and_refusals():
+    from shmpipe.api.message import Message, StreamFinished
+    from shmpipe.shm.slotio import HeaderError, UnstorableHeader, decode_header, encode_header
+
+    buf = memoryview(bytearray(4096))
+    parts = [np.zeros((2, 3), np.uint16), np.ones(5, np.float32)]
+    msg = Message("scan_1", 7, "f7", parts, {"a": 1}, {"energy": 12.0}, 3.5)
+    h = decode_header(buf, encode_header(msg, buf))
+    assert (h.stream, h.message_id, h.name, h.meta, h.scan, h.timestamp) == (
+        "scan_1", 7, "f7", {"a": 1}, {"energy": 12.0}, 3.5
+    )  # fmt: skip
+    assert [(dt, shape) for _, dt, shape in h.parts] == [("<u2", (2, 3)), ("<f4", (5,))]
+    assert h.error is None and not h.finished
+    end = StreamFinished("scan_1", "scan_2", 7)
+    h = decode_header(buf, encode_header(Message("scan_1", 0), buf, finished=end))
+    assert (h.finished, h.next_stream, h.last_id) == (True, "scan_2", 7)
+    with pytest.raises(UnstorableHeader):
+        encode_header(Message("s", 1, meta={"x": "y" * 5000}), buf)
+    buf[:4] = b"\x00\x01\x02\x03"
+    with pytest.raises(HeaderError):
+        decode_header(buf, 4)

@@ -84,7 +84,7 @@ def test_json_format_fields():
 
 
 def test_frame_extra_reads_stream_and_id_from_the_slot_header():
-    from shmpipe.api.message import Message, encode_header
+    from shmpipe.api.message import Message
     from shmpipe.observe.logs import frame_extra
     from shmpipe.shm.layout import (
         HEADER_LEN,
@@ -94,6 +94,7 @@ def test_frame_extra_reads_stream_and_id_from_the_slot_header():
         RingGeometry,
         SlotRing,
     )
+    from shmpipe.shm.slotio import encode_header
 
     ring = SlotRing(RingGeometry(2, 4096, 4096, 64, 3))
     try:

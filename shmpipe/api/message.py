@@ -1,8 +1,7 @@
-"""Message: what a source hands the dispatcher, and how it is recorded in a slot header."""
+"""Message: what a source hands the dispatcher, and the layout of its parts in a slot."""
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -101,14 +100,6 @@ def layout_mismatch(parts: list[Any], specs: list[Any] | None) -> str | None:
     return None
 
 
-class UnstorableHeader(ValueError):
-    pass
-
-
-class HeaderError(ValueError):
-    """A slot header that cannot be read back (never written, or overwritten)."""
-
-
 @dataclass(frozen=True)
 class PartLayout:
     """Where a message's parts lie in a slot: ``(offset, dtype str, shape)`` each, and the
@@ -137,90 +128,3 @@ def part_layout(parts: list[Any]) -> PartLayout:
         if len(_layouts) < 1024:  # bounded: a source with ever-changing shapes just pays
             _layouts[key] = layout
     return layout
-
-
-def encode_header(
-    msg: Message,
-    dest: memoryview,
-    extra: dict[str, Any] | None = None,
-    layout: PartLayout | None = None,
-) -> int:
-    """Write the message's header into ``dest``; return its length. Part offsets are packed.
-
-    The header is a pickle, not JSON: it never leaves the run's processes, and for small
-    messages the JSON encode and two decodes were a fifth of the engine's time per message
-    (10 + 2 x 8.5 us against 2.3 + 2 x 3.7 us).
-    """
-    doc = {
-        "stream": msg.stream,
-        "id": msg.message_id,
-        "name": msg.name,
-        "meta": msg.meta,
-        "scan": msg.scan,
-        "ts": msg.timestamp,
-        "parts": (layout or part_layout(msg.parts)).entries,
-    }
-    if msg.error:
-        doc["error"] = msg.error
-    if extra:
-        doc.update(extra)
-    try:
-        raw = pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:  # noqa: BLE001 - a metadata value that cannot be stored
-        raise UnstorableHeader(f"message metadata cannot be stored: {exc}") from exc
-    if len(raw) > len(dest):
-        raise UnstorableHeader(
-            f"message metadata is {len(raw)} bytes, more than ring.header_bytes = {len(dest)}"
-        )
-    dest[: len(raw)] = raw
-    return len(raw)
-
-
-def decode_header(src: memoryview, length: int) -> dict[str, Any]:
-    """Read back a header written by ``encode_header``; ``HeaderError`` if it is not one."""
-    try:
-        doc = pickle.loads(src[:length])
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same here
-        raise HeaderError(f"unreadable slot header: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise HeaderError("unreadable slot header")
-    return doc
-
-
-def copy_parts(
-    msg: Message,
-    payload: np.ndarray,
-    fast_copy=None,
-    fast_min: int = 65536,
-    flat: memoryview | None = None,
-) -> None:
-    """Copy each part once into the slot's payload area (the only copy a frame ever gets).
-
-    ``fast_copy(dest, src) -> bool``, when given, copies contiguous parts of at least
-    ``fast_min`` bytes (the dispatcher's streaming stores); where it returns False numpy does.
-    ``flat``, when given, is ``payload`` as a byte memoryview (made once per slot by a caller
-    that copies many small messages).
-    """
-    offset = 0
-    for p in msg.parts:
-        n = p.nbytes
-        if isinstance(p, np.ndarray):
-            contiguous = p.flags.c_contiguous
-            if contiguous and n < fast_min and n:
-                # A memoryview copy: a quarter of numpy's fixed cost, which is what a small
-                # part's copy consists of (0.4 against 1.6 us for 1 KB).
-                if flat is None:
-                    flat = payload.data.cast("B")
-                try:
-                    flat[offset : offset + n] = memoryview(p).cast("B")
-                except (TypeError, ValueError):  # a dtype the buffer protocol cannot express
-                    payload[offset : offset + n] = p.reshape(-1).view(np.uint8)
-            elif contiguous and fast_copy is not None and n >= fast_min:
-                dest, src = payload[offset : offset + n], p.reshape(-1).view(np.uint8)
-                if not fast_copy(dest, src):
-                    dest[...] = src
-            else:
-                payload[offset : offset + n] = np.ascontiguousarray(p).reshape(-1).view(np.uint8)
-        else:
-            p.read_into(payload[offset : offset + n])
-        offset += _aligned(n)

@@ -6,7 +6,8 @@ import time
 
 import numpy as np
 
-from shmpipe.api.message import Message, copy_parts, payload_bytes
+from shmpipe.api.message import Message, payload_bytes
+from shmpipe.shm.slotio import copy_parts
 
 
 def copy_rate(parts: list[np.ndarray], repeats: int = 50, streaming: bool = False) -> dict:

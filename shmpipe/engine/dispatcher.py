@@ -16,9 +16,6 @@ from shmpipe.api.message import (
     Message,
     PartLayout,
     StreamFinished,
-    UnstorableHeader,
-    copy_parts,
-    encode_header,
     layout_mismatch,
     part_layout,
 )
@@ -49,6 +46,7 @@ from shmpipe.shm.layout import (
     STREAM_ROW,
     T_FILL,
 )
+from shmpipe.shm.slotio import UnstorableHeader, copy_parts, encode_header
 
 STREAM_MIN_BYTES = 65536  # smaller parts: numpy copies them faster than a Numba call
 POLL_EVERY = 16  # messages between looks at the inbox while FREE slots remain
@@ -129,15 +127,7 @@ class Dispatcher:
         if isinstance(item, StreamFinished):
             row[STREAM_ROW] = -1
             control = Message(stream=item.stream, message_id=0, name="")
-            row[HEADER_LEN] = encode_header(
-                control,
-                header,
-                {
-                    "control": "stream_finished",
-                    "next_stream": item.next_stream,
-                    "last_id": item.last_id,
-                },
-            )
+            row[HEADER_LEN] = encode_header(control, header, finished=item)
             row[FLAGS] = CONTROL
             row[MSG_ID] = 0
             self._straight_to_publisher(slot)

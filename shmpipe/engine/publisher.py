@@ -14,7 +14,6 @@ import heapq
 import logging
 import time
 
-from shmpipe.api.message import decode_header
 from shmpipe.api.sink import ErrorRecord, Record
 from shmpipe.engine.plumbing import Plumbing, now_ns
 from shmpipe.engine.protocol import read_error, release, take_for_publishing
@@ -39,6 +38,7 @@ from shmpipe.shm.layout import (
     STREAM_ROW,
     T_FILL,
 )
+from shmpipe.shm.slotio import decode_header
 
 
 class FailFast(Exception):
@@ -122,10 +122,10 @@ class Publisher:
         ring, row = self.ring, self.ring.table[slot]
         header = decode_header(self._headers[slot], int(row[HEADER_LEN]))
         flags = int(row[FLAGS])
-        stream, mid, name = header["stream"], header["id"], header["name"]
+        stream, mid, name = header.stream, header.message_id, header.name
         if flags & CONTROL:
             for s in self.sinks:
-                s.stream_finished(stream, header.get("next_stream", ""), header.get("last_id", 0))
+                s.stream_finished(stream, header.next_stream, header.last_id)
             self._queue(stream, mid, slot, ack=False)
         elif flags & ERROR:
             err = read_error(ring, slot)
@@ -184,9 +184,9 @@ class Publisher:
                 stream=stream,
                 message_id=mid,
                 name=name,
-                meta=header["meta"],
+                meta=header.meta,
                 arrays=arrays,
-                timestamp=header["ts"],
+                timestamp=header.timestamp,
                 attempt=int(row[ATTEMPT]),
                 lineage={"input_ids": [mid], "input_names": [name]},
             )

@@ -12,7 +12,6 @@ import os
 import sys
 import traceback
 
-from shmpipe.api.message import decode_header
 from shmpipe.engine.chain import KernelChain
 from shmpipe.engine.plumbing import Plumbing, now_ns
 from shmpipe.engine.protocol import claim, finish, record_error
@@ -35,6 +34,7 @@ from shmpipe.shm.layout import (
     PS_IDLE,
     PS_STARTING,
 )
+from shmpipe.shm.slotio import decode_header
 
 HOLD_DONE_NS = 500_000
 
@@ -98,11 +98,11 @@ def worker_main(p: Plumbing, seat: int) -> None:
                 continue  # a record from before a recovery: the slot went elsewhere
             procs[P_STATE] = PS_BUSY
             header = decode_header(headers[slot], int(row[HEADER_LEN]))
-            procs[P_MSG_ID] = header["id"]
+            procs[P_MSG_ID] = header.message_id
             # Views on a slot's parts, made once per slot and layout (a new ndarray per part
             # per message was a tenth of a small message's time here); a fresh list each time,
             # so a kernel that edits frame.parts edits only its own frame.
-            layout = header["parts"]
+            layout = header.parts
             parts = part_views.get((slot, layout))
             if parts is None:
                 parts = [ring.part_view(slot, off, dt, tuple(shape)) for off, dt, shape in layout]
@@ -116,11 +116,11 @@ def worker_main(p: Plumbing, seat: int) -> None:
                     lambda off, dt, shape, s=slot: ring.result(s, off, dt, shape)
                 )
             fields = {
-                "stream": header["stream"],
-                "message_id": header["id"],
-                "name": header["name"],
-                "meta": header["meta"],
-                "scan": header["scan"],
+                "stream": header.stream,
+                "message_id": header.message_id,
+                "name": header.name,
+                "meta": header.meta,
+                "scan": header.scan,
                 "parts": parts,
             }
             try:
@@ -136,7 +136,7 @@ def worker_main(p: Plumbing, seat: int) -> None:
                     kernel,
                     type(exc).__name__,
                     exc,
-                    extra={"stream": header["stream"], "message_id": header["id"]},
+                    extra={"stream": header.stream, "message_id": header.message_id},
                 )
             t1 = now_ns()
             finish(row, t1)

@@ -62,14 +62,14 @@ def frame_extra(ring: Any, slot: int) -> dict[str, Any]:
     Reads the slot's header (written by the dispatcher); used off the hot path only (recovery,
     quarantine, watchdog), where a header decode per line costs nothing that matters.
     """
-    from shmpipe.api.message import decode_header
     from shmpipe.shm.layout import (
         HEADER_LEN,
         MSG_ID,
     )
+    from shmpipe.shm.slotio import decode_header
 
     try:
         header = decode_header(ring.header(slot), int(ring.table[slot, HEADER_LEN]))
-        return {"stream": str(header["stream"]), "message_id": int(header["id"])}
+        return {"stream": str(header.stream), "message_id": int(header.message_id)}
     except (ValueError, KeyError, TypeError):
         return {"stream": "?", "message_id": int(ring.table[slot, MSG_ID])}
