@@ -256,10 +256,13 @@ def test_small_messages_travel_in_batches_each_once_in_order(tmp_path):
 def _geometry(workers: int, payload: int, slots: int = 0):
     from types import SimpleNamespace
 
+    from shmpipe.engine.startup import ring_geometry
+
     raw = {"run": {"workers": workers}, "ring": {"slots": slots}}
-    pipeline = Pipeline(load_config(raw=raw))
-    return pipeline._geometry(
-        SimpleNamespace(max_payload_bytes=payload), SimpleNamespace(result_bytes=4096)
+    return ring_geometry(
+        load_config(raw=raw),
+        SimpleNamespace(max_payload_bytes=payload),
+        SimpleNamespace(result_bytes=4096),
     )
 
 

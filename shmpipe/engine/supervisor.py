@@ -42,39 +42,33 @@ included), workers report a batch's DONE records in one write (when the batch en
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing as mp
 import os
-import pickle
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from shmpipe.api.sink import RunInfo
-from shmpipe.api.source import SourceConfigError, SourceLayout
-from shmpipe.config import ConfigError, PipelineConfig, to_toml
+from shmpipe.config import ConfigError, PipelineConfig
 from shmpipe.engine import protocol
-from shmpipe.engine.chain import ChainLayout, KernelChain, KernelSetupError
+from shmpipe.engine.chain import KernelSetupError
 from shmpipe.engine.dispatcher import dispatcher_main
 from shmpipe.engine.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, now_ns
 from shmpipe.engine.publisher import publisher_main
 from shmpipe.engine.roles import getproctitle, set_process_title, setproctitle
 from shmpipe.engine.scheduler import Scheduler
 from shmpipe.engine.sideprocs import SideProcesses
+from shmpipe.engine.startup import StartupError, prepare
 from shmpipe.engine.worker import worker_main
 from shmpipe.observe.logs import frame_extra
 from shmpipe.observe.metrics import MetricsPortError
 from shmpipe.observe.progress import ProgressReporter
 from shmpipe.observe.runs import RunNameInUse, RunRecord, sweep_stale
 from shmpipe.observe.snapshot import Snapshot
-from shmpipe.shm.channel import DONE, STOP, RecordPipe
+from shmpipe.shm.channel import DONE, STOP
 from shmpipe.shm.layout import (
     ASSIGNED,
     ATTEMPT,
@@ -101,22 +95,10 @@ from shmpipe.shm.layout import (
 from shmpipe.shm.layout import (
     DONE as S_DONE,
 )
-from shmpipe.shm.ring import (
-    RingGeometry,
-    ShmCapacityError,
-    SlotRing,
-)
-
-AUTO_RING_SLOTS = 256  # ring.slots = 0: at most this many slots ...
-AUTO_RING_BYTES = 64 * 2**20  # ... and beyond 2 x workers + 2 only while they fit in this
 
 log = logging.getLogger("shmpipe.supervisor")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class StartupError(RuntimeError):
-    """The run cannot start; reported with exit code 2 before any worker runs."""
 
 
 @dataclass
@@ -154,60 +136,6 @@ class RunSummary:
         )
 
 
-def _preflight_main(conn, config: PipelineConfig, cache_dir: Path) -> None:
-    """Check the source and sinks, probe the parts' layout, set up every kernel once.
-
-    Runs in a short-lived child so that whatever these load (the ASAPO client's threads, a
-    parallel Numba runtime) never lives in the supervisor, which must stay safe to fork.
-    Sends back the source parameters (a generated consumer group, say), the source layout
-    and the result-slot layout; setting the kernels up fills the Numba cache for the workers.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        source = config.source_instance()
-        try:
-            source.check()
-            src_layout = source.layout()
-        except (SourceConfigError, ValueError, OSError) as exc:
-            conn.send(("error", f"source: {exc}"))
-            return
-        for sink in config.sink_instances():
-            try:
-                sink.check()
-            except (ValueError, OSError) as exc:
-                conn.send(("error", str(exc)))
-                return
-        chain = KernelChain(config.kernel_instances())
-        try:
-            layout = chain.setup(src_layout.parts, cache_dir, config.run.kernel_threads, -1)
-        except KernelSetupError as exc:
-            conn.send(("error", f"kernel setup failed: {exc}"))
-            return
-        uses_numba = "numba" in sys.modules
-        conn.send(("ok", pickle.dumps((source.params, src_layout, layout, uses_numba))))
-    except Exception as exc:  # noqa: BLE001 - sent back and reported as a start-up error
-        conn.send(("error", f"{exc}"))
-    finally:
-        conn.close()
-
-
-def _prepare_numba_for_forks(threads: int) -> None:
-    """Initialise Numba's CPU target once here, so forked workers inherit it.
-
-    Every process otherwise pays ~0.5 s initialising it before its first cached kernel loads.
-    Initialising the target starts no thread and no OpenMP runtime, so the supervisor stays
-    safe to fork (measured: worker start-up 0.65-1.0 s -> 0.21-0.31 s, docs/performance.md).
-    """
-    # Read when Numba is first imported: the workers' thread budget, not one per core.
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(max(1, threads)))
-    try:
-        from numba.core.registry import cpu_target
-
-        cpu_target.target_context.refresh()
-    except Exception as exc:  # noqa: BLE001 - an optimisation: workers initialise it themselves
-        log.debug("Numba's CPU target not initialised before forking: %s", exc)
-
-
 class Pipeline:
     """One run: start-up checks, the processes, supervision, and the summary.
 
@@ -228,117 +156,6 @@ class Pipeline:
         self.summary = RunSummary(self.name)
         self.p: Plumbing | None = None
         self.scheduler: Scheduler | None = None
-
-    # -- start-up --------------------------------------------------------------------------
-    def _cache_dir(self) -> Path:
-        d = Path(self.config.run.cache_dir or Path.home() / ".cache" / "shmpipe").expanduser()
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def _preflight(self, cache_dir: Path) -> tuple[Any, SourceLayout, ChainLayout]:
-        t0 = time.perf_counter()
-        ours, theirs = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(
-            target=_preflight_main, args=(theirs, self.config, cache_dir), name="preflight"
-        )
-        proc.start()
-        theirs.close()
-        limit = self.config.run.setup_timeout_s
-        try:
-            if limit > 0 and not ours.poll(limit):
-                proc.kill()
-                status, payload = (
-                    "error",
-                    f"the start-up checks and kernel set-up did not finish within "
-                    f"run.setup_timeout_s = {limit} s (a kernel's setup hung? a process that "
-                    "has used OpenMP, bitshuffle say, cannot fork safely: run shmpipe as a "
-                    "command rather than inside such a process)",
-                )
-            else:
-                status, payload = ours.recv()
-        except EOFError:
-            status, payload = "error", f"the start-up checks died (exit code {proc.exitcode})"
-        proc.join()
-        ours.close()
-        if status != "ok":
-            raise StartupError(payload)
-        source_params, src_layout, layout, uses_numba = pickle.loads(payload)
-        if uses_numba:
-            _prepare_numba_for_forks(self.config.run.kernel_threads)
-        log.info(
-            "kernels set up and compiled in %.2f s (%s)",
-            time.perf_counter() - t0,
-            ", ".join(
-                f"{k.name} {t:.2f} s"
-                for k, t in zip(self.config.kernels, layout.setup_seconds, strict=True)
-            ),
-        )
-        return source_params, src_layout, layout
-
-    def _geometry(self, layout: SourceLayout, chain: ChainLayout) -> RingGeometry:
-        r = self.config.ring
-        payload = r.slot_bytes or layout.max_payload_bytes
-        if payload <= 0:
-            raise ConfigError(
-                "the source declares no payload size; set ring.slot_bytes",
-                "ring.slot_bytes",
-                self.config.path,
-            )
-        geometry = RingGeometry(
-            slots=r.slots or 2 * self.config.run.workers + 2,
-            header_bytes=r.header_bytes,
-            payload_bytes=payload,
-            result_bytes=chain.result_bytes,
-            processes=PROC_FIRST_WORKER + self.config.run.workers,
-        )
-        if not r.slots:
-            # Small slots: more of them, so that small messages travel in batches (one pipe
-            # write per batch, not per message) with slots to spare; large frames keep the
-            # 2 x workers + 2 that prefetching one frame per worker needs.
-            per_slot = geometry.input_stride + geometry.result_stride
-            more = min(AUTO_RING_SLOTS, AUTO_RING_BYTES // per_slot)
-            if more > geometry.slots:
-                geometry = dataclasses.replace(geometry, slots=more)
-        return geometry
-
-    def _prepare(self) -> Plumbing:
-        cfg = self.config
-        cache_dir = self._cache_dir()
-        source_params, src_layout, layout = self._preflight(cache_dir)
-        cfg.source.params = source_params
-        source = cfg.source_instance()
-        geometry = self._geometry(src_layout, layout)
-        try:
-            ring = SlotRing(geometry)
-        except ShmCapacityError as exc:
-            raise StartupError(str(exc)) from exc
-        log.info(
-            "ring: %d slots x %.1f MiB input + %.1f MiB result (%.0f MiB shared memory)",
-            geometry.slots,
-            geometry.input_stride / 2**20,
-            geometry.result_stride / 2**20,
-            geometry.total_bytes / 2**20,
-        )
-        run_info = RunInfo(
-            run_name=self.name,
-            config=cfg.effective(),
-            config_hash=cfg.digest(),
-            chain=[k.name for k in cfg.kernels],
-            outputs=layout.specs(),
-            config_toml=to_toml(cfg.effective()),
-        )
-        return Plumbing(
-            config=cfg,
-            ring=ring,
-            layout=layout,
-            parts=src_layout.parts,
-            seats=[RecordPipe() for _ in range(cfg.run.workers)],
-            done=RecordPipe(),
-            dispatcher_inbox=RecordPipe(),
-            source=source,
-            cache_dir=cache_dir,
-            run_info=run_info,
-        )
 
     # -- processes -------------------------------------------------------------------------
     def _start(self, target, args, name: str) -> mp.Process:
@@ -522,7 +339,7 @@ class Pipeline:
         title = getproctitle()
         set_process_title("supervisor", self.name)
         try:
-            self.p = self._prepare()
+            self.p = prepare(self.ctx, self.config)
             self.scheduler = Scheduler(self.p.ring)
             try:
                 self.side.prepare()
