@@ -8,8 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
-from shmpipe import exit_codes
 from shmpipe.config import ConfigError, PipelineConfig, load_config, read_toml, to_toml
+from shmpipe.engine import exit_codes
 
 log = logging.getLogger("shmpipe.cli")
 
@@ -87,9 +87,9 @@ def _quote(s: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from shmpipe.engine import Pipeline, StartupError
-    from shmpipe.logs import configure_logging
-    from shmpipe.resources import warn_about_resources
+    from shmpipe.engine.resources import warn_about_resources
+    from shmpipe.engine.supervisor import Pipeline, StartupError
+    from shmpipe.observe.logs import configure_logging
 
     cfg = config_from_args(args)
     if args.log_format:
@@ -123,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif summary.exit_code == exit_codes.EXIT_FRAME_ERRORS:
         print(
             f"shmpipe: {summary.errors} of {summary.frames_in} frames became error records "
-            '(run.on_error = "skip")',
+            "(stored by the sinks beside the results)",
             file=sys.stderr,
         )
     return summary.exit_code
@@ -144,7 +144,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
-    from shmpipe.reference import generate_reference
+    from shmpipe.config.reference import generate_reference
 
     text = generate_reference()
     if args.output:
@@ -156,7 +156,7 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from shmpipe.runs import live_runs, sweep_stale
+    from shmpipe.observe.runs import live_runs, sweep_stale
 
     lines = sweep_stale()
     for line in lines:
@@ -173,7 +173,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from shmpipe.status import print_status
+    from shmpipe.observe.status import print_status
 
     return print_status(args.name)
 

@@ -8,8 +8,8 @@ import tomllib
 
 import pytest
 
-from shmpipe.resources import Cores, oversubscription_warning
-from shmpipe.run_report import SteadyRate
+from shmpipe.engine.resources import Cores, oversubscription_warning
+from shmpipe.observe.run_report import SteadyRate
 from tests.conftest import REPO, run_cli
 
 SIM = str(REPO / "examples" / "lambda9m_sim.toml")

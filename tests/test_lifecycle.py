@@ -13,11 +13,13 @@ import time
 import psutil
 import pytest
 
-from shmpipe.engine import HUMAN_REPEAT_S
-from shmpipe.ring import P_PID
-from shmpipe.runs import live_runs
-from shmpipe.sinks.hdf5 import read_stream
-from shmpipe.status import attach_tables
+from shmpipe.engine.supervisor import HUMAN_REPEAT_S
+from shmpipe.observe.runs import live_runs
+from shmpipe.observe.status import attach_tables
+from shmpipe.plugins.sinks.hdf5 import read_stream
+from shmpipe.shm.layout import (
+    P_PID,
+)
 from tests.asapo_process import free_port
 from tests.conftest import run_cli, wait_for
 from tests.faults import published  # noqa: F401 - also used by test_asapo_pipeline
@@ -164,7 +166,11 @@ def test_run_help_lists_the_exit_codes():
 
 
 def _busy_workers(name: str) -> int:
-    from shmpipe.ring import P_STATE, PROC_FIRST_WORKER, PS_BUSY
+    from shmpipe.shm.layout import (
+        P_STATE,
+        PROC_FIRST_WORKER,
+        PS_BUSY,
+    )
 
     for info in live_runs():
         if info["name"] == name:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from shmpipe.kernel import ArraySpec, Frame, Kernel, SetupContext
+from shmpipe.api import ArraySpec, Frame, Kernel, SetupContext
 
 
 @njit(cache=True, nogil=True)
