@@ -143,6 +143,7 @@ def read_master(path: str | Path) -> MasterFile:
         Naming the file and what is missing: pixel sizes, beam centre, distance, data links.
     """
     import h5py
+    import hdf5plugin  # noqa: F401 - DECTRIS compresses the pixel mask too
 
     path = str(path)
     try:
