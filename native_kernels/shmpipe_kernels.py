@@ -395,11 +395,18 @@ class AzimuthalIntegrate(Kernel):
         npt = int(p.npt or p.bins or 1000)
         ai = self._integrator()
         n, shape, dtype = _input_spec(ctx, p.input, self.name)
+        # One part holding the whole assembled image (a DECTRIS frame, a "frames" file) is
+        # integrated as an image, whatever the detector's module count.
+        self.whole_image = n == 1 and tuple(shape) == tuple(ai.geometry.shape)
+        if self.whole_image:
+            n = 0
         expected = ai.geometry.shape if n == 0 else ai.geometry.module_shape
         if tuple(shape) != tuple(expected) or (n and n != len(ai.geometry.present)):
+            g = ai.geometry
             raise KernelConfigError(
-                f"{self.name}: input {p.input!r} ({n or 'image'} of "
-                f"{shape}) does not match the geometry"
+                f"{self.name}: input {p.input!r} ({n or 'image'} of {shape}) does not match "
+                f"the geometry {g.name} (image {g.shape}, {len(g.present)} modules of "
+                f"{g.module_shape})"
             )
         try:
             self.plan: RadialPlan = ai.plan1d(
@@ -451,7 +458,10 @@ class AzimuthalIntegrate(Kernel):
         nf = p.normalization_factor
         if p.normalization_key is not None:
             nf = nf * _monitor(frame, p.normalization_key, self.name)
-        self.plan.integrate(_as_parts(frame.get(p.input)), self.dark, nf, self.error_model, out)
+        data = _as_parts(frame.get(p.input))
+        if self.whole_image:
+            data = data[0]
+        self.plan.integrate(data, self.dark, nf, self.error_model, out)
 
 
 def _monitor(frame: Frame, key: str, kernel: str) -> float:

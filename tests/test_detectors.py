@@ -165,3 +165,27 @@ def test_mask_that_is_not_a_module_grid_is_refused():
     mask[5, 5] = True
     with pytest.raises(DetectorError, match="not a grid"):
         geometry_from_mask((20, 30), mask, (1e-4, 1e-4), "x")
+
+
+def test_integrate_kernel_uses_the_ponis_detector(tmp_path):
+    from native_kernels.shmpipe_kernels import AzimuthalIntegrate, KernelConfigError
+    from shmpipe.kernel import ArraySpec, Frame, SetupContext
+
+    ref, poni = _pyfai_case("Pilatus300k", tmp_path)
+    img = ring_image(ref, ref.detector.max_shape)
+    ctx = SetupContext(parts=[ArraySpec("frame", img.shape, "float32")], cache_dir=tmp_path)
+    k = AzimuthalIntegrate(
+        "integrate", AzimuthalIntegrate.Params(input="parts", poni=str(poni), npt=40)
+    )
+    out = {s.name: np.zeros(s.shape, s.dtype) for s in k.setup(ctx)}
+    k.process(Frame("s", 1, "f1", {}, {}, [img], {}), out)
+    r = ref.integrate1d_ng(img, 40, unit="q_nm^-1", method=("bbox", "csr", "cython"))
+    ok = r.count > 50
+    np.testing.assert_allclose(out["intensity"][ok], r.intensity[ok], rtol=1e-4)
+    # A detector name as geometry; one that does not fit the input is refused at setup.
+    named = AzimuthalIntegrate.Params(input="parts", poni=str(poni), geometry="Pilatus1M")
+    with pytest.warns(PoniMismatchWarning), pytest.raises(KernelConfigError, match="geometry"):
+        AzimuthalIntegrate("integrate", named).setup(ctx)
+    unknown = AzimuthalIntegrate.Params(input="parts", poni=str(poni), geometry="Pilatus99Z")
+    with pytest.raises(KernelConfigError, match="Pilatus99Z"):
+        AzimuthalIntegrate("integrate", unknown).setup(ctx)
