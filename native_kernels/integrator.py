@@ -1,6 +1,6 @@
 """Azimuthal (radial) integration with a pyFAI-shaped API.
 
->>> ai = AzimuthalIntegrator.from_poni("calib.poni")            # default LAMBDA 9M layout
+>>> ai = AzimuthalIntegrator.from_poni("calib.poni")            # the PONI's detector
 >>> res = ai.integrate1d(image, 1000, unit="q_nm^-1", polarization_factor=0.99,
 ...                      error_model="poisson")
 >>> res.radial, res.intensity, res.sigma
