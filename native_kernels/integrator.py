@@ -129,6 +129,15 @@ def _renamed(geo: DetectorGeometry, name: str) -> DetectorGeometry:
     )
 
 
+def _is_stitched_lambda9m(described: DetectorGeometry, lambda9m: DetectorGeometry) -> bool:
+    """A generic one-module detector of the stitched LAMBDA 9M image's shape and pixel size."""
+    return (
+        described.n_modules == 1
+        and tuple(described.shape) == tuple(lambda9m.shape)
+        and np.allclose(described.pixel_size, lambda9m.pixel_size, rtol=1e-6, atol=0)
+    )
+
+
 def _warn_if_contradicts(
     geo: DetectorGeometry,
     described: DetectorGeometry | None,
@@ -632,8 +641,9 @@ class AzimuthalIntegrator:
         geometry : DetectorGeometry, path, tuple or str, optional
             The detector layout. Unset: the PONI's detector (a named detector from pyFAI or the
             built-in catalogue, or a generic one from ``Detector_config``); for a PONI that
-            gives no shape, the default LAMBDA 9M layout with the PONI's pixel size. Given, it
-            wins, with a :class:`PoniMismatchWarning` when it contradicts the PONI.
+            gives no shape, or a generic detector of the stitched LAMBDA 9M image's shape and
+            pixel size, the default LAMBDA 9M layout (its gaps left out). Given, it wins, with
+            a :class:`PoniMismatchWarning` when it contradicts the PONI.
         missing_modules : sequence of int
         use_poni_pixel_size : bool
             With an explicit geometry: take the PONI's pixel1/pixel2 instead of the geometry's.
@@ -658,10 +668,11 @@ class AzimuthalIntegrator:
             )
             described = None
         if geometry is None:
+            lambda9m = load_geometry(None)
             if described is None:
-                geo = load_geometry(None)
-                if px is not None:
-                    geo = _with_pixel_size(geo, px)
+                geo = lambda9m if px is None else _with_pixel_size(lambda9m, px)
+            elif _is_stitched_lambda9m(described, lambda9m):
+                geo = lambda9m  # a calibration on our stitched images: keep the module gaps
             else:
                 geo = described
             geo = _renamed(geo, f"{geo.name} from {source}")

@@ -181,23 +181,24 @@ class LambdaDecompress(Kernel):
 
     def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
         p = self.params
+        dtype = p.dtype
         if p.master is not None:
             m = _master(p.master, self.name)
-            p.dtype = np.dtype(m.dtype).name
+            dtype = np.dtype(m.dtype).name
             self._geo = _single_module(m)
         if p.compression not in ("auto", "none", "bslz4", "bslz4_h5"):
             raise KernelConfigError(
                 f"{self.name}: compression must be auto, none, bslz4 or "
                 f"bslz4_h5, not {p.compression!r}"
             )
-        if np.dtype(p.dtype) not in (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32)):
+        if np.dtype(dtype) not in (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32)):
             raise KernelConfigError(f"{self.name}: dtype must be uint8, uint16 or uint32")
         geo = self._geo if p.master is not None else _geometry(p)
         self.n = len(geo.present)
         # Compile the block walker now (in the warm-up process, before workers fork).
-        probe = np.arange(64, dtype=p.dtype).reshape(8, 8)
+        probe = np.arange(64, dtype=dtype).reshape(8, 8)
         decompress_into(compress(probe), np.empty_like(probe))
-        return [ArraySpec("modules", (self.n, *geo.module_shape), p.dtype)]
+        return [ArraySpec("modules", (self.n, *geo.module_shape), dtype)]
 
     def process(self, frame: Frame, out: dict[str, np.ndarray]) -> None:
         parts = frame.get(self.params.input)

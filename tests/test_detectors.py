@@ -189,3 +189,15 @@ def test_integrate_kernel_uses_the_ponis_detector(tmp_path):
     unknown = AzimuthalIntegrate.Params(input="parts", poni=str(poni), geometry="Pilatus99Z")
     with pytest.raises(KernelConfigError, match="Pilatus99Z"):
         AzimuthalIntegrate("integrate", unknown).setup(ctx)
+
+
+def test_generic_poni_of_the_stitched_lambda9m_keeps_its_module_layout(tmp_path):
+    from native_kernels.geometry import DetectorGeometry
+    from native_kernels.poni import Poni, write_poni
+
+    lambda9m = DetectorGeometry.default_lambda9m()
+    config = {"pixel1": 55e-6, "pixel2": 55e-6, "max_shape": list(lambda9m.shape)}
+    poni = tmp_path / "stitched.poni"
+    write_poni(Poni(0.3, 0.06, 0.13, detector="Detector", detector_config=config), poni)
+    ai = AzimuthalIntegrator.from_poni(poni)
+    assert ai.geometry.digest() == lambda9m.digest()  # 12 modules, gaps left out

@@ -7,7 +7,7 @@ Three layouts:
 - ``frames``: each file is a stream of assembled frames; frame *i* is a message of one part.
 - ``master``: each file is a DECTRIS ``*_master.h5`` (a stream); its frames come from the data
   files it links. Bitshuffle-LZ4 chunks are copied undecoded (``raw_chunks``): the workers
-  decompress them (the ``chunk_decompress`` kernel).
+  decompress them (the ``lambda_decompress`` kernel with ``master =``).
 
 Frames lie along the first axis of each dataset.
 """
