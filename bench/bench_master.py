@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from native_kernels.compression import decompress_into
+from native_kernels.master import read_master
 from scripts.make_eiger_master import make_master
-from shmpipe.sources.dectris_master import read_master
-from shmpipe.sources.files import FileSource, FilesParams
+from shmpipe.plugins.sources.files import FileSource, FilesParams
 
 FRAMES = 4
 

@@ -46,11 +46,11 @@ from native_kernels.compression import PayloadError, compress, decompress_into
 from native_kernels.detectors import detector_geometry
 from native_kernels.geometry import DetectorGeometry, GeometryError, ModulePlacement, load_geometry
 from native_kernels.integrator import AzimuthalIntegrator, RadialPlan
+from native_kernels.master import MasterFile, MasterFileError, read_master
 from native_kernels.poni import PoniError
 from native_kernels.stats import _roi_sums, accumulate_stats, check_rois
 from native_kernels.stitch import Stitcher
-from shmpipe.kernel import ArraySpec, Frame, Kernel, SetupContext
-from shmpipe.sources.dectris_master import MasterFile, MasterFileError, read_master
+from shmpipe.api.kernel import ArraySpec, Frame, Kernel, SetupContext
 
 
 class KernelConfigError(ValueError):

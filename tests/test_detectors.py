@@ -169,7 +169,7 @@ def test_mask_that_is_not_a_module_grid_is_refused():
 
 def test_integrate_kernel_uses_the_ponis_detector(tmp_path):
     from native_kernels.shmpipe_kernels import AzimuthalIntegrate, KernelConfigError
-    from shmpipe.kernel import ArraySpec, Frame, SetupContext
+    from shmpipe.api.kernel import ArraySpec, Frame, SetupContext
 
     ref, poni = _pyfai_case("Pilatus300k", tmp_path)
     img = ring_image(ref, ref.detector.max_shape)

@@ -9,12 +9,13 @@ import pytest
 
 from native_kernels.compression import decompress_into
 from native_kernels.detectors import detector_geometry
+from native_kernels.master import MasterFileError, read_master
 from native_kernels.shmpipe_kernels import AzimuthalIntegrate, KernelConfigError
 from scripts.make_eiger_master import make_master
-from shmpipe.sinks.hdf5 import read_stream
-from shmpipe.source import SourceConfigError
-from shmpipe.sources.dectris_master import MasterFileError, RawChunk, read_master
-from shmpipe.sources.files import FileSource, FilesParams
+from shmpipe.api.source import SourceConfigError
+from shmpipe.plugins.sinks.hdf5 import read_stream
+from shmpipe.plugins.sources.dectris_master import RawChunk
+from shmpipe.plugins.sources.files import FileSource, FilesParams
 from tests.conftest import REPO, run_cli
 
 DETECTOR = "Pilatus300k"  # three modules with gaps, small enough for fast tests
