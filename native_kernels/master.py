@@ -17,7 +17,8 @@ pixel mask          ``detector/detectorSpecific/pixel_mask`` (nonzero: gap, dead
 =================== =======================================================================
 
 The point of normal incidence is the beam centre (no tilt): ``poni1 = beam_center_y *
-pixel1``, ``poni2 = beam_center_x * pixel2``, as pyFAI's Fit2D/DECTRIS import does.
+pixel1``, ``poni2 = beam_center_x * pixel2``, the beam centre being read in pixel coordinates
+whose origin is the first pixel's outer corner (pyFAI's Fit2D convention, no tilt).
 """
 
 from __future__ import annotations
