@@ -96,6 +96,7 @@ from shmpipe.ring import (
 from shmpipe.ring import DONE as S_DONE
 from shmpipe.ring import ERROR as F_ERROR
 from shmpipe.runs import RunNameInUse, RunRecord, sweep_stale
+from shmpipe.shm.preview import PreviewTap
 from shmpipe.sink import RunInfo
 from shmpipe.source import SourceConfigError, SourceLayout
 from shmpipe.worker import worker_main
@@ -316,6 +317,26 @@ class Pipeline:
             chain=[k.name for k in cfg.kernels],
             outputs=layout.specs(),
         )
+        tap = None
+        if cfg.view.tap:
+            try:
+                tap = PreviewTap.create(
+                    layout.specs(),
+                    src_layout.parts,
+                    {
+                        "name": self.name,
+                        "pid": os.getpid(),
+                        "started": time.time(),
+                        "chain": [k.name for k in cfg.kernels],
+                        "config": cfg.path,
+                        "config_hash": run_info.config_hash,
+                    },
+                    max_hz=cfg.view.max_hz,
+                    history=cfg.view.history,
+                )
+            except (MemoryError, ValueError) as exc:
+                ring.close()
+                raise StartupError(f"preview tap: {exc}") from None
         return Plumbing(
             config=cfg,
             ring=ring,
@@ -327,6 +348,7 @@ class Pipeline:
             source=source,
             cache_dir=cache_dir,
             run_info=run_info,
+            tap=tap,
         )
 
     # -- processes -------------------------------------------------------------------------
@@ -531,6 +553,8 @@ class Pipeline:
                 for pipe in [*self.p.seats, self.p.done, self.p.dispatcher_inbox]:
                     pipe.close()
                 self.p.ring.close()
+                if self.p.tap is not None:
+                    self.p.tap.close()
             record.release()
 
     def _describe(self) -> dict:
@@ -540,6 +564,7 @@ class Pipeline:
             "pid": os.getpid(),
             "started": time.time(),
             "tables_fd": ring.tables.fd,
+            "preview_fd": self.p.tap.fd if self.p.tap is not None else None,
             "slots": ring.geometry.slots,
             "processes": ring.geometry.processes,
             "workers": self.config.run.workers,

@@ -35,6 +35,7 @@ class Plumbing:
     source: Source
     cache_dir: Path
     run_info: RunInfo
+    tap: Any = None  # shmpipe.shm.preview.PreviewTap when the run has a view
 
     @property
     def workers(self) -> int:
