@@ -396,6 +396,10 @@ class PreviewTap:
         """Changes whenever a new latest frame is written (even: complete)."""
         return int(self.words[W_LATEST_GEN])
 
+    def raw_generation(self) -> int:
+        """Changes whenever a new raw frame is written (even: complete)."""
+        return int(self.words[W_RAW_GEN])
+
     def commits(self) -> int:
         """Sink commits seen by the tap so far."""
         return int(self.words[W_COMMITS])
