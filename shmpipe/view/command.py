@@ -29,6 +29,10 @@ def add_parser(sub) -> None:
     a.add_argument("--beamtime", help="beamtime id")
     a.add_argument("--data-source", action="append", help="results data source (repeatable)")
     a.add_argument("--raw-data-source", help="the detector's data source (read with get_last)")
+    a.add_argument(
+        "--raw-part-shape", default="516,1556", help="rows,columns of one raw module (516,1556)"
+    )
+    a.add_argument("--raw-dtype", default="uint16", help="dtype of the raw modules (uint16)")
     a.add_argument("--token", default="", help="ASAPO token")
     a.add_argument("--group", default="", help="consumer group (default: a new one)")
     view.set_defaults(func=cmd_view)
@@ -49,14 +53,28 @@ def cmd_view(args: argparse.Namespace) -> int:
             return 2
         from shmpipe.view.asapo_feed import AsapoFeed
 
-        feed = AsapoFeed(
-            args.asapo,
-            args.beamtime,
-            args.data_source,
-            raw_source=args.raw_data_source or "",
-            token=args.token,
-            group=args.group,
-        )
+        try:
+            shape = tuple(int(n) for n in args.raw_part_shape.split(","))
+            if len(shape) != 2:
+                raise ValueError
+        except ValueError:
+            print("shmpipe view: --raw-part-shape takes ROWS,COLUMNS", file=sys.stderr)
+            return 2
+        try:
+            feed = AsapoFeed(
+                args.asapo,
+                args.beamtime,
+                args.data_source,
+                raw_source=args.raw_data_source or "",
+                token=args.token,
+                group=args.group,
+                raw_part_shape=shape,
+                raw_dtype=args.raw_dtype,
+                max_hz=args.max_fps,
+            )
+        except Exception as exc:  # noqa: BLE001 - wrong endpoint, beamtime or token
+            print(f"shmpipe view: cannot read ASAPO: {exc}", file=sys.stderr)
+            return 1
     else:
         from shmpipe.view.feed import TapFeed
 

@@ -263,7 +263,7 @@ function axes(g, w, h, xr, yr, xlab, ylab, logy) {
   return { X, Y, m };
 }
 
-function range(vals, logy) {
+function range(vals, logy, pad = 0.05) {
   let lo = Infinity, hi = -Infinity;
   for (const v of vals) {
     if (v === null || !Number.isFinite(v) || (logy && v <= 0)) continue;
@@ -272,8 +272,7 @@ function range(vals, logy) {
   }
   if (lo === Infinity) return [0, 1];
   if (lo === hi) return [lo - 1, hi + 1];
-  const pad = (hi - lo) * 0.05;
-  return [lo - pad, hi + pad];
+  return [lo - (hi - lo) * pad, hi + (hi - lo) * pad];
 }
 
 function onProfiles(header) {
@@ -294,7 +293,7 @@ function drawProfile() {
   const all = [...p.y];
   if (p.sigma) p.y.forEach((v, i) => { if (v !== null && p.sigma[i] !== null) all.push(v + p.sigma[i], v - p.sigma[i]); });
   if (state.reference) all.push(...state.reference.y);
-  const xr = range(p.x, false), yr = range(all, logy);
+  const xr = range(p.x, false, 0), yr = range(all, logy);
   const xlab = p.x_unit ? `${p.x_name} [${p.x_unit}]` : p.x_name;
   const { X, Y } = axes(g, w, h, xr, yr, xlab, label(p.name), logy);
   const line = (xs, ys, color, dash) => {
