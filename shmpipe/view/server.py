@@ -84,7 +84,11 @@ class ViewState:
         self.last_new = time.monotonic()
         self.started = time.time()
         self.lavue = None
-        images = [n for n, k in self.kinds.items() if k == "image"]
+        # A stitched 2-D image before a 3-D stack of modules.
+        images = sorted(
+            (n for n, k in self.kinds.items() if k == "image"),
+            key=lambda n: len(self.specs[n].shape),
+        )
         self.default_image = options.image or (images[0] if images else RAW)
 
     # -- data ---------------------------------------------------------------------------
