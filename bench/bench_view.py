@@ -58,7 +58,7 @@ def test_view_on_vs_off(benchmark, sizes, tmp_path, chain, table_cache):
     """Frames/s of the LAMBDA chain with the view off, the tap only, the view on: off, tap,
     view, off, tap, view ... so that drift of the machine's speed hits all alike."""
     sim_parts_lz4(sizes.shape, 12)
-    frames = sizes.chain_frames
+    frames = sizes.chain_frames if sizes.smoke else 240
     src = sim_source(frames, sizes.shape, compression="bitshuffle-lz4")
     rounds = 1 if sizes.smoke else 3
     fps: dict[str, list[float]] = {"off": [], "tap": [], "view": []}

@@ -195,7 +195,7 @@ class AsapoFeed:
         with self._lock:
             return 0 if self._snap is None else self._snap.generation
 
-    def latest(self) -> Snapshot | None:
+    def latest(self, names: list[str] | None = None) -> Snapshot | None:
         with self._lock:
             return self._snap
 

@@ -57,7 +57,7 @@ class Feed(Protocol):
 
     def outputs(self) -> dict[str, ArraySpec]: ...
     def generation(self) -> int: ...
-    def latest(self) -> Snapshot | None: ...
+    def latest(self, names: list[str] | None = None) -> Snapshot | None: ...
     def raw(self) -> RawFrame | None: ...
     def history(self, name: str, last: int | None) -> History: ...
     def history_names(self) -> list[str]: ...
@@ -104,24 +104,49 @@ class TapFeed:
     def generation(self) -> int:
         return self.tap.generation()
 
-    def latest(self) -> Snapshot | None:
+    def latest(self, names: list[str] | None = None) -> Snapshot | None:
+        """The latest frame with (at least) the outputs ``names`` (default all), copied once
+        per frame and output: a status request copies no array, an image request only its
+        image."""
+        want = list(self.tap.outputs()) if names is None else list(names)
         with self._lock:
-            g = self.tap.generation()
-            if self._snap is not None and self._snap.generation == g:
-                return self._snap
-            try:
-                got = self.tap.latest()
-            except TapBusy:
-                return self._snap  # the writer is faster than our copy: keep the last one
-            if got is None:
-                return None
-            stream, mid, t, arrays = got
-            self._snap = Snapshot(stream, mid, t, arrays, g)
-            return self._snap
+            for _ in range(3):
+                snap, g = self._snap, self.tap.generation()
+                fresh = snap is None or snap.generation != g
+                missing = want if fresh else [n for n in want if n not in snap.arrays]
+                if not missing and snap is not None:
+                    return snap
+                try:
+                    got = self.tap.latest(missing)
+                except TapBusy:
+                    return snap  # the writer is faster than our copy: keep the last frame
+                if got is None:
+                    return None
+                stream, mid, t, arrays = got
+                g = self.tap.last_read_generation
+                if snap is not None and snap.generation == g:
+                    snap.arrays.update(arrays)
+                else:
+                    snap = self._snap = Snapshot(stream, mid, t, arrays, g)
+                if all(n in snap.arrays for n in want):
+                    return snap
+                # A large output nobody wanted until now: the writer copies it from the
+                # next frame on (at most 1 / view.max_hz from now).
+                deadline = time.monotonic() + 2.0 / max(self.tap.max_hz, 1.0) + 0.1
+                while self.tap.generation() == g and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            return snap
 
     def raw(self) -> RawFrame | None:
         with self._lock:
+            self.tap.want(raw=True)
             g = self.tap.raw_generation()
+            if g == 0 and self.tap.generation() > 0:
+                # Nobody wanted raw frames until now: the next frame brings one.
+                deadline = time.monotonic() + 2.0 / max(self.tap.max_hz, 1.0) + 0.1
+                while self.tap.raw_generation() == 0 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                g = self.tap.raw_generation()
             if self._raw[0] == g:
                 return self._raw[1]
             try:

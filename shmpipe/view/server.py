@@ -42,6 +42,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from shmpipe.kernel import ArraySpec
 from shmpipe.view.catalog import RAW, describe, image_of, kinds, profile
 from shmpipe.view.colormaps import COLORMAPS
 from shmpipe.view.feed import Feed, RateMeter, Snapshot
@@ -90,10 +91,17 @@ class ViewState:
             key=lambda n: len(self.specs[n].shape),
         )
         self.default_image = options.image or (images[0] if images else RAW)
+        stacks = [n for n in images if len(self.specs[n].shape) == 3]
+        self.raw_stack = stacks[0] if stacks and not getattr(feed, "part_specs", None) else None
+        # What each pushed frame carries besides its image: profiles (with their axes and
+        # errors) and scalars.
+        shown = [n for n, k in self.kinds.items() if k in ("profile", "trace")]
+        extra = [x for n in shown for x in (self.specs[n].axis, self.specs[n].errors)]
+        self.frame_names = list(dict.fromkeys(n for n in shown + extra if n in self.specs))
 
     # -- data ---------------------------------------------------------------------------
-    def snapshot(self) -> Snapshot:
-        snap = self.feed.latest()
+    def snapshot(self, names: list[str]) -> Snapshot:
+        snap = self.feed.latest(names)
         if snap is None:
             raise ApiError(503, "no frame published yet")
         return snap
@@ -101,21 +109,37 @@ class ViewState:
     def image(self, name: str, module: int | None = None):
         """(stream, message_id, 2-D array) of an image output or of the raw frame."""
         if name == RAW:
-            raw = self.feed.raw()
-            if raw is None:
-                raise ApiError(503, "no raw frame kept yet (or the source declares no layout)")
+            stream, mid, parts = self.raw_parts()
             if module is not None:
-                if not 0 <= module < len(raw.parts):
-                    raise ApiError(400, f"module must be 0..{len(raw.parts) - 1}, got {module}")
-                return raw.stream, raw.message_id, np.atleast_2d(raw.parts[module])
+                if not 0 <= module < len(parts):
+                    raise ApiError(400, f"module must be 0..{len(parts) - 1}, got {module}")
+                return stream, mid, np.atleast_2d(parts[module])
             from shmpipe.view.assemble import assemble
 
-            return raw.stream, raw.message_id, assemble(raw.parts)
+            return stream, mid, assemble(parts)
         self._known(name, ("image",))
         if module is not None:
             raise ApiError(400, "module applies to the raw image only")
-        snap = self.snapshot()
+        snap = self.snapshot([name])
         return snap.stream, snap.message_id, image_of(name, snap.arrays[name])
+
+    def raw_specs(self) -> list[ArraySpec] | None:
+        parts = getattr(self.feed, "part_specs", None)
+        if parts or self.raw_stack is None:
+            return parts
+        s = self.specs[self.raw_stack]
+        return [ArraySpec(f"module_{i:02d}", s.shape[1:], s.dtype) for i in range(s.shape[0])]
+
+    def raw_parts(self) -> tuple[str, int, list[np.ndarray]]:
+        """The raw frame's modules; for a compressed source (whose parts are bytes) the
+        first 3-D output, the decompressed modules."""
+        raw = self.feed.raw()
+        if raw is not None:
+            return raw.stream, raw.message_id, raw.parts
+        if self.raw_stack is None:
+            raise ApiError(503, "no raw frame kept yet (or the source declares no layout)")
+        snap = self.snapshot([self.raw_stack])
+        return snap.stream, snap.message_id, list(snap.arrays[self.raw_stack])
 
     def _known(self, name: str, allowed: tuple[str, ...]) -> None:
         kind = self.kinds.get(name)
@@ -127,7 +151,7 @@ class ViewState:
 
     def status(self) -> dict[str, Any]:
         c = self.feed.counters()
-        snap = self.feed.latest()
+        snap = self.feed.latest([])
         age = None if snap is None else max(0.0, time.time() - snap.t)
         return {
             "run": self.feed.run_name,
@@ -239,7 +263,7 @@ def create_app(feed: Feed, options: ViewOptions | None = None) -> Starlette:
     async def outputs(request: Request):
         return JSONResponse(
             {
-                "outputs": describe(state.specs, getattr(feed, "part_specs", None)),
+                "outputs": describe(state.specs, state.raw_specs()),
                 "default_image": state.default_image,
                 "history": feed.history_names(),
             }
@@ -271,7 +295,8 @@ def create_app(feed: Feed, options: ViewOptions | None = None) -> Starlette:
     async def profile_(request: Request):
         name = request.path_params["output"]
         state._known(name, ("profile", "axis", "errors"))
-        snap = state.snapshot()
+        s = state.specs[name]
+        snap = state.snapshot([n for n in (name, s.axis, s.errors) if n in state.specs])
         doc = profile(state.specs, snap.arrays, name)
         return JSONResponse({**doc, "stream": snap.stream, "message_id": snap.message_id})
 
@@ -346,7 +371,7 @@ def create_app(feed: Feed, options: ViewOptions | None = None) -> Starlette:
                 png = b""
                 if g != sent_gen or settings_changed:
                     settings_changed = False
-                    snap = feed.latest()
+                    snap = feed.latest(state.frame_names)
                     if snap is not None:
                         header.update(state.frame_header(snap))
                         want = dict(wanted.get("image") or {})
