@@ -9,6 +9,8 @@ import os
 import signal
 import struct
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -147,8 +149,6 @@ def test_view_api_against_a_running_pipeline(tmp_path):
         lavue_mid = int(meta["name"].rsplit("/", 1)[1])
 
         # Nothing can change the pipeline: the API answers reads only.
-        import urllib.request
-
         req = urllib.request.Request(rv.url + "/api/status", method="POST", data=b"{}")
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=10)
@@ -258,3 +258,63 @@ def test_view_config_is_checked_before_anything_starts():
             load_config(overrides=[f"{key}={value}"])
     with pytest.raises(ConfigError, match="view.tap"):
         load_config(overrides=["view.port=8080", "view.tap=false"])
+
+
+def test_shmpipe_view_attaches_to_a_running_pipeline(tmp_path):
+    """A run without view.port; ``shmpipe view NAME`` serves its page from its own process."""
+    import subprocess
+    import sys
+
+    from tests.view_helpers import free_port, small_lambda_config
+
+    cfg = small_lambda_config(tmp_path, "view-attach", port=0, rate=20.0)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "shmpipe", "run", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    port = free_port()
+    view = None
+    try:
+        from shmpipe.runs import live_runs
+
+        wait_for(lambda: any(r["name"] == "view-attach" for r in live_runs()), what="the run")
+        missing = run_view_cli("nobody-runs-this", free_port())
+        assert missing.returncode == 1 and "no running pipeline named" in missing.stderr
+        view = subprocess.Popen(
+            [sys.executable, "-m", "shmpipe", "view", "view-attach", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+
+        def status():
+            if view.poll() is not None:
+                raise AssertionError(view.communicate()[1])
+            try:
+                with urllib.request.urlopen(url + "/api/status", timeout=10) as r:
+                    return json.loads(r.read())
+            except OSError:
+                return None
+
+        first = wait_for(lambda: (s := status()) and s["message_id"] and s, what="the view")
+        assert first["run"] == "view-attach" and first["workers"] == 2
+        wait_for(lambda: status()["message_id"] > first["message_id"], what="a newer frame")
+        with urllib.request.urlopen(url + "/api/image/stitch.image.png?width=64", timeout=10) as r:
+            assert r.status == 200 and r.headers["X-Shape"] == "228,194"
+    finally:
+        if view is not None:
+            view.terminate()
+            view.communicate(timeout=30)
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=90)
+    assert view.returncode == 0
+    assert run.returncode == 0, err
+
+
+def run_view_cli(name: str, port: int):
+    from tests.conftest import run_cli
+
+    return run_cli("view", name, "--port", str(port), timeout=60)

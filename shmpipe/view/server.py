@@ -104,6 +104,10 @@ class ViewState:
         snap = self.feed.latest(names)
         if snap is None:
             raise ApiError(503, "no frame published yet")
+        missing = [n for n in names if n not in snap.arrays]
+        if missing:
+            # Frames came faster than the copies could be read: rare, and the next try works.
+            raise ApiError(503, f"{', '.join(missing)} not copied for the latest frame yet")
         return snap
 
     def image(self, name: str, module: int | None = None):
@@ -173,10 +177,13 @@ class ViewState:
         }
 
     def frame_header(self, snap: Snapshot) -> dict[str, Any]:
+        have = snap.arrays
         profiles = {
-            n: profile(self.specs, snap.arrays, n) for n, k in self.kinds.items() if k == "profile"
+            n: profile(self.specs, have, n)
+            for n, k in self.kinds.items()
+            if k == "profile" and n in have
         }
-        scalars = {n: _num(snap.arrays[n]) for n, k in self.kinds.items() if k == "trace"}
+        scalars = {n: _num(have[n]) for n, k in self.kinds.items() if k == "trace" and n in have}
         return {
             "stream": snap.stream,
             "message_id": snap.message_id,
