@@ -413,7 +413,7 @@ async function pollRaw() {
   c.getContext("2d").drawImage(bmp, 0, 0);
   $("raw-title").textContent = `module ${m} · stream ${r.headers.get("X-Stream")} · message ` +
     `${r.headers.get("X-Message-Id")} · ${r.headers.get("X-Shape").replace(",", " × ")} px ` +
-    `· ${fmt(Number(r.headers.get("X-Vmin")))} … ${fmt(Number(r.headers.get("X-Vmax")))}`;
+    `· colours span ${fmt(Number(r.headers.get("X-Vmin")))} … ${fmt(Number(r.headers.get("X-Vmax")))} counts`;
 }
 
 init();
