@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from shmpipe.kernel import ArraySpec
+from shmpipe.api.kernel import ArraySpec
 
 SMALL_ELEMENTS = 64  # outputs of at most this many elements go into the history ring
 MAGIC = 0x5348_5050_5245_5631  # "SHPPREV1"

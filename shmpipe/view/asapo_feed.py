@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from shmpipe.kernel import ArraySpec
+from shmpipe.api.kernel import ArraySpec
 from shmpipe.shm.preview import SMALL_ELEMENTS, History, RawFrame
 from shmpipe.view.feed import Counters, Snapshot
 
