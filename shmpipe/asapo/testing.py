@@ -67,9 +67,13 @@ class AsapoEndpoint:
 
     @property
     def data_dir(self) -> Path:
-        """The data folder: ``source_path`` for ``has_filesystem=True`` consumers."""
+        """The data folder; each beamtime's files are in a folder of it (:meth:`beamtime_dir`)."""
         assert self.service.data_dir is not None
         return self.service.data_dir
+
+    def beamtime_dir(self, beamtime: str | None = None) -> Path:
+        """The beamtime's folder: ``source_path`` for ``has_filesystem=True`` consumers."""
+        return self.data_dir / (beamtime or self.beamtime)
 
     @property
     def receiver_address(self) -> str:
@@ -138,12 +142,12 @@ class AsapoEndpoint:
     ) -> Any:
         """A real ``asapo_consumer`` consumer of this service.
 
-        With ``has_filesystem=True`` the source path defaults to :attr:`data_dir`.
+        With ``has_filesystem=True`` the source path defaults to the beamtime's folder.
         """
         import asapo_consumer
 
         if source_path is None:
-            source_path = self.data_dir if has_filesystem else ""
+            source_path = self.beamtime_dir(beamtime) if has_filesystem else ""
         return asapo_consumer.create_consumer(
             self.server_name,
             str(source_path),
