@@ -77,7 +77,12 @@ class BoundedServerMixIn:
         import sys
 
         exc = sys.exc_info()[1]
-        log.warning("%s: connection ended by %s: %s", type(self).__name__, type(exc).__name__, exc)
+        level = (
+            logging.DEBUG if isinstance(exc, ConnectionError | TimeoutError) else logging.WARNING
+        )
+        log.log(
+            level, "%s: connection ended by %s: %s", type(self).__name__, type(exc).__name__, exc
+        )
 
     def process_request(self, request: socket.socket, client_address: Any) -> None:
         try:

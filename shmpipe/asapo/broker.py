@@ -107,6 +107,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _redact(self, text: str) -> str:
         return redact(text, self.server.broker.tokens.secrets)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        if code == 501:  # the stdlib's answer to an unknown method: a client error, not ours
+            code, message = 405, "method not allowed"
+        super().send_error(code, message, explain)
+
     def do_GET(self) -> None:
         self._dispatch("GET")
 
@@ -390,7 +395,8 @@ class Broker:
         if op == "ackmessage":
             self.store.ack(key, stream, group, id_)
         elif op == "negackmessage":
-            params = request.get("Params") or {}
+            params = request.get("Params")
+            params = {} if params is None else params
             if not isinstance(params, dict):
                 raise WrongInputError("Params must be a JSON object")
             delay = check_int("DelayMs", params.get("DelayMs", 0), 0, MAX_DELAY_MS)

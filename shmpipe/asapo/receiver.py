@@ -228,8 +228,8 @@ class Receiver:
         return Session(beamtime, data_source, ptype), NetworkError.NO_ERROR, ""
 
     def check_sizes(self, req: RequestHeader) -> None:
-        """Refuse (and end the connection on) a request whose announced sizes or id are out
-        of bounds, before any of it is read."""
+        """Refuse (and end the connection on) a request whose announced sizes are out of
+        bounds, before any of it is read."""
         limit = self.limits.max_payload_bytes
         problem = ""
         if req.op == Opcode.TRANSFER_METADATA:
@@ -237,8 +237,6 @@ class Receiver:
                 problem = f"metadata size {req.data_size} > {self.limits.max_meta_bytes} bytes"
         elif req.custom[0] & IngestMode.TRANSFER_DATA and req.data_size > limit:
             problem = f"payload size {req.data_size} > {limit} bytes"
-        if req.data_id > MAX_ID:
-            problem = problem or f"id {req.data_id} > {MAX_ID}"
         if problem:
             raise EndConnection(pack_response(req.op, NetworkError.WRONG_REQUEST, problem))
 
@@ -336,7 +334,7 @@ class Receiver:
             if req.op == Opcode.TRANSFER_DATASET_DATA:
                 check_int("dataset size", dataset_size, 1, MAX_ID)
                 check_int("dataset substream", substream, 1, dataset_size)
-            elif req.data_id:
+            if req.data_id or req.op == Opcode.TRANSFER_DATASET_DATA:  # 0: the service picks
                 check_int("message id", req.data_id, 1, MAX_ID)
         except BrokerError:
             if carries_data:  # keep the connection in step before answering the error
