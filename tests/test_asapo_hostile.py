@@ -224,6 +224,8 @@ def test_no_cross_beamtime_write_or_read(tmp_path):
         assert (data_dir / "bt2" / "bt1" / "raw" / "file1.bin").read_bytes() == b"bt2 data"
         # a folder token is issued only for the token's beamtime, and reads only there
         assert _folder_token(server, "bt1", "tok2")[0] == 401
+        assert _folder_token(server, "bt2", "tok2", folder=str(data_dir / "bt1"))[0] == 401
+        assert _folder_token(server, "bt2", "tok2", folder=str(data_dir / "bt2"))[0] == 200
         status, token2 = _folder_token(server, "bt2", "tok2")
         assert status == 200
         for name in ("../bt1/raw/file1.bin", "link/raw/file1.bin"):
@@ -239,17 +241,27 @@ def test_no_cross_beamtime_write_or_read(tmp_path):
 
 def test_real_consumers_fetch_files_by_folder_token_and_file_system(tmp_path):
     with running_asapo(
-        tmp_path / "d", tokens=GRANTS, beamtime="bt1", token="tok1", cache_bytes=0
+        tmp_path / "d",
+        tokens=GRANTS,
+        beamtime="bt1",
+        token="tok1",
+        cache_bytes=0,
+        limits=Limits(folder_token_s=0.5),
     ) as asapo:
         producer = asapo.producer("src")
-        producer.send(1, "raw/1.bin", b"frame-1", stream="s")
+        for id_ in (1, 2):
+            producer.send(id_, f"raw/{id_}.bin", b"frame-%d" % id_, stream="s")
         producer.wait_requests_finished(5000)
         assert (asapo.beamtime_dir() / "raw" / "1.bin").read_bytes() == b"frame-1"
         remote = asapo.consumer("src")  # cache miss -> folder token -> file transfer
         assert remote.get_by_id(1, meta_only=False, stream="s")[0].tobytes() == b"frame-1"
+        folder_tokens = asapo.service._broker.folder_tokens
+        wait_for(lambda: folder_tokens.live() == 0, 10, "the folder token to expire")
+        # the client asks for a new folder token on the 401 and goes on
+        assert remote.get_by_id(2, meta_only=False, stream="s")[0].tobytes() == b"frame-2"
         local = asapo.consumer("src", has_filesystem=True)  # source_path: the beamtime folder
         assert local.get_by_id(1, meta_only=False, stream="s")[0].tobytes() == b"frame-1"
-        assert asapo.service.stats["file_transfers"] == 1
+        assert asapo.service.stats["file_transfers"] == 2
 
 
 # ---------------------------------------------------------------- 5. one token syntax

@@ -147,6 +147,12 @@ class FolderTokens:
             self._grants[self._digest(token)] = FolderGrant(beamtime, folder, now + self.lifetime_s)
         return token
 
+    def live(self) -> int:
+        """How many issued tokens are still valid."""
+        now = time.monotonic()
+        with self._lock:
+            return sum(g.expires > now for g in self._grants.values())
+
     def grant(self, token: str) -> FolderGrant | None:
         """What ``token`` allows, or None when it is unknown or expired."""
         with self._lock:

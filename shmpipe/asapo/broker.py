@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 from collections import Counter
 from collections.abc import Callable
@@ -121,11 +122,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         broker = self.server.broker
         url = urlsplit(self.path)
+        # until the body is read, an answer must end the connection: the unread body
+        # would otherwise be taken for the next request
+        asked_to_close, self.close_connection = self.close_connection, True
         try:
             query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
             parts = [unquote(p) for p in url.path.split("/")[1:]]
             broker.authorize(parts, query, self.headers)  # before a byte of the body is read
             body = self._read_body(broker.limits.max_body_bytes)
+            self.close_connection = asked_to_close  # as parse_request() decided
             log.debug("%s %s body=%r", method, self._redact(self.path), body[:200])
             broker.route(self, method, parts, query, body)
             raise _Reply(404, f"no route for {method} {url.path}")
@@ -152,17 +157,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_body(self, limit: int) -> bytes:
         """The request body, after checking its announced length against ``limit``."""
         if "Transfer-Encoding" in self.headers:
-            self.close_connection = True  # the unread body would be taken for a request
             raise _Reply(411, "send the body with a Content-Length")
         raw = self.headers.get("Content-Length")
         if raw is None:
             return b""
         if not raw.strip().isdigit() or not raw.isascii():
-            self.close_connection = True
             raise _Reply(400, "Content-Length must be a non-negative integer")
         length = int(raw)
         if length > limit:
-            self.close_connection = True
             raise _Reply(413, f"request body over {limit} bytes")
         return self.rfile.read(length) if length else b""
 
@@ -292,6 +294,14 @@ class Broker:
             raise WrongInputError("BeamtimeId, Folder and Token must be strings")
         if not self.tokens.allows(token, beamtime):
             raise UnauthorizedError(f"token not valid for beamtime {beamtime}")
+        try:
+            own = self.data_dir / check_folder_name("beamtime", beamtime)
+        except PayloadError as exc:
+            raise WrongInputError(str(exc)) from exc
+        # as ASAPO's authorizer: the folder asked for must be the beamtime's own ("" and
+        # "auto" stand for it; the 25.3 consumer sends its source_path)
+        if folder not in ("", "auto") and os.path.normpath(folder) != str(own):
+            raise UnauthorizedError(f"folder {folder} is not the folder of beamtime {beamtime}")
         raise _Reply(200, self.folder_tokens.issue(beamtime, folder))
 
     def _transfer(self, handler: _Handler, query: dict[str, str], body: bytes) -> None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shmpipe.asapo.limits import Limits
 from shmpipe.asapo.process import AsapoProcess
 from shmpipe.asapo.service import AsapoService
 
@@ -168,6 +169,7 @@ def running_asapo(
     beamtime: str = DEFAULT_BEAMTIME,
     token: str = DEFAULT_TOKEN,
     in_process: bool = True,
+    limits: Limits | None = None,
 ) -> Iterator[AsapoEndpoint]:
     """Run the service on free loopback ports for the duration of a block.
 
@@ -187,6 +189,8 @@ def running_asapo(
         Serve from threads of this process (default; gives access to ``service.store`` and
         ``service.stats``), or from a child process (``python -m shmpipe.asapo``), which can
         also be killed (:meth:`AsapoEndpoint.kill`). ``cache_bytes`` applies in-process only.
+    limits
+        Sizes, connections, timeouts (:class:`~shmpipe.asapo.limits.Limits`); in-process only.
 
     Yields
     ------
@@ -195,7 +199,12 @@ def running_asapo(
     service: AsapoService | AsapoProcess
     if in_process:
         service = AsapoService(
-            "127.0.0.1", 0, data_dir=data_dir, tokens=tokens, cache_bytes=cache_bytes
+            "127.0.0.1",
+            0,
+            data_dir=data_dir,
+            tokens=tokens,
+            cache_bytes=cache_bytes,
+            limits=limits,
         )
     else:
         service = AsapoProcess(data_dir, tokens=tokens)
