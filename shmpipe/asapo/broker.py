@@ -131,7 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
             broker.authorize(parts, query, self.headers)  # before a byte of the body is read
             body = self._read_body(broker.limits.max_body_bytes)
             self.close_connection = asked_to_close  # as parse_request() decided
-            log.debug("%s %s body=%r", method, self._redact(self.path), body[:200])
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s", self._redact(f"{method} {self.path} body={body[:200]!r}"))
             broker.route(self, method, parts, query, body)
             raise _Reply(404, f"no route for {method} {url.path}")
         except _Done:
@@ -300,7 +301,7 @@ class Broker:
             raise WrongInputError(str(exc)) from exc
         # as ASAPO's authorizer: the folder asked for must be the beamtime's own ("" and
         # "auto" stand for it; the 25.3 consumer sends its source_path)
-        if folder not in ("", "auto") and os.path.normpath(folder) != str(own):
+        if folder not in ("", "auto") and os.path.realpath(folder) != os.path.realpath(own):
             raise UnauthorizedError(f"folder {folder} is not the folder of beamtime {beamtime}")
         raise _Reply(200, self.folder_tokens.issue(beamtime, folder))
 

@@ -8,6 +8,7 @@ Start it, give its :attr:`AsapoService.server_name` to the real ``asapo_consumer
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import tempfile
@@ -76,7 +77,8 @@ class AsapoService:
         self.port = port
         self.receiver_port = receiver_port
         self.persistent = data_dir is not None
-        self._given_data_dir = Path(data_dir) if data_dir is not None else None
+        # absolute: the folder-token check compares it with the folders clients name
+        self._given_data_dir = Path(os.path.abspath(data_dir)) if data_dir is not None else None
         self.tokens = TokenPolicy(tokens)
         self.cache_bytes = cache_bytes
         if advertise_host is None:
