@@ -140,7 +140,9 @@ bodies = st.one_of(
     st.none(),
     st.sampled_from([b"{}", b"[]", b"null", b'{"Op":"ackmessage"}', b'{"Op":"negackmessage"}',
                      b'{"Op":"negackmessage","Params":{"DelayMs":-5}}', b'{"FileName":"."}',
-                     b'{"Folder":"","BeamtimeId":"bt","Token":"tok"}', b"[" * 3000]),
+                     b'{"Folder":"","BeamtimeId":"bt","Token":"tok"}', b"[" * 3000,
+                     b'{"Op":"\\ud800"}',
+                     b'{"Folder":"\\udfff","BeamtimeId":"\\ud800","Token":"tok"}']),
     st.binary(max_size=200),
 )  # fmt: skip
 

@@ -369,6 +369,12 @@ MALFORMED = [
     ("POST", "/v0.7/beamtime/bt1/src/s/delete?token=tok1", b"7"),
     ("POST", "/asapo-authorizer/v0.2/folder", b'{"BeamtimeId": ["bt1"], "Token": "tok1"}'),
     ("POST", "/asapo-authorizer/v0.2/folder", b"\xff\xfe"),
+    ("POST", "/asapo-authorizer/v0.2/folder", b'{"BeamtimeId": "\\ud800", "Token": "\\ud800"}'),
+    (
+        "POST",
+        "/asapo-authorizer/v0.2/folder",
+        b'{"BeamtimeId": "bt1", "Token": "' + b"t" * 70000 + b'"}',
+    ),
 ]
 
 
@@ -389,6 +395,8 @@ def test_malformed_requests_get_4xx_and_memory_and_journal_agree(tmp_path):
             assert b"Traceback" not in answer and len(answer) < 2000
         bad_length = "POST /v0.7/creategroup HTTP/1.1\r\nContent-Length: abc\r\n\r\n"
         assert wire.status_of(wire.raw_http(asapo.server_name, bad_length.encode())) == 400
+        many_headers = b"GET / HTTP/1.1\r\n" + b"X-Pad: " + b"x" * 60000 + b"\r\n" + b"\r\n"
+        assert wire.status_of(wire.raw_http(asapo.server_name, many_headers)) == 431
         # the producer side: ids the journal cannot hold and a "." file name
         with wire.connect(asapo.receiver_address) as sock:
             assert wire.authorize(sock, "bt1", "src", "tok1").error == 0

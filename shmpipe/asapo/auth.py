@@ -97,7 +97,7 @@ class TokenPolicy:
         """Whether ``token`` may read or write ``beamtime``."""
         if self._grants is None:
             return True
-        given = token.encode("utf-8", "surrogateescape")
+        given = token.encode("utf-8", "surrogatepass")
         allowed = False
         for known, beamtimes in self._grants:  # every grant is compared: no early exit
             if hmac.compare_digest(given, known) and (
@@ -135,7 +135,7 @@ class FolderTokens:
 
     @staticmethod
     def _digest(token: str) -> bytes:
-        return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
     def issue(self, beamtime: str, folder: str) -> str:
         """A new token for ``folder`` of ``beamtime``."""

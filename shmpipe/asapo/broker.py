@@ -21,6 +21,7 @@ message and no traceback; URLs are logged with their tokens redacted.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -35,7 +36,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from shmpipe.asapo.auth import FolderTokens, TokenPolicy, bearer_token, redact
 from shmpipe.asapo.connections import TrackedConnections
 from shmpipe.asapo.errors import BrokerError, UnauthorizedError, WrongInputError
-from shmpipe.asapo.limits import MAX_DELAY_MS, Limits, check_int, json_object
+from shmpipe.asapo.limits import (
+    MAX_DELAY_MS,
+    MAX_HEADER_BYTES,
+    MAX_UNAUTHENTICATED_BODY_BYTES,
+    Limits,
+    check_int,
+    json_object,
+)
 from shmpipe.asapo.payloads import PayloadError, check_folder_name, resolve_name
 from shmpipe.asapo.store import MessageStore
 
@@ -52,7 +60,8 @@ class _Reply(Exception):
     def __init__(self, status: int, body: bytes | str = b"", content_type: str = "text/plain"):
         super().__init__(status)
         self.status = status
-        self.body = body.encode() if isinstance(body, str) else body
+        # backslashreplace: a message may quote a client's lone surrogate ("\\ud800" in JSON)
+        self.body = body.encode("utf-8", "backslashreplace") if isinstance(body, str) else body
         self.content_type = content_type
 
 
@@ -108,6 +117,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _redact(self, text: str) -> str:
         return redact(text, self.server.broker.tokens.secrets)
 
+    def parse_request(self) -> bool:
+        # the stdlib reads up to 100 header lines of 64 KiB each: bound them all together
+        rfile, self.rfile = self.rfile, _HeaderBudget(self.rfile, MAX_HEADER_BYTES)
+        try:
+            return super().parse_request()
+        finally:
+            self.rfile = rfile
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         if code == 501:  # the stdlib's answer to an unknown method: a client error, not ours
             code, message = 405, "method not allowed"
@@ -128,8 +145,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
             parts = [unquote(p) for p in url.path.split("/")[1:]]
-            broker.authorize(parts, query, self.headers)  # before a byte of the body is read
-            body = self._read_body(broker.limits.max_body_bytes)
+            # before a byte of the body is read; a body whose sender is not known yet (the
+            # folder-token request carries its token inside) gets a small limit
+            known = broker.authorize(parts, query, self.headers)
+            limit = broker.limits.max_body_bytes if known else MAX_UNAUTHENTICATED_BODY_BYTES
+            body = self._read_body(limit)
             self.close_connection = asked_to_close  # as parse_request() decided
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("%s", self._redact(f"{method} {self.path} body={body[:200]!r}"))
@@ -142,7 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
                 log.warning("unhandled request %s %s", method, self._redact(url.path))
             answer = (reply.status, reply.body, reply.content_type)
         except BrokerError as exc:
-            answer = (exc.status, exc.body.encode(), "application/json")
+            answer = (exc.status, exc.body.encode("utf-8", "backslashreplace"), "application/json")
         except Exception as exc:  # a bug: logged here, and the client gets no traceback
             log.error(
                 "error serving %s %s: %s: %s",
@@ -167,7 +187,10 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(raw)
         if length > limit:
             raise _Reply(413, f"request body over {limit} bytes")
-        return self.rfile.read(length) if length else b""
+        body = self.rfile.read(length) if length else b""
+        if body is None or len(body) < length:  # the sender stalled past the idle timeout
+            raise _Reply(408, "request body incomplete")
+        return body
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -185,7 +208,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(size))
             self.end_headers()
-            self.connection.sendfile(f, 0, size)
+            sent, fd = 0, f.fileno()
+            while sent < size:  # a blocking socket: os.sendfile needs no selector
+                n = os.sendfile(self.connection.fileno(), fd, sent, size - sent)
+                if n == 0:
+                    break  # the file shrank: the client sees a short answer
+                sent += n
+
+
+class _HeaderBudget:
+    """A read-line view of a request's stream that fails once ``budget`` bytes are read."""
+
+    def __init__(self, rfile: Any, budget: int) -> None:
+        self._rfile, self._left = rfile, budget
+
+    def readline(self, limit: int = -1) -> bytes:
+        cap = self._left + 1 if limit < 0 else min(limit, self._left + 1)
+        line = self._rfile.readline(cap)
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.LineTooLong("request headers")
+        return line
 
 
 class Broker:
@@ -230,8 +273,11 @@ class Broker:
         self.folder_tokens = FolderTokens(self.limits.folder_token_s)
         self.stats: Counter[str] = Counter()  # file_transfers (diagnostic)
 
-    def authorize(self, parts: list[str], query: dict[str, str], headers: Any) -> None:
+    def authorize(self, parts: list[str], query: dict[str, str], headers: Any) -> bool:
         """Refuse a request whose credentials are wrong, before its body is read.
+
+        Returns whether the request was authorized by a token (False: a route that needs
+        none, or whose token is in the body).
 
         Raises
         ------
@@ -242,10 +288,13 @@ class Broker:
         if len(parts) >= 6 and parts[0] == API_VERSION and parts[1] == "beamtime":
             if not self.tokens.allows(query.get("token", ""), parts[2]):
                 raise UnauthorizedError(f"token not valid for beamtime {parts[2]}")
-        elif parts[-2:] == ["v0.2", "transfer"]:
+            return True
+        if parts[-2:] == ["v0.2", "transfer"]:
             token = bearer_token(headers.get("Cookie", ""), headers.get("Authorization", ""))
             if not token or self.folder_tokens.grant(token) is None:
                 raise UnauthorizedError("missing, unknown or expired folder token")
+            return True
+        return False
 
     def route(
         self, handler: _Handler, method: str, parts: list[str], query: dict[str, str], body: bytes

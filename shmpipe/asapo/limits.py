@@ -20,6 +20,10 @@ MAX_ID = (1 << 62) - 2
 MAX_DELAY_MS = 1_000_000_000
 #: op 7 credentials (``type%instance%step%beamtime%beamline%data_source%token``) are short.
 MAX_CREDENTIALS_BYTES = 4096
+#: An HTTP body read before its sender is known (a folder-token request is ~100 bytes).
+MAX_UNAUTHENTICATED_BODY_BYTES = 65536
+#: All header lines of one HTTP request together (the stdlib alone allows 100 x 64 KiB).
+MAX_HEADER_BYTES = 32768
 
 
 @dataclass(frozen=True)

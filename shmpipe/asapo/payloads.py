@@ -70,7 +70,7 @@ def check_folder_name(kind: str, name: str) -> str:
         not name
         or name.startswith(".")
         or any(c in name for c in "/\\\0")
-        or len(name.encode("utf-8", "surrogateescape")) > 255
+        or len(name.encode("utf-8", "surrogatepass")) > 255
     ):
         raise PayloadError(f"{kind} {name!r} cannot name a folder")
     return name

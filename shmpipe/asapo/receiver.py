@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import socketserver
 import time
@@ -50,6 +51,9 @@ from shmpipe.asapo.protocol import (
 from shmpipe.asapo.store import DuplicateRecord, MessageStore
 
 log = logging.getLogger(__name__)
+
+#: payloads up to this size are answered with one send (no sendfile set-up)
+SMALL_PAYLOAD = 256 << 10
 
 
 class ConnectionClosed(Exception):
@@ -261,15 +265,27 @@ class Receiver:
             sock.sendall(pack_response(req.op, NetworkError.NO_DATA, "not in cache"))
             return
         try:
-            f = open(ref.path, "rb")  # noqa: SIM115 - closed below
+            fd = os.open(ref.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             sock.sendall(pack_response(req.op, NetworkError.NO_DATA, "payload file missing"))
             return
-        with f:
-            sock.sendall(pack_response(req.op, NetworkError.NO_ERROR))
-            # socket.sendfile copes with the connection's timeout (os.sendfile would not)
-            if sock.sendfile(f, 0, ref.size) != ref.size:
-                raise ConnectionClosed  # file shrank under us: end this connection
+        try:
+            answer = pack_response(req.op, NetworkError.NO_ERROR)
+            if ref.size <= SMALL_PAYLOAD:  # one send for answer and payload
+                data = os.pread(fd, ref.size, 0)
+                if len(data) != ref.size:
+                    raise ConnectionClosed  # file shrank under us: end this connection
+                sock.sendall(answer + data)
+                return
+            sock.sendall(answer)
+            sent = 0
+            while sent < ref.size:
+                n = os.sendfile(sock.fileno(), fd, sent, ref.size - sent)
+                if n == 0:
+                    raise ConnectionClosed
+                sent += n
+        finally:
+            os.close(fd)
 
     # ---------------------------------------------------------------- the rest
     def handle_request(
