@@ -476,3 +476,28 @@ def test_a_burst_of_connects_is_queued_not_dropped():
             sock.close()
         # a dropped SYN is retried after 1 s: no connect of the 200 may have needed that
         assert len(times) == 200 and max(times) < 0.9, f"slowest connect {max(times):.2f} s"
+
+
+def test_payloads_stored_before_owners_were_recorded_are_served_to_their_owner(tmp_path):
+    import sqlite3
+
+    import asapo_producer as ap
+
+    mode = ap.INGEST_MODE_TRANSFER_DATA | ap.INGEST_MODE_STORE_IN_DATABASE  # cache only
+    with running_asapo(tmp_path / "d", beamtime="bt1") as asapo:
+        producer = asapo.producer("src")
+        producer.send(1, "blob", b"cache-only", stream="s", ingest_mode=mode)
+        producer.wait_requests_finished(5000)
+        asapo.stop()
+        # the payloads table as an earlier version wrote it: no owner columns
+        with sqlite3.connect(asapo.data_dir / ".asapo" / "state.sqlite") as db:
+            db.executescript(
+                "CREATE TABLE old AS SELECT buf_id, path, size, in_fs FROM payloads;"
+                "DROP TABLE payloads; ALTER TABLE old RENAME TO payloads;"
+            )
+        asapo.start()
+        (record,) = asapo.service.store.records(("bt1", "src"), "s")
+        resp, _ = wire.cache_read(asapo.receiver_address, record["buf_id"], 10, "bt2", "src")
+        assert resp.error == NetworkError.NO_DATA
+        data, _ = asapo.consumer("src").get_by_id(1, meta_only=False, stream="s")
+        assert data.tobytes() == b"cache-only"

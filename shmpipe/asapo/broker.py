@@ -111,8 +111,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.track(self.connection, False)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        # the request line carries ?token=...: the stdlib logs it on every malformed request
-        log.debug("%s %s", self.address_string(), self._redact(format % args))
+        # called for every answer: format (and redact the ?token=... of the request line)
+        # only when the line is wanted
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", self.address_string(), self._redact(format % args))
 
     def _redact(self, text: str) -> str:
         return redact(text, self.server.broker.tokens.secrets)
@@ -198,8 +200,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
+        # headers and body in one send: one syscall and one segment per answer
+        self._headers_buffer.append(b"\r\n" + body)
+        self.flush_headers()
 
     def send_file(self, path: Path, size: int) -> None:
         """Answer 200 with the file's bytes, sent with ``sendfile``."""

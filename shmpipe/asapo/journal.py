@@ -155,10 +155,15 @@ class SqliteJournal:
             db = self._db
             for bt, src, stream, created in db.execute("SELECT * FROM streams ORDER BY created_ns"):
                 store.restore_stream((bt, src), stream, created)
+            owners: dict[int, tuple[str, str]] = {}  # for payload rows older than their owner
             for bt, src, stream, doc in db.execute(
                 "SELECT bt, src, stream, doc FROM records ORDER BY bt, src, stream, time_id"
             ):
-                store.restore_record((bt, src), stream, json.loads(doc))
+                record = json.loads(doc)
+                store.restore_record((bt, src), stream, record)
+                for message in record.get("messages", [record]):
+                    if message.get("buf_id"):
+                        owners[message["buf_id"]] = (bt, src)
             for bt, src, stream, doc in db.execute("SELECT * FROM meta"):
                 store.restore_meta((bt, src), stream, json.loads(doc))
             for bt, src, stream, grp, id_key, value in db.execute("SELECT * FROM pointers"):
@@ -174,4 +179,5 @@ class SqliteJournal:
             for buf_id, path, size, in_fs, bt, src in db.execute(
                 "SELECT buf_id, path, size, in_fs, bt, src FROM payloads"
             ):
-                payloads.restore(buf_id, PayloadRef(path, size, bool(in_fs), (bt, src)))
+                owner = (bt, src) if bt else owners.get(buf_id, ("", ""))
+                payloads.restore(buf_id, PayloadRef(path, size, bool(in_fs), owner))
