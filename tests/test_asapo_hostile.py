@@ -501,3 +501,18 @@ def test_payloads_stored_before_owners_were_recorded_are_served_to_their_owner(t
         assert resp.error == NetworkError.NO_DATA
         data, _ = asapo.consumer("src").get_by_id(1, meta_only=False, stream="s")
         assert data.tobytes() == b"cache-only"
+
+
+def test_real_clients_carry_on_after_an_idle_close():
+    with running_asapo(limits=Limits(idle_timeout_s=0.5)) as asapo:
+        producer, consumer = asapo.producer("src"), asapo.consumer("src")
+        errors: list = []
+        producer.send(1, "raw/1.bin", b"one", stream="s", callback=lambda _p, e: errors.append(e))
+        producer.wait_requests_finished(5000)
+        assert consumer.get_by_id(1, meta_only=False, stream="s")[0].tobytes() == b"one"
+        servers = asapo.service._servers
+        wait_for(lambda: all(s.active_connections == 0 for s in servers), 10, "idle closes")
+        producer.send(2, "raw/2.bin", b"two", stream="s", callback=lambda _p, e: errors.append(e))
+        producer.wait_requests_finished(10000)
+        assert errors == [None, None]
+        assert consumer.get_by_id(2, meta_only=False, stream="s")[0].tobytes() == b"two"
