@@ -17,6 +17,13 @@ TOKEN_HELP = (
 )
 
 
+def _octal(text: str) -> int:
+    return int(text, 8)
+
+
+_octal.__name__ = "octal mode"  # argparse names the type in its error message
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the service's options to ``parser``."""
     parser.add_argument(
@@ -62,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--file-mode",
-        type=lambda text: int(text, 8),
+        type=_octal,
         default=defaults.file_mode,
         help="octal permission bits of the payload files written (default 640)",
     )
