@@ -1,6 +1,7 @@
 """Cost of one request to the standalone ASAPO service: N broker reads (``GET .../0/1``) on one
-keep-alive connection and N 1 KiB cache reads (op 6) on one receiver connection, against an
-in-process service. Prints wall and process CPU (client and service together) per request.
+keep-alive connection, N 1 KiB cache reads (op 6) on one receiver connection and N/20 1.6 MB
+messages from one producer connection, against an in-process service. Prints wall and process
+CPU (client and service together) per request.
 
 Usage: ``PYTHONPATH=. python scripts/asapo_request_cost.py [N]``; give another tree's path
 to compare two versions.
@@ -45,9 +46,25 @@ with AsapoService(data_dir=tempfile.mkdtemp()) as svc:
             c.sendall(req)
             c.recv(1028 + 1024, socket.MSG_WAITALL)
 
-    for name, fn in (("broker read", http_reads), ("cache read (1 KiB)", cache_reads)):
+    big = bytes(range(256)) * 6250  # 1.6 MB, a LAMBDA module's worth
+    next_id = [2]
+
+    def big_messages():
+        for _ in range(N // 20):
+            i = next_id[0]
+            next_id[0] += 1
+            name = f"f/{i}.bin".encode()
+            s.sendall(HEADER.pack(2, i, len(big), 2, 13, 0, 0, name, b"s", b"v0.7") + b"{}")
+            s.sendall(big)
+            s.recv(1028, socket.MSG_WAITALL)
+
+    for name, fn, n in (
+        ("broker read", http_reads, N),
+        ("cache read (1 KiB)", cache_reads, N),
+        ("produce 1.6 MB", big_messages, N // 20),
+    ):
         fn()  # warm
         t0, c0 = time.perf_counter(), time.process_time()
         fn()
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
-        print(f"{name:20s} {dt / N * 1e6:7.1f} us wall  {dc / N * 1e6:7.1f} us cpu per request")
+        print(f"{name:20s} {dt / n * 1e6:7.1f} us wall  {dc / n * 1e6:7.1f} us cpu per request")
