@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
-from shmpipe.metrics_http import MetricsHTTPServer
+from shmpipe.observe.metrics_http import MetricsHTTPServer
 from tests import asapo_wire as wire
 
 
