@@ -130,8 +130,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-class _Terminated(Exception):
-    pass
+class _Terminated(BaseException):
+    """SIGTERM before the supervisor handles signals; a BaseException, like KeyboardInterrupt,
+    so that no ``except Exception`` on the way (logging's, for one) swallows it."""
 
 
 def _terminated(signum, frame) -> None:  # noqa: ARG001

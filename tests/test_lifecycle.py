@@ -258,3 +258,23 @@ def test_not_enough_shared_memory_refuses_to_start(slots):
     assert r.returncode == 2
     assert "cannot start" in r.stderr and "MiB of shared memory but only" in r.stderr
     assert "lower ring.slots" in r.stderr
+
+
+def test_sigterm_during_start_up_exits_143_and_leaves_nothing():
+    proc = start(
+        "early",
+        "--frames",
+        "5",
+        "--set",
+        'kernels.k.kind="tests.plugins:HangingSetup"',
+        "--set",
+        "run.setup_timeout_s=60",
+    )
+    for line in proc.stderr:
+        if "setting up the kernels" in line:  # the preflight child is up and busy
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM during start-up" in err
+    # (the no_leaks fixture checks that the preflight child did not live on)
