@@ -96,6 +96,7 @@ from shmpipe.ring import (
 from shmpipe.ring import DONE as S_DONE
 from shmpipe.ring import ERROR as F_ERROR
 from shmpipe.runs import RunNameInUse, RunRecord, sweep_stale
+from shmpipe.shm.params import LiveParams
 from shmpipe.sink import RunInfo
 from shmpipe.source import SourceConfigError, SourceLayout
 from shmpipe.worker import worker_main
@@ -327,6 +328,7 @@ class Pipeline:
             source=source,
             cache_dir=cache_dir,
             run_info=run_info,
+            live=LiveParams(),
         )
 
     # -- processes -------------------------------------------------------------------------
@@ -531,6 +533,8 @@ class Pipeline:
                 for pipe in [*self.p.seats, self.p.done, self.p.dispatcher_inbox]:
                     pipe.close()
                 self.p.ring.close()
+                if self.p.live is not None:
+                    self.p.live.close()
             record.release()
 
     def _describe(self) -> dict:

@@ -16,6 +16,7 @@ from shmpipe.channel import RecordPipe
 from shmpipe.config import PipelineConfig
 from shmpipe.kernel import ArraySpec
 from shmpipe.ring import ERROR_BYTES, SlotRing
+from shmpipe.shm.params import LiveParams
 from shmpipe.sink import RunInfo
 from shmpipe.source import Source
 
@@ -35,6 +36,7 @@ class Plumbing:
     source: Source
     cache_dir: Path
     run_info: RunInfo
+    live: LiveParams | None = None  # kernel parameters changed during the run
 
     @property
     def workers(self) -> int:

@@ -46,6 +46,7 @@ from shmpipe.ring import (
     TICKET,
 )
 from shmpipe.ring import DONE as S_DONE
+from shmpipe.shm.params import ParamsFollower
 
 HOLD_DONE_NS = 500_000
 
@@ -81,6 +82,7 @@ def worker_main(p: Plumbing, seat: int) -> None:
     if not layout.same_as(p.layout):
         ring.set_note(me, f"worker {seat}: kernels declared different outputs than at warm-up")
         os._exit(EXIT_FATAL)
+    params = ParamsFollower(p.live, chain.kernels)
     procs[P_READY_NS] = now_ns()
     procs[P_STATE] = PS_IDLE
     views: dict[int, list] = {}
@@ -138,6 +140,7 @@ def worker_main(p: Plumbing, seat: int) -> None:
                 "parts": parts,
             }
             try:
+                params.poll()  # live parameters: one integer read unless they changed
                 chain.run(fields, views[slot], procs, P_KERNEL, ring.timings, me)
             except Exception as exc:  # noqa: BLE001 - becomes the frame's error record
                 kernel = chain.current or "?"

@@ -1,0 +1,1 @@
+"""Shared-memory structures beyond the slot ring: live parameters, the preview tap."""
