@@ -109,7 +109,38 @@ class MetricsSection:
     """Address the metrics endpoint listens on."""
 
 
-SECTIONS: dict[str, type] = {"run": RunSection, "ring": RingSection, "metrics": MetricsSection}
+@dataclass
+class TangoSection:
+    """The Tango device (needs ``pip install 'shmpipe[tango]'``)."""
+
+    device: str = ""
+    """Serve a Tango device of this name (``domain/family/member``); empty: none."""
+    nodb: bool = False
+    """Run without a Tango database (clients use ``tango://host:port/<device>#dbase=no``)."""
+    port: int = 0
+    """TCP port of the device server; needed with nodb, 0 otherwise: any free port."""
+    instance: str = "shmpipe"
+    """Server instance name (the Tango database knows the device as ShmpipeDS/<instance>)."""
+    event_hz: float = 10.0
+    """Most change events per second per attribute."""
+    roi_output: str = ""
+    """The output GetRoiForFrame and RoIs refer to; empty: the first ``*.roi_sums``."""
+    profile: str = ""
+    """The output shown as LatestProfile; empty: the first 1-D output with an axis."""
+    hit_output: str = ""
+    """The output HitRate counts a frame a hit by; empty: the first ``*.count_above``."""
+    hit_min: float = 1.0
+    """A frame is a hit when its hit_output is at least this."""
+    hit_window: int = 100
+    """HitRate is the fraction of hits among this many latest frames."""
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunSection,
+    "ring": RingSection,
+    "metrics": MetricsSection,
+    "tango": TangoSection,
+}
 PLUGIN_SECTIONS = ("source", "kernels", "sinks")
 DEFAULT_SOURCE = {"kind": "sim"}
 DEFAULT_KERNELS = {"checksum": {"kind": "checksum"}}
@@ -141,6 +172,7 @@ class PipelineConfig:
     kernels: list[PluginSpec]
     sinks: list[PluginSpec]
     extra: dict[str, Any] = field(default_factory=dict)
+    tango: TangoSection = field(default_factory=TangoSection)
 
     def effective(self) -> dict[str, Any]:
         """The configuration with every default filled in, as TOML-shaped dicts."""
@@ -148,6 +180,7 @@ class PipelineConfig:
             "run": dataclasses.asdict(self.run),
             "ring": dataclasses.asdict(self.ring),
             "metrics": dataclasses.asdict(self.metrics),
+            "tango": dataclasses.asdict(self.tango),
             "source": self.source.table(),
             "kernels": {k.name: k.table() for k in self.kernels},
             "sinks": [s.table() for s in self.sinks],
@@ -391,10 +424,31 @@ def load_config(
         run=run,
         ring=sections["ring"],
         metrics=sections["metrics"],
+        tango=_checked_tango(sections["tango"], file),
         source=source,
         kernels=kernels,
         sinks=sinks,
     )
+
+
+def _checked_tango(tango: TangoSection, file: str | None) -> TangoSection:
+    import re
+
+    if tango.device and not re.fullmatch(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+){2}", tango.device):
+        raise ConfigError(
+            f"must be a Tango device name domain/family/member, got {tango.device!r}",
+            "tango.device",
+            file,
+        )
+    if not 0 <= tango.port <= 65535:
+        raise ConfigError(f"must be a TCP port, got {tango.port}", "tango.port", file)
+    if tango.device and tango.nodb and not tango.port:
+        raise ConfigError("without a database (nodb) the device needs a port", "tango.port", file)
+    if not tango.event_hz > 0:
+        raise ConfigError(f"must be more than 0, got {tango.event_hz}", "tango.event_hz", file)
+    if tango.hit_window < 1:
+        raise ConfigError(f"must be at least 1, got {tango.hit_window}", "tango.hit_window", file)
+    return tango
 
 
 # -- TOML output for `shmpipe config show` --------------------------------------------------
@@ -421,7 +475,7 @@ def _toml_key(k: str) -> str:
 def to_toml(doc: dict[str, Any]) -> str:
     """Render the effective configuration as TOML (readable back by ``load_config``)."""
     out: list[str] = []
-    for section in ("run", "ring", "metrics", "source"):
+    for section in ("run", "ring", "metrics", "tango", "source"):
         out.append(f"[{section}]")
         out += [
             f"{_toml_key(k)} = {_toml_value(v)}" for k, v in doc[section].items() if v is not None
