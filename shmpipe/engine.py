@@ -97,6 +97,7 @@ from shmpipe.ring import DONE as S_DONE
 from shmpipe.ring import ERROR as F_ERROR
 from shmpipe.runs import RunNameInUse, RunRecord, sweep_stale
 from shmpipe.shm.params import LiveParams
+from shmpipe.shm.preview import PreviewTap
 from shmpipe.sink import RunInfo
 from shmpipe.source import SourceConfigError, SourceLayout
 from shmpipe.worker import worker_main
@@ -317,6 +318,26 @@ class Pipeline:
             chain=[k.name for k in cfg.kernels],
             outputs=layout.specs(),
         )
+        tap = None
+        if cfg.view.tap:
+            try:
+                tap = PreviewTap.create(
+                    layout.specs(),
+                    src_layout.parts,
+                    {
+                        "name": self.name,
+                        "pid": os.getpid(),
+                        "started": time.time(),
+                        "chain": [k.name for k in cfg.kernels],
+                        "config": cfg.path,
+                        "config_hash": run_info.config_hash,
+                    },
+                    max_hz=cfg.view.max_hz,
+                    history=cfg.view.history,
+                )
+            except (MemoryError, ValueError) as exc:
+                ring.close()
+                raise StartupError(f"preview tap: {exc}") from None
         return Plumbing(
             config=cfg,
             ring=ring,
@@ -329,6 +350,7 @@ class Pipeline:
             cache_dir=cache_dir,
             run_info=run_info,
             live=LiveParams(),
+            tap=tap,
         )
 
     # -- processes -------------------------------------------------------------------------
@@ -535,6 +557,8 @@ class Pipeline:
                 self.p.ring.close()
                 if self.p.live is not None:
                     self.p.live.close()
+                if self.p.tap is not None:
+                    self.p.tap.close()
             record.release()
 
     def _describe(self) -> dict:
@@ -544,6 +568,7 @@ class Pipeline:
             "pid": os.getpid(),
             "started": time.time(),
             "tables_fd": ring.tables.fd,
+            "preview_fd": self.p.tap.fd if self.p.tap is not None else None,
             "slots": ring.geometry.slots,
             "processes": ring.geometry.processes,
             "workers": self.config.run.workers,

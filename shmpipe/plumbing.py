@@ -37,6 +37,7 @@ class Plumbing:
     cache_dir: Path
     run_info: RunInfo
     live: LiveParams | None = None  # kernel parameters changed during the run
+    tap: Any = None  # shmpipe.shm.preview.PreviewTap when the run has a view
 
     @property
     def workers(self) -> int:

@@ -16,6 +16,8 @@ import os
 import time
 import traceback
 
+import numpy as np
+
 from shmpipe.channel import DONE, END, FREE
 from shmpipe.message import decode_header
 from shmpipe.plumbing import EXIT_FATAL, Plumbing, become_child, now_ns, read_error
@@ -33,6 +35,7 @@ from shmpipe.ring import (
     P_READY_NS,
     P_STARTED_NS,
     P_STATE,
+    PARAMS_VERSION,
     PROC_PUBLISHER,
     PS_BUSY,
     PS_IDLE,
@@ -78,6 +81,11 @@ class Publisher:
         self.frames = self.errors = self.last_id = 0
         self.latencies: list[int] = []
         self.stream_counts: dict[tuple[int, bool], int] = {}
+        self.tap = p.tap
+        if self.tap is not None:
+            self.tap.bind_results(
+                self._across_slots, {o.qualified: o.offset for o in self.out_specs}
+            )
 
     # -- intake ------------------------------------------------------------------------
     def take(self, records) -> None:
@@ -205,6 +213,8 @@ class Publisher:
             self.frames += 1
             self._count_stream(int(row[STREAM_ROW]), error=False)
             self.last_id = mid
+            if self.tap is not None:
+                self.tap.note(stream, mid, slot, header["parts"], int(row[PARAMS_VERSION]))
             self._queue(stream, mid, slot, ack=True)
         self._advance(seq)
 
@@ -235,6 +245,9 @@ class Publisher:
             return
         for s in self.sinks:
             s.commit()
+        if self.tap is not None:
+            # Before the slots are freed: the tap copies from them.
+            self.tap.commit(self._output_view, self.ring.part_view)
         table, freed = self.ring.table, []
         for stream, mid, slot, ack in self.uncommitted:
             if ack:
@@ -244,6 +257,21 @@ class Publisher:
         self.report()
         self.p.dispatcher_inbox.send_many(freed)
         self.uncommitted.clear()
+
+    def _output_view(self, slot: int, name: str):
+        return self._views[slot][name]
+
+    def _across_slots(self, offset: int, dtype: str, shape: tuple[int, ...]):
+        """One output of every result slot as an array indexed ``[slot, ...]``."""
+        stride = self.ring.geometry.result_stride
+        inner = np.empty(shape, dtype).strides
+        return np.ndarray(
+            (self.ring.geometry.slots, *shape),
+            dtype,
+            buffer=self.ring.results.map,
+            offset=offset,
+            strides=(stride, *inner),
+        )
 
     def due(self, idle: bool) -> bool:
         if not self.uncommitted:

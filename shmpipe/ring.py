@@ -32,6 +32,7 @@ STATE_NAMES = ("free", "filling", "filled", "assigned", "claimed", "done", "publ
 STATE, OWNER, TICKET, ATTEMPT, SEQ, MSG_ID, HEADER_LEN, PAYLOAD_LEN = range(8)
 FLAGS, T_FILL, T_CLAIM, T_DONE, ERROR_LEN, OWNER_PID = range(8, 14)
 STREAM_ROW = 14  # row of the message's stream in the stream table (written by the dispatcher)
+PARAMS_VERSION = 15  # live-parameter version the worker processed the frame with
 N_COLUMNS = 16
 
 # FLAGS bits.

@@ -35,6 +35,7 @@ from shmpipe.ring import (
     P_READY_NS,
     P_STARTED_NS,
     P_STATE,
+    PARAMS_VERSION,
     PAYLOAD_LEN,
     PROC_FIRST_WORKER,
     PS_BUSY,
@@ -141,6 +142,7 @@ def worker_main(p: Plumbing, seat: int) -> None:
             }
             try:
                 params.poll()  # live parameters: one integer read unless they changed
+                row[PARAMS_VERSION] = params.applied
                 chain.run(fields, views[slot], procs, P_KERNEL, ring.timings, me)
             except Exception as exc:  # noqa: BLE001 - becomes the frame's error record
                 kernel = chain.current or "?"
