@@ -442,6 +442,10 @@ def load_config(
     if not isinstance(stables, list):
         raise ConfigError("must be an array of tables [[sinks]]", "sinks", file)
     sinks = [_plugin("shmpipe.sinks", Sink, t, f"sinks.{i}", file) for i, t in enumerate(stables)]
+    if sections["tango"].device and not sections["view"].tap:
+        raise ConfigError(
+            "the Tango device reads the preview tap: set view.tap = true", "tango.device", file
+        )
     return PipelineConfig(
         path=file,
         run=run,
@@ -472,6 +476,12 @@ def _checked_tango(tango: TangoSection, file: str | None) -> TangoSection:
         raise ConfigError(f"must be more than 0, got {tango.event_hz}", "tango.event_hz", file)
     if tango.hit_window < 1:
         raise ConfigError(f"must be at least 1, got {tango.hit_window}", "tango.hit_window", file)
+    if tango.device:
+        from shmpipe.tango import tango_missing
+
+        why = tango_missing()
+        if why:
+            raise ConfigError(f"a Tango device needs pytango: {why}", "tango.device", file)
     return tango
 
 

@@ -98,6 +98,7 @@ from shmpipe.ring import ERROR as F_ERROR
 from shmpipe.runs import RunNameInUse, RunRecord, sweep_stale
 from shmpipe.shm.params import LiveParams
 from shmpipe.shm.preview import PreviewTap
+from shmpipe.sideproc import SideProcess
 from shmpipe.sink import RunInfo
 from shmpipe.source import SourceConfigError, SourceLayout
 from shmpipe.worker import worker_main
@@ -218,6 +219,7 @@ class Pipeline:
         self.name = config.run.name
         self.ctx = mp.get_context("fork")
         self._signals = 0
+        self._pids: dict[str, int] = {}  # side processes' pids, for the run registry
         self._draining_since = 0.0
         self.summary = RunSummary(self.name)
 
@@ -579,6 +581,7 @@ class Pipeline:
                 if self.config.metrics.port > 0
                 else ""
             ),
+            **self._pids,
         }
 
     def _supervise(self, t_start: float) -> RunSummary:
@@ -590,8 +593,10 @@ class Pipeline:
         progress = ProgressReporter(ring, cfg, self.name)
         exit_code, error = EXIT_OK, ""
         self.metrics: mp.Process | None = None
+        self.side: list[SideProcess] = []
         try:
             self._start_metrics()
+            self._start_side_processes()
             self.publisher = self._start(publisher_main, (p,), "shmpipe-publisher")
             for seat in range(cfg.run.workers):
                 self._start_worker(seat)
@@ -606,6 +611,9 @@ class Pipeline:
                     procs[w.sentinel] = (seat, w)
                 if self.metrics is not None:
                     procs[self.metrics.sentinel] = ("metrics", self.metrics)
+                for side in self.side:
+                    if side.proc is not None:
+                        procs[side.sentinel] = (side, side.proc)
                 ready = wait(list(procs), timeout=0.25)
                 if self._signals > handled_signals:
                     handled_signals = self._signals
@@ -629,7 +637,9 @@ class Pipeline:
                 for sentinel in ready:
                     role, proc = procs[sentinel]
                     proc.join()
-                    if role == "metrics":
+                    if isinstance(role, SideProcess):
+                        role.exited(_cause(proc.exitcode))  # the run goes on
+                    elif role == "metrics":
                         # Metrics are an aid, not part of the data path: the run goes on.
                         log.warning(
                             "the metrics process died (%s); no metrics for the rest of the run",
@@ -656,6 +666,8 @@ class Pipeline:
                         raise _Finished
                     else:
                         self._on_worker_exit(role, proc)
+                for side in self.side:
+                    side.tick()
                 self._watchdog()
                 self._report_ready_workers()
                 progress.tick()
@@ -716,6 +728,27 @@ class Pipeline:
         for seat in range(len(p.seats)):
             p.ring.procs[PROC_FIRST_WORKER + seat, P_STATE] = PS_EXITED
         self._stop_metrics()
+        for side in getattr(self, "side", []):
+            side.stop()
+
+    # -- side processes (restarted when they die; never stop the run) ----------------------
+    def _start_side_processes(self) -> None:
+        t = self.config.tango
+        if t.device:
+            from shmpipe.tango.server import device_url, tango_main
+
+            side = SideProcess(
+                "tango",
+                lambda: self._start(tango_main, (self.p, os.getpid()), "shmpipe-tango"),
+                lambda pid: self._note_pid("tango_pid", pid),
+            )
+            side.start()
+            self.side.append(side)
+            log.info("Tango device: %s (pid %d)", device_url(t), side.proc.pid)
+
+    def _note_pid(self, key: str, pid: int) -> None:
+        self._pids[key] = pid
+        self._record.describe(self._describe())
 
     # -- metrics ---------------------------------------------------------------------------
     def _start_metrics(self) -> None:
@@ -729,7 +762,8 @@ class Pipeline:
         self._metrics_sock = None
         m = self.config.metrics
         log.info("metrics: http://%s:%d/metrics (pid %d)", m.host, m.port, self.metrics.pid)
-        self._record.describe({**self._describe(), "metrics_pid": self.metrics.pid})
+        self._pids["metrics_pid"] = self.metrics.pid
+        self._record.describe(self._describe())
 
     def _stop_metrics(self) -> None:
         proc = getattr(self, "metrics", None)
