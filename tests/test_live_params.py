@@ -200,6 +200,12 @@ def test_rois_changed_mid_run_apply_from_a_later_frame(tmp_path):
         kernels = pipeline.config.kernel_instances()
         checked = check_live_params(kernels, p.layout.specs(), "stats", {"rois": new_rois})
         written["version"] = p.live.update("stats", checked)
+        # The preview tap's history rows carry the version each frame was processed with.
+        wait_for(
+            lambda: (p.tap.history("stats.roi_version").values == 1).any(), 60, "a new-ROI row"
+        )
+        h = p.tap.history("stats.roi_version")
+        written["tap"] = (h.version.tolist(), h.values.tolist())
 
     t = threading.Thread(target=steer, daemon=True)
     t.start()
@@ -208,6 +214,8 @@ def test_rois_changed_mid_run_apply_from_a_later_frame(tmp_path):
     assert summary.exit_code == 0 and summary.frames_out == 80, summary.error
     rows = read_stream(str(tmp_path / "out.h5"), "scan_0001")
     assert written["version"] == 1
+    tap_versions, tap_recorded = written["tap"]
+    assert tap_versions == tap_recorded and set(tap_versions) == {0, 1}
     ids, versions = rows["message_id"], rows["stats.roi_version"]
     assert set(versions) == {0, 1}
     # Frames published before the write used the configured ROI; the new ROIs reach only later

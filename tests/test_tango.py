@@ -176,11 +176,20 @@ def test_subscriber_receives_change_events(pipeline):
             with lock:
                 got.append(int(ev.attr_value.value))
 
+    archived: list[float] = []
+
+    def on_archive(ev):
+        if not ev.err and ev.attr_value is not None:
+            archived.append(float(ev.attr_value.value))
+
     eid = p.subscribe_event("LastAnalyzedFrame", tango.EventType.CHANGE_EVENT, on_event)
+    aid = p.subscribe_event("stats_sum", tango.EventType.ARCHIVE_EVENT, on_archive)
     try:
         wait_for(lambda: len(got) >= 6, 30, "six change events")
+        wait_for(lambda: len(archived) >= 3, 30, "archive events of a per-frame scalar")
     finally:
         p.unsubscribe_event(eid)
+        p.unsubscribe_event(aid)
     with lock:
         values = list(got)
     assert values[1:] == sorted(values[1:]) and values[-1] > values[1]
