@@ -182,4 +182,10 @@ class ParamsFollower:
             section = doc.get(k.name, {})
             if section != self._sections.get(k.name, {}):
                 self._sections[k.name] = section
-                k.on_params(section, version)
+                try:
+                    k.on_params(section, version)
+                except Exception as exc:
+                    raise LiveParamsError(
+                        f"kernel {k.name!r} refused live parameters version {version}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc

@@ -79,6 +79,8 @@ class DeviceFeed:
         The ``[tango]`` table.
     supervisor_pid : int
         Signalled by ``stop_analysis``.
+    workers : int
+        Worker seats (their rows of the process table tell a dead worker).
     """
 
     def __init__(

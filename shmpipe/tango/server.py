@@ -64,7 +64,7 @@ def tango_main(p: Plumbing, supervisor_pid: int) -> None:
     from tango.server import run
 
     from shmpipe.tango import device
-    from shmpipe.tango.feed import DeviceFeed, FeedError
+    from shmpipe.tango.feed import DeviceFeed
 
     t = p.config.tango
     try:
@@ -79,7 +79,7 @@ def tango_main(p: Plumbing, supervisor_pid: int) -> None:
         )
         if not t.nodb:
             _register(t)
-    except (FeedError, Exception) as exc:  # noqa: BLE001 - reported, then the process ends
+    except Exception as exc:  # noqa: BLE001 - reported, then the process ends (and restarts)
         log.error("the Tango device cannot start: %s", exc)
         os._exit(EXIT_FATAL)
     sys.argv = server_args(t)
