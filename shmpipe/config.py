@@ -526,6 +526,8 @@ def to_toml(doc: dict[str, Any]) -> str:
     """Render the effective configuration as TOML (readable back by ``load_config``)."""
     out: list[str] = []
     for section in ("run", "ring", "metrics", "view", "tango", "source"):
+        if section not in doc:
+            continue  # a partial document (a sink's test, a record from an older version)
         out.append(f"[{section}]")
         out += [
             f"{_toml_key(k)} = {_toml_value(v)}" for k, v in doc[section].items() if v is not None
