@@ -167,15 +167,22 @@ def lambda_chain(geometry: Path, module_shape: tuple[int, int], npt: int = 1000)
 
 
 def pipeline_config(
-    source: dict, kernels: dict, workers: int, timing_path: Path, **run: Any
+    source: dict,
+    kernels: dict,
+    workers: int,
+    timing_path: Path,
+    view: dict | None = None,
+    **run: Any,
 ) -> PipelineConfig:
-    """A validated configuration with the timing sink attached."""
+    """A validated configuration with the timing sink attached (``view``: a ``[view]`` table)."""
     raw = {
         "run": {"workers": workers, "progress": "off", "log_level": "warning", **run},
         "source": source,
         "kernels": kernels,
         "sinks": [{"kind": "shmpipe.benchmark:TimingSink", "path": str(timing_path)}],
     }
+    if view is not None:
+        raw["view"] = view
     return load_config(raw=raw)
 
 
@@ -284,6 +291,7 @@ def run_pipeline(
     workdir: Path,
     bytes_per_frame: float | None = None,
     settle_s: float = 0.0,
+    view: dict | None = None,
     **run: Any,
 ) -> RunResult:
     """Run one pipeline to its end with the timing sink and measure it.
@@ -302,13 +310,15 @@ def run_pipeline(
         Latency counts frames handed over this long after every process was ready: a paced
         source keeps its schedule while the workers start, and the backlog takes a moment
         to drain (that is start-up, measured on its own).
+    view : dict, optional
+        A ``[view]`` table (the preview tap and the live view).
     **run
         Further ``[run]`` keys (``cache_dir``, ``ordered`` ...).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     timing = workdir / f"timing-{os.getpid()}-{time.monotonic_ns()}.npy"
-    cfg = pipeline_config(source, kernels, workers, timing, **run)
+    cfg = pipeline_config(source, kernels, workers, timing, view, **run)
     if bytes_per_frame is None:
         bytes_per_frame = float(cfg.source_instance().layout().max_payload_bytes)
     t0 = time.time()

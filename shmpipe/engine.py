@@ -101,6 +101,7 @@ from shmpipe.shm.preview import PreviewTap
 from shmpipe.sideproc import SideProcess
 from shmpipe.sink import RunInfo
 from shmpipe.source import SourceConfigError, SourceLayout
+from shmpipe.view.process import ViewPortError, ViewProcess, open_view_socket
 from shmpipe.worker import worker_main
 
 AUTO_RING_SLOTS = 256  # ring.slots = 0: at most this many slots ...
@@ -540,19 +541,23 @@ class Pipeline:
             raise ConfigError(str(exc), "run.name", self.config.path) from None
         t_start = time.perf_counter()
         self.p = None
-        self._metrics_sock = None
+        self._metrics_sock = self._view_sock = None
         try:
             self.p = self._prepare()
             try:
                 self._metrics_sock = open_metrics_socket(self.config.metrics)
-            except MetricsPortError as exc:
+                v = self.config.view
+                if v.port > 0:
+                    self._view_sock = open_view_socket(v.host, v.port)
+            except (MetricsPortError, ViewPortError) as exc:
                 raise StartupError(str(exc)) from None
             self._record = record
             record.describe(self._describe())
             return self._supervise(t_start)
         finally:
-            if self._metrics_sock is not None:
-                self._metrics_sock.close()
+            for sock in (self._metrics_sock, self._view_sock):
+                if sock is not None:
+                    sock.close()
             if self.p is not None:
                 for pipe in [*self.p.seats, self.p.done, self.p.dispatcher_inbox]:
                     pipe.close()
@@ -576,6 +581,11 @@ class Pipeline:
             "workers": self.config.run.workers,
             "chain": [k.name for k in self.config.kernels],
             "config": self.config.path,
+            "view": (
+                f"http://{self.config.view.host}:{self.config.view.port}/"
+                if self.config.view.port > 0
+                else ""
+            ),
             "metrics": (
                 f"http://{self.config.metrics.host}:{self.config.metrics.port}/metrics"
                 if self.config.metrics.port > 0
@@ -594,9 +604,14 @@ class Pipeline:
         exit_code, error = EXIT_OK, ""
         self.metrics: mp.Process | None = None
         self.side: list[SideProcess] = []
+        self.view: ViewProcess | None = None
         try:
             self._start_metrics()
             self._start_side_processes()
+            if self._view_sock is not None:
+                self.view = ViewProcess(self._start, p, self._view_sock, self._view_started)
+                self._view_sock = None
+                self.view.start()
             self.publisher = self._start(publisher_main, (p,), "shmpipe-publisher")
             for seat in range(cfg.run.workers):
                 self._start_worker(seat)
@@ -614,6 +629,8 @@ class Pipeline:
                 for side in self.side:
                     if side.proc is not None:
                         procs[side.sentinel] = (side, side.proc)
+                if self.view is not None and self.view.proc is not None:
+                    procs[self.view.sentinel] = ("view", self.view.proc)
                 ready = wait(list(procs), timeout=0.25)
                 if self._signals > handled_signals:
                     handled_signals = self._signals
@@ -639,6 +656,8 @@ class Pipeline:
                     proc.join()
                     if isinstance(role, SideProcess):
                         role.exited(_cause(proc.exitcode))  # the run goes on
+                    elif role == "view":
+                        self.view.exited()  # an aid, like metrics; but restarted
                     elif role == "metrics":
                         # Metrics are an aid, not part of the data path: the run goes on.
                         log.warning(
@@ -668,6 +687,8 @@ class Pipeline:
                         self._on_worker_exit(role, proc)
                 for side in self.side:
                     side.tick()
+                if self.view is not None:
+                    self.view.tick()
                 self._watchdog()
                 self._report_ready_workers()
                 progress.tick()
@@ -728,6 +749,8 @@ class Pipeline:
         for seat in range(len(p.seats)):
             p.ring.procs[PROC_FIRST_WORKER + seat, P_STATE] = PS_EXITED
         self._stop_metrics()
+        if getattr(self, "view", None) is not None:
+            self.view.stop()
         for side in getattr(self, "side", []):
             side.stop()
 
@@ -764,6 +787,9 @@ class Pipeline:
         log.info("metrics: http://%s:%d/metrics (pid %d)", m.host, m.port, self.metrics.pid)
         self._pids["metrics_pid"] = self.metrics.pid
         self._record.describe(self._describe())
+
+    def _view_started(self, pid: int) -> None:
+        self._note_pid("view_pid", pid)
 
     def _stop_metrics(self) -> None:
         proc = getattr(self, "metrics", None)

@@ -76,7 +76,7 @@ def writer():
 def test_reader_in_another_process_sees_latest_raw_and_history(writer):
     conn, proc = writer
     tap = PreviewTap.attach(conn.recv())
-    assert tap.latest() is None and tap.raw() is None
+    assert tap.latest() is None and tap.raw() is None  # (and both are now wanted)
     conn.send("go")
     assert conn.recv() == "done"
     assert list(tap.outputs()) == [s.name for s in SPECS]
@@ -113,6 +113,7 @@ def test_a_reader_racing_the_writer_never_sees_a_torn_frame():
     proc.start()
     try:
         tap = PreviewTap.attach(here.recv())
+        tap.want(["k.image"])
         here.send("go")
         seen = 0
         while not here.poll():
@@ -177,3 +178,46 @@ def test_a_running_pipeline_publishes_into_its_tap():
     finally:
         proc.terminate()
         proc.communicate(timeout=60)
+
+
+def _unwatched_writer(conn) -> None:
+    tap = PreviewTap.create(SPECS, PARTS, {"name": "tap-test"}, max_hz=1e6, history=10)
+    results = {s.name: np.full((SLOTS, *s.shape), 7, s.dtype) for s in SPECS}
+    tap.bind_results(lambda off, dt, shape: results[off], {s.name: s.name for s in SPECS})
+    layout = ((0, "<u2", (8, 8)), (128, "<u2", (8, 8)))
+    inputs = np.ones((SLOTS, 2, 8, 8), "uint16")
+    conn.send({"pid": os.getpid(), "preview_fd": tap.fd, "name": "tap-test"})
+    for mid in (1, 2):
+        conn.recv()
+        tap.note("s", mid, mid % SLOTS, layout)
+        tap.commit(
+            lambda slot, name: results[name][slot],
+            lambda slot, off, dt, shape: inputs[slot, off // 128],
+        )
+        conn.send("done")
+    conn.recv()
+    tap.close()
+
+
+def test_large_outputs_and_raw_are_copied_only_while_a_reader_wants_them():
+    ctx = mp.get_context("fork")
+    here, there = ctx.Pipe()
+    proc = ctx.Process(target=_unwatched_writer, args=(there,))
+    proc.start()
+    try:
+        tap = PreviewTap.attach(here.recv())
+        here.send("frame 1")
+        assert here.recv() == "done"
+        # Nobody watched frame 1: only its small outputs were copied.
+        _, mid, _, arrays = tap.latest(["k.sum", "k.image"])  # ... and now k.image is wanted
+        assert mid == 1 and "k.sum" in arrays and "k.image" not in arrays
+        assert tap.raw() is None
+        here.send("frame 2")
+        assert here.recv() == "done"
+        _, mid, _, arrays = tap.latest(["k.image"])
+        assert mid == 2 and np.all(arrays["k.image"] == 7)
+        assert tap.raw().message_id == 2
+        tap.close()
+    finally:
+        here.send("bye")
+        proc.join(10)

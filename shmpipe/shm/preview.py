@@ -57,6 +57,8 @@ DESCRIPTOR_BYTES = 1 << 18
 # Control words (int64) at the start of the region.
 W_MAGIC, W_DESC_LEN, W_LATEST_GEN, W_RAW_GEN, W_WRITTEN, W_STREAMS = range(6)
 W_COMMITS = 6  # commits seen (a heartbeat: the publisher is alive and publishing)
+W_RAW_WANTED = 7  # time.time_ns() until which a reader wants raw frames
+WANT_S = 5.0  # a reader's interest lasts this long after its last read
 # Words of the latest block and of the raw block: generation-protected metadata.
 M_STREAM, M_MSG_ID, M_T_NS, M_VERSION, M_PARTS_LEN = range(5)
 META_WORDS = 8
@@ -122,6 +124,12 @@ class PreviewTap:
         self.part_specs = [_spec(s) for s in d["parts"]] if d["parts"] is not None else None
         self.small = [n for n in d["small"]]
         self._latest_meta = np.ndarray((META_WORDS,), "<i8", buffer=buf, offset=d["latest_at"])
+        names = list(self._specs)
+        self._index = {n: i for i, n in enumerate(names)}
+        self._wanted = np.ndarray((len(names),), "<i8", buf, d["want_at"])
+        self._out_gen = np.ndarray((len(names),), "<i8", buf, d["want_at"] + 8 * len(names))
+        # Small outputs are always copied (the cost is nil); large ones only while wanted.
+        self._always = np.array([n in d["small"] for n in names], dtype=bool)
         self._latest = {
             name: np.ndarray(self._specs[name].shape, self._specs[name].dtype, buf, off)
             for name, off in d["latest_offsets"].items()
@@ -144,6 +152,7 @@ class PreviewTap:
         self._last_full = 0.0
         self._min_interval = 1.0 / self.max_hz if self.max_hz > 0 else float("inf")
         self._slot_views: dict[str, np.ndarray] | None = None
+        self.last_read_generation = 0  # of the latest block, after a successful ``latest()``
 
     # -- creation -----------------------------------------------------------------------
     @classmethod
@@ -177,6 +186,8 @@ class PreviewTap:
         at = DESCRIPTOR_AT + DESCRIPTOR_BYTES
         latest_at = at
         at += META_WORDS * 8
+        want_at = at  # per output: wanted until (ns), then the generation its copy belongs to
+        at += 2 * 8 * len(outputs)
         latest_offsets = {}
         for s in outputs:
             at = _round(at)
@@ -204,6 +215,7 @@ class PreviewTap:
             "parts": None if parts is None else [_spec_dict(p) for p in parts],
             "small": small,
             "latest_at": latest_at,
+            "want_at": want_at,
             "latest_offsets": latest_offsets,
             "raw_at": raw_at,
             "raw_data_at": raw_data_at,
@@ -245,12 +257,13 @@ class PreviewTap:
         if not info.get("preview_fd"):
             raise LookupError(f"run {info.get('name', '?')!r} has no preview tap")
         try:
-            fd = os.open(f"/proc/{info['pid']}/fd/{info['preview_fd']}", os.O_RDONLY)
+            fd = os.open(f"/proc/{info['pid']}/fd/{info['preview_fd']}", os.O_RDWR)
         except OSError as exc:
             raise LookupError(f"run {info.get('name', '?')!r} is gone: {exc}") from None
         try:
             size = os.fstat(fd).st_size
-            buf = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+            # Read-write: a reader marks which outputs it wants (and writes nothing else).
+            buf = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)
         return cls(buf, None, writable=False)
@@ -360,15 +373,19 @@ class PreviewTap:
 
     def _write_latest(self, no, mid, slot, version, now_ns, result) -> None:
         meta, w = self._latest_meta, self.words
+        copy = self._always | (self._wanted > now_ns)
+        done = int(w[W_LATEST_GEN]) + 2  # the generation once this write is complete
         w[W_LATEST_GEN] += 1  # odd: being written
-        for name, dst in self._latest.items():
-            dst[...] = result(slot, name)
+        for i, (name, dst) in enumerate(self._latest.items()):
+            if copy[i]:
+                dst[...] = result(slot, name)
+                self._out_gen[i] = done
         meta[M_STREAM], meta[M_MSG_ID], meta[M_T_NS], meta[M_VERSION] = no, mid, now_ns, version
         w[W_LATEST_GEN] += 1
 
     def _write_raw(self, no, mid, slot, version, now_ns, part_view) -> None:
         layout = self._last_parts
-        if not layout or not len(self._raw_bytes):
+        if not layout or not len(self._raw_bytes) or self.words[W_RAW_WANTED] <= now_ns:
             return
         meta, w = self._raw_meta, self.words
         w[W_RAW_GEN] += 1
@@ -396,6 +413,10 @@ class PreviewTap:
         """Changes whenever a new latest frame is written (even: complete)."""
         return int(self.words[W_LATEST_GEN])
 
+    def raw_generation(self) -> int:
+        """Changes whenever a new raw frame is written (even: complete)."""
+        return int(self.words[W_RAW_GEN])
+
     def commits(self) -> int:
         """Sink commits seen by the tap so far."""
         return int(self.words[W_COMMITS])
@@ -410,12 +431,26 @@ class PreviewTap:
             return "?"  # overwritten by a later stream (more than MAX_STREAM_NAMES streams)
         return bytes(row.view("u1")[8:]).rstrip(b"\0").decode(errors="replace")
 
+    def want(self, names: Sequence[str] = (), raw: bool = False, seconds: float = WANT_S) -> None:
+        """Ask the writer to copy these large outputs (and the raw frame) for the next
+        ``seconds``. Small outputs are always copied; large ones only while wanted, so a
+        pipeline nobody watches pays nothing for them. ``latest`` and ``raw`` call this."""
+        until = time.time_ns() + int(seconds * 1e9)
+        for n in names:
+            i = self._index[n]
+            if not self._always[i] and self._wanted[i] < until - 1e9:
+                self._wanted[i] = until  # rewritten at most once a second
+        if raw and self.words[W_RAW_WANTED] < until - 1e9:
+            self.words[W_RAW_WANTED] = until
+
     def latest(
         self, names: Sequence[str] | None = None, tries: int = 50
     ) -> tuple[str, int, float, dict[str, np.ndarray]] | None:
         """The latest frame's outputs (copies): ``(stream, message_id, t, {name: array})``.
 
-        None before the first frame. ``names`` limits the copy to those outputs.
+        None before the first frame. ``names`` limits the copy to those outputs. A large
+        output that nobody asked for recently is not copied by the writer: it is missing
+        from the result until the next frame after this call (``want``).
 
         Raises
         ------
@@ -428,6 +463,7 @@ class PreviewTap:
         for n in pick:
             if n not in self._latest:
                 raise KeyError(n)
+        self.want(pick)
         for _ in range(tries):
             g = int(self.words[W_LATEST_GEN])
             if g == 0:
@@ -435,9 +471,12 @@ class PreviewTap:
             if g & 1:
                 time.sleep(0.0005)
                 continue
-            arrays = {n: self._latest[n].copy() for n in pick}
             m = self._latest_meta.copy()
+            # Only outputs copied for this very frame (a large one may be older).
+            current = [n for n in pick if self._out_gen[self._index[n]] == g]
+            arrays = {n: self._latest[n].copy() for n in current}
             if int(self.words[W_LATEST_GEN]) == g:
+                self.last_read_generation = g
                 return self.stream_name(int(m[M_STREAM])), int(m[M_MSG_ID]), m[M_T_NS] / 1e9, arrays
         raise TapBusy("the latest frame changed during every copy; try again")
 
@@ -445,6 +484,7 @@ class PreviewTap:
         """The latest raw frame's parts (copies), or None (none yet, or not kept)."""
         if not len(self._raw_bytes):
             return None
+        self.want(raw=True)
         for _ in range(tries):
             g = int(self.words[W_RAW_GEN])
             if g == 0:

@@ -117,6 +117,7 @@ class DeviceFeed:
             if name and name not in self.specs:
                 raise FeedError(f"tango.{key}: no output {name!r} in the chain", "UnknownOutput")
         self.profile_axis = self.specs[self.profile_output].axis if self.profile_output else None
+        self._profile = self._axis = np.zeros(0)
         self._rates: deque[tuple[float, int]] = deque()
         self.stop_requested = False
 
@@ -194,17 +195,23 @@ class DeviceFeed:
         return float(np.mean(v >= self.settings.hit_min))
 
     def profile(self) -> tuple[np.ndarray, np.ndarray]:
-        """The latest profile and its axis (empty arrays when there is none yet)."""
+        """The latest profile and its axis (empty arrays when there is none yet).
+
+        The tap copies large outputs only while someone reads them, so the first read after a
+        pause may lack them: the last profile seen stands in until the next frame brings one.
+        """
         if not self.profile_output:
             return np.zeros(0), np.zeros(0)
         names = [self.profile_output] + ([self.profile_axis] if self.profile_axis else [])
         got = self.tap.latest(names)
-        if got is None:
-            return np.zeros(0), np.zeros(0)
-        arrays = got[3]
-        y = arrays[self.profile_output].astype(np.float64)
-        x = arrays[self.profile_axis] if self.profile_axis else np.arange(len(y))
-        return y, np.asarray(x, np.float64)
+        arrays = got[3] if got is not None else {}
+        if self.profile_output in arrays:
+            self._profile = arrays[self.profile_output].astype(np.float64)
+        if self.profile_axis and self.profile_axis in arrays:
+            self._axis = np.asarray(arrays[self.profile_axis], np.float64)
+        elif not self.profile_axis:
+            self._axis = np.arange(len(self._profile), dtype=np.float64)
+        return self._profile, self._axis
 
     # -- per-frame look-ups ------------------------------------------------------------
     def value_for_frame(self, output: str, message_id: Any, stream: str = "") -> np.ndarray:
