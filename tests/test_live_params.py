@@ -4,6 +4,8 @@ and ROIs changed during a running pipeline."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import signal
 import threading
 
 import numpy as np
@@ -177,12 +179,14 @@ def test_stats_take_new_rois_and_record_the_version():
 
 # -- a running pipeline ----------------------------------------------------------------------
 def test_rois_changed_mid_run_apply_from_a_later_frame(tmp_path):
-    sim = SimParams(module_shape=[48, 64], frames=80, rate=200.0, pool=3)
+    sim = SimParams(module_shape=[48, 64], pool=3)
     geo = tmp_path / "geometry.json"
     sim_geometry(sim).to_file(geo)
     raw = {
         "run": {"workers": 2, "progress": "off", "name": "live-rois"},
-        "source": {"kind": "sim", "module_shape": [48, 64], "frames": 80, "rate": 200.0, "pool": 3},
+        # Endless: the steering thread ends the run (SIGTERM, a graceful drain) once it has
+        # seen what it needs, so a slow machine cannot end the run before the change lands.
+        "source": {"kind": "sim", "module_shape": [48, 64], "frames": 0, "rate": 200.0, "pool": 3},
         "kernels": {
             "stitch": {"kind": "lambda_stitch", "geometry": str(geo)},
             "stats": {"kind": "frame_stats", "rois": [[0, 10, 0, 10]], "max_rois": 3},
@@ -194,24 +198,30 @@ def test_rois_changed_mid_run_apply_from_a_later_frame(tmp_path):
     written = {}
 
     def steer():
-        p = wait_for(lambda: getattr(pipeline, "p", None), 60, "the pipeline's plumbing")
-        wait_for(lambda: p.ring.procs[PROC_PUBLISHER, 2] >= 10, 60, "10 frames published")
-        written["published"] = int(p.ring.procs[PROC_PUBLISHER, 2])
-        kernels = pipeline.config.kernel_instances()
-        checked = check_live_params(kernels, p.layout.specs(), "stats", {"rois": new_rois})
-        written["version"] = p.live.update("stats", checked)
-        # The preview tap's history rows carry the version each frame was processed with.
-        wait_for(
-            lambda: (p.tap.history("stats.roi_version").values == 1).any(), 60, "a new-ROI row"
-        )
-        h = p.tap.history("stats.roi_version")
-        written["tap"] = (h.version.tolist(), h.values.tolist())
+        try:
+            p = wait_for(lambda: getattr(pipeline, "p", None), 60, "the pipeline's plumbing")
+            wait_for(lambda: p.ring.procs[PROC_PUBLISHER, 2] >= 10, 60, "10 frames published")
+            written["published"] = int(p.ring.procs[PROC_PUBLISHER, 2])
+            kernels = pipeline.config.kernel_instances()
+            checked = check_live_params(kernels, p.layout.specs(), "stats", {"rois": new_rois})
+            written["version"] = p.live.update("stats", checked)
+            # The preview tap's history rows carry the version each frame was processed with.
+            wait_for(
+                lambda: (p.tap.history("stats.roi_version").values == 1).sum() >= 20,
+                60,
+                "20 rows with the new ROIs",
+            )
+            h = p.tap.history("stats.roi_version")
+            written["tap"] = (h.version.tolist(), h.values.tolist())
+        finally:
+            if signal.getsignal(signal.SIGTERM) == pipeline._on_signal:
+                os.kill(os.getpid(), signal.SIGTERM)  # the pipeline's handler: drain, finish
 
     t = threading.Thread(target=steer, daemon=True)
     t.start()
     summary = pipeline.run()
     t.join(10)
-    assert summary.exit_code == 0 and summary.frames_out == 80, summary.error
+    assert summary.exit_code == 0 and summary.frames_out > 30, summary.error
     rows = read_stream(str(tmp_path / "out.h5"), "scan_0001")
     assert written["version"] == 1
     tap_versions, tap_recorded = written["tap"]
