@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from bench.conftest import report
 from shmpipe.benchmark import percentiles, run_pipeline, sim_parts_lz4, sim_source
@@ -54,11 +55,12 @@ def _run(mode: str, src, chain, tmp_path, table_cache, seconds: float):
     return r, got
 
 
+@pytest.mark.timeout(1800)
 def test_view_on_vs_off(benchmark, sizes, tmp_path, chain, table_cache):
     """Frames/s of the LAMBDA chain with the view off, the tap only, the view on: off, tap,
     view, off, tap, view ... so that drift of the machine's speed hits all alike."""
     sim_parts_lz4(sizes.shape, 12)
-    frames = sizes.chain_frames if sizes.smoke else 240
+    frames = sizes.chain_frames if sizes.smoke else 160
     src = sim_source(frames, sizes.shape, compression="bitshuffle-lz4")
     rounds = 1 if sizes.smoke else 3
     fps: dict[str, list[float]] = {"off": [], "tap": [], "view": []}
@@ -81,9 +83,11 @@ def test_view_on_vs_off(benchmark, sizes, tmp_path, chain, table_cache):
         tap_over_off=med["tap"] / med["off"],
         view_over_off=med["view"] / med["off"],
         goal=0.97,
+        runs=" ".join(f"{k}:{'/'.join(f'{x:.3g}' for x in v)}" for k, v in fps.items()),
     )
 
 
+@pytest.mark.timeout(600)
 def test_view_latency_10hz(benchmark, sizes, tmp_path, chain, table_cache):
     """Publish -> image received by a WebSocket client, source at 10 Hz; the view's CPU."""
     sim_parts_lz4(sizes.shape, 12)

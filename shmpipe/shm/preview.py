@@ -480,6 +480,31 @@ class PreviewTap:
                 return self.stream_name(int(m[M_STREAM])), int(m[M_MSG_ID]), m[M_T_NS] / 1e9, arrays
         raise TapBusy("the latest frame changed during every copy; try again")
 
+    def apply(self, name: str, fn: Callable[[np.ndarray], Any], tries: int = 20):
+        """``fn`` applied to one output of the latest frame in place (no copy):
+        ``(stream, message_id, t, fn(array))``, or None when the output was not copied for
+        the latest frame (ask with ``want``; the next frame brings it).
+
+        ``fn`` must only read; if the writer rewrote the block meanwhile, ``fn`` runs again.
+        This is how a view bins a 47 MB image without copying it first.
+        """
+        i = self._index[name]
+        self.want([name])
+        for _ in range(tries):
+            g = int(self.words[W_LATEST_GEN])
+            if g == 0:
+                return None
+            if g & 1:
+                time.sleep(0.0005)
+                continue
+            m = self._latest_meta.copy()
+            if self._out_gen[i] != g:
+                return None
+            result = fn(self._latest[name])
+            if int(self.words[W_LATEST_GEN]) == g:
+                return self.stream_name(int(m[M_STREAM])), int(m[M_MSG_ID]), m[M_T_NS] / 1e9, result
+        raise TapBusy(f"the latest frame changed during every read of {name!r}; try again")
+
     def raw(self, tries: int = 50) -> RawFrame | None:
         """The latest raw frame's parts (copies), or None (none yet, or not kept)."""
         if not len(self._raw_bytes):

@@ -114,7 +114,7 @@ class TapFeed:
                 snap, g = self._snap, self.tap.generation()
                 fresh = snap is None or snap.generation != g
                 missing = want if fresh else [n for n in want if n not in snap.arrays]
-                if not missing and snap is not None:
+                if not fresh and not missing:
                     return snap
                 try:
                     got = self.tap.latest(missing)
@@ -136,6 +136,22 @@ class TapFeed:
                 while self.tap.generation() == g and time.monotonic() < deadline:
                     time.sleep(0.005)
             return snap
+
+    def apply(self, name: str, fn):
+        """``(stream, message_id, t, fn(array))`` for one output of the latest frame, read
+        in shared memory without a copy; None if it cannot be had now."""
+        for _ in range(3):
+            g = self.tap.generation()
+            try:
+                got = self.tap.apply(name, fn)
+            except TapBusy:
+                return None
+            if got is not None:
+                return got
+            deadline = time.monotonic() + 2.0 / max(self.tap.max_hz, 1.0) + 0.1
+            while self.tap.generation() == g and time.monotonic() < deadline:
+                time.sleep(0.005)
+        return None
 
     def raw(self) -> RawFrame | None:
         with self._lock:

@@ -33,23 +33,32 @@ def bin_image(img, factor, use_max):  # pragma: no cover - jitted
     h, w = img.shape
     oh, ow = (h + factor - 1) // factor, (w + factor - 1) // factor
     out = np.empty((oh, ow), np.float64)
+    acc = np.empty(ow, np.float64)
+    cnt = np.empty(ow, np.int64)
+    # Row by row, in memory order: each input row is read once, front to back.
     for i in range(oh):
-        for j in range(ow):
-            acc, n, best = 0.0, 0, -np.inf
-            for y in range(i * factor, min(h, (i + 1) * factor)):
+        acc[:] = -np.inf if use_max else 0.0
+        cnt[:] = 0
+        for y in range(i * factor, min(h, (i + 1) * factor)):
+            for j in range(ow):
+                a, n = acc[j], cnt[j]
                 for x in range(j * factor, min(w, (j + 1) * factor)):
                     v = float(img[y, x])
-                    if np.isfinite(v):
-                        acc += v
+                    if v - v == 0.0:  # finite: NaN and infinities give NaN here
                         n += 1
-                        if v > best:
-                            best = v
-            if n == 0:
+                        if use_max:
+                            if v > a:
+                                a = v
+                        else:
+                            a += v
+                acc[j], cnt[j] = a, n
+        for j in range(ow):
+            if cnt[j] == 0:
                 out[i, j] = np.nan
             elif use_max:
-                out[i, j] = best
+                out[i, j] = acc[j]
             else:
-                out[i, j] = acc / n
+                out[i, j] = acc[j] / cnt[j]
     return out
 
 

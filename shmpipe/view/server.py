@@ -127,6 +127,19 @@ class ViewState:
         snap = self.snapshot([name])
         return snap.stream, snap.message_id, image_of(name, snap.arrays[name])
 
+    def with_image(self, name: str, module: int | None, fn):
+        """``(stream, message_id, fn(image))``: in place in shared memory where the feed
+        allows it (a 2-D output of a local pipeline), else on a copy."""
+        if name != RAW and module is None and hasattr(self.feed, "apply"):
+            self._known(name, ("image",))
+            if len(self.specs[name].shape) == 2:
+                got = self.feed.apply(name, fn)
+                if got is None:
+                    raise ApiError(503, f"{name} not copied for the latest frame yet")
+                return got[0], got[1], got[3]
+        stream, mid, image = self.image(name, module)
+        return stream, mid, fn(image)
+
     def raw_specs(self) -> list[ArraySpec] | None:
         parts = getattr(self.feed, "part_specs", None)
         if parts or self.raw_stack is None:
@@ -231,20 +244,25 @@ def _params(query) -> tuple[RenderParams, int | None]:
         params = RenderParams.from_query(query)
     except RenderError as exc:
         raise ApiError(400, str(exc)) from None
+    return params, _module(query)
+
+
+def _module(query) -> int | None:
     module = query.get("module")
-    if module is not None:
-        try:
-            module = int(module)
-        except ValueError:
-            raise ApiError(400, f"module must be an integer, got {module!r}") from None
-    return params, module
+    if module is None:
+        return None
+    try:
+        return int(module)
+    except ValueError:
+        raise ApiError(400, f"module must be an integer, got {module!r}") from None
 
 
 def _render(state: ViewState, name: str, query) -> tuple[bytes, dict[str, str]]:
     params, module = _params(query)
-    stream, mid, image = state.image(name, module)
     try:
-        r = render(image, params)
+        stream, mid, (r, shape) = state.with_image(
+            name, module, lambda image: (render(image, params), image.shape)
+        )
     except RenderError as exc:
         raise ApiError(400, str(exc)) from None
     headers = {
@@ -254,7 +272,7 @@ def _render(state: ViewState, name: str, query) -> tuple[bytes, dict[str, str]]:
         "X-Vmax": repr(r.vmax),
         "X-Factor": str(r.factor),
         "X-Region": ",".join(map(str, r.region)),
-        "X-Shape": ",".join(map(str, image.shape)),
+        "X-Shape": ",".join(map(str, shape)),
         "Cache-Control": "no-store",
     }
     return r.png(), headers
@@ -290,14 +308,19 @@ def create_app(feed: Feed, options: ViewOptions | None = None) -> Starlette:
             x, y = int(q["x"]), int(q["y"])
         except (KeyError, ValueError):
             raise ApiError(400, "pixel needs integer x and y") from None
-        module = q.get("module")
-        stream, mid, img = state.image(name, None if module is None else int(module))
-        if not (0 <= y < img.shape[0] and 0 <= x < img.shape[1]):
-            h, w = img.shape
-            raise ApiError(400, f"pixel ({x}, {y}) is outside the {w} x {h} image")
-        return JSONResponse(
-            {"x": x, "y": y, "value": _num(img[y, x]), "stream": stream, "message_id": mid}
+        module = _module(q)
+
+        def at(img):
+            inside = 0 <= y < img.shape[0] and 0 <= x < img.shape[1]
+            return img.shape, (_num(img[y, x]) if inside else None), inside
+
+        stream, mid, (shape, value, inside) = await run_in_threadpool(
+            state.with_image, name, module, at
         )
+        if not inside:
+            h, w = shape[:2]
+            raise ApiError(400, f"pixel ({x}, {y}) is outside the {w} x {h} image")
+        return JSONResponse({"x": x, "y": y, "value": value, "stream": stream, "message_id": mid})
 
     async def profile_(request: Request):
         name = request.path_params["output"]
