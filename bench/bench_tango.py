@@ -26,7 +26,7 @@ import pytest
 from bench.conftest import report
 from shmpipe.benchmark import geometry_file, lambda_chain, percentiles, sim_source, steady_rate
 from shmpipe.config import load_config, to_toml
-from shmpipe.runs import registry_dir
+from shmpipe.observe.runs import registry_dir
 from shmpipe.shm.preview import PreviewTap
 
 tango = pytest.importorskip(

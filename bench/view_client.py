@@ -14,7 +14,7 @@ import time
 import psutil
 from websockets.sync.client import connect
 
-from shmpipe.runs import live_runs
+from shmpipe.observe.runs import live_runs
 
 
 def main(port: int, image: str, seconds: float, out: str) -> None:

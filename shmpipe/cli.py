@@ -67,8 +67,8 @@ def _quote(s: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from shmpipe.engine import Pipeline, StartupError
-    from shmpipe.logs import configure_logging
+    from shmpipe.engine.supervisor import Pipeline, StartupError
+    from shmpipe.observe.logs import configure_logging
 
     cfg = config_from_args(args)
     if args.log_format:
@@ -94,7 +94,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
-    from shmpipe.reference import generate_reference
+    from shmpipe.config.reference import generate_reference
 
     text = generate_reference()
     if args.output:
@@ -106,7 +106,7 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from shmpipe.runs import live_runs, sweep_stale
+    from shmpipe.observe.runs import live_runs, sweep_stale
 
     lines = sweep_stale()
     for line in lines:
@@ -123,16 +123,15 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from shmpipe.status import print_status
+    from shmpipe.observe.status import print_status
 
     return print_status(args.name)
 
 
 def cmd_asapo_standalone(args: argparse.Namespace) -> int:
-    from shmpipe.asapo.service import serve
+    from shmpipe.asapo.command import run
 
-    serve(port=args.port, data_dir=args.data_dir, host=args.host, tokens=args.token or None)
-    return 0
+    return run(args, args.asapo_parser)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -206,16 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve an ASAPO-compatible broker and "
         "receiver for the real asapo_consumer/asapo_producer clients",
     )
-    asapo.add_argument("--port", type=int, default=8400, help="discovery/broker port (8400)")
-    asapo.add_argument("--host", default="127.0.0.1", help="listen address (127.0.0.1)")
-    asapo.add_argument("--data-dir", help="keep messages, payloads and acks here across restarts")
-    asapo.add_argument(
-        "--token",
-        action="append",
-        metavar="TOKEN",
-        help="accept only this token (repeatable); default: any token",
-    )
-    asapo.set_defaults(func=cmd_asapo_standalone)
+    from shmpipe.asapo.command import add_arguments as add_asapo_arguments
+
+    add_asapo_arguments(asapo)
+    asapo.set_defaults(func=cmd_asapo_standalone, asapo_parser=asapo)
 
     bench = sub.add_parser(
         "bench", help="measure what this node sustains: report.json and plots in --output"

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 from native_kernels.shmpipe_kernels import FrameStats
+from shmpipe.api.kernel import ArraySpec, Frame, Kernel
 from shmpipe.config import load_config
 from shmpipe.engine import Pipeline
-from shmpipe.kernel import ArraySpec, Frame, Kernel
-from shmpipe.ring import PROC_PUBLISHER
+from shmpipe.plugins.sinks.hdf5 import read_stream
+from shmpipe.plugins.sources.sim import SimParams, sim_geometry
+from shmpipe.shm.layout import PROC_PUBLISHER
 from shmpipe.shm.params import (
     SEQ,
     LiveParams,
@@ -23,8 +25,6 @@ from shmpipe.shm.params import (
     ParamsFollower,
     check_live_params,
 )
-from shmpipe.sinks.hdf5 import read_stream
-from shmpipe.sources.sim import SimParams, sim_geometry
 from tests.conftest import wait_for
 
 
@@ -118,7 +118,7 @@ def _stats(max_rois=3, rois=()):
 
 
 def _outputs(kernel):
-    from shmpipe.kernel import SetupContext
+    from shmpipe.api.kernel import SetupContext
 
     specs = kernel.setup(SetupContext(parts=None, available={IMAGE.name: IMAGE}))
     qualified = [s.qualified(kernel.name) for s in specs]

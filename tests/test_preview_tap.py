@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from shmpipe.kernel import ArraySpec
-from shmpipe.runs import live_runs
+from shmpipe.api.kernel import ArraySpec
+from shmpipe.observe.runs import live_runs
 from shmpipe.shm.preview import PreviewTap, is_small
 from tests.conftest import SMALL_SIM, wait_for
 

@@ -16,9 +16,9 @@ import numpy as np
 import psutil
 import pytest
 
-from shmpipe.runs import registry_dir
-from shmpipe.sinks.hdf5 import read_stream
-from shmpipe.sources.sim import SimParams, sim_geometry
+from shmpipe.observe.runs import registry_dir
+from shmpipe.plugins.sinks.hdf5 import read_stream
+from shmpipe.plugins.sources.sim import SimParams, sim_geometry
 from tests.conftest import REPO, wait_for
 
 tango = pytest.importorskip(

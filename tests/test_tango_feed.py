@@ -34,10 +34,11 @@ def test_a_device_needs_the_preview_tap():
 # -- the device's state, from the process table (no pytango needed) ---------------------------
 @pytest.fixture
 def feed():
+    from shmpipe.api.kernel import ArraySpec
     from shmpipe.config import TangoSection
-    from shmpipe.kernel import ArraySpec
-    from shmpipe.ring import PROC_FIRST_WORKER, RingGeometry, SlotRing
+    from shmpipe.shm.layout import PROC_FIRST_WORKER
     from shmpipe.shm.preview import PreviewTap
+    from shmpipe.shm.ring import RingGeometry, SlotRing
     from shmpipe.tango.feed import DeviceFeed
 
     ring = SlotRing(RingGeometry(4, 4096, 4096, 4096, PROC_FIRST_WORKER + 2))
@@ -48,7 +49,7 @@ def feed():
 
 
 def test_state_follows_the_processes(feed):
-    from shmpipe.ring import (
+    from shmpipe.shm.layout import (
         P_STATE,
         PROC_DISPATCHER,
         PROC_FIRST_WORKER,

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from shmpipe.sinks.hdf5 import read_stream
+from shmpipe.plugins.sinks.hdf5 import read_stream
 from tests.conftest import wait_for
 from tests.test_asapo_pipeline import (
     BEAMTIME,
@@ -53,7 +53,7 @@ def test_one_view_shows_what_every_node_of_a_group_published(asapo, tmp_path):  
     port = free_port()
     view = producer = None
     try:
-        from shmpipe.runs import live_runs
+        from shmpipe.observe.runs import live_runs
 
         wait_for(lambda: {"node-a", "node-b"} <= {r["name"] for r in live_runs()}, what="both")
         producer = produce(asapo.endpoint, 60, ["scan_0001"], rate=20.0)

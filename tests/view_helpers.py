@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from shmpipe.config import load_config, to_toml
-from shmpipe.runs import live_runs
-from shmpipe.sources.sim import SimParams
+from shmpipe.observe.runs import live_runs
+from shmpipe.plugins.sources.sim import SimParams
 from tests.conftest import wait_for
 
 
@@ -28,7 +28,7 @@ def free_port() -> int:
 
 def small_lambda_config(tmp: Path, name: str, port: int, zmq_port: int = 0, rate=10.0) -> Path:
     """A small LAMBDA-like chain (12 modules of 48 x 64): stitch, integrate, statistics."""
-    from tests.test_reliability import sim_geometry
+    from shmpipe.plugins.sources.sim import sim_geometry
 
     geo = tmp / "geometry.json"
     sim_geometry(SimParams(module_shape=[48, 64])).to_file(geo)

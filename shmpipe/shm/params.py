@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from shmpipe.kernel import ArraySpec, Kernel
-from shmpipe.ring import SharedRegion
+from shmpipe.api.kernel import ArraySpec, Kernel
+from shmpipe.shm.ring import SharedRegion
 
 SEQ, VERSION, LENGTH = 0, 1, 2
 HEADER_BYTES = 64

@@ -8,8 +8,10 @@ gives up; the writer never waits for anyone.
 
 What the tap holds
 ------------------
-- **latest**: every output of one published frame (by qualified name ``kernel.output``) and
-  that frame's raw input parts, copied at most ``max_hz`` times a second;
+- **latest**: the outputs of one published frame (by qualified name ``kernel.output``) and
+  that frame's raw input parts, copied at most ``max_hz`` times a second; small outputs
+  always, large ones and the raw parts only while a reader wants them (``want``, which
+  ``latest``, ``raw`` and ``apply`` call), so an unwatched pipeline pays nothing for them;
 - **history**: for every published frame, the small outputs (scalars and vectors of at most
   ``SMALL_ELEMENTS`` elements) with stream, message id, publish time and a parameter version,
   for the last ``history`` frames;
@@ -24,11 +26,15 @@ Reader API
 >>> raw = tap.raw()                             # RawFrame(stream, message_id, t, parts) or None
 >>> h = tap.history("stats.sum", last=1000)     # History: message_id, stream, t, version, values
 >>> tap.lookup("stats.sum", "scan1", 42)        # the value stored for one message, or None
+>>> tap.want(["stitch.image"], raw=True)        # copy these for the next 5 s
+>>> tap.apply("stitch.image", np.max)           # (stream, id, t, fn(array)) read in place
 
 Writer API (the publisher)
 --------------------------
-``note(stream, message_id, slot, parts_layout, version)`` per published frame, then
-``commit(result_slots, part_view)`` once per sink commit, before the slots are freed.
+``bind_results(result_view, offsets)`` once, ``note(stream, message_id, slot, parts_layout,
+version)`` per published frame (``version``: the parameter version the frame was processed
+with, 0 by default), then ``commit(result, part_view)`` once per sink commit, before the
+slots are freed.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from shmpipe.kernel import ArraySpec
+from shmpipe.api.kernel import ArraySpec
 
 SMALL_ELEMENTS = 64  # outputs of at most this many elements go into the history ring
 MAGIC = 0x5348_5050_5245_5631  # "SHPPREV1"

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from shmpipe.api.kernel import ArraySpec, Kernel
 from shmpipe.config import TangoSection
-from shmpipe.kernel import ArraySpec, Kernel
-from shmpipe.ring import (
+from shmpipe.shm.layout import (
     P_ERRORS,
     P_FRAMES,
     P_MSG_ID,
@@ -29,9 +29,9 @@ from shmpipe.ring import (
     PROC_PUBLISHER,
     PS_DEAD,
     PS_EXITED,
-    SlotRing,
 )
 from shmpipe.shm.params import LiveParams, LiveParamsError, check_live_params
+from shmpipe.shm.ring import SlotRing
 from shmpipe.tango.names import attribute_names
 
 RATE_WINDOW_S = 2.0  # FrameRate: frames published over about this long

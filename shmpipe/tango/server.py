@@ -1,4 +1,4 @@
-"""The Tango side process: started by the supervisor when ``[tango] device`` is set.
+"""The Tango side process: declared in ``SIDE_PROCESS``, run when ``[tango] device`` is set.
 
 It only reads the run's shared memory (and writes the live-parameter block), so whatever
 happens to it (an exception, SIGKILL) the pipeline goes on; the supervisor starts it again.
@@ -10,9 +10,12 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
+from shmpipe.api.sideprocess import SideProcess
 from shmpipe.config import TangoSection
-from shmpipe.plumbing import EXIT_FATAL, Plumbing, become_child
+from shmpipe.engine.plumbing import EXIT_FATAL, Plumbing
+from shmpipe.engine.roles import start_role
 from shmpipe.tango import tango_missing
 
 SERVER = "ShmpipeDS"
@@ -48,12 +51,12 @@ def _register(t: TangoSection) -> None:
     db.add_device(info)
 
 
-def tango_main(p: Plumbing, supervisor_pid: int) -> None:
+def tango_main(p: Plumbing, resource: Any, supervisor_pid: int) -> None:  # noqa: ARG001
     """Body of the Tango process: serve ``ShmpipeDevice`` until the supervisor stops it."""
-    log = become_child("tango")
+    log = start_role(p, -1, "tango", "tango")
     # Its own process group: a Ctrl-C at the terminal (or a signal to the group) is the
     # supervisor's to handle; the Tango server would otherwise exit on it mid-drain, when the
-    # device's "draining" state matters. It still dies with the supervisor (become_child).
+    # device's "draining" state matters. It still dies with the supervisor (start_role).
     os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # holds no state: SIGTERM just ends it
     why = tango_missing()
@@ -67,6 +70,7 @@ def tango_main(p: Plumbing, supervisor_pid: int) -> None:
     from shmpipe.tango.feed import DeviceFeed
 
     t = p.config.tango
+    log.info("Tango device: %s (pid %d)", device_url(t), os.getpid())
     try:
         device.FEED = DeviceFeed(
             p.ring,
@@ -84,3 +88,10 @@ def tango_main(p: Plumbing, supervisor_pid: int) -> None:
         os._exit(EXIT_FATAL)
     sys.argv = server_args(t)
     run((device.ShmpipeDevice,), args=sys.argv, green_mode=GreenMode.Synchronous)
+
+
+SIDE_PROCESS = SideProcess(
+    name="tango",
+    enabled=lambda config: bool(config.tango.device),
+    target=tango_main,
+)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from shmpipe.kernel import ArraySpec
+from shmpipe.api.kernel import ArraySpec
 from shmpipe.shm.preview import SMALL_ELEMENTS, History, RawFrame
 from shmpipe.view.feed import Counters, Snapshot
 
@@ -168,9 +168,22 @@ class AsapoFeed:
         streams = self._streams(c)
         if not streams:
             return
+        stream = streams[-1]
         try:
-            ds = c.get_last_dataset(min_size=0, stream=streams[-1])
-        except (a.AsapoEndOfStreamError, a.AsapoNoDataError, a.AsapoStreamFinishedError):
+            ds = c.get_last_dataset(min_size=0, stream=stream)
+        except a.AsapoStreamFinishedError:
+            # The newest record of a finished stream is its end marker: take the one before.
+            last = int(c.get_stream_info(stream).get("lastId") or 0)
+            ds = None
+            for mid in (last, last - 1):
+                try:
+                    ds = c.get_dataset_by_id(mid, min_size=0, stream=stream)
+                    break
+                except Exception:  # noqa: BLE001 - the marker, or nothing there
+                    continue
+            if ds is None:
+                return
+        except (a.AsapoEndOfStreamError, a.AsapoNoDataError):
             return
         except a.AsapoPartialDataError:
             return  # the newest dataset is still incomplete: keep the previous one
@@ -180,7 +193,7 @@ class AsapoFeed:
             data = np.asarray(c.retrieve_data(m)).view(np.uint8).reshape(-1)
             parts.append(data.view(self.raw_dtype).reshape(self.raw_part_shape))
         with self._lock:
-            self._raw = RawFrame(streams[-1], int(ds["id"]), time.time(), parts)
+            self._raw = RawFrame(stream, int(ds["id"]), time.time(), parts)
             if self.part_specs is None or len(self.part_specs) != len(parts):
                 self.part_specs = [
                     ArraySpec(f"module_{i:02d}", p.shape, p.dtype.str) for i, p in enumerate(parts)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from shmpipe.kernel import ArraySpec
+from shmpipe.api.kernel import ArraySpec
 from shmpipe.view.assemble import assemble
 
 RAW = "raw"

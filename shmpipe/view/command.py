@@ -6,8 +6,8 @@ import argparse
 import signal
 import sys
 
-from shmpipe.config import ViewSection
-from shmpipe.runs import live_runs
+from shmpipe.config.schema import ViewSection
+from shmpipe.observe.runs import live_runs
 
 
 def add_parser(sub) -> None:

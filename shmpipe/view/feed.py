@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from shmpipe.kernel import ArraySpec
-from shmpipe.ring import (
+from shmpipe.api.kernel import ArraySpec
+from shmpipe.shm.layout import (
     FREE,
     P_ERRORS,
     P_FRAMES,
@@ -85,7 +85,7 @@ class TapFeed:
     @classmethod
     def attach(cls, info: dict[str, Any]) -> TapFeed:
         """Attach to a running pipeline described by its run-registry record."""
-        from shmpipe.status import attach_tables
+        from shmpipe.observe.status import attach_tables
 
         tap = PreviewTap.attach(info)
         table, procs, m = attach_tables(info)

@@ -1,26 +1,21 @@
-"""The view process: started by the supervisor when ``[view] port`` is set, or by
+"""The view process: a side process of the run when ``[view] port`` is set, or
 ``shmpipe view RUN`` attached to a running pipeline.
 
-As for metrics, the supervisor binds the port (a port in use is a start-up error), forks the
-view and closes its copy of the socket, so that it never runs a server thread itself and
-stays safe to fork. The view only reads shared memory: if it dies the pipeline goes on and
-the supervisor starts another one (binding the port again) after a pause.
+As for metrics, the supervisor binds the port before any fork (a port in use is a start-up
+error), forks the view and closes its copy of the socket, so that it never runs a server
+thread itself and stays safe to fork. The view only reads shared memory: if it dies the
+pipeline goes on and the supervisor starts another one (binding the port again) after a pause.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import signal
 import socket
-import time
-from typing import Any
 
-from shmpipe.config import ViewSection
-from shmpipe.plumbing import Plumbing, become_child
-
-log = logging.getLogger("shmpipe.supervisor")
-RESTART_DELAY_S = 1.0
+from shmpipe.api.sideprocess import SideProcess
+from shmpipe.config.schema import ViewSection
+from shmpipe.engine.plumbing import Plumbing
+from shmpipe.engine.roles import start_role
 
 
 class ViewPortError(OSError):
@@ -67,76 +62,20 @@ def serve(feed, sock: socket.socket, view: ViewSection, signals: bool = True) ->
         feed.close()
 
 
-def view_main(p: Plumbing, sock: socket.socket) -> None:
-    """Body of the view process forked by the supervisor."""
-    # Ctrl-C and SIGTERM reach the whole process group; like every child the view leaves
-    # them to the supervisor, which stops it with SIGKILL (it keeps no state).
-    become_child("view")
+def view_main(p: Plumbing, sock: socket.socket, supervisor_pid: int) -> None:  # noqa: ARG001
+    """Body of the view process forked by the supervisor (a side process)."""
+    start_role(p, -1, "view", "view")
+    # The supervisor stops this process with SIGTERM at the end of the run; it holds no state.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from shmpipe.view.feed import TapFeed
 
     feed = TapFeed(p.tap, p.ring.table, p.ring.procs, p.config.run.workers)
     serve(feed, sock, p.config.view, signals=False)
 
 
-class ViewProcess:
-    """The supervisor's handle on the view process: start, notice its death, restart."""
-
-    def __init__(self, start, p: Plumbing, sock: socket.socket | None, on_start=None) -> None:
-        self._start, self.p, self.sock, self._on_start = start, p, sock, on_start
-        self.proc = None
-        self.restart_at: float | None = None
-        self.restarts = 0
-
-    @property
-    def sentinel(self) -> Any:
-        return None if self.proc is None else self.proc.sentinel
-
-    def start(self) -> None:
-        v = self.p.config.view
-        sock = self.sock
-        if sock is None:
-            try:
-                sock = open_view_socket(v.host, v.port)
-            except ViewPortError as exc:
-                log.warning("%s; trying again in 5 s", exc)
-                self.restart_at = time.monotonic() + 5.0
-                return
-        self.proc = self._start(view_main, (self.p, sock), "shmpipe-view")
-        sock.close()  # processes forked from now on must not hold the listening socket
-        self.sock = None
-        self.restart_at = None
-        log.info("view: http://%s:%d/ (pid %d)", v.host, v.port, self.proc.pid)
-        if self._on_start is not None:
-            self._on_start(self.proc.pid)
-
-    def exited(self) -> None:
-        """The view died: note it and start another after a pause."""
-        self.proc.join()
-        log.warning(
-            "the view process died (exit code %s); the pipeline goes on, a new view starts "
-            "in %.0f s",
-            self.proc.exitcode,
-            RESTART_DELAY_S,
-        )
-        self.proc = None
-        self.restarts += 1
-        self.restart_at = time.monotonic() + RESTART_DELAY_S
-
-    def tick(self) -> None:
-        due = self.restart_at is not None and time.monotonic() >= self.restart_at
-        if self.proc is None and due:
-            self.start()
-
-    def stop(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        proc, self.proc = self.proc, None
-        if proc is None or proc.pid is None:
-            return
-        if proc.exitcode is None:
-            try:
-                os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.join()
+SIDE_PROCESS = SideProcess(
+    name="view",
+    enabled=lambda config: config.view.port > 0,
+    target=view_main,
+    prepare=lambda config: open_view_socket(config.view.host, config.view.port),
+)

@@ -42,7 +42,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from shmpipe.kernel import ArraySpec
+from shmpipe.api.kernel import ArraySpec
 from shmpipe.view.catalog import RAW, describe, image_of, kinds, profile
 from shmpipe.view.colormaps import COLORMAPS
 from shmpipe.view.feed import Feed, RateMeter, Snapshot

@@ -250,7 +250,9 @@ function axes(g, w, h, xr, yr, xlab, ylab, logy) {
   g.textAlign = "center";
   for (let i = 0; i <= 5; i++) {
     const x = xr[0] + (i / 5) * (xr[1] - xr[0]);
-    g.fillText(tick(x, (xr[1] - xr[0]) / 5), X(x), h - m.b + 13);
+    // Message ids are whole numbers: no tick at 8.2.
+    const xv = xlab === "message id" ? Math.round(x) : x;
+    g.fillText(tick(xv, (xr[1] - xr[0]) / 5), X(xv), h - m.b + 13);
   }
   g.textAlign = "right";
   for (let i = 0; i <= 4; i++) {
@@ -413,7 +415,7 @@ async function pollRaw() {
   c.getContext("2d").drawImage(bmp, 0, 0);
   $("raw-title").textContent = `module ${m} · stream ${r.headers.get("X-Stream")} · message ` +
     `${r.headers.get("X-Message-Id")} · ${r.headers.get("X-Shape").replace(",", " × ")} px ` +
-    `· ${fmt(Number(r.headers.get("X-Vmin")))} … ${fmt(Number(r.headers.get("X-Vmax")))}`;
+    `· colours span ${fmt(Number(r.headers.get("X-Vmin")))} … ${fmt(Number(r.headers.get("X-Vmax")))} counts`;
 }
 
 init();
