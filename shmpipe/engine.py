@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from shmpipe import provenance
 from shmpipe.chain import ChainLayout, KernelChain, KernelSetupError
 from shmpipe.channel import DONE, STOP, RecordPipe
 from shmpipe.config import ConfigError, PipelineConfig
@@ -128,6 +129,8 @@ class RunSummary:
     error: str = ""
     slots: int = 0
     """Slots in the ring."""
+    results: list[str] = field(default_factory=list)
+    """Where the results went: files, output streams."""
     worker_startup_s: list[float] = field(default_factory=list)
     timings: dict[str, np.ndarray] = field(default_factory=dict)
     """Copies of the ring's ``Timings`` arrays (``kernel_hist``, ``kernel_ns``, ``latency_hist``,
@@ -143,10 +146,10 @@ class RunSummary:
             f"run {self.name}: {self.frames_in} frames in, {self.frames_out} out, "
             f"{self.errors} errors, {self.wall_s:.2f} s, {self.frames_per_s:.1f} frames/s, "
             f"{mbps:.1f} MB/s, {self.worker_restarts} worker restarts"
-        )
+        ) + "".join(f"\n  results: {r}" for r in self.results)
 
 
-def _preflight_main(conn, config: PipelineConfig, cache_dir: Path) -> None:
+def _preflight_main(conn, config: PipelineConfig, cache_dir: Path, run_info: RunInfo) -> None:
     """Check the source and sinks, probe the parts' layout, set up every kernel once.
 
     Runs in a short-lived child so that whatever these load (the ASAPO client's threads, a
@@ -166,6 +169,7 @@ def _preflight_main(conn, config: PipelineConfig, cache_dir: Path) -> None:
         for sink in config.sink_instances():
             try:
                 sink.check()
+                sink.check_rerun(run_info)
             except (ValueError, OSError) as exc:
                 conn.send(("error", str(exc)))
                 return
@@ -229,7 +233,9 @@ class Pipeline:
         t0 = time.perf_counter()
         ours, theirs = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
-            target=_preflight_main, args=(theirs, self.config, cache_dir), name="preflight"
+            target=_preflight_main,
+            args=(theirs, self.config, cache_dir, self.run_info),
+            name="preflight",
         )
         proc.start()
         theirs.close()
@@ -294,6 +300,7 @@ class Pipeline:
     def _prepare(self) -> Plumbing:
         cfg = self.config
         cache_dir = self._cache_dir()
+        self.run_info = run_info_for(cfg)
         source_params, src_layout, layout = self._preflight(cache_dir)
         cfg.source.params = source_params
         source = cfg.source_instance()
@@ -309,13 +316,7 @@ class Pipeline:
             geometry.result_stride / 2**20,
             geometry.total_bytes / 2**20,
         )
-        run_info = RunInfo(
-            run_name=self.name,
-            config=cfg.effective(),
-            config_hash=cfg.digest(),
-            chain=[k.name for k in cfg.kernels],
-            outputs=layout.specs(),
-        )
+        run_info = dataclasses.replace(self.run_info, outputs=layout.specs())
         return Plumbing(
             config=cfg,
             ring=ring,
@@ -651,6 +652,7 @@ class Pipeline:
         summary.frames_out = int(ring.procs[PROC_PUBLISHER, 2])
         summary.errors = int(ring.procs[PROC_PUBLISHER, 8])
         summary.slots = ring.geometry.slots
+        summary.results = [r for s in cfg.sink_instances() for r in s.destination(self.name)]
         t = ring.timings
         summary.timings = {
             "kernel_hist": t.kernel_hist.copy(),
@@ -716,6 +718,25 @@ class Pipeline:
                 os.kill(proc.pid, signal.SIGKILL)
         proc.join()
         self.metrics = None
+
+
+def run_info_for(config: PipelineConfig) -> RunInfo:
+    """What the sinks record about this run, before the kernels' outputs are known."""
+    effective = config.effective()
+    shaping = provenance.result_shaping(effective)
+    return RunInfo(
+        run_name=config.run.name,
+        config=effective,
+        config_hash=config.digest(),
+        chain=[k.name for k in config.kernels],
+        result_config=shaping,
+        result_hash=provenance.result_hash(shaping),
+        run_uid=provenance.run_uid(),
+        started=time.time(),
+        host=provenance.host(),
+        version=provenance.version(),
+        commit=provenance.git_commit(),
+    )
 
 
 def _cause(code: int | None) -> str:

@@ -1,0 +1,182 @@
+"""Reading results files written by the HDF5 sink (while they are written, too: SWMR)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import h5py
+import numpy as np
+
+from shmpipe.results.model import Results
+from shmpipe.sinks.nexus import ERRORS, LINEAGE, RUNS
+from shmpipe.sinks.swmr import open_read
+
+_ROW_LINEAGE = [n for n, _ in LINEAGE if n != "message_id"]
+
+
+def _text(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.ndarray) and v.dtype == object:
+        return np.array([_text(x) for x in v], dtype=object)
+    return v
+
+
+def _entries(f: h5py.File) -> list[str]:
+    return [n for n, g in f.items() if isinstance(g, h5py.Group) and "rows" in g]
+
+
+def _pick(f: h5py.File, path: str, stream: str | None) -> h5py.Group:
+    names = _entries(f)
+    if stream is None:
+        if len(names) != 1:
+            raise ValueError(f"{path} holds streams {names}: name one (stream=...)")
+        stream = names[0]
+    if stream not in names:
+        raise KeyError(f"{path} holds no stream {stream!r}; it holds {names}")
+    return f[stream]
+
+
+def _refreshed(e: h5py.Group, name: str) -> h5py.Dataset:
+    ds = e[name]
+    if e.file.swmr_mode:
+        ds.refresh()  # a SWMR reader sees what the writer flushed since the file was opened
+    return ds
+
+
+def _runs(e: h5py.Group) -> list[dict[str, Any]]:
+    if "runs" not in e:
+        return []
+    g = e["runs"]
+    cols = {n: _text(g[n][:]) for n, _ in RUNS if n in g}
+    count = len(next(iter(cols.values()), []))
+    return [
+        {n: (v[i].item() if hasattr(v[i], "item") else v[i]) for n, v in cols.items()}
+        for i in range(count)
+    ]
+
+
+def _axis(e: h5py.Group, name: str, n: int) -> np.ndarray:
+    """The axis once when every row used the same one, else one row per message."""
+    versions = _refreshed(e, f"{name}_versions")[:]
+    index = _refreshed(e, f"{name}_version")[:n]
+    if len(versions) == 0:
+        return e[name][...]
+    if len(index) == 0 or np.all(index == index[0]):
+        return versions[index[0] if len(index) else 0]
+    return versions[index]
+
+
+def load(path: str, stream: str | None = None) -> Results:
+    """Load one stream of a results file: outputs, axes, units and lineage as numpy arrays.
+
+    Parameters
+    ----------
+    path : str
+        A file written by the HDF5 sink (finished, still being written, or left by a killed
+        run: only committed rows are read).
+    stream : str, optional
+        The stream (entry) to read; may be omitted when the file holds one.
+    """
+    with open_read(path) as f:
+        e = _pick(f, path, stream)
+        n = int(_refreshed(e, "rows")[0])
+        axes_names = {n_[: -len("_versions")] for n_ in e if n_.endswith("_versions")}
+        out = Results(origin=path, stream=e.name.lstrip("/"), message_id=np.empty(0, np.int64))
+        out.message_id = _refreshed(e, "message_id")[:n]
+        out.lineage = {c: _text(_refreshed(e, c)[:n]) for c in _ROW_LINEAGE}
+        for name, ds in e.items():
+            if not isinstance(ds, h5py.Dataset) or "." not in name or name.endswith("_version"):
+                continue
+            if name.endswith("_versions"):
+                continue
+            unit = ds.attrs.get("units")
+            if unit:
+                out.units[name] = _text(unit)
+            if name in axes_names:
+                out.axes[name] = _axis(e, name, n)
+            else:
+                out.arrays[name] = _refreshed(e, name)[:n]
+        for g in e.values():
+            if isinstance(g, h5py.Group) and _text(g.attrs.get("NX_class")) == "NXdata":
+                signal = _text(g.attrs["signal"])
+                full = g[signal].name.rsplit("/", 1)[-1]
+                axes = [_text(a) for a in g.attrs.get("axes", [])]
+                if len(axes) > 1:
+                    out.axis_of[full] = g[axes[-1]].name.rsplit("/", 1)[-1]
+                if f"{signal}_errors" in g:
+                    out.errors_of[full] = g[f"{signal}_errors"].name.rsplit("/", 1)[-1]
+        eg = e["errors"]
+        m = int(_refreshed(eg, "rows")[0])
+        out.errors = {c: _text(_refreshed(eg, c)[:m]) for c, _ in ERRORS}
+        out.runs = _runs(e)
+        out.result_hash = _text(f.attrs.get("result_hash", ""))
+        out.attrs = {k: _text(v) for k, v in e.attrs.items() if k in ("finished", "next_stream")}
+        return out
+
+
+def read_stream(path: str, stream: str) -> dict[str, Any]:
+    """One stream's committed rows as a dict of arrays, keyed by dataset name.
+
+    Kernel outputs by qualified name (an axis stored once comes back once), the lineage
+    columns, ``errors`` (a dict of the error records' columns) and ``attrs`` (stream state).
+    """
+    r = load(path, stream)
+    out: dict[str, Any] = {"message_id": r.message_id, **r.lineage, **r.arrays, **r.axes}
+    out["errors"] = r.errors
+    out["attrs"] = r.attrs
+    return out
+
+
+def describe_file(path: str) -> dict[str, Any]:
+    """What a results file holds: per stream the rows, errors, ids, outputs and runs."""
+    with open_read(path) as f:
+        doc: dict[str, Any] = {
+            "origin": path,
+            "creator": _text(f.attrs.get("creator", "")),
+            "result_hash": _text(f.attrs.get("result_hash", "")),
+            "result_config": json.loads(_text(f.attrs.get("result_config", "{}"))),
+            "default": _text(f.attrs.get("default", "")),
+            "streams": [],
+        }
+        for name in _entries(f):
+            e = f[name]
+            n = int(_refreshed(e, "rows")[0])
+            ids = _refreshed(e, "message_id")[:n]
+            eg = e["errors"]
+            m = int(_refreshed(eg, "rows")[0])
+            outputs = [
+                k
+                for k, v in e.items()
+                if isinstance(v, h5py.Dataset)
+                and "." in k
+                and not k.endswith(("_version", "_versions"))
+            ]
+            config = ""
+            if "process/configuration/data" in e:
+                config = _text(e["process/configuration/data"][()])
+            doc["streams"].append(
+                {
+                    "stream": name,
+                    "rows": n,
+                    "first_id": int(ids.min()) if n else None,
+                    "last_id": int(ids.max()) if n else None,
+                    "unique_ids": int(len(np.unique(ids))),
+                    "errors": m,
+                    "quarantined": int(np.sum(eg["quarantined"][:m])) if m else 0,
+                    "finished": bool(e.attrs.get("finished", False)),
+                    "next_stream": _text(e.attrs.get("next_stream", "")),
+                    "default": _text(e.attrs.get("default", "")),
+                    "outputs": {
+                        k: {
+                            "shape": list(e[k].shape if f"{k}_versions" in e else e[k].shape[1:]),
+                            "units": _text(e[k].attrs.get("units", "")),
+                        }
+                        for k in outputs
+                    },
+                    "runs": _runs(e),
+                    "configuration": config,
+                }
+            )
+        return doc
