@@ -68,7 +68,7 @@ def _axis(e: h5py.Group, name: str, n: int) -> np.ndarray:
     return versions[index]
 
 
-def load(path: str, stream: str | None = None) -> Results:
+def load(path: str, stream: str | None = None, *, text: bool = True) -> Results:
     """Load one stream of a results file: outputs, axes, units and lineage as numpy arrays.
 
     Parameters
@@ -78,26 +78,30 @@ def load(path: str, stream: str | None = None) -> Results:
         run: only committed rows are read).
     stream : str, optional
         The stream (entry) to read; may be omitted when the file holds one.
+    text : bool
+        Decode string columns (names, errors) to ``str``; False keeps h5py's ``bytes``.
     """
+    dec = _text if text else (lambda v: v)
     with open_read(path) as f:
         e = _pick(f, path, stream)
         n = int(_refreshed(e, "rows")[0])
         axes_names = {n_[: -len("_versions")] for n_ in e if n_.endswith("_versions")}
         out = Results(origin=path, stream=e.name.lstrip("/"), message_id=np.empty(0, np.int64))
         out.message_id = _refreshed(e, "message_id")[:n]
-        out.lineage = {c: _text(_refreshed(e, c)[:n]) for c in _ROW_LINEAGE}
-        for name, ds in e.items():
-            if not isinstance(ds, h5py.Dataset) or "." not in name or name.endswith("_version"):
+        out.lineage = {c: dec(_refreshed(e, c)[:n]) for c in _ROW_LINEAGE}
+        for name in list(e):
+            if "." not in name or name.endswith(("_version", "_versions")):
                 continue
-            if name.endswith("_versions"):
-                continue
+            # One handle per dataset: refreshing a second handle of a dataset that is open
+            # already fails in HDF5 ("can't insert duplicate key").
+            ds = _refreshed(e, name)
             unit = ds.attrs.get("units")
             if unit:
                 out.units[name] = _text(unit)
             if name in axes_names:
                 out.axes[name] = _axis(e, name, n)
             else:
-                out.arrays[name] = _refreshed(e, name)[:n]
+                out.arrays[name] = ds[:n]
         for g in e.values():
             if isinstance(g, h5py.Group) and _text(g.attrs.get("NX_class")) == "NXdata":
                 signal = _text(g.attrs["signal"])
@@ -109,7 +113,7 @@ def load(path: str, stream: str | None = None) -> Results:
                     out.errors_of[full] = g[f"{signal}_errors"].name.rsplit("/", 1)[-1]
         eg = e["errors"]
         m = int(_refreshed(eg, "rows")[0])
-        out.errors = {c: _text(_refreshed(eg, c)[:m]) for c, _ in ERRORS}
+        out.errors = {c: dec(_refreshed(eg, c)[:m]) for c, _ in ERRORS}
         out.runs = _runs(e)
         out.result_hash = _text(f.attrs.get("result_hash", ""))
         out.attrs = {k: _text(v) for k, v in e.attrs.items() if k in ("finished", "next_stream")}
@@ -120,9 +124,10 @@ def read_stream(path: str, stream: str) -> dict[str, Any]:
     """One stream's committed rows as a dict of arrays, keyed by dataset name.
 
     Kernel outputs by qualified name (an axis stored once comes back once), the lineage
-    columns, ``errors`` (a dict of the error records' columns) and ``attrs`` (stream state).
+    columns (strings as h5py gives them: ``bytes``), ``errors`` (a dict of the error records'
+    columns) and ``attrs`` (stream state).
     """
-    r = load(path, stream)
+    r = load(path, stream, text=False)
     out: dict[str, Any] = {"message_id": r.message_id, **r.lineage, **r.arrays, **r.axes}
     out["errors"] = r.errors
     out["attrs"] = r.attrs
