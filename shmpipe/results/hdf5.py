@@ -98,19 +98,13 @@ def load(path: str, stream: str | None = None, *, text: bool = True) -> Results:
             unit = ds.attrs.get("units")
             if unit:
                 out.units[name] = _text(unit)
+            for attr, table in (("axis_output", out.axis_of), ("errors_output", out.errors_of)):
+                if attr in ds.attrs and _text(ds.attrs[attr]) in e:
+                    table[name] = _text(ds.attrs[attr])
             if name in axes_names:
                 out.axes[name] = _axis(e, name, n)
             else:
                 out.arrays[name] = ds[:n]
-        for g in e.values():
-            if isinstance(g, h5py.Group) and _text(g.attrs.get("NX_class")) == "NXdata":
-                signal = _text(g.attrs["signal"])
-                full = g[signal].name.rsplit("/", 1)[-1]
-                axes = [_text(a) for a in g.attrs.get("axes", [])]
-                if len(axes) > 1:
-                    out.axis_of[full] = g[axes[-1]].name.rsplit("/", 1)[-1]
-                if f"{signal}_errors" in g:
-                    out.errors_of[full] = g[f"{signal}_errors"].name.rsplit("/", 1)[-1]
         eg = e["errors"]
         m = int(_refreshed(eg, "rows")[0])
         out.errors = {c: dec(_refreshed(eg, c)[:m]) for c, _ in ERRORS}

@@ -94,6 +94,11 @@ def _describe(ds: h5py.Dataset, spec: ArraySpec) -> None:
     if spec.unit:
         ds.attrs["units"] = spec.unit
     ds.attrs["long_name"] = spec.long_name or spec.name
+    # Qualified names of the companions, for readers (NeXus' own "axis" attribute is not it).
+    if spec.axis:
+        ds.attrs["axis_output"] = spec.axis
+    if spec.errors:
+        ds.attrs["errors_output"] = spec.errors
 
 
 def create_entry(
