@@ -106,7 +106,8 @@ def test_silx_opens_the_default_plot(made):
     with silx.io.open(str(made)) as f:
         nx = silx_nxdata.get_default(f)
         assert nx is not None and nx.is_valid
-        assert nx.signal_dataset_name == "intensity" and nx.axes_dataset_names == ["message_id", "radial"]
+        assert nx.signal_dataset_name == "intensity"
+        assert nx.axes_dataset_names == ["message_id", "radial"]
         assert nx.interpretation == "spectrum" and nx.errors is not None
         np.testing.assert_allclose(nx.axes[1], np.linspace(0.1, 1.0, 8))
 
@@ -174,7 +175,8 @@ def test_cli_results_prints_streams_rows_errors_runs_and_the_summary_says_where(
     out = tmp_path / "cli_{stream}.h5"
     done = run_cli(
         "run", "--progress", "off", "--frames", "7", "--sink", "hdf5", "--output", str(out),
-        "--set", 'source.module_shape=[48, 64]', "--set", 'kernels.profile.kind="tests.plugins:Profile"',
+        "--set", "source.module_shape=[48, 64]",
+        "--set", 'kernels.profile.kind="tests.plugins:Profile"',
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     path = tmp_path / f"cli_{STREAM}.h5"
