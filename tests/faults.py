@@ -890,7 +890,9 @@ def _check_after_kill(path: Path, frames: int, pool: list[bytes], before: int) -
         return 0  # killed while the first entry was being made: no row was committed yet
     r = results.load(str(path), "scan_0001")
     ids = r.message_id.tolist()
-    assert len(ids) == len(set(ids)), f"duplicate ids after a kill: {ids}"
+    with h5py.File(path, "r", swmr=True) as f:
+        extents = {k: d.shape for k, d in f["scan_0001"].items() if isinstance(d, h5py.Dataset)}
+    assert len(ids) == len(set(ids)), f"duplicate ids after a kill: {ids[-5:]}, {extents}"
     assert len(ids) >= before, f"committed rows lost: {before} before, {len(ids)} after"
     assert set(ids) <= set(range(1, frames + 1))
     for mid, d in zip(ids, r["checksum.digest"], strict=True):
@@ -927,8 +929,10 @@ def group_sigkill_resume(
     rows, landed, resumed_s, after_kill = 0, [], [], []
     for i in range(kills):
         name = f"crash-{os.getpid()}-{i}"
-        # Resumed frames already in the file are skipped, then new ones are written.
-        until = rows + rng.randint(1, max(1, frames - rows - 20))
+        # Resumed frames already in the file are skipped, then new ones are written: kill
+        # after a random share of what is left, so that every kill falls among new writes.
+        step = max(1, (frames - rows) // (kills - i + 1))
+        until = min(frames - 1, rows + rng.randint(1, 2 * step))
         proc = cli(*args, "--set", f"run.name={name}", new_session=True)
         try:
             wait_for(

@@ -17,9 +17,11 @@ _ROW_LINEAGE = [n for n, _ in LINEAGE if n != "message_id"]
 
 def _text(v: Any) -> Any:
     if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.ndarray) and v.dtype == object:
-        return np.array([_text(x) for x in v], dtype=object)
+        return v.decode(errors="replace")
+    if isinstance(v, np.ndarray) and (v.dtype == object or v.dtype.kind == "S"):
+        out = np.empty(v.shape, dtype=object)
+        out.ravel()[:] = [_text(x) for x in v.ravel()]
+        return out
     return v
 
 

@@ -131,6 +131,11 @@ class _Entry:
         self.seen = IdSet(e["message_id"][: self.rows].tolist())
         self.error_ids = IdSet(e["errors/message_id"][: self.error_rows].tolist())
         self.versions = {a: [v.tobytes() for v in e[f"{a}_versions"][:]] for a in self.axes}
+        # Rows written (and error rows) so far, committed or not: where the next batch goes.
+        # Counted here rather than read from the datasets' extents, so that a batch written
+        # again after a failed attempt lands on the same rows instead of after them.
+        self.written = self.rows
+        self.errors_written = self.error_rows
         self.pending: list[Record] = []
         self.dirty = False
         self.run_row = -1
@@ -169,10 +174,12 @@ class _Entry:
         if not rows:
             return
         e = self.e
-        n, k = e["message_id"].shape[0], len(rows)
+        n, k = self.written, len(rows)
         columns: dict[str, Any] = {
             "message_id": np.array([r.message_id for r in rows], dtype=np.int64),
-            "name": np.array([r.name for r in rows], dtype=object),
+            "name": np.array(
+                [nexus.fit(r.name, nexus.NAME_BYTES) for r in rows], dtype=nexus.LINEAGE[1][1]
+            ),
             "timestamp": np.array([r.timestamp for r in rows], dtype=np.float64),
             "published": np.full(k, time.time(), dtype=np.float64),
             "attempt": np.array([r.attempt for r in rows], dtype=np.int32),
@@ -188,22 +195,25 @@ class _Entry:
             ds.resize(n + k, axis=0)
             ds[n : n + k] = values
         self.pending = []
+        self.written = n + k
         self.dirty = True
 
     def append_error(self, err: ErrorRecord) -> None:
         g = self.e["errors"]
-        n = g["message_id"].shape[0]
-        for name, _ in nexus.ERRORS:
+        n = self.errors_written
+        for name, dt in nexus.ERRORS:
+            value = getattr(err, name)
             g[name].resize(n + 1, axis=0)
-            g[name][n] = getattr(err, name)
+            g[name][n] = nexus.as_text(value, dt) if isinstance(value, str) else value
+        self.errors_written = n + 1
         self.error_ids.add(err.message_id)
         self.dirty = True
 
     def mark_committed(self) -> None:
         """Advance the committed counters to what is written (after a flush of the rows)."""
         if self.dirty:
-            self.rows = self.e["message_id"].shape[0]
-            self.error_rows = self.e["errors/message_id"].shape[0]
+            self.rows = self.written
+            self.error_rows = self.errors_written
             self.e["rows"][0] = self.rows
             self.e["errors/rows"][0] = self.error_rows
             self.dirty = False
@@ -367,7 +377,8 @@ class HDF5Sink(Sink):
     def stream_finished(self, stream: str, next_stream: str, last_id: int = 0) -> None:
         e = self._entry(stream)
         e.e.attrs["finished"] = True
-        e.e.attrs["next_stream"] = next_stream
+        # Fixed-width, kept in the object header: nothing in the global heap (see nexus.text).
+        e.e.attrs["next_stream"] = np.bytes_(next_stream.encode())
         e.dirty = True
 
     def commit(self) -> None:
@@ -395,8 +406,9 @@ class HDF5Sink(Sink):
             for fs in self._files.values():
                 for e in fs.entries.values():
                     if e.run_row >= 0:
-                        e.e["runs/end_time"][e.run_row] = end
-                        e.e["end_time"][()] = end
+                        dt = e.e["end_time"].dtype
+                        e.e["runs/end_time"][e.run_row] = nexus.as_text(end, dt)
+                        e.e["end_time"][()] = nexus.as_text(end, dt)
                 fs.f.flush()
         finally:
             for fs in self._files.values():

@@ -32,34 +32,58 @@ from shmpipe.kernel import ArraySpec
 from shmpipe.provenance import iso_time
 from shmpipe.sink import RunInfo
 
-STR = h5py.string_dtype()
+
+def text(width: int) -> np.dtype:
+    """A fixed-width UTF-8 string type.
+
+    Every string a run writes while the file is in SWMR mode is fixed-width: variable-length
+    strings live in the file's global heap, which SWMR does not protect, and a killed writer
+    leaves rows pointing at heap objects that never reached the file ("bad heap index" when
+    the resumed run writes over them).
+    """
+    return h5py.string_dtype("utf-8", width)
+
+
+def fit(value: str, width: int) -> bytes:
+    """``value`` as UTF-8 in at most ``width`` bytes (cut at a character boundary)."""
+    raw = str(value).encode()
+    return raw if len(raw) <= width else raw[:width].decode(errors="ignore").encode()
+
+
+def as_text(value: str, dt: np.dtype) -> np.ndarray:
+    """``value`` ready to be written into a dataset of the fixed-width type ``dt``."""
+    return np.array(fit(value, dt.itemsize), dtype=dt)
+
+
+NAME_BYTES = 512
+"""Longest message name stored whole; longer ones are cut (at a character boundary)."""
 
 LINEAGE = (
     ("message_id", np.int64),
-    ("name", STR),
+    ("name", text(NAME_BYTES)),
     ("timestamp", np.float64),
     ("published", np.float64),
     ("attempt", np.int32),
 )
 ERRORS = (
     ("message_id", np.int64),
-    ("name", STR),
-    ("kernel", STR),
-    ("error", STR),
-    ("traceback", STR),
+    ("name", text(NAME_BYTES)),
+    ("kernel", text(128)),
+    ("error", text(4096)),
+    ("traceback", text(16384)),
     ("quarantined", np.bool_),
 )
 RUNS = (
-    ("run_name", STR),
-    ("run_uid", STR),
-    ("host", STR),
-    ("version", STR),
-    ("commit", STR),
-    ("start_time", STR),
-    ("end_time", STR),
+    ("run_name", text(256)),
+    ("run_uid", text(128)),
+    ("host", text(256)),
+    ("version", text(64)),
+    ("commit", text(64)),
+    ("start_time", text(40)),
+    ("end_time", text(40)),
     ("first_row", np.int64),
-    ("config_hash", STR),
-    ("configuration", STR),
+    ("config_hash", text(64)),
+    ("configuration", text(65536)),
 )
 CHUNK_BYTES = 256 * 1024
 
@@ -85,9 +109,11 @@ def nxdata_name(qualified: str) -> str:
     return qualified.replace(".", "_")
 
 
-def _columns(group: h5py.Group, columns, chunk: int) -> None:
+def _columns(group: h5py.Group, columns, chunk: int, compression: str | None = None) -> None:
     for name, dt in columns:
-        group.create_dataset(name, (0,), dtype=dt, maxshape=(None,), chunks=(chunk,))
+        group.create_dataset(
+            name, (0,), dtype=dt, maxshape=(None,), chunks=(chunk,), compression=compression
+        )
 
 
 def _describe(ds: h5py.Dataset, spec: ArraySpec) -> None:
@@ -111,7 +137,7 @@ def create_entry(
     e.create_dataset("title", data=stream)
     e.create_dataset("program_name", data="shmpipe").attrs["version"] = run.version
     e.create_dataset("start_time", data=iso_time(run.started))
-    e.create_dataset("end_time", data="")
+    e.create_dataset("end_time", data=as_text("", text(40)))
     _columns(e, LINEAGE, 1024)
     e["message_id"].attrs["long_name"] = "message id"
     axes = axis_names(specs)
@@ -144,11 +170,11 @@ def create_entry(
     errors = e.create_group("errors")
     errors.attrs["NX_class"] = "NXcollection"
     errors.create_dataset("rows", data=np.zeros(1, np.int64))
-    _columns(errors, ERRORS, 256)
+    _columns(errors, ERRORS, 8, "gzip")  # rare rows of mostly padding
     _process(e, run)
     runs = e.create_group("runs")
     runs.attrs["NX_class"] = "NXcollection"
-    _columns(runs, RUNS, 16)
+    _columns(runs, RUNS, 1, "gzip")
     if "default" not in f.attrs:
         f.attrs["default"] = stream
     return e
@@ -257,9 +283,10 @@ def record_run(e: h5py.Group, run: RunInfo, first_row: int) -> int:
         "config_hash": run.config_hash,
         "configuration": to_toml(run.config),
     }
-    for name, _ in RUNS:
+    for name, dt in RUNS:
         runs[name].resize(i + 1, axis=0)
-        runs[name][i] = values[name]
+        value = values[name]
+        runs[name][i] = as_text(value, dt) if isinstance(value, str) else value
     return i
 
 
