@@ -183,7 +183,7 @@ class AsapoSink(Sink):
                 {
                     "name": n,
                     "dtype": a.dtype.str,
-                    "shape": list(a.shape),
+                    "shape": list(np.shape(record.arrays[n])),  # () for a scalar
                     "offset": offset,
                     "unit": spec.unit,
                     "axis": spec.axis,
