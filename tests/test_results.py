@@ -188,3 +188,24 @@ def test_cli_results_prints_streams_rows_errors_runs_and_the_summary_says_where(
     assert "kernels.profile.npt = 8" in shown.stdout and "run run-" in shown.stdout
     missing = run_cli("results", str(tmp_path / "nothing.h5"))
     assert missing.returncode == 1 and "nothing.h5" in missing.stderr
+
+
+def test_streams_as_entries_of_one_file(tmp_path):
+    out = tmp_path / "all.h5"
+    raw = raw_config(out, frames=5)
+    raw["source"]["streams"] = 2  # the second entry is made while the file is in SWMR mode
+    run(raw)
+    with h5py.File(out, "r") as f:
+        assert [n for n in f if f[n].attrs.get("NX_class") == "NXentry"] == [
+            "scan_0001",
+            "scan_0002",
+        ]
+        assert f.attrs["default"] == "scan_0001"
+        assert f["scan_0001"].attrs["next_stream"] == b"scan_0002"
+    first, second = (results.load(str(out), s) for s in ("scan_0001", "scan_0002"))
+    for r in (first, second):
+        assert r.message_id.tolist() == [1, 2, 3, 4, 5] and r.runs[0]["end_time"]
+    np.testing.assert_allclose(first["profile.total"], totals(first.message_id))
+    assert not np.array_equal(first["profile.total"], second["profile.total"])
+    with pytest.raises(ValueError, match="name one"):
+        results.load(str(out))
