@@ -308,24 +308,19 @@ class HDF5Sink(Sink):
         return self.params.output.format(stream=stream, run=self.run.run_name)
 
     def _open_file(self, path: str) -> _File:
-        run = self.run
+        run, mode = self.run, self.params.mode
         f = None
         if os.path.exists(path):
-            f = open_write(path)
-            if f.attrs.get("run_uid") != run.run_uid:  # not a restart of this very run
-                if self.params.mode == "new":
-                    f.close()
+            # Decide on a read-only look: a file that is refused is left as it is.
+            with open_read(path) as peek:
+                mine = peek.attrs.get("run_uid") == run.run_uid  # this run, restarted
+                if not mine and mode == "new":
                     raise ValueError(f'sinks: {path} appeared during the run; mode = "new"')
-                if self.params.mode == "overwrite":
-                    f.close()
-                    f = None
-                else:
-                    try:
-                        self._check_resumable(path, f, run)
-                    except ValueError:
-                        f.close()
-                        raise
-                    f.attrs["run_uid"] = run.run_uid
+                if not mine and mode == "resume":
+                    self._check_resumable(path, peek, run)
+            if mine or mode == "resume":
+                f = open_write(path)
+                f.attrs["run_uid"] = run.run_uid
         if f is None:
             f = h5py.File(path, "w", libver="latest")
             nexus.set_root(f, run)
