@@ -670,6 +670,8 @@ def asapo_role_death(service, tmp: Path, role: str, frames: int = 40) -> Figures
         stop.set()
         t.join()
     raw = asapo_config(service.endpoint, tmp, group, f"{role}-2")
+    # The same chain: a different one would be refused by the ASAPO sink (another result hash).
+    raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 30.0}
     second = Pipeline(load_config(raw=raw))
     s2, hung2 = run_guarded(second, 120)
     ids = output_ids(service.endpoint, group)

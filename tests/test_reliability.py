@@ -430,9 +430,11 @@ def test_hdf5_reopened_after_a_crash_drops_uncommitted_rows_and_errors(tmp_path)
     sink.commit()
     sink.write(record(4))  # written, never committed (so never acknowledged) ...
     sink.write_error(error(5))
-    for f in sink._files.values():
-        f.flush()
-        f.close()  # ... when the process dies
+    for fs in sink._files.values():
+        for entry in fs.entries.values():
+            entry.write_pending()  # ... its row reaches the file ...
+        fs.f.flush()
+        fs.f.close()  # ... when the process dies
     again = HDF5Sink(HDF5Params(output=path))
     again.open(info)
     for mid in (4, 6):  # the redelivery, and a new frame
