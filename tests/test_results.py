@@ -16,7 +16,7 @@ from shmpipe import provenance, results
 from shmpipe.config import load_config
 from shmpipe.engine import EXIT_OK, Pipeline, StartupError
 from shmpipe.sources.sim import SimParams, SimSource
-from tests.conftest import SMALL_SIM, run_cli
+from tests.conftest import SMALL_SIM, run_cli, wait_for
 
 STREAM = "scan_0001"
 
@@ -209,3 +209,37 @@ def test_streams_as_entries_of_one_file(tmp_path):
     assert not np.array_equal(first["profile.total"], second["profile.total"])
     with pytest.raises(ValueError, match="name one"):
         results.load(str(out))
+
+
+def test_a_reader_follows_the_file_while_it_is_written(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "live_{stream}.h5"
+    path = tmp_path / f"live_{STREAM}.h5"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shmpipe", "run", "--progress", "off", "--frames", "60",
+         "--sink", "hdf5", "--output", str(out), "--set", "source.module_shape=[48, 64]",
+         "--set", "source.rate=30.0", "--set", "run.commit_interval_s=0.05",
+         "--set", 'kernels.profile.kind="tests.plugins:Profile"'],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen: list[int] = []
+    try:
+
+        def grown_while_running() -> bool:
+            if proc.poll() is not None or not path.exists():
+                return False
+            try:
+                r = results.load(str(path))
+            except (OSError, KeyError):
+                return False  # the entry is being made (not SWMR yet): nothing committed
+            seen.append(len(r))
+            assert r.message_id.tolist() == list(range(1, len(r) + 1))
+            return 0 < len(r) < 60
+
+        wait_for(grown_while_running, timeout=60, what="committed rows while the run writes")
+    finally:
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert len(results.load(str(path))) == 60
