@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from bench.conftest import report
-from shmpipe.kernel import ArraySpec
-from shmpipe.sink import Record, RunInfo
-from shmpipe.sinks.hdf5 import HDF5Params, HDF5Sink
+from shmpipe.api.kernel import ArraySpec
+from shmpipe.api.sink import Record, RunInfo
+from shmpipe.plugins.sinks.hdf5 import HDF5Params, HDF5Sink
 
 NPT = 1000
 BATCH = 64  # run.commit_every's default

@@ -48,7 +48,7 @@ from native_kernels.integrator import AzimuthalIntegrator, RadialPlan
 from native_kernels.poni import read_poni
 from native_kernels.stats import _roi_sums, accumulate_stats, check_rois
 from native_kernels.stitch import Stitcher
-from shmpipe.kernel import ArraySpec, Frame, Kernel, SetupContext
+from shmpipe.api.kernel import ArraySpec, Frame, Kernel, SetupContext
 
 
 class KernelConfigError(ValueError):

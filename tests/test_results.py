@@ -12,10 +12,12 @@ import h5py
 import numpy as np
 import pytest
 
-from shmpipe import provenance, results
+from shmpipe import results
+from shmpipe.api import provenance
 from shmpipe.config import load_config
-from shmpipe.engine import EXIT_OK, Pipeline, StartupError
-from shmpipe.sources.sim import SimParams, SimSource
+from shmpipe.engine.startup import StartupError
+from shmpipe.engine.supervisor import EXIT_OK, Pipeline
+from shmpipe.plugins.sources.sim import SimParams, SimSource
 from tests.conftest import SMALL_SIM, run_cli, wait_for
 
 STREAM = "scan_0001"

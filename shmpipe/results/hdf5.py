@@ -8,9 +8,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from shmpipe.plugins.sinks.nexus import ERRORS, LINEAGE, RUNS
+from shmpipe.plugins.sinks.swmr import open_read
 from shmpipe.results.model import Results
-from shmpipe.sinks.nexus import ERRORS, LINEAGE, RUNS
-from shmpipe.sinks.swmr import open_read
 
 _ROW_LINEAGE = [n for n, _ in LINEAGE if n != "message_id"]
 

@@ -1,0 +1,115 @@
+"""The sink protocol: where results go. Sinks are opened and written in the publisher only.
+
+Sinks must be idempotent on ``(stream, message_id)``: the engine delivers at least once (a
+frame whose worker died after the sink wrote but before the acknowledgement is redelivered),
+so a sink that has already stored a message must ignore the second copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from shmpipe.api.kernel import ArraySpec
+
+
+@dataclass
+class RunInfo:
+    """What a sink may record about the run that produced its data.
+
+    ``check_rerun`` receives it before the kernels are set up, with ``outputs`` still empty;
+    ``open`` receives it complete.
+    """
+
+    run_name: str
+    config: dict[str, Any]
+    """The effective configuration (``PipelineConfig.effective()``)."""
+    config_hash: str
+    chain: list[str]
+    outputs: list[ArraySpec] = field(default_factory=list)
+    config_toml: str = ""
+    """``config`` as TOML text, as a user would write it back (for result files)."""
+    result_config: dict[str, Any] = field(default_factory=dict)
+    """The result-shaping keys of the configuration (``shmpipe.api.provenance.result_shaping``)."""
+    result_hash: str = ""
+    """Hash of ``result_config``: results with equal hashes may share a file or stream."""
+    run_uid: str = ""
+    """Unique to this run: a sink reopening its own file after a restart recognises it."""
+    started: float = 0.0
+    """Unix time the run started."""
+    host: str = ""
+    version: str = ""
+    """shmpipe version."""
+    commit: str = ""
+    """git commit shmpipe runs from, "" when unknown."""
+
+
+@dataclass
+class Record:
+    """The results of one message: views on the result slot, valid until the sinks' next
+    ``commit`` returns (the publisher frees the slot only after that)."""
+
+    stream: str
+    message_id: int
+    name: str
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    timestamp: float
+    attempt: int = 0
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ErrorRecord:
+    """A message that could not be processed, and why."""
+
+    stream: str
+    message_id: int
+    name: str
+    kernel: str
+    error: str
+    traceback: str = ""
+    quarantined: bool = False
+    attempt: int = 0
+
+
+class Sink:
+    """Base class of every sink."""
+
+    Params: ClassVar[type]
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    def check(self) -> None:  # noqa: B027
+        """Validate settings before any process starts (output directory writable, ...)."""
+
+    def check_rerun(self, run: RunInfo) -> None:  # noqa: B027
+        """Refuse (``ValueError``) to mix this run's results with results already stored.
+
+        Called before any process starts, after ``check``; ``run.outputs`` is still empty.
+        """
+
+    def destination(self, run_name: str) -> list[str]:
+        """Where this sink's results went (paths, stream URLs), for the run summary."""
+        return []
+
+    def open(self, run: RunInfo) -> None:  # noqa: B027
+        pass
+
+    def write(self, record: Record) -> None:
+        raise NotImplementedError
+
+    def write_error(self, error: ErrorRecord) -> None:  # noqa: B027
+        pass
+
+    def stream_finished(self, stream: str, next_stream: str, last_id: int = 0) -> None:  # noqa: B027
+        """Every message of ``stream`` up to ``last_id`` has been written before this call."""
+
+    def commit(self) -> None:  # noqa: B027
+        """Make everything written so far durable; acknowledgements follow this call."""
+
+    def close(self) -> None:  # noqa: B027
+        pass

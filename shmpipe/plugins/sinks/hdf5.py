@@ -1,0 +1,418 @@
+"""HDF5Sink: NeXus files written in SWMR mode, one row per message, never mixed across configs.
+
+``output`` with ``{stream}`` gives one file per stream; without it every stream is an entry of
+the one file. The layout is described in ``shmpipe.plugins.sinks.nexus`` and docs/results.md.
+
+Crash safety: files are written in SWMR mode. A commit writes the batch's rows and flushes, then
+advances the entry's ``rows`` counter and flushes again, so whenever the process dies the file
+opens (``h5py.File(path, "r", swmr=True)``, or any reader after a resume) with every committed
+row intact; rows beyond ``rows`` were never acknowledged, are cut off when the file is resumed,
+and come back with the redelivery. A message id already present is skipped (idempotent sink),
+so a ``mode = "resume"`` run that re-reads its source from the start stores each message once.
+
+Re-runs: ``mode = "new"`` (default) refuses an existing file, ``"resume"`` appends when the
+result-shaping configuration (``shmpipe.provenance``) is the same, ``"overwrite"`` replaces it;
+all three are checked before any process starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import time
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+
+from shmpipe.api.provenance import describe_difference, iso_time, result_hash
+from shmpipe.api.sink import ErrorRecord, Record, RunInfo, Sink
+from shmpipe.plugins.sinks import nexus
+from shmpipe.plugins.sinks.swmr import open_read, open_write
+
+CHUNK_BYTES = nexus.CHUNK_BYTES
+_chunk_rows = nexus.chunk_rows
+
+
+class IdSet:
+    """Message ids seen, as sorted disjoint runs ``[lo, hi]``.
+
+    Ids arrive mostly in order, so a long stream costs a few runs instead of one set entry
+    per frame: the sink's memory stays flat however many frames a run publishes.
+    """
+
+    def __init__(self, ids: Iterable[int] = ()) -> None:
+        self.lo: list[int] = []
+        self.hi: list[int] = []
+        for i in sorted(set(int(i) for i in ids)):
+            self.add(i)
+
+    def __contains__(self, i: int) -> bool:
+        k = bisect_right(self.lo, i) - 1
+        return k >= 0 and i <= self.hi[k]
+
+    def add(self, i: int) -> None:
+        """Add ``i``, joining it to the runs beside it."""
+        lo, hi = self.lo, self.hi
+        k = bisect_right(lo, i) - 1
+        if k >= 0 and i <= hi[k]:
+            return
+        joins_left = k >= 0 and hi[k] == i - 1
+        joins_right = k + 1 < len(lo) and lo[k + 1] == i + 1
+        if joins_left and joins_right:
+            hi[k] = hi[k + 1]
+            del lo[k + 1], hi[k + 1]
+        elif joins_left:
+            hi[k] = i
+        elif joins_right:
+            lo[k + 1] = i
+        else:
+            lo.insert(k + 1, i)
+            hi.insert(k + 1, i)
+
+    @property
+    def runs(self) -> int:
+        """How many runs of consecutive ids are stored."""
+        return len(self.lo)
+
+
+@dataclass
+class HDF5Params:
+    output: str = "shmpipe_{stream}.h5"
+    """Output path; ``{stream}`` and ``{run}`` are replaced. Without ``{stream}``, every
+    stream is an entry of the one file."""
+    outputs: list[str] | None = None
+    """Kernel outputs to store (``kernel.output``); default all. The axis of a stored output
+    is stored with it."""
+    compression: str = ""
+    """HDF5 filter for the output datasets: "", "gzip", "lzf" (or any h5py name)."""
+    mode: Literal["new", "resume", "overwrite"] = "new"
+    """An output file that already exists: "new" refuses it, "resume" appends to it when it
+    was made with the same result-shaping configuration (kernels and their parameters),
+    "overwrite" replaces it. Checked before any process starts."""
+
+    def validate(self) -> None:
+        if not self.output:
+            raise ValueError("output must name a file")
+        try:
+            self.output.format(stream="s", run="r")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"output {self.output!r}: only {{stream}} and {{run}} may be replaced ({exc})"
+            ) from None
+
+
+class _Entry:
+    """The rows of one stream: appended in batches, counted as committed by ``rows``."""
+
+    def __init__(self, e: h5py.Group, specs, axes: set[str]) -> None:
+        self.e = e
+        self.axes = sorted(axes)
+        self.values = [s.name for s in specs if s.name not in axes]
+        self.columns = [n for n, _ in nexus.LINEAGE] + self.values
+        self.columns += [f"{a}_version" for a in self.axes]
+        missing = [c for c in self.columns if c not in e]
+        if missing:
+            raise ValueError(f"{e.file.filename}: entry {e.name} lacks {missing}")
+        self.rows = int(e["rows"][0])
+        self.error_rows = int(e["errors/rows"][0])
+        # Rows beyond the committed count were never acknowledged: drop them.
+        for name in self.columns:
+            if e[name].shape[0] != self.rows:
+                e[name].resize(self.rows, axis=0)
+        for name, _ in nexus.ERRORS:
+            if e["errors"][name].shape[0] != self.error_rows:
+                e["errors"][name].resize(self.error_rows, axis=0)
+        self.seen = IdSet(e["message_id"][: self.rows].tolist())
+        self.error_ids = IdSet(e["errors/message_id"][: self.error_rows].tolist())
+        self.versions = {a: [v.tobytes() for v in e[f"{a}_versions"][:]] for a in self.axes}
+        # Rows written (and error rows) so far, committed or not: where the next batch goes.
+        # Counted here rather than read from the datasets' extents, so that a batch written
+        # again after a failed attempt lands on the same rows instead of after them.
+        self.written = self.rows
+        self.errors_written = self.error_rows
+        self.pending: list[Record] = []
+        self.dirty = False
+        self.run_row = -1
+
+    def rebind(self, e: h5py.Group) -> None:
+        self.e = e
+
+    def append(self, record: Record) -> None:
+        """Queue a row; it is written with the others of the batch at ``commit``.
+
+        The record's arrays are views on its result slot, which the publisher frees only after
+        ``commit`` returns, so they are kept as views until then: one slab write per dataset
+        and batch instead of a resize and a write per dataset and row.
+        """
+        self.pending.append(record)
+        self.seen.add(record.message_id)
+
+    def _version(self, axis: str, values: np.ndarray) -> int:
+        """Index of this axis among those stored, storing it when new (stored once)."""
+        known = self.versions[axis]
+        raw = np.ascontiguousarray(values).tobytes()
+        for i in range(len(known) - 1, -1, -1):
+            if known[i] == raw:
+                return i
+        ds = self.e[f"{axis}_versions"]
+        i = ds.shape[0]
+        ds.resize(i + 1, axis=0)
+        ds[i] = values
+        if i == 0:
+            self.e[axis][...] = values
+        known.append(raw)
+        return i
+
+    def write_pending(self) -> None:
+        rows = self.pending
+        if not rows:
+            return
+        e = self.e
+        n, k = self.written, len(rows)
+        columns: dict[str, Any] = {
+            "message_id": np.array([r.message_id for r in rows], dtype=np.int64),
+            "name": np.array(
+                [nexus.fit(r.name, nexus.NAME_BYTES) for r in rows], dtype=nexus.LINEAGE[1][1]
+            ),
+            "timestamp": np.array([r.timestamp for r in rows], dtype=np.float64),
+            "published": np.full(k, time.time(), dtype=np.float64),
+            "attempt": np.array([r.attempt for r in rows], dtype=np.int32),
+        }
+        for name in self.values:
+            columns[name] = np.stack([r.arrays[name] for r in rows])
+        for a in self.axes:
+            columns[f"{a}_version"] = np.array(
+                [self._version(a, r.arrays[a]) for r in rows], dtype=np.int32
+            )
+        for name, values in columns.items():
+            ds = e[name]
+            ds.resize(n + k, axis=0)
+            ds[n : n + k] = values
+        self.pending = []
+        self.written = n + k
+        self.dirty = True
+
+    def append_error(self, err: ErrorRecord) -> None:
+        g = self.e["errors"]
+        n = self.errors_written
+        for name, dt in nexus.ERRORS:
+            value = getattr(err, name)
+            g[name].resize(n + 1, axis=0)
+            g[name][n] = nexus.as_text(value, dt) if isinstance(value, str) else value
+        self.errors_written = n + 1
+        self.error_ids.add(err.message_id)
+        self.dirty = True
+
+    def mark_committed(self) -> None:
+        """Advance the committed counters to what is written (after a flush of the rows)."""
+        if self.dirty:
+            self.rows = self.written
+            self.error_rows = self.errors_written
+            self.e["rows"][0] = self.rows
+            self.e["errors/rows"][0] = self.error_rows
+            self.dirty = False
+
+
+@dataclass
+class _File:
+    path: str
+    f: h5py.File
+    entries: dict[str, _Entry]
+
+
+class HDF5Sink(Sink):
+    """``[[sinks]] kind = "hdf5"``."""
+
+    Params = HDF5Params
+
+    def __init__(self, params: HDF5Params) -> None:
+        super().__init__(params)
+        self._files: dict[str, _File] = {}
+        self.paths: list[str] = []
+
+    # -- before any process starts ---------------------------------------------------------
+    def check(self) -> None:
+        d = os.path.dirname(os.path.abspath(self.params.output.replace("{", "").replace("}", "")))
+        if not os.path.isdir(d) or not os.access(d, os.W_OK):
+            raise ValueError(f"sinks: output directory {d} does not exist or is not writable")
+
+    def _shaped(self, run: RunInfo) -> RunInfo:
+        """The run as this sink records it: the selection of outputs shapes a file too."""
+        shaping = {**run.result_config, "sink.outputs": sorted(self.params.outputs or ["*"])}
+        return dataclasses.replace(run, result_config=shaping, result_hash=result_hash(shaping))
+
+    def existing(self, run_name: str) -> list[str]:
+        """Files this sink's ``output`` names that exist already."""
+        parts = [glob.escape(p.format(run=run_name)) for p in self.params.output.split("{stream}")]
+        return sorted(glob.glob("*".join(parts)))
+
+    def check_rerun(self, run: RunInfo) -> None:
+        run = self._shaped(run)
+        files = self.existing(run.run_name)
+        if not files or self.params.mode == "overwrite":
+            return
+        if self.params.mode == "new":
+            more = f" (and {len(files) - 1} more)" if len(files) > 1 else ""
+            raise ValueError(
+                f'sinks: {files[0]}{more} exists; mode = "new" never writes into an existing '
+                'file: set the sink\'s mode = "resume" to complete it with the same '
+                'configuration, mode = "overwrite" to replace it, or choose another output'
+            )
+        for path in files:
+            with open_read(path) as f:
+                self._check_resumable(path, f, run)
+
+    def _check_resumable(self, path: str, f: h5py.File, run: RunInfo) -> None:
+        if "result_hash" not in f.attrs:
+            raise ValueError(
+                f"sinks: {path} records no result-shaping configuration (not written by this "
+                'shmpipe version): mode = "resume" cannot prove it matches; use "overwrite" '
+                "or another output"
+            )
+        if f.attrs["result_hash"] != run.result_hash:
+            old = json.loads(f.attrs["result_config"])
+            raise ValueError(
+                f'sinks: mode = "resume" refuses {path}: it holds results made with another '
+                f"configuration; differing keys: {describe_difference(old, run.result_config)}"
+            )
+
+    def destination(self, run_name: str) -> list[str]:
+        return [os.path.abspath(p) for p in self.existing(run_name)] or [
+            os.path.abspath(self.params.output.format(stream="{stream}", run=run_name))
+        ]
+
+    # -- in the publisher ------------------------------------------------------------------
+    def open(self, run: RunInfo) -> None:
+        self.run = self._shaped(run)
+        wanted = self.params.outputs
+        known = {s.name: s for s in run.outputs}
+        if wanted:
+            bad = [w for w in wanted if w not in known]
+            if bad:
+                raise ValueError(
+                    f"sinks: outputs {bad} are not written by the chain ({sorted(known)})"
+                )
+            # A profile without its abscissa is not a result anyone can use.
+            axes = [known[w].axis for w in wanted if known[w].axis in known]
+            wanted = list(wanted) + [a for a in axes if a not in wanted]
+        self.specs = [s for s in run.outputs if not wanted or s.name in wanted]
+        self.axes = nexus.axis_names(self.specs)
+
+    def _path(self, stream: str) -> str:
+        return self.params.output.format(stream=stream, run=self.run.run_name)
+
+    def _open_file(self, path: str) -> _File:
+        run, mode = self.run, self.params.mode
+        f = None
+        if os.path.exists(path):
+            # Decide on a read-only look: a file that is refused is left as it is.
+            with open_read(path) as peek:
+                mine = peek.attrs.get("run_uid") == run.run_uid  # this run, restarted
+                if not mine and mode == "new":
+                    raise ValueError(f'sinks: {path} appeared during the run; mode = "new"')
+                if not mine and mode == "resume":
+                    self._check_resumable(path, peek, run)
+            if mine or mode == "resume":
+                f = open_write(path)
+                f.attrs["run_uid"] = run.run_uid
+        if f is None:
+            f = h5py.File(path, "w", libver="latest")
+            nexus.set_root(f, run)
+        entries = {
+            name: _Entry(g, self.specs, self.axes)
+            for name, g in f.items()
+            if isinstance(g, h5py.Group) and g.attrs.get("NX_class") == "NXentry"
+        }
+        fs = self._files[path] = _File(path, f, entries)
+        self.paths.append(path)
+        return fs
+
+    def _entry(self, stream: str) -> _Entry:
+        path = self._path(stream)
+        fs = self._files.get(path) or self._open_file(path)
+        entry = fs.entries.get(stream)
+        if entry is None:
+            if fs.f.swmr_mode:
+                # Objects are created outside SWMR mode, where readers never meet them half
+                # made: write what is queued, reopen, create, and go back to SWMR.
+                for other in fs.entries.values():
+                    other.write_pending()
+                fs.f.close()
+                fs.f = open_write(path)
+                for name, other in fs.entries.items():
+                    other.rebind(fs.f[name])
+            g = nexus.create_entry(fs.f, stream, self.specs, self.run, self.params.compression)
+            entry = fs.entries[stream] = _Entry(g, self.specs, self.axes)
+        if entry.run_row < 0:
+            uids = [u.decode() if isinstance(u, bytes) else u for u in entry.e["runs/run_uid"][:]]
+            if self.run.run_uid in uids:
+                entry.run_row = uids.index(self.run.run_uid)
+            else:
+                entry.run_row = nexus.record_run(entry.e, self.run, entry.rows)
+        if not fs.f.swmr_mode:
+            fs.f.swmr_mode = True
+        return entry
+
+    def write(self, record: Record) -> None:
+        e = self._entry(record.stream)
+        if record.message_id not in e.seen:
+            e.append(record)
+
+    def write_error(self, error: ErrorRecord) -> None:
+        e = self._entry(error.stream)
+        if error.message_id not in e.error_ids:
+            e.append_error(error)
+
+    def stream_finished(self, stream: str, next_stream: str, last_id: int = 0) -> None:
+        e = self._entry(stream)
+        e.e.attrs["finished"] = True
+        # Fixed-width, kept in the object header: nothing in the global heap (see nexus.text).
+        e.e.attrs["next_stream"] = np.bytes_(next_stream.encode())
+        e.dirty = True
+
+    def commit(self) -> None:
+        entries = [e for fs in self._files.values() for e in fs.entries.values()]
+        for e in entries:
+            e.write_pending()
+        dirty = {id(fs) for fs in self._files.values() if any(e.dirty for e in fs.entries.values())}
+        if not dirty:
+            return
+        # Rows first, then the counters that say they are there: a crash between the two
+        # flushes leaves rows beyond the counters, which a resume cuts off.
+        for fs in self._files.values():
+            if id(fs) in dirty:
+                fs.f.flush()
+        for e in entries:
+            e.mark_committed()
+        for fs in self._files.values():
+            if id(fs) in dirty:
+                fs.f.flush()
+
+    def close(self) -> None:
+        try:
+            self.commit()
+            end = iso_time(time.time())
+            for fs in self._files.values():
+                for e in fs.entries.values():
+                    if e.run_row >= 0:
+                        dt = e.e["end_time"].dtype
+                        e.e["runs/end_time"][e.run_row] = nexus.as_text(end, dt)
+                        e.e["end_time"][()] = nexus.as_text(end, dt)
+                fs.f.flush()
+        finally:
+            for fs in self._files.values():
+                fs.f.close()
+            self._files.clear()
+
+
+def read_stream(path: str, stream: str) -> dict[str, Any]:
+    """One stream's committed rows as numpy arrays (see ``shmpipe.results.read_stream``)."""
+    from shmpipe.results.hdf5 import read_stream as _read
+
+    return _read(path, stream)
