@@ -8,6 +8,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from shmpipe.plugins.sinks.hdf5 import read_stream
 from shmpipe.plugins.sinks.nexus import ERRORS, LINEAGE, RUNS
 from shmpipe.plugins.sinks.swmr import open_read
 from shmpipe.results.model import Results
@@ -116,18 +117,7 @@ def load(path: str, stream: str | None = None, *, text: bool = True) -> Results:
         return out
 
 
-def read_stream(path: str, stream: str) -> dict[str, Any]:
-    """One stream's committed rows as a dict of arrays, keyed by dataset name.
-
-    Kernel outputs by qualified name (an axis stored once comes back once), the lineage
-    columns (strings as h5py gives them: ``bytes``), ``errors`` (a dict of the error records'
-    columns) and ``attrs`` (stream state).
-    """
-    r = load(path, stream, text=False)
-    out: dict[str, Any] = {"message_id": r.message_id, **r.lineage, **r.arrays, **r.axes}
-    out["errors"] = r.errors
-    out["attrs"] = r.attrs
-    return out
+__all__ = ["describe_file", "load", "read_stream"]
 
 
 def describe_file(path: str) -> dict[str, Any]:

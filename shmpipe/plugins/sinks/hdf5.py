@@ -412,7 +412,37 @@ class HDF5Sink(Sink):
 
 
 def read_stream(path: str, stream: str) -> dict[str, Any]:
-    """One stream's committed rows as numpy arrays (see ``shmpipe.results.read_stream``)."""
-    from shmpipe.results.hdf5 import read_stream as _read
+    """One stream's committed rows as numpy arrays, keyed by dataset name (tests, notebooks).
 
-    return _read(path, stream)
+    Kernel outputs by qualified name (an axis stored once comes back once, or one row per
+    message when it changed), the lineage columns (strings as ``bytes``), ``errors`` (a dict
+    of the error records' columns) and ``attrs`` (``finished``, ``next_stream``).
+    ``shmpipe.results.load`` gives the same with units, axes and provenance.
+    """
+    with open_read(path) as f:
+        e = f[stream]
+        n, m = int(e["rows"][0]), int(e["errors/rows"][0])
+        out: dict[str, Any] = {}
+        for name in list(e):
+            ds = e[name]
+            if not isinstance(ds, h5py.Dataset) or ds.ndim == 0 or name == "rows":
+                continue
+            if name.endswith(("_version", "_versions")):
+                continue
+            if f"{name}_versions" in e:  # an axis: stored once per distinct value
+                versions, index = e[f"{name}_versions"][:], e[f"{name}_version"][:n]
+                if len(versions) == 0:
+                    out[name] = ds[...]
+                elif len(index) == 0 or np.all(index == index[0]):
+                    out[name] = versions[index[0] if len(index) else 0]
+                else:
+                    out[name] = versions[index]
+            else:
+                out[name] = ds[:n]
+        out["errors"] = {c: e["errors"][c][:m] for c, _ in nexus.ERRORS}
+        out["attrs"] = {
+            k: (v.decode() if isinstance(v, bytes) else v)
+            for k, v in e.attrs.items()
+            if k in ("finished", "next_stream")
+        }
+        return out
