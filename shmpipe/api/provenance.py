@@ -43,13 +43,19 @@ def git_commit() -> str:
     """
     src = Path(__file__).resolve().parent
     try:
+        # Only a checkout that tracks this very file: not some repository the install sits in.
+        tracked = subprocess.run(
+            ["git", "-C", str(src), "ls-files", "--error-unmatch", Path(__file__).name],
+            capture_output=True,
+            timeout=5,
+        )
         out = subprocess.run(
             ["git", "-C", str(src), "rev-parse", "HEAD"],
             capture_output=True,
             text=True,
             timeout=5,
         )
-        if out.returncode == 0 and out.stdout.strip():
+        if tracked.returncode == 0 and out.returncode == 0 and out.stdout.strip():
             commit = out.stdout.strip()
             dirty = subprocess.run(
                 ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
