@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from shmpipe.plugins.sinks.hdf5 import read_stream
-from shmpipe.plugins.sinks.nexus import ERRORS, LINEAGE, RUNS
+from shmpipe.plugins.sinks.nexus import ERRORS, LINEAGE, RUNS, is_axis_index
 from shmpipe.plugins.sinks.swmr import open_read
 from shmpipe.results.model import Results
 
@@ -93,7 +93,7 @@ def load(path: str, stream: str | None = None, *, text: bool = True) -> Results:
         out.message_id = _refreshed(e, "message_id")[:n]
         out.lineage = {c: dec(_refreshed(e, c)[:n]) for c in _ROW_LINEAGE}
         for name in list(e):
-            if "." not in name or name.endswith(("_version", "_versions")):
+            if "." not in name or is_axis_index(e, name):
                 continue
             # One handle per dataset: refreshing a second handle of a dataset that is open
             # already fails in HDF5 ("can't insert duplicate key").
@@ -140,9 +140,7 @@ def describe_file(path: str) -> dict[str, Any]:
             outputs = [
                 k
                 for k, v in e.items()
-                if isinstance(v, h5py.Dataset)
-                and "." in k
-                and not k.endswith(("_version", "_versions"))
+                if isinstance(v, h5py.Dataset) and "." in k and not is_axis_index(e, k)
             ]
             config = ""
             if "process/configuration/data" in e:

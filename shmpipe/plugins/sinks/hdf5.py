@@ -427,7 +427,7 @@ def read_stream(path: str, stream: str) -> dict[str, Any]:
             ds = e[name]
             if not isinstance(ds, h5py.Dataset) or ds.ndim == 0 or name == "rows":
                 continue
-            if name.endswith(("_version", "_versions")):
+            if nexus.is_axis_index(e, name):
                 continue
             if f"{name}_versions" in e:  # an axis: stored once per distinct value
                 versions, index = e[f"{name}_versions"][:], e[f"{name}_version"][:n]

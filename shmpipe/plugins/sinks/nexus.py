@@ -104,6 +104,15 @@ def axis_names(specs: Sequence[ArraySpec]) -> set[str]:
     return {s.axis for s in specs if s.axis in names}
 
 
+def is_axis_index(e: h5py.Group, name: str) -> bool:
+    """Whether dataset ``name`` of entry ``e`` is an axis's bookkeeping (``<axis>_version``,
+    ``<axis>_versions``) rather than a kernel output (which may end in ``_version`` too)."""
+    for suffix in ("_versions", "_version"):
+        if name.endswith(suffix) and f"{name[: -len(suffix)]}_versions" in e:
+            return True
+    return False
+
+
 def nxdata_name(qualified: str) -> str:
     return qualified.replace(".", "_")
 
