@@ -53,7 +53,7 @@ from multiprocessing.connection import wait
 import numpy as np
 
 from shmpipe.config import ConfigError, PipelineConfig
-from shmpipe.engine import protocol
+from shmpipe.engine import protocol, recovery
 from shmpipe.engine.chain import KernelSetupError
 from shmpipe.engine.dispatcher import dispatcher_main
 from shmpipe.engine.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, now_ns
@@ -113,6 +113,8 @@ class RunSummary:
     bytes_in: int = 0
     wall_s: float = 0.0
     worker_restarts: int = 0
+    dispatcher_restarts: int = 0
+    publisher_restarts: int = 0
     side_restarts: dict[str, int] = field(default_factory=dict)
     quarantined: int = 0
     error: str = ""
@@ -133,6 +135,8 @@ class RunSummary:
             f"run {self.name}: {self.frames_in} frames in, {self.frames_out} out, "
             f"{self.errors} errors, {self.wall_s:.2f} s, {self.frames_per_s:.1f} frames/s, "
             f"{mbps:.1f} MB/s, {self.worker_restarts} worker restarts"
+            + (f", {self.dispatcher_restarts} dispatcher" if self.dispatcher_restarts else "")
+            + (f", {self.publisher_restarts} publisher" if self.publisher_restarts else "")
         )
 
 
@@ -247,6 +251,51 @@ class Pipeline:
                 f"(run.max_restarts = {self.config.run.max_restarts}); last: {cause}"
             )
         self._start_worker(seat)
+
+    def _count_restart(self, role: str, proc: int, code: int | None) -> None:
+        self.p.ring.procs[proc, P_RESTARTS] += 1
+        total = self.summary.worker_restarts + self.summary.dispatcher_restarts
+        total += self.summary.publisher_restarts
+        if total > self.config.run.max_restarts:
+            raise _RunFailed(
+                f"processes died {total} times (run.max_restarts = "
+                f"{self.config.run.max_restarts}); last: the {role} ({_cause(code)})"
+            )
+
+    def _replace_dispatcher(self, code: int | None) -> None:
+        """A dispatcher killed (not one that stopped on purpose): free, hand on or re-send
+        what it held, and start another that resumes where the table says."""
+        p = self.p
+        rows = recovery.recover_dispatcher(p.ring, self.scheduler, p.seats, p.done, p.workers)
+        log.warning(
+            "the dispatcher (pid %d) died (%s): replaced; resuming after item %d "
+            "(%d half-filled slot(s) read again, %d filled slot(s) handed to workers)",
+            self.dispatcher.pid,
+            _cause(code),
+            rows.resume_at,
+            rows.abandoned,
+            rows.assigned,
+        )
+        self.summary.dispatcher_restarts += 1
+        self._count_restart("dispatcher", PROC_DISPATCHER, code)
+        p.ring.procs[PROC_DISPATCHER, [P_STATE, P_READY_NS]] = 0
+        self.dispatcher = self._start(dispatcher_main, (p, rows.resume_at), "shmpipe-dispatcher")
+
+    def _replace_publisher(self, code: int | None) -> None:
+        """A publisher killed: its PUBLISHING rows go back to DONE and another publishes them
+        (the sinks skip message ids they already hold)."""
+        requeued = recovery.recover_publisher(self.p.ring)
+        log.warning(
+            "the publisher (pid %d) died (%s): replaced; %d result(s) it was publishing go "
+            "out again",
+            self.publisher.pid,
+            _cause(code),
+            requeued,
+        )
+        self.summary.publisher_restarts += 1
+        self._count_restart("publisher", PROC_PUBLISHER, code)
+        self.p.ring.procs[PROC_PUBLISHER, [P_STATE, P_READY_NS]] = 0
+        self.publisher = self._start(publisher_main, (self.p, True), "shmpipe-publisher")
 
     def _watchdog(self) -> None:
         limit = self.config.run.watchdog_s
@@ -428,23 +477,22 @@ class Pipeline:
                         continue
                     proc.join()
                     if role == "dispatcher":
-                        dispatcher_done = True
                         ring.procs[PROC_DISPATCHER, P_STATE] = PS_EXITED
                         if proc.exitcode == EXIT_CONFIG:
                             raise _RunFailed(ring.note(PROC_DISPATCHER), EXIT_CONFIG_ERROR)
-                        if proc.exitcode != 0:
-                            note = ring.note(PROC_DISPATCHER)
-                            raise _RunFailed(
-                                note or f"the dispatcher died ({_cause(proc.exitcode)})"
-                            )
+                        if proc.exitcode in (EXIT_FATAL, 1):
+                            raise _RunFailed(ring.note(PROC_DISPATCHER) or "the dispatcher failed")
+                        if proc.exitcode == 0:
+                            dispatcher_done = True
+                        else:
+                            self._replace_dispatcher(proc.exitcode)
                     elif role == "publisher":
                         ring.procs[PROC_PUBLISHER, P_STATE] = PS_EXITED
-                        if proc.exitcode != 0:
-                            note = ring.note(PROC_PUBLISHER)
-                            raise _RunFailed(
-                                note or f"the publisher died ({_cause(proc.exitcode)})"
-                            )
-                        raise _Finished
+                        if proc.exitcode in (EXIT_FATAL, 1):
+                            raise _RunFailed(ring.note(PROC_PUBLISHER) or "the publisher failed")
+                        if proc.exitcode == 0:
+                            raise _Finished
+                        self._replace_publisher(proc.exitcode)
                     else:
                         self._on_worker_exit(role, proc)
                 self._watchdog()

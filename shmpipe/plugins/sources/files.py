@@ -142,6 +142,18 @@ class FileSource(Source):
             return [(self.params.stream or Path(self._paths[0]).stem, self._dsets)]
         return [(Path(p).stem, [d]) for p, d in zip(self._paths, self._dsets, strict=True)]
 
+    def resume(self, delivered: int) -> None:
+        """Skip the first ``delivered`` items: each stream's frames, then its marker."""
+        self._stream_i, self._frame = 0, delivered
+        for _, dsets in self._streams():
+            total = dsets[0].shape[0]
+            if self.params.frames:
+                total = min(total, self.params.frames)
+            if self._frame <= total:
+                return
+            self._frame -= total + 1
+            self._stream_i += 1
+
     def next(self, timeout: float) -> Message | StreamFinished | None:
         streams = self._streams()
         if self._stream_i >= len(streams):
