@@ -376,7 +376,8 @@ def process_death(
         p.communicate(timeout=120)
         raw = asapo_config(service.endpoint, tmp, f"replace-{role}", f"replace-{role}")
         raw["sinks"][0]["output"] = str(tmp / "out_{stream}.h5")
-        raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 5.0}
+        raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 10.0}
+        raw["ring"] = {"slots": 8}
         f = role_replaced(tmp, role, raw, {"scan_0001": frames}, kills=kills, every=frames // 5)
         f.details["output_ids"] = output_ids(service.endpoint, f"replace-{role}")
         return f
@@ -783,10 +784,16 @@ def asapo_group_kill(service, tmp: Path, frames: int = 40) -> Figures:
 
 
 def stopped_worker(
-    tmp: Path, frames: int = 60, rate: float = 60.0, watchdog_s: float = 1.0, deadline_s=120
+    tmp: Path,
+    frames: int = 60,
+    rate: float = 60.0,
+    watchdog_s: float | None = 1.0,
+    deadline_s=120,
 ) -> Figures:
-    """SIGSTOP a worker between frames (idle, or with frames waiting in its inbox)."""
-    raw = config(tmp, {"checksum": {}}, frames=frames, watchdog_s=watchdog_s)
+    """SIGSTOP a worker between frames (idle, or with frames waiting in its inbox), never
+    continued; ``watchdog_s`` None: the default configuration (the adaptive watchdog)."""
+    run = {} if watchdog_s is None else {"watchdog_s": watchdog_s}
+    raw = config(tmp, {"checksum": {}}, frames=frames, **run)
     raw["source"]["rate"] = rate
     pipeline = Pipeline(load_config(raw=raw))
     recoveries: list[float] = []
@@ -834,7 +841,7 @@ def stopped_worker(
         hangs=int(hung),
         recovery_s=recoveries,
         exit_code=summary.exit_code,
-        details={"summary": summary, "data": data},
+        details={"summary": summary, "data": data, "stopped": stopped},
     )
 
 

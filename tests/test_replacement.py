@@ -4,6 +4,9 @@ times each, with the sim, files and ASAPO sources; each is replaced, the run com
 
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 import pytest
 
@@ -72,3 +75,29 @@ def test_asapo_source_role_killed_twice_every_message_once(asapo, tmp_path, role
     _complete(f, role, 2)
     assert sorted(f.details["data"]["scan_0001"]["message_id"].tolist()) == list(range(1, 61))
     assert f.details["output_ids"] == list(range(1, 61))
+
+
+# -- the watchdog, on by default ------------------------------------------------------------
+def test_worker_stopped_for_good_with_the_default_configuration(tmp_path, caplog):
+    """SIGSTOP a worker and never continue it, with no watchdog setting: the adaptive
+    watchdog (floor 10 s) kills it, its frames go to the other worker, every message is
+    published once, and the log names the stalled and the stuck worker and its message."""
+    caplog.set_level(logging.WARNING, logger="shmpipe")
+    f = faults.stopped_worker(tmp_path, frames=40, rate=60.0, watchdog_s=None, deadline_s=90)
+    summary = f.details["summary"]
+    assert f.exit_code == EXIT_OK, summary.error
+    assert f.faults == 1 and (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
+    assert f.details["data"]["message_id"].tolist() == list(range(1, 41))
+    assert summary.worker_restarts == 1
+    assert f.longest_recovery_s >= 10.0  # the floor: no measured frame comes near it
+    text = caplog.text
+    pid = f.details["stopped"][0]
+    kill = re.search(
+        rf"watchdog: worker 0 \(pid {pid}\) has been stopped for more than 10\.0 s holding "
+        r"stream 'scan_0001' message (\d+)",
+        text,
+    )
+    assert kill, text
+    stall = re.search(r"stall: nothing published for \d+ s with frames in flight; (.*)", text)
+    assert stall and f"worker 0 (pid {pid}): stream 'scan_0001' message" in stall.group(1)
+    assert f"message {kill.group(1)}" in stall.group(1)

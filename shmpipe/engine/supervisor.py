@@ -56,12 +56,13 @@ from shmpipe.config import ConfigError, PipelineConfig
 from shmpipe.engine import protocol, recovery
 from shmpipe.engine.chain import KernelSetupError
 from shmpipe.engine.dispatcher import dispatcher_main
-from shmpipe.engine.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, now_ns
+from shmpipe.engine.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing
 from shmpipe.engine.publisher import publisher_main
 from shmpipe.engine.roles import getproctitle, set_process_title, setproctitle
 from shmpipe.engine.scheduler import Scheduler
 from shmpipe.engine.sideprocs import SideProcesses
 from shmpipe.engine.startup import StartupError, prepare
+from shmpipe.engine.watchdog import Watchdog
 from shmpipe.engine.worker import worker_main
 from shmpipe.observe.logs import frame_extra
 from shmpipe.observe.metrics import MetricsPortError
@@ -75,7 +76,6 @@ from shmpipe.shm.layout import (
     CLAIMED,
     MSG_ID,
     OWNER,
-    OWNER_PID,
     P_EXIT,
     P_KERNEL,
     P_PID,
@@ -89,7 +89,6 @@ from shmpipe.shm.layout import (
     PS_DEAD,
     PS_EXITED,
     STATE,
-    T_CLAIM,
     TICKET,
 )
 from shmpipe.shm.layout import (
@@ -297,60 +296,6 @@ class Pipeline:
         self.p.ring.procs[PROC_PUBLISHER, [P_STATE, P_READY_NS]] = 0
         self.publisher = self._start(publisher_main, (self.p, True), "shmpipe-publisher")
 
-    def _watchdog(self) -> None:
-        limit = self.config.run.watchdog_s
-        if limit <= 0:
-            return
-        self._watch_stopped(limit)
-        table = self.p.ring.table
-        deadline = now_ns() - int(limit * 1e9)
-        stuck = (table[:, STATE] == CLAIMED) & (table[:, T_CLAIM] < deadline)
-        for slot in stuck.nonzero()[0]:
-            pid = int(table[slot, OWNER_PID])
-            seat = int(table[slot, OWNER])
-            if pid > 0 and self.workers[seat] is not None and self.workers[seat].pid == pid:
-                log.warning(
-                    "worker %d (pid %d) spent more than %.1f s on message %d: killing it",
-                    seat,
-                    pid,
-                    limit,
-                    int(table[slot, MSG_ID]),
-                    extra=frame_extra(self.p.ring, int(slot)),
-                )
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-    def _watch_stopped(self, limit: float) -> None:
-        """Kill a worker that has been stopped (SIGSTOP, a debugger, a cgroup freezer) for
-        longer than ``limit``: frames already in its inbox would wait for it for ever."""
-        now = time.monotonic()
-        for seat, w in enumerate(self.workers):
-            if w is None or w.pid is None:
-                continue
-            try:
-                with open(f"/proc/{w.pid}/stat", "rb") as f:
-                    state = f.read().rsplit(b")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            if state not in (b"T", b"t"):
-                self._stopped_since.pop(w.pid, None)
-                continue
-            since = self._stopped_since.setdefault(w.pid, now)
-            if now - since > limit:
-                log.warning(
-                    "worker %d (pid %d) has been stopped for more than %.1f s: killing it",
-                    seat,
-                    w.pid,
-                    limit,
-                )
-                self._stopped_since.pop(w.pid, None)
-                try:
-                    os.kill(w.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
     def _report_ready_workers(self) -> None:
         """Log each worker's start-up time (fork to first frame possible) once."""
         procs = self.p.ring.procs
@@ -430,7 +375,7 @@ class Pipeline:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.workers: list[mp.Process | None] = [None] * cfg.run.workers
         self._ready_logged: set[tuple[int, int]] = set()
-        self._stopped_since: dict[int, float] = {}
+        self.watchdog = Watchdog(cfg.run, ring)
         progress = ProgressReporter(ring, cfg, self.name)
         exit_code, error = EXIT_OK, ""
         try:
@@ -495,7 +440,7 @@ class Pipeline:
                         self._replace_publisher(proc.exitcode)
                     else:
                         self._on_worker_exit(role, proc)
-                self._watchdog()
+                self.watchdog.tick(self.workers)
                 self.side.tick(p)
                 self._report_ready_workers()
                 progress.tick()

@@ -19,6 +19,8 @@ Metrics (all prefixed ``shmpipe_``; see docs/observability.md for the table)::
     process_busy_ratio{process}, process_busy_seconds_total{process},
     process_frames_total{process}, process_up{process}                        per process
     worker_restarts_total{process}                                            per worker seat
+    process_restarts_total{process}                        every role, dispatcher and publisher too
+    stalled_seconds                                   nothing published with frames in flight
     kernel_seconds{kernel} (histogram), latency_seconds (histogram)
     process_cpu_seconds_total{process}, process_cpu_percent{process},
     process_resident_memory_bytes{process}                                    psutil
@@ -58,9 +60,11 @@ from shmpipe.shm.layout import (
     P_FRAMES,
     P_PID,
     P_RESTARTS,
+    P_STALLED_NS,
     P_STARTED_NS,
     P_STATE,
     PROC_FIRST_WORKER,
+    PROC_PUBLISHER,
     PS_DEAD,
     PS_EXITED,
     STATE,
@@ -229,8 +233,15 @@ class PipelineCollector:
             "Workers of this seat that died and were replaced.",
             labels=["process"],
         )
+        replaced = CounterMetricFamily(
+            "shmpipe_process_restarts",
+            "Processes in this role (dispatcher, publisher, worker seat) that died and were "
+            "replaced.",
+            labels=["process"],
+        )
         for i, row in enumerate(procs):
             label = process_label(i)
+            replaced.add_metric([label], float(row[P_RESTARTS]))
             started = int(row[P_STARTED_NS])
             alive = max(1, now - started) if started else 0
             if alive:
@@ -242,7 +253,13 @@ class PipelineCollector:
             )
             if i >= PROC_FIRST_WORKER:
                 restarts.add_metric([label], float(row[P_RESTARTS]))
-        yield from (busy_ratio, busy_s, frames, up, restarts)
+        yield from (busy_ratio, busy_s, frames, up, restarts, replaced)
+        stalled_ns = int(procs[PROC_PUBLISHER, P_STALLED_NS])
+        yield GaugeMetricFamily(
+            "shmpipe_stalled_seconds",
+            "How long nothing has been published with frames in flight (0: not stalled).",
+            value=max(0.0, (now - stalled_ns) / 1e9) if stalled_ns else 0.0,
+        )
 
         # -- histograms ------------------------------------------------------------------
         t = ring.timings
