@@ -290,6 +290,7 @@ def crash_kernel(
     frames: int = 30,
     max_attempts: int = 2,
     watchdog_s: float = 0.0,
+    watchdog: bool = True,
     deadline_s: float = 300,
 ) -> Figures:
     """A kernel that kills (or hangs, or stops) its worker on ``ids``; once, or every time."""
@@ -310,6 +311,7 @@ def crash_kernel(
         frames=frames,
         max_attempts=max_attempts,
         watchdog_s=watchdog_s,
+        watchdog=watchdog,
     )
     pipeline = Pipeline(load_config(raw=raw))
     summary, hung = run_guarded(pipeline, deadline_s)
@@ -834,7 +836,9 @@ def stopped_worker(
     data = read_or_empty(tmp / "out_scan_0001.h5", "scan_0001")
     lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
     return Figures(
-        "worker SIGSTOPped between frames (watchdog)",
+        "worker SIGSTOPped between frames, never continued ("
+        + ("default: adaptive watchdog" if watchdog_s is None else f"watchdog_s = {watchdog_s}")
+        + ")",
         faults=len(stopped),
         lost=lost,
         duplicates=dups,
@@ -850,7 +854,8 @@ def kill_role_repeatedly(
     pipeline: Pipeline, role: str, kills: int, every: int, stop: threading.Event
 ) -> list[float]:
     """SIGKILL the dispatcher or publisher ``kills`` times, each after ``every`` more frames
-    were published; each kill waits for the replacement of the one before."""
+    were published and once the replacement of the one before is ready; return the seconds
+    from each kill until its replacement was ready."""
     table = ProcTable(pipeline)
     times: list[float] = []
     last_pid, next_at = 0, every
@@ -869,8 +874,15 @@ def kill_role_repeatedly(
                 os.kill(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 continue
-            last_pid = proc.pid
-            times.append(time.time())
+            last_pid, t0 = proc.pid, time.monotonic()
+            row = PROC_DISPATCHER if role == "dispatcher" else PROC_PUBLISHER
+            while not stop.is_set():  # until the replacement is ready for messages
+                new = getattr(pipeline, role)
+                procs = table.get()
+                if new.pid != last_pid and procs[row, P_PID] == new.pid and procs[row, P_READY_NS]:
+                    times.append(time.monotonic() - t0)
+                    break
+                stop.wait(0.002)
             next_at = table.frames() + every
         return times
     finally:
@@ -916,6 +928,7 @@ def role_replaced(
         lost=lost,
         duplicates=dups,
         hangs=int(hung),
+        recovery_s=killed,
         exit_code=summary.exit_code,
         details={"summary": summary, "data": data},
     )

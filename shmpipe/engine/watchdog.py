@@ -133,8 +133,9 @@ class Watchdog:
             if pid > 0 and 0 <= seat < len(workers) and workers[seat].pid == pid:
                 extra = frame_extra(self.ring, slot)
                 log.warning(
-                    "watchdog: worker %d (pid %d) spent more than %.1f s on stream %r message "
-                    "%d: killing it (its frames are retried)",
+                    "watchdog: worker %d (pid %d) "
+                    "spent more than %.1f s on stream %r message %d: killing it "
+                    "(its frames are retried)",
                     seat,
                     pid,
                     limit,
