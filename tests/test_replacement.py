@@ -5,15 +5,30 @@ times each, with the sim, files and ASAPO sources; each is replaced, the run com
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from shmpipe.engine.supervisor import EXIT_OK
+from shmpipe.observe.runs import live_runs
+from shmpipe.observe.status import attach_tables
 from shmpipe.plugins.kernels import frame_digest
-from shmpipe.shm.layout import P_RESTARTS, PROC_DISPATCHER, PROC_PUBLISHER
+from shmpipe.shm.layout import (
+    P_FRAMES,
+    P_PID,
+    P_READY_NS,
+    P_RESTARTS,
+    PROC_DISPATCHER,
+    PROC_FIRST_WORKER,
+    PROC_PUBLISHER,
+)
 from tests import faults
+from tests.conftest import run_cli, wait_for
 from tests.test_reliability import _digests_match
 
 
@@ -101,3 +116,68 @@ def test_worker_stopped_for_good_with_the_default_configuration(tmp_path, caplog
     stall = re.search(r"stall: nothing published for \d+ s with frames in flight; (.*)", text)
     assert stall and f"worker 0 (pid {pid}): stream 'scan_0001' message" in stall.group(1)
     assert f"message {kill.group(1)}" in stall.group(1)
+
+
+# -- what an operator sees ------------------------------------------------------------------
+def test_restarts_and_a_stall_in_status_metrics_and_summary(tmp_path):
+    """A CLI run whose dispatcher and publisher are SIGKILLed and whose worker is stopped:
+    `shmpipe status` shows each role's restarts and STALLED, the metrics the same, and the
+    summary counts the restarts."""
+    from tests.test_metrics import free_port, scrape
+    from tests.test_status import parse_table
+
+    name, port = "replace-status", free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shmpipe", "run", "--set", f"run.name={name}",
+         "--set", "source.module_shape=[48, 64]", "--set", "source.rate=40.0",
+         "--set", f"metrics.port={port}", "--frames", "2000", "--workers", "2",
+         "--progress", "off"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    stopped = 0
+    try:
+        _, procs, mapping = wait_for(lambda: _attached(name), 60, "the run to start")
+        for role, row in (("dispatcher", PROC_DISPATCHER), ("publisher", PROC_PUBLISHER)):
+            wait_for(lambda: procs[PROC_PUBLISHER, P_FRAMES] >= 10, 60, "frames published")
+            old = int(procs[row, P_PID])
+            os.kill(old, signal.SIGKILL)
+            wait_for(
+                lambda r=row, o=old: procs[r, P_PID] not in (0, o) and procs[r, P_READY_NS],
+                60,
+                f"a new {role}",
+            )
+        stopped = int(procs[PROC_FIRST_WORKER, P_PID])
+        os.kill(stopped, signal.SIGSTOP)
+
+        def stalled_status():
+            r = run_cli("status", name, timeout=30)
+            return r.stdout if "STALLED: nothing published for" in r.stdout else None
+
+        rows = parse_table(wait_for(stalled_status, 60, "status to show the stall"))
+        assert rows["dispatcher"][-1] == "1" and rows["publisher"][-1] == "1"
+        m = scrape(port)
+        assert m[("shmpipe_process_restarts_total", (("process", "dispatcher"),))] == 1
+        assert m[("shmpipe_process_restarts_total", (("process", "publisher"),))] == 1
+        assert m[("shmpipe_stalled_seconds", ())] >= 5.0
+        os.kill(stopped, signal.SIGCONT)
+        del procs
+        mapping.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "stall: nothing published for" in err and f"worker 0 (pid {stopped})" in err
+    assert "1 dispatcher, 1 publisher" in err  # the summary line
+
+
+def _attached(name: str):
+    for info in live_runs():
+        if info["name"] == name:
+            try:
+                return attach_tables(info)
+            except OSError:
+                return None
+    return None
