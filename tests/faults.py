@@ -368,7 +368,13 @@ def kill_role(pipeline: Pipeline, role: str, after: int, stop: threading.Event) 
 
 
 def process_death(
-    tmp: Path, role: str, source: str = "sim", service=None, kills: int = 3, frames: int = 120
+    tmp: Path,
+    role: str,
+    source: str = "sim",
+    service=None,
+    kills: int = 3,
+    frames: int = 120,
+    ordered: bool = True,
 ) -> Figures:
     """SIGKILL the dispatcher or the publisher ``kills`` times mid-run, with the sim, files
     or ASAPO (``service``) source: each is replaced, the run completes with every message
@@ -402,7 +408,8 @@ def process_death(
     # A small ring: the dispatcher stays busy until the end instead of reading everything
     # into slots at once.
     raw["ring"] = {"slots": 8}
-    return role_replaced(tmp, role, raw, streams, kills=kills, every=frames // 5)
+    raw["run"]["ordered"] = ordered
+    return role_replaced(tmp, role, raw, streams, kills=kills, every=frames // (kills + 2))
 
 
 # -- long run -------------------------------------------------------------------------------

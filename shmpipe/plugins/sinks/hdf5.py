@@ -31,7 +31,11 @@ import numpy as np
 
 from shmpipe.api.sink import ErrorRecord, Record, RunInfo, Sink
 
-_STR = h5py.string_dtype()
+# Fixed-width strings only: a variable-length string lives in the file's global heap, and a
+# writer killed between writing a row and flushing that heap leaves a row pointing at a heap
+# object that never reached the file ("bad heap index" when the next process appends). A
+# fixed-width string is stored in the row itself. Longer text is cut at the width.
+_STR = np.dtype("S1024")
 _LINEAGE = (
     ("message_id", np.int64),
     ("timestamp", np.float64),
@@ -41,11 +45,24 @@ _LINEAGE = (
 _ERRORS = (
     ("message_id", np.int64),
     ("name", _STR),
-    ("kernel", _STR),
-    ("error", _STR),
-    ("traceback", _STR),
+    ("kernel", np.dtype("S128")),
+    ("error", np.dtype("S4096")),
+    ("traceback", np.dtype("S16384")),
     ("quarantined", np.bool_),
 )
+
+
+def _fixed(text: str, dtype: np.dtype) -> bytes:
+    """``text`` as UTF-8 cut to the width of ``dtype`` (never mid-character)."""
+    raw = str(text).encode()
+    if len(raw) <= dtype.itemsize:
+        return raw
+    return raw[: dtype.itemsize].decode(errors="ignore").encode()
+
+
+def _attr(text: str) -> np.bytes_:
+    """A string attribute stored in the object header, not in the global heap."""
+    return np.bytes_(str(text).encode())
 
 
 CHUNK_BYTES = 256 * 1024
@@ -148,7 +165,7 @@ class _StreamGroup:
         self.error_rows = int(eg.attrs.get("rows", 0))
         for name, dt in _ERRORS:
             if name not in eg:
-                eg.create_dataset(name, (0,), dtype=dt, maxshape=(None,), chunks=(256,))
+                eg.create_dataset(name, (0,), dtype=dt, maxshape=(None,), chunks=(16,))
         self.errors = eg
         for name, _ in _ERRORS:
             # Error rows beyond the committed count were never acknowledged either.
@@ -184,7 +201,7 @@ class _StreamGroup:
             "timestamp": np.array([r.timestamp for r in rows], dtype=np.float64),
             "published": np.full(k, now, dtype=np.float64),
             "attempt": np.array([r.attempt for r in rows], dtype=np.int32),
-            "name": np.array([r.name for r in rows], dtype=object),
+            "name": np.array([_fixed(r.name, _STR) for r in rows], dtype=_STR),
         }
         for name in self.pending_names:
             columns[name] = np.stack([r.arrays[name] for r in rows])
@@ -198,15 +215,9 @@ class _StreamGroup:
         n = self.errors["message_id"].shape[0]
         for name, _ in _ERRORS:
             self.errors[name].resize(n + 1, axis=0)
-        for name, value in (
-            ("message_id", e.message_id),
-            ("name", e.name),
-            ("kernel", e.kernel),
-            ("error", e.error),
-            ("traceback", e.traceback),
-            ("quarantined", e.quarantined),
-        ):
-            self.errors[name][n] = value
+        for name, dt in _ERRORS:
+            value = getattr(e, name)
+            self.errors[name][n] = _fixed(value, np.dtype(dt)) if isinstance(value, str) else value
         self.error_ids.add(e.message_id)
 
     def commit(self) -> None:
@@ -254,10 +265,10 @@ class HDF5Sink(Sink):
             f = self._files.get(path)
             if f is None:
                 f = self._files[path] = h5py.File(path, "a")
-                f.attrs["run_name"] = self.run.run_name
-                f.attrs["config"] = self.run.config_toml
-                f.attrs["config_hash"] = self.run.config_hash
-                f.attrs["chain"] = ",".join(self.run.chain)
+                f.attrs["run_name"] = _attr(self.run.run_name)
+                f.attrs["config"] = _attr(self.run.config_toml)
+                f.attrs["config_hash"] = _attr(self.run.config_hash)
+                f.attrs["chain"] = _attr(",".join(self.run.chain))
                 self.paths.append(path)
             g = self._groups[stream] = _StreamGroup(
                 f.require_group(stream), self.specs, self.params.compression
@@ -277,7 +288,7 @@ class HDF5Sink(Sink):
     def stream_finished(self, stream: str, next_stream: str, last_id: int = 0) -> None:
         g = self._group(stream)
         g.g.attrs["finished"] = True
-        g.g.attrs["next_stream"] = next_stream
+        g.g.attrs["next_stream"] = _attr(next_stream)
 
     def commit(self) -> None:
         for g in self._groups.values():
@@ -302,5 +313,10 @@ def read_stream(path: str, stream: str) -> dict[str, Any]:
         eg = g["errors"]
         m = int(eg.attrs.get("rows", 0))
         out["errors"] = {k: eg[k][:m] for k in eg}
-        out["attrs"] = dict(g.attrs)
+        out["attrs"] = {k: _text(v) for k, v in g.attrs.items()}
+        out["file_attrs"] = {k: _text(v) for k, v in f.attrs.items()}
         return out
+
+
+def _text(value: Any) -> Any:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
