@@ -25,7 +25,10 @@ travel through a pipe, only slot numbers do)::
   read the tables: ``engine/sideprocs.py``), and waits on their sentinels; when a worker
   dies it finds the seat's slots in the slot table and re-assigns them (attempt+1 for a
   claimed one; quarantined as an error record after run.max_attempts), then forks a
-  replacement into the same seat. Ctrl-C/SIGTERM: STOP
+  replacement into the same seat. A dead dispatcher or publisher is replaced too: what it
+  held and where the replacement resumes come from the slot table (``engine/recovery.py``).
+  The watchdog (``engine/watchdog.py``, on by default) kills a worker stuck on a frame and
+  names a stall. Ctrl-C/SIGTERM: STOP
   to the dispatcher, the rest drains; a second one kills.
 
 Slot lifecycle: FREE → FILLING → FILLED → ASSIGNED → CLAIMED → DONE → PUBLISHING → FREE, each
