@@ -205,3 +205,29 @@ def _attached(name: str):
             except OSError:
                 return None
     return None
+
+
+def test_adaptive_limit_is_the_floor_until_frames_are_measured_then_a_multiple_of_p99():
+    from types import SimpleNamespace
+
+    from shmpipe.config import load_config
+    from shmpipe.engine.watchdog import Watchdog, chain_p99_s
+    from shmpipe.shm.layout import KERNEL_BUCKETS_S, MAX_KERNELS, N_BUCKETS
+
+    hist = np.zeros((3, MAX_KERNELS, N_BUCKETS), np.int64)
+    ring = SimpleNamespace(timings=SimpleNamespace(kernel_hist=hist))
+    run = load_config(raw={}).run  # the defaults: adaptive, floor 10 s, factor 20
+    assert run.watchdog and run.watchdog_s == 0
+    dog = Watchdog(run, ring)
+    assert chain_p99_s(hist) == 0 and dog.limit_s() == run.watchdog_floor_s
+    # Kernel 0: 990 frames up to 1 ms, 10 up to 2 ms (p99 in the 1 ms bucket) on two workers;
+    # kernel 1: every frame up to 1 s. The chain's p99: the sum of both bounds.
+    ms1, ms2, s1 = (KERNEL_BUCKETS_S.index(b) for b in (1e-3, 2e-3, 1.0))
+    hist[1, 0, ms1], hist[2, 0, ms1], hist[2, 0, ms2] = 500, 490, 10
+    hist[1, 1, s1] = 1000
+    assert chain_p99_s(hist) == pytest.approx(1.001)
+    assert dog.limit_s() == pytest.approx(20 * 1.001)
+    hist[1, 1, s1] = 0  # fast frames only: never below the floor
+    assert dog.limit_s() == run.watchdog_floor_s
+    run.watchdog_s = 3.0  # a fixed limit wins
+    assert dog.limit_s() == 3.0
