@@ -51,7 +51,7 @@ from shmpipe.api.sideprocess import SideProcess
 from shmpipe.config import MetricsSection
 from shmpipe.engine.plumbing import Plumbing
 from shmpipe.engine.roles import start_role
-from shmpipe.observe.snapshot import Snapshot
+from shmpipe.observe.snapshot import Snapshot, stalled_seconds
 from shmpipe.observe.status import ProcessSampler
 from shmpipe.shm.layout import (
     KERNEL_BUCKETS_S,
@@ -60,11 +60,9 @@ from shmpipe.shm.layout import (
     P_FRAMES,
     P_PID,
     P_RESTARTS,
-    P_STALLED_NS,
     P_STARTED_NS,
     P_STATE,
     PROC_FIRST_WORKER,
-    PROC_PUBLISHER,
     PS_DEAD,
     PS_EXITED,
     STATE,
@@ -254,11 +252,10 @@ class PipelineCollector:
             if i >= PROC_FIRST_WORKER:
                 restarts.add_metric([label], float(row[P_RESTARTS]))
         yield from (busy_ratio, busy_s, frames, up, restarts, replaced)
-        stalled_ns = int(procs[PROC_PUBLISHER, P_STALLED_NS])
         yield GaugeMetricFamily(
             "shmpipe_stalled_seconds",
             "How long nothing has been published with frames in flight (0: not stalled).",
-            value=max(0.0, (now - stalled_ns) / 1e9) if stalled_ns else 0.0,
+            value=stalled_seconds(procs),
         )
 
         # -- histograms ------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 
 from shmpipe.observe.runs import live_runs
+from shmpipe.observe.snapshot import stalled_seconds
 from shmpipe.shm.layout import (
     MAX_STREAMS,
     N_COLUMNS,
@@ -27,11 +28,9 @@ from shmpipe.shm.layout import (
     P_MSG_ID,
     P_PID,
     P_RESTARTS,
-    P_STALLED_NS,
     P_STARTED_NS,
     P_STATE,
     PROC_FIRST_WORKER,
-    PROC_PUBLISHER,
     PROC_STATE_NAMES,
     STATE,
     STATE_NAMES,
@@ -243,9 +242,8 @@ def format_status(info: dict, cpu_window_s: float = 0.25) -> str:
         if info.get("metrics"):
             lines.append(f"  metrics {info['metrics']}")
         lines += format_rows(process_rows(ptable, sampler, int(info["pid"]), metrics_pid))
-        stalled_ns = int(ptable[PROC_PUBLISHER, P_STALLED_NS])
-        if stalled_ns:
-            idle_s = (time.monotonic_ns() - stalled_ns) / 1e9
+        idle_s = stalled_seconds(ptable)
+        if idle_s:
             lines.append(
                 f"  STALLED: nothing published for {idle_s:.0f} s with frames in flight "
                 "(the run's log names who holds which message)"
