@@ -939,3 +939,101 @@ def role_replaced(
         exit_code=summary.exit_code,
         details={"summary": summary, "data": data},
     )
+
+
+# -- crash safety of the results file ----------------------------------------------------------
+def _check_after_kill(path: Path, frames: int, pool: list[bytes], before: int) -> int:
+    """The file a killed run left: it opens, its committed rows are intact, none is lost.
+
+    Returns the committed rows. Raises AssertionError naming what is wrong.
+    """
+    import h5py
+
+    from shmpipe import results
+
+    if not path.exists():
+        assert before == 0, f"{path} vanished with {before} committed rows"
+        return 0
+    try:
+        h5py.File(path, "r").close()
+    except OSError as exc:  # the writer's open flag: SWMR readers and a resume handle it
+        assert "already open for write" in str(exc), exc
+    if results.hdf5.describe_file(str(path))["streams"] == []:
+        return 0  # killed while the first entry was being made: no row was committed yet
+    r = results.load(str(path), "scan_0001")
+    ids = r.message_id.tolist()
+    with h5py.File(path, "r", swmr=True) as f:
+        extents = {k: d.shape for k, d in f["scan_0001"].items() if isinstance(d, h5py.Dataset)}
+    assert len(ids) == len(set(ids)), f"duplicate ids after a kill: {ids[-5:]}, {extents}"
+    assert len(ids) >= before, f"committed rows lost: {before} before, {len(ids)} after"
+    assert set(ids) <= set(range(1, frames + 1))
+    for mid, d in zip(ids, r["checksum.digest"], strict=True):
+        assert bytes(d) == pool[(mid - 1) % len(pool)], f"row of id {mid} is not its frame"
+    return len(ids)
+
+
+def group_sigkill_resume(
+    tmp: Path, kills: int = 3, frames: int = 400, rate: float = 400.0, seed: int = 14
+) -> Figures:
+    """SIGKILL the whole process group of an HDF5 run at random instants of its writing.
+
+    Each run is ``mode = "resume"`` into the same file and commits every few frames; it is
+    killed when its publisher has handed a random number of new frames to the sink (plus a
+    random few milliseconds, so the kill falls anywhere in a commit). After each kill the file
+    must open with every committed row intact; the next run resumes it; a last run completes
+    it, and then every id is there exactly once.
+    """
+    from shmpipe.plugins.kernels import frame_digest
+    from shmpipe.plugins.sources.sim import SimParams, SimSource
+
+    rng = random.Random(seed)
+    sim = SimSource(SimParams(**{k: v for k, v in SMALL.items() if k != "kind"}))
+    sim.open()
+    pool = [frame_digest(sim.frame_parts(i)) for i in range(SMALL["pool"])]
+    out, path = tmp / "crash_{stream}.h5", tmp / "crash_scan_0001.h5"
+    args = [
+        "run", "--progress", "off", "--workers", "2", "--frames", str(frames), "--sink", "hdf5",
+        "--output", str(out), "--set", "source.module_shape=[48, 64]",
+        "--set", f"source.pool={SMALL['pool']}", "--set", f"source.modules={SMALL['modules']}",
+        "--set", f"source.rate={rate}", "--set", 'sinks.0.mode="resume"',
+        "--set", "run.commit_interval_s=0.02", "--set", "run.commit_every=8",
+    ]  # fmt: skip
+    rows, landed, resumed_s, after_kill = 0, [], [], []
+    for i in range(kills):
+        name = f"crash-{os.getpid()}-{i}"
+        # Resumed frames already in the file are skipped, then new ones are written: kill
+        # after a random share of what is left, so that every kill falls among new writes.
+        step = max(1, (frames - rows) // (kills - i + 1))
+        until = min(frames - 1, rows + rng.randint(1, 2 * step))
+        proc = cli(*args, "--set", f"run.name={name}", new_session=True)
+        try:
+            wait_for(
+                lambda n=name, u=until, p=proc: published(n) >= u or p.poll() is not None,
+                timeout=120,
+                what=f"{until} frames published by {name}",
+            )
+            time.sleep(rng.uniform(0, 0.03))  # the fault's instant, anywhere in a commit
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                landed.append(i)
+            proc.communicate(timeout=60)
+        rows = _check_after_kill(path, frames, pool, rows)
+        after_kill.append(rows)
+    t0 = time.monotonic()
+    last = cli(*args, "--set", f"run.name=crash-{os.getpid()}-done")
+    _, err = last.communicate(timeout=300)
+    resumed_s.append(time.monotonic() - t0)
+    assert last.returncode == 0, err
+    ids = read_stream(str(path), "scan_0001")["message_id"].tolist()
+    _check_after_kill(path, frames, pool, rows)
+    lost, dups = count(ids, set(range(1, frames + 1)))
+    return Figures(
+        f"whole group SIGKILLed while writing HDF5, then resumed ({kills} kills)",
+        faults=len(landed),
+        lost=lost,
+        duplicates=dups,
+        recovery_s=resumed_s,
+        exit_code=last.returncode,
+        details={"ids": ids, "stderr": err, "rows_after_kill": after_kill},
+    )

@@ -77,7 +77,9 @@ def test_config_show_prints_effective_config_that_reads_back(tmp_path):
     doc = tomllib.loads(r.stdout)
     assert doc["run"]["workers"] == 5 and doc["run"]["name"] == "test-b"
     assert doc["source"]["frames"] == 7 and doc["source"]["kind"] == "sim"
-    assert doc["sinks"] == [{"kind": "hdf5", "output": "x_{stream}.h5", "compression": ""}]
+    assert doc["sinks"] == [
+        {"kind": "hdf5", "output": "x_{stream}.h5", "compression": "", "mode": "new"}
+    ]
     assert doc["ring"]["header_bytes"] == 65536  # defaults are filled in
     again = load_config(raw=doc)
     assert to_toml(again.effective()) == r.stdout

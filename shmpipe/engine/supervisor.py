@@ -122,6 +122,8 @@ class RunSummary:
     error: str = ""
     slots: int = 0
     """Slots in the ring."""
+    results: list[str] = field(default_factory=list)
+    """Where the results went: files, output streams."""
     worker_startup_s: list[float] = field(default_factory=list)
     timings: dict[str, np.ndarray] = field(default_factory=dict)
     """Copies of the ring's ``Timings`` arrays (``kernel_hist``, ``kernel_ns``, ``latency_hist``,
@@ -139,7 +141,7 @@ class RunSummary:
             f"{mbps:.1f} MB/s, {self.worker_restarts} worker restarts"
             + (f", {self.dispatcher_restarts} dispatcher" if self.dispatcher_restarts else "")
             + (f", {self.publisher_restarts} publisher" if self.publisher_restarts else "")
-        )
+        ) + "".join(f"\n  results: {r}" for r in self.results)
 
 
 class Pipeline:
@@ -467,6 +469,7 @@ class Pipeline:
         summary.frames_in, summary.bytes_in = snap.frames_in, snap.bytes_in
         summary.frames_out, summary.errors = snap.frames_out, snap.errors
         summary.slots = ring.geometry.slots
+        summary.results = [r for s in cfg.sink_instances() for r in s.destination(self.name)]
         t = ring.timings
         summary.timings = {
             "kernel_hist": t.kernel_hist.copy(),
