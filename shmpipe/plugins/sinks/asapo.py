@@ -75,6 +75,11 @@ class AsapoSink(Sink):
             if bad:
                 raise ValueError(f"sinks: outputs {bad} are not written by the chain ({known})")
         self.names = p.outputs or known
+        # Units, axes and errors travel with each record so a view can label what it shows.
+        self._labels = {
+            s.name: {"unit": s.unit, "axis": s.axis, "errors": s.errors, "long_name": s.long_name}
+            for s in run.outputs
+        }
         self.producer = asapo_producer.create_producer(
             p.endpoint,
             "processed",
@@ -176,18 +181,20 @@ class AsapoSink(Sink):
             return
         arrays, described, offset = [], [], 0
         for n in self.names:
-            a = np.ascontiguousarray(record.arrays[n])
+            src = record.arrays[n]
+            a = np.ascontiguousarray(src)  # a scalar comes back 1-D: its shape is src's
             arrays.append(a.reshape(-1).view(np.uint8))
             spec = self._specs[n]
             described.append(
                 {
                     "name": n,
                     "dtype": a.dtype.str,
-                    "shape": list(np.shape(record.arrays[n])),  # () for a scalar
+                    "shape": list(src.shape),  # () for a scalar
                     "offset": offset,
                     "unit": spec.unit,
                     "axis": spec.axis,
                     "errors": spec.errors,
+                    **self._labels.get(n, {}),
                 }
             )
             offset += a.nbytes
