@@ -35,6 +35,7 @@ from shmpipe.shm.layout import (
     P_READY_NS,
     P_RELEASED_SEQ,
     P_STATE,
+    PARAMS_VERSION,
     PROC_DISPATCHER,
     PROC_PUBLISHER,
     PS_BUSY,
@@ -235,7 +236,7 @@ class Publisher:
             self._count_stream(int(row[STREAM_ROW]), error=False)
             self.last_id = mid
             if self.tap is not None:
-                self.tap.note(stream, mid, slot, header.parts)
+                self.tap.note(stream, mid, slot, header.parts, int(row[PARAMS_VERSION]))
             self._queue(stream, mid, slot, ack=True)
         self._advance(seq)
 
