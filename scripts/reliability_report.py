@@ -54,12 +54,16 @@ def scenarios(soak: bool) -> list[tuple[str, Callable[[Path], faults.Figures]]]:
             lambda d: faults.crash_kernel(d, "sigstop", [5], once=False, watchdog_s=1.5),
         ),
         ("hang", lambda d: faults.stopped_worker(d)),
+        ("watchdog-default", lambda d: faults.stopped_worker(d, watchdog_s=None)),
         ("poison", lambda d: faults.crash_kernel(d, "raise", [3, 7, 11], once=False)),
         ("poison", lambda d: faults.crash_kernel(d, "abort", [3, 7, 11], once=False)),
         ("poison", lambda d: faults.crash_kernel(d, "segfault", [3, 7, 11], once=False)),
         ("poison", lambda d: faults.crash_kernel(d, "sigkill", [3, 7, 11], once=True)),
-        ("death", lambda d: faults.process_death(d, "dispatcher")),
-        ("death", lambda d: faults.process_death(d, "publisher")),
+        *(
+            ("death", lambda d, r=role, src=source: faults.process_death(d, r, src))
+            for source in ("sim", "files")
+            for role in ("dispatcher", "publisher")
+        ),
         ("sigterm", lambda d: faults.sigterm_under_load(d)),
         ("long", lambda d: faults.long_run(d, frames=long_frames, error_every=1000)),
         (
@@ -75,13 +79,14 @@ def scenarios(soak: bool) -> list[tuple[str, Callable[[Path], faults.Figures]]]:
     out += [
         ("asapo", lambda d: _with_service(d, lambda s: faults.asapo_stall(s, d))),
         ("asapo", lambda d: _with_service(d, lambda s: faults.asapo_restart(s, d))),
-        (
-            "asapo",
-            lambda d: _with_service(d, lambda s: faults.asapo_role_death(s, d, "dispatcher")),
-        ),
-        (
-            "asapo",
-            lambda d: _with_service(d, lambda s: faults.asapo_role_death(s, d, "publisher")),
+        *(
+            (
+                "asapo-death",
+                lambda d, r=role: _with_service(
+                    d, lambda s: faults.process_death(d, r, "asapo", service=s)
+                ),
+            )
+            for role in ("dispatcher", "publisher")
         ),
         ("asapo", lambda d: _with_service(d, lambda s: faults.asapo_group_kill(s, d))),
     ]
@@ -125,11 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(faults.table(rows))
     for f in rows:
-        if "in_flight" in f.details:
-            print(
-                f"\n{f.scenario}: {f.details['in_flight']} frames were in flight; the sim "
-                "source cannot redeliver them (with ASAPO they come back: the rows below)"
-            )
         if "rows_after_kill" in f.details:
             print(
                 f"\n{f.scenario}: committed rows found intact after each kill "

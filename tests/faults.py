@@ -290,6 +290,7 @@ def crash_kernel(
     frames: int = 30,
     max_attempts: int = 2,
     watchdog_s: float = 0.0,
+    watchdog: bool = True,
     deadline_s: float = 300,
 ) -> Figures:
     """A kernel that kills (or hangs, or stops) its worker on ``ids``; once, or every time."""
@@ -310,6 +311,7 @@ def crash_kernel(
         frames=frames,
         max_attempts=max_attempts,
         watchdog_s=watchdog_s,
+        watchdog=watchdog,
     )
     pipeline = Pipeline(load_config(raw=raw))
     summary, hung = run_guarded(pipeline, deadline_s)
@@ -365,35 +367,49 @@ def kill_role(pipeline: Pipeline, role: str, after: int, stop: threading.Event) 
         table.close()
 
 
-def process_death(tmp: Path, role: str, frames: int = 2000, deadline_s: float = 120) -> Figures:
-    """SIGKILL the dispatcher or the publisher mid-run: the run must stop cleanly (exit 1)."""
-    raw = config(tmp, {"checksum": {}}, frames=frames)
-    raw["source"]["rate"] = 200.0
-    pipeline = Pipeline(load_config(raw=raw))
-    stop = threading.Event()
-    killed: list[float] = []
-    t = threading.Thread(
-        target=lambda: killed.extend(kill_role(pipeline, role, 10, stop)), daemon=True
-    )
-    t.start()
-    try:
-        summary, hung = run_guarded(pipeline, deadline_s)
-    finally:
-        stop.set()
-        t.join()
-    stopped_s = time.time() - killed[0] if killed else float("nan")
-    # The sim source cannot redeliver: what was in flight is not lost in silence (the run
-    # stops with exit 1 and says why) but is not published either; ASAPO's case below.
-    in_flight = summary.frames_in - summary.frames_out - summary.errors
-    return Figures(
-        f"{role} SIGKILLed (sim source: run stops, exit 1)",
-        faults=len(killed),
-        lost=-1,
-        hangs=int(hung),
-        recovery_s=[stopped_s] if killed else [],
-        exit_code=summary.exit_code,
-        details={"summary": summary, "in_flight": in_flight},
-    )
+def process_death(
+    tmp: Path,
+    role: str,
+    source: str = "sim",
+    service=None,
+    kills: int = 3,
+    frames: int = 120,
+    ordered: bool = True,
+) -> Figures:
+    """SIGKILL the dispatcher or the publisher ``kills`` times mid-run, with the sim, files
+    or ASAPO (``service``) source: each is replaced, the run completes with every message
+    once (``role_replaced``)."""
+    if source == "asapo":
+        p = produce(service.endpoint, frames)
+        p.communicate(timeout=120)
+        raw = asapo_config(service.endpoint, tmp, f"replace-{role}", f"replace-{role}")
+        raw["sinks"][0]["output"] = str(tmp / "out_{stream}.h5")
+        raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 10.0}
+        raw["ring"] = {"slots": 8}
+        f = role_replaced(tmp, role, raw, {"scan_0001": frames}, kills=kills, every=frames // 5)
+        f.details["output_ids"] = output_ids(service.endpoint, f"replace-{role}")
+        return f
+    if source == "files":
+        import numpy as np
+
+        streams = {}
+        for k, name in enumerate(("run_a", "run_b")):
+            # Each frame its own content, so a result written for the wrong frame shows.
+            ramp = np.arange(frames // 2, dtype=np.float32)[:, None, None] + 1000 * k
+            np.save(tmp / f"{name}.npy", np.broadcast_to(ramp, (frames // 2, 8, 8)))
+            streams[name] = frames // 2
+        raw = config(tmp, {"checksum": {}, "slow": {"kind": "tests.plugins:Sleepy", "ms": 4.0}},
+                     frames=0)  # fmt: skip
+        raw["source"] = {"kind": "files", "paths": [str(tmp / "run_*.npy")], "layout": "frames"}
+    else:
+        raw = config(tmp, {"checksum": {}}, frames=frames // 2)
+        raw["source"].update(rate=frames * 2.0, streams=2)
+        streams = {"scan_0001": frames // 2, "scan_0002": frames // 2}
+    # A small ring: the dispatcher stays busy until the end instead of reading everything
+    # into slots at once.
+    raw["ring"] = {"slots": 8}
+    raw["run"]["ordered"] = ordered
+    return role_replaced(tmp, role, raw, streams, kills=kills, every=frames // (kills + 2))
 
 
 # -- long run -------------------------------------------------------------------------------
@@ -651,45 +667,6 @@ def asapo_restart(service, tmp: Path, frames: int = 60) -> Figures:
     )
 
 
-def asapo_role_death(service, tmp: Path, role: str, frames: int = 40) -> Figures:
-    """SIGKILL the dispatcher or publisher of an ASAPO run, then start the run again with the
-    same consumer group: the unacknowledged messages come back, nothing is lost."""
-    group = f"death-{role}"
-    p = produce(service.endpoint, frames)
-    p.communicate(timeout=120)
-    raw = asapo_config(service.endpoint, tmp, group, f"{role}-1")
-    raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 30.0}
-    first = Pipeline(load_config(raw=raw))
-    stop = threading.Event()
-    killed: list[float] = []
-    t = threading.Thread(target=lambda: killed.extend(kill_role(first, role, 8, stop)), daemon=True)
-    t.start()
-    try:
-        s1, hung1 = run_guarded(first, 120)
-    finally:
-        stop.set()
-        t.join()
-    raw = asapo_config(service.endpoint, tmp, group, f"{role}-2")
-    # The same chain: a different one would be refused by the ASAPO sink (another result hash).
-    raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 30.0}
-    second = Pipeline(load_config(raw=raw))
-    s2, hung2 = run_guarded(second, 120)
-    ids = output_ids(service.endpoint, group)
-    lost, dups = count(ids, set(range(1, frames + 1)))
-    data = read_stream(str(tmp / f"out_scan_0001_{role}-2.h5"), "scan_0001")
-    return Figures(
-        f"ASAPO: {role} SIGKILLed, run restarted",
-        faults=len(killed),
-        lost=lost,
-        duplicates=dups,
-        hangs=int(hung1 or hung2),
-        # From the kill to the restarted run's first published frame.
-        recovery_s=[float(data["published"].min()) - killed[0]] if killed else [],
-        exit_code=s2.exit_code,
-        details={"first": s1, "second": s2, "data": data, "output_ids": ids},
-    )
-
-
 # -- whole runs as a user starts them -------------------------------------------------------
 def published(name: str) -> int:
     """Frames the live run ``name`` has published (0 until it is up)."""
@@ -816,10 +793,16 @@ def asapo_group_kill(service, tmp: Path, frames: int = 40) -> Figures:
 
 
 def stopped_worker(
-    tmp: Path, frames: int = 60, rate: float = 60.0, watchdog_s: float = 1.0, deadline_s=120
+    tmp: Path,
+    frames: int = 60,
+    rate: float = 60.0,
+    watchdog_s: float | None = 1.0,
+    deadline_s=120,
 ) -> Figures:
-    """SIGSTOP a worker between frames (idle, or with frames waiting in its inbox)."""
-    raw = config(tmp, {"checksum": {}}, frames=frames, watchdog_s=watchdog_s)
+    """SIGSTOP a worker between frames (idle, or with frames waiting in its inbox), never
+    continued; ``watchdog_s`` None: the default configuration (the adaptive watchdog)."""
+    run = {} if watchdog_s is None else {"watchdog_s": watchdog_s}
+    raw = config(tmp, {"checksum": {}}, frames=frames, **run)
     raw["source"]["rate"] = rate
     pipeline = Pipeline(load_config(raw=raw))
     recoveries: list[float] = []
@@ -860,12 +843,99 @@ def stopped_worker(
     data = read_or_empty(tmp / "out_scan_0001.h5", "scan_0001")
     lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
     return Figures(
-        "worker SIGSTOPped between frames (watchdog)",
+        "worker SIGSTOPped between frames, never continued ("
+        + ("default: adaptive watchdog" if watchdog_s is None else f"watchdog_s = {watchdog_s}")
+        + ")",
         faults=len(stopped),
         lost=lost,
         duplicates=dups,
         hangs=int(hung),
         recovery_s=recoveries,
+        exit_code=summary.exit_code,
+        details={"summary": summary, "data": data, "stopped": stopped},
+    )
+
+
+# -- dispatcher and publisher replaced ------------------------------------------------------
+def kill_role_repeatedly(
+    pipeline: Pipeline, role: str, kills: int, every: int, stop: threading.Event
+) -> list[float]:
+    """SIGKILL the dispatcher or publisher ``kills`` times, each after ``every`` more frames
+    were published and once the replacement of the one before is ready; return the seconds
+    from each kill until its replacement was ready."""
+    table = ProcTable(pipeline)
+    times: list[float] = []
+    last_pid, next_at = 0, every
+    try:
+        while not stop.is_set() and len(times) < kills:
+            proc = getattr(pipeline, role, None)
+            if (
+                proc is None
+                or proc.pid in (None, last_pid)
+                or proc.exitcode is not None
+                or table.frames() < next_at
+            ):
+                stop.wait(0.002)
+                continue
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            last_pid, t0 = proc.pid, time.monotonic()
+            row = PROC_DISPATCHER if role == "dispatcher" else PROC_PUBLISHER
+            while not stop.is_set():  # until the replacement is ready for messages
+                new = getattr(pipeline, role)
+                procs = table.get()
+                if new.pid != last_pid and procs[row, P_PID] == new.pid and procs[row, P_READY_NS]:
+                    times.append(time.monotonic() - t0)
+                    break
+                stop.wait(0.002)
+            next_at = table.frames() + every
+        return times
+    finally:
+        table.close()
+
+
+def role_replaced(
+    tmp: Path,
+    role: str,
+    raw: dict,
+    expected: dict[str, int],
+    *,
+    kills: int = 3,
+    every: int = 25,
+    deadline_s: float = 120,
+) -> Figures:
+    """Run ``raw`` and SIGKILL its dispatcher or publisher ``kills`` times mid-run: the run
+    must complete (exit 0) with every message of each stream once in the HDF5 sink.
+    ``expected``: stream name -> messages in it (ids 1..n)."""
+    pipeline = Pipeline(load_config(raw=raw))
+    stop = threading.Event()
+    killed: list[float] = []
+    t = threading.Thread(
+        target=lambda: killed.extend(kill_role_repeatedly(pipeline, role, kills, every, stop)),
+        daemon=True,
+    )
+    t.start()
+    try:
+        summary, hung = run_guarded(pipeline, deadline_s)
+    finally:
+        stop.set()
+        t.join()
+    lost = dups = 0
+    data = {}
+    for stream, n in expected.items():
+        data[stream] = read_or_empty(tmp / f"out_{stream}.h5", stream)
+        ids = data[stream]["message_id"].tolist() + data[stream]["errors"]["message_id"].tolist()
+        lo, du = count(ids, set(range(1, n + 1)))
+        lost, dups = lost + lo, dups + du
+    return Figures(
+        f"{role} SIGKILLed {len(killed)}x ({raw['source']['kind']} source): replaced",
+        faults=len(killed),
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung),
+        recovery_s=killed,
         exit_code=summary.exit_code,
         details={"summary": summary, "data": data},
     )
