@@ -257,14 +257,16 @@ class RadialPlan:
         removed[...] = 0.0
         cd, dummy, ddummy = self._dummy_args()
         poisson = em == "poisson"
-        lean = not (use_dark or cd)
+        # An exact dummy is one compare in the lean loops; a tolerance needs the general ones.
+        lean = not (use_dark or (cd and ddummy != 0.0))
+        lean_dummy = float(dummy) if cd else np.nan
         t = self.table
         nb = self.nbins
         for k, ((img, b0, s0), (dk, db, ds)) in enumerate(zip(segs, darks, strict=True)):
             if self.split == "no":
                 if lean:
                     A.nosplit_lean(
-                        img, b0, s0, t.bin[k], self.norm[k], poisson, nb, accs, accv, removed
+                        img, b0, s0, t.bin[k], self.norm[k], lean_dummy, poisson, nb, accs, accv, removed
                     )
                 else:
                     A.nosplit_general(
@@ -289,7 +291,18 @@ class RadialPlan:
                 continue
             if lean:
                 A.bbox_lean(
-                    img, b0, s0, t.bin[k], t.coef[k], self.norm[k], poisson, nb, accs, accv, removed
+                    img,
+                    b0,
+                    s0,
+                    t.bin[k],
+                    t.coef[k],
+                    self.norm[k],
+                    lean_dummy,
+                    poisson,
+                    nb,
+                    accs,
+                    accv,
+                    removed,
                 )
             else:
                 A.bbox_general(
