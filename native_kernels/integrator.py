@@ -266,7 +266,17 @@ class RadialPlan:
             if self.split == "no":
                 if lean:
                     A.nosplit_lean(
-                        img, b0, s0, t.bin[k], self.norm[k], lean_dummy, poisson, nb, accs, accv, removed
+                        img,
+                        b0,
+                        s0,
+                        t.bin[k],
+                        self.norm[k],
+                        lean_dummy,
+                        poisson,
+                        nb,
+                        accs,
+                        accv,
+                        removed,
                     )
                 else:
                     A.nosplit_general(

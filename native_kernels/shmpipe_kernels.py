@@ -43,10 +43,21 @@ from pathlib import Path
 import numpy as np
 
 from native_kernels.compression import PayloadError, compress, decompress_into
-from native_kernels.geometry import DetectorGeometry, ModulePlacement, load_geometry
+from native_kernels.geometry import (
+    DetectorGeometry,
+    GeometryError,
+    ModulePlacement,
+    load_geometry,
+)
 from native_kernels.integrator import AzimuthalIntegrator, RadialPlan
 from native_kernels.poni import read_poni
-from native_kernels.stats import _roi_sums, accumulate_stats, check_rois
+from native_kernels.stats import (
+    _roi_sums,
+    accumulate_stats,
+    check_rois,
+    module_rois,
+    roi_sums_on_parts,
+)
 from native_kernels.stitch import Stitcher
 from shmpipe.kernel import ArraySpec, Frame, Kernel, SetupContext
 
@@ -397,31 +408,52 @@ def _monitor(frame: Frame, key: str, kernel: str) -> float:
 
 
 class FrameStats(Kernel):
-    """Sum, maximum, pixels above ``threshold`` (hit finding) and ROI sums of a frame."""
+    """Sum, maximum, pixels above ``threshold`` (hit finding) and ROI sums of a frame.
+
+    Reads the stitched image or the modules themselves; with modules, ROIs given in image
+    coordinates are mapped onto module rectangles once at setup, and every result equals the
+    stitched image's when the gaps hold the dummy.
+    """
 
     @dataclass
     class Params:
         input: str = "stitch.image"
-        """The image to summarise."""
+        """The image, or "decompress.modules" / "parts" to summarise the modules themselves
+        (no stitched image needed; the gaps then hold no pixel)."""
         threshold: float = 0.0
         """count_above counts the pixels above this value (cheap hit finding)."""
         rois: list = field(default_factory=list)
-        """Regions of interest [[y0, y1, x0, x1], ...], half-open, summed into roi_sums."""
+        """Regions of interest [[y0, y1, x0, x1], ...], half-open, in assembled-image
+        coordinates (also with module input), summed into roi_sums."""
         dummy: float | None = None
         """Pixels of this value (the gaps) are ignored."""
+        geometry: str = "lambda9m"
+        """With module input: the layout that maps the ROIs onto the modules."""
+        missing_modules: list = field(default_factory=list)
+        """With module input: indices of modules not installed."""
 
     def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
         p = self.params
         n, shape, dtype = _input_spec(ctx, p.input, self.name)
+        self._rects = None  # module rectangles of the ROIs, with module input
         try:
-            self.rois = check_rois(p.rois, tuple(shape))
-        except ValueError as exc:
+            if n and len(p.rois):
+                geo = _geometry(p)
+                if n != len(geo.present) or tuple(shape) != tuple(geo.module_shape):
+                    raise ValueError(
+                        f"input {p.input!r} ({n} of {tuple(shape)}) does not match the "
+                        f"geometry {p.geometry!r}"
+                    )
+                self.rois = check_rois(p.rois, tuple(geo.shape))
+                self._rects = module_rois(geo, self.rois)
+            else:
+                self.rois = check_rois(p.rois, tuple(shape))
+        except (GeometryError, ValueError) as exc:
             raise KernelConfigError(f"{self.name}: {exc}") from exc
-        if n and len(self.rois):
-            raise KernelConfigError(f"{self.name}: ROIs need an image input (stitch first)")
         self._acc = np.zeros(4)
         self._rs = np.zeros(len(self.rois))
         accumulate_stats(np.zeros((2, 2), dtype), 0.0, None, np.zeros(4))  # compile now
+        _roi_sums(np.zeros((2, 2), dtype), np.zeros((0, 4), np.int64), False, 0.0, np.zeros(0))
         specs = [
             ArraySpec("sum", (), "float64", unit="counts"),
             ArraySpec("max", (), "float64", unit="counts"),
@@ -448,5 +480,8 @@ class FrameStats(Kernel):
         out["n_valid"][...] = int(acc[3])
         if len(self.rois):
             self._rs[:] = 0.0
-            _roi_sums(arrays[0], self.rois, use_dummy, d, self._rs)
+            if self._rects is not None:
+                roi_sums_on_parts(arrays, self._rects, p.dummy, self._rs)
+            else:
+                _roi_sums(arrays[0], self.rois, use_dummy, d, self._rs)
             out["roi_sums"][...] = self._rs
