@@ -210,8 +210,8 @@ def test_setup_rejects_inconsistent_configuration(tmp_path):
         make(LambdaStitch, "s", missing_modules=[3]).setup(ctx)
     with pytest.raises(KernelConfigError, match="decompress"):
         make(LambdaStitch, "s").setup(SetupContext(parts=None))
-    with pytest.raises(KernelConfigError, match="ROIs need an image"):
-        make(FrameStats, "f", input="parts", rois=[[0, 10, 0, 10]]).setup(ctx)
+    with pytest.raises(KernelConfigError, match="does not match the geometry"):
+        make(FrameStats, "f", input="parts", rois=[[0, 10, 0, 10]], missing_modules=[3]).setup(ctx)
     bad_mask = tmp_path / "mask.npy"
     np.save(bad_mask, np.zeros((3, 3), bool))
     with pytest.raises(KernelConfigError, match="mask"):
