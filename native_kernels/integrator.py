@@ -48,7 +48,7 @@ from native_kernels.tables import (
     static_sums,
 )
 
-TABLE_FORMAT = 4  # bump when the table layout or binning rules change (invalidates caches)
+TABLE_FORMAT = 5  # bump when the table layout or binning rules change (invalidates caches)
 ERROR_MODELS = (None, "poisson", "azimuthal")
 
 
@@ -734,12 +734,10 @@ class AzimuthalIntegrator:
             mask=None if mask is None else np.asarray(mask) != 0,
             flat=None if flat is None else np.asarray(flat, np.float32),
         )
-        cached = _usable(
-            load_cached(cache_dir, key),
-            self.geometry.n_pixels,
-            ("bin", "norm", "edges")
-            + (("coef", "exc_pix", "exc_ptr", "exc_bin", "exc_coef") if split == "bbox" else ()),
+        names = ("bin", "norm", "edges") + (
+            ("coef", "exc_pix", "exc_ptr", "exc_bin", "exc_coef") if split == "bbox" else ()
         )
+        cached = _usable(load_cached(cache_dir, key), self.geometry.n_pixels, names)
         if cached is not None:
             table = Table.from_arrays(
                 split,
@@ -761,6 +759,11 @@ class AzimuthalIntegrator:
                 key,
                 {**table.arrays(), "norm": w, "edges": np.array([e["lo"], e["hi"], e["delta"]])},
             )
+            # Use the stored, read-only mapped copy as every later process will: the memory is
+            # shared, and the loops are compiled now for the arrays the workers will pass.
+            stored = _usable(load_cached(cache_dir, key), self.geometry.n_pixels, names)
+            if stored is not None:
+                table, w = Table.from_arrays(split, npt, stored, table.edges), stored["norm"]
         return RadialPlan(
             self.geometry, table, w, unit, scale, npt, dummy is not None, dummy, delta_dummy
         )
