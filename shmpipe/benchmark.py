@@ -55,6 +55,7 @@ from shmpipe.ring import (
     P_BUSY_NS,
     P_FRAMES,
     P_HANDOVERS,
+    P_PID,
     P_READY_NS,
     PROC_DISPATCHER,
     PROC_FIRST_WORKER,
@@ -205,6 +206,8 @@ class RunResult:
     slots: int = 0
     """Slots in the ring."""
     error: str = ""
+    worker_pids: list[int] = field(default_factory=list, repr=False)
+    dispatcher_pid: int = 0
 
     @property
     def gbps_steady(self) -> float:
@@ -214,7 +217,14 @@ class RunResult:
         d = {
             k: v
             for k, v in dataclasses.asdict(self).items()
-            if k not in ("latency_s", "latency_all_s", "worker_startup_s")
+            if k
+            not in (
+                "latency_s",
+                "latency_all_s",
+                "worker_startup_s",
+                "worker_pids",
+                "dispatcher_pid",
+            )
         }
         d["gbps_steady"] = self.gbps_steady
         d["latency_p50_s"], d["latency_p99_s"] = percentiles(self.latency_s)
@@ -341,7 +351,18 @@ def run_pipeline(
         frames_per_handover=frames_per_handover(summary),
         slots=summary.slots,
         error=summary.error,
+        worker_pids=_pids(summary)[1:],
+        dispatcher_pid=_pids(summary)[0],
     )
+
+
+def _pids(summary: RunSummary) -> list[int]:
+    """The dispatcher's pid (0 if unknown), then the workers' (those that started)."""
+    procs = summary.timings.get("procs")
+    if procs is None:
+        return [0]
+    workers = [int(p) for p in procs[PROC_FIRST_WORKER:, P_PID] if p > 0]
+    return [int(procs[PROC_DISPATCHER, P_PID]), *workers]
 
 
 def all_ready_wall(summary: RunSummary, wall_minus_mono: float) -> float:
@@ -914,6 +935,12 @@ def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> dict[st
         report["model"]["measured_here_copy_gbps"] = max(m["copy_gbps"] for m in machine)
         report["goals"] = goals(report)
         plots(report, out, lat.latency_s)
+
+        # 8. the beamline chain against the stitch-first chain, side by side
+        from shmpipe.beamline_bench import suite_step
+
+        log("beamline chain vs stitch-first chain ...")
+        report["beamline"] = suite_step(opts, geo, shape, modules, work, cache, log)
     (out / "report.md").write_text(report_markdown(report))  # before NaN becomes null
     report = _jsonable(report)
     (out / "report.json").write_text(json.dumps(report, indent=1))
@@ -1196,4 +1223,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"| **nodes for a {a['detector_rate_hz']:.0f} Hz LAMBDA 9M** | "
         f"**{mo['nodes_for_detector']}** |",
     ]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if "beamline" in report:
+        from shmpipe.beamline_bench import report_markdown as beamline_markdown
+
+        text += "\n" + beamline_markdown(report["beamline"])
+    return text
