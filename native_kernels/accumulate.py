@@ -13,8 +13,9 @@ Accumulators are float64 (as pyFAI's) with ``NCOPY`` interleaved copies selected
 neighbouring pixels usually fall into the same bin, and a single copy would chain every
 addition on the previous one through memory (load, add, store, load...). Measured on a 9.6 Mpx
 frame: 1 copy 15.7 ms, 2 copies 12.5 ms, 4 copies 11.7 ms (signal and variance). Shapes:
-``accs``/``accv`` (NCOPY, nbins + 2): bins ``nbins`` and ``nbins + 1`` are trash bins, so
-masked pixels need no branch in the hot loop. ``removed``: (nbins + 2, 3) of [Σc, Σcω, Σc²ω²].
+``accs``/``accv`` (NCOPY, nbins + 2), or for the lean loops one packed ``acc`` (NCOPY,
+2 (nbins + 2)) of [signal, variance] pairs: bins ``nbins`` and ``nbins + 1`` are trash bins,
+so masked pixels need no branch in the hot loop. ``removed``: (nbins + 2, 3) of [Σc, Σcω, Σc²ω²].
 
 There are two variants of each loop: *lean* (no dark, an exact dummy value or none: the
 common streaming case) and *general* (dark, a dummy with a tolerance). Numba does not
@@ -54,8 +55,11 @@ def _is_bad(raw, sig, check_dummy, dummy, delta_dummy):
 
 
 @njit(cache=True, nogil=True)
-def nosplit_lean(img, base, s0, bins, norm, dummy, poisson, nbins, accs, accv, removed):
-    """No splitting, no dark: Σ signal (and Σ max(signal, 1)); ``dummy`` NaN for none."""
+def nosplit_lean(img, base, s0, bins, norm, dummy, poisson, nbins, acc, removed):
+    """No splitting, no dark: Σ signal (and Σ max(signal, 1)); ``dummy`` NaN for none.
+
+    ``acc`` is packed (NCOPY, 2 (nbins + 2)): [signal, variance] of bin b at 2b, 2b + 1.
+    """
     rows, cols = bins.shape
     for r in range(rows):
         o = base + r * s0
@@ -67,9 +71,9 @@ def nosplit_lean(img, base, s0, bins, norm, dummy, poisson, nbins, accs, accv, r
                     _remove(removed, b, 1.0, np.float64(norm[r, c]))
                 continue
             k = c & (NCOPY - 1)
-            accs[k, b] += v
+            acc[k, 2 * b] += v
             if poisson:
-                accv[k, b] += max(v, 1.0)
+                acc[k, 2 * b + 1] += max(v, 1.0)
 
 
 @njit(cache=True, nogil=True)
@@ -115,9 +119,15 @@ def nosplit_general(
 
 
 @njit(cache=True, nogil=True)
-def bbox_lean(img, base, s0, bins, coef, norm, dummy, poisson, nbins, accs, accv, removed):
+def bbox_lean(img, base, s0, bins, coef, norm, dummy, poisson, nbins, acc, removed):
     """bbox splitting, no dark: c0 to ``bin`` and 1 - c0 to ``bin + 1``; ``dummy`` NaN for
-    none (a NaN compares unequal to every pixel, so the test costs one compare, no flag)."""
+    none (a NaN compares unequal to every pixel, so the test costs one compare, no flag).
+
+    ``acc`` is packed (NCOPY, 2 (nbins + 2)): [signal, variance] of bin b at 2b, 2b + 1, so a
+    pixel's four sums are four neighbouring doubles, which LLVM updates as one vector
+    (measured on a LAMBDA 9M frame with Poisson errors: 13.1 ms against 14.7 ms with separate
+    signal and variance arrays).
+    """
     rows, cols = bins.shape
     for r in range(rows):
         o = base + r * s0
@@ -133,12 +143,16 @@ def bbox_lean(img, base, s0, bins, coef, norm, dummy, poisson, nbins, accs, accv
                     _remove(removed, b + 1, c1, w)
                 continue
             k = c & (NCOPY - 1)
-            accs[k, b] += c0 * v
-            accs[k, b + 1] += c1 * v
+            j = 2 * b
             if poisson:
                 var = max(v, 1.0)
-                accv[k, b] += c0 * c0 * var
-                accv[k, b + 1] += c1 * c1 * var
+                acc[k, j] += c0 * v
+                acc[k, j + 1] += c0 * c0 * var
+                acc[k, j + 2] += c1 * v
+                acc[k, j + 3] += c1 * c1 * var
+            else:
+                acc[k, j] += c0 * v
+                acc[k, j + 2] += c1 * v
 
 
 @njit(cache=True, nogil=True)

@@ -194,6 +194,7 @@ class RadialPlan:
         self.check_dummy = check_dummy
         self._accs = np.zeros((A.NCOPY, self.nbins + 2), dtype=np.float64)
         self._accv = np.zeros((A.NCOPY, self.nbins + 2), dtype=np.float64)
+        self._accp = np.zeros((A.NCOPY, 2 * (self.nbins + 2)), dtype=np.float64)  # lean loops
         self._removed = np.zeros((self.nbins + 2, 3), dtype=np.float64)
         # Placeholders for arrays a loop does not read (Numba needs a typed argument).
         self._no_dark = np.zeros(1, dtype=np.float32)
@@ -252,8 +253,10 @@ class RadialPlan:
                 dark = list(dark)
             darks = [flat_segment(v) for v in self.segments(dark, "dark")]
         accs, accv, removed = self._accs, self._accv, self._removed
+        accp = self._accp
         accs[...] = 0.0
         accv[...] = 0.0
+        accp[...] = 0.0
         removed[...] = 0.0
         cd, dummy, ddummy = self._dummy_args()
         poisson = em == "poisson"
@@ -274,8 +277,7 @@ class RadialPlan:
                         lean_dummy,
                         poisson,
                         nb,
-                        accs,
-                        accv,
+                        accp,
                         removed,
                     )
                 else:
@@ -310,8 +312,7 @@ class RadialPlan:
                     lean_dummy,
                     poisson,
                     nb,
-                    accs,
-                    accv,
+                    accp,
                     removed,
                 )
             else:
@@ -361,7 +362,9 @@ class RadialPlan:
                     accv,
                     removed,
                 )
-        return (accs.sum(axis=0)[:nb], accv.sum(axis=0)[:nb], removed[:nb], segs, darks, use_dark)
+        signal = accs.sum(axis=0)[:nb] + accp[:, 0::2].sum(axis=0)[:nb]
+        variance = accv.sum(axis=0)[:nb] + accp[:, 1::2].sum(axis=0)[:nb]
+        return (signal, variance, removed[:nb], segs, darks, use_dark)
 
     def integrate(
         self,

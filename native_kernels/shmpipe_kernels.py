@@ -453,7 +453,12 @@ class FrameStats(Kernel):
         self._acc = np.zeros(4)
         self._rs = np.zeros(len(self.rois))
         accumulate_stats(np.zeros((2, 2), dtype), 0.0, None, np.zeros(4))  # compile now
-        _roi_sums(np.zeros((2, 2), dtype), np.zeros((0, 4), np.int64), False, 0.0, np.zeros(0))
+        if self._rects is not None:  # compile now
+            roi_sums_on_parts(
+                [np.zeros((2, 2), dtype)], np.zeros((1, 6), np.int64), p.dummy, self._rs
+            )
+        else:
+            _roi_sums(np.zeros((2, 2), dtype), np.zeros((0, 4), np.int64), False, 0.0, np.zeros(0))
         specs = [
             ArraySpec("sum", (), "float64", unit="counts"),
             ArraySpec("max", (), "float64", unit="counts"),

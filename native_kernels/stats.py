@@ -245,11 +245,28 @@ def roi_sums_on_parts(
     """Add to ``out[roi]`` the sums of the module rectangles from :func:`module_rois`."""
     use = dummy is not None
     d = float(dummy) if use else 0.0
+    d_int = _int_constants(0.0, dummy)[1]
     one = np.zeros(1)
     for k, part, r0, r1, c0, c1 in rects:
+        a = parts[part]
+        if a.dtype.kind in "ui" and a.dtype.itemsize <= 4:  # exact, vectorised
+            out[k] += float(_rect_sum_int(a, r0, r1, c0, c1, d_int))
+            continue
         one[0] = 0.0
-        _roi_sums(parts[part], rects_as_roi(r0, r1, c0, c1), use, d, one)
+        _roi_sums(a, rects_as_roi(r0, r1, c0, c1), use, d, one)
         out[k] += one[0]
+
+
+@njit(cache=True, nogil=True)
+def _rect_sum_int(img, r0, r1, c0, c1, dummy):  # pragma: no cover - jitted
+    """Sum of the pixels of ``img[r0:r1, c0:c1]`` that are not ``dummy`` (int64, exact)."""
+    s = np.int64(0)
+    for r in range(r0, r1):
+        row = img[r]
+        for c in range(c0, c1):
+            v = np.int64(row[c])
+            s += v if v != dummy else 0
+    return s
 
 
 @functools.lru_cache(maxsize=256)

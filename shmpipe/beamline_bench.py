@@ -481,6 +481,7 @@ def suite_step(opts, geometry: Path, shape, modules, work: Path, cache: Path, lo
         frames=opts.frames or (8 if opts.quick else 150),
         stage_frames=2 if opts.quick else 20,
         workers=workers,
+        memory_workers=(1, 2) if opts.quick else (1, 2, 4),
         repeats=1 if opts.quick else 2,
         log=log,
     )

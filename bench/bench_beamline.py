@@ -1,0 +1,51 @@
+"""The beamline chain against the stitch-first chain, side by side in one run.
+
+Per stage CPU and bytes, frames/s per worker at 1 and 2 workers and their ratio, the largest
+relative profile difference, RSS/PSS per worker, the node model's frames/s and nodes for a
+2 kHz LAMBDA 9M (see ``shmpipe.beamline_bench``). Run::
+
+    PYTHONPATH=. python -m pytest bench/bench_beamline.py -s
+
+``shmpipe bench --beamline`` prints the same comparison as a Markdown table.
+"""
+
+from __future__ import annotations
+
+from bench.conftest import report
+from shmpipe.beamline_bench import compare_chains, report_markdown
+from shmpipe.benchmark import geometry_file
+
+
+def test_beamline_vs_stitch_first(benchmark, sizes, tmp_path, table_cache):
+    geo = geometry_file(tmp_path, sizes.shape)
+    smoke = sizes.smoke
+    r = benchmark.pedantic(
+        compare_chains,
+        args=(geo, sizes.shape, 12, tmp_path, table_cache),
+        kwargs=dict(
+            frames=6 if smoke else 150,
+            stage_frames=2 if smoke else 20,
+            workers=(1, 2),
+            memory_workers=(1, 2) if smoke else (1, 2, 4),
+            repeats=1 if smoke else 2,
+        ),
+        rounds=1,
+        iterations=1,
+    )
+    a, b = r["chains"]["beamline"], r["chains"]["stitch_first"]
+    for c in (a, b):
+        for w in (1, 2):
+            assert not c["engine"][w]["runs"][0]["error"]
+    print("\n" + report_markdown(r))
+    report(
+        benchmark,
+        "beamline vs stitch-first",
+        cpu_ms_beamline=a["cpu_ms_per_frame"],
+        cpu_ms_stitch_first=b["cpu_ms_per_frame"],
+        cpu_ratio=r["cpu_ratio"],
+        fps_per_worker_ratio_1=r["fps_per_worker_ratio"][1],
+        fps_per_worker_ratio_2=r["fps_per_worker_ratio"][2],
+        max_relative_difference=r["max_relative_difference"],
+        model_fps=a["model"]["predicted_fps"],
+        model_nodes_2khz=a["model"]["nodes_for_detector"],
+    )
