@@ -31,7 +31,10 @@ A typical chain::
     threshold = 1000
 
 The integrator reads ``stitch.image`` by default; with ``input = "parts"`` (or
-``"decompress.modules"``) it integrates straight from the modules (the fused path).
+``"decompress.modules"``) it integrates straight from the modules (the fused path), and
+frame_stats likewise summarises the modules (ROIs still in image coordinates). Then no image
+need be stitched at all: the beamline chain (``examples/lambda9m_sim.toml``) is decompress,
+integrate, stats.
 """
 
 from __future__ import annotations

@@ -475,6 +475,8 @@ def _f(v: float | None, digits: int) -> str:
 def suite_step(opts, geometry: Path, shape, modules, work: Path, cache: Path, log=print) -> dict:
     """The comparison as a step of ``shmpipe bench`` (sizes from its options)."""
     workers = tuple(w for w in (1, 2) if w in opts.workers) or (opts.workers[0],)
+    if opts.quick:  # every code path once, quickly
+        workers = workers[:1]
     return compare_chains(
         geometry,
         shape,
@@ -484,7 +486,7 @@ def suite_step(opts, geometry: Path, shape, modules, work: Path, cache: Path, lo
         frames=opts.frames or (8 if opts.quick else 150),
         stage_frames=2 if opts.quick else 20,
         workers=workers,
-        memory_workers=(1, 2) if opts.quick else (1, 2, 4),
+        memory_workers=(1,) if opts.quick else (1, 2, 4),
         repeats=1 if opts.quick else 2,
         log=log,
     )

@@ -49,6 +49,13 @@ def test_bench_quick_writes_report_and_plots(tmp_path):
     assert {g["key"] for g in report["goals"]} >= {"engine_bound_vs_copy", "naive_pool_speedup"}
     assert all(isinstance(g["met"], bool) for g in report["goals"])
     assert "| goal |" in (out / "report.md").read_text()
+    beam = report["beamline"]
+    assert set(beam["chains"]) == {"beamline", "stitch_first"}
+    assert "stitch" not in beam["chains"]["beamline"]["stage_cpu_ms"]
+    assert beam["max_relative_difference"] <= 1e-6
+    for key in ("predicted_fps", "nodes_for_detector"):
+        assert key in beam["chains"]["beamline"]["model"]
+    assert "## Beamline chain vs stitch-first chain" in (out / "report.md").read_text()
     for png in ("throughput_vs_workers.png", "latency.png", "stages.png"):
         assert (out / png).stat().st_size > 1000
     assert res.stdout.count("goal") >= 5
