@@ -133,14 +133,14 @@ def _stage_bytes(kernel: Any, chain_arrays: dict[str, np.ndarray], compressed: f
         return compressed + raw
     if isinstance(kernel, nk.LambdaStitch):
         return size(kernel.params.input) + size(f"{kernel.name}.image")
-    if isinstance(kernel, nk.AzimuthalIntegrate):
+    if isinstance(kernel, nk.AzimuthalIntegrate) and kernel.params.input in chain_arrays:
         t = kernel.plan.table
         item = chain_arrays[kernel.params.input].dtype.itemsize
         tables = t.bin.nbytes + (0 if t.coef is None else t.coef.nbytes)
-        return float(kernel.plan.n_parts * kernel.plan._npx * item + tables)
-    if isinstance(kernel, nk.FrameStats):
+        return float(t.bin.size * item + tables)  # one table entry per module pixel
+    if isinstance(kernel, nk.FrameStats) and kernel.params.input in chain_arrays:
         return float(size(kernel.params.input))
-    return math.nan
+    return math.nan  # a kernel this measurement does not know, or one reading the parts
 
 
 def stage_costs(
@@ -217,7 +217,7 @@ def max_relative_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) 
 class ProcessSampler:
     """Samples CPU times and memory of this process's descendants until stopped."""
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 0.2) -> None:
         import psutil
 
         self._psutil = psutil
