@@ -2,7 +2,7 @@
 
 Per stage CPU and bytes, frames/s per worker at 1 and 2 workers and their ratio, the largest
 relative profile difference, RSS/PSS per worker, the node model's frames/s and nodes for a
-2 kHz LAMBDA 9M (see ``shmpipe.beamline_bench``). Run::
+2 kHz LAMBDA 9M (see ``shmpipe.benchmark.beamline``). Run::
 
     PYTHONPATH=. python -m pytest bench/bench_beamline.py -s
 
@@ -12,8 +12,8 @@ relative profile difference, RSS/PSS per worker, the node model's frames/s and n
 from __future__ import annotations
 
 from bench.conftest import report
-from shmpipe.beamline_bench import compare_chains, report_markdown
 from shmpipe.benchmark import geometry_file
+from shmpipe.benchmark.beamline import compare_chains, report_markdown
 
 
 def test_beamline_vs_stitch_first(benchmark, sizes, tmp_path, table_cache):

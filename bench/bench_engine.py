@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.conftest import report
+from shmpipe.api.message import Message, payload_bytes
 from shmpipe.benchmark import (
     copy_rate,
     naive_pool_rate,
@@ -23,7 +24,7 @@ from shmpipe.benchmark import (
     sim_source,
     startup_time,
 )
-from shmpipe.message import Message, copy_parts, payload_bytes
+from shmpipe.shm.slotio import copy_parts
 
 
 def test_copy_anchor(benchmark, sizes):

@@ -62,7 +62,7 @@ from native_kernels.stats import (
     roi_sums_on_parts,
 )
 from native_kernels.stitch import Stitcher
-from shmpipe.kernel import ArraySpec, Frame, Kernel, SetupContext
+from shmpipe.api.kernel import ArraySpec, Frame, Kernel, SetupContext
 
 
 class KernelConfigError(ValueError):

@@ -37,7 +37,7 @@ def send_frames(
     """Send ``frames`` datasets to each stream; return how many parts failed to send."""
     import asapo_producer
 
-    from shmpipe.sources.sim import SimParams, SimSource
+    from shmpipe.plugins.sources.sim import SimParams, SimSource
 
     streams = streams or ["scan_0001"]
     sim = SimSource(

@@ -66,8 +66,8 @@ def _quote(s: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from shmpipe.engine import Pipeline, StartupError
-    from shmpipe.logs import configure_logging
+    from shmpipe.engine.supervisor import Pipeline, StartupError
+    from shmpipe.observe.logs import configure_logging
 
     cfg = config_from_args(args)
     if args.log_format:
@@ -93,7 +93,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
-    from shmpipe.reference import generate_reference
+    from shmpipe.config.reference import generate_reference
 
     text = generate_reference()
     if args.output:
@@ -105,7 +105,7 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from shmpipe.runs import live_runs, sweep_stale
+    from shmpipe.observe.runs import live_runs, sweep_stale
 
     lines = sweep_stale()
     for line in lines:
@@ -122,7 +122,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from shmpipe.status import print_status
+    from shmpipe.observe.status import print_status
 
     return print_status(args.name)
 
@@ -143,9 +143,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.no_cold_start:
         opts.cold_start = False
     if args.beamline:
-        from shmpipe.beamline_bench import run_alone
+        from shmpipe.benchmark.suite import run_beamline_alone
 
-        run_alone(opts, log=lambda s: print(s, file=sys.stderr))
+        run_beamline_alone(opts, log=lambda s: print(s, file=sys.stderr))
         print((opts.output / "report.md").read_text())
         print(f"report: {opts.output / 'report.json'}")
         return 0

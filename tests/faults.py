@@ -21,8 +21,9 @@ from typing import Any
 import psutil
 
 from shmpipe.config import load_config
-from shmpipe.engine import Pipeline, RunSummary
-from shmpipe.ring import (
+from shmpipe.engine.supervisor import Pipeline, RunSummary
+from shmpipe.plugins.sinks.hdf5 import read_stream
+from shmpipe.shm.layout import (
     P_FRAMES,
     P_PID,
     P_READY_NS,
@@ -30,7 +31,6 @@ from shmpipe.ring import (
     PROC_FIRST_WORKER,
     PROC_PUBLISHER,
 )
-from shmpipe.sinks.hdf5 import read_stream
 from tests.conftest import wait_for
 
 SMALL = {"kind": "sim", "module_shape": [48, 64], "modules": 12, "pool": 3}
@@ -150,7 +150,7 @@ class ProcTable:
     def get(self):
         """The process table, or ``None`` before the run has its rings."""
         if self.procs is None:
-            from shmpipe.status import attach_tables
+            from shmpipe.observe.status import attach_tables
 
             ring = getattr(getattr(self.pipeline, "p", None), "ring", None)
             if ring is None or ring.procs is None:
@@ -691,8 +691,8 @@ def asapo_role_death(service, tmp: Path, role: str, frames: int = 40) -> Figures
 # -- whole runs as a user starts them -------------------------------------------------------
 def published(name: str) -> int:
     """Frames the live run ``name`` has published (0 until it is up)."""
-    from shmpipe.runs import live_runs
-    from shmpipe.status import attach_tables
+    from shmpipe.observe.runs import live_runs
+    from shmpipe.observe.status import attach_tables
 
     for info in live_runs():
         if info["name"] == name:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shmpipe.kernel import ArraySpec, Kernel
-from shmpipe.message import Message, StreamFinished, payload_bytes
-from shmpipe.source import EndOfSource, Source, SourceLayout
+from shmpipe.api.kernel import ArraySpec, Kernel
+from shmpipe.api.message import Message, StreamFinished, payload_bytes
+from shmpipe.api.source import EndOfSource, Source, SourceLayout
 
 
 class Sum(Kernel):
@@ -26,6 +26,13 @@ class Sum(Kernel):
     def process(self, frame, out):
         out["total"][...] = sum(float(p.sum(dtype=np.float64)) for p in frame.parts)
         out["parts"][...] = len(frame.parts)
+
+
+class WritesParts(Kernel):
+    """Tries to change its input in place (which the engine refuses)."""
+
+    def process(self, frame, out):
+        frame.parts[0][...] = 0
 
 
 @dataclass

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shmpipe.builtin_kernels import frame_digest
 from shmpipe.config import load_config
-from shmpipe.engine import EXIT_CONFIG_ERROR, EXIT_OK, Pipeline
-from shmpipe.sinks.hdf5 import read_stream
-from shmpipe.sources.sim import SimParams, SimSource
-from shmpipe.sources.stream_naming import next_stream
+from shmpipe.engine.supervisor import EXIT_CONFIG_ERROR, EXIT_OK, Pipeline
+from shmpipe.plugins.kernels import frame_digest
+from shmpipe.plugins.sinks.hdf5 import read_stream
+from shmpipe.plugins.sources.sim import SimParams, SimSource
+from shmpipe.plugins.sources.stream_naming import next_stream
 from tests import asapo_process
 from tests.asapo_process import AsapoProcess
 
@@ -284,7 +284,7 @@ def test_two_instances_share_a_group_exactly_once(asapo, tmp_path):
     raw = config(asapo, tmp_path, group="shared", idle_timeout_s=3.0, until="forever")
     cfg = _write_toml(tmp_path / "shared.toml", raw)
     a, b = _run_cli(cfg, "node-a"), _run_cli(cfg, "node-b")
-    from shmpipe.runs import live_runs
+    from shmpipe.observe.runs import live_runs
     from tests.test_lifecycle import wait_for
 
     wait_for(lambda: {"node-a", "node-b"} <= {r["name"] for r in live_runs()}, what="both")
@@ -310,7 +310,7 @@ def test_wrong_token_is_a_configuration_error(tmp_path):
     try:
         raw = config(service, tmp_path, token="wrong")
         raw["sinks"] = [{"kind": "null"}]
-        from shmpipe.engine import StartupError
+        from shmpipe.engine.supervisor import StartupError
 
         with pytest.raises(StartupError, match="refused beamtime 'bt_test'"):
             run(raw)

@@ -24,7 +24,7 @@ from native_kernels.stats import (
     roi_sums_on_parts,
 )
 from native_kernels.stitch import stitch
-from shmpipe.kernel import ArraySpec, SetupContext
+from shmpipe.api import ArraySpec, SetupContext
 from tests.test_native_kernels import make, run_chain
 
 SHAPE = (40, 72)

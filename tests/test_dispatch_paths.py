@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shmpipe.ring import (
+from shmpipe.engine.scheduler import Scheduler
+from shmpipe.shm.layout import (
     ASSIGNED,
     CLAIMED,
     FREE,
@@ -14,6 +15,8 @@ from shmpipe.ring import (
     PROC_FIRST_WORKER,
     PS_DEAD,
     STATE,
+)
+from shmpipe.shm.ring import (
     RingGeometry,
     SlotRing,
 )
@@ -33,25 +36,26 @@ def test_least_loaded_seat_counts_assigned_and_claimed(ring):
     t[:3, STATE], t[:3, OWNER] = ASSIGNED, 0
     t[3:5, STATE], t[3:5, OWNER] = CLAIMED, 1
     t[5, STATE], t[5, OWNER] = FREE, 2  # free slots do not count, whatever the old owner
-    assert {ring.least_loaded_seat(3) for _ in range(6)} == {2}
+    assert {Scheduler(ring).least_loaded_seat(3) for _ in range(6)} == {2}
     t[5, STATE] = CLAIMED
     t[6:8, STATE], t[6:8, OWNER] = ASSIGNED, 2
-    assert {ring.least_loaded_seat(3) for _ in range(6)} == {1}  # 2 vs 3 and 3
+    assert {Scheduler(ring).least_loaded_seat(3) for _ in range(6)} == {1}  # 2 vs 3 and 3
 
 
 def test_least_loaded_seat_ties_rotate_and_skip_dead_and_excluded(ring):
+    sched = Scheduler(ring)
     ring.table[:, STATE] = FREE
-    assert sorted(ring.least_loaded_seat(3) for _ in range(3)) == [0, 1, 2]
+    assert sorted(sched.least_loaded_seat(3) for _ in range(3)) == [0, 1, 2]
     ring.procs[PROC_FIRST_WORKER + 1, P_STATE] = PS_DEAD
-    assert {ring.least_loaded_seat(3) for _ in range(6)} == {0, 2}
-    assert {ring.least_loaded_seat(3, exclude=0) for _ in range(6)} == {2}
+    assert {sched.least_loaded_seat(3) for _ in range(6)} == {0, 2}
+    assert {sched.least_loaded_seat(3, exclude=0) for _ in range(6)} == {2}
     ring.procs[PROC_FIRST_WORKER + 2, P_STATE] = PS_DEAD
-    assert ring.least_loaded_seat(3, exclude=0) == 0  # nobody else alive: the excluded seat
+    assert sched.least_loaded_seat(3, exclude=0) == 0  # nobody else alive: the excluded seat
 
 
 @pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 4096 + 13, (1 << 20) + 7])
 def test_stream_copy_matches_numpy(n):
-    streamcopy = pytest.importorskip("shmpipe.streamcopy")
+    streamcopy = pytest.importorskip("shmpipe.shm.streamcopy")
     if not streamcopy.AVAILABLE:
         pytest.skip("streaming stores need x86-64")
     rng = np.random.default_rng(n)
@@ -65,7 +69,7 @@ def test_stream_copy_matches_numpy(n):
 
 
 def test_stream_copy_refuses_unaligned_destinations():
-    streamcopy = pytest.importorskip("shmpipe.streamcopy")
+    streamcopy = pytest.importorskip("shmpipe.shm.streamcopy")
     buf = np.zeros(300, dtype=np.uint8)
     off = (-buf.ctypes.data) % 64 + 1
     assert not streamcopy.stream_copy(buf[off : off + 128], np.ones(128, dtype=np.uint8))
@@ -73,8 +77,10 @@ def test_stream_copy_refuses_unaligned_destinations():
 
 
 def test_assign_many_spreads_a_batch_one_write_per_seat(ring):
-    from shmpipe.channel import ASSIGN, RecordPipe
-    from shmpipe.ring import TICKET
+    from shmpipe.shm.channel import ASSIGN, RecordPipe
+    from shmpipe.shm.layout import (
+        TICKET,
+    )
 
     t = ring.table
     t[:, STATE] = FREE
@@ -82,7 +88,7 @@ def test_assign_many_spreads_a_batch_one_write_per_seat(ring):
     ring.procs[PROC_FIRST_WORKER + 2, P_STATE] = PS_DEAD
     inboxes = [RecordPipe() for _ in range(3)]
     try:
-        ring.assign_many([1, 2, 3, 4, 5], inboxes)
+        Scheduler(ring).assign_many([1, 2, 3, 4, 5], inboxes)
         got = [inbox.recv(0) for inbox in inboxes]
         assert len(got[2]) == 0  # a dead seat gets nothing
         assert sorted(len(g) for g in got[:2]) == [2, 3]  # balanced, counting the claimed one
@@ -101,7 +107,8 @@ def test_assign_many_spreads_a_batch_one_write_per_seat(ring):
 
 
 def test_copy_parts_small_parts_byte_for_byte():
-    from shmpipe.message import PART_ALIGN, Message, copy_parts, part_layout
+    from shmpipe.api.message import PART_ALIGN, Message, part_layout
+    from shmpipe.shm.slotio import copy_parts
 
     structured = np.zeros((2, 3), dtype=[("a", "<i4"), ("b", "<f8")])
     structured["a"] = 7
@@ -122,3 +129,26 @@ def test_copy_parts_small_parts_byte_for_byte():
         assert np.dtype(dtype) == p.dtype or np.dtype(dtype).str == f"|V{p.dtype.itemsize}"
         assert bytes(buf[offset : offset + p.nbytes]) == np.ascontiguousarray(p).tobytes()
     assert (buf[layout.nbytes :] == 0xAB).all()  # nothing written past the parts
+
+
+def test_slot_header_round_trip_and_refusals():
+    from shmpipe.api.message import Message, StreamFinished
+    from shmpipe.shm.slotio import HeaderError, UnstorableHeader, decode_header, encode_header
+
+    buf = memoryview(bytearray(4096))
+    parts = [np.zeros((2, 3), np.uint16), np.ones(5, np.float32)]
+    msg = Message("scan_1", 7, "f7", parts, {"a": 1}, {"energy": 12.0}, 3.5)
+    h = decode_header(buf, encode_header(msg, buf))
+    assert (h.stream, h.message_id, h.name, h.meta, h.scan, h.timestamp) == (
+        "scan_1", 7, "f7", {"a": 1}, {"energy": 12.0}, 3.5
+    )  # fmt: skip
+    assert [(dt, shape) for _, dt, shape in h.parts] == [("<u2", (2, 3)), ("<f4", (5,))]
+    assert h.error is None and not h.finished
+    end = StreamFinished("scan_1", "scan_2", 7)
+    h = decode_header(buf, encode_header(Message("scan_1", 0), buf, finished=end))
+    assert (h.finished, h.next_stream, h.last_id) == (True, "scan_2", 7)
+    with pytest.raises(UnstorableHeader):
+        encode_header(Message("s", 1, meta={"x": "y" * 5000}), buf)
+    buf[:4] = b"\x00\x01\x02\x03"
+    with pytest.raises(HeaderError):
+        decode_header(buf, 4)

@@ -11,12 +11,12 @@ import textwrap
 import numpy as np
 import pytest
 
-import shmpipe.engine
+import shmpipe.engine.supervisor
 from shmpipe.config import load_config
-from shmpipe.engine import EXIT_OK, Pipeline
-from shmpipe.reference import attribute_docs, generate_reference
-from shmpipe.sinks.hdf5 import read_stream
-from shmpipe.sources.sim import SimParams, SimSource
+from shmpipe.config.reference import attribute_docs, generate_reference
+from shmpipe.engine.supervisor import EXIT_OK, Pipeline
+from shmpipe.plugins.sinks.hdf5 import read_stream
+from shmpipe.plugins.sources.sim import SimParams, SimSource
 from tests.conftest import REPO
 
 DOCS = REPO / "docs"
@@ -57,7 +57,7 @@ def test_every_page_is_linked_from_the_index_and_the_nav():
 
 
 def test_concepts_shows_the_engine_diagram():
-    doc = shmpipe.engine.__doc__
+    doc = shmpipe.engine.supervisor.__doc__
     block = textwrap.dedent(doc[doc.index("::\n") + 3 : doc.index("Slot lifecycle")])
     diagram = block.strip("\n").split("\n\n")[0]
     assert diagram in (DOCS / "concepts.md").read_text()

@@ -7,10 +7,12 @@ import threading
 import numpy as np
 import pytest
 
-from shmpipe.builtin_kernels import frame_digest
 from shmpipe.config import load_config
-from shmpipe.engine import EXIT_FAILED, EXIT_OK, Pipeline
-from shmpipe.ring import (
+from shmpipe.engine.supervisor import EXIT_FAILED, EXIT_OK, Pipeline
+from shmpipe.plugins.kernels import frame_digest
+from shmpipe.plugins.sinks.hdf5 import read_stream
+from shmpipe.plugins.sources.sim import SimParams, SimSource
+from shmpipe.shm.layout import (
     P_FRAMES,
     P_HANDOVERS,
     P_PID,
@@ -18,8 +20,6 @@ from shmpipe.ring import (
     PROC_FIRST_WORKER,
     PROC_PUBLISHER,
 )
-from shmpipe.sinks.hdf5 import read_stream
-from shmpipe.sources.sim import SimParams, SimSource
 from tests.conftest import SMALL_SIM
 
 
@@ -228,7 +228,7 @@ def test_poison_frame_is_quarantined_after_max_attempts(tmp_path):
 def test_kernel_found_by_entry_point_and_dotted_path(tmp_path):
     raw = hdf5_config(
         tmp_path,
-        {"a": {"kind": "checksum"}, "b": {"kind": "shmpipe.builtin_kernels:ChecksumKernel"}},
+        {"a": {"kind": "checksum"}, "b": {"kind": "shmpipe.plugins.kernels:ChecksumKernel"}},
     )
     raw["source"]["frames"] = 3
     _, summary = run(raw)
@@ -256,10 +256,13 @@ def test_small_messages_travel_in_batches_each_once_in_order(tmp_path):
 def _geometry(workers: int, payload: int, slots: int = 0):
     from types import SimpleNamespace
 
+    from shmpipe.engine.startup import ring_geometry
+
     raw = {"run": {"workers": workers}, "ring": {"slots": slots}}
-    pipeline = Pipeline(load_config(raw=raw))
-    return pipeline._geometry(
-        SimpleNamespace(max_payload_bytes=payload), SimpleNamespace(result_bytes=4096)
+    return ring_geometry(
+        load_config(raw=raw),
+        SimpleNamespace(max_payload_bytes=payload),
+        SimpleNamespace(result_bytes=4096),
     )
 
 
@@ -269,3 +272,12 @@ def test_ring_size_follows_the_slot_size_unless_set():
     mid = _geometry(2, 4 * 2**20)
     assert 2 * 2 + 2 < mid.slots < 256 and mid.slots * mid.input_stride <= 64 * 2**20
     assert _geometry(4, 1024, slots=12).slots == 12  # ring.slots wins
+
+
+def test_a_kernel_cannot_write_into_the_input_parts(tmp_path):
+    raw = hdf5_config(tmp_path, {"w": {"kind": "tests.plugins:WritesParts"}}, on_error="skip")
+    raw["source"] = dict(SMALL_SIM, frames=3)
+    _, summary = run(raw)
+    assert summary.exit_code == EXIT_OK and summary.errors == 3
+    errors = read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")["errors"]
+    assert all(b"read-only" in e for e in errors["error"])

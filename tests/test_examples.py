@@ -13,11 +13,11 @@ import h5py
 import numpy as np
 import pytest
 
-from shmpipe.builtin_kernels import frame_digest
 from shmpipe.config import ConfigError, load_config
-from shmpipe.engine import EXIT_OK, Pipeline
-from shmpipe.sinks.hdf5 import read_stream
-from shmpipe.sources.sim import SimParams, SimSource
+from shmpipe.engine.supervisor import EXIT_OK, Pipeline
+from shmpipe.plugins.kernels import frame_digest
+from shmpipe.plugins.sinks.hdf5 import read_stream
+from shmpipe.plugins.sources.sim import SimParams, SimSource
 from tests.conftest import REPO, run_cli
 
 EXAMPLES = sorted((REPO / "examples").rglob("*.toml"))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from shmpipe.builtin_kernels import frame_digest
+from shmpipe.api.kernel import ArraySpec
+from shmpipe.api.sink import Record, RunInfo
 from shmpipe.config import load_config
-from shmpipe.engine import EXIT_OK, Pipeline
-from shmpipe.kernel import ArraySpec
-from shmpipe.sink import Record, RunInfo
-from shmpipe.sinks.hdf5 import HDF5Params, HDF5Sink, read_stream
+from shmpipe.engine.supervisor import EXIT_OK, Pipeline
+from shmpipe.plugins.kernels import frame_digest
+from shmpipe.plugins.sinks.hdf5 import HDF5Params, HDF5Sink, read_stream
 
 
 def _run(raw: dict):
@@ -62,7 +62,7 @@ def test_files_source_npy_frames_one_stream_per_file(tmp_path):
 
 
 def test_files_source_missing_file_is_a_start_error(tmp_path):
-    from shmpipe.engine import StartupError
+    from shmpipe.engine.supervisor import StartupError
 
     raw = {
         "run": {"progress": "off"},

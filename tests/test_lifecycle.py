@@ -13,10 +13,12 @@ import time
 import psutil
 import pytest
 
-from shmpipe.ring import P_PID
-from shmpipe.runs import live_runs
-from shmpipe.sinks.hdf5 import read_stream
-from shmpipe.status import attach_tables
+from shmpipe.observe.runs import live_runs
+from shmpipe.observe.status import attach_tables
+from shmpipe.plugins.sinks.hdf5 import read_stream
+from shmpipe.shm.layout import (
+    P_PID,
+)
 from tests.conftest import run_cli, wait_for
 from tests.faults import published  # noqa: F401 - also used by test_asapo_pipeline
 
@@ -92,7 +94,11 @@ def test_second_ctrl_c_stops_at_once(tmp_path):
 
 
 def _busy_workers(name: str) -> int:
-    from shmpipe.ring import P_STATE, PROC_FIRST_WORKER, PS_BUSY
+    from shmpipe.shm.layout import (
+        P_STATE,
+        PROC_FIRST_WORKER,
+        PS_BUSY,
+    )
 
     for info in live_runs():
         if info["name"] == name:

@@ -10,10 +10,19 @@ import threading
 from rich.console import Console
 
 from shmpipe.config import load_config
-from shmpipe.live import BARS, LiveFigures, LiveView, render_text, sparkline
-from shmpipe.progress import ProgressReporter
-from shmpipe.ring import P_FRAMES, P_PID, PROC_DISPATCHER, PROC_PUBLISHER, RingGeometry, SlotRing
-from shmpipe.status import ProcessRow
+from shmpipe.observe.live import BARS, LiveFigures, LiveView, render_text, sparkline
+from shmpipe.observe.progress import ProgressReporter
+from shmpipe.observe.status import ProcessRow
+from shmpipe.shm.layout import (
+    P_FRAMES,
+    P_PID,
+    PROC_DISPATCHER,
+    PROC_PUBLISHER,
+)
+from shmpipe.shm.ring import (
+    RingGeometry,
+    SlotRing,
+)
 
 
 def figures(**kw) -> LiveFigures:
@@ -122,7 +131,7 @@ def test_progress_off_a_terminal_is_plain_log_lines(caplog, capsys):
 
 
 def test_supervisor_log_lines_print_above_the_view_and_children_write_directly():
-    from shmpipe.live import _PrintAbove
+    from shmpipe.observe.live import _PrintAbove
 
     root = logging.getLogger("shmpipe")
     real = io.StringIO()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from shmpipe.logs import JsonFormatter, TextFormatter
+from shmpipe.observe.logs import JsonFormatter, TextFormatter
 from tests.conftest import run_cli
 
 
@@ -84,9 +84,17 @@ def test_json_format_fields():
 
 
 def test_frame_extra_reads_stream_and_id_from_the_slot_header():
-    from shmpipe.logs import frame_extra
-    from shmpipe.message import Message, encode_header
-    from shmpipe.ring import HEADER_LEN, MSG_ID, RingGeometry, SlotRing
+    from shmpipe.api.message import Message
+    from shmpipe.observe.logs import frame_extra
+    from shmpipe.shm.layout import (
+        HEADER_LEN,
+        MSG_ID,
+    )
+    from shmpipe.shm.ring import (
+        RingGeometry,
+        SlotRing,
+    )
+    from shmpipe.shm.slotio import encode_header
 
     ring = SlotRing(RingGeometry(2, 4096, 4096, 64, 3))
     try:

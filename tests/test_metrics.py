@@ -17,11 +17,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shmpipe.config import load_config
-from shmpipe.engine import Pipeline, StartupError
-from shmpipe.metrics import PipelineCollector
-from shmpipe.ring import RingGeometry, SlotRing
-from shmpipe.runs import live_runs
-from shmpipe.status import format_status
+from shmpipe.engine.supervisor import Pipeline, StartupError
+from shmpipe.observe.metrics import PipelineCollector
+from shmpipe.observe.runs import live_runs
+from shmpipe.observe.status import format_status
+from shmpipe.shm.ring import RingGeometry, SlotRing
 from tests.conftest import REPO, wait_for
 
 FRAME_BYTES = 12 * 48 * 64 * 2  # twelve 48 x 64 uint16 modules (each a multiple of 64 bytes)
@@ -211,7 +211,9 @@ def test_grafana_dashboard_uses_only_metrics_we_export():
 
 
 def test_stream_table_counts_per_stream_and_reuses_the_oldest_row():
-    from shmpipe.ring import MAX_STREAMS
+    from shmpipe.shm.layout import (
+        MAX_STREAMS,
+    )
 
     ring = SlotRing(RingGeometry(4, 4096, 4096, 64, 4))
     try:

@@ -21,7 +21,7 @@ from native_kernels.shmpipe_kernels import (
     LambdaStitch,
 )
 from native_kernels.stitch import stitch
-from shmpipe.kernel import ArraySpec, Frame, Kernel, SetupContext
+from shmpipe.api.kernel import ArraySpec, Frame, Kernel, SetupContext
 
 GEO = DetectorGeometry.default_lambda9m()
 PARAMS = (0.25, 0.08, 0.13, 0.03, -0.02, 0.0)

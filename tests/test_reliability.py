@@ -15,12 +15,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from shmpipe.builtin_kernels import frame_digest
 from shmpipe.config import load_config, to_toml
-from shmpipe.engine import EXIT_FAILED, EXIT_OK, Pipeline
-from shmpipe.ring import P_HANDOVERS, PROC_DISPATCHER
-from shmpipe.sinks.hdf5 import read_stream
-from shmpipe.sources.sim import SimParams, SimSource, sim_geometry
+from shmpipe.engine.supervisor import EXIT_FAILED, EXIT_OK, Pipeline
+from shmpipe.plugins.kernels import frame_digest
+from shmpipe.plugins.sinks.hdf5 import read_stream
+from shmpipe.plugins.sources.sim import SimParams, SimSource, sim_geometry
+from shmpipe.shm.layout import (
+    P_HANDOVERS,
+    PROC_DISPATCHER,
+)
 from tests import faults
 from tests.conftest import SMALL_SIM, run_cli
 
@@ -390,9 +393,9 @@ def test_asapo_user_meta_not_json_never_reaches_the_pipeline(asapo, tmp_path):
 
 # -- the HDF5 sink after a crash ------------------------------------------------------------
 def test_hdf5_reopened_after_a_crash_drops_uncommitted_rows_and_errors(tmp_path):
-    from shmpipe.kernel import ArraySpec
-    from shmpipe.sink import ErrorRecord, Record, RunInfo
-    from shmpipe.sinks.hdf5 import HDF5Params, HDF5Sink
+    from shmpipe.api.kernel import ArraySpec
+    from shmpipe.api.sink import ErrorRecord, Record, RunInfo
+    from shmpipe.plugins.sinks.hdf5 import HDF5Params, HDF5Sink
 
     cfg = load_config(raw={"source": {"kind": "sim"}, "kernels": {"k": {"kind": "checksum"}}})
     info = RunInfo("r", cfg.effective(), "h", ["k"], [ArraySpec("k.v", (), "float64")])
@@ -430,7 +433,7 @@ def test_hdf5_reopened_after_a_crash_drops_uncommitted_rows_and_errors(tmp_path)
 
 
 def test_id_set_keeps_runs_not_ids():
-    from shmpipe.sinks.hdf5 import IdSet
+    from shmpipe.plugins.sinks.hdf5 import IdSet
 
     ids = IdSet(range(1, 50_001))
     assert ids.runs == 1 and 1 in ids and 50_000 in ids and 50_001 not in ids

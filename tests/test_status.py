@@ -8,9 +8,12 @@ import sys
 
 import psutil
 
-from shmpipe.ring import P_FRAMES, PROC_FIRST_WORKER
-from shmpipe.runs import live_runs
-from shmpipe.status import attach_tables
+from shmpipe.observe.runs import live_runs
+from shmpipe.observe.status import attach_tables
+from shmpipe.shm.layout import (
+    P_FRAMES,
+    PROC_FIRST_WORKER,
+)
 from tests.conftest import run_cli, wait_for
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from shmpipe.kernel import ArraySpec, Frame, Kernel, SetupContext
+from shmpipe.api import ArraySpec, Frame, Kernel, SetupContext
 
 
 # cache=True: compiled once (in the warm-up process) and loaded from the cache by every worker.

@@ -1,0 +1,33 @@
+"""The plug-in contract: everything a source, kernel or sink author imports from shmpipe."""
+
+from shmpipe.api.kernel import ArraySpec, Frame, Kernel, NoParams, SetupContext
+from shmpipe.api.message import Message, PartReader, StreamFinished, payload_bytes
+from shmpipe.api.sink import ErrorRecord, Record, RunInfo, Sink
+from shmpipe.api.source import (
+    Acknowledger,
+    EndOfSource,
+    Source,
+    SourceConfigError,
+    SourceLayout,
+)
+
+__all__ = [
+    "Acknowledger",
+    "ArraySpec",
+    "EndOfSource",
+    "ErrorRecord",
+    "Frame",
+    "Kernel",
+    "Message",
+    "NoParams",
+    "PartReader",
+    "Record",
+    "RunInfo",
+    "SetupContext",
+    "Sink",
+    "Source",
+    "SourceConfigError",
+    "SourceLayout",
+    "StreamFinished",
+    "payload_bytes",
+]

@@ -1,0 +1,32 @@
+"""The declaration of a side process: an observer the supervisor runs beside the pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SideProcess:
+    """An observer process (metrics, live view, Tango device) that only reads shared memory.
+
+    Parameters
+    ----------
+    name : str
+        Its role name: the process title is ``shmpipe: <name> [<run>]``.
+    enabled : callable
+        ``enabled(config) -> bool``: whether this run has it (``[metrics] port > 0``).
+    target : callable
+        ``target(plumbing, resource, supervisor_pid)``, the body of the child process. It may
+        read the ring and the tables; it never writes a slot.
+    prepare : callable, optional
+        ``prepare(config) -> resource``, called in the supervisor before each fork (a listening
+        socket). An exception at the first start is a start-up error, at a restart a failed
+        restart. The supervisor closes its copy of the resource (``close()``) after the fork.
+    """
+
+    name: str
+    enabled: Callable[[Any], bool]
+    target: Callable[[Any, Any, int], None]
+    prepare: Callable[[Any], Any] | None = None

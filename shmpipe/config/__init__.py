@@ -1,0 +1,43 @@
+"""Configuration: the schema of a pipeline's TOML file, its loading, TOML output, the reference."""
+
+from shmpipe.config.schema import (
+    DEFAULT_KERNELS,
+    DEFAULT_SINKS,
+    DEFAULT_SOURCE,
+    PLUGIN_SECTIONS,
+    SECTIONS,
+    ConfigError,
+    MetricsSection,
+    PipelineConfig,
+    PluginSpec,
+    RingSection,
+    RunSection,
+    apply_override,
+    build_dataclass,
+    coerce,
+    load_config,
+    parse_value,
+    read_toml,
+    to_toml,
+)
+
+__all__ = [
+    "DEFAULT_KERNELS",
+    "DEFAULT_SINKS",
+    "DEFAULT_SOURCE",
+    "PLUGIN_SECTIONS",
+    "SECTIONS",
+    "ConfigError",
+    "MetricsSection",
+    "PipelineConfig",
+    "PluginSpec",
+    "RingSection",
+    "RunSection",
+    "apply_override",
+    "build_dataclass",
+    "coerce",
+    "load_config",
+    "parse_value",
+    "read_toml",
+    "to_toml",
+]

@@ -1,0 +1,437 @@
+"""Configuration: a TOML file, command-line overrides, and validation before anything starts.
+
+Every section is a dataclass (the schema); sources, kernels and sinks bring their own
+``Params`` dataclass. Validation turns the merged tables into those dataclasses and reports the
+first problem as a ``ConfigError`` naming the key and the file, so that a typo costs a second
+at the prompt, not a started pipeline.
+
+::
+
+    [run]                          # RunSection
+    workers = 16
+    [ring]                         # RingSection
+    slots = 0                      # 0: 2 x workers + 2 (more when slots are small)
+    [source]
+    kind = "sim"                   # + the source's parameters
+    [kernels.integrate]            # one table per kernel, chained in file order
+    kind = "azimuthal_integrate"   # + the kernel's parameters
+    [[sinks]]
+    kind = "hdf5"                  # + the sink's parameters
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from shmpipe.api.kernel import Kernel
+from shmpipe.api.registry import PluginLookupError, resolve
+from shmpipe.api.sink import Sink
+from shmpipe.api.source import Source
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; ``str()`` names the file and the key."""
+
+    def __init__(self, message: str, key: str = "", file: str | None = None) -> None:
+        self.key, self.file, self.message = key, file, message
+        where = f"{file or '<command line>'}: " + (f"{key}: " if key else "")
+        super().__init__(where + message)
+
+
+@dataclass
+class RunSection:
+    """How the pipeline runs."""
+
+    name: str = ""
+    """Run name, used by ``shmpipe status``; empty: ``run-<pid>``."""
+    workers: int = 2
+    """Worker processes (the parallelism; one per core is the usual choice)."""
+    ordered: bool = True
+    """Publish in message order (bounded reorder window) instead of completion order."""
+    on_error: Literal["fail", "skip"] = "fail"
+    """A kernel exception stops the run (fail) or becomes an error record (skip)."""
+    max_attempts: int = 3
+    """A frame that killed this many workers is quarantined as an error record."""
+    watchdog_s: float = 0.0
+    """Kill and replace a worker that spends longer than this on one frame; 0: off."""
+    kernel_threads: int = 1
+    """Numba threads each kernel may use inside one worker."""
+    max_restarts: int = 100
+    """Worker restarts allowed in one run before it stops with an error."""
+    cache_dir: str = ""
+    """Directory for kernel tables (CSR, LUT); empty: ~/.cache/shmpipe."""
+    progress: Literal["auto", "on", "off"] = "auto"
+    """Live progress line: on a terminal (auto), always, or never."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as text or as JSON objects (for log shippers)."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Least severe log level printed."""
+    commit_every: int = 64
+    """Commit sinks (then acknowledge) at least every this many records."""
+    commit_interval_s: float = 0.5
+    """... and at least this often while records arrive."""
+    drain_timeout_s: float = 60.0
+    """On Ctrl-C/SIGTERM, how long frames in flight may take to finish before a hard stop."""
+    setup_timeout_s: float = 600.0
+    """Longest the start-up checks and the kernels' set-up may take before the run refuses
+    to start; 0: no limit."""
+
+
+@dataclass
+class RingSection:
+    """The shared-memory rings."""
+
+    slots: int = 0
+    """Slots in each ring; 0: 2 x workers + 2, or more small slots (up to 256 within
+    64 MiB) so that small messages travel in batches."""
+    slot_bytes: int = 0
+    """Payload bytes per input slot; 0: what the source declares."""
+    header_bytes: int = 65536
+    """Bytes per slot for the message's header: its metadata and part layout (pickled)."""
+
+
+@dataclass
+class MetricsSection:
+    """Prometheus metrics."""
+
+    port: int = 0
+    """Serve metrics on this port; 0: off."""
+    host: str = "127.0.0.1"
+    """Address the metrics endpoint listens on."""
+
+
+SECTIONS: dict[str, type] = {"run": RunSection, "ring": RingSection, "metrics": MetricsSection}
+PLUGIN_SECTIONS = ("source", "kernels", "sinks")
+DEFAULT_SOURCE = {"kind": "sim"}
+DEFAULT_KERNELS = {"checksum": {"kind": "checksum"}}
+DEFAULT_SINKS = [{"kind": "null"}]
+
+
+@dataclass
+class PluginSpec:
+    """One configured source, kernel or sink: its class and validated parameters."""
+
+    kind: str
+    cls: type
+    params: Any
+    name: str = ""
+
+    def table(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self.params)}
+
+
+@dataclass
+class PipelineConfig:
+    """The validated configuration of one run."""
+
+    path: str | None
+    run: RunSection
+    ring: RingSection
+    metrics: MetricsSection
+    source: PluginSpec
+    kernels: list[PluginSpec]
+    sinks: list[PluginSpec]
+
+    def effective(self) -> dict[str, Any]:
+        """The configuration with every default filled in, as TOML-shaped dicts."""
+        return {
+            "run": dataclasses.asdict(self.run),
+            "ring": dataclasses.asdict(self.ring),
+            "metrics": dataclasses.asdict(self.metrics),
+            "source": self.source.table(),
+            "kernels": {k.name: k.table() for k in self.kernels},
+            "sinks": [s.table() for s in self.sinks],
+        }
+
+    def digest(self) -> str:
+        """A short hash of the effective configuration, for lineage."""
+        raw = json.dumps(self.effective(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+    def source_instance(self) -> Source:
+        return self.source.cls(self.source.params, run_name=self.run.name)
+
+    def sink_instances(self) -> list[Sink]:
+        return [s.cls(s.params) for s in self.sinks]
+
+    def kernel_instances(self) -> list[Kernel]:
+        return [k.cls(k.name, k.params) for k in self.kernels]
+
+
+# -- type checking of TOML values against dataclass fields ---------------------------------
+def type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return "none" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any, key: str, file: str | None) -> Any:
+    """Check ``value`` against the type hint ``tp``; return it (ints widen to float)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"must be {type_name(tp)}, got {value!r}", key, file)
+    if origin in (types.UnionType, typing.Union):
+        for a in args:
+            try:
+                return coerce(value, a, key, file)
+            except ConfigError:
+                continue
+        raise ConfigError(f"must be {type_name(tp)}, got {value!r}", key, file)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"must be empty, got {value!r}", key, file)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, list | tuple):
+            item = args[0] if args else Any
+            out = [coerce(v, item, f"{key}[{i}]", file) for i, v in enumerate(value)]
+            return tuple(out) if (origin or tp) is tuple else out
+    elif origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"must be {type_name(tp)}, got {value!r} ({type(value).__name__})", key, file)
+
+
+def build_dataclass(cls: type, table: dict[str, Any], prefix: str, file: str | None) -> Any:
+    """Instantiate the dataclass ``cls`` from a TOML table, naming any bad key."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"must be a table, got {table!r}", prefix, file)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields:
+            raise ConfigError(
+                f"unknown key; {prefix or 'this table'} takes: {', '.join(fields) or 'nothing'}",
+                f"{prefix}.{key}" if prefix else key,
+                file,
+            )
+    values = {k: coerce(v, hints[k], f"{prefix}.{k}", file) for k, v in table.items()}
+    try:
+        obj = cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc), prefix, file) from exc
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        try:
+            check()
+        except ValueError as exc:
+            raise ConfigError(str(exc), prefix, file) from exc
+    return obj
+
+
+# -- loading, overriding, validating --------------------------------------------------------
+def read_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("no such configuration file", "", str(path))
+    try:
+        with p.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", "", str(path)) from exc
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: TOML syntax if it parses (numbers, booleans, lists), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``--set dotted.key=value`` to the raw tables (list items by index)."""
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set takes KEY=VALUE, got {assignment!r}", key)
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"no item {part} in this list", ".".join(parts[: i + 1]))
+            node = node[int(part)]
+            continue
+        if part not in node:
+            node[part] = [] if part == "sinks" and nxt.isdigit() else {}
+        node = node[part]
+        if part == "sinks" and isinstance(node, list) and nxt.isdigit() and int(nxt) == len(node):
+            node.append({})
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"no item {last} in this list", key)
+        node[int(last)] = parse_value(text)
+    elif not isinstance(node, dict):
+        raise ConfigError("cannot set a key inside a value that is not a table", key)
+    else:
+        node[last] = parse_value(text)
+
+
+def _plugin(group: str, base: type, table: Any, key: str, file: str | None, name: str = ""):
+    if not isinstance(table, dict):
+        raise ConfigError(f"must be a table, got {table!r}", key, file)
+    table = dict(table)
+    kind = table.pop("kind", name)
+    if not isinstance(kind, str) or not kind:
+        raise ConfigError('needs kind = "..."', f"{key}.kind", file)
+    try:
+        cls = resolve(group, kind, base)
+    except PluginLookupError as exc:
+        raise ConfigError(str(exc), f"{key}.kind", file) from exc
+    params = build_dataclass(cls.Params, table, key, file)
+    return PluginSpec(kind=kind, cls=cls, params=params, name=name)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] = (),  # type: ignore[assignment]
+    raw: dict[str, Any] | None = None,
+) -> PipelineConfig:
+    """Read, override and validate a configuration.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A TOML file; None for the defaults (simulated detector, checksum, null sink).
+    overrides : list of str
+        ``dotted.key=value`` assignments applied after the file, in order.
+    raw : dict, optional
+        Tables to use instead of reading ``path`` (``path`` then only names them in errors).
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and the key of the first problem found.
+    """
+    file = str(path) if path is not None else None
+    if raw is None:
+        raw = read_toml(path) if path is not None else {}
+    raw = copy.deepcopy(raw)
+    for assignment in overrides:
+        try:
+            apply_override(raw, assignment)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, exc.key, "--set") from None
+    # Keys given on the command line are checked as if they were in the file, but an error in
+    # one should not blame the file for it; the file name is still the best pointer we have.
+    for key in raw:
+        if key not in SECTIONS and key not in PLUGIN_SECTIONS:
+            raise ConfigError(
+                f"unknown section; known: {', '.join([*SECTIONS, *PLUGIN_SECTIONS])}", key, file
+            )
+    sections = {
+        name: build_dataclass(cls, raw.get(name, {}), name, file) for name, cls in SECTIONS.items()
+    }
+    run: RunSection = sections["run"]
+    if run.workers < 1:
+        raise ConfigError("must be at least 1", "run.workers", file)
+    if run.max_attempts < 1:
+        raise ConfigError("must be at least 1", "run.max_attempts", file)
+    src_table = raw.get("source", DEFAULT_SOURCE)
+    if isinstance(src_table, dict) and "kind" not in src_table:
+        src_table = {**DEFAULT_SOURCE, **src_table}
+    source = _plugin("shmpipe.sources", Source, src_table, "source", file)
+    ktables = raw.get("kernels", DEFAULT_KERNELS)
+    if not isinstance(ktables, dict):
+        raise ConfigError("must be tables [kernels.<name>]", "kernels", file)
+    kernels = [
+        _plugin("shmpipe.kernels", Kernel, t, f"kernels.{n}", file, name=n)
+        for n, t in ktables.items()
+    ]
+    from shmpipe.shm.layout import (
+        MAX_KERNELS,
+    )
+
+    if len(kernels) > MAX_KERNELS:
+        raise ConfigError(f"at most {MAX_KERNELS} kernels in one chain", "kernels", file)
+    stables = raw.get("sinks", DEFAULT_SINKS)
+    if isinstance(stables, dict):
+        stables = [stables]
+    if not isinstance(stables, list):
+        raise ConfigError("must be an array of tables [[sinks]]", "sinks", file)
+    sinks = [_plugin("shmpipe.sinks", Sink, t, f"sinks.{i}", file) for i, t in enumerate(stables)]
+    return PipelineConfig(
+        path=file,
+        run=run,
+        ring=sections["ring"],
+        metrics=sections["metrics"],
+        source=source,
+        kernels=kernels,
+        sinks=sinks,
+    )
+
+
+# -- TOML output for `shmpipe config show` --------------------------------------------------
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if v is None:
+        return '""'
+    return json.dumps(str(v))
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
+def to_toml(doc: dict[str, Any]) -> str:
+    """Render the effective configuration as TOML (readable back by ``load_config``)."""
+    out: list[str] = []
+    for section in ("run", "ring", "metrics", "source"):
+        out.append(f"[{section}]")
+        out += [
+            f"{_toml_key(k)} = {toml_value(v)}" for k, v in doc[section].items() if v is not None
+        ]
+        out.append("")
+    for name, table in doc["kernels"].items():
+        out.append(f"[kernels.{_toml_key(name)}]")
+        out += [f"{_toml_key(k)} = {toml_value(v)}" for k, v in table.items() if v is not None]
+        out.append("")
+    for table in doc["sinks"]:
+        out.append("[[sinks]]")
+        out += [f"{_toml_key(k)} = {toml_value(v)}" for k, v in table.items() if v is not None]
+        out.append("")
+    return "\n".join(out)

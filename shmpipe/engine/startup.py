@@ -1,0 +1,207 @@
+"""Start-up: the checks before anything is allocated, the ring's size, the memory and pipes.
+
+Everything here runs in the supervisor before the first fork (the checks and kernel set-up in
+a short-lived child of their own); a problem is a ``StartupError`` or a ``ConfigError``,
+reported with exit code 2 before any worker runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shmpipe.api.sink import RunInfo
+from shmpipe.api.source import SourceConfigError, SourceLayout
+from shmpipe.config import ConfigError, PipelineConfig, to_toml
+from shmpipe.engine.chain import ChainLayout, KernelChain, KernelSetupError
+from shmpipe.engine.plumbing import Plumbing
+from shmpipe.shm.channel import RecordPipe
+from shmpipe.shm.layout import PROC_FIRST_WORKER
+from shmpipe.shm.ring import RingGeometry, ShmCapacityError, SlotRing
+
+log = logging.getLogger("shmpipe.supervisor")
+
+AUTO_RING_SLOTS = 256  # ring.slots = 0: at most this many slots ...
+AUTO_RING_BYTES = 64 * 2**20  # ... and beyond 2 x workers + 2 only while they fit in this
+
+
+class StartupError(RuntimeError):
+    """The run cannot start; reported with exit code 2 before any worker runs."""
+
+
+def preflight_main(conn, config: PipelineConfig, cache_dir: Path) -> None:
+    """Check the source and sinks, probe the parts' layout, set up every kernel once.
+
+    Runs in a short-lived child so that whatever these load (the ASAPO client's threads, a
+    parallel Numba runtime) never lives in the supervisor, which must stay safe to fork.
+    Sends back the source parameters (a generated consumer group, say), the source layout
+    and the result-slot layout; setting the kernels up fills the Numba cache for the workers.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        source = config.source_instance()
+        try:
+            source.check()
+            src_layout = source.layout()
+        except (SourceConfigError, ValueError, OSError) as exc:
+            conn.send(("error", f"source: {exc}"))
+            return
+        for sink in config.sink_instances():
+            try:
+                sink.check()
+            except (ValueError, OSError) as exc:
+                conn.send(("error", str(exc)))
+                return
+        chain = KernelChain(config.kernel_instances())
+        try:
+            layout = chain.setup(src_layout.parts, cache_dir, config.run.kernel_threads, -1)
+        except KernelSetupError as exc:
+            conn.send(("error", f"kernel setup failed: {exc}"))
+            return
+        uses_numba = "numba" in sys.modules
+        conn.send(("ok", pickle.dumps((source.params, src_layout, layout, uses_numba))))
+    except Exception as exc:  # noqa: BLE001 - sent back and reported as a start-up error
+        conn.send(("error", f"{exc}"))
+    finally:
+        conn.close()
+
+
+def _prepare_numba_for_forks(threads: int) -> None:
+    """Initialise Numba's CPU target once here, so forked workers inherit it.
+
+    Every process otherwise pays ~0.5 s initialising it before its first cached kernel loads.
+    Initialising the target starts no thread and no OpenMP runtime, so the supervisor stays
+    safe to fork (measured: worker start-up 0.65-1.0 s -> 0.21-0.31 s, docs/performance.md).
+    """
+    # Read when Numba is first imported: the workers' thread budget, not one per core.
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(max(1, threads)))
+    try:
+        from numba.core.registry import cpu_target
+
+        cpu_target.target_context.refresh()
+    except Exception as exc:  # noqa: BLE001 - an optimisation: workers initialise it themselves
+        log.debug("Numba's CPU target not initialised before forking: %s", exc)
+
+
+def cache_dir_of(config: PipelineConfig) -> Path:
+    """The kernels' table cache (``run.cache_dir``), created if missing."""
+    d = Path(config.run.cache_dir or Path.home() / ".cache" / "shmpipe").expanduser()
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def preflight(
+    ctx: Any, config: PipelineConfig, cache_dir: Path
+) -> tuple[Any, SourceLayout, ChainLayout]:
+    """Run the start-up checks and kernel set-up in a short-lived child; ``StartupError``."""
+    t0 = time.perf_counter()
+    ours, theirs = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=preflight_main, args=(theirs, config, cache_dir), name="preflight")
+    proc.start()
+    theirs.close()
+    limit = config.run.setup_timeout_s
+    try:
+        if limit > 0 and not ours.poll(limit):
+            proc.kill()
+            status, payload = (
+                "error",
+                f"the start-up checks and kernel set-up did not finish within "
+                f"run.setup_timeout_s = {limit} s (a kernel's setup hung? a process that "
+                "has used OpenMP, bitshuffle say, cannot fork safely: run shmpipe as a "
+                "command rather than inside such a process)",
+            )
+        else:
+            status, payload = ours.recv()
+    except EOFError:
+        status, payload = "error", f"the start-up checks died (exit code {proc.exitcode})"
+    proc.join()
+    ours.close()
+    if status != "ok":
+        raise StartupError(payload)
+    source_params, src_layout, layout, uses_numba = pickle.loads(payload)
+    if uses_numba:
+        _prepare_numba_for_forks(config.run.kernel_threads)
+    log.info(
+        "kernels set up and compiled in %.2f s (%s)",
+        time.perf_counter() - t0,
+        ", ".join(
+            f"{k.name} {t:.2f} s" for k, t in zip(config.kernels, layout.setup_seconds, strict=True)
+        ),
+    )
+    return source_params, src_layout, layout
+
+
+def ring_geometry(config: PipelineConfig, layout: SourceLayout, chain: ChainLayout) -> RingGeometry:
+    """The ring's sizes: ``[ring]`` where set, else worked out from the slot size."""
+    r = config.ring
+    payload = r.slot_bytes or layout.max_payload_bytes
+    if payload <= 0:
+        raise ConfigError(
+            "the source declares no payload size; set ring.slot_bytes",
+            "ring.slot_bytes",
+            config.path,
+        )
+    geometry = RingGeometry(
+        slots=r.slots or 2 * config.run.workers + 2,
+        header_bytes=r.header_bytes,
+        payload_bytes=payload,
+        result_bytes=chain.result_bytes,
+        processes=PROC_FIRST_WORKER + config.run.workers,
+    )
+    if not r.slots:
+        # Small slots: more of them, so that small messages travel in batches (one pipe
+        # write per batch, not per message) with slots to spare; large frames keep the
+        # 2 x workers + 2 that prefetching one frame per worker needs.
+        per_slot = geometry.input_stride + geometry.result_stride
+        more = min(AUTO_RING_SLOTS, AUTO_RING_BYTES // per_slot)
+        if more > geometry.slots:
+            geometry = dataclasses.replace(geometry, slots=more)
+    return geometry
+
+
+def prepare(ctx: Any, config: PipelineConfig) -> Plumbing:
+    """Everything the supervisor creates before forking: checks, memory, pipes."""
+    cfg = config
+    cache_dir = cache_dir_of(cfg)
+    source_params, src_layout, layout = preflight(ctx, cfg, cache_dir)
+    cfg.source.params = source_params
+    source = cfg.source_instance()
+    geometry = ring_geometry(cfg, src_layout, layout)
+    try:
+        ring = SlotRing(geometry)
+    except ShmCapacityError as exc:
+        raise StartupError(str(exc)) from exc
+    log.info(
+        "ring: %d slots x %.1f MiB input + %.1f MiB result (%.0f MiB shared memory)",
+        geometry.slots,
+        geometry.input_stride / 2**20,
+        geometry.result_stride / 2**20,
+        geometry.total_bytes / 2**20,
+    )
+    run_info = RunInfo(
+        run_name=cfg.run.name,
+        config=cfg.effective(),
+        config_hash=cfg.digest(),
+        chain=[k.name for k in cfg.kernels],
+        outputs=layout.specs(),
+        config_toml=to_toml(cfg.effective()),
+    )
+    return Plumbing(
+        config=cfg,
+        ring=ring,
+        layout=layout,
+        parts=src_layout.parts,
+        seats=[RecordPipe() for _ in range(cfg.run.workers)],
+        done=RecordPipe(),
+        dispatcher_inbox=RecordPipe(),
+        source=source,
+        cache_dir=cache_dir,
+        run_info=run_info,
+    )

@@ -1,0 +1,550 @@
+"""The engine: a supervisor that owns the shared memory and runs the processes around it.
+
+Data flow (every arrow of the control path is a ``RecordPipe`` of 32-byte records; frames never
+travel through a pipe, only slot numbers do)::
+
+                    ┌──────────────────────── shared memory (memfd, nameless) ───────────────┐
+                    │ slot table   state owner ticket attempt seq msg-id ... (1 row a slot)  │
+                    │ process table pid state frames busy-ns current-msg ... (1 row a proc)  │
+                    │ input ring   [header|payload] x slots    (written once by dispatcher)  │
+                    │ result ring  [outputs|error]  x slots    (written by the workers)      │
+                    │ timings, streams  kernel/latency histograms, per-stream counters       │
+                    └────────────────────────────────────────────────────────────────────────┘
+     source                 ▲ copy once          ▲ views, in place       ▲ read, in place
+       │  Message           │                    │                       │
+       ▼                    │                    │                       │
+  ┌────────────┐  ASSIGN(slot,ticket) ┌──────────────┐  DONE(slot,ticket) ┌────────────┐
+  │ dispatcher │─────────────────────►│ worker seat i│──────────────────►│ publisher  │─► sinks
+  └────────────┘  one inbox per seat  └──────────────┘  one shared pipe   └────────────┘  commit
+        ▲   END(total) ─────────────────────────────────────────────────────►  │     then ack
+        └──────────────────────────── FREE(slot) ──────────────────────────────┘  to the source
+
+  supervisor (this module): first forks a short-lived preflight child (source and sink
+  checks, kernel setup filling the Numba cache), then allocates the memory and forks every
+  process (plus the side processes, such as metrics when [metrics] port is set, which only
+  read the tables: ``engine/sideprocs.py``), and waits on their sentinels; when a worker
+  dies it finds the seat's slots in the slot table and re-assigns them (attempt+1 for a
+  claimed one; quarantined as an error record after run.max_attempts), then forks a
+  replacement into the same seat. Ctrl-C/SIGTERM: STOP
+  to the dispatcher, the rest drains; a second one kills.
+
+Slot lifecycle: FREE → FILLING → FILLED → ASSIGNED → CLAIMED → DONE → PUBLISHING → FREE, each
+transition a function of ``shmpipe.engine.protocol``. Each transition has exactly one writer
+(dispatcher, owning worker, publisher; the supervisor only for slots of a seat whose process
+it has seen die), so the table needs no lock and a process killed at any instant cannot leave
+one held.
+
+Records travel in batches where that saves wake-ups without delaying anyone: the dispatcher
+hands small messages over a few dozen at a time (each held at most 0.5 ms, the source's wait
+included), workers report a batch's DONE records in one write (when the batch ends, or once
+0.5 ms old), the publisher frees a commit's slots in one write. A large frame travels alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+
+import numpy as np
+
+from shmpipe.config import ConfigError, PipelineConfig
+from shmpipe.engine import protocol
+from shmpipe.engine.chain import KernelSetupError
+from shmpipe.engine.dispatcher import dispatcher_main
+from shmpipe.engine.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, now_ns
+from shmpipe.engine.publisher import publisher_main
+from shmpipe.engine.roles import getproctitle, set_process_title, setproctitle
+from shmpipe.engine.scheduler import Scheduler
+from shmpipe.engine.sideprocs import SideProcesses
+from shmpipe.engine.startup import StartupError, prepare
+from shmpipe.engine.worker import worker_main
+from shmpipe.observe.logs import frame_extra
+from shmpipe.observe.metrics import MetricsPortError
+from shmpipe.observe.progress import ProgressReporter
+from shmpipe.observe.runs import RunNameInUse, RunRecord, sweep_stale
+from shmpipe.observe.snapshot import Snapshot
+from shmpipe.shm.channel import DONE, STOP
+from shmpipe.shm.layout import (
+    ASSIGNED,
+    ATTEMPT,
+    CLAIMED,
+    MSG_ID,
+    OWNER,
+    OWNER_PID,
+    P_EXIT,
+    P_KERNEL,
+    P_PID,
+    P_READY_NS,
+    P_RESTARTS,
+    P_STARTED_NS,
+    P_STATE,
+    PROC_DISPATCHER,
+    PROC_FIRST_WORKER,
+    PROC_PUBLISHER,
+    PS_DEAD,
+    PS_EXITED,
+    STATE,
+    T_CLAIM,
+    TICKET,
+)
+from shmpipe.shm.layout import (
+    DONE as S_DONE,
+)
+
+log = logging.getLogger("shmpipe.supervisor")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@dataclass
+class RunSummary:
+    """What a run did, as printed at its end and returned to callers."""
+
+    name: str
+    exit_code: int = EXIT_OK
+    frames_in: int = 0
+    frames_out: int = 0
+    errors: int = 0
+    bytes_in: int = 0
+    wall_s: float = 0.0
+    worker_restarts: int = 0
+    side_restarts: dict[str, int] = field(default_factory=dict)
+    quarantined: int = 0
+    error: str = ""
+    slots: int = 0
+    """Slots in the ring."""
+    worker_startup_s: list[float] = field(default_factory=list)
+    timings: dict[str, np.ndarray] = field(default_factory=dict)
+    """Copies of the ring's ``Timings`` arrays (``kernel_hist``, ``kernel_ns``, ``latency_hist``,
+    ``latency_ns``) and of the process table (``procs``), taken before the ring closes."""
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames_out / self.wall_s if self.wall_s > 0 else 0.0
+
+    def describe(self) -> str:
+        mbps = self.bytes_in / self.wall_s / 1e6 if self.wall_s > 0 else 0.0
+        return (
+            f"run {self.name}: {self.frames_in} frames in, {self.frames_out} out, "
+            f"{self.errors} errors, {self.wall_s:.2f} s, {self.frames_per_s:.1f} frames/s, "
+            f"{mbps:.1f} MB/s, {self.worker_restarts} worker restarts"
+        )
+
+
+class Pipeline:
+    """One run: start-up checks, the processes, supervision, and the summary.
+
+    Parameters
+    ----------
+    config : PipelineConfig
+        A validated configuration (``shmpipe.config.load_config``).
+    """
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        if not config.run.name:
+            config.run.name = f"run-{os.getpid()}"
+        self.name = config.run.name
+        self.ctx = mp.get_context("fork")
+        self._signals = 0
+        self._draining_since = 0.0
+        self.summary = RunSummary(self.name)
+        self.p: Plumbing | None = None
+        self.scheduler: Scheduler | None = None
+
+    # -- processes -------------------------------------------------------------------------
+    def _start(self, target, args, name: str) -> mp.Process:
+        proc = self.ctx.Process(target=target, args=args, name=name, daemon=False)
+        proc.start()
+        return proc
+
+    def _start_worker(self, seat: int) -> None:
+        row = self.p.ring.procs[PROC_FIRST_WORKER + seat]
+        row[P_STATE] = 0
+        row[P_EXIT] = 0
+        row[P_READY_NS] = 0  # else a replacement looks ready before it is (negative start-up)
+        self.workers[seat] = self._start(worker_main, (self.p, seat), f"shmpipe-worker{seat}")
+
+    # -- recovery --------------------------------------------------------------------------
+    def _recover_seat(self, seat: int, cause: str) -> None:
+        """Give the slots of a dead worker back: re-assign, or quarantine a poison frame."""
+        p, ring = self.p, self.p.ring
+        table = ring.table
+        kernel_index = int(ring.procs[PROC_FIRST_WORKER + seat, P_KERNEL])
+        kernel = self.config.kernels[kernel_index - 1].name if kernel_index > 0 else "?"
+        for slot in range(ring.geometry.slots):
+            row = table[slot]
+            if row[OWNER] != seat:
+                continue
+            state = row[STATE]
+            if state == ASSIGNED:
+                target = self.scheduler.least_loaded_seat(p.workers, exclude=seat)
+                self.scheduler.assign(slot, target, p.seats[target])
+            elif state == CLAIMED:
+                if protocol.retry(row) >= self.config.run.max_attempts:
+                    self._quarantine(slot, kernel, cause)
+                else:
+                    log.warning(
+                        "re-dispatching message %d (attempt %d) after %s",
+                        int(row[MSG_ID]),
+                        int(row[ATTEMPT]) + 1,
+                        cause,
+                        extra=frame_extra(ring, slot),
+                    )
+                    target = self.scheduler.least_loaded_seat(p.workers, exclude=seat)
+                    self.scheduler.assign(slot, target, p.seats[target])
+            elif state == S_DONE:
+                # It may have died between marking DONE and telling the publisher; a second
+                # DONE with the same ticket is ignored by the publisher if the first arrived.
+                p.done.send(DONE, slot, int(row[TICKET]))
+
+    def _quarantine(self, slot: int, kernel: str, cause: str) -> None:
+        ring = self.p.ring
+        row = ring.table[slot]
+        attempts = int(row[ATTEMPT])
+        protocol.record_error(
+            ring,
+            slot,
+            kernel,
+            f"quarantined: the frame killed {attempts} workers in kernel {kernel!r}; last: {cause}",
+        )
+        ticket = protocol.quarantine(row)
+        self.summary.quarantined += 1
+        log.error(
+            "message %d quarantined after %d attempts (%s)",
+            int(row[MSG_ID]),
+            attempts,
+            cause,
+            extra=frame_extra(ring, slot),
+        )
+        self.p.done.send(DONE, slot, ticket)
+
+    def _on_worker_exit(self, seat: int, proc: mp.Process) -> None:
+        ring = self.p.ring
+        code = proc.exitcode
+        procs = ring.procs[PROC_FIRST_WORKER + seat]
+        procs[P_EXIT] = code if code is not None else -999
+        if code == EXIT_FATAL:
+            raise _RunFailed(ring.note(PROC_FIRST_WORKER + seat) or f"worker {seat} failed")
+        cause = (
+            f"signal {-code} ({signal.Signals(-code).name})"
+            if code and code < 0
+            else f"exit code {code}"
+        )
+        procs[P_STATE] = PS_DEAD
+        log.warning("worker %d (pid %d) died: %s", seat, proc.pid, cause)
+        self._recover_seat(seat, f"worker {seat} (pid {proc.pid}) died: {cause}")
+        self.summary.worker_restarts += 1
+        procs[P_RESTARTS] += 1
+        if self.summary.worker_restarts > self.config.run.max_restarts:
+            raise _RunFailed(
+                f"workers died {self.summary.worker_restarts} times "
+                f"(run.max_restarts = {self.config.run.max_restarts}); last: {cause}"
+            )
+        self._start_worker(seat)
+
+    def _watchdog(self) -> None:
+        limit = self.config.run.watchdog_s
+        if limit <= 0:
+            return
+        self._watch_stopped(limit)
+        table = self.p.ring.table
+        deadline = now_ns() - int(limit * 1e9)
+        stuck = (table[:, STATE] == CLAIMED) & (table[:, T_CLAIM] < deadline)
+        for slot in stuck.nonzero()[0]:
+            pid = int(table[slot, OWNER_PID])
+            seat = int(table[slot, OWNER])
+            if pid > 0 and self.workers[seat] is not None and self.workers[seat].pid == pid:
+                log.warning(
+                    "worker %d (pid %d) spent more than %.1f s on message %d: killing it",
+                    seat,
+                    pid,
+                    limit,
+                    int(table[slot, MSG_ID]),
+                    extra=frame_extra(self.p.ring, int(slot)),
+                )
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def _watch_stopped(self, limit: float) -> None:
+        """Kill a worker that has been stopped (SIGSTOP, a debugger, a cgroup freezer) for
+        longer than ``limit``: frames already in its inbox would wait for it for ever."""
+        now = time.monotonic()
+        for seat, w in enumerate(self.workers):
+            if w is None or w.pid is None:
+                continue
+            try:
+                with open(f"/proc/{w.pid}/stat", "rb") as f:
+                    state = f.read().rsplit(b")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state not in (b"T", b"t"):
+                self._stopped_since.pop(w.pid, None)
+                continue
+            since = self._stopped_since.setdefault(w.pid, now)
+            if now - since > limit:
+                log.warning(
+                    "worker %d (pid %d) has been stopped for more than %.1f s: killing it",
+                    seat,
+                    w.pid,
+                    limit,
+                )
+                self._stopped_since.pop(w.pid, None)
+                try:
+                    os.kill(w.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def _report_ready_workers(self) -> None:
+        """Log each worker's start-up time (fork to first frame possible) once."""
+        procs = self.p.ring.procs
+        for seat, w in enumerate(self.workers):
+            row = procs[PROC_FIRST_WORKER + seat]
+            key = (seat, w.pid)
+            if row[P_READY_NS] and key not in self._ready_logged and row[P_PID] == w.pid:
+                self._ready_logged.add(key)
+                took = (int(row[P_READY_NS]) - int(row[P_STARTED_NS])) / 1e9
+                self.summary.worker_startup_s.append(took)
+                log.info("worker %d (pid %d) ready in %.3f s", seat, w.pid, took)
+
+    # -- signals ---------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        self._signals += 1
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        """Start everything, supervise until the source is drained or a stop, return a summary.
+
+        Raises
+        ------
+        StartupError, ConfigError
+            Before any worker starts, for problems of configuration or resources.
+        """
+        for line in sweep_stale():
+            log.warning("%s", line)
+        try:
+            record = RunRecord(self.name)
+        except RunNameInUse as exc:
+            raise ConfigError(str(exc), "run.name", self.config.path) from None
+        t_start = time.perf_counter()
+        self.p = None
+        self.side = SideProcesses(self.config, self.ctx)
+        title = getproctitle()
+        set_process_title("supervisor", self.name)
+        try:
+            self.p = prepare(self.ctx, self.config)
+            self.scheduler = Scheduler(self.p.ring)
+            try:
+                self.side.prepare()
+            except MetricsPortError as exc:
+                raise StartupError(str(exc)) from None
+            self._record = record
+            record.describe(self._describe())
+            return self._supervise(t_start)
+        finally:
+            self.side.stop_all()
+            if self.p is not None:
+                for pipe in [*self.p.seats, self.p.done, self.p.dispatcher_inbox]:
+                    pipe.close()
+                self.p.ring.close()
+            record.release()
+            setproctitle(title)
+
+    def _describe(self) -> dict:
+        ring = self.p.ring
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "started": time.time(),
+            "tables_fd": ring.tables.fd,
+            "slots": ring.geometry.slots,
+            "processes": ring.geometry.processes,
+            "workers": self.config.run.workers,
+            "chain": [k.name for k in self.config.kernels],
+            "config": self.config.path,
+            "metrics": (
+                f"http://{self.config.metrics.host}:{self.config.metrics.port}/metrics"
+                if self.config.metrics.port > 0
+                else ""
+            ),
+        }
+
+    def _supervise(self, t_start: float) -> RunSummary:
+        p, ring, cfg = self.p, self.p.ring, self.config
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.workers: list[mp.Process | None] = [None] * cfg.run.workers
+        self._ready_logged: set[tuple[int, int]] = set()
+        self._stopped_since: dict[int, float] = {}
+        progress = ProgressReporter(ring, cfg, self.name)
+        exit_code, error = EXIT_OK, ""
+        try:
+            self._start_side_processes()
+            self.publisher = self._start(publisher_main, (p,), "shmpipe-publisher")
+            for seat in range(cfg.run.workers):
+                self._start_worker(seat)
+            self.dispatcher = self._start(dispatcher_main, (p,), "shmpipe-dispatcher")
+            handled_signals = 0
+            dispatcher_done = False
+            while True:
+                procs = {self.publisher.sentinel: ("publisher", self.publisher)}
+                if not dispatcher_done:
+                    procs[self.dispatcher.sentinel] = ("dispatcher", self.dispatcher)
+                for seat, w in enumerate(self.workers):
+                    procs[w.sentinel] = (seat, w)
+                side = self.side.sentinels()
+                procs.update({s: ("side", r) for s, r in side.items()})
+                ready = wait(list(procs), timeout=0.25)
+                if self._signals > handled_signals:
+                    handled_signals = self._signals
+                    if handled_signals == 1:
+                        log.warning(
+                            "stopping: no new messages; finishing the frames in flight "
+                            "(Ctrl-C again to stop at once)"
+                        )
+                        p.dispatcher_inbox.send(STOP)
+                        self._draining_since = time.monotonic()
+                    else:
+                        raise _Interrupted
+                if (
+                    self._draining_since
+                    and time.monotonic() - self._draining_since > cfg.run.drain_timeout_s
+                ):
+                    raise _RunFailed(
+                        f"frames in flight did not finish within "
+                        f"run.drain_timeout_s = {cfg.run.drain_timeout_s} s"
+                    )
+                for sentinel in ready:
+                    role, proc = procs[sentinel]
+                    if role == "side":
+                        # An observer, not part of the data path: restarted, the run goes on.
+                        self.side.on_exit(proc)
+                        continue
+                    proc.join()
+                    if role == "dispatcher":
+                        dispatcher_done = True
+                        ring.procs[PROC_DISPATCHER, P_STATE] = PS_EXITED
+                        if proc.exitcode == EXIT_CONFIG:
+                            raise _RunFailed(ring.note(PROC_DISPATCHER), EXIT_CONFIG_ERROR)
+                        if proc.exitcode != 0:
+                            note = ring.note(PROC_DISPATCHER)
+                            raise _RunFailed(
+                                note or f"the dispatcher died ({_cause(proc.exitcode)})"
+                            )
+                    elif role == "publisher":
+                        ring.procs[PROC_PUBLISHER, P_STATE] = PS_EXITED
+                        if proc.exitcode != 0:
+                            note = ring.note(PROC_PUBLISHER)
+                            raise _RunFailed(
+                                note or f"the publisher died ({_cause(proc.exitcode)})"
+                            )
+                        raise _Finished
+                    else:
+                        self._on_worker_exit(role, proc)
+                self._watchdog()
+                self.side.tick(p)
+                self._report_ready_workers()
+                progress.tick()
+        except _Finished:
+            pass
+        except _Interrupted:
+            exit_code, error = EXIT_INTERRUPTED, "stopped at once by a second interrupt"
+            log.error("%s", error)
+        except _RunFailed as exc:
+            exit_code, error = exc.exit_code, str(exc)
+            log.error("the run failed: %s", error)
+        finally:
+            self._stop_all(graceful=exit_code == EXIT_OK)
+            for s, h in old.items():
+                signal.signal(s, h)
+            progress.close()
+        summary = self.summary
+        summary.exit_code, summary.error = exit_code, error
+        summary.wall_s = time.perf_counter() - t_start
+        snap = Snapshot.read(ring.procs, ring.table)
+        summary.frames_in, summary.bytes_in = snap.frames_in, snap.bytes_in
+        summary.frames_out, summary.errors = snap.frames_out, snap.errors
+        summary.slots = ring.geometry.slots
+        t = ring.timings
+        summary.timings = {
+            "kernel_hist": t.kernel_hist.copy(),
+            "kernel_ns": t.kernel_ns.copy(),
+            "latency_hist": t.latency_hist.copy(),
+            "latency_ns": t.latency_ns.copy(),
+            "procs": ring.procs.copy(),
+        }
+        return summary
+
+    def _stop_all(self, graceful: bool) -> None:
+        p = self.p
+        children = [
+            getattr(self, "dispatcher", None),
+            getattr(self, "publisher", None),
+            *getattr(self, "workers", []),
+        ]
+        children = [c for c in children if c is not None and c.pid is not None]
+        if graceful:
+            for seat, pipe in enumerate(p.seats):
+                if self.workers[seat] is not None:
+                    pipe.send(STOP)
+            deadline = time.monotonic() + 5.0
+            for c in children:
+                c.join(timeout=max(0.0, deadline - time.monotonic()))
+        for c in children:
+            if c.exitcode is None:
+                try:
+                    os.kill(c.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for c in children:
+            c.join()
+        for seat in range(len(p.seats)):
+            p.ring.procs[PROC_FIRST_WORKER + seat, P_STATE] = PS_EXITED
+        self.side.stop_all()
+        self.summary.side_restarts = self.side.restarts()
+
+    # -- side processes --------------------------------------------------------------------
+    def _start_side_processes(self) -> None:
+        """Fork the observers (before any worker, so none holds their sockets)."""
+        self.side.start_all(self.p)
+        pid = self.side.pid("metrics")
+        if pid:
+            m = self.config.metrics
+            log.info("metrics: http://%s:%d/metrics (pid %d)", m.host, m.port, pid)
+            self._record.describe({**self._describe(), "metrics_pid": pid})
+
+
+def _cause(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"killed by signal {-code} ({signal.Signals(-code).name})"
+    return f"exit code {code}"
+
+
+class _Finished(Exception):
+    pass
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _RunFailed(Exception):
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def run_pipeline(config: PipelineConfig) -> RunSummary:
+    """Run a configured pipeline to its end; see ``Pipeline``."""
+    return Pipeline(config).run()
+
+
+__all__ = ["KernelSetupError", "Pipeline", "RunSummary", "StartupError", "run_pipeline"]

@@ -1,0 +1,1 @@
+"""The built-in plug-ins: sources, sinks and kernels, written against ``shmpipe.api`` only."""

@@ -1,0 +1,207 @@
+"""AsapoSink: results to ASAPO output streams through the real ``asapo_producer`` client.
+
+Each ``[[sinks]] kind = "asapo"`` table is one output: a data source (``azint``, ``image``,
+``errors``), a stream name derived from the input's, and the kernel outputs it carries. Every
+output record keeps the input's id (so a redelivered input maps to the same output id, which
+the service refuses as a duplicate: the sink is idempotent) and user meta with lineage.
+
+``commit`` waits for the confirmation of every send and raises if any failed, so the
+publisher acknowledges an input only once its outputs are stored — never lost in silence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from shmpipe.api.sink import ErrorRecord, Record, RunInfo, Sink
+
+log = logging.getLogger("shmpipe.publisher.asapo")
+
+
+@dataclass
+class AsapoSinkParams:
+    endpoint: str = "localhost:8400"
+    """ASAPO discovery endpoint, host:port."""
+    beamtime: str = "asapo_test"
+    """Beamtime id."""
+    token: str = ""
+    """Access token for the beamtime."""
+    data_source: str = "processed"
+    """Output data source, e.g. azint, image, errors."""
+    stream: str = "{stream}"
+    """Output stream name; {stream} is the input's stream."""
+    name: str = "{data_source}/{name}"
+    """Output message name; {name} is the input's name, {id} its id, {stream} its stream,
+    {data_source} this output's. Keep it distinct from the input's name: stored payloads are
+    files named after their messages."""
+    carry: Literal["results", "errors"] = "results"
+    """What this output carries: kernel results, or the error records."""
+    outputs: list[str] | None = None
+    """Kernel outputs to carry (kernel.output); default all. One output is sent as its raw
+    bytes; several are concatenated, each described in meta["arrays"]."""
+    timeout_ms: int = 10000
+    """How long commit waits for sends to be confirmed."""
+    nthreads: int = 1
+    """Producer sending threads."""
+
+
+class AsapoSinkError(RuntimeError):
+    """A send to ASAPO failed; the inputs concerned were not acknowledged."""
+
+
+class AsapoSink(Sink):
+    """``[[sinks]] kind = "asapo"``."""
+
+    Params = AsapoSinkParams
+
+    def open(self, run: RunInfo) -> None:
+        import asapo_producer
+
+        p = self.params
+        self.run = run
+        known = [s.name for s in run.outputs]
+        if p.outputs:
+            bad = [o for o in p.outputs if o not in known]
+            if bad:
+                raise ValueError(f"sinks: outputs {bad} are not written by the chain ({known})")
+        self.names = p.outputs or known
+        self.producer = asapo_producer.create_producer(
+            p.endpoint,
+            "processed",
+            p.beamtime,
+            "auto",
+            p.data_source,
+            p.token,
+            p.nthreads,
+            p.timeout_ms,
+        )
+        self.producer.set_log_level("warn")
+        # Completion is tracked through the send callbacks: the client's own
+        # wait_requests_finished polls every 100 ms, which would cap commits at 10/s.
+        self._done = threading.Condition()
+        self._in_flight = 0
+        self._failures: list[str] = []
+        self._last_id: dict[str, int] = {}
+
+    def _callback(self, payload: dict[str, Any], err: Exception | None) -> None:
+        import asapo_producer
+
+        with self._done:
+            self._in_flight -= 1
+            # A server warning is e.g. a duplicate of a record already stored: idempotent by id.
+            if err is not None and not isinstance(err, asapo_producer.AsapoServerWarning):
+                self._failures.append(f"{payload.get('original_header', payload)}: {err}")
+            self._done.notify_all()
+
+    def _count_send(self) -> None:
+        with self._done:
+            self._in_flight += 1
+
+    def _lineage(self, stream: str, ids: list[int], names: list[str]) -> dict[str, Any]:
+        return {
+            "input_stream": stream,
+            "input_ids": ids,
+            "input_names": names,
+            "kernel_chain": self.run.chain,
+            "config_hash": self.run.config_hash,
+            "run": self.run.run_name,
+        }
+
+    def _send(self, stream: str, mid: int, name: str, data: np.ndarray, meta: dict) -> None:
+        out_stream = self.params.stream.format(stream=stream)
+        self._count_send()
+        self.producer.send(
+            mid,
+            self.params.name.format(
+                name=name, id=mid, stream=stream, data_source=self.params.data_source
+            ),
+            data,
+            user_meta=json.dumps(meta, default=str),
+            stream=out_stream,
+            callback=self._callback,
+        )
+        self._last_id[out_stream] = max(self._last_id.get(out_stream, 0), mid)
+
+    def write(self, record: Record) -> None:
+        if self.params.carry != "results":
+            return
+        arrays, described, offset = [], [], 0
+        for n in self.names:
+            a = np.ascontiguousarray(record.arrays[n])
+            arrays.append(a.reshape(-1).view(np.uint8))
+            described.append(
+                {"name": n, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset}
+            )
+            offset += a.nbytes
+        # One array goes out as a view of the result slot (kept until commit); several are
+        # joined, which costs one copy of what are usually small profiles.
+        data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        meta = {
+            "arrays": described,
+            "source_meta": record.meta,
+            "lineage": self._lineage(record.stream, [record.message_id], [record.name]),
+        }
+        self._send(record.stream, record.message_id, record.name, data, meta)
+
+    def write_error(self, error: ErrorRecord) -> None:
+        if self.params.carry != "errors":
+            return
+        doc = {
+            "stream": error.stream,
+            "message_id": error.message_id,
+            "name": error.name,
+            "kernel": error.kernel,
+            "error": error.error,
+            "traceback": error.traceback,
+            "quarantined": error.quarantined,
+            "attempt": error.attempt,
+        }
+        data = np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8)
+        meta = {
+            "error": doc,
+            "lineage": self._lineage(error.stream, [error.message_id], [error.name]),
+        }
+        self._send(error.stream, error.message_id, error.name, data, meta)
+
+    def stream_finished(self, stream: str, next_stream: str, last_id: int = 0) -> None:
+        out_stream = self.params.stream.format(stream=stream)
+        last = max(last_id, self._last_id.get(out_stream, 0))
+        if last <= 0:
+            return  # nothing was ever sent to this output: there is no stream to finish
+        nxt = self.params.stream.format(stream=next_stream) if next_stream else ""
+        self._count_send()
+        self.producer.send_stream_finished_flag(
+            out_stream, last, next_stream=nxt or None, callback=self._callback
+        )
+
+    def commit(self) -> None:
+        with self._done:
+            confirmed = self._done.wait_for(
+                lambda: self._in_flight <= 0, timeout=self.params.timeout_ms / 1000
+            )
+            failures, self._failures = self._failures, []
+            waiting = self._in_flight
+        if not confirmed:
+            raise AsapoSinkError(
+                f"ASAPO output {self.params.data_source}: {waiting} sends not confirmed within "
+                f"{self.params.timeout_ms} ms (sinks.timeout_ms)"
+            )
+        if failures:
+            raise AsapoSinkError(
+                f"ASAPO output {self.params.data_source}: {len(failures)} sends failed; first: "
+                f"{failures[0]}"
+            )
+
+    def close(self) -> None:
+        producer = getattr(self, "producer", None)
+        if producer is not None:
+            try:
+                self.commit()
+            finally:
+                self.producer = None

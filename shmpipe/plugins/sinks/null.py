@@ -1,0 +1,28 @@
+"""NullSink: discards results (benchmarks, dry runs); still counts what it saw."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shmpipe.api.sink import ErrorRecord, Record, Sink
+
+
+@dataclass
+class NullParams:
+    pass
+
+
+class NullSink(Sink):
+    """``[[sinks]] kind = "null"``."""
+
+    Params = NullParams
+
+    def __init__(self, params: NullParams) -> None:
+        super().__init__(params)
+        self.records = self.errors = 0
+
+    def write(self, record: Record) -> None:
+        self.records += 1
+
+    def write_error(self, error: ErrorRecord) -> None:
+        self.errors += 1

@@ -1,0 +1,1 @@
+"""Shared memory: the layout of the slot ring and its tables, the pipes between processes."""
