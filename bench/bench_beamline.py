@@ -11,9 +11,15 @@ relative profile difference, RSS/PSS per worker, the node model's frames/s and n
 
 from __future__ import annotations
 
-from bench.conftest import report
-from shmpipe.benchmark import geometry_file
-from shmpipe.benchmark.beamline import compare_chains, report_markdown
+import os
+
+# Before anything in this process runs bitshuffle: with its OpenMP thread pool started, the
+# pipelines this benchmark forks would deadlock in their first bitshuffle call.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from bench.conftest import report  # noqa: E402
+from shmpipe.benchmark import geometry_file  # noqa: E402
+from shmpipe.benchmark.beamline import compare_chains, report_markdown  # noqa: E402
 
 
 def test_beamline_vs_stitch_first(benchmark, sizes, tmp_path, table_cache):

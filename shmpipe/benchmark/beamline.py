@@ -146,15 +146,16 @@ def stage_costs(
 ) -> StageCosts:
     """Run ``frames`` frames through the chain in a child process, timing each kernel's CPU.
 
-    The child is forked with one OpenMP thread, as a worker is: bitshuffle's OpenMP runtime
-    must never start in this process (it could not fork the pipelines afterwards), and on a
-    busy machine its idle threads spin. Two frames are run first and not counted (compilation
+    The child is a fresh interpreter (spawned, not forked: a fork of a process that has run
+    bitshuffle's OpenMP deadlocks in its first bitshuffle call) with one OpenMP thread, as a
+    worker: bitshuffle's OpenMP runtime must never start in this process (it could not fork
+    the pipelines afterwards), and on a busy machine its idle threads spin. Two frames are run first and not counted (compilation
     is cached, but the first calls load it). Each frame gets the next of ``BUFFERS`` result
     buffers, as frames get the next slot of the ring.
     """
     import multiprocessing as mp
 
-    with mp.get_context("fork").Pool(1, initializer=_one_thread) as pool:
+    with mp.get_context("spawn").Pool(1, initializer=_one_thread) as pool:
         return pool.apply(_stage_costs_here, (source, kernels, frames, cache_dir))
 
 
