@@ -1,4 +1,5 @@
-"""Numba kernels and detector geometry for the LAMBDA 9M, usable with or without shmpipe.
+"""Numba kernels and detector geometry (the LAMBDA 9M and pyFAI's named detectors), usable with
+or without shmpipe.
 
 >>> from native_kernels import AzimuthalIntegrator, DetectorGeometry, stitch
 >>> geo = DetectorGeometry.default_lambda9m(missing=(11,))
@@ -11,11 +12,13 @@ the kernels work without the engine).
 """
 
 from native_kernels.compression import PayloadError, decompress_into
+from native_kernels.detectors import DetectorError, detector_geometry
 from native_kernels.geometry import DetectorGeometry, GeometryError, ModulePlacement
 from native_kernels.integrator import (
     AzimuthalIntegrator,
     Integrate1dResult,
     Integrate2dResult,
+    PoniMismatchWarning,
     RadialPlan,
 )
 from native_kernels.poni import Poni, PoniError, read_poni
@@ -24,6 +27,7 @@ from native_kernels.stitch import Stitcher, stitch
 
 __all__ = [
     "AzimuthalIntegrator",
+    "DetectorError",
     "DetectorGeometry",
     "GeometryError",
     "Integrate1dResult",
@@ -32,9 +36,11 @@ __all__ = [
     "PayloadError",
     "Poni",
     "PoniError",
+    "PoniMismatchWarning",
     "RadialPlan",
     "Stitcher",
     "decompress_into",
+    "detector_geometry",
     "frame_statistics",
     "read_poni",
     "stitch",

@@ -1,6 +1,6 @@
 """Azimuthal (radial) integration with a pyFAI-shaped API.
 
->>> ai = AzimuthalIntegrator.from_poni("calib.poni")            # default LAMBDA 9M layout
+>>> ai = AzimuthalIntegrator.from_poni("calib.poni")            # the PONI's detector
 >>> res = ai.integrate1d(image, 1000, unit="q_nm^-1", polarization_factor=0.99,
 ...                      error_model="poisson")
 >>> res.radial, res.intensity, res.sigma
@@ -26,6 +26,7 @@ matters).
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,8 +37,15 @@ import numpy as np
 
 from native_kernels import accumulate as A
 from native_kernels import positions as P
-from native_kernels.geometry import DetectorGeometry, ModulePlacement, load_geometry
+from native_kernels.detectors import detector_geometry
+from native_kernels.geometry import (
+    DetectorGeometry,
+    GeometryError,
+    ModulePlacement,
+    load_geometry,
+)
 from native_kernels.poni import Poni, PoniError, read_poni
+from native_kernels.split2d import build_table_2d_bbox, chi_delta_array
 from native_kernels.tables import (
     Table,
     build_table_1d,
@@ -92,6 +100,64 @@ class Integrate2dResult:
     count: np.ndarray
     sigma: np.ndarray | None
     unit: str
+
+
+class PoniMismatchWarning(UserWarning):
+    """An explicit geometry that contradicts the detector its PONI file describes."""
+
+
+def _resolve_geometry(geometry, missing_modules: Sequence[int]) -> DetectorGeometry:
+    """A geometry object from an object, a file, "lambda9m", or a plain (rows, cols) shape."""
+    if (
+        isinstance(geometry, tuple)
+        and len(geometry) == 2
+        and all(isinstance(n, (int, np.integer)) for n in geometry)
+    ):
+        geometry = DetectorGeometry(
+            (int(geometry[0]), int(geometry[1])), (ModulePlacement(0, 0),), name="image"
+        )
+    return load_geometry(geometry, missing_modules)
+
+
+def _with_pixel_size(geo: DetectorGeometry, px: tuple[float, float]) -> DetectorGeometry:
+    return DetectorGeometry(geo.module_shape, geo.modules, px, geo.dummy, geo.name, geo.shape)
+
+
+def _renamed(geo: DetectorGeometry, name: str) -> DetectorGeometry:
+    return DetectorGeometry(
+        geo.module_shape, geo.modules, geo.pixel_size, geo.dummy, name, geo.shape
+    )
+
+
+def _is_stitched_lambda9m(described: DetectorGeometry, lambda9m: DetectorGeometry) -> bool:
+    """A generic one-module detector of the stitched LAMBDA 9M image's shape and pixel size."""
+    return (
+        described.n_modules == 1
+        and tuple(described.shape) == tuple(lambda9m.shape)
+        and np.allclose(described.pixel_size, lambda9m.pixel_size, rtol=1e-6, atol=0)
+    )
+
+
+def _warn_if_contradicts(
+    geo: DetectorGeometry,
+    described: DetectorGeometry | None,
+    px: tuple[float, float] | None,
+    source: str,
+) -> None:
+    """Warn when an explicit geometry disagrees with the PONI's shape or pixel size."""
+    problems = []
+    if described is not None and tuple(described.shape) != tuple(geo.shape):
+        problems.append(f"shape {described.shape} (detector {described.name})")
+    ref_px = described.pixel_size if described is not None else px
+    if ref_px is not None and not np.allclose(ref_px, geo.pixel_size, rtol=1e-6, atol=0):
+        problems.append(f"pixel size {tuple(ref_px)}")
+    if problems:
+        warnings.warn(
+            f"{source}: the PONI describes {' and '.join(problems)}; using the explicit geometry "
+            f"{geo.name!r} of shape {geo.shape} with pixel size {geo.pixel_size}",
+            PoniMismatchWarning,
+            stacklevel=3,
+        )
 
 
 def _split_of(method: Any) -> str:
@@ -215,7 +281,10 @@ class RadialPlan:
         """The per-module views of ``data``: an assembled image or the list of parts."""
         if isinstance(data, np.ndarray) and data.ndim == 2:
             if data.shape != self.geometry.shape:
-                raise ValueError(f"{what} has shape {data.shape}, expected {self.geometry.shape}")
+                raise ValueError(
+                    f"{what} has shape {data.shape}, expected {self.geometry.shape} "
+                    f"(detector {self.geometry.name})"
+                )
             return self.geometry.module_views(data)
         parts = list(data)
         if len(parts) != self.n_parts:
@@ -543,6 +612,9 @@ class AzimuthalIntegrator:
         Module slots not installed.
     pixel1, pixel2 : float, optional
         Override the geometry's pixel size (metres).
+    orientation : {1, 2, 3, 4}
+        pyFAI's detector orientation (PONI 2.1): 3, the default, has the first pixel at the
+        origin; 1 is the image turned by 180°, 2 flipped top-bottom, 4 flipped left-right.
     """
 
     def __init__(
@@ -558,6 +630,7 @@ class AzimuthalIntegrator:
         missing_modules: Sequence[int] = (),
         pixel1: float | None = None,
         pixel2: float | None = None,
+        orientation: int = 3,
     ) -> None:
         self.poni = Poni(
             float(dist),
@@ -568,20 +641,12 @@ class AzimuthalIntegrator:
             float(rot3),
             None if wavelength is None else float(wavelength),
         )
-        if (
-            isinstance(geometry, tuple)
-            and len(geometry) == 2
-            and all(isinstance(n, (int, np.integer)) for n in geometry)
-        ):
-            geometry = DetectorGeometry(
-                (int(geometry[0]), int(geometry[1])), (ModulePlacement(0, 0),), name="image"
-            )
-        geo = load_geometry(geometry, missing_modules)
+        if orientation not in (1, 2, 3, 4):
+            raise ValueError(f"orientation must be 1, 2, 3 or 4 (pyFAI's), not {orientation!r}")
+        self.orientation = int(orientation)
+        geo = _resolve_geometry(geometry, missing_modules)
         if pixel1 is not None or pixel2 is not None:
-            px = (pixel1 or geo.pixel_size[0], pixel2 or geo.pixel_size[1])
-            geo = DetectorGeometry(
-                geo.module_shape, geo.modules, px, geo.dummy, geo.name, geo.shape
-            )
+            geo = _with_pixel_size(geo, (pixel1 or geo.pixel_size[0], pixel2 or geo.pixel_size[1]))
         self.geometry = geo
         self._plans: dict[Any, RadialPlan] = {}
         self._arrays: dict[Any, np.ndarray] = {}
@@ -594,22 +659,62 @@ class AzimuthalIntegrator:
         missing_modules=(),
         use_poni_pixel_size: bool = False,
     ) -> AzimuthalIntegrator:
-        """Build from a pyFAI PONI file (versions 1-3) and our detector geometry.
+        """Build from a pyFAI PONI file (versions 1-3), on the detector it describes.
 
-        The PONI's detector description is not used for the layout (our geometry is);
-        with ``use_poni_pixel_size`` its pixel1/pixel2 replace the geometry's.
+        Parameters
+        ----------
+        poni : path or Poni
+        geometry : DetectorGeometry, path, tuple or str, optional
+            The detector layout. Unset: the PONI's detector (a named detector from pyFAI or the
+            built-in catalogue, or a generic one from ``Detector_config``); for a PONI that
+            gives no shape, or a generic detector of the stitched LAMBDA 9M image's shape and
+            pixel size, the default LAMBDA 9M layout (its gaps left out). Given, it wins, with
+            a :class:`PoniMismatchWarning` when it contradicts the PONI.
+        missing_modules : sequence of int
+        use_poni_pixel_size : bool
+            With an explicit geometry: take the PONI's pixel1/pixel2 instead of the geometry's.
+
+        Raises
+        ------
+        PoniError
+            Unreadable PONI, or (without an explicit geometry) a detector name that is unknown.
         """
+        source = "PONI" if isinstance(poni, Poni) else str(poni)
         p = poni if isinstance(poni, Poni) else read_poni(poni)
-        px = p.pixel_size if use_poni_pixel_size else None
-        if use_poni_pixel_size and px is None:
-            raise PoniError("the PONI file gives no pixel size")
+        px = p.pixel_size
+        try:
+            described = detector_geometry(p.detector, p.detector_config)
+        except GeometryError as exc:
+            if geometry is None:
+                raise PoniError(f"{source}: {exc}") from exc
+            warnings.warn(
+                f"{source}: cannot check the PONI's detector against the given geometry: {exc}",
+                PoniMismatchWarning,
+                stacklevel=2,
+            )
+            described = None
+        if geometry is None:
+            lambda9m = load_geometry(None)
+            if described is None:
+                geo = lambda9m if px is None else _with_pixel_size(lambda9m, px)
+            elif _is_stitched_lambda9m(described, lambda9m):
+                geo = lambda9m  # a calibration on our stitched images: keep the module gaps
+            else:
+                geo = described
+            geo = _renamed(geo, f"{geo.name} from {source}")
+        else:
+            geo = _resolve_geometry(geometry, ())
+            if use_poni_pixel_size:
+                if px is None:
+                    raise PoniError(f"{source}: the PONI file gives no pixel size")
+                geo = _with_pixel_size(geo, px)
+            _warn_if_contradicts(geo, described, px, source)
         return cls(
             *p.params,
             wavelength=p.wavelength,
-            geometry=geometry,
+            geometry=geo,
             missing_modules=missing_modules,
-            pixel1=px[0] if px else None,
-            pixel2=px[1] if px else None,
+            orientation=p.orientation,
         )
 
     # -- per-pixel arrays (module order) --------------------------------------------------
@@ -625,18 +730,36 @@ class AzimuthalIntegrator:
         g = self.geometry
         par = self.poni.params
         wl = self.poni.wavelength
+        o = self._oriented
         if what == "center":
-            a = self._modules(P.center_array(g.shape, g.pixel_size, par, space, wl))
+            a = self._modules(o(P.center_array(g.shape, g.pixel_size, par, space, wl)))
         elif what == "delta":
-            center = P.center_array(g.shape, g.pixel_size, par, space, wl)
-            corners = P.corner_grid(g.shape, g.pixel_size, par, space, wl)
+            center = o(P.center_array(g.shape, g.pixel_size, par, space, wl))
+            corners = o(P.corner_grid(g.shape, g.pixel_size, par, space, wl))
             a = self._modules(P.delta_array(center, corners))
+        elif what == "delta_chi":
+            center = o(P.center_array(g.shape, g.pixel_size, par, P.SPACE_CHI, wl))
+            corners = o(P.corner_grid(g.shape, g.pixel_size, par, P.SPACE_CHI, wl))
+            a = self._modules(chi_delta_array(center, corners))
         elif what == "solid_angle":
-            a = self._modules(P.solid_angle_array(g.shape, g.pixel_size, par))
+            a = self._modules(o(P.solid_angle_array(g.shape, g.pixel_size, par)))
         else:
             raise KeyError(what)
         self._arrays[key] = a
         return a
+
+    def _oriented(self, a: np.ndarray) -> np.ndarray:
+        """A per-pixel array computed for orientation 3, seen in this detector's orientation.
+
+        pyFAI's orientations 1, 2 and 4 place image pixel (r, c) where orientation 3 places
+        the pixel mirrored in both axes, top-bottom, or left-right (checked against pyFAI).
+        """
+        flip = {
+            1: (slice(None, None, -1),) * 2,
+            2: (slice(None, None, -1),),
+            4: (slice(None), slice(None, None, -1)),
+        }
+        return np.ascontiguousarray(a[flip[self.orientation]]) if self.orientation != 3 else a
 
     def _module_array(self, arr: np.ndarray | None, name: str, dtype=np.float32):
         """Accept an assembled-shape or (n_present, rows, cols) array; return module order."""
@@ -697,6 +820,7 @@ class AzimuthalIntegrator:
             geometry=self.geometry.digest(),
             poni=list(self.poni.params),
             wavelength=self.poni.wavelength,
+            orientation=self.orientation,
             **kw,
         )
 
@@ -787,9 +911,8 @@ class AzimuthalIntegrator:
         azimuth_range=None,
         cache_dir: str | Path | None = None,
     ) -> RadialPlan:
-        """Precompute a 2-D cake integration (no pixel splitting); ranges in unit / degrees."""
-        if _split_of(method) != "no":
-            raise NotImplementedError("2-D integration supports no pixel splitting only")
+        """Precompute a 2-D cake integration ("no" or "bbox" split); ranges in unit / degrees."""
+        split = _split_of(method)
         space, scale = P.parse_unit(unit)
         rr = None if radial_range is None else (radial_range[0] / scale, radial_range[1] / scale)
         ar = None if azimuth_range is None else tuple(np.deg2rad(azimuth_range))
@@ -797,6 +920,7 @@ class AzimuthalIntegrator:
             kind="2d",
             npt=[int(npt_rad), int(npt_azim)],
             space=space,
+            split=split,
             sa=bool(correct_solid_angle),
             pol=polarization_factor,
             dummy=dummy,
@@ -806,37 +930,52 @@ class AzimuthalIntegrator:
             mask=None if mask is None else np.asarray(mask) != 0,
             flat=None if flat is None else np.asarray(flat, np.float32),
         )
+        bbox_names = ("coef", "exc_pix", "exc_ptr", "exc_bin", "exc_coef")
         cached = _usable(
-            load_cached(cache_dir, key), self.geometry.n_pixels, ("bin", "norm", "edges")
+            load_cached(cache_dir, key),
+            self.geometry.n_pixels,
+            ("bin", "norm", "edges") + (bbox_names if split == "bbox" else ()),
         )
         names = ("lo", "hi", "delta", "azim_lo", "azim_hi", "azim_delta")
         n = int(npt_rad) * int(npt_azim)
         if cached is not None:
-            table = Table(
-                "no",
-                n,
-                cached["bin"],
-                None,
-                dict(zip(names, cached["edges"].tolist(), strict=True)),
-            )
+            edges = dict(zip(names, cached["edges"].tolist(), strict=True))
+            table = Table.from_arrays(split, n, cached, edges)
             w = cached["norm"]
         else:
             w = self.normalization(correct_solid_angle, polarization_factor, flat)
             valid, contrib = self._static_valid(mask, flat, w, dummy, delta_dummy)
-            table = build_table_2d(
-                self._per_pixel("center", space),
-                self._per_pixel("center", P.SPACE_CHI),
-                valid,
-                int(npt_rad),
-                int(npt_azim),
-                rr,
-                ar,
-            )
+            if split == "bbox":
+                table = build_table_2d_bbox(
+                    self._per_pixel("center", space),
+                    self._per_pixel("delta", space),
+                    self._per_pixel("center", P.SPACE_CHI),
+                    self._per_pixel("delta_chi"),
+                    valid,
+                    int(npt_rad),
+                    int(npt_azim),
+                    rr,
+                    ar,
+                )
+            else:
+                table = build_table_2d(
+                    self._per_pixel("center", space),
+                    self._per_pixel("center", P.SPACE_CHI),
+                    valid,
+                    int(npt_rad),
+                    int(npt_azim),
+                    rr,
+                    ar,
+                )
             table.drop(np.flatnonzero(~contrib.reshape(-1)))
             save_cached(
                 cache_dir,
                 key,
-                {"bin": table.bin, "norm": w, "edges": np.array([table.edges[k] for k in names])},
+                {
+                    **table.arrays(),
+                    "norm": w,
+                    "edges": np.array([table.edges[k] for k in names]),
+                },
             )
         return RadialPlan(
             self.geometry,
@@ -963,7 +1102,7 @@ class AzimuthalIntegrator:
         normalization_factor: float = 1.0,
         cache_dir: str | Path | None = None,
     ) -> Integrate2dResult:
-        """2-D "cake" integration into (npt_azim, npt_rad) bins, no pixel splitting.
+        """2-D "cake" integration into (npt_azim, npt_rad) bins, "no" or "bbox" splitting.
 
         Parameters are as for :meth:`integrate1d`; ``azimuth_range`` is in degrees, χ in
         (-180°, 180°] as pyFAI's default.

@@ -3,9 +3,9 @@
 A PONI file is ``key: value`` lines (``#`` comments), keys case-insensitive. Version 1 has no
 ``poni_version``; version 2 adds ``Detector`` and ``Detector_config`` (a JSON object with
 ``pixel1``, ``pixel2``, ``max_shape`` ...); 2.1 adds the detector orientation; 3 adds parallax.
-We read versions 1 to 3 and use distance, poni1, poni2, rot1..3 (metres, radians) and
-wavelength (metres). Orientation other than pyFAI's default (3) and parallax correction are
-not modelled, so a file that asks for them is rejected rather than silently misread.
+We read versions 1 to 3 and use distance, poni1, poni2, rot1..3 (metres, radians),
+wavelength (metres) and the detector orientation (1 to 4; pyFAI's default is 3). Parallax
+correction is not modelled, so a file that asks for it is rejected rather than silently misread.
 """
 
 from __future__ import annotations
@@ -67,6 +67,11 @@ class Poni:
         return (self.dist, self.poni1, self.poni2, self.rot1, self.rot2, self.rot3)
 
     @property
+    def orientation(self) -> int:
+        """pyFAI's detector orientation (1-4, default 3) from the detector config."""
+        return int(self.detector_config.get("orientation", 3))
+
+    @property
     def pixel_size(self) -> tuple[float, float] | None:
         """(pixel1, pixel2) from the detector config, when the file gives them."""
         c = self.detector_config
@@ -94,7 +99,7 @@ def parse_poni(text: str, source: str = "<string>") -> Poni:
     ------
     PoniError
         On a malformed line, a missing or non-numeric geometry key, an unsupported version,
-        a non-default detector orientation or a parallax correction.
+        an unknown detector orientation or a parallax correction.
     """
     values: dict[str, str] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
@@ -122,10 +127,11 @@ def parse_poni(text: str, source: str = "<string>") -> Poni:
             raise PoniError(f"{source}: Detector_config must be a JSON object")
     elif "pixelsize1" in values and "pixelsize2" in values:  # version 1
         config = {"pixel1": values["pixelsize1"], "pixel2": values["pixelsize2"]}
-    if int(config.get("orientation", 3)) != 3:
+    orientation = config.get("orientation", 3)
+    if orientation not in (1, 2, 3, 4) or isinstance(orientation, bool):
         raise PoniError(
-            f"{source}: detector orientation {config['orientation']} is not supported "
-            "(only pyFAI's default, 3)"
+            f"{source}: detector orientation {orientation!r} is not supported "
+            "(pyFAI's orientations are 1, 2, 3 (the default) and 4)"
         )
     if values.get("parallax", "false").lower() not in ("false", "none", ""):
         raise PoniError(f"{source}: parallax correction is not supported")

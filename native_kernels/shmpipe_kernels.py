@@ -46,14 +46,11 @@ from pathlib import Path
 import numpy as np
 
 from native_kernels.compression import PayloadError, compress, decompress_into
-from native_kernels.geometry import (
-    DetectorGeometry,
-    GeometryError,
-    ModulePlacement,
-    load_geometry,
-)
+from native_kernels.detectors import detector_geometry
+from native_kernels.geometry import DetectorGeometry, GeometryError, ModulePlacement, load_geometry
 from native_kernels.integrator import AzimuthalIntegrator, RadialPlan
-from native_kernels.poni import read_poni
+from native_kernels.master import MasterFile, MasterFileError, read_master
+from native_kernels.poni import PoniError
 from native_kernels.stats import (
     _roi_sums,
     accumulate_stats,
@@ -122,8 +119,34 @@ def _as_parts(x: np.ndarray | list[np.ndarray]) -> list[np.ndarray] | np.ndarray
     return x
 
 
-def _geometry(p) -> DetectorGeometry:
-    return load_geometry(p.geometry, tuple(p.missing_modules))
+def _geometry(p, default: DetectorGeometry | None = None) -> DetectorGeometry:
+    """The ``geometry`` parameter: "lambda9m", a .toml/.json file, or a detector name."""
+    g = str(p.geometry or "")
+    if not g and default is not None:
+        return default.with_missing(p.missing_modules) if p.missing_modules else default
+    if g and g not in ("lambda9m", "default") and Path(g).suffix.lower() not in (".toml", ".json"):
+        try:
+            geo = detector_geometry(g)
+        except GeometryError as exc:
+            raise KernelConfigError(f"geometry = {g!r}: {exc}") from exc
+        if geo is None:
+            raise KernelConfigError(f"geometry = {g!r} names no detector layout")
+        return load_geometry(geo, tuple(p.missing_modules))
+    return load_geometry(g or None, tuple(p.missing_modules))
+
+
+def _master(path: str, kernel: str) -> MasterFile:
+    try:
+        return read_master(path)
+    except MasterFileError as exc:
+        raise KernelConfigError(f"{kernel}: master = {path!r}: {exc}") from exc
+
+
+def _single_module(m: MasterFile) -> DetectorGeometry:
+    """A master file's frame as one module (its gaps are in its pixel mask)."""
+    return DetectorGeometry(
+        m.shape, (ModulePlacement(0, 0),), m.pixel_size, name=f"{Path(m.path).name}"
+    )
 
 
 def _warm_stitch(st: Stitcher) -> None:
@@ -157,25 +180,34 @@ class LambdaDecompress(Kernel):
         block_size: int = 0
         """Elements per bitshuffle block; 0: bitshuffle's default."""
         geometry: str = "lambda9m"
-        """"lambda9m" or a .toml/.json geometry file: the module shape and count."""
+        """"lambda9m", a detector name or a .toml/.json geometry file: the module shape and
+        count."""
         missing_modules: list = field(default_factory=list)
         """Indices of modules not installed (no part arrives for them)."""
+        master: str | None = None
+        """A DECTRIS *_master.h5: one part per frame (its HDF5 chunk), shape and dtype from the
+        file (instead of geometry and dtype)."""
 
     def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
         p = self.params
+        dtype = p.dtype
+        if p.master is not None:
+            m = _master(p.master, self.name)
+            dtype = np.dtype(m.dtype).name
+            self._geo = _single_module(m)
         if p.compression not in ("auto", "none", "bslz4", "bslz4_h5"):
             raise KernelConfigError(
                 f"{self.name}: compression must be auto, none, bslz4 or "
                 f"bslz4_h5, not {p.compression!r}"
             )
-        if np.dtype(p.dtype) not in (np.dtype(np.uint16), np.dtype(np.uint32)):
-            raise KernelConfigError(f"{self.name}: dtype must be uint16 or uint32")
-        geo = _geometry(p)
+        if np.dtype(dtype) not in (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32)):
+            raise KernelConfigError(f"{self.name}: dtype must be uint8, uint16 or uint32")
+        geo = self._geo if p.master is not None else _geometry(p)
         self.n = len(geo.present)
         # Compile the block walker now (in the warm-up process, before workers fork).
-        probe = np.arange(64, dtype=p.dtype).reshape(8, 8)
+        probe = np.arange(64, dtype=dtype).reshape(8, 8)
         decompress_into(compress(probe), np.empty_like(probe))
-        return [ArraySpec("modules", (self.n, *geo.module_shape), p.dtype)]
+        return [ArraySpec("modules", (self.n, *geo.module_shape), dtype)]
 
     def process(self, frame: Frame, out: dict[str, np.ndarray]) -> None:
         parts = frame.get(self.params.input)
@@ -256,7 +288,11 @@ class AzimuthalIntegrate(Kernel):
         """The image, or "parts" / "decompress.modules" to integrate straight from the
         modules without assembling an image (the fused path)."""
         poni: str | None = None
-        """A pyFAI PONI file (version 1 to 3) giving the geometry below."""
+        """A pyFAI PONI file (version 1 to 3) giving the geometry below and, unless geometry
+        is set, the detector (named or generic)."""
+        master: str | None = None
+        """A DECTRIS *_master.h5 giving distance, beam centre, wavelength, pixel size, frame
+        shape and pixel mask (instead of poni)."""
         dist: float | None = None
         """Sample-detector distance in m (instead of poni)."""
         poni1: float = 0.0
@@ -271,8 +307,9 @@ class AzimuthalIntegrate(Kernel):
         """Rotation about the beam, rad."""
         wavelength: float | None = None
         """Wavelength in m; needed for q units."""
-        geometry: str = "lambda9m"
-        """Detector layout: "lambda9m" or a .toml/.json geometry file."""
+        geometry: str = ""
+        """Detector layout: "lambda9m", a detector name (Eiger2_4M ...) or a .toml/.json
+        geometry file; unset: the PONI's detector, else "lambda9m"."""
         missing_modules: list = field(default_factory=list)
         """Indices of modules not installed."""
         npt: int | None = None
@@ -308,21 +345,58 @@ class AzimuthalIntegrate(Kernel):
 
     def _integrator(self) -> AzimuthalIntegrator:
         p = self.params
-        geo = _geometry(p)
-        if p.poni is not None:
-            if p.dist is not None:
+        given = [k for k in ("poni", "master", "dist") if getattr(p, k) is not None]
+        if len(given) > 1:
+            raise KernelConfigError(
+                f"{self.name}: give one of poni, master or dist/poni1/..., "
+                f"not {' and '.join(given)}"
+            )
+        self.master_mask = None
+        if p.master is not None:
+            m = _master(p.master, self.name)
+            self.master_mask = None if m.pixel_mask is None else m.pixel_mask != 0
+            if m.wavelength is None and p.wavelength is None and p.unit.startswith("q"):
                 raise KernelConfigError(
-                    f"{self.name}: give either poni or dist/poni1/..., not both"
+                    f"{self.name}: master = {p.master!r} gives no wavelength "
+                    "(entry/instrument/beam/incident_wavelength); set wavelength"
                 )
-            return AzimuthalIntegrator.from_poni(read_poni(p.poni), geometry=geo)
+            return AzimuthalIntegrator(
+                *m.poni_params,
+                m.wavelength if p.wavelength is None else p.wavelength,
+                geometry=_geometry(p, default=_single_module(m)),
+            )
+        if p.poni is not None:
+            geo = _geometry(p) if p.geometry else None
+            try:
+                return AzimuthalIntegrator.from_poni(
+                    p.poni,
+                    geometry=geo,
+                    missing_modules=tuple(p.missing_modules) if geo is None else (),
+                )
+            except (PoniError, GeometryError) as exc:
+                raise KernelConfigError(f"{self.name}: poni = {p.poni!r}: {exc}") from exc
         if p.dist is None:
             raise KernelConfigError(
-                f"{self.name}: a geometry needs poni = 'file.poni' or "
+                f"{self.name}: a geometry needs poni = 'file.poni', master = 'x_master.h5' or "
                 "explicit dist, poni1, poni2, rot1, rot2, rot3"
             )
         return AzimuthalIntegrator(
-            p.dist, p.poni1, p.poni2, p.rot1, p.rot2, p.rot3, p.wavelength, geometry=geo
+            p.dist, p.poni1, p.poni2, p.rot1, p.rot2, p.rot3, p.wavelength, geometry=_geometry(p)
         )
+
+    def _mask(self, ai: AzimuthalIntegrator) -> np.ndarray | None:
+        """The mask file's mask, or-ed with the master file's pixel mask (gaps, bad pixels)."""
+        mask = _load_array(self.params.mask, "mask")
+        if self.master_mask is None:
+            return mask
+        if mask is None:
+            return self.master_mask
+        if mask.shape != self.master_mask.shape:
+            raise KernelConfigError(
+                f"{self.name}: mask has shape {mask.shape}, the master file's frames "
+                f"{self.master_mask.shape}"
+            )
+        return (mask != 0) | self.master_mask
 
     def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
         p = self.params
@@ -331,11 +405,18 @@ class AzimuthalIntegrate(Kernel):
         npt = int(p.npt or p.bins or 1000)
         ai = self._integrator()
         n, shape, dtype = _input_spec(ctx, p.input, self.name)
+        # One part holding the whole assembled image (a DECTRIS frame, a "frames" file) is
+        # integrated as an image, whatever the detector's module count.
+        self.whole_image = n == 1 and tuple(shape) == tuple(ai.geometry.shape)
+        if self.whole_image:
+            n = 0
         expected = ai.geometry.shape if n == 0 else ai.geometry.module_shape
         if tuple(shape) != tuple(expected) or (n and n != len(ai.geometry.present)):
+            g = ai.geometry
             raise KernelConfigError(
-                f"{self.name}: input {p.input!r} ({n or 'image'} of "
-                f"{shape}) does not match the geometry"
+                f"{self.name}: input {p.input!r} ({n or 'image'} of {shape}) does not match "
+                f"the geometry {g.name} (image {g.shape}, {len(g.present)} modules of "
+                f"{g.module_shape})"
             )
         try:
             self.plan: RadialPlan = ai.plan1d(
@@ -345,7 +426,7 @@ class AzimuthalIntegrate(Kernel):
                 p.correct_solid_angle,
                 p.polarization_factor,
                 _load_array(p.flat, "flat"),
-                _load_array(p.mask, "mask"),
+                self._mask(ai),
                 p.dummy,
                 p.delta_dummy,
                 None if p.radial_range is None else tuple(p.radial_range),
@@ -387,7 +468,10 @@ class AzimuthalIntegrate(Kernel):
         nf = p.normalization_factor
         if p.normalization_key is not None:
             nf = nf * _monitor(frame, p.normalization_key, self.name)
-        self.plan.integrate(_as_parts(frame.get(p.input)), self.dark, nf, self.error_model, out)
+        data = _as_parts(frame.get(p.input))
+        if self.whole_image:
+            data = data[0]
+        self.plan.integrate(data, self.dark, nf, self.error_model, out)
 
 
 def _monitor(frame: Frame, key: str, kernel: str) -> float:

@@ -128,10 +128,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_asapo_standalone(args: argparse.Namespace) -> int:
-    from shmpipe.asapo.service import serve
+    from shmpipe.asapo.command import run
 
-    serve(port=args.port, data_dir=args.data_dir, host=args.host, tokens=args.token or None)
-    return 0
+    return run(args, args.asapo_parser)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -208,16 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve an ASAPO-compatible broker and "
         "receiver for the real asapo_consumer/asapo_producer clients",
     )
-    asapo.add_argument("--port", type=int, default=8400, help="discovery/broker port (8400)")
-    asapo.add_argument("--host", default="127.0.0.1", help="listen address (127.0.0.1)")
-    asapo.add_argument("--data-dir", help="keep messages, payloads and acks here across restarts")
-    asapo.add_argument(
-        "--token",
-        action="append",
-        metavar="TOKEN",
-        help="accept only this token (repeatable); default: any token",
-    )
-    asapo.set_defaults(func=cmd_asapo_standalone)
+    from shmpipe.asapo.command import add_arguments as add_asapo_arguments
+
+    add_asapo_arguments(asapo)
+    asapo.set_defaults(func=cmd_asapo_standalone, asapo_parser=asapo)
 
     bench = sub.add_parser(
         "bench", help="measure what this node sustains: report.json and plots in --output"

@@ -113,7 +113,7 @@ def test_send_file_and_persist_stream(asapo, producer, tmp_path):
     consumer = asapo.consumer("feat")
     data, meta = consumer.get_by_id(1, meta_only=False, stream="files")
     assert data.tobytes() == local.read_bytes() and meta["size"] == 3000
-    assert (asapo.data_dir / "files" / "frame.bin").read_bytes() == local.read_bytes()
+    assert (asapo.beamtime_dir() / "files" / "frame.bin").read_bytes() == local.read_bytes()
 
 
 def test_file_names_cannot_escape_the_data_folder(asapo, producer):

@@ -335,7 +335,9 @@ def test_wrong_token_is_a_configuration_error(tmp_path):
 
 def test_has_filesystem_reads_payload_files_straight_into_slots(asapo, tmp_path):
     produced(asapo.endpoint, 6, ["scan_0001"])
-    raw = config(asapo, tmp_path, group="fs", has_filesystem=True, source_path=str(asapo.data_dir))
+    raw = config(
+        asapo, tmp_path, group="fs", has_filesystem=True, source_path=str(asapo.data_dir / BEAMTIME)
+    )
     summary = run(raw)
     assert summary.exit_code == EXIT_OK, summary.error
     data = read_stream(str(tmp_path / "out_scan_0001_asapo-run.h5"), "scan_0001")

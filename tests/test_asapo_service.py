@@ -367,7 +367,7 @@ def test_has_filesystem_consumer_reads_the_data_folder(tmp_path):
     with running_asapo(tmp_path / "asapo", cache_bytes=0) as service:
         producer = service.producer("fs")
         send(producer, "s", [1, 2], size=1000)
-        assert (service.data_dir / "s" / "1.bin").read_bytes() == payload(1, 1000)
+        assert (service.beamtime_dir() / "s" / "1.bin").read_bytes() == payload(1, 1000)
         consumer = service.consumer("fs", has_filesystem=True)
         group = consumer.generate_group_id()
         data, meta = consumer.get_next(group, meta_only=False, stream="s", ordered=False)
@@ -388,7 +388,7 @@ def test_cache_only_ingest_is_served_from_the_cache_without_a_data_file(tmp_path
         producer = service.producer("cache")
         mode = ap.INGEST_MODE_TRANSFER_DATA | ap.INGEST_MODE_STORE_IN_DATABASE
         send(producer, "s", [1], size=500, ingest_mode=mode)
-        assert not (service.data_dir / "s" / "1.bin").exists()
+        assert not (service.beamtime_dir() / "s" / "1.bin").exists()
         consumer = service.consumer("cache")
         data, _ = consumer.get_next(
             consumer.generate_group_id(), meta_only=False, stream="s", ordered=False

@@ -146,7 +146,7 @@ def test_parse_poni_v2_and_pyfai_agrees(tmp_path):
         (PONI_V2.replace("Rot2: -0.01", "Rot2: abc"), "not a number"),
         ("just garbage without colon", "key: value"),
         (PONI_V2.replace("poni_version: 2", "poni_version: 9"), "newer"),
-        (PONI_V2.replace('"max_shape"', '"orientation": 1, "max_shape"'), "orientation"),
+        (PONI_V2.replace('"max_shape"', '"orientation": 7, "max_shape"'), "orientation"),
         (PONI_V2.replace("Detector_config: {", "Detector_config: {{"), "JSON"),
         (PONI_V2.replace("Distance: 0.2", "Distance: -1"), "positive"),
     ],

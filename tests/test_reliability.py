@@ -55,7 +55,9 @@ def test_random_worker_sigkill_loses_and_duplicates_nothing(tmp_path, frames, ev
     if rate > 1000:
         assert handovers < frames * 0.9, "frames were not handed over in batches"
     assert f.exit_code == EXIT_OK, f.details["summary"].error
-    assert f.faults >= frames // every // 2  # the kills did happen, mid-run
+    # The kills did happen, mid-run. The killer waits for each replacement before the next
+    # kill, so on a loaded machine (slow restarts) fewer of the planned kills fit in the run.
+    assert f.faults >= frames // every // 4
     assert (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
     data = f.details["data"]
     assert data["message_id"].tolist() == list(range(1, frames + 1))  # ordered, once each

@@ -12,13 +12,19 @@ Routes (``shared/asapo-protocol.md``)::
     POST /v0.7/creategroup                      new group id
     /v0.7/beamtime/{bt}/{source}/{stream}/...   next, by id, last, acks, nacks, lastack, size,
                                                 meta, streams, sources, delete, resetcounter
+
+Hostile input: a request's token (query ``token`` for beamtime routes, the folder token for a
+transfer) is checked before its body is read; bodies are bounded
+(:class:`~shmpipe.asapo.limits.Limits`); every malformed request is answered 4xx with a short
+message and no traceback; URLs are logged with their tokens redacted.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
-import secrets
+import os
 import socket
 from collections import Counter
 from collections.abc import Callable
@@ -27,10 +33,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from shmpipe.asapo.auth import TokenPolicy
+from shmpipe.asapo.auth import FolderTokens, TokenPolicy, bearer_token, redact
 from shmpipe.asapo.connections import TrackedConnections
 from shmpipe.asapo.errors import BrokerError, UnauthorizedError, WrongInputError
-from shmpipe.asapo.payloads import PayloadError, resolve_name
+from shmpipe.asapo.limits import (
+    MAX_DELAY_MS,
+    MAX_HEADER_BYTES,
+    MAX_UNAUTHENTICATED_BODY_BYTES,
+    Limits,
+    check_int,
+    json_object,
+)
+from shmpipe.asapo.payloads import PayloadError, check_folder_name, resolve_name
 from shmpipe.asapo.store import MessageStore
 
 log = logging.getLogger(__name__)
@@ -46,7 +60,8 @@ class _Reply(Exception):
     def __init__(self, status: int, body: bytes | str = b"", content_type: str = "text/plain"):
         super().__init__(status)
         self.status = status
-        self.body = body.encode() if isinstance(body, str) else body
+        # backslashreplace: a message may quote a client's lone surrogate ("\\ud800" in JSON)
+        self.body = body.encode("utf-8", "backslashreplace") if isinstance(body, str) else body
         self.content_type = content_type
 
 
@@ -59,10 +74,14 @@ def _flag(query: dict[str, str], name: str) -> bool:
 
 
 def _int(query: dict[str, str], name: str, default: int = 0) -> int:
-    try:
-        return int(query.get(name) or default)
-    except ValueError as exc:
-        raise WrongInputError(f"{name} must be an integer") from exc
+    return check_int(name, query.get(name) or default)
+
+
+def _bool(params: dict[str, Any], name: str, default: bool) -> bool:
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise WrongInputError(f"{name} must be true or false")
+    return value
 
 
 class BrokerServer(TrackedConnections, ThreadingHTTPServer):
@@ -71,6 +90,8 @@ class BrokerServer(TrackedConnections, ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], broker: Broker) -> None:
         self.broker = broker
         self._init_tracking()
+        limits = broker.limits
+        self._init_bounds(limits.max_connections, limits.idle_timeout_s, limits.listen_backlog)
         super().__init__(address, _Handler)
 
 
@@ -90,7 +111,26 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.track(self.connection, False)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s " + format, self.address_string(), *args)
+        # called for every answer: format (and redact the ?token=... of the request line)
+        # only when the line is wanted
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", self.address_string(), self._redact(format % args))
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self.server.broker.tokens.secrets)
+
+    def parse_request(self) -> bool:
+        # the stdlib reads up to 100 header lines of 64 KiB each: bound them all together
+        rfile, self.rfile = self.rfile, _HeaderBudget(self.rfile, MAX_HEADER_BYTES)
+        try:
+            return super().parse_request()
+        finally:
+            self.rfile = rfile
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        if code == 501:  # the stdlib's answer to an unknown method: a client error, not ours
+            code, message = 405, "method not allowed"
+        super().send_error(code, message, explain)
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -99,36 +139,70 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
     def _dispatch(self, method: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        url = urlsplit(self.path)
-        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        parts = [unquote(p) for p in url.path.split("/")[1:]]
-        log.debug("%s %s body=%r", method, self.path, body[:200])
         broker = self.server.broker
+        url = urlsplit(self.path)
+        # until the body is read, an answer must end the connection: the unread body
+        # would otherwise be taken for the next request
+        asked_to_close, self.close_connection = self.close_connection, True
         try:
+            query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+            parts = [unquote(p) for p in url.path.split("/")[1:]]
+            # before a byte of the body is read; a body whose sender is not known yet (the
+            # folder-token request carries its token inside) gets a small limit
+            known = broker.authorize(parts, query, self.headers)
+            limit = broker.limits.max_body_bytes if known else MAX_UNAUTHENTICATED_BODY_BYTES
+            body = self._read_body(limit)
+            self.close_connection = asked_to_close  # as parse_request() decided
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s", self._redact(f"{method} {self.path} body={body[:200]!r}"))
             broker.route(self, method, parts, query, body)
             raise _Reply(404, f"no route for {method} {url.path}")
         except _Done:
             return
         except _Reply as reply:
             if reply.status == 404:
-                log.warning("unhandled request %s %s", method, self.path)
+                log.warning("unhandled request %s %s", method, self._redact(url.path))
             answer = (reply.status, reply.body, reply.content_type)
         except BrokerError as exc:
-            answer = (exc.status, exc.body.encode(), "application/json")
-        except Exception as exc:  # a bug must not kill the connection silently
-            log.exception("error serving %s %s", method, self.path)
-            answer = (500, str(exc).encode(), "text/plain")
+            answer = (exc.status, exc.body.encode("utf-8", "backslashreplace"), "application/json")
+        except Exception as exc:  # a bug: logged here, and the client gets no traceback
+            log.error(
+                "error serving %s %s: %s: %s",
+                method,
+                self._redact(url.path),
+                type(exc).__name__,
+                self._redact(str(exc)),
+            )
+            answer = (500, b"internal error", "text/plain")
         broker.sync()  # what the answer reports (a pointer move, an ack) is on disk first
         self._send(*answer)
+
+    def _read_body(self, limit: int) -> bytes:
+        """The request body, after checking its announced length against ``limit``."""
+        if "Transfer-Encoding" in self.headers:
+            raise _Reply(411, "send the body with a Content-Length")
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            return b""
+        if not raw.strip().isdigit() or not raw.isascii():
+            raise _Reply(400, "Content-Length must be a non-negative integer")
+        length = int(raw)
+        if length > limit:
+            raise _Reply(413, f"request body over {limit} bytes")
+        body = self.rfile.read(length) if length else b""
+        if body is None or len(body) < length:  # the sender stalled past the idle timeout
+            raise _Reply(408, "request body incomplete")
+        return body
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        # headers and body in one send: one syscall and one segment per answer
+        self._headers_buffer.append(b"\r\n" + body)
+        self.flush_headers()
 
     def send_file(self, path: Path, size: int) -> None:
         """Answer 200 with the file's bytes, sent with ``sendfile``."""
@@ -137,7 +211,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(size))
             self.end_headers()
-            self.connection.sendfile(f, 0, size)
+            sent, fd = 0, f.fileno()
+            while sent < size:  # a blocking socket: os.sendfile needs no selector
+                n = os.sendfile(self.connection.fileno(), fd, sent, size - sent)
+                if n == 0:
+                    break  # the file shrank: the client sees a short answer
+                sent += n
+
+
+class _HeaderBudget:
+    """A read-line view of a request's stream that fails once ``budget`` bytes are read."""
+
+    def __init__(self, rfile: Any, budget: int) -> None:
+        self._rfile, self._left = rfile, budget
+
+    def readline(self, limit: int = -1) -> bytes:
+        cap = self._left + 1 if limit < 0 else min(limit, self._left + 1)
+        line = self._rfile.readline(cap)
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.LineTooLong("request headers")
+        return line
 
 
 class Broker:
@@ -148,9 +242,12 @@ class Broker:
     store
         The state.
     data_dir
-        Root of payload files for the file-transfer service.
+        Root of payload files for the file-transfer service (a beamtime's files are in
+        ``data_dir/<beamtime>``).
     tokens
         Token policy applied to every beamtime request.
+    limits
+        Bounds on bodies, connections, idle time and folder-token lifetime.
     advertised, receiver_address
         ``host:port`` of this HTTP service and of the receiver, as the clients should dial them.
     """
@@ -163,7 +260,9 @@ class Broker:
         advertised: str = "",
         receiver_address: str = "",
         on_delete: Any = None,
+        limits: Limits | None = None,
     ) -> None:
+        self.limits = limits or Limits()
         self.store = store
         self.data_dir = Path(data_dir)
         self.tokens = tokens
@@ -174,8 +273,31 @@ class Broker:
         self.on_delete = on_delete
         # commits the journal before each answer; replaced by the service when persistent
         self.sync: Callable[[], None] = lambda: None
-        self._folder_tokens: set[str] = set()
+        self.folder_tokens = FolderTokens(self.limits.folder_token_s)
         self.stats: Counter[str] = Counter()  # file_transfers (diagnostic)
+
+    def authorize(self, parts: list[str], query: dict[str, str], headers: Any) -> bool:
+        """Refuse a request whose credentials are wrong, before its body is read.
+
+        Returns whether the request was authorized by a token (False: a route that needs
+        none, or whose token is in the body).
+
+        Raises
+        ------
+        UnauthorizedError
+            A beamtime route whose ``token`` is not valid for the beamtime, or a transfer
+            without a valid folder token.
+        """
+        if len(parts) >= 6 and parts[0] == API_VERSION and parts[1] == "beamtime":
+            if not self.tokens.allows(query.get("token", ""), parts[2]):
+                raise UnauthorizedError(f"token not valid for beamtime {parts[2]}")
+            return True
+        if parts[-2:] == ["v0.2", "transfer"]:
+            token = bearer_token(headers.get("Cookie", ""), headers.get("Authorization", ""))
+            if not token or self.folder_tokens.grant(token) is None:
+                raise UnauthorizedError("missing, unknown or expired folder token")
+            return True
+        return False
 
     def route(
         self, handler: _Handler, method: str, parts: list[str], query: dict[str, str], body: bytes
@@ -218,28 +340,43 @@ class Broker:
             raise _json({"MaxConnections": 32, "Uris": [self.receiver_address]})
 
     def _folder_token(self, body: bytes) -> None:
-        try:
-            request = json.loads(body)
-        except ValueError as exc:
-            raise WrongInputError("folder request must be JSON") from exc
-        beamtime = request.get("BeamtimeId", "")
-        if not self.tokens.allows(request.get("Token", ""), beamtime):
+        request = json_object(body, "folder request")
+        beamtime, folder = request.get("BeamtimeId", ""), request.get("Folder", "")
+        token = request.get("Token", "")
+        if not all(isinstance(v, str) for v in (beamtime, folder, token)):
+            raise WrongInputError("BeamtimeId, Folder and Token must be strings")
+        if not self.tokens.allows(token, beamtime):
             raise UnauthorizedError(f"token not valid for beamtime {beamtime}")
-        token = secrets.token_hex(16)
-        self._folder_tokens.add(token)
-        raise _Reply(200, token)
+        try:
+            own = self.data_dir / check_folder_name("beamtime", beamtime)
+        except PayloadError as exc:
+            raise WrongInputError(str(exc)) from exc
+        # as ASAPO's authorizer: the folder asked for must be the beamtime's own ("" and
+        # "auto" stand for it; the 25.3 consumer sends its source_path)
+        if folder not in ("", "auto") and os.path.realpath(folder) != os.path.realpath(own):
+            raise UnauthorizedError(f"folder {folder} is not the folder of beamtime {beamtime}")
+        raise _Reply(200, self.folder_tokens.issue(beamtime, folder))
 
     def _transfer(self, handler: _Handler, query: dict[str, str], body: bytes) -> None:
-        cookie = handler.headers.get("Cookie", "") + ";" + handler.headers.get("Authorization", "")
-        if not any(t in cookie for t in self._folder_tokens):
-            raise UnauthorizedError("missing or unknown folder token")
+        headers = handler.headers
+        token = bearer_token(headers.get("Cookie", ""), headers.get("Authorization", ""))
+        grant = self.folder_tokens.grant(token)
+        if grant is None:  # checked in authorize(); it may have expired since
+            raise UnauthorizedError("missing, unknown or expired folder token")
+        request = json_object(body, "transfer request")
+        name, folder = request.get("FileName", ""), request.get("Folder", "")
+        if not isinstance(name, str) or not isinstance(folder, str):
+            raise WrongInputError("FileName and Folder must be strings")
+        if folder != grant.folder:
+            raise UnauthorizedError("the folder token was issued for another folder")
         try:
-            request = json.loads(body)
-            path = resolve_name(self.data_dir, request.get("FileName", ""))
-        except (ValueError, PayloadError) as exc:
+            # the token's beamtime decides the folder: a name cannot reach another beamtime
+            root = self.data_dir / check_folder_name("beamtime", grant.beamtime)
+            path = resolve_name(root, name)
+        except PayloadError as exc:
             raise WrongInputError(str(exc)) from exc
-        if not path.is_file():
-            raise _Reply(404, f"no file {request.get('FileName')}")
+        if path.is_symlink() or not path.is_file():
+            raise _Reply(404, f"no file {name}")
         size = path.stat().st_size
         if _flag(query, "sizeonly"):
             raise _json({"file_size": size})
@@ -269,9 +406,9 @@ class Broker:
         if rest == ["size"]:
             raise _json({"size": store.size(key, stream, dataset, _flag(query, "incomplete"))})
         if rest == ["delete"] and method == "POST":
-            params = json.loads(body) if body.strip() else {}
-            err_on_missing = params.get("ErrorOnNotExist", True)
-            delete_meta = params.get("DeleteMeta", True)
+            params = json_object(body, "delete request", empty_ok=True)
+            err_on_missing = _bool(params, "ErrorOnNotExist", True)
+            delete_meta = _bool(params, "DeleteMeta", True)
             if self.on_delete is not None:
                 self.on_delete(key, stream, err_on_missing, delete_meta)
             else:
@@ -309,25 +446,26 @@ class Broker:
             raise _Reply(200, "")
         if op == "querymessages":
             raise WrongInputError("query_messages is not supported by the standalone service")
-        if op.isdigit():
+        if op.isascii() and op.isdigit():
             if method == "GET":
                 raise _json(store.by_id(key, stream, int(op), dataset, minsize))
             if method == "POST":
                 self._ack(key, stream, group, int(op), body)
 
     def _ack(self, key: tuple[str, str], stream: str, group: str, id_: int, body: bytes) -> None:
-        try:
-            request = json.loads(body)
-        except ValueError as exc:
-            raise WrongInputError("ack body must be JSON") from exc
+        request = json_object(body, "ack body")
         op = request.get("Op")
         if op == "ackmessage":
             self.store.ack(key, stream, group, id_)
         elif op == "negackmessage":
-            delay = int((request.get("Params") or {}).get("DelayMs", 0))
+            params = request.get("Params")
+            params = {} if params is None else params
+            if not isinstance(params, dict):
+                raise WrongInputError("Params must be a JSON object")
+            delay = check_int("DelayMs", params.get("DelayMs", 0), 0, MAX_DELAY_MS)
             self.store.neg_ack(key, stream, group, id_, delay)
         else:
-            raise WrongInputError(f"unknown op {op}")
+            raise WrongInputError(f"unknown op {str(op)[:64]}")
         raise _Reply(200, "")
 
     def _streams(self, key: tuple[str, str], query: dict[str, str]) -> None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import socket
 import threading
 
+from shmpipe.netserver import BoundedServerMixIn
 
-class TrackedConnections:
+
+class TrackedConnections(BoundedServerMixIn):
     """Mixin for ``socketserver`` threading servers whose clients keep connections open.
 
-    Handlers call :meth:`track` when a connection starts and ends; :meth:`close_all` shuts
+    Bounded as every shmpipe server is (:class:`~shmpipe.netserver.BoundedServerMixIn`:
+    connection limit, idle timeout, listen backlog). Handlers call :meth:`track` when a
+    connection starts and ends; :meth:`close_all` shuts
     every live one down so that handler threads return and ``server_close()`` can join them
     (the ASAPO clients reuse connections, so without this a stop would wait for them).
     """

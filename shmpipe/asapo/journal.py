@@ -35,8 +35,10 @@ CREATE TABLE IF NOT EXISTS inprocess (bt TEXT, src TEXT, stream TEXT, grp TEXT, 
 CREATE TABLE IF NOT EXISTS meta (bt TEXT, src TEXT, stream TEXT, doc TEXT,
     PRIMARY KEY (bt, src, stream));
 CREATE TABLE IF NOT EXISTS payloads (buf_id INTEGER PRIMARY KEY, path TEXT, size INTEGER,
-    in_fs INTEGER);
+    in_fs INTEGER, bt TEXT DEFAULT '', src TEXT DEFAULT '');
 """
+# columns added since the first release, added to an older database at start-up
+_ADDED_COLUMNS = {"payloads": ("bt TEXT DEFAULT ''", "src TEXT DEFAULT ''")}
 
 # the finish flag has no arrival index; it is restored after every record of its stream
 _FINISH_ORDER = 1 << 62
@@ -63,6 +65,11 @@ class SqliteJournal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
         # the store and the payload store call in under different locks
         self._lock = threading.Lock()
         self._db.execute("BEGIN")
@@ -137,8 +144,8 @@ class SqliteJournal:
             self._exec("DELETE FROM payloads WHERE buf_id=?", (buf_id,))
         else:
             self._exec(
-                "INSERT OR REPLACE INTO payloads VALUES (?,?,?,?)",
-                (buf_id, ref.path, ref.size, int(ref.in_filesystem)),
+                "INSERT OR REPLACE INTO payloads VALUES (?,?,?,?,?,?)",
+                (buf_id, ref.path, ref.size, int(ref.in_filesystem), *ref.owner),
             )
 
     # ------------------------------------------------------------ start-up
@@ -148,10 +155,15 @@ class SqliteJournal:
             db = self._db
             for bt, src, stream, created in db.execute("SELECT * FROM streams ORDER BY created_ns"):
                 store.restore_stream((bt, src), stream, created)
+            owners: dict[int, tuple[str, str]] = {}  # for payload rows older than their owner
             for bt, src, stream, doc in db.execute(
                 "SELECT bt, src, stream, doc FROM records ORDER BY bt, src, stream, time_id"
             ):
-                store.restore_record((bt, src), stream, json.loads(doc))
+                record = json.loads(doc)
+                store.restore_record((bt, src), stream, record)
+                for message in record.get("messages", [record]):
+                    if message.get("buf_id"):
+                        owners[message["buf_id"]] = (bt, src)
             for bt, src, stream, doc in db.execute("SELECT * FROM meta"):
                 store.restore_meta((bt, src), stream, json.loads(doc))
             for bt, src, stream, grp, id_key, value in db.execute("SELECT * FROM pointers"):
@@ -164,5 +176,8 @@ class SqliteJournal:
                 store.restore_inprocess(
                     (bt, src), stream, grp, id_, InProcess(due, attempts, max_attempts)
                 )
-            for buf_id, path, size, in_fs in db.execute("SELECT * FROM payloads"):
-                payloads.restore(buf_id, PayloadRef(path, size, bool(in_fs)))
+            for buf_id, path, size, in_fs, bt, src in db.execute(
+                "SELECT buf_id, path, size, in_fs, bt, src FROM payloads"
+            ):
+                owner = (bt, src) if bt else owners.get(buf_id, ("", ""))
+                payloads.restore(buf_id, PayloadRef(path, size, bool(in_fs), owner))

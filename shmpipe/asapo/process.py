@@ -37,6 +37,10 @@ class AsapoProcess:
         Listen address.
     start_timeout
         Seconds to wait for the child's start-up line.
+    log_level
+        The child's ``--log-level``.
+    extra_args
+        More options for the command line (e.g. ``["--idle-timeout", "1"]``).
     """
 
     def __init__(
@@ -46,7 +50,11 @@ class AsapoProcess:
         tokens: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
         host: str = "127.0.0.1",
         start_timeout: float = 30.0,
+        log_level: str = "WARNING",
+        extra_args: Iterable[str] = (),
     ) -> None:
+        self.log_level = log_level
+        self.extra_args = list(extra_args)
         self.host = host
         self.port = 0
         self.receiver_port = 0
@@ -97,8 +105,9 @@ class AsapoProcess:
             "--receiver-port",
             str(self.receiver_port),
             "--log-level",
-            "WARNING",
+            self.log_level,
             *self._token_args,
+            *self.extra_args,
         ]
         if self._given_data_dir is not None:
             cmd += ["--data-dir", str(self._given_data_dir)]

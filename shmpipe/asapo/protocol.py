@@ -95,4 +95,4 @@ class RequestHeader:
 
 def pack_response(op: int, error: int, message: str = "") -> bytes:
     """Encode a response; the message is cut to the 1024 bytes the format allows."""
-    return RESPONSE_HEADER.pack(op, error, message.encode("utf-8")[:1023])
+    return RESPONSE_HEADER.pack(op, error, message.encode("utf-8", "backslashreplace")[:1023])

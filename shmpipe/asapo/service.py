@@ -8,6 +8,7 @@ Start it, give its :attr:`AsapoService.server_name` to the real ``asapo_consumer
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import tempfile
@@ -15,10 +16,11 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from shmpipe.asapo.auth import TokenPolicy
+from shmpipe.asapo.auth import RedactingFilter, TokenPolicy
 from shmpipe.asapo.broker import Broker, BrokerServer
 from shmpipe.asapo.journal import SqliteJournal
-from shmpipe.asapo.payloads import STATE_DIR, PayloadStore
+from shmpipe.asapo.limits import Limits
+from shmpipe.asapo.payloads import STATE_DIR, PayloadStore, remove_partial_files
 from shmpipe.asapo.receiver import Receiver, ReceiverServer
 from shmpipe.asapo.store import MessageStore
 
@@ -37,7 +39,8 @@ class AsapoService:
         ports are kept, so :meth:`restart` (or ``stop`` then ``start``) comes back on the same
         ports, as a restarted ASAPO would.
     data_dir
-        Folder for payload files and, when given, the persistent state (records, payloads,
+        Folder for payload files (``data_dir/<beamtime>/<name>``) and, when given, the
+        persistent state (records, payloads,
         streams, group pointers, acks survive a restart). ``None``: state in memory and
         payload files in a temporary folder removed by :meth:`stop`.
     tokens
@@ -47,6 +50,9 @@ class AsapoService:
         and the clients read the file (``has_filesystem``) or use the file transfer.
     advertise_host
         Host name written into discovery answers and records, when ``host`` is a wildcard.
+    limits
+        Sizes, connection limits, idle timeout, file mode (see
+        :class:`~shmpipe.asapo.limits.Limits`; the defaults fit detector frames).
 
     Examples
     --------
@@ -64,12 +70,15 @@ class AsapoService:
         tokens: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
         cache_bytes: int = 1 << 30,
         advertise_host: str | None = None,
+        limits: Limits | None = None,
     ) -> None:
+        self.limits = limits or Limits()
         self.host = host
         self.port = port
         self.receiver_port = receiver_port
         self.persistent = data_dir is not None
-        self._given_data_dir = Path(data_dir) if data_dir is not None else None
+        # absolute: the folder-token check compares it with the folders clients name
+        self._given_data_dir = Path(os.path.abspath(data_dir)) if data_dir is not None else None
         self.tokens = TokenPolicy(tokens)
         self.cache_bytes = cache_bytes
         if advertise_host is None:
@@ -132,11 +141,15 @@ class AsapoService:
         assert self.data_dir is not None
         if self.persistent:
             self._journal = SqliteJournal(self.data_dir / STATE_DIR)
+        for leftover in remove_partial_files(self.data_dir):
+            log.warning("removed %s, a payload left half written by a killed service", leftover)
         self.store = MessageStore(self._journal)
-        payloads = PayloadStore(self.data_dir, self.cache_bytes, self._journal)
+        payloads = PayloadStore(
+            self.data_dir, self.cache_bytes, self._journal, file_mode=self.limits.file_mode
+        )
         if self._journal is not None:
             self._journal.load_into(self.store, payloads)
-        receiver = Receiver(self.store, payloads, self.tokens)
+        receiver = Receiver(self.store, payloads, self.tokens, limits=self.limits)
         receiver_server = ReceiverServer((self.host, self.receiver_port), receiver)
         self._servers.append(receiver_server)
         self.receiver_port = receiver_server.server_address[1]
@@ -147,6 +160,7 @@ class AsapoService:
             self.tokens,
             receiver_address=self.receiver_address,
             on_delete=receiver.store_delete,
+            limits=self.limits,
         )
         broker_server = BrokerServer((self.host, self.port), broker)
         self._servers.append(broker_server)
@@ -210,8 +224,11 @@ def serve(
     *,
     tokens: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
     receiver_port: int | None = None,
+    limits: Limits | None = None,
 ) -> None:
     """Run the service until SIGINT or SIGTERM (the ``asapo-standalone`` command).
+
+    Tokens are redacted from every log line while it runs.
 
     Parameters
     ----------
@@ -226,6 +243,8 @@ def serve(
         Accept only these tokens (default: any); see :class:`~shmpipe.asapo.auth.TokenPolicy`.
     receiver_port
         Receiver port; by default ``port + 1`` when free, else any free port.
+    limits
+        See :class:`~shmpipe.asapo.limits.Limits`.
     """
     stop = threading.Event()
     previous = {
@@ -234,8 +253,12 @@ def serve(
     if receiver_port is None:
         receiver_port = _free_or_zero(host, port + 1) if port else 0
     service = AsapoService(
-        host, port, receiver_port=receiver_port, data_dir=data_dir, tokens=tokens
+        host, port, receiver_port=receiver_port, data_dir=data_dir, tokens=tokens, limits=limits
     )
+    redacting = RedactingFilter(service.tokens.secrets)
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(redacting)
     try:
         service.start()
         print(
@@ -247,8 +270,10 @@ def serve(
             pass
     finally:
         service.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, previous_handler in previous.items():
+            signal.signal(sig, previous_handler)
+        for handler in handlers:
+            handler.removeFilter(redacting)
 
 
 def _free_or_zero(host: str, port: int) -> int:

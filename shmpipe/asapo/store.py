@@ -9,6 +9,9 @@ Semantics follow the ASAPO broker (see ``shared/asapo-protocol.md``):
 * one pointer per (group, stream, id key); ``_id`` walks ids in order (a missing id is a gap
   the client waits on, then skips), ``time_id`` walks records in arrival order;
 * every id goes to exactly one consumer of a group, every group sees every id;
+* ids, pointers, delays and counts are checked against what the journal can store
+  (:mod:`~shmpipe.asapo.limits`) before anything changes, so memory and disk always agree;
+  a range query walks the ids that exist, outside the lock, never the numeric range;
 * with resend on, each delivered id is *in process* until acknowledged and is redelivered
   after ``delay_ms``, at most ``resend_attempts`` times (0: unlimited); a negative ack asks for
   one redelivery after its delay. Due redeliveries are checked on every ``next``.
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shmpipe.asapo.errors import NoDataError, PartialDataError, WrongInputError
+from shmpipe.asapo.limits import MAX_DELAY_MS, MAX_ID, check_int
 
 FINISH_STREAM_NAME = "asapo_finish_stream"
 NO_NEXT_STREAM = "asapo_no_next"
@@ -170,7 +174,13 @@ class Stream:
             return top
         floor = self.max_complete[id_key]
         if minsize > 0:
-            for index in range(top, floor, -1):
+            # the indexes that hold a record, newest first: never the numeric range, which a
+            # producer can make astronomically long with one huge id
+            if id_key == "_id":
+                candidates = sorted((i for i in self.records if i > floor), reverse=True)
+            else:
+                candidates = list(range(top, floor, -1))
+            for index in candidates:
                 rec = self.record_at(id_key, index)
                 if rec is not None and len(rec.get("messages", ())) >= minsize:
                     return index
@@ -284,10 +294,12 @@ class MessageStore:
             When the id exists with a different record. Resending the same record (what a
             producer does after losing an answer) is accepted silently by returning the id.
         """
+        if not auto_id:
+            check_int("message id", record["_id"], 1, MAX_ID)
         with self._lock:
             st = self._stream(key, stream, create=True)
             if auto_id:
-                record["_id"] = max(st.max_id, st.finish_id) + 1
+                record["_id"] = check_int("message id", max(st.max_id, st.finish_id) + 1)
             id_ = record["_id"]
             old = st.records.get(id_) or (st.finish if id_ == st.finish_id else None)
             if old is not None:
@@ -302,6 +314,9 @@ class MessageStore:
         self, key: SourceKey, stream: str, id_: int, dataset_size: int, part: dict[str, Any]
     ) -> None:
         """Add one part (substream) of dataset ``id_``, creating the dataset record."""
+        check_int("dataset id", id_, 1, MAX_ID)
+        check_int("dataset size", dataset_size, 1, MAX_ID)
+        check_int("dataset substream", part["dataset_substream"], 1, dataset_size)
         with self._lock:
             st = self._stream(key, stream, create=True)
             rec = st.records.get(id_)
@@ -422,6 +437,12 @@ class MessageStore:
         """
         if id_key not in ID_KEYS:
             raise WrongInputError(f"unknown id_key {id_key}")
+        check_int("minsize", minsize)
+        if resend is not None:
+            resend = (
+                check_int("delay_ms", resend[0], 0, MAX_DELAY_MS),
+                check_int("resend_attempts", resend[1]),
+            )
         with self._lock:
             now = time.time_ns()
             st = self._stream(key, stream)
@@ -477,6 +498,8 @@ class MessageStore:
         self, key: SourceKey, stream: str, id_: int, dataset: bool = False, minsize: int = 0
     ) -> dict[str, Any]:
         """The record with id ``id_``; the pointers do not move."""
+        check_int("id", id_)
+        check_int("minsize", minsize)
         with self._lock:
             st = self._stream(key, stream)
             if st is None:
@@ -496,6 +519,7 @@ class MessageStore:
         With ``group`` (the client's ``get_last(group_id=...)``) each newest record is given
         to the group once; asking again before a newer one arrives is end of stream.
         """
+        check_int("minsize", minsize)
         with self._lock:
             st = self._stream(key, stream)
             top = st.max_index("_id", dataset, minsize) if st else 0
@@ -514,6 +538,7 @@ class MessageStore:
         Pending redeliveries of ids from ``value`` on are dropped (they will come again
         through the pointer), as the ASAPO broker does.
         """
+        check_int("pointer value", value)
         with self._lock:
             gstate = self._group(key, stream, group)
             for id_key in ID_KEYS:
@@ -531,6 +556,7 @@ class MessageStore:
         WrongInputError
             When the id is already acknowledged.
         """
+        check_int("id", id_, 1, MAX_ID)
         with self._lock:
             gstate = self._group(key, stream, group)
             if id_ in gstate.acks:
@@ -542,6 +568,8 @@ class MessageStore:
 
     def neg_ack(self, key: SourceKey, stream: str, group: str, id_: int, delay_ms: int) -> None:
         """Ask for one redelivery of ``id_`` to the group after ``delay_ms``."""
+        check_int("id", id_, 1, MAX_ID)
+        check_int("DelayMs", delay_ms, 0, MAX_DELAY_MS)
         with self._lock:
             gstate = self._group(key, stream, group)
             if id_ in gstate.acks:
@@ -553,14 +581,21 @@ class MessageStore:
     def unacknowledged(
         self, key: SourceKey, stream: str, group: str, from_id: int = 0, to_id: int = 0
     ) -> list[int]:
-        """Ids in ``[from_id, to_id]`` (``to_id=0``: up to the last) not acknowledged."""
+        """Ids in ``[from_id, to_id]`` (``to_id=0``: up to the last) not acknowledged.
+
+        Walks the stored ids (a snapshot taken under the lock), not the numeric range, and
+        filters them outside the lock: cost follows the stream's size, whatever the range.
+        """
+        from_id, to_id = check_int("from", from_id), check_int("to", to_id)
         with self._lock:
             st = self._stream(key, stream)
             if st is None:
                 return []
-            acks = self._group(key, stream, group).acks
+            ids = st.by_time.copy()  # every stored id, in arrival order
+            acks = self._group(key, stream, group).acks.copy()
             top = to_id if to_id > 0 else st.max_id
-            return [i for i in range(max(from_id, 1), top + 1) if i in st.records and i not in acks]
+        low = max(from_id, 1)
+        return sorted(i for i in ids if low <= i <= top and i not in acks)
 
     def last_ack(self, key: SourceKey, stream: str, group: str) -> int:
         """The highest acknowledged id of the group, 0 when none."""

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shmpipe.asapo.limits import Limits
 from shmpipe.asapo.process import AsapoProcess
 from shmpipe.asapo.service import AsapoService
 
@@ -67,9 +68,13 @@ class AsapoEndpoint:
 
     @property
     def data_dir(self) -> Path:
-        """The data folder: ``source_path`` for ``has_filesystem=True`` consumers."""
+        """The data folder; each beamtime's files are in a folder of it (:meth:`beamtime_dir`)."""
         assert self.service.data_dir is not None
         return self.service.data_dir
+
+    def beamtime_dir(self, beamtime: str | None = None) -> Path:
+        """The beamtime's folder: ``source_path`` for ``has_filesystem=True`` consumers."""
+        return self.data_dir / (beamtime or self.beamtime)
 
     @property
     def receiver_address(self) -> str:
@@ -138,12 +143,12 @@ class AsapoEndpoint:
     ) -> Any:
         """A real ``asapo_consumer`` consumer of this service.
 
-        With ``has_filesystem=True`` the source path defaults to :attr:`data_dir`.
+        With ``has_filesystem=True`` the source path defaults to the beamtime's folder.
         """
         import asapo_consumer
 
         if source_path is None:
-            source_path = self.data_dir if has_filesystem else ""
+            source_path = self.beamtime_dir(beamtime) if has_filesystem else ""
         return asapo_consumer.create_consumer(
             self.server_name,
             str(source_path),
@@ -164,6 +169,7 @@ def running_asapo(
     beamtime: str = DEFAULT_BEAMTIME,
     token: str = DEFAULT_TOKEN,
     in_process: bool = True,
+    limits: Limits | None = None,
 ) -> Iterator[AsapoEndpoint]:
     """Run the service on free loopback ports for the duration of a block.
 
@@ -183,6 +189,8 @@ def running_asapo(
         Serve from threads of this process (default; gives access to ``service.store`` and
         ``service.stats``), or from a child process (``python -m shmpipe.asapo``), which can
         also be killed (:meth:`AsapoEndpoint.kill`). ``cache_bytes`` applies in-process only.
+    limits
+        Sizes, connections, timeouts (:class:`~shmpipe.asapo.limits.Limits`); in-process only.
 
     Yields
     ------
@@ -191,7 +199,12 @@ def running_asapo(
     service: AsapoService | AsapoProcess
     if in_process:
         service = AsapoService(
-            "127.0.0.1", 0, data_dir=data_dir, tokens=tokens, cache_bytes=cache_bytes
+            "127.0.0.1",
+            0,
+            data_dir=data_dir,
+            tokens=tokens,
+            cache_bytes=cache_bytes,
+            limits=limits,
         )
     else:
         service = AsapoProcess(data_dir, tokens=tokens)

@@ -149,9 +149,10 @@ def stage_costs(
     The child is a fresh interpreter (spawned, not forked: a fork of a process that has run
     bitshuffle's OpenMP deadlocks in its first bitshuffle call) with one OpenMP thread, as a
     worker: bitshuffle's OpenMP runtime must never start in this process (it could not fork
-    the pipelines afterwards), and on a busy machine its idle threads spin. Two frames are run first and not counted (compilation
-    is cached, but the first calls load it). Each frame gets the next of ``BUFFERS`` result
-    buffers, as frames get the next slot of the ring.
+    the pipelines afterwards), and on a busy machine its idle threads spin. Two frames are
+    run first and not counted (compilation is cached, but the first calls load it). Each
+    frame gets the next of ``BUFFERS`` result buffers, as frames get the next slot of the
+    ring.
     """
     import multiprocessing as mp
 

@@ -33,7 +33,6 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
-from http.server import HTTPServer
 
 import numpy as np
 from prometheus_client.core import (
@@ -43,12 +42,12 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import MetricsHandler
 
 from shmpipe.api.sideprocess import SideProcess
 from shmpipe.config import MetricsSection
 from shmpipe.engine.plumbing import Plumbing
 from shmpipe.engine.roles import start_role
+from shmpipe.observe.metrics_http import MetricsHTTPServer
 from shmpipe.observe.snapshot import Snapshot
 from shmpipe.observe.status import ProcessSampler
 from shmpipe.shm.layout import (
@@ -90,7 +89,7 @@ def open_metrics_socket(section: MetricsSection) -> socket.socket | None:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((section.host, section.port))
-        sock.listen(16)
+        sock.listen(128)
     except OSError as exc:
         sock.close()
         raise MetricsPortError(
@@ -302,7 +301,8 @@ def build_registry(collector: PipelineCollector) -> CollectorRegistry:
 
 
 def metrics_main(p: Plumbing, sock: socket.socket, supervisor_pid: int) -> None:
-    """Body of the metrics process: serve ``/metrics`` on the socket bound by the supervisor."""
+    """Body of the metrics process: serve ``/metrics`` on the socket bound by the supervisor
+    (threaded, with timeouts and a connection cap: :mod:`shmpipe.observe.metrics_http`)."""
     start_role(p, -1, "metrics", "metrics")
     # The supervisor stops this process with SIGTERM at the end of the run; it holds no state.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -312,12 +312,7 @@ def metrics_main(p: Plumbing, sock: socket.socket, supervisor_pid: int) -> None:
         [(k.name, k.kind) for k in p.config.kernels],
         supervisor_pid,
     )
-    handler = MetricsHandler.factory(build_registry(collector))
-    server = HTTPServer(sock.getsockname()[:2], handler, bind_and_activate=False)
-    server.socket.close()
-    server.socket = sock  # already bound and listening
-    host, port = sock.getsockname()[:2]
-    server.server_name, server.server_port = str(host), int(port)
+    server = MetricsHTTPServer(sock, build_registry(collector))
     try:
         server.serve_forever(poll_interval=0.5)
     finally:

@@ -1,10 +1,13 @@
 """FileSource: frames from HDF5 datasets and ``.npy`` files, read straight into slot memory.
 
-Two layouts:
+Three layouts:
 
 - ``modules``: the files are the modules of one detector (the DESY ``*_mNN.nxs`` files), all
   with the same number of frames; frame *i* is a message of one part per file.
 - ``frames``: each file is a stream of assembled frames; frame *i* is a message of one part.
+- ``master``: each file is a DECTRIS ``*_master.h5`` (a stream); its frames come from the data
+  files it links. Bitshuffle-LZ4 chunks are copied undecoded (``raw_chunks``): the workers
+  decompress them (the ``lambda_decompress`` kernel with ``master =``).
 
 Frames lie along the first axis of each dataset.
 """
@@ -20,9 +23,11 @@ from typing import Literal
 
 import numpy as np
 
+from native_kernels.master import MasterFile, MasterFileError, read_master
 from shmpipe.api.kernel import ArraySpec
 from shmpipe.api.message import Message, StreamFinished, payload_bytes
 from shmpipe.api.source import EndOfSource, Source, SourceConfigError, SourceLayout
+from shmpipe.plugins.sources.dectris_master import MasterFrames, chunk_bound
 
 
 @dataclass
@@ -31,8 +36,11 @@ class FilesParams:
     """Files or glob patterns (HDF5/NeXus or .npy), sorted by name within each pattern."""
     dataset: str = "entry/data/data"
     """Path of the frame dataset inside each HDF5 file."""
-    layout: Literal["modules", "frames"] = "modules"
-    """modules: one file per detector module; frames: each file a stream of whole frames."""
+    layout: Literal["modules", "frames", "master"] = "modules"
+    """modules: one file per detector module; frames: each file a stream of whole frames;
+    master: each file a DECTRIS *_master.h5 whose linked data files hold the frames."""
+    raw_chunks: bool = True
+    """master layout: copy bitshuffle-LZ4 chunks undecoded (workers decompress them)."""
     stream: str = ""
     """Stream name for the modules layout; empty: the first file's stem."""
     frames: int = 0
@@ -88,6 +96,20 @@ def _open_dataset(path: str, dataset: str):
     return ds, f
 
 
+def _master_layout(frames: list[MasterFrames]) -> SourceLayout:
+    """Parts of master-file frames: undeclared (compressed chunks) or one decoded frame."""
+    kinds = {(f.master.shape, f.master.dtype, f.raw) for f in frames}
+    if len(kinds) != 1:
+        raise SourceConfigError(
+            f"source.paths: the master files differ in frame shape, type or chunking {kinds}"
+        )
+    shape, dtype, raw = kinds.pop()
+    if raw:
+        return SourceLayout(None, chunk_bound(shape, dtype) + 64)
+    specs = [ArraySpec("frame", shape, dtype)]
+    return SourceLayout(specs, payload_bytes(specs))
+
+
 class FileSource(Source):
     """Frames from files (``[source] kind = "files"``)."""
 
@@ -99,9 +121,21 @@ class FileSource(Source):
         self._files: list = []
 
     def _open_all(self) -> list:
+        if self.params.layout == "master":
+            masters = [self._read_master(p) for p in _expand(self.params.paths)]
+            frames = [MasterFrames(m, self.params.raw_chunks) for m in masters]
+            self._files = frames
+            return frames
         handles = [_open_dataset(p, self.params.dataset) for p in _expand(self.params.paths)]
         self._files = [f for _, f in handles if f is not None]
         return [ds for ds, _ in handles]
+
+    @staticmethod
+    def _read_master(path: str) -> MasterFile:
+        try:
+            return read_master(path)
+        except MasterFileError as exc:
+            raise SourceConfigError(f"source.paths: {exc}") from exc
 
     def check(self) -> None:
         try:
@@ -112,6 +146,8 @@ class FileSource(Source):
     def layout(self) -> SourceLayout:
         dsets = self._open_all()
         try:
+            if self.params.layout == "master":
+                return _master_layout(dsets)
             if self.params.layout == "modules":
                 n = {d.shape[0] for d in dsets}
                 if len(n) != 1:
@@ -140,6 +176,11 @@ class FileSource(Source):
     def _streams(self) -> list[tuple[str, list]]:
         if self.params.layout == "modules":
             return [(self.params.stream or Path(self._paths[0]).stem, self._dsets)]
+        if self.params.layout == "master":
+            return [
+                (Path(p).stem.removesuffix("_master"), [d])
+                for p, d in zip(self._paths, self._dsets, strict=True)
+            ]
         return [(Path(p).stem, [d]) for p, d in zip(self._paths, self._dsets, strict=True)]
 
     def next(self, timeout: float) -> Message | StreamFinished | None:
@@ -161,7 +202,9 @@ class FileSource(Source):
             stream=name,
             message_id=i + 1,
             name=f"{name}/{i:06d}",
-            parts=[_DatasetFrame(d, i) for d in dsets],
+            parts=[
+                d.part(i) if isinstance(d, MasterFrames) else _DatasetFrame(d, i) for d in dsets
+            ],
             meta={"frame_index": i},
             timestamp=time.time(),
         )
