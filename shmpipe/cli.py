@@ -16,6 +16,7 @@ EPILOG = """examples:
   shmpipe run --config beamline.toml --set kernels.integrate.bins=2000 --set run.name=test-b
   shmpipe config show --config beamline.toml
   shmpipe status            # pipelines running on this machine
+  shmpipe view NAME --port 8081   # the live web view of a running pipeline
   shmpipe bench --workers 1,2 --output bench-report   # what this node sustains
 """
 
@@ -198,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("name", nargs="?", help="run name (run.name); default: all")
     status.set_defaults(func=cmd_status)
+
+    from shmpipe.view.command import add_parser as add_view_parser
+
+    add_view_parser(sub)
 
     clean = sub.add_parser("clean", help="remove what dead runs left behind")
     clean.set_defaults(func=cmd_clean)

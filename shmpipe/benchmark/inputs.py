@@ -112,15 +112,22 @@ def lambda_chain(geometry: Path, module_shape: tuple[int, int], npt: int = 1000)
 
 
 def pipeline_config(
-    source: dict, kernels: dict, workers: int, timing_path: Path, **run: Any
+    source: dict,
+    kernels: dict,
+    workers: int,
+    timing_path: Path,
+    view: dict | None = None,
+    **run: Any,
 ) -> PipelineConfig:
-    """A validated configuration with the timing sink attached."""
+    """A validated configuration with the timing sink attached (``view``: a ``[view]`` table)."""
     raw = {
         "run": {"workers": workers, "progress": "off", "log_level": "warning", **run},
         "source": source,
         "kernels": kernels,
         "sinks": [{"kind": "shmpipe.benchmark:TimingSink", "path": str(timing_path)}],
     }
+    if view is not None:
+        raw["view"] = view
     return load_config(raw=raw)
 
 

@@ -139,6 +139,7 @@ def run_pipeline(
     workdir: Path,
     bytes_per_frame: float | None = None,
     settle_s: float = 0.0,
+    view: dict | None = None,
     **run: Any,
 ) -> RunResult:
     """Run one pipeline to its end with the timing sink and measure it.
@@ -157,13 +158,15 @@ def run_pipeline(
         Latency counts frames handed over this long after every process was ready: a paced
         source keeps its schedule while the workers start, and the backlog takes a moment
         to drain (that is start-up, measured on its own).
+    view : dict, optional
+        A ``[view]`` table (the preview tap and the live view).
     **run
         Further ``[run]`` keys (``cache_dir``, ``ordered`` ...).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     timing = workdir / f"timing-{os.getpid()}-{time.monotonic_ns()}.npy"
-    cfg = pipeline_config(source, kernels, workers, timing, **run)
+    cfg = pipeline_config(source, kernels, workers, timing, view, **run)
     if bytes_per_frame is None:
         bytes_per_frame = float(cfg.source_instance().layout().max_payload_bytes)
     t0 = time.time()

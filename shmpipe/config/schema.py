@@ -28,7 +28,7 @@ import json
 import tomllib
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,7 +109,32 @@ class MetricsSection:
     """Address the metrics endpoint listens on."""
 
 
-SECTIONS: dict[str, type] = {"run": RunSection, "ring": RingSection, "metrics": MetricsSection}
+@dataclass
+class ViewSection:
+    """The preview tap and the live web view."""
+
+    port: int = 0
+    """Serve the live web view on this port; 0: off (``shmpipe view RUN`` can still attach)."""
+    host: str = "127.0.0.1"
+    """Address the view listens on; the default admits this machine only."""
+    max_hz: float = 10.0
+    """Most copies per second of the full outputs and the raw frame into the preview tap."""
+    history: int = 100000
+    """Frames whose small outputs (scalars, short vectors) the preview tap keeps."""
+    zmq: str = ""
+    """Also publish the displayed image for lavue on this ZeroMQ address (``tcp://*:5555``)."""
+    image: str = ""
+    """Output shown as the image by default (and sent to lavue); empty: the first 2-D one."""
+    tap: bool = True
+    """Keep the preview tap (for views and the Tango device); false: none at all."""
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunSection,
+    "ring": RingSection,
+    "metrics": MetricsSection,
+    "view": ViewSection,
+}
 PLUGIN_SECTIONS = ("source", "kernels", "sinks")
 DEFAULT_SOURCE = {"kind": "sim"}
 DEFAULT_KERNELS = {"checksum": {"kind": "checksum"}}
@@ -140,6 +165,7 @@ class PipelineConfig:
     source: PluginSpec
     kernels: list[PluginSpec]
     sinks: list[PluginSpec]
+    view: ViewSection = field(default_factory=ViewSection)
 
     def effective(self) -> dict[str, Any]:
         """The configuration with every default filled in, as TOML-shaped dicts."""
@@ -147,6 +173,7 @@ class PipelineConfig:
             "run": dataclasses.asdict(self.run),
             "ring": dataclasses.asdict(self.ring),
             "metrics": dataclasses.asdict(self.metrics),
+            "view": dataclasses.asdict(self.view),
             "source": self.source.table(),
             "kernels": {k.name: k.table() for k in self.kernels},
             "sinks": [s.table() for s in self.sinks],
@@ -390,10 +417,27 @@ def load_config(
         run=run,
         ring=sections["ring"],
         metrics=sections["metrics"],
+        view=_checked_view(sections["view"], file),
         source=source,
         kernels=kernels,
         sinks=sinks,
     )
+
+
+def _checked_view(view: ViewSection, file: str | None) -> ViewSection:
+    if not 0 <= view.port <= 65535:
+        raise ConfigError(f"must be a TCP port (0 for none), got {view.port}", "view.port", file)
+    if not view.max_hz > 0:
+        raise ConfigError(f"must be more than 0, got {view.max_hz}", "view.max_hz", file)
+    if view.history < 1:
+        raise ConfigError(f"must be at least 1, got {view.history}", "view.history", file)
+    if view.zmq and not view.zmq.startswith(("tcp://", "ipc://", "inproc://")):
+        raise ConfigError(
+            f"must be a ZeroMQ address such as tcp://*:5555, got {view.zmq!r}", "view.zmq", file
+        )
+    if (view.port or view.zmq) and not view.tap:
+        raise ConfigError("a view needs the preview tap (view.tap = true)", "view.tap", file)
+    return view
 
 
 # -- TOML output for `shmpipe config show` --------------------------------------------------
@@ -420,7 +464,9 @@ def _toml_key(k: str) -> str:
 def to_toml(doc: dict[str, Any]) -> str:
     """Render the effective configuration as TOML (readable back by ``load_config``)."""
     out: list[str] = []
-    for section in ("run", "ring", "metrics", "source"):
+    for section in ("run", "ring", "metrics", "view", "source"):
+        if section not in doc:
+            continue  # a configuration recorded before the section existed
         out.append(f"[{section}]")
         out += [
             f"{_toml_key(k)} = {toml_value(v)}" for k, v in doc[section].items() if v is not None

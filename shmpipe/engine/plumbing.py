@@ -8,6 +8,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shmpipe.api.kernel import ArraySpec
 from shmpipe.api.sink import RunInfo
@@ -35,6 +36,7 @@ class Plumbing:
     source: Source
     cache_dir: Path
     run_info: RunInfo
+    tap: Any = None  # shmpipe.shm.preview.PreviewTap when the run has a view
 
     @property
     def workers(self) -> int:

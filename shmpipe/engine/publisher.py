@@ -14,6 +14,8 @@ import heapq
 import logging
 import time
 
+import numpy as np
+
 from shmpipe.api.sink import ErrorRecord, Record
 from shmpipe.engine.plumbing import Plumbing, now_ns
 from shmpipe.engine.protocol import read_error, release, take_for_publishing
@@ -70,6 +72,11 @@ class Publisher:
         self.frames = self.errors = self.last_id = 0
         self.latencies: list[int] = []
         self.stream_counts: dict[tuple[int, bool], int] = {}
+        self.tap = p.tap
+        if self.tap is not None:
+            self.tap.bind_results(
+                self._across_slots, {o.qualified: o.offset for o in self.out_specs}
+            )
 
     # -- intake ------------------------------------------------------------------------
     def take(self, records) -> None:
@@ -196,6 +203,8 @@ class Publisher:
             self.frames += 1
             self._count_stream(int(row[STREAM_ROW]), error=False)
             self.last_id = mid
+            if self.tap is not None:
+                self.tap.note(stream, mid, slot, header.parts)
             self._queue(stream, mid, slot, ack=True)
         self._advance(seq)
 
@@ -226,6 +235,9 @@ class Publisher:
             return
         for s in self.sinks:
             s.commit()
+        if self.tap is not None:
+            # Before the slots are freed: the tap copies from them.
+            self.tap.commit(self._output_view, self.ring.part_view)
         table, freed = self.ring.table, []
         for stream, mid, slot, ack in self.uncommitted:
             if ack:
@@ -235,6 +247,21 @@ class Publisher:
         self.report()
         self.p.dispatcher_inbox.send_many(freed)
         self.uncommitted.clear()
+
+    def _output_view(self, slot: int, name: str):
+        return self._views[slot][name]
+
+    def _across_slots(self, offset: int, dtype: str, shape: tuple[int, ...]):
+        """One output of every result slot as an array indexed ``[slot, ...]``."""
+        stride = self.ring.geometry.result_stride
+        inner = np.empty(shape, dtype).strides
+        return np.ndarray(
+            (self.ring.geometry.slots, *shape),
+            dtype,
+            buffer=self.ring.results.map,
+            offset=offset,
+            strides=(stride, *inner),
+        )
 
     def due(self, idle: bool) -> bool:
         if not self.uncommitted:

@@ -24,6 +24,7 @@ from shmpipe.engine.chain import ChainLayout, KernelChain, KernelSetupError
 from shmpipe.engine.plumbing import Plumbing
 from shmpipe.shm.channel import RecordPipe
 from shmpipe.shm.layout import PROC_FIRST_WORKER
+from shmpipe.shm.preview import PreviewTap
 from shmpipe.shm.ring import RingGeometry, ShmCapacityError, SlotRing
 
 log = logging.getLogger("shmpipe.supervisor")
@@ -166,6 +167,27 @@ def ring_geometry(config: PipelineConfig, layout: SourceLayout, chain: ChainLayo
     return geometry
 
 
+def _preview_tap(cfg: PipelineConfig, layout, src_layout, run_info: RunInfo, ring: SlotRing):
+    """The preview tap that views and the Tango device read (none with view.tap = false)."""
+    if not cfg.view.tap:
+        return None
+    identity = {
+        "name": cfg.run.name,
+        "pid": os.getpid(),
+        "started": time.time(),
+        "chain": run_info.chain,
+        "config": cfg.path,
+        "config_hash": run_info.config_hash,
+    }
+    try:
+        return PreviewTap.create(
+            layout.specs(), src_layout.parts, identity, cfg.view.max_hz, cfg.view.history
+        )
+    except (MemoryError, ValueError) as exc:
+        ring.close()
+        raise StartupError(f"preview tap: {exc}") from None
+
+
 def prepare(ctx: Any, config: PipelineConfig) -> Plumbing:
     """Everything the supervisor creates before forking: checks, memory, pipes."""
     cfg = config
@@ -196,6 +218,7 @@ def prepare(ctx: Any, config: PipelineConfig) -> Plumbing:
     return Plumbing(
         config=cfg,
         ring=ring,
+        tap=_preview_tap(cfg, layout, src_layout, run_info, ring),
         layout=layout,
         parts=src_layout.parts,
         seats=[RecordPipe() for _ in range(cfg.run.workers)],

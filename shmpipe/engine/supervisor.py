@@ -64,7 +64,6 @@ from shmpipe.engine.sideprocs import SideProcesses
 from shmpipe.engine.startup import StartupError, prepare
 from shmpipe.engine.worker import worker_main
 from shmpipe.observe.logs import frame_extra
-from shmpipe.observe.metrics import MetricsPortError
 from shmpipe.observe.progress import ProgressReporter
 from shmpipe.observe.runs import RunNameInUse, RunRecord, sweep_stale
 from shmpipe.observe.snapshot import Snapshot
@@ -343,7 +342,7 @@ class Pipeline:
             self.scheduler = Scheduler(self.p.ring)
             try:
                 self.side.prepare()
-            except MetricsPortError as exc:
+            except OSError as exc:  # a port in use (metrics, view): refused before any fork
                 raise StartupError(str(exc)) from None
             self._record = record
             record.describe(self._describe())
@@ -354,6 +353,8 @@ class Pipeline:
                 for pipe in [*self.p.seats, self.p.done, self.p.dispatcher_inbox]:
                     pipe.close()
                 self.p.ring.close()
+                if self.p.tap is not None:
+                    self.p.tap.close()
             record.release()
             setproctitle(title)
 
@@ -364,6 +365,7 @@ class Pipeline:
             "pid": os.getpid(),
             "started": time.time(),
             "tables_fd": ring.tables.fd,
+            "preview_fd": self.p.tap.fd if self.p.tap is not None else None,
             "slots": ring.geometry.slots,
             "processes": ring.geometry.processes,
             "workers": self.config.run.workers,
@@ -449,6 +451,7 @@ class Pipeline:
                         self._on_worker_exit(role, proc)
                 self._watchdog()
                 self.side.tick(p)
+                self._describe_side_pids()
                 self._report_ready_workers()
                 progress.tick()
         except _Finished:
@@ -517,7 +520,18 @@ class Pipeline:
         if pid:
             m = self.config.metrics
             log.info("metrics: http://%s:%d/metrics (pid %d)", m.host, m.port, pid)
-            self._record.describe({**self._describe(), "metrics_pid": pid})
+        pid = self.side.pid("view")
+        if pid:
+            v = self.config.view
+            log.info("view: http://%s:%d/ (pid %d)", v.host, v.port, pid)
+        self._describe_side_pids()
+
+    def _describe_side_pids(self) -> None:
+        """Name each side process's pid in the run registry (again after a restart)."""
+        pids = {f"{r.spec.name}_pid": self.side.pid(r.spec.name) for r in self.side.running}
+        if pids != getattr(self, "_side_pids", {}):
+            self._side_pids = pids
+            self._record.describe({**self._describe(), **pids})
 
 
 def _cause(code: int | None) -> str:

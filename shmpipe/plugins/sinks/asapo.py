@@ -71,6 +71,11 @@ class AsapoSink(Sink):
             if bad:
                 raise ValueError(f"sinks: outputs {bad} are not written by the chain ({known})")
         self.names = p.outputs or known
+        # Units, axes and errors travel with each record so a view can label what it shows.
+        self._labels = {
+            s.name: {"unit": s.unit, "axis": s.axis, "errors": s.errors, "long_name": s.long_name}
+            for s in run.outputs
+        }
         self.producer = asapo_producer.create_producer(
             p.endpoint,
             "processed",
@@ -133,10 +138,17 @@ class AsapoSink(Sink):
             return
         arrays, described, offset = [], [], 0
         for n in self.names:
-            a = np.ascontiguousarray(record.arrays[n])
+            src = record.arrays[n]
+            a = np.ascontiguousarray(src)  # a scalar comes back 1-D: its shape is src's
             arrays.append(a.reshape(-1).view(np.uint8))
             described.append(
-                {"name": n, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset}
+                {
+                    "name": n,
+                    "dtype": a.dtype.str,
+                    "shape": list(src.shape),
+                    "offset": offset,
+                    **self._labels.get(n, {}),
+                }
             )
             offset += a.nbytes
         # One array goes out as a view of the result slot (kept until commit); several are

@@ -1,0 +1,582 @@
+"""PreviewTap: the latest results, a raw frame and a history of small outputs, in shared memory.
+
+The publisher writes the tap after each commit; views, the Tango device and scripts read it,
+in the pipeline's own processes or attached to a running pipeline through the run registry
+(as ``shmpipe status`` attaches to the tables). A reader never blocks the writer: every block
+is guarded by a generation counter (a seqlock) and a reader that lost the race retries or
+gives up; the writer never waits for anyone.
+
+What the tap holds
+------------------
+- **latest**: the outputs of one published frame (by qualified name ``kernel.output``) and
+  that frame's raw input parts, copied at most ``max_hz`` times a second; small outputs
+  always, large ones and the raw parts only while a reader wants them (``want``, which
+  ``latest``, ``raw`` and ``apply`` call), so an unwatched pipeline pays nothing for them;
+- **history**: for every published frame, the small outputs (scalars and vectors of at most
+  ``SMALL_ELEMENTS`` elements) with stream, message id, publish time and a parameter version,
+  for the last ``history`` frames;
+- **descriptor**: the chain's declared outputs (``ArraySpec`` with unit, axis, errors), the
+  parts' layout and the run's identity.
+
+Reader API
+----------
+>>> tap = PreviewTap.attach(run_info)          # or the writer's own object, after a fork
+>>> tap.outputs()                               # {name: ArraySpec}
+>>> stream, message_id, t, arrays = tap.latest()
+>>> raw = tap.raw()                             # RawFrame(stream, message_id, t, parts) or None
+>>> h = tap.history("stats.sum", last=1000)     # History: message_id, stream, t, version, values
+>>> tap.lookup("stats.sum", "scan1", 42)        # the value stored for one message, or None
+>>> tap.want(["stitch.image"], raw=True)        # copy these for the next 5 s
+>>> tap.apply("stitch.image", np.max)           # (stream, id, t, fn(array)) read in place
+
+Writer API (the publisher)
+--------------------------
+``bind_results(result_view, offsets)`` once, ``note(stream, message_id, slot, parts_layout,
+version)`` per published frame (``version``: the parameter version the frame was processed
+with, 0 by default), then ``commit(result, part_view)`` once per sink commit, before the
+slots are freed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import mmap
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shmpipe.api.kernel import ArraySpec
+
+SMALL_ELEMENTS = 64  # outputs of at most this many elements go into the history ring
+MAGIC = 0x5348_5050_5245_5631  # "SHPPREV1"
+ALIGN = 64
+MAX_STREAM_NAMES = 256
+STREAM_NAME_BYTES = 248  # + 8 bytes for the stream's number
+DESCRIPTOR_AT = 4096
+DESCRIPTOR_BYTES = 1 << 18
+
+# Control words (int64) at the start of the region.
+W_MAGIC, W_DESC_LEN, W_LATEST_GEN, W_RAW_GEN, W_WRITTEN, W_STREAMS = range(6)
+W_COMMITS = 6  # commits seen (a heartbeat: the publisher is alive and publishing)
+W_RAW_WANTED = 7  # time.time_ns() until which a reader wants raw frames
+WANT_S = 5.0  # a reader's interest lasts this long after its last read
+# Words of the latest block and of the raw block: generation-protected metadata.
+M_STREAM, M_MSG_ID, M_T_NS, M_VERSION, M_PARTS_LEN = range(5)
+META_WORDS = 8
+RAW_LAYOUT_BYTES = 8192
+
+
+def _round(n: int, to: int = ALIGN) -> int:
+    return (n + to - 1) // to * to
+
+
+def is_small(spec: ArraySpec) -> bool:
+    """Whether an output goes into the history ring (scalars and short vectors)."""
+    return (
+        int(np.prod(spec.shape, dtype=np.int64)) <= SMALL_ELEMENTS
+        and np.dtype(spec.dtype).kind in "biuf"
+    )
+
+
+@dataclass(frozen=True)
+class RawFrame:
+    """The raw input parts of one published frame (copies)."""
+
+    stream: str
+    message_id: int
+    t: float
+    parts: list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class History:
+    """Rows of the history ring for one output, oldest first."""
+
+    message_id: np.ndarray
+    stream: list[str]
+    t: np.ndarray
+    version: np.ndarray
+    values: np.ndarray
+
+
+class TapBusy(RuntimeError):
+    """The writer kept overwriting the block while this reader copied it."""
+
+
+class PreviewTap:
+    """The preview tap of one pipeline; see the module docstring for the API.
+
+    Create with :meth:`create` (the supervisor, before forking) or :meth:`attach` (any
+    process of the same user, through ``/proc/<pid>/fd``).
+    """
+
+    def __init__(self, buf: mmap.mmap, fd: int | None, writable: bool) -> None:
+        self._map, self.fd, self.writable = buf, fd, writable
+        self.words = np.ndarray((64,), "<i8", buffer=buf)
+        if int(self.words[W_MAGIC]) != MAGIC:
+            raise ValueError("not a shmpipe preview tap (bad magic)")
+        n = int(self.words[W_DESC_LEN])
+        self.descriptor: dict[str, Any] = json.loads(bytes(buf[DESCRIPTOR_AT : DESCRIPTOR_AT + n]))
+        d = self.descriptor
+        self.run: dict[str, Any] = d["run"]
+        self.history_rows: int = d["history"]
+        self.max_hz: float = d["max_hz"]
+        self._specs = {s["name"]: _spec(s) for s in d["outputs"]}
+        self.part_specs = [_spec(s) for s in d["parts"]] if d["parts"] is not None else None
+        self.small = [n for n in d["small"]]
+        self._latest_meta = np.ndarray((META_WORDS,), "<i8", buffer=buf, offset=d["latest_at"])
+        names = list(self._specs)
+        self._index = {n: i for i, n in enumerate(names)}
+        self._wanted = np.ndarray((len(names),), "<i8", buf, d["want_at"])
+        self._out_gen = np.ndarray((len(names),), "<i8", buf, d["want_at"] + 8 * len(names))
+        # Small outputs are always copied (the cost is nil); large ones only while wanted.
+        self._always = np.array([n in d["small"] for n in names], dtype=bool)
+        self._latest = {
+            name: np.ndarray(self._specs[name].shape, self._specs[name].dtype, buf, off)
+            for name, off in d["latest_offsets"].items()
+        }
+        self._raw_meta = np.ndarray((META_WORDS,), "<i8", buffer=buf, offset=d["raw_at"])
+        self._raw_layout = np.ndarray((RAW_LAYOUT_BYTES,), "u1", buf, d["raw_at"] + META_WORDS * 8)
+        self._raw_bytes = np.ndarray((d["raw_bytes"],), "u1", buf, d["raw_data_at"])
+        self._names = np.ndarray((MAX_STREAM_NAMES, 32), "<i8", buf, d["streams_at"])
+        h = self.history_rows
+        self._h_seq = np.ndarray((h,), "<i8", buf, d["h_seq_at"])
+        self._h_meta = np.ndarray((h, 4), "<i8", buf, d["h_meta_at"])  # id, stream, t_ns, ver
+        self._h_cols = {
+            name: np.ndarray((h, *self._specs[name].shape), self._specs[name].dtype, buf, off)
+            for name, off in d["history_offsets"].items()
+        }
+        # Writer state (publisher process only).
+        self._pending: list[tuple[int, int, int, int]] = []  # (stream no, id, slot, version)
+        self._last_parts: Any = None
+        self._stream_no: dict[str, int] = {}
+        self._last_full = 0.0
+        self._min_interval = 1.0 / self.max_hz if self.max_hz > 0 else float("inf")
+        self._slot_views: dict[str, np.ndarray] | None = None
+        self.last_read_generation = 0  # of the latest block, after a successful ``latest()``
+
+    # -- creation -----------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        outputs: Sequence[ArraySpec],
+        parts: Sequence[ArraySpec] | None,
+        run: dict[str, Any],
+        max_hz: float = 10.0,
+        history: int = 100_000,
+    ) -> PreviewTap:
+        """Make the tap's shared memory (a nameless memfd, inherited by forked children).
+
+        Parameters
+        ----------
+        outputs : sequence of ArraySpec
+            The chain's outputs with qualified names (``ChainLayout.specs()``).
+        parts : sequence of ArraySpec or None
+            The raw parts' layout as the source declares it; None: raw frames are not kept.
+        run : dict
+            The run's identity (name, pid, chain, config ...), JSON-serialisable.
+        max_hz : float
+            Most copies of the full outputs and the raw frame per second.
+        history : int
+            Rows of the history ring.
+        """
+        if history < 1:
+            raise ValueError("history must be at least 1")
+        outputs = list(outputs)
+        small = [s.name for s in outputs if is_small(s)]
+        at = DESCRIPTOR_AT + DESCRIPTOR_BYTES
+        latest_at = at
+        at += META_WORDS * 8
+        want_at = at  # per output: wanted until (ns), then the generation its copy belongs to
+        at += 2 * 8 * len(outputs)
+        latest_offsets = {}
+        for s in outputs:
+            at = _round(at)
+            latest_offsets[s.name] = at
+            at += s.nbytes
+        raw_at = _round(at)
+        raw_bytes = sum(p.nbytes for p in parts) if parts else 0
+        raw_data_at = _round(raw_at + META_WORDS * 8 + RAW_LAYOUT_BYTES)
+        streams_at = _round(raw_data_at + raw_bytes)
+        h_seq_at = _round(streams_at + MAX_STREAM_NAMES * 256)
+        h_meta_at = _round(h_seq_at + history * 8)
+        at = h_meta_at + history * 32
+        history_offsets = {}
+        for s in outputs:
+            if s.name in small:
+                at = _round(at)
+                history_offsets[s.name] = at
+                at += s.nbytes * history
+        total = _round(at, 4096)
+        descriptor = {
+            "run": run,
+            "history": history,
+            "max_hz": max_hz,
+            "outputs": [_spec_dict(s) for s in outputs],
+            "parts": None if parts is None else [_spec_dict(p) for p in parts],
+            "small": small,
+            "latest_at": latest_at,
+            "want_at": want_at,
+            "latest_offsets": latest_offsets,
+            "raw_at": raw_at,
+            "raw_data_at": raw_data_at,
+            "raw_bytes": raw_bytes,
+            "streams_at": streams_at,
+            "h_seq_at": h_seq_at,
+            "h_meta_at": h_meta_at,
+            "history_offsets": history_offsets,
+        }
+        raw_desc = json.dumps(descriptor).encode()
+        if len(raw_desc) > DESCRIPTOR_BYTES:
+            raise ValueError("the chain declares too many outputs for the preview descriptor")
+        fd = os.memfd_create("shmpipe-preview", os.MFD_CLOEXEC)
+        try:
+            os.posix_fallocate(fd, 0, total)
+        except OSError as exc:
+            os.close(fd)
+            raise MemoryError(
+                f"cannot reserve {total / 2**20:.0f} MiB of shared memory for the preview tap "
+                f"({exc.strerror}); lower view.history"
+            ) from exc
+        buf = mmap.mmap(fd, total, mmap.MAP_SHARED)
+        buf[DESCRIPTOR_AT : DESCRIPTOR_AT + len(raw_desc)] = raw_desc
+        words = np.ndarray((64,), "<i8", buffer=buf)
+        words[W_DESC_LEN] = len(raw_desc)
+        words[W_MAGIC] = MAGIC
+        del words
+        return cls(buf, fd, writable=True)
+
+    @classmethod
+    def attach(cls, info: dict[str, Any]) -> PreviewTap:
+        """Map a running pipeline's tap read-only (``info``: its run-registry record).
+
+        Raises
+        ------
+        LookupError
+            The pipeline has no preview tap, or it is gone.
+        """
+        if not info.get("preview_fd"):
+            raise LookupError(f"run {info.get('name', '?')!r} has no preview tap")
+        try:
+            fd = os.open(f"/proc/{info['pid']}/fd/{info['preview_fd']}", os.O_RDWR)
+        except OSError as exc:
+            raise LookupError(f"run {info.get('name', '?')!r} is gone: {exc}") from None
+        try:
+            size = os.fstat(fd).st_size
+            # Read-write: a reader marks which outputs it wants (and writes nothing else).
+            buf = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        return cls(buf, None, writable=False)
+
+    def close(self) -> None:
+        self._latest = self._h_cols = {}
+        self.words = self._latest_meta = self._raw_meta = self._raw_layout = None  # type: ignore
+        self._raw_bytes = self._names = self._h_seq = self._h_meta = None  # type: ignore
+        try:
+            self._map.close()
+        except (BufferError, ValueError):
+            pass  # a caller still holds a view; the mapping goes with the process
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    # -- writer (the publisher) ---------------------------------------------------------
+    def bind_results(
+        self, result_view: Callable[[int, str, tuple[int, ...]], np.ndarray], offsets: dict
+    ) -> None:
+        """Give the writer strided views of every small output over all result slots.
+
+        ``result_view(offset, dtype, shape)`` returns an array indexed ``[slot, *shape]``;
+        ``offsets`` maps each qualified output name to its offset in a result slot.
+        """
+        self._slot_views = {
+            name: result_view(offsets[name], self._specs[name].dtype, self._specs[name].shape)
+            for name in self.small
+        }
+
+    def note(
+        self, stream: str, message_id: int, slot: int, parts_layout: Any, version: int = 0
+    ) -> None:
+        """Remember one published frame (cheap: an append); ``commit`` writes it."""
+        no = self._stream_no.get(stream)
+        if no is None:
+            no = self._new_stream(stream)
+        self._pending.append((no, message_id, slot, version))
+        self._last_parts = parts_layout
+
+    def commit(
+        self,
+        result: Callable[[int, str], np.ndarray],
+        part_view: Callable[[int, int, str, tuple[int, ...]], np.ndarray],
+    ) -> None:
+        """Write the noted frames: history rows for all, the full outputs and raw parts of
+        the last one when ``max_hz`` allows. Call before the slots are freed.
+
+        ``result(slot, name)`` is the output view of a slot; ``part_view(slot, offset,
+        dtype, shape)`` a part's view of an input slot.
+        """
+        pending = self._pending
+        if not pending:
+            return
+        w = self.words
+        now_ns = time.time_ns()
+        if self.small and self._slot_views is not None:
+            self._write_history(pending, now_ns)
+        else:
+            self._write_history_meta(pending, now_ns)
+        mono = time.monotonic()
+        if mono - self._last_full >= self._min_interval:
+            self._last_full = mono
+            no, mid, slot, version = pending[-1]
+            self._write_latest(no, mid, slot, version, now_ns, result)
+            self._write_raw(no, mid, slot, version, now_ns, part_view)
+        w[W_COMMITS] += 1
+        pending.clear()
+
+    def _new_stream(self, stream: str) -> int:
+        no = int(self.words[W_STREAMS])
+        self.words[W_STREAMS] = no + 1
+        if len(self._stream_no) >= MAX_STREAM_NAMES:
+            self._stream_no.clear()  # a run of very many short streams: forget old numbers
+        self._stream_no[stream] = no
+        row = self._names[no % MAX_STREAM_NAMES]
+        raw = stream.encode()[:STREAM_NAME_BYTES]
+        row[0] = -1  # invalid while the name changes
+        row.view("u1")[8:].fill(0)
+        row.view("u1")[8 : 8 + len(raw)] = np.frombuffer(raw, "u1")
+        row[0] = no
+        return no
+
+    def _rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        written = int(self.words[W_WRITTEN])
+        seqs = np.arange(written + 1, written + n + 1, dtype=np.int64)
+        return seqs, (seqs - 1) % self.history_rows
+
+    def _write_history_meta(self, pending, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        seqs, rows = self._rows(len(pending))
+        self._h_seq[rows] = 0  # invalid while rewritten: a reader that copied them drops them
+        meta = np.array(pending, dtype=np.int64)
+        self._h_meta[rows, 0] = meta[:, 1]
+        self._h_meta[rows, 1] = meta[:, 0]
+        self._h_meta[rows, 2] = now_ns
+        self._h_meta[rows, 3] = meta[:, 3]
+        return seqs, rows
+
+    def _write_history(self, pending, now_ns: int) -> None:
+        seqs, rows = self._write_history_meta(pending, now_ns)
+        slots = np.fromiter((p[2] for p in pending), np.int64, len(pending))
+        assert self._slot_views is not None
+        for name, col in self._h_cols.items():
+            col[rows] = self._slot_views[name][slots]
+        self._h_seq[rows] = seqs
+        self.words[W_WRITTEN] = int(seqs[-1])
+
+    def _write_latest(self, no, mid, slot, version, now_ns, result) -> None:
+        meta, w = self._latest_meta, self.words
+        copy = self._always | (self._wanted > now_ns)
+        done = int(w[W_LATEST_GEN]) + 2  # the generation once this write is complete
+        w[W_LATEST_GEN] += 1  # odd: being written
+        for i, (name, dst) in enumerate(self._latest.items()):
+            if copy[i]:
+                dst[...] = result(slot, name)
+                self._out_gen[i] = done
+        meta[M_STREAM], meta[M_MSG_ID], meta[M_T_NS], meta[M_VERSION] = no, mid, now_ns, version
+        w[W_LATEST_GEN] += 1
+
+    def _write_raw(self, no, mid, slot, version, now_ns, part_view) -> None:
+        layout = self._last_parts
+        if not layout or not len(self._raw_bytes) or self.words[W_RAW_WANTED] <= now_ns:
+            return
+        meta, w = self._raw_meta, self.words
+        w[W_RAW_GEN] += 1
+        at, kept = 0, []
+        for off, dtype, shape in layout:
+            n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            if at + n > len(self._raw_bytes):
+                break  # larger than declared (a source that changed its layout): keep what fits
+            src = part_view(slot, off, dtype, tuple(shape))
+            self._raw_bytes[at : at + n] = src.reshape(-1).view("u1")
+            kept.append((at, np.dtype(dtype).str, list(shape)))
+            at += n
+        enc = json.dumps(kept).encode()[:RAW_LAYOUT_BYTES]
+        self._raw_layout[: len(enc)] = np.frombuffer(enc, "u1")
+        meta[M_STREAM], meta[M_MSG_ID], meta[M_T_NS], meta[M_VERSION] = no, mid, now_ns, version
+        meta[M_PARTS_LEN] = len(enc)
+        w[W_RAW_GEN] += 1
+
+    # -- reader -------------------------------------------------------------------------
+    def outputs(self) -> dict[str, ArraySpec]:
+        """The chain's declared outputs by qualified name, in chain order."""
+        return dict(self._specs)
+
+    def generation(self) -> int:
+        """Changes whenever a new latest frame is written (even: complete)."""
+        return int(self.words[W_LATEST_GEN])
+
+    def raw_generation(self) -> int:
+        """Changes whenever a new raw frame is written (even: complete)."""
+        return int(self.words[W_RAW_GEN])
+
+    def commits(self) -> int:
+        """Sink commits seen by the tap so far."""
+        return int(self.words[W_COMMITS])
+
+    def written(self) -> int:
+        """History rows written so far (all frames published since the start)."""
+        return int(self.words[W_WRITTEN])
+
+    def stream_name(self, no: int) -> str:
+        row = self._names[no % MAX_STREAM_NAMES]
+        if int(row[0]) != no:
+            return "?"  # overwritten by a later stream (more than MAX_STREAM_NAMES streams)
+        return bytes(row.view("u1")[8:]).rstrip(b"\0").decode(errors="replace")
+
+    def want(self, names: Sequence[str] = (), raw: bool = False, seconds: float = WANT_S) -> None:
+        """Ask the writer to copy these large outputs (and the raw frame) for the next
+        ``seconds``. Small outputs are always copied; large ones only while wanted, so a
+        pipeline nobody watches pays nothing for them. ``latest`` and ``raw`` call this."""
+        until = time.time_ns() + int(seconds * 1e9)
+        for n in names:
+            i = self._index[n]
+            if not self._always[i] and self._wanted[i] < until - 1e9:
+                self._wanted[i] = until  # rewritten at most once a second
+        if raw and self.words[W_RAW_WANTED] < until - 1e9:
+            self.words[W_RAW_WANTED] = until
+
+    def latest(
+        self, names: Sequence[str] | None = None, tries: int = 50
+    ) -> tuple[str, int, float, dict[str, np.ndarray]] | None:
+        """The latest frame's outputs (copies): ``(stream, message_id, t, {name: array})``.
+
+        None before the first frame. ``names`` limits the copy to those outputs. A large
+        output that nobody asked for recently is not copied by the writer: it is missing
+        from the result until the next frame after this call (``want``).
+
+        Raises
+        ------
+        TapBusy
+            The writer rewrote the block on every one of ``tries`` attempts.
+        KeyError
+            An unknown output name.
+        """
+        pick = list(self._latest) if names is None else list(names)
+        for n in pick:
+            if n not in self._latest:
+                raise KeyError(n)
+        self.want(pick)
+        for _ in range(tries):
+            g = int(self.words[W_LATEST_GEN])
+            if g == 0:
+                return None
+            if g & 1:
+                time.sleep(0.0005)
+                continue
+            m = self._latest_meta.copy()
+            # Only outputs copied for this very frame (a large one may be older).
+            current = [n for n in pick if self._out_gen[self._index[n]] == g]
+            arrays = {n: self._latest[n].copy() for n in current}
+            if int(self.words[W_LATEST_GEN]) == g:
+                self.last_read_generation = g
+                return self.stream_name(int(m[M_STREAM])), int(m[M_MSG_ID]), m[M_T_NS] / 1e9, arrays
+        raise TapBusy("the latest frame changed during every copy; try again")
+
+    def apply(self, name: str, fn: Callable[[np.ndarray], Any], tries: int = 20):
+        """``fn`` applied to one output of the latest frame in place (no copy):
+        ``(stream, message_id, t, fn(array))``, or None when the output was not copied for
+        the latest frame (ask with ``want``; the next frame brings it).
+
+        ``fn`` must only read; if the writer rewrote the block meanwhile, ``fn`` runs again.
+        This is how a view bins a 47 MB image without copying it first.
+        """
+        i = self._index[name]
+        self.want([name])
+        for _ in range(tries):
+            g = int(self.words[W_LATEST_GEN])
+            if g == 0:
+                return None
+            if g & 1:
+                time.sleep(0.0005)
+                continue
+            m = self._latest_meta.copy()
+            if self._out_gen[i] != g:
+                return None
+            result = fn(self._latest[name])
+            if int(self.words[W_LATEST_GEN]) == g:
+                return self.stream_name(int(m[M_STREAM])), int(m[M_MSG_ID]), m[M_T_NS] / 1e9, result
+        raise TapBusy(f"the latest frame changed during every read of {name!r}; try again")
+
+    def raw(self, tries: int = 50) -> RawFrame | None:
+        """The latest raw frame's parts (copies), or None (none yet, or not kept)."""
+        if not len(self._raw_bytes):
+            return None
+        self.want(raw=True)
+        for _ in range(tries):
+            g = int(self.words[W_RAW_GEN])
+            if g == 0:
+                return None
+            if g & 1:
+                time.sleep(0.0005)
+                continue
+            m = self._raw_meta.copy()
+            layout = json.loads(bytes(self._raw_layout[: int(m[M_PARTS_LEN])]) or b"[]")
+            data = self._raw_bytes.copy()
+            if int(self.words[W_RAW_GEN]) == g:
+                parts = [
+                    data[at : at + int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize]
+                    .view(dt)
+                    .reshape(shape)
+                    for at, dt, shape in layout
+                ]
+                return RawFrame(
+                    self.stream_name(int(m[M_STREAM])), int(m[M_MSG_ID]), m[M_T_NS] / 1e9, parts
+                )
+        raise TapBusy("the raw frame changed during every copy; try again")
+
+    def history(self, name: str, last: int | None = None) -> History:
+        """The last ``last`` rows (default: all kept) of one small output, oldest first.
+
+        Rows being rewritten while copied are left out. Raises KeyError for an output that
+        is not kept in the history (see :func:`is_small`).
+        """
+        col = self._h_cols.get(name)
+        if col is None:
+            raise KeyError(f"{name!r} is not in the history (kept: {', '.join(self.small)})")
+        written = int(self.words[W_WRITTEN])
+        n = min(written, self.history_rows, self.history_rows if last is None else max(0, last))
+        seqs = np.arange(written - n + 1, written + 1, dtype=np.int64)
+        rows = (seqs - 1) % self.history_rows
+        values, meta = col[rows], self._h_meta[rows]
+        ok = self._h_seq[rows] == seqs
+        names = {no: self.stream_name(int(no)) for no in np.unique(meta[ok, 1])}
+        return History(
+            message_id=meta[ok, 0],
+            stream=[names[no] for no in meta[ok, 1]],
+            t=meta[ok, 2] / 1e9,
+            version=meta[ok, 3],
+            values=values[ok],
+        )
+
+    def lookup(self, name: str, stream: str, message_id: int) -> np.ndarray | None:
+        """The value of a small output stored for one message, or None if not kept."""
+        h = self.history(name)
+        hits = np.nonzero(h.message_id == message_id)[0]
+        for i in hits[::-1]:
+            if h.stream[i] == stream:
+                return h.values[i]
+        return None
+
+
+def _spec_dict(s: ArraySpec) -> dict[str, Any]:
+    d = dataclasses.asdict(s)
+    d["shape"] = list(s.shape)
+    return d
+
+
+def _spec(d: dict[str, Any]) -> ArraySpec:
+    return ArraySpec(**{**d, "shape": tuple(d["shape"])})

@@ -1,0 +1,220 @@
+"""Feeds: where a view gets its data. ``TapFeed`` reads a pipeline's preview tap and tables.
+
+A feed answers: the declared outputs, the latest frame (all outputs of one message), the
+latest raw frame, the history of a small output, and the run's counters. The view server
+needs nothing else, so the ASAPO feed (``shmpipe.view.asapo_feed``) serves the same page.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from shmpipe.api.kernel import ArraySpec
+from shmpipe.shm.layout import (
+    FREE,
+    P_ERRORS,
+    P_FRAMES,
+    P_STATE,
+    PROC_DISPATCHER,
+    PROC_FIRST_WORKER,
+    PROC_PUBLISHER,
+    PS_BUSY,
+    STATE,
+)
+from shmpipe.shm.preview import History, PreviewTap, RawFrame, TapBusy
+
+
+@dataclass
+class Snapshot:
+    """All outputs of one published message (copies)."""
+
+    stream: str
+    message_id: int
+    t: float
+    arrays: dict[str, np.ndarray]
+    generation: int = 0
+
+
+@dataclass
+class Counters:
+    frames_in: int = 0
+    frames_out: int = 0
+    errors: int = 0
+    ring_slots: int = 0
+    ring_used: int = 0
+    workers: int = 0
+    workers_busy: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Feed(Protocol):
+    run_name: str
+
+    def outputs(self) -> dict[str, ArraySpec]: ...
+    def generation(self) -> int: ...
+    def latest(self, names: list[str] | None = None) -> Snapshot | None: ...
+    def raw(self) -> RawFrame | None: ...
+    def history(self, name: str, last: int | None) -> History: ...
+    def history_names(self) -> list[str]: ...
+    def counters(self) -> Counters: ...
+    def close(self) -> None: ...
+
+
+class TapFeed:
+    """A pipeline on this machine: its preview tap and its slot and process tables.
+
+    Copies of the latest frame are made once per new frame and shared by every request.
+    """
+
+    def __init__(
+        self, tap: PreviewTap, table: np.ndarray, procs: np.ndarray, workers: int, on_close=None
+    ) -> None:
+        self.tap, self.table, self.procs, self.workers = tap, table, procs, workers
+        self.run_name = str(tap.run.get("name", ""))
+        self.part_specs = tap.part_specs
+        self._lock = threading.Lock()
+        self._snap: Snapshot | None = None
+        self._raw: tuple[int, RawFrame | None] = (-1, None)
+        self._on_close = on_close
+
+    @classmethod
+    def attach(cls, info: dict[str, Any]) -> TapFeed:
+        """Attach to a running pipeline described by its run-registry record."""
+        from shmpipe.observe.status import attach_tables
+
+        tap = PreviewTap.attach(info)
+        table, procs, m = attach_tables(info)
+
+        def close():
+            nonlocal table, procs
+            del table, procs
+            m.close()
+
+        feed = cls(tap, table, procs, int(info.get("workers", 0)), on_close=close)
+        return feed
+
+    def outputs(self) -> dict[str, ArraySpec]:
+        return self.tap.outputs()
+
+    def generation(self) -> int:
+        return self.tap.generation()
+
+    def latest(self, names: list[str] | None = None) -> Snapshot | None:
+        """The latest frame with (at least) the outputs ``names`` (default all), copied once
+        per frame and output: a status request copies no array, an image request only its
+        image."""
+        want = list(self.tap.outputs()) if names is None else list(names)
+        with self._lock:
+            for _ in range(3):
+                snap, g = self._snap, self.tap.generation()
+                fresh = snap is None or snap.generation != g
+                missing = want if fresh else [n for n in want if n not in snap.arrays]
+                if not fresh and not missing:
+                    return snap
+                try:
+                    got = self.tap.latest(missing)
+                except TapBusy:
+                    return snap  # the writer is faster than our copy: keep the last frame
+                if got is None:
+                    return None
+                stream, mid, t, arrays = got
+                g = self.tap.last_read_generation
+                if snap is not None and snap.generation == g:
+                    snap.arrays.update(arrays)
+                else:
+                    snap = self._snap = Snapshot(stream, mid, t, arrays, g)
+                if all(n in snap.arrays for n in want):
+                    return snap
+                # A large output nobody wanted until now: the writer copies it from the
+                # next frame on (at most 1 / view.max_hz from now).
+                deadline = time.monotonic() + 2.0 / max(self.tap.max_hz, 1.0) + 0.1
+                while self.tap.generation() == g and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            return snap
+
+    def apply(self, name: str, fn):
+        """``(stream, message_id, t, fn(array))`` for one output of the latest frame, read
+        in shared memory without a copy; None if it cannot be had now."""
+        for _ in range(3):
+            g = self.tap.generation()
+            try:
+                got = self.tap.apply(name, fn)
+            except TapBusy:
+                return None
+            if got is not None:
+                return got
+            deadline = time.monotonic() + 2.0 / max(self.tap.max_hz, 1.0) + 0.1
+            while self.tap.generation() == g and time.monotonic() < deadline:
+                time.sleep(0.005)
+        return None
+
+    def raw(self) -> RawFrame | None:
+        with self._lock:
+            self.tap.want(raw=True)
+            g = self.tap.raw_generation()
+            if g == 0 and self.tap.generation() > 0:
+                # Nobody wanted raw frames until now: the next frame brings one.
+                deadline = time.monotonic() + 2.0 / max(self.tap.max_hz, 1.0) + 0.1
+                while self.tap.raw_generation() == 0 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                g = self.tap.raw_generation()
+            if self._raw[0] == g:
+                return self._raw[1]
+            try:
+                frame = self.tap.raw()
+            except TapBusy:
+                return self._raw[1]
+            self._raw = (g, frame)
+            return frame
+
+    def history(self, name: str, last: int | None) -> History:
+        return self.tap.history(name, last)
+
+    def history_names(self) -> list[str]:
+        return list(self.tap.small)
+
+    def counters(self) -> Counters:
+        procs, table = self.procs, self.table
+        workers = self.workers or max(0, procs.shape[0] - PROC_FIRST_WORKER)
+        states = procs[PROC_FIRST_WORKER : PROC_FIRST_WORKER + workers, P_STATE]
+        return Counters(
+            frames_in=int(procs[PROC_DISPATCHER, P_FRAMES]),
+            frames_out=int(procs[PROC_PUBLISHER, P_FRAMES]),
+            errors=int(procs[PROC_PUBLISHER, P_ERRORS]),
+            ring_slots=int(table.shape[0]),
+            ring_used=int(np.count_nonzero(table[:, STATE] != FREE)),
+            workers=workers,
+            workers_busy=int(np.count_nonzero(states == PS_BUSY)),
+        )
+
+    def close(self) -> None:
+        self._snap = None
+        self._raw = (-1, None)
+        self.tap.close()
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
+
+
+class RateMeter:
+    """Frames per second from counter samples over a sliding window."""
+
+    def __init__(self, window_s: float = 3.0) -> None:
+        self.window_s = window_s
+        self.samples: list[tuple[float, int, int]] = []
+
+    def add(self, frames_in: int, frames_out: int) -> tuple[float, float]:
+        now = time.monotonic()
+        self.samples.append((now, frames_in, frames_out))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.window_s:
+            self.samples.pop(0)
+        t0, i0, o0 = self.samples[0]
+        dt = now - t0
+        if dt <= 0.2:
+            return 0.0, 0.0
+        return (frames_in - i0) / dt, (frames_out - o0) / dt

@@ -1,0 +1,81 @@
+"""The view process: a side process of the run when ``[view] port`` is set, or
+``shmpipe view RUN`` attached to a running pipeline.
+
+As for metrics, the supervisor binds the port before any fork (a port in use is a start-up
+error), forks the view and closes its copy of the socket, so that it never runs a server
+thread itself and stays safe to fork. The view only reads shared memory: if it dies the
+pipeline goes on and the supervisor starts another one (binding the port again) after a pause.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+
+from shmpipe.api.sideprocess import SideProcess
+from shmpipe.config.schema import ViewSection
+from shmpipe.engine.plumbing import Plumbing
+from shmpipe.engine.roles import start_role
+
+
+class ViewPortError(OSError):
+    """The configured view port cannot be bound."""
+
+
+def open_view_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen on ``host:port`` (not inherited by later children)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        raise ViewPortError(
+            f"cannot serve the view on {host}:{port}: {exc.strerror}; choose another "
+            "view.port, or 0 for no view"
+        ) from exc
+    sock.set_inheritable(False)
+    return sock
+
+
+def serve(feed, sock: socket.socket, view: ViewSection, signals: bool = True) -> None:
+    """Run the view server on a bound socket until SIGTERM/SIGINT (or, with ``signals``
+    False, until killed: the pipeline's view leaves signals to its supervisor)."""
+    import contextlib
+
+    import uvicorn
+
+    from shmpipe.view.server import ViewOptions, create_app
+
+    class Server(uvicorn.Server):
+        def capture_signals(self):
+            return super().capture_signals() if signals else contextlib.nullcontext()
+
+    app = create_app(feed, ViewOptions(max_fps=view.max_hz, image=view.image, zmq=view.zmq))
+    config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on")
+    server = Server(config)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        feed.close()
+
+
+def view_main(p: Plumbing, sock: socket.socket, supervisor_pid: int) -> None:  # noqa: ARG001
+    """Body of the view process forked by the supervisor (a side process)."""
+    start_role(p, -1, "view", "view")
+    # The supervisor stops this process with SIGTERM at the end of the run; it holds no state.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from shmpipe.view.feed import TapFeed
+
+    feed = TapFeed(p.tap, p.ring.table, p.ring.procs, p.config.run.workers)
+    serve(feed, sock, p.config.view, signals=False)
+
+
+SIDE_PROCESS = SideProcess(
+    name="view",
+    enabled=lambda config: config.view.port > 0,
+    target=view_main,
+    prepare=lambda config: open_view_socket(config.view.host, config.view.port),
+)
