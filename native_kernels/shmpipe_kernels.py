@@ -11,7 +11,7 @@ azimuthal_integrate  AzimuthalIntegrate    ``radial``, ``intensity``, ``sum_sign
                                            ``sum_normalization``, ``count``
                                            (+ ``sigma``, ``std`` with an error model)
 frame_stats          FrameStats            ``sum``, ``max``, ``count_above``, ``n_valid``
-                                           (+ ``roi_sums``)
+                                           (+ ``roi_sums``, ``roi_version``)
 ==================== ===================== ============================================
 
 A typical chain::
@@ -110,6 +110,23 @@ def _input_spec(ctx: SetupContext, name: str, kernel: str) -> tuple[int, tuple[i
     raise KernelConfigError(
         f"{kernel}: input {name!r} has shape {spec.shape}; expected an image or a stack of modules"
     )
+
+
+def _parse_rois(value) -> list[list[int]]:
+    """ROIs from a live request: a list of [y0, y1, x0, x1] integers, or their flat list."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence | np.ndarray):
+        raise ValueError(f"rois must be a list of [y0, y1, x0, x1], not {value!r}")
+    flat = list(np.asarray(value, dtype=object).ravel()) if len(value) else []
+    if len(flat) % 4:
+        raise ValueError(f"rois need 4 numbers each [y0, y1, x0, x1]; got {len(flat)} numbers")
+    out = []
+    for v in flat:
+        if isinstance(v, bool) or not isinstance(v, int | np.integer | float | np.floating):
+            raise ValueError(f"roi bounds must be integers, got {v!r}")
+        if float(v) != int(v):
+            raise ValueError(f"roi bounds must be whole pixels, got {v!r}")
+        out.append(int(v))
+    return [out[i : i + 4] for i in range(0, len(out), 4)]
 
 
 def _as_parts(x: np.ndarray | list[np.ndarray]) -> list[np.ndarray] | np.ndarray:
@@ -498,8 +515,13 @@ class FrameStats(Kernel):
     """Sum, maximum, pixels above ``threshold`` (hit finding) and ROI sums of a frame.
 
     Reads the stitched image or the modules themselves; with modules, ROIs given in image
-    coordinates are mapped onto module rectangles once at setup, and every result equals the
-    stitched image's when the gaps hold the dummy.
+    coordinates are mapped onto module rectangles, and every result equals the stitched
+    image's when the gaps hold the dummy.
+
+    The ROIs are live parameters: ``check_params``/``on_params`` take new ones during a run
+    (``{"rois": [[y0, y1, x0, x1], ...]}``, at most ``max_rois``), applied from the next frame
+    a worker takes; ``roi_version`` records the live-parameter version each row used (0: the
+    configured ROIs) and unused ``roi_sums`` entries are NaN.
     """
 
     @dataclass
@@ -512,6 +534,8 @@ class FrameStats(Kernel):
         rois: list = field(default_factory=list)
         """Regions of interest [[y0, y1, x0, x1], ...], half-open, in assembled-image
         coordinates (also with module input), summed into roi_sums."""
+        max_rois: int = 0
+        """Room in roi_sums for ROIs set during the run (at least len(rois))."""
         dummy: float | None = None
         """Pixels of this value (the gaps) are ignored."""
         geometry: str = "lambda9m"
@@ -522,27 +546,31 @@ class FrameStats(Kernel):
     def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
         p = self.params
         n, shape, dtype = _input_spec(ctx, p.input, self.name)
-        self._rects = None  # module rectangles of the ROIs, with module input
+        self._geo = None  # with module input and ROIs: the layout that maps them
         try:
-            if n and len(p.rois):
+            if n and (len(p.rois) or p.max_rois):
                 geo = _geometry(p)
                 if n != len(geo.present) or tuple(shape) != tuple(geo.module_shape):
                     raise ValueError(
                         f"input {p.input!r} ({n} of {tuple(shape)}) does not match the "
                         f"geometry {p.geometry!r}"
                     )
-                self.rois = check_rois(p.rois, tuple(geo.shape))
-                self._rects = module_rois(geo, self.rois)
+                self._geo = geo
+                self._shape = tuple(geo.shape)
             else:
-                self.rois = check_rois(p.rois, tuple(shape))
+                self._shape = tuple(shape)
+            self.rois = check_rois(p.rois, self._shape)
         except (GeometryError, ValueError) as exc:
             raise KernelConfigError(f"{self.name}: {exc}") from exc
+        self._rects = None if self._geo is None else module_rois(self._geo, self.rois)
+        self._capacity = max(int(p.max_rois), len(self.rois))
         self._acc = np.zeros(4)
         self._rs = np.zeros(len(self.rois))
+        self._version = 0
         accumulate_stats(np.zeros((2, 2), dtype), 0.0, None, np.zeros(4))  # compile now
-        if self._rects is not None:  # compile now
+        if self._geo is not None:  # compile now
             roi_sums_on_parts(
-                [np.zeros((2, 2), dtype)], np.zeros((1, 6), np.int64), p.dummy, self._rs
+                [np.zeros((2, 2), dtype)], np.zeros((1, 6), np.int64), p.dummy, np.zeros(1)
             )
         else:
             _roi_sums(np.zeros((2, 2), dtype), np.zeros((0, 4), np.int64), False, 0.0, np.zeros(0))
@@ -552,9 +580,35 @@ class FrameStats(Kernel):
             ArraySpec("count_above", (), "int64", unit="pixels"),
             ArraySpec("n_valid", (), "int64", unit="pixels"),
         ]
-        if len(self.rois):
-            specs.append(ArraySpec("roi_sums", (len(self.rois),), "float64", unit="counts"))
+        if self._capacity:
+            specs.append(ArraySpec("roi_sums", (self._capacity,), "float64", unit="counts"))
+            specs.append(ArraySpec("roi_version", (), "int64"))
         return specs
+
+    def check_params(self, params, outputs):
+        unknown = set(params) - {"rois"}
+        if unknown:
+            raise ValueError(f"unknown live parameter(s) {sorted(unknown)}; frame_stats takes rois")
+        if "rois" not in params:
+            return {}
+        room = outputs.get(f"{self.name}.roi_sums")
+        image = outputs.get(self.params.input)
+        # ROIs are in image coordinates: the image's, or (module input) the layout's
+        shape = image.shape if image is not None and len(image.shape) == 2 else None
+        shape = shape or getattr(self, "_shape", None)
+        if room is None or shape is None:
+            raise ValueError("no room for live ROIs: set max_rois in the configuration")
+        rois = _parse_rois(params["rois"])
+        if len(rois) > room.shape[0]:
+            raise ValueError(f"{len(rois)} ROIs, but max_rois = {room.shape[0]}")
+        return {"rois": check_rois(rois, tuple(shape)).tolist()}
+
+    def on_params(self, params, version):
+        rois = params["rois"] if "rois" in params else self.params.rois
+        self.rois = check_rois(rois, self._shape)
+        self._rects = None if self._geo is None else module_rois(self._geo, self.rois)
+        self._rs = np.zeros(len(self.rois))
+        self._version = version
 
     def process(self, frame: Frame, out: dict[str, np.ndarray]) -> None:
         p = self.params
@@ -570,10 +624,14 @@ class FrameStats(Kernel):
         out["max"][...] = acc[1]
         out["count_above"][...] = int(acc[2])
         out["n_valid"][...] = int(acc[3])
-        if len(self.rois):
-            self._rs[:] = 0.0
-            if self._rects is not None:
-                roi_sums_on_parts(arrays, self._rects, p.dummy, self._rs)
-            else:
-                _roi_sums(arrays[0], self.rois, use_dummy, d, self._rs)
-            out["roi_sums"][...] = self._rs
+        if self._capacity:
+            n = len(self.rois)
+            if n:
+                self._rs[:] = 0.0
+                if self._rects is not None:
+                    roi_sums_on_parts(arrays, self._rects, p.dummy, self._rs)
+                else:
+                    _roi_sums(arrays[0], self.rois, use_dummy, d, self._rs)
+            out["roi_sums"][:n] = self._rs
+            out["roi_sums"][n:] = np.nan
+            out["roi_version"][...] = self._version

@@ -24,7 +24,7 @@ from native_kernels.stats import (
     roi_sums_on_parts,
 )
 from native_kernels.stitch import stitch
-from shmpipe.api import ArraySpec, SetupContext
+from shmpipe.api import ArraySpec, Frame, SetupContext
 from tests.test_native_kernels import make, run_chain
 
 SHAPE = (40, 72)
@@ -176,3 +176,22 @@ def test_exact_dummy_in_the_lean_loop_equals_a_static_mask(method):
         np.testing.assert_allclose(getattr(by_dummy, name), x, rtol=1e-9, err_msg=name)
         np.testing.assert_allclose(getattr(general, name), x, rtol=1e-9, err_msg=name)
     assert by_dummy.count.sum() < ai.integrate1d(parts, **kw).count.sum()
+
+
+def test_live_rois_on_module_input_are_image_coordinates(geometry_file):
+    geo = oriented_geometry()
+    parts = frame(geo, 4)
+    image = stitch(parts, geo, np.float64)
+    ctx = SetupContext(parts=[ArraySpec("m", geo.module_shape, "uint16")] * len(geo.present))
+    k = make(FrameStats, "stats", input="parts", geometry=str(geometry_file), max_rois=2, dummy=0.0)
+    out = run_chain([k], ctx, parts)
+    assert np.isnan(out["stats.roi_sums"]).all()  # no ROI yet
+    live = k.check_params({"rois": [[45, 117, 0, 222]]}, out)
+    k.on_params(live, 3)
+    outs = {n.split(".", 1)[1]: a for n, a in out.items()}
+    k.process(Frame("s", 2, "f2", {}, {}, parts, out), outs)
+    out2 = out
+    with pytest.raises(ValueError, match="outside"):
+        k.check_params({"rois": [[0, 500, 0, 10]]}, out)
+    assert out2["stats.roi_sums"][0] == image[45:117, 0:222].sum()
+    assert np.isnan(out2["stats.roi_sums"][1]) and out2["stats.roi_version"] == 3

@@ -110,6 +110,32 @@ class MetricsSection:
 
 
 @dataclass
+class TangoSection:
+    """The Tango device (needs ``pip install 'shmpipe[tango]'``)."""
+
+    device: str = ""
+    """Serve a Tango device of this name (``domain/family/member``); empty: none."""
+    nodb: bool = False
+    """Run without a Tango database (clients use ``tango://host:port/<device>#dbase=no``)."""
+    port: int = 0
+    """TCP port of the device server; needed with nodb, 0 otherwise: any free port."""
+    instance: str = "shmpipe"
+    """Server instance name (the Tango database knows the device as ShmpipeDS/<instance>)."""
+    event_hz: float = 10.0
+    """Most change events per second per attribute."""
+    roi_output: str = ""
+    """The output GetRoiForFrame and RoIs refer to; empty: the first ``*.roi_sums``."""
+    profile: str = ""
+    """The output shown as LatestProfile; empty: the first 1-D output with an axis."""
+    hit_output: str = ""
+    """The output HitRate counts a frame a hit by; empty: the first ``*.count_above``."""
+    hit_min: float = 1.0
+    """A frame is a hit when its hit_output is at least this."""
+    hit_window: int = 100
+    """HitRate is the fraction of hits among this many latest frames."""
+
+
+@dataclass
 class ViewSection:
     """The preview tap and the live web view."""
 
@@ -133,6 +159,7 @@ SECTIONS: dict[str, type] = {
     "run": RunSection,
     "ring": RingSection,
     "metrics": MetricsSection,
+    "tango": TangoSection,
     "view": ViewSection,
 }
 PLUGIN_SECTIONS = ("source", "kernels", "sinks")
@@ -165,6 +192,7 @@ class PipelineConfig:
     source: PluginSpec
     kernels: list[PluginSpec]
     sinks: list[PluginSpec]
+    tango: TangoSection = field(default_factory=TangoSection)
     view: ViewSection = field(default_factory=ViewSection)
 
     def effective(self) -> dict[str, Any]:
@@ -173,6 +201,7 @@ class PipelineConfig:
             "run": dataclasses.asdict(self.run),
             "ring": dataclasses.asdict(self.ring),
             "metrics": dataclasses.asdict(self.metrics),
+            "tango": dataclasses.asdict(self.tango),
             "view": dataclasses.asdict(self.view),
             "source": self.source.table(),
             "kernels": {k.name: k.table() for k in self.kernels},
@@ -412,16 +441,51 @@ def load_config(
     if not isinstance(stables, list):
         raise ConfigError("must be an array of tables [[sinks]]", "sinks", file)
     sinks = [_plugin("shmpipe.sinks", Sink, t, f"sinks.{i}", file) for i, t in enumerate(stables)]
+    if sections["tango"].device and not sections["view"].tap:
+        raise ConfigError(
+            "the Tango device reads the preview tap: set view.tap = true", "tango.device", file
+        )
     return PipelineConfig(
         path=file,
         run=run,
         ring=sections["ring"],
         metrics=sections["metrics"],
+        tango=_checked_tango(sections["tango"], file),
         view=_checked_view(sections["view"], file),
         source=source,
         kernels=kernels,
         sinks=sinks,
     )
+
+
+def _checked_tango(tango: TangoSection, file: str | None) -> TangoSection:
+    import re
+
+    if tango.device and not re.fullmatch(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+){2}", tango.device):
+        raise ConfigError(
+            f"must be a Tango device name domain/family/member, got {tango.device!r}",
+            "tango.device",
+            file,
+        )
+    if not 0 <= tango.port <= 65535:
+        raise ConfigError(f"must be a TCP port, got {tango.port}", "tango.port", file)
+    if tango.device and tango.nodb and not tango.port:
+        raise ConfigError("without a database (nodb) the device needs a port", "tango.port", file)
+    if not tango.event_hz > 0:
+        raise ConfigError(f"must be more than 0, got {tango.event_hz}", "tango.event_hz", file)
+    if tango.hit_window < 1:
+        raise ConfigError(f"must be at least 1, got {tango.hit_window}", "tango.hit_window", file)
+    if tango.device:
+        try:
+            import tango as pytango  # noqa: F401 - only whether it imports
+        except ImportError as exc:
+            raise ConfigError(
+                f"a Tango device needs pytango, which is not installed ({exc}); "
+                "pip install 'shmpipe[tango]'",
+                "tango.device",
+                file,
+            ) from None
+    return tango
 
 
 def _checked_view(view: ViewSection, file: str | None) -> ViewSection:
@@ -464,7 +528,7 @@ def _toml_key(k: str) -> str:
 def to_toml(doc: dict[str, Any]) -> str:
     """Render the effective configuration as TOML (readable back by ``load_config``)."""
     out: list[str] = []
-    for section in ("run", "ring", "metrics", "view", "source"):
+    for section in ("run", "ring", "metrics", "view", "tango", "source"):
         if section not in doc:
             continue  # a configuration recorded before the section existed
         out.append(f"[{section}]")

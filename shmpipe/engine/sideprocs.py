@@ -31,7 +31,11 @@ from shmpipe.engine.plumbing import Plumbing
 log = logging.getLogger("shmpipe.supervisor")
 
 ENTRY_POINT_GROUP = "shmpipe.side_processes"
-DECLARED = ("shmpipe.observe.metrics:SIDE_PROCESS", "shmpipe.view.process:SIDE_PROCESS")
+DECLARED = (
+    "shmpipe.observe.metrics:SIDE_PROCESS",
+    "shmpipe.view.process:SIDE_PROCESS",
+    "shmpipe.tango.server:SIDE_PROCESS",
+)
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 

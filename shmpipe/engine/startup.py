@@ -24,6 +24,7 @@ from shmpipe.engine.chain import ChainLayout, KernelChain, KernelSetupError
 from shmpipe.engine.plumbing import Plumbing
 from shmpipe.shm.channel import RecordPipe
 from shmpipe.shm.layout import PROC_FIRST_WORKER
+from shmpipe.shm.params import LiveParams
 from shmpipe.shm.preview import PreviewTap
 from shmpipe.shm.ring import RingGeometry, ShmCapacityError, SlotRing
 
@@ -215,10 +216,19 @@ def prepare(ctx: Any, config: PipelineConfig) -> Plumbing:
         outputs=layout.specs(),
         config_toml=to_toml(cfg.effective()),
     )
+    tap = _preview_tap(cfg, layout, src_layout, run_info, ring)
+    try:
+        live = LiveParams()  # kernel parameters changed during the run (the Tango device)
+    except ShmCapacityError as exc:
+        ring.close()
+        if tap is not None:
+            tap.close()
+        raise StartupError(str(exc)) from exc
     return Plumbing(
         config=cfg,
         ring=ring,
-        tap=_preview_tap(cfg, layout, src_layout, run_info, ring),
+        tap=tap,
+        live=live,
         layout=layout,
         parts=src_layout.parts,
         seats=[RecordPipe() for _ in range(cfg.run.workers)],

@@ -353,6 +353,8 @@ class Pipeline:
                 for pipe in [*self.p.seats, self.p.done, self.p.dispatcher_inbox]:
                     pipe.close()
                 self.p.ring.close()
+                if self.p.live is not None:
+                    self.p.live.close()
                 if self.p.tap is not None:
                     self.p.tap.close()
             record.release()
