@@ -42,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -301,6 +302,8 @@ class AzimuthalIntegrate(Kernel):
 
     @dataclass
     class Params:
+        ALIASES: ClassVar[dict[str, str]] = {"bins": "npt"}  # a command-line value wins
+
         input: str = "stitch.image"
         """The image, or "parts" / "decompress.modules" to integrate straight from the
         modules without assembling an image (the fused path)."""

@@ -89,6 +89,12 @@ class SideProcesses:
                 daemon=False,
             )
             r.proc.start()
+            try:
+                # A group of its own: a signal to the run's group (Ctrl-C on a terminal,
+                # `timeout`) must not kill an observer while the pipeline drains.
+                os.setpgid(r.proc.pid, r.proc.pid)
+            except OSError:  # it already did so itself, or died
+                pass
         finally:
             _close(resource)  # the child holds it now; processes forked later must not
 
