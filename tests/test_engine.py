@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from shmpipe.config import load_config
+from shmpipe.engine.run_state import RunState
 from shmpipe.engine.supervisor import EXIT_FAILED, EXIT_FRAME_ERRORS, EXIT_OK, Pipeline
 from shmpipe.plugins.kernels import frame_digest
 from shmpipe.plugins.sinks.hdf5 import read_stream
@@ -103,8 +104,9 @@ def test_kernel_exception_fail_fast_names_message_stream_and_kernel(tmp_path):
     raw = hdf5_config(
         tmp_path, {"checksum": {}, "picky": {"kind": "tests.plugins:FailOn", "ids": [5]}}
     )
-    _, summary = run(raw)
+    pipeline, summary = run(raw)
     assert summary.exit_code == EXIT_FAILED
+    assert pipeline.state == RunState.FAILED
     assert "message 5" in summary.error and "scan_0001" in summary.error
     assert "'picky'" in summary.error and "ValueError: bad frame 5 on purpose" in summary.error
     assert "Traceback" in summary.error
@@ -281,3 +283,22 @@ def test_a_kernel_cannot_write_into_the_input_parts(tmp_path):
     assert summary.exit_code == EXIT_FRAME_ERRORS and summary.errors == 3
     errors = read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")["errors"]
     assert all(b"read-only" in e for e in errors["error"])
+
+
+def test_run_state_goes_through_each_state_once_in_order(tmp_path, caplog):
+    raw = hdf5_config(tmp_path, {"checksum": {"kind": "checksum"}})
+    with caplog.at_level("INFO", logger="shmpipe.supervisor"):
+        pipeline, summary = run(raw)
+    assert summary.exit_code == EXIT_OK, summary.error
+    moves = [
+        r.getMessage().split(": ", 1)[1].split(" (")[0]
+        for r in caplog.records
+        if r.name == "shmpipe.supervisor" and " -> " in r.getMessage()
+    ]
+    assert moves == [
+        "starting -> running",
+        "running -> draining",
+        "draining -> stopping",
+        "stopping -> finished",
+    ]
+    assert pipeline.state == RunState.FINISHED

@@ -85,6 +85,7 @@ def test_status_prints_a_row_per_process_of_a_running_pipeline():
         text, rows = wait_for(busy_table, 60, "both workers to have processed frames")
         assert proc.poll() is None, "the run ended before status saw it"
         assert text.splitlines()[0].startswith(f"{name}  pid {proc.pid}  chain checksum")
+        assert "  state running  " in text.splitlines()[0]  # the supervisor's run state
         assert set(rows) == {"supervisor", "dispatcher", "publisher", "worker 0", "worker 1"}
         children = {c.pid for c in psutil.Process(proc.pid).children()}
         # Metrics are off (port 0): exactly dispatcher, publisher and two workers.

@@ -50,10 +50,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-
-import numpy as np
 
 from shmpipe.config import ConfigError, PipelineConfig
 from shmpipe.engine import protocol, recovery
@@ -69,9 +66,11 @@ from shmpipe.engine.exit_codes import (
 from shmpipe.engine.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing
 from shmpipe.engine.publisher import publisher_main
 from shmpipe.engine.roles import getproctitle, set_process_title, setproctitle
+from shmpipe.engine.run_state import RunState
 from shmpipe.engine.scheduler import Scheduler
 from shmpipe.engine.sideprocs import SideProcesses
 from shmpipe.engine.startup import StartupError, prepare
+from shmpipe.engine.summary import RunSummary
 from shmpipe.engine.watchdog import Watchdog
 from shmpipe.engine.worker import worker_main
 from shmpipe.observe.logs import frame_extra
@@ -113,58 +112,6 @@ log = logging.getLogger("shmpipe.supervisor")
 HUMAN_REPEAT_S = 0.5
 
 
-@dataclass
-class RunSummary:
-    """What a run did, as printed at its end and returned to callers."""
-
-    name: str
-    exit_code: int = EXIT_OK
-    frames_in: int = 0
-    frames_out: int = 0
-    errors: int = 0
-    bytes_in: int = 0
-    wall_s: float = 0.0
-    worker_restarts: int = 0
-    dispatcher_restarts: int = 0
-    publisher_restarts: int = 0
-    side_restarts: dict[str, int] = field(default_factory=dict)
-    quarantined: int = 0
-    error: str = ""
-    slots: int = 0
-    """Slots in the ring."""
-    worker_startup_s: list[float] = field(default_factory=list)
-    steady_frames_per_s: float | None = None
-    """Frames/s between the first and the last frame published (None: too short to tell)."""
-    outputs: list[str] = field(default_factory=list)
-    """Where the sinks put the results (files, or a service's streams)."""
-    timings: dict[str, np.ndarray] = field(default_factory=dict)
-    """Copies of the ring's ``Timings`` arrays (``kernel_hist``, ``kernel_ns``, ``latency_hist``,
-    ``latency_ns``) and of the process table (``procs``), taken before the ring closes."""
-
-    @property
-    def frames_per_s(self) -> float:
-        return self.frames_out / self.wall_s if self.wall_s > 0 else 0.0
-
-    def describe(self) -> str:
-        mbps = self.bytes_in / self.wall_s / 1e6 if self.wall_s > 0 else 0.0
-        steady = (
-            f"{self.steady_frames_per_s:.1f} frames/s steady, "
-            if self.steady_frames_per_s is not None
-            else ""
-        )
-        text = (
-            f"run {self.name}: {self.frames_in} frames in, {self.frames_out} out, "
-            f"{self.errors} errors, {self.wall_s:.2f} s, {steady}"
-            f"{self.frames_per_s:.1f} frames/s over the whole run (start-up included), "
-            f"{mbps:.1f} MB/s, {self.worker_restarts} worker restarts"
-            + (f", {self.dispatcher_restarts} dispatcher" if self.dispatcher_restarts else "")
-            + (f", {self.publisher_restarts} publisher" if self.publisher_restarts else "")
-        )
-        if self.outputs:
-            text += "\nwritten: " + "\n         ".join(self.outputs)
-        return text
-
-
 class Pipeline:
     """One run: start-up checks, the processes, supervision, and the summary.
 
@@ -185,6 +132,26 @@ class Pipeline:
         self.summary = RunSummary(self.name)
         self.p: Plumbing | None = None
         self.scheduler: Scheduler | None = None
+        self.state = RunState.STARTING
+        self.side: SideProcesses | None = None
+        self.watchdog: Watchdog | None = None
+        self.dispatcher: mp.Process | None = None
+        self.publisher: mp.Process | None = None
+        self.workers: list[mp.Process | None] = [None] * config.run.workers
+        self._dispatcher_done = False
+        """The dispatcher stopped on purpose (source drained or STOP): not watched any more."""
+        self._ready_logged: set[tuple[int, int]] = set()
+        self._record: RunRecord | None = None
+        self._side_pids: dict[str, int] = {}
+
+    def _set_state(self, state: RunState, why: str) -> None:
+        """Change the run state (the one place it changes), log it and name it in the registry."""
+        if state == self.state:
+            return
+        log.info("run %s: %s -> %s (%s)", self.name, self.state.label, state.label, why)
+        self.state = state
+        if self._record is not None and self.p is not None:
+            self._record.describe({**self._describe(), **self._side_pids})
 
     # -- processes -------------------------------------------------------------------------
     def _start(self, target, args, name: str) -> mp.Process:
@@ -322,6 +289,40 @@ class Pipeline:
         self.p.ring.procs[PROC_PUBLISHER, [P_STATE, P_READY_NS]] = 0
         self.publisher = self._start(publisher_main, (self.p, True), "shmpipe-publisher")
 
+    def _on_exit(self, role: str | int, proc) -> None:
+        """Every process exit the supervisor sees, by role: ``"side"`` (an observer),
+        ``"dispatcher"``, ``"publisher"``, or a worker's seat number.
+
+        Raises ``_Finished`` when the publisher ends the run, ``_RunFailed`` when an exit
+        cannot be recovered from.
+        """
+        if role == "side":
+            # An observer, not part of the data path: restarted, the run goes on.
+            self.side.on_exit(proc)
+            return
+        proc.join()
+        ring = self.p.ring
+        if role == "dispatcher":
+            ring.procs[PROC_DISPATCHER, P_STATE] = PS_EXITED
+            if proc.exitcode == EXIT_CONFIG:
+                raise _RunFailed(ring.note(PROC_DISPATCHER), EXIT_CONFIG_ERROR)
+            if proc.exitcode in (EXIT_FATAL, 1):
+                raise _RunFailed(ring.note(PROC_DISPATCHER) or "the dispatcher failed")
+            if proc.exitcode == 0:
+                self._dispatcher_done = True
+                self._set_state(RunState.DRAINING, "no more messages")
+            else:
+                self._replace_dispatcher(proc.exitcode)
+        elif role == "publisher":
+            ring.procs[PROC_PUBLISHER, P_STATE] = PS_EXITED
+            if proc.exitcode in (EXIT_FATAL, 1):
+                raise _RunFailed(ring.note(PROC_PUBLISHER) or "the publisher failed")
+            if proc.exitcode == 0:
+                raise _Finished
+            self._replace_publisher(proc.exitcode)
+        else:
+            self._on_worker_exit(role, proc)
+
     def _report_ready_workers(self) -> None:
         """Log each worker's start-up time (fork to first frame possible) once."""
         procs = self.p.ring.procs
@@ -405,6 +406,7 @@ class Pipeline:
             "workers": self.config.run.workers,
             "chain": [k.name for k in self.config.kernels],
             "config": self.config.path,
+            "state": self.state.label,
             "metrics": (
                 f"http://{self.config.metrics.host}:{self.config.metrics.port}/metrics"
                 if self.config.metrics.port > 0
@@ -415,8 +417,6 @@ class Pipeline:
     def _supervise(self, t_start: float) -> RunSummary:
         p, ring, cfg = self.p, self.p.ring, self.config
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        self.workers: list[mp.Process | None] = [None] * cfg.run.workers
-        self._ready_logged: set[tuple[int, int]] = set()
         self.watchdog = Watchdog(cfg.run, ring)
         progress = ProgressReporter(ring, cfg, self.name)
         steady = SteadyRate()
@@ -428,10 +428,10 @@ class Pipeline:
                 self._start_worker(seat)
             self.dispatcher = self._start(dispatcher_main, (p,), "shmpipe-dispatcher")
             handled_signals = 0
-            dispatcher_done = False
+            self._set_state(RunState.RUNNING, "every process started")
             while True:
                 procs = {self.publisher.sentinel: ("publisher", self.publisher)}
-                if not dispatcher_done:
+                if not self._dispatcher_done:
                     procs[self.dispatcher.sentinel] = ("dispatcher", self.dispatcher)
                 for seat, w in enumerate(self.workers):
                     procs[w.sentinel] = (seat, w)
@@ -447,6 +447,7 @@ class Pipeline:
                         )
                         p.dispatcher_inbox.send(STOP)
                         self._draining_since = time.monotonic()
+                        self._set_state(RunState.DRAINING, signal.Signals(self._signals[0][0]).name)
                     handled_signals = len(self._signals)
                     if self._stop_at_once():
                         raise _Interrupted
@@ -459,31 +460,7 @@ class Pipeline:
                         f"run.drain_timeout_s = {cfg.run.drain_timeout_s} s"
                     )
                 for sentinel in ready:
-                    role, proc = procs[sentinel]
-                    if role == "side":
-                        # An observer, not part of the data path: restarted, the run goes on.
-                        self.side.on_exit(proc)
-                        continue
-                    proc.join()
-                    if role == "dispatcher":
-                        ring.procs[PROC_DISPATCHER, P_STATE] = PS_EXITED
-                        if proc.exitcode == EXIT_CONFIG:
-                            raise _RunFailed(ring.note(PROC_DISPATCHER), EXIT_CONFIG_ERROR)
-                        if proc.exitcode in (EXIT_FATAL, 1):
-                            raise _RunFailed(ring.note(PROC_DISPATCHER) or "the dispatcher failed")
-                        if proc.exitcode == 0:
-                            dispatcher_done = True
-                        else:
-                            self._replace_dispatcher(proc.exitcode)
-                    elif role == "publisher":
-                        ring.procs[PROC_PUBLISHER, P_STATE] = PS_EXITED
-                        if proc.exitcode in (EXIT_FATAL, 1):
-                            raise _RunFailed(ring.note(PROC_PUBLISHER) or "the publisher failed")
-                        if proc.exitcode == 0:
-                            raise _Finished
-                        self._replace_publisher(proc.exitcode)
-                    else:
-                        self._on_worker_exit(role, proc)
+                    self._on_exit(*procs[sentinel])
                 self.watchdog.tick(self.workers)
                 self.side.tick(p)
                 self._describe_side_pids()
@@ -500,6 +477,7 @@ class Pipeline:
             exit_code, error = exc.exit_code, str(exc)
             log.error("the run failed: %s", error)
         finally:
+            self._set_state(RunState.STOPPING, "supervision ended")
             self._stop_all(graceful=exit_code == EXIT_OK)
             for s, h in old.items():
                 signal.signal(s, h)
@@ -515,6 +493,7 @@ class Pipeline:
         if exit_code == EXIT_OK and summary.errors:
             exit_code = EXIT_FRAME_ERRORS
         summary.exit_code, summary.error = exit_code, error
+        self._set_state(RunState.FAILED if error else RunState.FINISHED, f"exit code {exit_code}")
         steady.sample(summary.frames_out)
         summary.steady_frames_per_s = steady.rate()
         try:
@@ -533,11 +512,7 @@ class Pipeline:
 
     def _stop_all(self, graceful: bool) -> None:
         p = self.p
-        children = [
-            getattr(self, "dispatcher", None),
-            getattr(self, "publisher", None),
-            *getattr(self, "workers", []),
-        ]
+        children = [self.dispatcher, self.publisher, *self.workers]
         children = [c for c in children if c is not None and c.pid is not None]
         if graceful:
             for seat, pipe in enumerate(p.seats):
@@ -576,7 +551,7 @@ class Pipeline:
     def _describe_side_pids(self) -> None:
         """Name each side process's pid in the run registry (again after a restart)."""
         pids = {f"{r.spec.name}_pid": self.side.pid(r.spec.name) for r in self.side.running}
-        if pids != getattr(self, "_side_pids", {}):
+        if pids != self._side_pids:
             self._side_pids = pids
             self._record.describe({**self._describe(), **pids})
 

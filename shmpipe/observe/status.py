@@ -237,7 +237,7 @@ def format_status(info: dict, cpu_window_s: float = 0.25) -> str:
         occupancy = ", ".join(f"{k} {n}" for k, n in ring_occupancy(table).items())
         lines = [
             f"{info['name']}  pid {info['pid']}  chain {' -> '.join(info['chain'])}  "
-            f"ring: {occupancy}"
+            f"state {info.get('state', '?')}  ring: {occupancy}"
         ]
         if info.get("metrics"):
             lines.append(f"  metrics {info['metrics']}")
