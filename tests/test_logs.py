@@ -75,7 +75,7 @@ def record(**extra) -> logging.LogRecord:
 
 def test_text_format_shows_stream_and_id():
     line = TextFormatter().format(record(stream="scan_0007", message_id=41))
-    assert line.endswith("warning worker0 [scan_0007#41]: kernel x failed")
+    assert line.endswith("warning worker 0 [scan_0007#41]: kernel x failed")
     assert "[" not in TextFormatter().format(record())
 
 

@@ -6,13 +6,23 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import psutil
 
 from shmpipe.observe.runs import live_runs
-from shmpipe.observe.status import attach_tables
+from shmpipe.observe.snapshot import read_processes
+from shmpipe.observe.status import attach_tables, process_rows
 from shmpipe.shm.layout import (
+    P_COLUMNS,
     P_FRAMES,
+    P_PID,
+    P_RESTARTS,
+    P_STATE,
+    PROC_DISPATCHER,
     PROC_FIRST_WORKER,
+    PROC_PUBLISHER,
+    PS_BUSY,
+    PS_DEAD,
 )
 from tests.conftest import run_cli, wait_for
 
@@ -117,3 +127,16 @@ def test_status_of_an_unknown_run():
     r = run_cli("status", "no-such-run", timeout=30)
     assert r.returncode == 1
     assert "no running pipeline named 'no-such-run'" in r.stdout
+
+
+def test_process_rows_are_read_through_the_snapshot_reader_with_role_names():
+    procs = np.zeros((4, P_COLUMNS), dtype="<i8")
+    procs[PROC_DISPATCHER, [P_PID, P_FRAMES, P_STATE]] = (101, 7, PS_BUSY)
+    procs[PROC_FIRST_WORKER + 1, [P_PID, P_FRAMES, P_RESTARTS, P_STATE]] = (104, 3, 2, PS_DEAD)
+    procs[PROC_PUBLISHER, P_STATE] = 99  # a value no state has
+    rows = process_rows(procs, supervisor_pid=0)
+    assert [r.role for r in rows] == ["dispatcher", "publisher", "worker 0", "worker 1"]
+    assert [r.state for r in rows] == ["busy", "?", "starting", "dead"]
+    assert (rows[0].pid, rows[0].frames) == (101, 7)
+    assert (rows[3].pid, rows[3].frames, rows[3].restarts) == (104, 3, 2)
+    assert [r.role for r in rows] == [f.role for f in read_processes(procs)]

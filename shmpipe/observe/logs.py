@@ -15,13 +15,23 @@ import time
 from typing import Any
 
 
+def _readable_role(logger: str) -> str:
+    """``worker 3`` for the logger ``worker3``, as ``shmpipe status`` names the role.
+
+    The JSON field ``process`` keeps the logger's form: it is the ``process`` label value of
+    the metrics, so log lines and series join on it.
+    """
+    index = logger.removeprefix("worker")
+    return f"worker {index}" if index != logger and index.isdigit() else logger
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         t = time.strftime("%H:%M:%S", time.localtime(record.created))
         where = ""
         if hasattr(record, "stream"):
             where = f" [{record.stream}#{record.message_id}]"
-        role = record.name.removeprefix("shmpipe.")
+        role = _readable_role(record.name.removeprefix("shmpipe."))
         line = f"{t} {record.levelname.lower():7s} {role}{where}: {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)

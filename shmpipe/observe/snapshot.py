@@ -1,5 +1,6 @@
-"""The one reader of the shared tables: run totals and ring occupancy, read the same way by
-the run summary, the progress line, the metrics endpoint and the benchmarks."""
+"""The one reader of the shared tables: run totals, ring occupancy and the process rows, read
+the same way by the run summary, the progress line, ``shmpipe status``, the metrics endpoint and
+the benchmarks."""
 
 from __future__ import annotations
 
@@ -10,16 +11,23 @@ import numpy as np
 
 from shmpipe.shm.layout import (
     FREE,
+    P_BUSY_NS,
     P_BYTES,
     P_ERRORS,
     P_FRAMES,
+    P_MSG_ID,
+    P_PID,
+    P_RESTARTS,
     P_STALLED_NS,
+    P_STARTED_NS,
     P_STATE,
     PROC_DISPATCHER,
     PROC_FIRST_WORKER,
     PROC_PUBLISHER,
+    PROC_STATE_NAMES,
     PS_BUSY,
     STATE,
+    STATE_NAMES,
 )
 
 
@@ -66,3 +74,47 @@ def stalled_seconds(procs: np.ndarray) -> float:
     watchdog marks it in the publisher's row (0.0: not stalled)."""
     since = int(procs[PROC_PUBLISHER, P_STALLED_NS])
     return max(0.0, (time.monotonic_ns() - since) / 1e9) if since else 0.0
+
+
+@dataclass(frozen=True)
+class ProcessFigures:
+    """One row of the process table at one instant, as people read it."""
+
+    role: str  # "dispatcher", "publisher", "worker 3"
+    pid: int
+    state: str  # a name of PROC_STATE_NAMES ("?" for a value out of range)
+    frames: int
+    bytes: int
+    errors: int
+    busy_pct: float  # share of the process's life spent on frames
+    message: int  # the message id it holds or last held
+    restarts: int
+
+
+def read_processes(procs: np.ndarray) -> list[ProcessFigures]:
+    """Every row of the process table ``procs`` (live or a copy), in row order."""
+    now = time.monotonic_ns()
+    rows = []
+    for i, r in enumerate(procs):
+        alive_ns = max(1, now - int(r[P_STARTED_NS])) if r[P_STARTED_NS] else 1
+        state = int(r[P_STATE])
+        rows.append(
+            ProcessFigures(
+                role=role_name(i),
+                pid=int(r[P_PID]),
+                state=PROC_STATE_NAMES[state] if 0 <= state < len(PROC_STATE_NAMES) else "?",
+                frames=int(r[P_FRAMES]),
+                bytes=int(r[P_BYTES]),
+                errors=int(r[P_ERRORS]),
+                busy_pct=min(100.0, 100.0 * int(r[P_BUSY_NS]) / alive_ns),
+                message=int(r[P_MSG_ID]),
+                restarts=int(r[P_RESTARTS]),
+            )
+        )
+    return rows
+
+
+def ring_occupancy(table: np.ndarray) -> dict[str, int]:
+    """Slots of the slot table ``table`` per state, states with none left out."""
+    states = np.bincount(table[:, STATE], minlength=len(STATE_NAMES))
+    return {STATE_NAMES[i]: int(n) for i, n in enumerate(states) if n}

@@ -16,24 +16,11 @@ import numpy as np
 import psutil
 
 from shmpipe.observe.runs import live_runs
-from shmpipe.observe.snapshot import stalled_seconds
+from shmpipe.observe.snapshot import read_processes, ring_occupancy, stalled_seconds
 from shmpipe.shm.layout import (
     MAX_STREAMS,
     N_COLUMNS,
-    P_BUSY_NS,
-    P_BYTES,
     P_COLUMNS,
-    P_ERRORS,
-    P_FRAMES,
-    P_MSG_ID,
-    P_PID,
-    P_RESTARTS,
-    P_STARTED_NS,
-    P_STATE,
-    PROC_FIRST_WORKER,
-    PROC_STATE_NAMES,
-    STATE,
-    STATE_NAMES,
     STREAM_WORDS,
 )
 from shmpipe.shm.ring import (
@@ -69,11 +56,6 @@ def attach_streams(info: dict, m: mmap.mmap) -> list[StreamCounts]:
         return []  # a supervisor of a version without the stream table
     words = np.ndarray((MAX_STREAMS, STREAM_WORDS), "<i8", buffer=m, offset=offset)
     return read_streams(words)
-
-
-def role_name(i: int) -> str:
-    """The role of row ``i`` of the process table."""
-    return ("dispatcher", "publisher")[i] if i < PROC_FIRST_WORKER else f"worker {i - 2}"
 
 
 class ProcessSampler:
@@ -158,7 +140,6 @@ def process_rows(
     """
     sampler = sampler or ProcessSampler()
     rows = []
-    now = time.monotonic_ns()
     if supervisor_pid:
         cpu, rss, cpu_s = sampler.sample(supervisor_pid)
         rows.append(
@@ -168,34 +149,25 @@ def process_rows(
         cpu, rss, cpu_s = sampler.sample(metrics_pid)
         state = "running" if cpu is not None else "dead"
         rows.append(ProcessRow("metrics", metrics_pid, state, 0, 0, 0, 0.0, cpu, rss, cpu_s, 0, 0))
-    for i, r in enumerate(ptable):
-        pid = int(r[P_PID])
-        cpu, rss, cpu_s = sampler.sample(pid)
-        alive_ns = max(1, now - int(r[P_STARTED_NS])) if r[P_STARTED_NS] else 1
-        state = int(r[P_STATE])
+    for f in read_processes(ptable):
+        cpu, rss, cpu_s = sampler.sample(f.pid)
         rows.append(
             ProcessRow(
-                role=role_name(i),
-                pid=pid,
-                state=PROC_STATE_NAMES[state] if 0 <= state < len(PROC_STATE_NAMES) else "?",
-                frames=int(r[P_FRAMES]),
-                bytes=int(r[P_BYTES]),
-                errors=int(r[P_ERRORS]),
-                busy_pct=min(100.0, 100.0 * int(r[P_BUSY_NS]) / alive_ns),
+                role=f.role,
+                pid=f.pid,
+                state=f.state,
+                frames=f.frames,
+                bytes=f.bytes,
+                errors=f.errors,
+                busy_pct=f.busy_pct,
                 cpu_pct=cpu,
                 rss=rss,
                 cpu_s=cpu_s,
-                message=int(r[P_MSG_ID]),
-                restarts=int(r[P_RESTARTS]),
+                message=f.message,
+                restarts=f.restarts,
             )
         )
     return rows
-
-
-def ring_occupancy(table: np.ndarray) -> dict[str, int]:
-    """Slots per state, states with none left out."""
-    states = np.bincount(table[:, STATE], minlength=len(STATE_NAMES))
-    return {STATE_NAMES[i]: int(n) for i, n in enumerate(states) if n}
 
 
 HEADER = (
@@ -231,7 +203,7 @@ def format_status(info: dict, cpu_window_s: float = 0.25) -> str:
     try:
         sampler = ProcessSampler()
         metrics_pid = int(info.get("metrics_pid", 0))
-        sampler.prime([int(info["pid"]), metrics_pid, *(int(p) for p in ptable[:, P_PID])])
+        sampler.prime([int(info["pid"]), metrics_pid, *(f.pid for f in read_processes(ptable))])
         if cpu_window_s > 0:
             time.sleep(cpu_window_s)  # the CPU measurement window, not synchronisation
         occupancy = ", ".join(f"{k} {n}" for k, n in ring_occupancy(table).items())
