@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shmpipe.config import load_config
+from shmpipe.engine.run_state import RunState
 from shmpipe.engine.supervisor import Pipeline, StartupError
 from shmpipe.observe.metrics import PipelineCollector
 from shmpipe.observe.runs import live_runs
@@ -170,8 +171,10 @@ def test_metrics_port_in_use_is_a_startup_error(tmp_path):
                 "source": {"kind": "sim", "module_shape": [8, 8], "frames": 1},
             }
         )
+        pipeline = Pipeline(cfg)
         with pytest.raises(StartupError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
-            Pipeline(cfg).run()
+            pipeline.run()
+        assert pipeline.state == RunState.FAILED  # refused before any process: failed
 
 
 def collector_names() -> set[str]:

@@ -381,6 +381,8 @@ class Pipeline:
             record.describe(self._describe())
             return self._supervise(t_start)
         finally:
+            if self.state not in (RunState.FINISHED, RunState.FAILED):
+                self._set_state(RunState.FAILED, "start-up or supervision raised")
             self.side.stop_all()
             if self.p is not None:
                 for pipe in [*self.p.seats, self.p.done, self.p.dispatcher_inbox]:
