@@ -101,9 +101,7 @@ from shmpipe.shm.layout import (
     STATE,
     TICKET,
 )
-from shmpipe.shm.layout import (
-    DONE as S_DONE,
-)
+from shmpipe.shm.layout import DONE as S_DONE
 
 log = logging.getLogger("shmpipe.supervisor")
 
@@ -145,10 +143,13 @@ class Pipeline:
         self._side_pids: dict[str, int] = {}
 
     def _set_state(self, state: RunState, why: str) -> None:
-        """Change the run state (the one place it changes), log it and name it in the registry."""
+        """Change the run state (the one place it changes), log it and name it in the registry.
+        A refusal at start-up is logged at debug level: the caller reports it in one line."""
         if state == self.state:
             return
-        log.info("run %s: %s -> %s (%s)", self.name, self.state.label, state.label, why)
+        quiet = self.state == RunState.STARTING and state == RunState.FAILED
+        text = f"run {self.name}: {self.state.label} -> {state.label} ({why})"
+        log.log(logging.DEBUG if quiet else logging.INFO, "%s", text)
         self.state = state
         if self._record is not None and self.p is not None:
             self._record.describe({**self._describe(), **self._side_pids})
@@ -290,12 +291,9 @@ class Pipeline:
         self.publisher = self._start(publisher_main, (self.p, True), "shmpipe-publisher")
 
     def _on_exit(self, role: str | int, proc) -> None:
-        """Every process exit the supervisor sees, by role: ``"side"`` (an observer),
-        ``"dispatcher"``, ``"publisher"``, or a worker's seat number.
-
-        Raises ``_Finished`` when the publisher ends the run, ``_RunFailed`` when an exit
-        cannot be recovered from.
-        """
+        """Every process exit the supervisor sees, by role: ``"side"``, ``"dispatcher"``,
+        ``"publisher"`` or a worker's seat; raises ``_Finished`` when the publisher ends the run,
+        ``_RunFailed`` when an exit cannot be recovered from."""
         if role == "side":
             # An observer, not part of the data path: restarted, the run goes on.
             self.side.on_exit(proc)
