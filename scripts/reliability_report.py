@@ -84,15 +84,10 @@ def scenarios(soak: bool) -> list[tuple[str, Callable[[Path], faults.Figures]]]:
 
 
 def _with_service(tmp: Path, run: Callable) -> faults.Figures:
-    from tests.asapo_process import AsapoProcess
+    from shmpipe.asapo.process import AsapoProcess
 
-    service = AsapoProcess(tmp / "asapo-data")
-    service.data_dir.mkdir()
-    service.start()
-    try:
+    with AsapoProcess(tmp / "asapo-data") as service:
         return run(service)
-    finally:
-        service.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -525,7 +525,7 @@ def asapo_config(endpoint: str, tmp: Path, group: str, name: str, **source) -> d
 
 def produce(endpoint: str, frames: int, rate: float = 0.0):
     """The demo producer (the real ``asapo_producer``) in its own process."""
-    from tests.asapo_process import produce as run_producer
+    from tests.producer import produce as run_producer
 
     return run_producer(endpoint, BEAMTIME, frames, ["scan_0001"], ASAPO_SHAPE, rate=rate)
 
@@ -551,8 +551,8 @@ def output_ids(endpoint: str, group: str) -> list[int]:
 def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> Figures:
     """SIGSTOP the ASAPO service mid-run for ``stall_s`` (a stalled connection), then go on."""
     group = "stall"
-    producer = produce(service.endpoint, frames, rate=40.0)
-    pipeline = Pipeline(load_config(raw=asapo_config(service.endpoint, tmp, group, "stall")))
+    producer = produce(service.server_name, frames, rate=40.0)
+    pipeline = Pipeline(load_config(raw=asapo_config(service.server_name, tmp, group, "stall")))
     marks: dict[str, float] = {}
     stop = threading.Event()
     table = ProcTable(pipeline)
@@ -562,7 +562,7 @@ def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> F
             stop.wait(0.01)
         if stop.is_set():
             return
-        pid = service.proc.pid
+        pid = service.pid
         os.kill(pid, signal.SIGSTOP)
         marks["stopped"] = time.monotonic()
         stop.wait(stall_s)
@@ -584,12 +584,12 @@ def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> F
         stop.set()
         t.join()
         table.close()
-        if service.proc is not None and service.proc.poll() is None:
-            os.kill(service.proc.pid, signal.SIGCONT)
+        if service.running:
+            os.kill(service.pid, signal.SIGCONT)
     out, err = producer.communicate(timeout=120)
     data = read_stream(str(tmp / "out_scan_0001_stall.h5"), "scan_0001")
     lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
-    out_lost, out_dups = count(output_ids(service.endpoint, group), set(range(1, frames + 1)))
+    out_lost, out_dups = count(output_ids(service.server_name, group), set(range(1, frames + 1)))
     return Figures(
         f"ASAPO service stalled {stall_s:.0f} s (SIGSTOP) mid-run",
         faults=int("stopped" in marks),
@@ -605,8 +605,8 @@ def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> F
 def asapo_restart(service, tmp: Path, frames: int = 60) -> Figures:
     """Restart the ASAPO service mid-run (stop, start on the same port and data)."""
     group = "restart"
-    producer = produce(service.endpoint, frames, rate=40.0)
-    pipeline = Pipeline(load_config(raw=asapo_config(service.endpoint, tmp, group, "restart")))
+    producer = produce(service.server_name, frames, rate=40.0)
+    pipeline = Pipeline(load_config(raw=asapo_config(service.server_name, tmp, group, "restart")))
     marks: dict[str, float] = {}
     stop = threading.Event()
     table = ProcTable(pipeline)
@@ -638,7 +638,7 @@ def asapo_restart(service, tmp: Path, frames: int = 60) -> Figures:
     producer.communicate(timeout=120)
     data = read_stream(str(tmp / "out_scan_0001_restart.h5"), "scan_0001")
     lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
-    out_lost, out_dups = count(output_ids(service.endpoint, group), set(range(1, frames + 1)))
+    out_lost, out_dups = count(output_ids(service.server_name, group), set(range(1, frames + 1)))
     return Figures(
         "ASAPO service restarted mid-run",
         faults=int("fault" in marks),
@@ -655,9 +655,9 @@ def asapo_role_death(service, tmp: Path, role: str, frames: int = 40) -> Figures
     """SIGKILL the dispatcher or publisher of an ASAPO run, then start the run again with the
     same consumer group: the unacknowledged messages come back, nothing is lost."""
     group = f"death-{role}"
-    p = produce(service.endpoint, frames)
+    p = produce(service.server_name, frames)
     p.communicate(timeout=120)
-    raw = asapo_config(service.endpoint, tmp, group, f"{role}-1")
+    raw = asapo_config(service.server_name, tmp, group, f"{role}-1")
     raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 30.0}
     first = Pipeline(load_config(raw=raw))
     stop = threading.Event()
@@ -669,10 +669,10 @@ def asapo_role_death(service, tmp: Path, role: str, frames: int = 40) -> Figures
     finally:
         stop.set()
         t.join()
-    raw = asapo_config(service.endpoint, tmp, group, f"{role}-2")
+    raw = asapo_config(service.server_name, tmp, group, f"{role}-2")
     second = Pipeline(load_config(raw=raw))
     s2, hung2 = run_guarded(second, 120)
-    ids = output_ids(service.endpoint, group)
+    ids = output_ids(service.server_name, group)
     lost, dups = count(ids, set(range(1, frames + 1)))
     data = read_stream(str(tmp / f"out_scan_0001_{role}-2.h5"), "scan_0001")
     return Figures(
@@ -771,9 +771,9 @@ def asapo_group_kill(service, tmp: Path, frames: int = 40) -> Figures:
     from shmpipe.config import to_toml
 
     group = "groupkill"
-    p = produce(service.endpoint, frames)
+    p = produce(service.server_name, frames)
     p.communicate(timeout=120)
-    raw = asapo_config(service.endpoint, tmp, group, "unused")
+    raw = asapo_config(service.server_name, tmp, group, "unused")
     raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 40.0}
     del raw["run"]["name"]
     path = tmp / "groupkill.toml"
@@ -794,7 +794,7 @@ def asapo_group_kill(service, tmp: Path, frames: int = 40) -> Figures:
         hung = True
         second.kill()
         _, err = second.communicate()
-    ids = output_ids(service.endpoint, group)
+    ids = output_ids(service.server_name, group)
     lost, dups = count(ids, set(range(1, frames + 1)))
     data = read_stream(str(tmp / "out_scan_0001_gk-2.h5"), "scan_0001")
     return Figures(

@@ -297,13 +297,10 @@ def test_long_run_memory_and_file_descriptors_stay_flat(tmp_path, frames, error_
 @pytest.fixture
 def asapo(tmp_path):
     pytest.importorskip("asapo_consumer")
-    from tests.asapo_process import AsapoProcess
+    from shmpipe.asapo.process import AsapoProcess
 
-    service = AsapoProcess(tmp_path / "asapo-data")
-    service.data_dir.mkdir()
-    service.start()
-    yield service
-    service.stop()
+    with AsapoProcess(tmp_path / "asapo-data") as service:
+        yield service
 
 
 def test_asapo_stalled_connection_retries_and_loses_nothing(asapo, tmp_path):
@@ -342,7 +339,7 @@ def test_asapo_unknown_stream_is_named_and_the_run_ends_at_idle_timeout(asapo, t
     from tests.conftest import run_cli
 
     raw = faults.asapo_config(
-        asapo.endpoint, tmp_path, "unknown", "unknown", stream="scna_0001", idle_timeout_s=1.5
+        asapo.server_name, tmp_path, "unknown", "unknown", stream="scna_0001", idle_timeout_s=1.5
     )
     path = tmp_path / "unknown.toml"
     path.write_text(to_toml(load_config(raw=raw).effective()))
@@ -362,7 +359,7 @@ def test_asapo_user_meta_not_json_never_reaches_the_pipeline(asapo, tmp_path):
     import asapo_producer
 
     prod = asapo_producer.create_producer(
-        asapo.endpoint, "processed", faults.BEAMTIME, "auto", "detector", "", 1, 5000
+        asapo.server_name, "processed", faults.BEAMTIME, "auto", "detector", "", 1, 5000
     )
     refused = []
     part = np.zeros(faults.ASAPO_SHAPE, np.uint16).reshape(-1).view(np.uint8)
@@ -386,7 +383,7 @@ def test_asapo_user_meta_not_json_never_reaches_the_pipeline(asapo, tmp_path):
     assert refused == [3]
     prod.send_stream_finished_flag("scan_0001", 4)
     prod.wait_requests_finished(5000)
-    raw = faults.asapo_config(asapo.endpoint, tmp_path, "meta", "meta", dataset=False, parts=1)
+    raw = faults.asapo_config(asapo.server_name, tmp_path, "meta", "meta", dataset=False, parts=1)
     summary = Pipeline(load_config(raw=raw)).run()
     assert summary.exit_code == EXIT_OK, summary.error
     data = read_stream(str(tmp_path / "out_scan_0001_meta.h5"), "scan_0001")
