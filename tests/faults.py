@@ -1,22 +1,27 @@
-"""Fault scenarios shared by the reliability tests and ``scripts/reliability_report.py``.
+"""Fault scenarios of the reliability tests (``tests/test_reliability.py``).
 
 Each scenario runs a real pipeline (in this process, with the supervisor in the main thread),
 injects its faults, reads the sink back and returns :class:`Figures`: faults injected, frames
 lost, duplicates, hangs and the longest recovery. Tests assert on the figures (and on the
-details a scenario returns); the report prints them as a table.
+details a scenario returns). When ``$SHMPIPE_FAULT_FIGURES`` names a file, every scenario also
+appends its figures there as one JSON line: ``scripts/reliability_report.py`` runs the tests
+with it set and prints the lines as a table.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import random
 import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 import psutil
 
@@ -53,29 +58,37 @@ class Figures:
     def longest_recovery_s(self) -> float:
         return max(self.recovery_s, default=0.0)
 
-    def row(self) -> list[str]:
-        return [
-            self.scenario,
-            str(self.faults),
-            str(self.lost) if self.lost >= 0 else "n/a",
-            str(self.duplicates),
-            str(self.hangs),
-            f"{self.longest_recovery_s:.3f}" if self.recovery_s else "-",
-        ]
+    def to_json(self) -> dict[str, Any]:
+        """The figures the report prints (JSON-serialisable: the scalar details only)."""
+        scalars = {k: v for k, v in self.details.items() if isinstance(v, (int, float, str))}
+        return {
+            "scenario": self.scenario,
+            "faults": self.faults,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "hangs": self.hangs,
+            "longest_recovery_s": self.longest_recovery_s if self.recovery_s else None,
+            "exit_code": self.exit_code,
+            "details": scalars,
+        }
 
 
-HEADER = ["scenario", "faults injected", "frames lost", "duplicates", "hangs", "longest recovery s"]
+FIGURES_ENV = "SHMPIPE_FAULT_FIGURES"
+P = ParamSpec("P")
 
 
-def table(rows: list[Figures]) -> str:
-    """A Markdown table of the figures."""
-    cells = [HEADER, *[f.row() for f in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(HEADER))]
-    lines = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
-    ]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+def reported(scenario: Callable[P, Figures]) -> Callable[P, Figures]:
+    """Append the scenario's figures to the file named by ``$SHMPIPE_FAULT_FIGURES``, if set."""
+
+    @functools.wraps(scenario)
+    def run(*args: P.args, **kwargs: P.kwargs) -> Figures:
+        figures = scenario(*args, **kwargs)
+        if path := os.environ.get(FIGURES_ENV):
+            with open(path, "a") as out:
+                out.write(json.dumps(figures.to_json()) + "\n")
+        return figures
+
+    return run
 
 
 def config(tmp: Path, kernels: dict, *, frames: int, workers: int = 2, **run) -> dict:
@@ -208,6 +221,7 @@ def _published_at(data: dict, mid: int) -> float:
 
 
 # -- worker faults --------------------------------------------------------------------------
+@reported
 def random_sigkill(
     tmp: Path,
     frames: int = 300,
@@ -281,6 +295,7 @@ def random_sigkill(
     )
 
 
+@reported
 def crash_kernel(
     tmp: Path,
     mode: str,
@@ -329,10 +344,14 @@ def crash_kernel(
         "abort": "kernel calls os.abort()",
         "segfault": "kernel segfaults",
         "sigkill": "kernel SIGKILLs its worker",
-        "hang": "kernel loops (watchdog)",
-        "sigstop": "worker SIGSTOPped (watchdog)",
+        "hang": "kernel loops",
+        "sigstop": "worker SIGSTOPped",
     }[mode]
     how = "once, then retried" if once else f"every attempt, quarantined after {max_attempts}"
+    if mode in ("hang", "sigstop") and watchdog_s:
+        what += " (watchdog)"
+    elif mode in ("hang", "sigstop"):
+        what, how = f"{what}, no watchdog", "the suite's guard stops the run"
     return Figures(
         f"{what}: {how}",
         faults=faults,
@@ -365,6 +384,7 @@ def kill_role(pipeline: Pipeline, role: str, after: int, stop: threading.Event) 
         table.close()
 
 
+@reported
 def process_death(tmp: Path, role: str, frames: int = 2000, deadline_s: float = 120) -> Figures:
     """SIGKILL the dispatcher or the publisher mid-run: the run must stop cleanly (exit 1)."""
     raw = config(tmp, {"checksum": {}}, frames=frames)
@@ -422,6 +442,7 @@ def _sample(pipeline: Pipeline) -> dict[str, tuple[int, int]]:
     return out
 
 
+@reported
 def long_run(
     tmp: Path, frames: int = 8000, error_every: int = 1000, deadline_s: float = 600
 ) -> Figures:
@@ -548,6 +569,7 @@ def output_ids(endpoint: str, group: str) -> list[int]:
     return ids
 
 
+@reported
 def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> Figures:
     """SIGSTOP the ASAPO service mid-run for ``stall_s`` (a stalled connection), then go on."""
     group = "stall"
@@ -602,6 +624,7 @@ def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> F
     )
 
 
+@reported
 def asapo_restart(service, tmp: Path, frames: int = 60) -> Figures:
     """Restart the ASAPO service mid-run (stop, start on the same port and data)."""
     group = "restart"
@@ -651,6 +674,7 @@ def asapo_restart(service, tmp: Path, frames: int = 60) -> Figures:
     )
 
 
+@reported
 def asapo_role_death(service, tmp: Path, role: str, frames: int = 40) -> Figures:
     """SIGKILL the dispatcher or publisher of an ASAPO run, then start the run again with the
     same consumer group: the unacknowledged messages come back, nothing is lost."""
@@ -721,6 +745,7 @@ def cli(*args: str, new_session: bool = False):
     )
 
 
+@reported
 def sigterm_under_load(tmp: Path, sleep_ms: float = 30.0) -> Figures:
     """SIGTERM a busy run (a full ring of slow frames): it must drain and exit 0."""
     import re
@@ -765,6 +790,7 @@ def sigterm_under_load(tmp: Path, sleep_ms: float = 30.0) -> Figures:
     )
 
 
+@reported
 def asapo_group_kill(service, tmp: Path, frames: int = 40) -> Figures:
     """SIGKILL the whole process group of an ASAPO run, start it again: 0 lost, and the
     restarted run starts clean (nothing in /dev/shm, the dead run's record swept)."""
@@ -813,6 +839,7 @@ def asapo_group_kill(service, tmp: Path, frames: int = 40) -> Figures:
     )
 
 
+@reported
 def stopped_worker(
     tmp: Path, frames: int = 60, rate: float = 60.0, watchdog_s: float = 1.0, deadline_s=120
 ) -> Figures:

@@ -1,11 +1,11 @@
 """Fault injection and bad input: no frame lost or silently dropped, no crash, no hang.
 
 The CI versions are short; ``pytest --soak`` runs the long ones (``@pytest.mark.soak``).
-``scripts/reliability_report.py`` runs the same scenarios (``tests.faults``) and prints the
-figures. Cases covered elsewhere: a payload bigger than a slot (test_engine), not enough
-shared memory (test_lifecycle), SIGKILL of the whole group then a clean start
-(test_lifecycle) and, with ASAPO, a resume with nothing lost (test_asapo_pipeline), the ASAPO
-service restarted mid-run (test_asapo_pipeline).
+``scripts/reliability_report.py`` runs these tests and prints the figures of their fault
+scenarios (``tests.faults``). Cases covered elsewhere: a payload bigger than a slot
+(test_engine), not enough shared memory (test_lifecycle), SIGKILL of the whole group then a
+clean start (test_lifecycle) and, with ASAPO, a resume with nothing lost and the service
+restarted mid-run (test_asapo_pipeline; here only with ``--soak``).
 """
 
 from __future__ import annotations
@@ -322,6 +322,14 @@ def test_asapo_dispatcher_or_publisher_death_then_restart_loses_nothing(asapo, t
     assert (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
     assert f.details["output_ids"] == list(range(1, 31))
     assert second.frames_out >= 30 - first.frames_out
+
+
+@pytest.mark.soak  # in CI: test_asapo_pipeline.py::test_service_restarted_mid_run_...
+def test_asapo_service_restarted_mid_run_loses_nothing(asapo, tmp_path):
+    f = faults.asapo_restart(asapo, tmp_path, frames=40)
+    assert f.exit_code == EXIT_OK, f.details["summary"].error
+    assert f.faults == 1 and (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
+    assert f.details["data"]["message_id"].tolist() == list(range(1, 41))
 
 
 @pytest.mark.soak  # in CI: test_asapo_pipeline.py::test_pipeline_sigkilled_and_restarted_...
