@@ -11,7 +11,7 @@ azimuthal_integrate  AzimuthalIntegrate    ``radial``, ``intensity``, ``sum_sign
                                            ``sum_normalization``, ``count``
                                            (+ ``sigma``, ``std`` with an error model)
 frame_stats          FrameStats            ``sum``, ``max``, ``count_above``, ``n_valid``
-                                           (+ ``roi_sums``)
+                                           (+ ``roi_sums``, ``roi_version``)
 ==================== ===================== ============================================
 
 A typical chain::
@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -101,6 +102,23 @@ def _input_spec(ctx: SetupContext, name: str, kernel: str) -> tuple[int, tuple[i
     raise KernelConfigError(
         f"{kernel}: input {name!r} has shape {spec.shape}; expected an image or a stack of modules"
     )
+
+
+def _parse_rois(value) -> list[list[int]]:
+    """ROIs from a live request: a list of [y0, y1, x0, x1] integers, or their flat list."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence | np.ndarray):
+        raise ValueError(f"rois must be a list of [y0, y1, x0, x1], not {value!r}")
+    flat = list(np.asarray(value, dtype=object).ravel()) if len(value) else []
+    if len(flat) % 4:
+        raise ValueError(f"rois need 4 numbers each [y0, y1, x0, x1]; got {len(flat)} numbers")
+    out = []
+    for v in flat:
+        if isinstance(v, bool) or not isinstance(v, int | np.integer | float | np.floating):
+            raise ValueError(f"roi bounds must be integers, got {v!r}")
+        if float(v) != int(v):
+            raise ValueError(f"roi bounds must be whole pixels, got {v!r}")
+        out.append(int(v))
+    return [out[i : i + 4] for i in range(0, len(out), 4)]
 
 
 def _as_parts(x: np.ndarray | list[np.ndarray]) -> list[np.ndarray] | np.ndarray:
@@ -275,6 +293,8 @@ class AzimuthalIntegrate(Kernel):
 
     @dataclass
     class Params:
+        ALIASES: ClassVar[dict[str, str]] = {"bins": "npt"}  # a command-line value wins
+
         input: str = "stitch.image"
         """The image, or "parts" / "decompress.modules" to integrate straight from the
         modules without assembling an image (the fused path)."""
@@ -486,7 +506,13 @@ def _monitor(frame: Frame, key: str, kernel: str) -> float:
 
 
 class FrameStats(Kernel):
-    """Sum, maximum, pixels above ``threshold`` (hit finding) and ROI sums of a frame."""
+    """Sum, maximum, pixels above ``threshold`` (hit finding) and ROI sums of a frame.
+
+    The ROIs are live parameters: ``check_params``/``on_params`` take new ones during a run
+    (``{"rois": [[y0, y1, x0, x1], ...]}``, at most ``max_rois``), applied from the next frame
+    a worker takes; ``roi_version`` records the live-parameter version each row used (0: the
+    configured ROIs) and unused ``roi_sums`` entries are NaN.
+    """
 
     @dataclass
     class Params:
@@ -496,20 +522,25 @@ class FrameStats(Kernel):
         """count_above counts the pixels above this value (cheap hit finding)."""
         rois: list = field(default_factory=list)
         """Regions of interest [[y0, y1, x0, x1], ...], half-open, summed into roi_sums."""
+        max_rois: int = 0
+        """Room in roi_sums for ROIs set during the run (at least len(rois))."""
         dummy: float | None = None
         """Pixels of this value (the gaps) are ignored."""
 
     def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
         p = self.params
         n, shape, dtype = _input_spec(ctx, p.input, self.name)
+        self._shape = tuple(shape)
         try:
-            self.rois = check_rois(p.rois, tuple(shape))
+            self.rois = check_rois(p.rois, self._shape)
         except ValueError as exc:
             raise KernelConfigError(f"{self.name}: {exc}") from exc
-        if n and len(self.rois):
+        self._capacity = max(int(p.max_rois), len(self.rois))
+        if n and self._capacity:
             raise KernelConfigError(f"{self.name}: ROIs need an image input (stitch first)")
         self._acc = np.zeros(4)
         self._rs = np.zeros(len(self.rois))
+        self._version = 0
         accumulate_stats(np.zeros((2, 2), dtype), 0.0, None, np.zeros(4))  # compile now
         specs = [
             ArraySpec("sum", (), "float64", unit="counts"),
@@ -517,9 +548,33 @@ class FrameStats(Kernel):
             ArraySpec("count_above", (), "int64", unit="pixels"),
             ArraySpec("n_valid", (), "int64", unit="pixels"),
         ]
-        if len(self.rois):
-            specs.append(ArraySpec("roi_sums", (len(self.rois),), "float64", unit="counts"))
+        if self._capacity:
+            specs.append(ArraySpec("roi_sums", (self._capacity,), "float64", unit="counts"))
+            specs.append(ArraySpec("roi_version", (), "int64"))
         return specs
+
+    def check_params(self, params, outputs):
+        unknown = set(params) - {"rois"}
+        if unknown:
+            raise ValueError(f"unknown live parameter(s) {sorted(unknown)}; frame_stats takes rois")
+        if "rois" not in params:
+            return {}
+        room = outputs.get(f"{self.name}.roi_sums")
+        image = outputs.get(self.params.input)
+        if room is None or image is None or len(image.shape) != 2:
+            raise ValueError(
+                "no room for live ROIs: set max_rois (and an image input) in the configuration"
+            )
+        rois = _parse_rois(params["rois"])
+        if len(rois) > room.shape[0]:
+            raise ValueError(f"{len(rois)} ROIs, but max_rois = {room.shape[0]}")
+        return {"rois": check_rois(rois, tuple(image.shape)).tolist()}
+
+    def on_params(self, params, version):
+        rois = params["rois"] if "rois" in params else self.params.rois
+        self.rois = check_rois(rois, self._shape)
+        self._rs = np.zeros(len(self.rois))
+        self._version = version
 
     def process(self, frame: Frame, out: dict[str, np.ndarray]) -> None:
         p = self.params
@@ -535,7 +590,11 @@ class FrameStats(Kernel):
         out["max"][...] = acc[1]
         out["count_above"][...] = int(acc[2])
         out["n_valid"][...] = int(acc[3])
-        if len(self.rois):
-            self._rs[:] = 0.0
-            _roi_sums(arrays[0], self.rois, use_dummy, d, self._rs)
-            out["roi_sums"][...] = self._rs
+        if self._capacity:
+            n = len(self.rois)
+            if n:
+                self._rs[:] = 0.0
+                _roi_sums(arrays[0], self.rois, use_dummy, d, self._rs)
+            out["roi_sums"][:n] = self._rs
+            out["roi_sums"][n:] = np.nan
+            out["roi_version"][...] = self._version

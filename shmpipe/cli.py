@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from shmpipe.config import ConfigError, PipelineConfig, load_config, read_toml, to_toml
+from shmpipe.engine import exit_codes
 
 log = logging.getLogger("shmpipe.cli")
+
 
 EPILOG = """examples:
   shmpipe run --workers 2 --source sim --frames 1000 --sink hdf5 --output out.h5
@@ -45,21 +48,39 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Merge the file and the command-line options into a validated configuration."""
     raw = read_toml(args.config) if args.config else {}
     sets: list[str] = []
+    labels: list[str] = []
+
+    def given(assignment: str, label: str) -> None:
+        sets.append(assignment)
+        labels.append(label)
+
     if args.workers is not None:
-        sets.append(f"run.workers={args.workers}")
+        given(f"run.workers={args.workers}", f"--workers {args.workers}")
     if args.source is not None:
         if raw.get("source", {}).get("kind", args.source) != args.source:
             raw["source"] = {}  # another kind's keys would be unknown to this one
-        sets.append(f"source.kind={_quote(args.source)}")
+        given(f"source.kind={_quote(args.source)}", f"--source {args.source}")
     if args.frames is not None:
-        sets.append(f"source.frames={args.frames}")
+        given(f"source.frames={args.frames}", f"--frames {args.frames}")
     if args.sink is not None:
         raw["sinks"] = [{"kind": args.sink}]
     if args.output is not None:
         if not raw.get("sinks"):
             raw["sinks"] = [{"kind": "hdf5"}]
-        sets.append(f"sinks.0.output={_quote(args.output)}")
-    return load_config(args.config, [*sets, *args.overrides], raw=raw)
+        given(f"sinks.0.output={_quote(args.output)}", f"--output {args.output}")
+    for assignment in args.overrides:
+        given(assignment, f"--set {assignment}")
+    cfg = load_config(args.config, sets, raw=raw, labels=labels)
+    if getattr(args, "reprocess", False):
+        if not hasattr(cfg.source.params, "reprocess"):
+            raise ConfigError(
+                f"a {cfg.source.kind} source keeps no consumer group: every run reads from the "
+                'start (--reprocess is for source.kind = "asapo")',
+                "source.kind",
+                "command line (--reprocess)",
+            )
+        cfg.source.params.reprocess = True
+    return cfg
 
 
 def _quote(s: str) -> str:
@@ -67,6 +88,7 @@ def _quote(s: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from shmpipe.engine.resources import warn_about_resources
     from shmpipe.engine.supervisor import Pipeline, StartupError
     from shmpipe.observe.logs import configure_logging
 
@@ -76,15 +98,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.progress:
         cfg.run.progress = args.progress
     configure_logging(cfg.run.log_format, cfg.run.log_level)
+    warn_about_resources(cfg.run.workers)
+    # Until the supervisor takes signals over, SIGTERM stops the start-up like Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         summary = Pipeline(cfg).run()
     except StartupError as exc:
         print(f"shmpipe: cannot start: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.EXIT_CONFIG_ERROR
+    except _Terminated:
+        print("shmpipe: stopped by SIGTERM during start-up", file=sys.stderr)
+        return exit_codes.EXIT_SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(summary.describe(), file=sys.stderr)
     if summary.error:
         print(f"shmpipe: {summary.error}", file=sys.stderr)
+    elif summary.exit_code in (exit_codes.EXIT_SIGINT, exit_codes.EXIT_SIGTERM):
+        print(
+            "shmpipe: stopped early by "
+            f"{'Ctrl-C (SIGINT)' if summary.exit_code == exit_codes.EXIT_SIGINT else 'SIGTERM'}: "
+            "no new messages were taken; the frames in flight were finished",
+            file=sys.stderr,
+        )
+    elif summary.exit_code == exit_codes.EXIT_FRAME_ERRORS:
+        print(
+            f"shmpipe: {summary.errors} of {summary.frames_in} frames became error records "
+            "(stored by the sinks beside the results)",
+            file=sys.stderr,
+        )
     return summary.exit_code
+
+
+class _Terminated(BaseException):
+    """SIGTERM before the supervisor handles signals; a BaseException, like KeyboardInterrupt,
+    so that no ``except Exception`` on the way (logging's, for one) swallows it."""
+
+
+def _terminated(signum, frame) -> None:  # noqa: ARG001
+    raise _Terminated
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -163,12 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="run a pipeline",
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + exit_codes.HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_options(run)
     run.add_argument("--log-format", choices=["text", "json"], help="log lines as text or JSON")
     run.add_argument("--progress", choices=["auto", "on", "off"], help="live progress line")
+    run.add_argument(
+        "--reprocess",
+        action="store_true",
+        help="ASAPO: read the streams again from their first message, in a fresh consumer "
+        "group (source.reprocess); source.group_id's progress is left as it was",
+    )
     run.set_defaults(func=cmd_run)
 
     config = sub.add_parser("config", help="inspect a configuration")
@@ -187,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="show the processes of running pipelines",
         description="Attach to running pipelines (found by run.name) and print a table per "
-        "process: role, pid, state, frames, busy %%, CPU %%, RSS, current message; then the "
+        "process: role, pid, state, frames, busy %, CPU %, RSS, current message; then the "
         "per-stream counts.",
     )
     status.add_argument("name", nargs="?", help="run name (run.name); default: all")
@@ -231,9 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         print(f"shmpipe: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.EXIT_CONFIG_ERROR
     except KeyboardInterrupt:
-        return 130
+        return exit_codes.EXIT_SIGINT
 
 
 if __name__ == "__main__":

@@ -747,7 +747,7 @@ def cli(*args: str, new_session: bool = False):
 
 @reported
 def sigterm_under_load(tmp: Path, sleep_ms: float = 30.0) -> Figures:
-    """SIGTERM a busy run (a full ring of slow frames): it must drain and exit 0."""
+    """SIGTERM a busy run (a full ring of slow frames): it must drain and exit 143."""
     import re
 
     name = f"sigterm-{os.getpid()}"

@@ -15,7 +15,7 @@ import pytest
 
 from shmpipe.asapo.process import AsapoProcess
 from shmpipe.config import load_config
-from shmpipe.engine.supervisor import EXIT_CONFIG_ERROR, EXIT_OK, Pipeline
+from shmpipe.engine.supervisor import EXIT_CONFIG_ERROR, EXIT_FRAME_ERRORS, EXIT_OK, Pipeline
 from shmpipe.plugins.kernels import frame_digest
 from shmpipe.plugins.sinks.hdf5 import read_stream
 from shmpipe.plugins.sources.sim import SimParams, SimSource
@@ -165,6 +165,7 @@ def test_partial_dataset_error_record_or_processed(asapo, tmp_path):
     prod = asapo_producer.create_producer(
         asapo.server_name, "processed", BEAMTIME, "auto", "detector", "", 1, 5000
     )
+    prod.set_log_level("none")
     part = np.arange(np.prod(SHAPE), dtype=np.uint16).reshape(SHAPE)
     for mid, count in ((1, 12), (2, 11), (3, 12)):
         for m in range(1, count + 1):
@@ -180,7 +181,7 @@ def test_partial_dataset_error_record_or_processed(asapo, tmp_path):
     prod.send_stream_finished_flag("scan_0001", 3)
     prod.wait_requests_finished(5000)
     summary = run(config(asapo, tmp_path, group="strict", timeout_ms=300))
-    assert summary.exit_code == EXIT_OK, summary.error
+    assert summary.exit_code == EXIT_FRAME_ERRORS, summary.error
     data = read_stream(str(tmp_path / "out_scan_0001_asapo-run.h5"), "scan_0001")
     assert data["message_id"].tolist() == [1, 3]
     assert data["errors"]["message_id"].tolist() == [2]
@@ -344,7 +345,7 @@ def test_quarantined_frame_is_handed_back_once_then_recorded(asapo, tmp_path):
     raw["run"]["max_attempts"] = 1
     raw["kernels"]["crash"] = {"kind": "tests.plugins:Crash", "ids": [3], "mode": "abort"}
     summary = run(raw)
-    assert summary.exit_code == EXIT_OK, summary.error
+    assert summary.exit_code == EXIT_FRAME_ERRORS, summary.error
     assert summary.frames_in == 9  # message 3 came back once after the negative ack
     assert summary.worker_restarts == 2 and summary.quarantined == 2
     data = read_stream(str(tmp_path / "out_scan_0001_asapo-run.h5"), "scan_0001")

@@ -46,12 +46,24 @@ def test_bench_quick_writes_report_and_plots(tmp_path):
     for key in ("predicted_fps", "nodes_for_detector", "assumptions", "bound_by"):
         assert key in report["model"]
     assert "warm" in report["startup"]
-    assert {g["key"] for g in report["goals"]} >= {"engine_bound_vs_copy", "naive_pool_speedup"}
-    assert all(isinstance(g["met"], bool) for g in report["goals"])
-    assert "| goal |" in (out / "report.md").read_text()
-    for png in ("throughput_vs_workers.png", "latency.png", "stages.png"):
+    # Toy frames check the machinery only: no goal judged, no node model printed.
+    assert report["goals"] == [] and "no goal is judged" in report["note"]
+    said = res.stdout + res.stderr
+    assert "no goal is judged" in res.stdout
+    assert "NOT met" not in said and " met" not in said and "nodes for" not in said
+    assert "issue" not in said.lower()
+    md = (out / "report.md").read_text()
+    assert "| goal |" not in md and "| node model |" not in md and "no goal is judged" in md
+    for png in ("throughput_vs_workers.png", "stages.png"):
         assert (out / png).stat().st_size > 1000
-    assert res.stdout.count("goal") >= 5
+    # The latency plot is drawn only over frames published after settling.
+    assert (out / "latency.png").exists() == (report["latency"]["frames_counted"] > 0)
+
+
+def test_goal_names_are_the_benchmarks_own():
+    from shmpipe.benchmark import GOALS
+
+    assert not [k for k in GOALS if "issue" in k]
 
 
 def test_node_model_takes_the_tightest_bound():

@@ -27,6 +27,10 @@ def write(tmp_path, text: str):
         ('[kernels.k]\nkind = "checksum"\nfoo = 1\n', "kernels.k.foo", "unknown key"),
         ('[[sinks]]\nkind = "hdf5"\noutput = 3\n', "sinks.0.output", "must be str"),
         ("[rung]\nslots = 3\n", "rung", "unknown section"),
+        ('[tango]\ndevice = "no-slashes"\n', "tango.device", "domain/family/member"),
+        ('[tango]\ndevice = "a/b/c"\nnodb = true\n', "tango.port", "needs a port"),
+        ("[tango]\nevent_hz = 0\n", "tango.event_hz", "more than 0"),
+        ("[tango]\nport = 70000\n", "tango.port", "TCP port"),
         ("[run\n", "", "not valid TOML"),
     ],
 )

@@ -77,7 +77,13 @@ KERNEL_FILE = REPO / "examples" / "custom_kernel" / "hot_pixels.py"
 
 def test_kernel_page_shows_the_tested_files_verbatim():
     page = (DOCS / "custom-kernel.md").read_text()
-    for name in ("hot_pixels.py", "bench_hot_pixels.py", "hot_pixels.toml"):
+    for name in (
+        "hot_pixels.py",
+        "bench_hot_pixels.py",
+        "hot_pixels.toml",
+        "image_peak.py",
+        "image_peak.toml",
+    ):
         text = (KERNEL_FILE.parent / name).read_text().rstrip()
         assert text in page, f"docs/custom-kernel.md does not show {name} as it is"
 
@@ -117,6 +123,74 @@ def test_kernel_runs_in_a_pipeline(tmp_path):
         assert data["hot.hot"][i].tolist() == [int((p > 60).sum()) for p in parts]
         np.testing.assert_allclose(data["hot.mean"][i], [p.mean() for p in parts])
     assert 0 < data["hot.hot"].sum() < data["hot.hot"].size * 40 * 60  # threshold splits
+
+
+def test_kernel_example_as_documented_finds_hot_pixels(tmp_path):
+    """The documented command on full-size simulated frames: the threshold splits them."""
+    cfg = load_config(
+        KERNEL_FILE.with_suffix(".toml"),
+        ["source.frames=2", "run.progress=off", f'sinks.0.output="{tmp_path}/hot_{{stream}}.h5"'],
+    )
+    summary = Pipeline(cfg).run()
+    assert summary.exit_code == EXIT_OK, summary.error
+    hot = read_stream(str(tmp_path / "hot_scan_0001.h5"), "scan_0001")["hot.hot"]
+    src = SimSource(SimParams(frames=2))
+    src.open()
+    threshold = cfg.kernels[0].params.threshold
+    for i in range(2):
+        assert hot[i].tolist() == [int((p > threshold).sum()) for p in src.frame_parts(i)]
+    assert 0 < hot.sum() and (hot == 0).any()  # hot modules and quiet ones: not all zeros
+
+
+def test_image_kernel_reads_the_stitched_image_and_writes_scalars(tmp_path):
+    path = KERNEL_FILE.parent / "image_peak.toml"
+    cfg = load_config(
+        path,
+        [
+            "source.frames=2",
+            "run.workers=1",
+            "run.progress=off",
+            f'sinks.0.output="{tmp_path}/peak_{{stream}}.h5"',
+        ],
+    )
+    summary = Pipeline(cfg).run()
+    assert summary.exit_code == EXIT_OK, summary.error
+    data = read_stream(str(tmp_path / "peak_scan_0001.h5"), "scan_0001")
+    assert data["peak.peak"].shape == (2,) and data["peak.above"].shape == (2,)
+    src = SimSource(SimParams(frames=2))
+    src.open()
+    threshold = cfg.kernels[1].params.threshold
+    for i in range(2):
+        parts = src.frame_parts(i)
+        # Stitching moves the modules' pixels (the gaps are 0): the same peak and count.
+        assert data["peak.peak"][i] == max(int(p.max()) for p in parts)
+        assert data["peak.above"][i] == sum(int((p > threshold).sum()) for p in parts)
+    assert (data["peak.where"] > 0).all()
+
+
+def test_image_kernel_names_the_images_it_could_read():
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shmpipe",
+            "run",
+            "--progress",
+            "off",
+            "--frames",
+            "1",
+            "--set",
+            "source.module_shape=[48, 64]",
+            "--set",
+            'kernels.peak.kind="examples.custom_kernel.image_peak:ImagePeak"',
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    assert "input 'stitch.image' is not an image here" in r.stderr and "stitcher" in r.stderr
 
 
 def test_kernel_benchmark_runs():

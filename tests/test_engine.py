@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shmpipe.config import load_config
-from shmpipe.engine.supervisor import EXIT_FAILED, EXIT_OK, Pipeline
+from shmpipe.engine.supervisor import EXIT_FAILED, EXIT_FRAME_ERRORS, EXIT_OK, Pipeline
 from shmpipe.plugins.kernels import frame_digest
 from shmpipe.plugins.sinks.hdf5 import read_stream
 from shmpipe.plugins.sources.sim import SimParams, SimSource
@@ -119,7 +119,7 @@ def test_kernel_exception_skip_records_error_and_goes_on(tmp_path):
         tmp_path, {"picky": {"kind": "tests.plugins:FailOn", "ids": [5, 17]}}, on_error="skip"
     )
     _, summary = run(raw)
-    assert summary.exit_code == EXIT_OK, summary.error
+    assert summary.exit_code == EXIT_FRAME_ERRORS, summary.error
     data = read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")
     expected = [i for i in range(1, 41) if i not in (5, 17)]
     assert data["message_id"].tolist() == expected
@@ -135,7 +135,7 @@ def test_payload_larger_than_slot_is_an_error_record(tmp_path):
     raw["ring"] = {"slot_bytes": 4096}
     raw["source"]["frames"] = 5
     _, summary = run(raw)
-    assert summary.exit_code == EXIT_OK, summary.error
+    assert summary.exit_code == EXIT_FRAME_ERRORS, summary.error
     errors = read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")["errors"]
     assert errors["message_id"].tolist() == [1, 2, 3, 4, 5]
     assert all(b"does not fit a slot of 4096 bytes" in e for e in errors["error"])
@@ -216,7 +216,7 @@ def test_poison_frame_is_quarantined_after_max_attempts(tmp_path):
         max_attempts=2,
     )
     _, summary = run(raw)
-    assert summary.exit_code == EXIT_OK, summary.error
+    assert summary.exit_code == EXIT_FRAME_ERRORS, summary.error
     data = read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")
     assert data["message_id"].tolist() == [i for i in range(1, 41) if i != 7]
     err = data["errors"]
@@ -278,6 +278,6 @@ def test_a_kernel_cannot_write_into_the_input_parts(tmp_path):
     raw = hdf5_config(tmp_path, {"w": {"kind": "tests.plugins:WritesParts"}}, on_error="skip")
     raw["source"] = dict(SMALL_SIM, frames=3)
     _, summary = run(raw)
-    assert summary.exit_code == EXIT_OK and summary.errors == 3
+    assert summary.exit_code == EXIT_FRAME_ERRORS and summary.errors == 3
     errors = read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")["errors"]
     assert all(b"read-only" in e for e in errors["error"])

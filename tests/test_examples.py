@@ -49,6 +49,7 @@ def test_there_are_examples_of_each_kind():
         "compare/integrate_coarse.toml",
         "compare/integrate_fine.toml",
         "custom_kernel/hot_pixels.toml",
+        "custom_kernel/image_peak.toml",
     } <= names
 
 
@@ -117,7 +118,7 @@ def test_custom_kernel_example_runs(tmp_path):
         tmp_path,
         "source.frames=6",
         "source.module_shape=[40, 60]",
-        "kernels.hot.threshold=60",  # the example's 300 suits full-size frames
+        "kernels.hot.threshold=60",  # tiny frames of fewer photons than the example's
         f'sinks.0.output="{out}"',
     )
     data = read_stream(str(tmp_path / "hot_scan_0001.h5"), "scan_0001")

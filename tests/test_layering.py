@@ -7,6 +7,8 @@ native_kernels     nothing of shmpipe, except its adapter module shmpipe_kernels
 shmpipe.shm        memory layout and pipes: nothing above it (engine, observe, ...)
 shmpipe.observe    readers of the shared tables: never the engine's internals; a side
                    process may use the child-process contract (plumbing, roles)
+shmpipe.view,      side processes (live view, Tango device): api, config, shm, the
+shmpipe.tango      child-process contract (plumbing, roles), themselves; the view also observe
 and no import circle anywhere in shmpipe.
 """
 
@@ -19,6 +21,12 @@ from pathlib import Path
 from tests.conftest import REPO
 
 OBSERVE_MAY_USE = {"shmpipe.engine.plumbing", "shmpipe.engine.roles"}
+# Feature packages running as side processes, and the packages each may import besides the
+# child-process contract (OBSERVE_MAY_USE) and itself.
+SIDE_PACKAGES = {
+    "shmpipe.view": ("shmpipe.api", "shmpipe.config", "shmpipe.shm", "shmpipe.observe"),
+    "shmpipe.tango": ("shmpipe.api", "shmpipe.config", "shmpipe.shm"),
+}
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -94,6 +102,15 @@ def violations(root: Path) -> list[str]:
                 and target != "shmpipe.engine"
             ):
                 rule = "observe never imports engine internals"
+            side = next((p for p in SIDE_PACKAGES if _within(mod, p)), None)
+            if (
+                side is not None
+                and _within(target, "shmpipe")
+                and not _within(target, side)
+                and target not in OBSERVE_MAY_USE
+                and not any(_within(target, ok) for ok in SIDE_PACKAGES[side])
+            ):
+                rule = f"{side} imports only {', '.join(SIDE_PACKAGES[side])}, plumbing and roles"
             if rule:
                 bad.append(f"{mod} imports {target}: {rule}")
     bad += [f"import circle: {' -> '.join(c)}" for c in circles(graph, mods)]
@@ -156,6 +173,21 @@ def test_a_plug_in_importing_an_engine_internal_is_caught(tmp_path):
         "plug-ins import only shmpipe.api",
         "native_kernels.stitch imports shmpipe.shm.ring: "
         "native_kernels imports shmpipe only through shmpipe_kernels.py",
+    }
+
+
+def test_a_side_process_importing_an_engine_internal_is_caught(tmp_path):
+    for top in ("shmpipe", "native_kernels"):
+        shutil.copytree(REPO / top, tmp_path / top, ignore=shutil.ignore_patterns("__pycache__"))
+    feed = tmp_path / "shmpipe" / "tango" / "feed.py"
+    feed.write_text("from shmpipe.engine.protocol import release\n" + feed.read_text())
+    catalog = tmp_path / "shmpipe" / "view" / "catalog.py"
+    catalog.write_text("import shmpipe.tango.names\n" + catalog.read_text())
+    assert set(violations(tmp_path)) == {
+        "shmpipe.tango.feed imports shmpipe.engine.protocol: shmpipe.tango imports only "
+        "shmpipe.api, shmpipe.config, shmpipe.shm, plumbing and roles",
+        "shmpipe.view.catalog imports shmpipe.tango.names: shmpipe.view imports only "
+        "shmpipe.api, shmpipe.config, shmpipe.shm, shmpipe.observe, plumbing and roles",
     }
 
 

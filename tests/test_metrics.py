@@ -150,7 +150,7 @@ def test_metrics_endpoint_of_a_running_pipeline(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0, err
+    assert proc.returncode == 143, err
     assert f"metrics: http://127.0.0.1:{port}/metrics" in err
     totals = re.search(r"(\d+) frames in, (\d+) out, (\d+) errors", err)
     n_in, n_out, n_err = map(int, totals.groups())

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from shmpipe.config import load_config, to_toml
-from shmpipe.engine.supervisor import EXIT_FAILED, EXIT_OK, Pipeline
+from shmpipe.engine.supervisor import EXIT_FAILED, EXIT_FRAME_ERRORS, EXIT_OK, Pipeline
 from shmpipe.plugins.kernels import frame_digest
 from shmpipe.plugins.sinks.hdf5 import read_stream
 from shmpipe.plugins.sources.sim import SimParams, SimSource, sim_geometry
@@ -98,7 +98,7 @@ def test_frame_that_hangs_every_time_is_quarantined(tmp_path):
     f = faults.crash_kernel(
         tmp_path, "sigstop", [3], once=False, frames=8, watchdog_s=1.0, max_attempts=2
     )
-    assert f.exit_code == EXIT_OK, f.details["summary"].error
+    assert f.exit_code == EXIT_FRAME_ERRORS, f.details["summary"].error
     assert (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
     data = f.details["data"]
     assert data["message_id"].tolist() == [1, 2, 4, 5, 6, 7, 8]
@@ -111,7 +111,7 @@ def test_frame_that_hangs_every_time_is_quarantined(tmp_path):
 @pytest.mark.parametrize("mode", ["raise", "abort", "segfault"])
 def test_poison_frame_is_an_error_record_and_every_other_frame_published(tmp_path, mode):
     f = faults.crash_kernel(tmp_path, mode, [6], once=False, frames=15, max_attempts=2)
-    assert f.exit_code == EXIT_OK, f.details["summary"].error
+    assert f.exit_code == EXIT_FRAME_ERRORS, f.details["summary"].error
     assert (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
     data = f.details["data"]
     assert data["message_id"].tolist() == [i for i in range(1, 16) if i != 6]
@@ -139,9 +139,9 @@ def test_dispatcher_or_publisher_death_stops_the_run_cleanly(tmp_path, role):
 
 
 # -- SIGTERM under load ---------------------------------------------------------------------
-def test_sigterm_under_load_drains_in_bounded_time_and_exits_0(tmp_path):
+def test_sigterm_under_load_drains_in_bounded_time_and_exits_143(tmp_path):
     f = faults.sigterm_under_load(tmp_path, sleep_ms=30.0)
-    assert f.exit_code == 0, f.details["stderr"]
+    assert f.exit_code == 143, f.details["stderr"]  # drained, but stopped early
     assert f.details["frames_in"] >= 10
     assert (f.lost, f.duplicates, f.hangs) == (0, 0, 0)  # everything pulled is published
     assert f.details["ids"] == list(range(1, f.details["frames_in"] + 1))
@@ -237,7 +237,7 @@ def test_bad_input_is_an_error_record_with_message_id_and_reason(tmp_path, compr
     expected = COMPRESSED_CASES if compressed else RAW_CASES
     cases = ["good", *[c for name in expected for c in (name, "good")]]
     summary, data = _bad_input_run(tmp_path, cases, compressed=compressed)
-    assert summary.exit_code == EXIT_OK, summary.error
+    assert summary.exit_code == EXIT_FRAME_ERRORS, summary.error
     good = [i for i, c in enumerate(cases, start=1) if c == "good"]
     assert data["message_id"].tolist() == good  # every good frame published, in order
     err = data["errors"]
@@ -284,7 +284,7 @@ def test_long_run_memory_and_file_descriptors_stay_flat(tmp_path, frames, error_
     f = faults.long_run(
         tmp_path, frames=frames, error_every=error_every, deadline_s=120 + frames / 20
     )
-    assert f.exit_code == EXIT_OK, f.details["summary"].error
+    assert f.exit_code == EXIT_FRAME_ERRORS, f.details["summary"].error
     assert (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
     d = f.details
     assert len(d["samples"]) == 2 and len(d["samples"][0]) >= 4  # supervisor, 2 workers, ...
@@ -369,6 +369,7 @@ def test_asapo_user_meta_not_json_never_reaches_the_pipeline(asapo, tmp_path):
     prod = asapo_producer.create_producer(
         asapo.server_name, "processed", faults.BEAMTIME, "auto", "detector", "", 1, 5000
     )
+    prod.set_log_level("none")
     refused = []
     part = np.zeros(faults.ASAPO_SHAPE, np.uint16).reshape(-1).view(np.uint8)
 

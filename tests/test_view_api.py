@@ -157,7 +157,7 @@ def test_view_api_against_a_running_pipeline(tmp_path):
         sub.close(linger=0)
         ctx.term()
         stderr = rv.stop()
-    assert rv.proc.returncode == 0, stderr
+    assert rv.proc.returncode == rv.clean_exit, stderr
 
     # What the view showed is what the HDF5 file holds for the same message ids.
     rows = read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")
@@ -236,7 +236,7 @@ def test_view_killed_or_stalled_the_pipeline_goes_on_and_loses_nothing(tmp_path)
     finally:
         stack.close()
         stderr = rv.stop()
-    assert rv.proc.returncode == 0, stderr
+    assert rv.proc.returncode == rv.clean_exit, stderr
     assert "the view process ended" in stderr and "view process restarted" in stderr
     rows = read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")
     ids = sorted(int(m) for m in rows["message_id"])
@@ -311,7 +311,7 @@ def test_shmpipe_view_attaches_to_a_running_pipeline(tmp_path):
         run.send_signal(signal.SIGINT)
         _, err = run.communicate(timeout=90)
     assert view.returncode == 0
-    assert run.returncode == 0, err
+    assert run.returncode == 130, err  # stopped by Ctrl-C, drained
 
 
 def run_view_cli(name: str, port: int):

@@ -93,7 +93,7 @@ def test_the_page_shows_image_profile_traces_and_advancing_message_ids(tmp_path)
     finally:
         stderr = rv.stop()
     assert not errors, errors
-    assert rv.proc.returncode == 0, stderr
+    assert rv.proc.returncode == rv.clean_exit, stderr
     keep = os.environ.get("SHMPIPE_SCREENSHOTS")
     if keep:  # docs/img is refreshed from here: SHMPIPE_SCREENSHOTS=docs/img pytest ...
         for f in shots.iterdir():

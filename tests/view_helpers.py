@@ -96,8 +96,15 @@ class RunningView:
         status, body, _ = self.get(path)
         return status, json.loads(body)
 
+    @property
+    def clean_exit(self) -> int:
+        """The exit status of a run that went well: 130 when stop() interrupted it (drained
+        by Ctrl-C), 0 when it had ended by itself."""
+        return 130 if getattr(self, "interrupted", False) else 0
+
     def stop(self) -> str:
         if self.proc.poll() is None:
+            self.interrupted = True
             self.proc.send_signal(signal.SIGINT)
             try:
                 self.stderr = self.proc.communicate(timeout=90)[1]

@@ -5,7 +5,7 @@ function against numpy and runs it through a real pipeline. Use it in a configur
 
     [kernels.hot]
     kind = "examples.custom_kernel.hot_pixels:HotPixels"
-    threshold = 1000
+    threshold = 150
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def module_stats(module, threshold, hot, mean, index):
 
 @dataclass
 class HotPixelsParams:
-    threshold: int = 1000
-    """Counts above which a pixel is hot."""
+    threshold: int = 150
+    """Counts above which a pixel is hot (the simulator's brightest ring averages 200)."""
 
 
 class HotPixels(Kernel):

@@ -205,3 +205,23 @@ class Kernel:
 
     def on_scan(self, scan: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
         """Called in the worker when a frame's per-stream parameters differ from the last."""
+
+    def check_params(
+        self, params: Mapping[str, Any], outputs: Mapping[str, ArraySpec]
+    ) -> Mapping[str, Any]:
+        """Validate live parameters on the writer's side; return them normalised.
+
+        Runs in the process that changes parameters during a run (the Tango device), on an
+        instance whose ``setup`` has not run: decide from ``self.params`` and ``outputs``
+        (every declared output of the chain, by qualified name). Raise ``ValueError`` with a
+        message naming the parameter; a kernel that takes no live parameters refuses all.
+        """
+        raise ValueError(f"kernel {self.name!r} takes no live parameters")
+
+    def on_params(self, params: Mapping[str, Any], version: int) -> None:  # noqa: B027
+        """Called in the worker, between frames, when this kernel's live parameters changed.
+
+        ``params`` is this kernel's section of the live-parameter block (already validated
+        by ``check_params``; empty when it was removed), ``version`` the block's version:
+        record it in an output when results must say which parameters they used.
+        """

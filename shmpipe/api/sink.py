@@ -85,3 +85,8 @@ class Sink:
 
     def close(self) -> None:  # noqa: B027
         pass
+
+    def written(self, run_name: str, streams: list[str]) -> list[str]:
+        """Where this sink put a run's results, for the summary (paths, or a service's
+        streams); called in the supervisor with the names of the streams the run saw."""
+        return []

@@ -25,6 +25,13 @@ GOALS = {
 }
 
 
+QUICK_NOTE = (
+    "quick run: tiny frames ({shape[0]} x {shape[1]}) and a handful of each, to check that "
+    "every measurement runs; its numbers say nothing about this node, so no goal is judged "
+    "and no node model is given (run without --quick to measure)"
+)
+
+
 def _fmt_ms(d: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.1f} ms" for k, v in d.items())
 
@@ -130,9 +137,9 @@ def plots(report: dict[str, Any], out: Path, latency_s: np.ndarray) -> list[Path
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
     ms = np.asarray(latency_s) * 1e3
-    if len(ms):
+    if len(ms):  # no plot of nothing: a run with no frame after settling has no latency
+        fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.hist(ms, bins=min(40, max(5, len(ms) // 2)))
         lat = report["latency"]
         for q, style in (("p50_s", "-"), ("p99_s", "--")):
@@ -141,13 +148,13 @@ def plots(report: dict[str, Any], out: Path, latency_s: np.ndarray) -> list[Path
                     lat[q] * 1e3, color="k", ls=style, label=f"{q[:3]} {lat[q] * 1e3:.1f} ms"
                 )
         ax.legend()
-    ax.set_xlabel("dispatch -> publish latency (ms)")
-    ax.set_ylabel("frames")
-    ax.set_title(f"Latency at {report['latency']['rate']:.2f} frames/s")
-    fig.tight_layout()
-    paths.append(out / "latency.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+        ax.set_xlabel("dispatch -> publish latency (ms)")
+        ax.set_ylabel("frames")
+        ax.set_title(f"Latency at {report['latency']['rate']:.2f} frames/s")
+        fig.tight_layout()
+        paths.append(out / "latency.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     e2e = report["end_to_end"]
@@ -165,7 +172,10 @@ def plots(report: dict[str, Any], out: Path, latency_s: np.ndarray) -> list[Path
 
 
 def print_summary(report: dict[str, Any], log: Callable[[str], None] = print) -> None:
-    """Print the goal table of a report."""
+    """Print the goal table of a report (a quick run's note instead)."""
+    if report.get("note"):
+        log(report["note"])
+        return
     for g in report["goals"]:
         mark = "met" if g["met"] else "NOT met"
         measured = g["measured"]
@@ -191,9 +201,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"{m['modules']} x {m['module_shape'][0]} x {m['module_shape'][1]} uint16 "
         f"({m['frame_bytes'] / 1e6:.1f} MB).",
         "",
-        "| goal | measured | target | met |",
-        "|---|---:|---|---|",
     ]
+    if report.get("note"):
+        lines += [f"**{report['note']}**", ""]
+    else:
+        lines += ["| goal | measured | target | met |", "|---|---:|---|---|"]
     for g in report["goals"]:
         lines.append(
             f"| {g['goal']} | {g['measured']:.3g} | {g['target']} | {'yes' if g['met'] else 'no'} |"
@@ -258,6 +270,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"| first result, cold Numba cache, s | {cold:.2f} |",
         f"| first result, warm Numba cache, s | {st['warm']['first_result_s']:.2f} |",
     ]
+    if report.get("note"):
+        return "\n".join(lines) + "\n"
     mo = report["model"]
     a = mo["assumptions"]
     lines += [

@@ -61,7 +61,15 @@ from shmpipe.benchmark.model import (
 )
 from shmpipe.benchmark.naive_pool import naive_pool_rate
 from shmpipe.benchmark.pipeline_run import percentiles, run_pipeline
-from shmpipe.benchmark.report import _fmt_ms, _jsonable, _meta, goals, plots, report_markdown
+from shmpipe.benchmark.report import (
+    QUICK_NOTE,
+    _fmt_ms,
+    _jsonable,
+    _meta,
+    goals,
+    plots,
+    report_markdown,
+)
 from shmpipe.benchmark.startup import startup_time
 from shmpipe.shm.layout import (
     LATENCY_BUCKETS_S,
@@ -285,7 +293,11 @@ def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> dict[st
             "engine_histogram_mean_s": lat.engine_latency_mean_s,
             "buckets_s": list(LATENCY_BUCKETS_S),
         }
-        log(f"  p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms (chain {chain_ms:.1f} ms)")
+        backlog = "" if len(lat.latency_s) else ", start-up backlog only"
+        log(
+            f"  p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms over {len(counted)} frames "
+            f"(chain {chain_ms:.1f} ms{backlog})"
+        )
 
         # 7. the model
         geo_px = _image_px(geo)
@@ -306,8 +318,14 @@ def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> dict[st
         )
         report["model"]["bytes_by_stage"] = moved
         report["model"]["measured_here_copy_gbps"] = max(m["copy_gbps"] for m in machine)
-        report["goals"] = goals(report)
-        plots(report, out, lat.latency_s)
+        # A quick run's toy frames would judge goals and size a cluster on nothing.
+        report["goals"] = [] if opts.quick else goals(report)
+        if opts.quick:
+            report["note"] = QUICK_NOTE.format(shape=shape)
+        for path in plots(report, out, lat.latency_s):
+            log(f"plot: {path}")
+        if not len(lat.latency_s):
+            log("no latency plot: no frame was published after the settling time")
     (out / "report.md").write_text(report_markdown(report))  # before NaN becomes null
     report = _jsonable(report)
     (out / "report.json").write_text(json.dumps(report, indent=1))

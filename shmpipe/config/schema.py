@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import json
 import tomllib
@@ -45,6 +46,12 @@ class ConfigError(ValueError):
         self.key, self.file, self.message = key, file, message
         where = f"{file or '<command line>'}: " + (f"{key}: " if key else "")
         super().__init__(where + message)
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a mistyped ``word``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass
@@ -110,6 +117,32 @@ class MetricsSection:
 
 
 @dataclass
+class TangoSection:
+    """The Tango device (needs ``pip install 'shmpipe[tango]'``)."""
+
+    device: str = ""
+    """Serve a Tango device of this name (``domain/family/member``); empty: none."""
+    nodb: bool = False
+    """Run without a Tango database (clients use ``tango://host:port/<device>#dbase=no``)."""
+    port: int = 0
+    """TCP port of the device server; needed with nodb, 0 otherwise: any free port."""
+    instance: str = "shmpipe"
+    """Server instance name (the Tango database knows the device as ShmpipeDS/<instance>)."""
+    event_hz: float = 10.0
+    """Most change events per second per attribute."""
+    roi_output: str = ""
+    """The output GetRoiForFrame and RoIs refer to; empty: the first ``*.roi_sums``."""
+    profile: str = ""
+    """The output shown as LatestProfile; empty: the first 1-D output with an axis."""
+    hit_output: str = ""
+    """The output HitRate counts a frame a hit by; empty: the first ``*.count_above``."""
+    hit_min: float = 1.0
+    """A frame is a hit when its hit_output is at least this."""
+    hit_window: int = 100
+    """HitRate is the fraction of hits among this many latest frames."""
+
+
+@dataclass
 class ViewSection:
     """The preview tap and the live web view."""
 
@@ -133,6 +166,7 @@ SECTIONS: dict[str, type] = {
     "run": RunSection,
     "ring": RingSection,
     "metrics": MetricsSection,
+    "tango": TangoSection,
     "view": ViewSection,
 }
 PLUGIN_SECTIONS = ("source", "kernels", "sinks")
@@ -165,6 +199,7 @@ class PipelineConfig:
     source: PluginSpec
     kernels: list[PluginSpec]
     sinks: list[PluginSpec]
+    tango: TangoSection = field(default_factory=TangoSection)
     view: ViewSection = field(default_factory=ViewSection)
 
     def effective(self) -> dict[str, Any]:
@@ -173,6 +208,7 @@ class PipelineConfig:
             "run": dataclasses.asdict(self.run),
             "ring": dataclasses.asdict(self.ring),
             "metrics": dataclasses.asdict(self.metrics),
+            "tango": dataclasses.asdict(self.tango),
             "view": dataclasses.asdict(self.view),
             "source": self.source.table(),
             "kernels": {k.name: k.table() for k in self.kernels},
@@ -260,7 +296,8 @@ def build_dataclass(cls: type, table: dict[str, Any], prefix: str, file: str | N
     for key in table:
         if key not in fields:
             raise ConfigError(
-                f"unknown key; {prefix or 'this table'} takes: {', '.join(fields) or 'nothing'}",
+                f"unknown key{did_you_mean(key, fields)}; {prefix or 'this table'} takes: "
+                f"{', '.join(fields) or 'nothing'}",
                 f"{prefix}.{key}" if prefix else key,
                 file,
             )
@@ -329,7 +366,15 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         node[last] = parse_value(text)
 
 
-def _plugin(group: str, base: type, table: Any, key: str, file: str | None, name: str = ""):
+def _plugin(
+    group: str,
+    base: type,
+    table: Any,
+    key: str,
+    file: str | None,
+    name: str = "",
+    given: typing.Collection[str] = (),
+):
     if not isinstance(table, dict):
         raise ConfigError(f"must be a table, got {table!r}", key, file)
     table = dict(table)
@@ -340,14 +385,61 @@ def _plugin(group: str, base: type, table: Any, key: str, file: str | None, name
         cls = resolve(group, kind, base)
     except PluginLookupError as exc:
         raise ConfigError(str(exc), f"{key}.kind", file) from exc
+    _settle_aliases(cls.Params, table, key, given)
     params = build_dataclass(cls.Params, table, key, file)
     return PluginSpec(kind=kind, cls=cls, params=params, name=name)
+
+
+def _settle_aliases(
+    params_cls: type, table: dict[str, Any], key: str, given: typing.Collection[str]
+) -> None:
+    """Drop the file's value of a key whose alias (or canonical name) the command line set.
+
+    ``Params.ALIASES`` maps an alias to its key (``{"bins": "npt"}``). A value given on the
+    command line wins over the file under either name; two values from the same place are
+    left for the plug-in to judge.
+    """
+    for alias, canonical in getattr(params_cls, "ALIASES", {}).items():
+        if alias not in table or canonical not in table:
+            continue
+        alias_given, canonical_given = f"{key}.{alias}" in given, f"{key}.{canonical}" in given
+        if alias_given and not canonical_given:
+            del table[canonical]
+        elif canonical_given and not alias_given:
+            del table[alias]
+
+
+def _has_key(tables: Any, dotted: str) -> bool:
+    node = tables
+    for part in dotted.split("."):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return False
+    return True
+
+
+def _blame(exc: ConfigError, file_tables: dict[str, Any], given: dict[str, str]) -> ConfigError:
+    """Name the command line as the origin of a mistake made there rather than the file.
+
+    It is the command line's when the key in error is one it set (or lies inside one), or is
+    a table it brought in that the file does not have (a misspelt section, say).
+    """
+    key = exc.key.split("[")[0]
+    for set_key, label in given.items():
+        brought_in = set_key.startswith(key + ".") and not _has_key(file_tables, key)
+        if set_key == key or key.startswith(set_key + ".") or brought_in:
+            return ConfigError(exc.message, exc.key, f"command line ({label})")
+    return exc
 
 
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] = (),  # type: ignore[assignment]
     raw: dict[str, Any] | None = None,
+    labels: list[str] | None = None,
 ) -> PipelineConfig:
     """Read, override and validate a configuration.
 
@@ -359,6 +451,9 @@ def load_config(
         ``dotted.key=value`` assignments applied after the file, in order.
     raw : dict, optional
         Tables to use instead of reading ``path`` (``path`` then only names them in errors).
+    labels : list of str, optional
+        How each override was given (``--workers 64``), to name it in an error; default
+        ``--set <override>``.
 
     Raises
     ------
@@ -368,18 +463,29 @@ def load_config(
     file = str(path) if path is not None else None
     if raw is None:
         raw = read_toml(path) if path is not None else {}
+    file_tables = raw
     raw = copy.deepcopy(raw)
-    for assignment in overrides:
+    labels = list(labels or [])
+    given: dict[str, str] = {}
+    for i, assignment in enumerate(overrides):
+        label = labels[i] if i < len(labels) else f"--set {assignment}"
         try:
             apply_override(raw, assignment)
         except ConfigError as exc:
-            raise ConfigError(exc.message, exc.key, "--set") from None
-    # Keys given on the command line are checked as if they were in the file, but an error in
-    # one should not blame the file for it; the file name is still the best pointer we have.
+            raise ConfigError(exc.message, exc.key, f"command line ({label})") from None
+        given[assignment.partition("=")[0].strip()] = label
+    try:
+        return _validate(raw, file, given)
+    except ConfigError as exc:
+        raise _blame(exc, file_tables, given) from None
+
+
+def _validate(raw: dict[str, Any], file: str | None, given: dict[str, str]) -> PipelineConfig:
+    known = [*SECTIONS, *PLUGIN_SECTIONS]
     for key in raw:
-        if key not in SECTIONS and key not in PLUGIN_SECTIONS:
+        if key not in known:
             raise ConfigError(
-                f"unknown section; known: {', '.join([*SECTIONS, *PLUGIN_SECTIONS])}", key, file
+                f"unknown section{did_you_mean(key, known)}; known: {', '.join(known)}", key, file
             )
     sections = {
         name: build_dataclass(cls, raw.get(name, {}), name, file) for name, cls in SECTIONS.items()
@@ -392,12 +498,12 @@ def load_config(
     src_table = raw.get("source", DEFAULT_SOURCE)
     if isinstance(src_table, dict) and "kind" not in src_table:
         src_table = {**DEFAULT_SOURCE, **src_table}
-    source = _plugin("shmpipe.sources", Source, src_table, "source", file)
+    source = _plugin("shmpipe.sources", Source, src_table, "source", file, given=given)
     ktables = raw.get("kernels", DEFAULT_KERNELS)
     if not isinstance(ktables, dict):
         raise ConfigError("must be tables [kernels.<name>]", "kernels", file)
     kernels = [
-        _plugin("shmpipe.kernels", Kernel, t, f"kernels.{n}", file, name=n)
+        _plugin("shmpipe.kernels", Kernel, t, f"kernels.{n}", file, name=n, given=given)
         for n, t in ktables.items()
     ]
     from shmpipe.shm.layout import (
@@ -411,17 +517,55 @@ def load_config(
         stables = [stables]
     if not isinstance(stables, list):
         raise ConfigError("must be an array of tables [[sinks]]", "sinks", file)
-    sinks = [_plugin("shmpipe.sinks", Sink, t, f"sinks.{i}", file) for i, t in enumerate(stables)]
+    sinks = [
+        _plugin("shmpipe.sinks", Sink, t, f"sinks.{i}", file, given=given)
+        for i, t in enumerate(stables)
+    ]
+    if sections["tango"].device and not sections["view"].tap:
+        raise ConfigError(
+            "the Tango device reads the preview tap: set view.tap = true", "tango.device", file
+        )
     return PipelineConfig(
         path=file,
         run=run,
         ring=sections["ring"],
         metrics=sections["metrics"],
+        tango=_checked_tango(sections["tango"], file),
         view=_checked_view(sections["view"], file),
         source=source,
         kernels=kernels,
         sinks=sinks,
     )
+
+
+def _checked_tango(tango: TangoSection, file: str | None) -> TangoSection:
+    import re
+
+    if tango.device and not re.fullmatch(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+){2}", tango.device):
+        raise ConfigError(
+            f"must be a Tango device name domain/family/member, got {tango.device!r}",
+            "tango.device",
+            file,
+        )
+    if not 0 <= tango.port <= 65535:
+        raise ConfigError(f"must be a TCP port, got {tango.port}", "tango.port", file)
+    if tango.device and tango.nodb and not tango.port:
+        raise ConfigError("without a database (nodb) the device needs a port", "tango.port", file)
+    if not tango.event_hz > 0:
+        raise ConfigError(f"must be more than 0, got {tango.event_hz}", "tango.event_hz", file)
+    if tango.hit_window < 1:
+        raise ConfigError(f"must be at least 1, got {tango.hit_window}", "tango.hit_window", file)
+    if tango.device:
+        try:
+            import tango as pytango  # noqa: F401 - only whether it imports
+        except ImportError as exc:
+            raise ConfigError(
+                f"a Tango device needs pytango, which is not installed ({exc}); "
+                "pip install 'shmpipe[tango]'",
+                "tango.device",
+                file,
+            ) from None
+    return tango
 
 
 def _checked_view(view: ViewSection, file: str | None) -> ViewSection:
@@ -464,7 +608,7 @@ def _toml_key(k: str) -> str:
 def to_toml(doc: dict[str, Any]) -> str:
     """Render the effective configuration as TOML (readable back by ``load_config``)."""
     out: list[str] = []
-    for section in ("run", "ring", "metrics", "view", "source"):
+    for section in ("run", "ring", "metrics", "view", "tango", "source"):
         if section not in doc:
             continue  # a configuration recorded before the section existed
         out.append(f"[{section}]")

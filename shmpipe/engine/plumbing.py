@@ -16,6 +16,7 @@ from shmpipe.api.source import Source
 from shmpipe.config import PipelineConfig
 from shmpipe.engine.chain import ChainLayout
 from shmpipe.shm.channel import RecordPipe
+from shmpipe.shm.params import LiveParams
 from shmpipe.shm.ring import (
     SlotRing,
 )
@@ -36,6 +37,7 @@ class Plumbing:
     source: Source
     cache_dir: Path
     run_info: RunInfo
+    live: LiveParams | None = None  # kernel parameters changed during the run
     tap: Any = None  # shmpipe.shm.preview.PreviewTap when the run has a view
 
     @property

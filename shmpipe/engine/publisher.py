@@ -32,6 +32,7 @@ from shmpipe.shm.layout import (
     P_MSG_ID,
     P_READY_NS,
     P_STATE,
+    PARAMS_VERSION,
     PROC_PUBLISHER,
     PS_BUSY,
     PS_IDLE,
@@ -204,7 +205,7 @@ class Publisher:
             self._count_stream(int(row[STREAM_ROW]), error=False)
             self.last_id = mid
             if self.tap is not None:
-                self.tap.note(stream, mid, slot, header.parts)
+                self.tap.note(stream, mid, slot, header.parts, int(row[PARAMS_VERSION]))
             self._queue(stream, mid, slot, ack=True)
         self._advance(seq)
 

@@ -31,7 +31,11 @@ from shmpipe.engine.plumbing import Plumbing
 log = logging.getLogger("shmpipe.supervisor")
 
 ENTRY_POINT_GROUP = "shmpipe.side_processes"
-DECLARED = ("shmpipe.observe.metrics:SIDE_PROCESS", "shmpipe.view.process:SIDE_PROCESS")
+DECLARED = (
+    "shmpipe.observe.metrics:SIDE_PROCESS",
+    "shmpipe.view.process:SIDE_PROCESS",
+    "shmpipe.tango.server:SIDE_PROCESS",
+)
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
@@ -85,6 +89,12 @@ class SideProcesses:
                 daemon=False,
             )
             r.proc.start()
+            try:
+                # A group of its own: a signal to the run's group (Ctrl-C on a terminal,
+                # `timeout`) must not kill an observer while the pipeline drains.
+                os.setpgid(r.proc.pid, r.proc.pid)
+            except OSError:  # it already did so itself, or died
+                pass
         finally:
             _close(resource)  # the child holds it now; processes forked later must not
 

@@ -24,10 +24,13 @@ from shmpipe.engine.chain import ChainLayout, KernelChain, KernelSetupError
 from shmpipe.engine.plumbing import Plumbing
 from shmpipe.shm.channel import RecordPipe
 from shmpipe.shm.layout import PROC_FIRST_WORKER
+from shmpipe.shm.params import LiveParams
 from shmpipe.shm.preview import PreviewTap
 from shmpipe.shm.ring import RingGeometry, ShmCapacityError, SlotRing
 
 log = logging.getLogger("shmpipe.supervisor")
+
+SETUP_QUIET_S = 1.0  # a kernel set-up longer than this is announced (Numba compiling)
 
 AUTO_RING_SLOTS = 256  # ring.slots = 0: at most this many slots ...
 AUTO_RING_BYTES = 64 * 2**20  # ... and beyond 2 x workers + 2 only while they fit in this
@@ -109,7 +112,14 @@ def preflight(
     theirs.close()
     limit = config.run.setup_timeout_s
     try:
-        if limit > 0 and not ours.poll(limit):
+        if not ours.poll(min(SETUP_QUIET_S, limit) if limit > 0 else SETUP_QUIET_S):
+            log.info(
+                "setting up the kernels (%s): the first run on a machine compiles their "
+                "Numba code and builds their tables (10-20 s for the LAMBDA chain, once; "
+                "later runs load both from the cache)",
+                ", ".join(k.name for k in config.kernels),
+            )
+        if limit > 0 and not ours.poll(max(0.0, limit - SETUP_QUIET_S)):
             proc.kill()
             status, payload = (
                 "error",
@@ -122,6 +132,11 @@ def preflight(
             status, payload = ours.recv()
     except EOFError:
         status, payload = "error", f"the start-up checks died (exit code {proc.exitcode})"
+    except BaseException:  # interrupted during start-up: the checks must not live on
+        proc.kill()
+        proc.join()
+        ours.close()
+        raise
     proc.join()
     ours.close()
     if status != "ok":
@@ -215,10 +230,19 @@ def prepare(ctx: Any, config: PipelineConfig) -> Plumbing:
         outputs=layout.specs(),
         config_toml=to_toml(cfg.effective()),
     )
+    tap = _preview_tap(cfg, layout, src_layout, run_info, ring)
+    try:
+        live = LiveParams()  # kernel parameters changed during the run (the Tango device)
+    except ShmCapacityError as exc:
+        ring.close()
+        if tap is not None:
+            tap.close()
+        raise StartupError(str(exc)) from exc
     return Plumbing(
         config=cfg,
         ring=ring,
-        tap=_preview_tap(cfg, layout, src_layout, run_info, ring),
+        tap=tap,
+        live=live,
         layout=layout,
         parts=src_layout.parts,
         seats=[RecordPipe() for _ in range(cfg.run.workers)],

@@ -56,6 +56,13 @@ from shmpipe.config import ConfigError, PipelineConfig
 from shmpipe.engine import protocol
 from shmpipe.engine.chain import KernelSetupError
 from shmpipe.engine.dispatcher import dispatcher_main
+from shmpipe.engine.exit_codes import (
+    EXIT_CONFIG_ERROR,
+    EXIT_FAILED,
+    EXIT_FRAME_ERRORS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+)
 from shmpipe.engine.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, now_ns
 from shmpipe.engine.publisher import publisher_main
 from shmpipe.engine.roles import getproctitle, set_process_title, setproctitle
@@ -65,6 +72,7 @@ from shmpipe.engine.startup import StartupError, prepare
 from shmpipe.engine.worker import worker_main
 from shmpipe.observe.logs import frame_extra
 from shmpipe.observe.progress import ProgressReporter
+from shmpipe.observe.run_report import SteadyRate, written_outputs
 from shmpipe.observe.runs import RunNameInUse, RunRecord, sweep_stale
 from shmpipe.observe.snapshot import Snapshot
 from shmpipe.shm.channel import DONE, STOP
@@ -76,6 +84,7 @@ from shmpipe.shm.layout import (
     OWNER,
     OWNER_PID,
     P_EXIT,
+    P_FRAMES,
     P_KERNEL,
     P_PID,
     P_READY_NS,
@@ -97,7 +106,9 @@ from shmpipe.shm.layout import (
 
 log = logging.getLogger("shmpipe.supervisor")
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+# A second SIGINT this long after the first is a person pressing Ctrl-C again; signals closer
+# together are one interrupt delivered twice (`timeout` signals the child, then its group).
+HUMAN_REPEAT_S = 0.5
 
 
 @dataclass
@@ -118,6 +129,10 @@ class RunSummary:
     slots: int = 0
     """Slots in the ring."""
     worker_startup_s: list[float] = field(default_factory=list)
+    steady_frames_per_s: float | None = None
+    """Frames/s between the first and the last frame published (None: too short to tell)."""
+    outputs: list[str] = field(default_factory=list)
+    """Where the sinks put the results (files, or a service's streams)."""
     timings: dict[str, np.ndarray] = field(default_factory=dict)
     """Copies of the ring's ``Timings`` arrays (``kernel_hist``, ``kernel_ns``, ``latency_hist``,
     ``latency_ns``) and of the process table (``procs``), taken before the ring closes."""
@@ -128,11 +143,20 @@ class RunSummary:
 
     def describe(self) -> str:
         mbps = self.bytes_in / self.wall_s / 1e6 if self.wall_s > 0 else 0.0
-        return (
+        steady = (
+            f"{self.steady_frames_per_s:.1f} frames/s steady, "
+            if self.steady_frames_per_s is not None
+            else ""
+        )
+        text = (
             f"run {self.name}: {self.frames_in} frames in, {self.frames_out} out, "
-            f"{self.errors} errors, {self.wall_s:.2f} s, {self.frames_per_s:.1f} frames/s, "
+            f"{self.errors} errors, {self.wall_s:.2f} s, {steady}"
+            f"{self.frames_per_s:.1f} frames/s over the whole run (start-up included), "
             f"{mbps:.1f} MB/s, {self.worker_restarts} worker restarts"
         )
+        if self.outputs:
+            text += "\nwritten: " + "\n         ".join(self.outputs)
+        return text
 
 
 class Pipeline:
@@ -150,7 +174,7 @@ class Pipeline:
             config.run.name = f"run-{os.getpid()}"
         self.name = config.run.name
         self.ctx = mp.get_context("fork")
-        self._signals = 0
+        self._signals: list[tuple[int, float]] = []
         self._draining_since = 0.0
         self.summary = RunSummary(self.name)
         self.p: Plumbing | None = None
@@ -315,7 +339,18 @@ class Pipeline:
 
     # -- signals ---------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
-        self._signals += 1
+        self._signals.append((signum, time.monotonic()))
+
+    def _stop_at_once(self) -> bool:
+        """Whether a person asked twice: a SIGINT well after the first interrupt.
+
+        SIGTERM always drains (a scheduler or ``timeout`` may send it more than once, and
+        drain_timeout_s bounds the drain); only Ctrl-C given again stops at once.
+        """
+        first = self._signals[0][1]
+        return any(
+            sig == signal.SIGINT and t - first >= HUMAN_REPEAT_S for sig, t in self._signals[1:]
+        )
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -353,6 +388,8 @@ class Pipeline:
                 for pipe in [*self.p.seats, self.p.done, self.p.dispatcher_inbox]:
                     pipe.close()
                 self.p.ring.close()
+                if self.p.live is not None:
+                    self.p.live.close()
                 if self.p.tap is not None:
                     self.p.tap.close()
             record.release()
@@ -385,6 +422,7 @@ class Pipeline:
         self._ready_logged: set[tuple[int, int]] = set()
         self._stopped_since: dict[int, float] = {}
         progress = ProgressReporter(ring, cfg, self.name)
+        steady = SteadyRate()
         exit_code, error = EXIT_OK, ""
         try:
             self._start_side_processes()
@@ -403,16 +441,17 @@ class Pipeline:
                 side = self.side.sentinels()
                 procs.update({s: ("side", r) for s, r in side.items()})
                 ready = wait(list(procs), timeout=0.25)
-                if self._signals > handled_signals:
-                    handled_signals = self._signals
-                    if handled_signals == 1:
+                if len(self._signals) > handled_signals:
+                    if not handled_signals:
                         log.warning(
-                            "stopping: no new messages; finishing the frames in flight "
-                            "(Ctrl-C again to stop at once)"
+                            "stopping (%s): no new messages; finishing the frames in flight "
+                            "(Ctrl-C again to stop at once)",
+                            signal.Signals(self._signals[0][0]).name,
                         )
                         p.dispatcher_inbox.send(STOP)
                         self._draining_since = time.monotonic()
-                    else:
+                    handled_signals = len(self._signals)
+                    if self._stop_at_once():
                         raise _Interrupted
                 if (
                     self._draining_since
@@ -454,10 +493,12 @@ class Pipeline:
                 self._describe_side_pids()
                 self._report_ready_workers()
                 progress.tick()
+                steady.sample(int(ring.procs[PROC_PUBLISHER, P_FRAMES]))
         except _Finished:
             pass
         except _Interrupted:
-            exit_code, error = EXIT_INTERRUPTED, "stopped at once by a second interrupt"
+            exit_code = 128 + self._signals[0][0]
+            error = "stopped at once by a second Ctrl-C: frames in flight were dropped"
             log.error("%s", error)
         except _RunFailed as exc:
             exit_code, error = exc.exit_code, str(exc)
@@ -468,12 +509,22 @@ class Pipeline:
                 signal.signal(s, h)
             progress.close()
         summary = self.summary
-        summary.exit_code, summary.error = exit_code, error
+        if exit_code == EXIT_OK and self._signals:
+            exit_code = 128 + self._signals[0][0]  # 130 SIGINT, 143 SIGTERM: stopped early
         summary.wall_s = time.perf_counter() - t_start
         snap = Snapshot.read(ring.procs, ring.table)
         summary.frames_in, summary.bytes_in = snap.frames_in, snap.bytes_in
         summary.frames_out, summary.errors = snap.frames_out, snap.errors
         summary.slots = ring.geometry.slots
+        if exit_code == EXIT_OK and summary.errors:
+            exit_code = EXIT_FRAME_ERRORS
+        summary.exit_code, summary.error = exit_code, error
+        steady.sample(summary.frames_out)
+        summary.steady_frames_per_s = steady.rate()
+        try:
+            summary.outputs = written_outputs(cfg, [c.stream for c in ring.streams.read()])
+        except Exception as exc:  # noqa: BLE001 - the summary must not fail the run
+            log.debug("cannot list the outputs written: %s", exc)
         t = ring.timings
         summary.timings = {
             "kernel_hist": t.kernel_hist.copy(),
@@ -561,4 +612,15 @@ def run_pipeline(config: PipelineConfig) -> RunSummary:
     return Pipeline(config).run()
 
 
-__all__ = ["KernelSetupError", "Pipeline", "RunSummary", "StartupError", "run_pipeline"]
+__all__ = [
+    "EXIT_CONFIG_ERROR",
+    "EXIT_FAILED",
+    "EXIT_FRAME_ERRORS",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "KernelSetupError",
+    "Pipeline",
+    "RunSummary",
+    "StartupError",
+    "run_pipeline",
+]

@@ -28,12 +28,14 @@ from shmpipe.shm.layout import (
     P_PID,
     P_READY_NS,
     P_STATE,
+    PARAMS_VERSION,
     PAYLOAD_LEN,
     PROC_FIRST_WORKER,
     PS_BUSY,
     PS_IDLE,
     PS_STARTING,
 )
+from shmpipe.shm.params import ParamsFollower
 from shmpipe.shm.slotio import decode_header
 
 HOLD_DONE_NS = 500_000
@@ -66,6 +68,7 @@ def worker_main(p: Plumbing, seat: int) -> None:
         fail(p, me, f"worker {seat}: {exc}")
     if not layout.same_as(p.layout):
         fail(p, me, f"worker {seat}: kernels declared different outputs than at warm-up")
+    params = ParamsFollower(p.live, chain.kernels)
     procs[P_READY_NS] = now_ns()
     procs[P_STATE] = PS_IDLE
     views: dict[int, list] = {}
@@ -124,6 +127,8 @@ def worker_main(p: Plumbing, seat: int) -> None:
                 "parts": parts,
             }
             try:
+                params.poll()  # live parameters: one integer read unless they changed
+                row[PARAMS_VERSION] = params.applied
                 chain.run(fields, views[slot], running, ring.timings, me)
             except Exception as exc:  # noqa: BLE001 - becomes the frame's error record
                 kernel = chain.current or "?"

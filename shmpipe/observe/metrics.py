@@ -305,6 +305,9 @@ def metrics_main(p: Plumbing, sock: socket.socket, supervisor_pid: int) -> None:
     (threaded, with timeouts and a connection cap: :mod:`shmpipe.observe.metrics_http`)."""
     start_role(p, -1, "metrics", "metrics")
     # The supervisor stops this process with SIGTERM at the end of the run; it holds no state.
+    # In a process group of its own, a signal to the run's group (Ctrl-C on a terminal,
+    # `timeout`) does not kill it while the others drain; it dies with the supervisor anyway.
+    os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     collector = PipelineCollector(
         p.ring,

@@ -42,6 +42,7 @@ class SlotColumn(IntEnum):
     ERROR_LEN = 12
     OWNER_PID = 13
     STREAM_ROW = 14  # the message's row in the stream table (written by the dispatcher)
+    PARAMS_VERSION = 15  # the live-parameter version the worker processed the frame with
 
 
 class SlotFlag(IntFlag):
@@ -85,7 +86,8 @@ FREE, FILLING, FILLED, ASSIGNED, CLAIMED, DONE, PUBLISHING = map(int, SlotState)
 STATE_NAMES = tuple(s.name.lower() for s in SlotState)
 
 STATE, OWNER, TICKET, ATTEMPT, SEQ, MSG_ID, HEADER_LEN, PAYLOAD_LEN = map(int, list(SlotColumn)[:8])
-FLAGS, T_FILL, T_CLAIM, T_DONE, ERROR_LEN, OWNER_PID, STREAM_ROW = map(int, list(SlotColumn)[8:])
+FLAGS, T_FILL, T_CLAIM, T_DONE, ERROR_LEN, OWNER_PID, STREAM_ROW = map(int, list(SlotColumn)[8:15])
+PARAMS_VERSION = int(SlotColumn.PARAMS_VERSION)
 N_COLUMNS = 16
 
 ERROR, QUARANTINED, CONTROL = map(int, (SlotFlag.ERROR, SlotFlag.QUARANTINED, SlotFlag.CONTROL))

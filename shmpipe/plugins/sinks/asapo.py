@@ -51,6 +51,21 @@ class AsapoSinkParams:
     """Producer sending threads."""
 
 
+def client_log_level(level: int) -> str:
+    """The ASAPO client log level that keeps its own lines below shmpipe's ``level``.
+
+    The clients print JSON lines straight to stderr (no Python logging to route them through),
+    mostly retries they recover from (``receiver list empty, put back to the queue``) and
+    whose lasting failures shmpipe reports itself. So they show only when shmpipe logs at
+    debug level (``run.log_level = "debug"``), and at the client's ``error`` level otherwise.
+    """
+    if level <= logging.DEBUG:
+        return "info"
+    if level >= logging.ERROR:
+        return "none"
+    return "error"
+
+
 class AsapoSinkError(RuntimeError):
     """A send to ASAPO failed; the inputs concerned were not acknowledged."""
 
@@ -59,6 +74,11 @@ class AsapoSink(Sink):
     """``[[sinks]] kind = "asapo"``."""
 
     Params = AsapoSinkParams
+
+    def written(self, run_name: str, streams: list[str]) -> list[str]:
+        p = self.params
+        names = sorted({p.stream.format(stream=s) for s in streams})
+        return [f"ASAPO {p.endpoint} {p.beamtime}/{p.data_source}: {', '.join(names)}"]
 
     def open(self, run: RunInfo) -> None:
         import asapo_producer
@@ -86,7 +106,7 @@ class AsapoSink(Sink):
             p.nthreads,
             p.timeout_ms,
         )
-        self.producer.set_log_level("warn")
+        self.producer.set_log_level(client_log_level(log.getEffectiveLevel()))
         # Completion is tracked through the send callbacks: the client's own
         # wait_requests_finished polls every 100 ms, which would cap commits at 10/s.
         self._done = threading.Condition()

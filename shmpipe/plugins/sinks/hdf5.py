@@ -19,7 +19,9 @@ back with the redelivery. A message id already present is skipped (idempotent si
 
 from __future__ import annotations
 
+import glob
 import os
+import tempfile
 import time
 from bisect import bisect_right
 from collections.abc import Iterable
@@ -227,9 +229,9 @@ class HDF5Sink(Sink):
         self.paths: list[str] = []
 
     def check(self) -> None:
-        d = os.path.dirname(os.path.abspath(self.params.output.replace("{", "").replace("}", "")))
-        if not os.path.isdir(d) or not os.access(d, os.W_OK):
-            raise ValueError(f"sinks: output directory {d} does not exist or is not writable")
+        problem = output_path_problem(self.params.output)
+        if problem:
+            raise ValueError(f"sinks: hdf5 output {problem}")
 
     def open(self, run: RunInfo) -> None:
         self.run = run
@@ -243,6 +245,10 @@ class HDF5Sink(Sink):
                 )
         self.specs = [s for s in run.outputs if not wanted or s.name in wanted]
         self.names = [s.name for s in self.specs]
+
+    def written(self, run_name: str, streams: list[str]) -> list[str]:
+        paths = [self.params.output.format(stream=s, run=run_name) for s in streams]
+        return [p for i, p in enumerate(paths) if p not in paths[:i] and os.path.isfile(p)]
 
     def _path(self, stream: str) -> str:
         return self.params.output.format(stream=stream, run=self.run.run_name)
@@ -291,6 +297,41 @@ class HDF5Sink(Sink):
             f.close()
         self._files.clear()
         self._groups.clear()
+
+
+def output_path_problem(pattern: str) -> str:
+    """Why HDF5 files cannot be written at ``pattern`` (``{stream}``, ``{run}`` allowed), or "".
+
+    The directory must exist and be writable; a file already there (for a pattern: any file
+    it matches) must be a writable HDF5 file, which the run appends to.
+    """
+    names = {"stream": "*", "run": "*"}
+    try:
+        glob_pattern = pattern.format(**names)
+    except (KeyError, IndexError, ValueError) as exc:
+        return f"{pattern!r}: only {{stream}} and {{run}} may be filled in ({exc!r})"
+    d = os.path.dirname(os.path.abspath(glob_pattern)) or "/"
+    if "*" in d:
+        d = d.split("*")[0].rstrip("/") or "/"
+    if not os.path.isdir(d):
+        return f"directory {d} does not exist" + (" (it is a file)" if os.path.exists(d) else "")
+    try:
+        # Creating a file is the only sure test (permission bits do not bind root; /proc,
+        # read-only mounts and full disks refuse anyway).
+        with tempfile.TemporaryFile(dir=d):
+            pass
+    except OSError as exc:
+        return f"directory {d} is not writable ({exc.strerror})"
+    for path in sorted(glob.glob(glob_pattern)) if "*" in glob_pattern else [glob_pattern]:
+        if not os.path.lexists(path):
+            continue
+        if os.path.isdir(path):
+            return f"{path} is a directory, not a file (name a file, e.g. {path}/out.h5)"
+        if not os.access(path, os.W_OK):
+            return f"{path} exists and is not writable"
+        if os.path.getsize(path) and not h5py.is_hdf5(path):
+            return f"{path} exists and is not an HDF5 file (the run would append to it)"
+    return ""
 
 
 def read_stream(path: str, stream: str) -> dict[str, Any]:

@@ -46,6 +46,9 @@ class AsapoSourceParams:
     group_id: str = ""
     """Consumer group; empty: a new group is generated (set one to resume after a restart and
     to share the stream with other nodes)."""
+    reprocess: bool = False
+    """Read the streams again from their first message, in a fresh consumer group (what
+    ``shmpipe run --reprocess`` sets); group_id's own progress is left as it was."""
     timeout_ms: int = 1000
     """How long one request to the broker may wait for data."""
     has_filesystem: bool = False
@@ -164,7 +167,17 @@ class AsapoSource(Source):
         try:
             consumer = self._consumer_for(self.params.data_source)
             consumer.get_stream_list(from_stream="", filter="all", detailed=False)
-            if not self.params.group_id:
+            if self.params.reprocess:
+                old_group = self.params.group_id
+                self.params.group_id = consumer.generate_group_id()
+                log.info(
+                    "reprocessing: the fresh consumer group %s reads from the first message of "
+                    "stream %s%s",
+                    self.params.group_id,
+                    self.params.stream,
+                    f" (group {old_group!r} is left as it was)" if old_group else "",
+                )
+            elif not self.params.group_id:
                 self.params.group_id = consumer.generate_group_id()
                 log.warning(
                     "no source.group_id: using the new group %s (set it to resume after a restart)",
@@ -207,6 +220,7 @@ class AsapoSource(Source):
         self._end_at = 0.0
         self._finished_streams: set[str] = set()
         self._known_streams: set[str] = set()
+        self._delivered: dict[str, int] = {}
 
     def _scan(self, stream: str) -> dict[str, Any]:
         if stream not in self._scans:
@@ -339,6 +353,7 @@ class AsapoSource(Source):
             raise SourceConfigError(f"ASAPO refused the request: {exc}") from exc
         self._retry_delay = 0.0
         self._last_data = time.monotonic()
+        self._delivered[stream] = self._delivered.get(stream, 0) + 1
         if self._end_at:
             self._end_at = self._last_data + p.resend_delay_ms / 1000 + 0.5
         return item
@@ -390,6 +405,16 @@ class AsapoSource(Source):
         p = self.params
         follow = p.follow != "none" and bool(nxt)
         log.info("stream %s finished%s", stream, f"; next: {nxt}" if nxt else "")
+        if last_id > 0 and not self._delivered.get(stream):
+            log.warning(
+                "consumer group %r has already consumed stream %s (%d messages, ids 1-%d; 0 "
+                "for this run): nothing to do there. To process it again: shmpipe run "
+                "--reprocess (a fresh group from its first message), or another source.group_id",
+                p.group_id,
+                stream,
+                self._stream_size(stream, last_id),
+                last_id,
+            )
         if follow:
             self._stream = nxt
         elif p.follow in ("numeric", "date", "basename"):
@@ -401,7 +426,15 @@ class AsapoSource(Source):
     def _drain(self, stream: str) -> None:
         """End once ``stream`` stays quiet for a resend period: messages a crashed run held
         unacknowledged come back within it, and must not be left for a later run."""
-        self._end_at = time.monotonic() + self.params.resend_delay_ms / 1000 + 0.5
+        wait = self.params.resend_delay_ms / 1000 + 0.5
+        self._end_at = time.monotonic() + wait
+        log.info(
+            "stream %s finished: waiting %.1f s for redeliveries of unacknowledged messages "
+            "(source.resend_delay_ms = %d) before ending",
+            stream,
+            wait,
+            self.params.resend_delay_ms,
+        )
 
     def _check_exists(self, stream: str) -> None:
         """Say once, clearly, when the stream read from does not exist (yet): a typo in
@@ -423,6 +456,12 @@ class AsapoSource(Source):
                 else "",
                 ", ".join(names[:10]) or "none",
             )
+
+    def _stream_size(self, stream: str, default: int) -> int:
+        try:
+            return int(self._consumer.get_current_size(stream=stream))
+        except (_client().AsapoConsumerError, TypeError, ValueError):
+            return default
 
     def _stream_names(self) -> list[str] | None:
         """Names of the data source's streams; None when the broker cannot say now."""

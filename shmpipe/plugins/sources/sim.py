@@ -43,7 +43,8 @@ class SimParams:
     dtype: Literal["uint16", "uint32"] = "uint16"
     """Pixel type of the modules."""
     pool: int = 2
-    """Distinct frames generated up front (cached on disk) and cycled through."""
+    """Distinct frames generated up front (cached on disk) and cycled through: with 2, frame 3
+    repeats frame 1, and every stream holds the same data."""
     photons: float = 200.0
     """Mean counts at the brightest ring."""
     compression: Literal["none", "bitshuffle-lz4"] = "none"
