@@ -13,7 +13,8 @@ test without a watchdog expects one); the longest recovery, in seconds: for a ki
 until its replacement is ready; for a retried frame, from the fault to the frame's publication
 (the watchdog's wait included); for a stalled or restarted ASAPO service, from its return to
 the next message pulled; for a killed dispatcher or publisher, from the kill to the end of the
-run (sim source) or to the restarted run's first published frame (ASAPO).
+run (sim source) or to the restarted run's first published frame (ASAPO); for the whole group
+killed while writing HDF5, the last resume's run time.
 
 The verdict is the tests': the exit status is pytest's. The ASAPO scenarios run only where
 ``asapo_consumer`` is installed (pytest skips them otherwise).

@@ -174,6 +174,31 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    from shmpipe.results import describe_asapo, describe_file
+    from shmpipe.results.report import format_description
+
+    if args.asapo:
+        if not (args.beamtime and args.data_source):
+            print("shmpipe results: --asapo needs --beamtime and --data-source", file=sys.stderr)
+            return 2
+        docs = [describe_asapo(args.asapo, args.beamtime, args.data_source, args.token)]
+    elif args.paths:
+        docs = []
+        for path in args.paths:
+            try:
+                docs.append(describe_file(path))
+            except (OSError, KeyError) as exc:
+                print(f"shmpipe results: {path}: {exc}", file=sys.stderr)
+                return 1
+    else:
+        print("shmpipe results: give a results file or --asapo ENDPOINT", file=sys.stderr)
+        return 2
+    for doc in docs:
+        print(format_description(doc, show_config=args.config))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from shmpipe.observe.status import print_status
 
@@ -250,6 +275,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("name", nargs="?", help="run name (run.name); default: all")
     status.set_defaults(func=cmd_status)
+
+    results = sub.add_parser(
+        "results",
+        help="print what a results file or ASAPO output stream holds",
+        description="Streams, rows, message ids, errors, outputs with units, the runs that "
+        "wrote them and the configuration; for files still being written, too.",
+    )
+    results.add_argument("paths", nargs="*", metavar="PATH", help="results files (HDF5)")
+    results.add_argument("--asapo", metavar="ENDPOINT", help="read the ASAPO service here")
+    results.add_argument("--beamtime", help="with --asapo: the beamtime")
+    results.add_argument("--data-source", help="with --asapo: the output data source")
+    results.add_argument("--token", default="", help="with --asapo: the access token")
+    results.add_argument("--config", action="store_true", help="print each run's configuration")
+    results.set_defaults(func=cmd_results)
 
     from shmpipe.view.command import add_parser as add_view_parser
 

@@ -305,6 +305,7 @@ def crash_kernel(
     frames: int = 30,
     max_attempts: int = 2,
     watchdog_s: float = 0.0,
+    watchdog: bool = True,
     deadline_s: float = 300,
 ) -> Figures:
     """A kernel that kills (or hangs, or stops) its worker on ``ids``; once, or every time."""
@@ -325,6 +326,7 @@ def crash_kernel(
         frames=frames,
         max_attempts=max_attempts,
         watchdog_s=watchdog_s,
+        watchdog=watchdog,
     )
     pipeline = Pipeline(load_config(raw=raw))
     summary, hung = run_guarded(pipeline, deadline_s)
@@ -384,36 +386,49 @@ def kill_role(pipeline: Pipeline, role: str, after: int, stop: threading.Event) 
         table.close()
 
 
-@reported
-def process_death(tmp: Path, role: str, frames: int = 2000, deadline_s: float = 120) -> Figures:
-    """SIGKILL the dispatcher or the publisher mid-run: the run must stop cleanly (exit 1)."""
-    raw = config(tmp, {"checksum": {}}, frames=frames)
-    raw["source"]["rate"] = 200.0
-    pipeline = Pipeline(load_config(raw=raw))
-    stop = threading.Event()
-    killed: list[float] = []
-    t = threading.Thread(
-        target=lambda: killed.extend(kill_role(pipeline, role, 10, stop)), daemon=True
-    )
-    t.start()
-    try:
-        summary, hung = run_guarded(pipeline, deadline_s)
-    finally:
-        stop.set()
-        t.join()
-    stopped_s = time.time() - killed[0] if killed else float("nan")
-    # The sim source cannot redeliver: what was in flight is not lost in silence (the run
-    # stops with exit 1 and says why) but is not published either; ASAPO's case below.
-    in_flight = summary.frames_in - summary.frames_out - summary.errors
-    return Figures(
-        f"{role} SIGKILLed (sim source: run stops, exit 1)",
-        faults=len(killed),
-        lost=-1,
-        hangs=int(hung),
-        recovery_s=[stopped_s] if killed else [],
-        exit_code=summary.exit_code,
-        details={"summary": summary, "in_flight": in_flight},
-    )
+def process_death(
+    tmp: Path,
+    role: str,
+    source: str = "sim",
+    service=None,
+    kills: int = 3,
+    frames: int = 120,
+    ordered: bool = True,
+) -> Figures:
+    """SIGKILL the dispatcher or the publisher ``kills`` times mid-run, with the sim, files
+    or ASAPO (``service``) source: each is replaced, the run completes with every message
+    once (``role_replaced``)."""
+    if source == "asapo":
+        p = produce(service.server_name, frames)
+        p.communicate(timeout=120)
+        raw = asapo_config(service.server_name, tmp, f"replace-{role}", f"replace-{role}")
+        raw["sinks"][0]["output"] = str(tmp / "out_{stream}.h5")
+        raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 10.0}
+        raw["ring"] = {"slots": 8}
+        f = role_replaced(tmp, role, raw, {"scan_0001": frames}, kills=kills, every=frames // 5)
+        f.details["output_ids"] = output_ids(service.server_name, f"replace-{role}")
+        return f
+    if source == "files":
+        import numpy as np
+
+        streams = {}
+        for k, name in enumerate(("run_a", "run_b")):
+            # Each frame its own content, so a result written for the wrong frame shows.
+            ramp = np.arange(frames // 2, dtype=np.float32)[:, None, None] + 1000 * k
+            np.save(tmp / f"{name}.npy", np.broadcast_to(ramp, (frames // 2, 8, 8)))
+            streams[name] = frames // 2
+        raw = config(tmp, {"checksum": {}, "slow": {"kind": "tests.plugins:Sleepy", "ms": 4.0}},
+                     frames=0)  # fmt: skip
+        raw["source"] = {"kind": "files", "paths": [str(tmp / "run_*.npy")], "layout": "frames"}
+    else:
+        raw = config(tmp, {"checksum": {}}, frames=frames // 2)
+        raw["source"].update(rate=frames * 2.0, streams=2)
+        streams = {"scan_0001": frames // 2, "scan_0002": frames // 2}
+    # A small ring: the dispatcher stays busy until the end instead of reading everything
+    # into slots at once.
+    raw["ring"] = {"slots": 8}
+    raw["run"]["ordered"] = ordered
+    return role_replaced(tmp, role, raw, streams, kills=kills, every=frames // (kills + 2))
 
 
 # -- long run -------------------------------------------------------------------------------
@@ -674,44 +689,6 @@ def asapo_restart(service, tmp: Path, frames: int = 60) -> Figures:
     )
 
 
-@reported
-def asapo_role_death(service, tmp: Path, role: str, frames: int = 40) -> Figures:
-    """SIGKILL the dispatcher or publisher of an ASAPO run, then start the run again with the
-    same consumer group: the unacknowledged messages come back, nothing is lost."""
-    group = f"death-{role}"
-    p = produce(service.server_name, frames)
-    p.communicate(timeout=120)
-    raw = asapo_config(service.server_name, tmp, group, f"{role}-1")
-    raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 30.0}
-    first = Pipeline(load_config(raw=raw))
-    stop = threading.Event()
-    killed: list[float] = []
-    t = threading.Thread(target=lambda: killed.extend(kill_role(first, role, 8, stop)), daemon=True)
-    t.start()
-    try:
-        s1, hung1 = run_guarded(first, 120)
-    finally:
-        stop.set()
-        t.join()
-    raw = asapo_config(service.server_name, tmp, group, f"{role}-2")
-    second = Pipeline(load_config(raw=raw))
-    s2, hung2 = run_guarded(second, 120)
-    ids = output_ids(service.server_name, group)
-    lost, dups = count(ids, set(range(1, frames + 1)))
-    data = read_stream(str(tmp / f"out_scan_0001_{role}-2.h5"), "scan_0001")
-    return Figures(
-        f"ASAPO: {role} SIGKILLed, run restarted",
-        faults=len(killed),
-        lost=lost,
-        duplicates=dups,
-        hangs=int(hung1 or hung2),
-        # From the kill to the restarted run's first published frame.
-        recovery_s=[float(data["published"].min()) - killed[0]] if killed else [],
-        exit_code=s2.exit_code,
-        details={"first": s1, "second": s2, "data": data, "output_ids": ids},
-    )
-
-
 # -- whole runs as a user starts them -------------------------------------------------------
 def published(name: str) -> int:
     """Frames the live run ``name`` has published (0 until it is up)."""
@@ -841,10 +818,16 @@ def asapo_group_kill(service, tmp: Path, frames: int = 40) -> Figures:
 
 @reported
 def stopped_worker(
-    tmp: Path, frames: int = 60, rate: float = 60.0, watchdog_s: float = 1.0, deadline_s=120
+    tmp: Path,
+    frames: int = 60,
+    rate: float = 60.0,
+    watchdog_s: float | None = 1.0,
+    deadline_s=120,
 ) -> Figures:
-    """SIGSTOP a worker between frames (idle, or with frames waiting in its inbox)."""
-    raw = config(tmp, {"checksum": {}}, frames=frames, watchdog_s=watchdog_s)
+    """SIGSTOP a worker between frames (idle, or with frames waiting in its inbox), never
+    continued; ``watchdog_s`` None: the default configuration (the adaptive watchdog)."""
+    run = {} if watchdog_s is None else {"watchdog_s": watchdog_s}
+    raw = config(tmp, {"checksum": {}}, frames=frames, **run)
     raw["source"]["rate"] = rate
     pipeline = Pipeline(load_config(raw=raw))
     recoveries: list[float] = []
@@ -885,12 +868,199 @@ def stopped_worker(
     data = read_or_empty(tmp / "out_scan_0001.h5", "scan_0001")
     lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
     return Figures(
-        "worker SIGSTOPped between frames (watchdog)",
+        "worker SIGSTOPped between frames, never continued ("
+        + ("default: adaptive watchdog" if watchdog_s is None else f"watchdog_s = {watchdog_s}")
+        + ")",
         faults=len(stopped),
         lost=lost,
         duplicates=dups,
         hangs=int(hung),
         recovery_s=recoveries,
         exit_code=summary.exit_code,
+        details={"summary": summary, "data": data, "stopped": stopped},
+    )
+
+
+# -- dispatcher and publisher replaced ------------------------------------------------------
+def kill_role_repeatedly(
+    pipeline: Pipeline, role: str, kills: int, every: int, stop: threading.Event
+) -> list[float]:
+    """SIGKILL the dispatcher or publisher ``kills`` times, each after ``every`` more frames
+    were published and once the replacement of the one before is ready; return the seconds
+    from each kill until its replacement was ready."""
+    table = ProcTable(pipeline)
+    times: list[float] = []
+    last_pid, next_at = 0, every
+    try:
+        while not stop.is_set() and len(times) < kills:
+            proc = getattr(pipeline, role, None)
+            if (
+                proc is None
+                or proc.pid in (None, last_pid)
+                or proc.exitcode is not None
+                or table.frames() < next_at
+            ):
+                stop.wait(0.002)
+                continue
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            last_pid, t0 = proc.pid, time.monotonic()
+            row = PROC_DISPATCHER if role == "dispatcher" else PROC_PUBLISHER
+            while not stop.is_set():  # until the replacement is ready for messages
+                new = getattr(pipeline, role)
+                procs = table.get()
+                if new.pid != last_pid and procs[row, P_PID] == new.pid and procs[row, P_READY_NS]:
+                    times.append(time.monotonic() - t0)
+                    break
+                stop.wait(0.002)
+            next_at = table.frames() + every
+        return times
+    finally:
+        table.close()
+
+
+@reported
+def role_replaced(
+    tmp: Path,
+    role: str,
+    raw: dict,
+    expected: dict[str, int],
+    *,
+    kills: int = 3,
+    every: int = 25,
+    deadline_s: float = 120,
+) -> Figures:
+    """Run ``raw`` and SIGKILL its dispatcher or publisher ``kills`` times mid-run: the run
+    must complete (exit 0) with every message of each stream once in the HDF5 sink.
+    ``expected``: stream name -> messages in it (ids 1..n)."""
+    pipeline = Pipeline(load_config(raw=raw))
+    stop = threading.Event()
+    killed: list[float] = []
+    t = threading.Thread(
+        target=lambda: killed.extend(kill_role_repeatedly(pipeline, role, kills, every, stop)),
+        daemon=True,
+    )
+    t.start()
+    try:
+        summary, hung = run_guarded(pipeline, deadline_s)
+    finally:
+        stop.set()
+        t.join()
+    lost = dups = 0
+    data = {}
+    for stream, n in expected.items():
+        data[stream] = read_or_empty(tmp / f"out_{stream}.h5", stream)
+        ids = data[stream]["message_id"].tolist() + data[stream]["errors"]["message_id"].tolist()
+        lo, du = count(ids, set(range(1, n + 1)))
+        lost, dups = lost + lo, dups + du
+    return Figures(
+        f"{role} SIGKILLed {len(killed)}x ({raw['source']['kind']} source): replaced",
+        faults=len(killed),
+        lost=lost,
+        duplicates=dups,
+        hangs=int(hung),
+        recovery_s=killed,
+        exit_code=summary.exit_code,
         details={"summary": summary, "data": data},
+    )
+
+
+# -- crash safety of the results file ----------------------------------------------------------
+def _check_after_kill(path: Path, frames: int, pool: list[bytes], before: int) -> int:
+    """The file a killed run left: it opens, its committed rows are intact, none is lost.
+
+    Returns the committed rows. Raises AssertionError naming what is wrong.
+    """
+    import h5py
+
+    from shmpipe import results
+
+    if not path.exists():
+        assert before == 0, f"{path} vanished with {before} committed rows"
+        return 0
+    try:
+        h5py.File(path, "r").close()
+    except OSError as exc:  # the writer's open flag: SWMR readers and a resume handle it
+        assert "already open for write" in str(exc), exc
+    if results.hdf5.describe_file(str(path))["streams"] == []:
+        return 0  # killed while the first entry was being made: no row was committed yet
+    r = results.load(str(path), "scan_0001")
+    ids = r.message_id.tolist()
+    with h5py.File(path, "r", swmr=True) as f:
+        extents = {k: d.shape for k, d in f["scan_0001"].items() if isinstance(d, h5py.Dataset)}
+    assert len(ids) == len(set(ids)), f"duplicate ids after a kill: {ids[-5:]}, {extents}"
+    assert len(ids) >= before, f"committed rows lost: {before} before, {len(ids)} after"
+    assert set(ids) <= set(range(1, frames + 1))
+    for mid, d in zip(ids, r["checksum.digest"], strict=True):
+        assert bytes(d) == pool[(mid - 1) % len(pool)], f"row of id {mid} is not its frame"
+    return len(ids)
+
+
+@reported
+def group_sigkill_resume(
+    tmp: Path, kills: int = 3, frames: int = 400, rate: float = 400.0, seed: int = 14
+) -> Figures:
+    """SIGKILL the whole process group of an HDF5 run at random instants of its writing.
+
+    Each run is ``mode = "resume"`` into the same file and commits every few frames; it is
+    killed when its publisher has handed a random number of new frames to the sink (plus a
+    random few milliseconds, so the kill falls anywhere in a commit). After each kill the file
+    must open with every committed row intact; the next run resumes it; a last run completes
+    it, and then every id is there exactly once.
+    """
+    from shmpipe.plugins.kernels import frame_digest
+    from shmpipe.plugins.sources.sim import SimParams, SimSource
+
+    rng = random.Random(seed)
+    sim = SimSource(SimParams(**{k: v for k, v in SMALL.items() if k != "kind"}))
+    sim.open()
+    pool = [frame_digest(sim.frame_parts(i)) for i in range(SMALL["pool"])]
+    out, path = tmp / "crash_{stream}.h5", tmp / "crash_scan_0001.h5"
+    args = [
+        "run", "--progress", "off", "--workers", "2", "--frames", str(frames), "--sink", "hdf5",
+        "--output", str(out), "--set", "source.module_shape=[48, 64]",
+        "--set", f"source.pool={SMALL['pool']}", "--set", f"source.modules={SMALL['modules']}",
+        "--set", f"source.rate={rate}", "--set", 'sinks.0.mode="resume"',
+        "--set", "run.commit_interval_s=0.02", "--set", "run.commit_every=8",
+    ]  # fmt: skip
+    rows, landed, resumed_s, after_kill = 0, [], [], []
+    for i in range(kills):
+        name = f"crash-{os.getpid()}-{i}"
+        # Resumed frames already in the file are skipped, then new ones are written: kill
+        # after a random share of what is left, so that every kill falls among new writes.
+        step = max(1, (frames - rows) // (kills - i + 1))
+        until = min(frames - 1, rows + rng.randint(1, 2 * step))
+        proc = cli(*args, "--set", f"run.name={name}", new_session=True)
+        try:
+            wait_for(
+                lambda n=name, u=until, p=proc: published(n) >= u or p.poll() is not None,
+                timeout=120,
+                what=f"{until} frames published by {name}",
+            )
+            time.sleep(rng.uniform(0, 0.03))  # the fault's instant, anywhere in a commit
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                landed.append(i)
+            proc.communicate(timeout=60)
+        rows = _check_after_kill(path, frames, pool, rows)
+        after_kill.append(rows)
+    t0 = time.monotonic()
+    last = cli(*args, "--set", f"run.name=crash-{os.getpid()}-done")
+    _, err = last.communicate(timeout=300)
+    resumed_s.append(time.monotonic() - t0)
+    assert last.returncode == 0, err
+    ids = read_stream(str(path), "scan_0001")["message_id"].tolist()
+    _check_after_kill(path, frames, pool, rows)
+    lost, dups = count(ids, set(range(1, frames + 1)))
+    return Figures(
+        f"whole group SIGKILLed while writing HDF5, then resumed ({kills} kills)",
+        faults=len(landed),
+        lost=lost,
+        duplicates=dups,
+        recovery_s=resumed_s,
+        exit_code=last.returncode,
+        details={"ids": ids, "stderr": err, "rows_after_kill": after_kill},
     )

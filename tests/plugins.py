@@ -201,3 +201,35 @@ class HangingSetup(Kernel):
     def setup(self, ctx):
         while True:
             time.sleep(1)  # never returns; run.setup_timeout_s must act
+
+
+@dataclass
+class ProfileParams:
+    npt: int = 8
+    scale: float = 1.0
+    shift_axis_from: int = 0  # from this message id on, the axis moves (0: never)
+
+
+class Profile(Kernel):
+    """A 1-D profile with an axis, units and uncertainties, and a per-frame scalar: what an
+    azimuthal integrator declares, computed in microseconds from the parts."""
+
+    Params = ProfileParams
+
+    def setup(self, ctx):
+        n = self.params.npt
+        return [
+            ArraySpec("radial", (n,), "float64", unit="q_nm^-1", long_name="q"),
+            ArraySpec("intensity", (n,), "float64", axis="radial", errors="sigma"),
+            ArraySpec("sigma", (n,), "float64", axis="radial"),
+            ArraySpec("total", (), "float64", unit="counts"),
+        ]
+
+    def process(self, frame, out):
+        p = self.params
+        total = sum(float(part.sum(dtype=np.float64)) for part in frame.parts)
+        shift = 1.0 if p.shift_axis_from and frame.message_id >= p.shift_axis_from else 0.0
+        out["radial"][...] = np.linspace(0.1, 1.0, p.npt) + shift
+        out["intensity"][...] = p.scale * total * np.arange(1, p.npt + 1) / p.npt
+        out["sigma"][...] = np.sqrt(out["intensity"])
+        out["total"][...] = total

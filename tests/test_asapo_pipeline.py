@@ -352,3 +352,67 @@ def test_quarantined_frame_is_handed_back_once_then_recorded(asapo, tmp_path):
     assert sorted(data["message_id"].tolist()) == [1, 2, 4, 5, 6, 7, 8]
     assert data["errors"]["message_id"].tolist() == [3]  # recorded once, on its last try
     assert data["errors"]["quarantined"].tolist() == [True]
+
+
+def _profile_config(asapo: AsapoProcess, tmp_path: Path, group: str, **sink) -> dict:
+    raw = config(asapo, tmp_path, group=group)
+    raw["kernels"] = {"profile": {"kind": "tests.plugins:Profile", "scale": sink.pop("scale", 1.0)}}
+    raw["sinks"] = [
+        {"kind": "hdf5", "output": str(tmp_path / "prof_{stream}_{run}.h5")},
+        {
+            "kind": "asapo",
+            "endpoint": asapo.server_name,
+            "beamtime": BEAMTIME,
+            "data_source": "azint",
+            "outputs": ["profile.radial", "profile.intensity", "profile.sigma", "profile.total"],
+            **sink,
+        },
+    ]
+    return raw
+
+
+def test_reader_gives_the_asapo_consumers_records_and_the_files_arrays(asapo, tmp_path):
+    from shmpipe import results
+
+    produced(asapo.server_name, 6, ["scan_0001"])
+    summary = run(_profile_config(asapo, tmp_path, "r1"), name="prof-1")
+    assert summary.exit_code == EXIT_OK, summary.error
+    assert any(r.startswith(f"ASAPO {asapo.server_name} {BEAMTIME}/azint") for r in summary.outputs)
+    r = results.load_asapo(asapo.server_name, BEAMTIME, "azint", "scan_0001")
+    raw = outputs(asapo, "scan_0001", "azint")  # what the consumer gets, record by record
+    assert r.message_id.tolist() == sorted(raw) == list(range(1, 7))
+    for row, mid in enumerate(r.message_id):
+        payload, meta = raw[mid]
+        for a in meta["meta"]["arrays"]:
+            n = int(np.prod(a["shape"])) * np.dtype(a["dtype"]).itemsize
+            sent = np.frombuffer(payload[a["offset"] : a["offset"] + n], a["dtype"])
+            mine = r.axes[a["name"]] if a["name"] in r.axes else r.arrays[a["name"]][row]
+            np.testing.assert_array_equal(mine.reshape(-1), sent)
+    f = results.load(str(tmp_path / "prof_scan_0001_prof-1.h5"))
+    for name in ("profile.intensity", "profile.sigma", "profile.total"):
+        np.testing.assert_array_equal(r[name], f[name])  # the same rows from either sink
+    np.testing.assert_array_equal(r.axis("profile.intensity"), f.axis("profile.intensity"))
+    assert r.units == f.units and r.errors_of == f.errors_of
+    assert r.result_hash and r.runs[0]["run_name"] == "prof-1"
+    shown = subprocess.run(
+        [sys.executable, "-m", "shmpipe", "results", "--asapo", asapo.server_name,
+         "--beamtime", BEAMTIME, "--data-source", "azint"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "stream scan_0001: 6 rows, ids 1..6, 0 errors, finished" in shown.stdout
+
+
+def test_asapo_sink_refuses_a_stream_made_with_another_configuration(asapo, tmp_path):
+    from shmpipe import results
+
+    produced(asapo.server_name, 4, ["scan_0001"])
+    assert run(_profile_config(asapo, tmp_path, "c1"), name="conf-1").exit_code == EXIT_OK
+    other = run(_profile_config(asapo, tmp_path, "c2", scale=2.0), name="conf-2")
+    assert other.exit_code != EXIT_OK
+    assert "another result-shaping configuration" in other.error
+    assert "allow_other_config" in other.error
+    before = results.load_asapo(asapo.server_name, BEAMTIME, "azint", "scan_0001")
+    assert len({r["result_hash"] for r in before.runs}) == 1  # nothing of conf-2 got in
+    allowed = _profile_config(asapo, tmp_path, "c3", scale=2.0, allow_other_config=True)
+    assert run(allowed, name="conf-3").exit_code == EXIT_OK

@@ -43,10 +43,10 @@ def test_config_errors_name_key_and_file(tmp_path, text, key, words):
 
 
 def test_cli_config_error_exit_code_2_before_any_process(tmp_path):
-    path = write(tmp_path, "[run]\nworkers = 2\nwatchdog = 5\n")
+    path = write(tmp_path, "[run]\nworkers = 2\nwatchdog_limit = 5\n")
     r = run_cli("run", "--config", str(path))
     assert r.returncode == 2
-    assert f"{path}: run.watchdog: unknown key" in r.stderr
+    assert f"{path}: run.watchdog_limit: unknown key" in r.stderr
     assert "ring:" not in r.stderr  # nothing was allocated or started
 
 
@@ -81,7 +81,9 @@ def test_config_show_prints_effective_config_that_reads_back(tmp_path):
     doc = tomllib.loads(r.stdout)
     assert doc["run"]["workers"] == 5 and doc["run"]["name"] == "test-b"
     assert doc["source"]["frames"] == 7 and doc["source"]["kind"] == "sim"
-    assert doc["sinks"] == [{"kind": "hdf5", "output": "x_{stream}.h5", "compression": ""}]
+    assert doc["sinks"] == [
+        {"kind": "hdf5", "output": "x_{stream}.h5", "compression": "", "mode": "new"}
+    ]
     assert doc["ring"]["header_bytes"] == 65536  # defaults are filled in
     again = load_config(raw=doc)
     assert to_toml(again.effective()) == r.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import numpy as np
 
@@ -76,8 +78,8 @@ def test_files_source_missing_file_is_a_start_error(tmp_path):
         raise AssertionError("a run without input files started")
 
 
-def _sink(path, run="r") -> HDF5Sink:
-    sink = HDF5Sink(HDF5Params(output=str(path)))
+def _sink(path, run="r", mode="resume") -> HDF5Sink:
+    sink = HDF5Sink(HDF5Params(output=str(path), mode=mode))
     sink.open(
         RunInfo(
             run,
@@ -85,6 +87,7 @@ def _sink(path, run="r") -> HDF5Sink:
             "abc",
             ["k"],
             [ArraySpec("k.v", (3,), "float32")],
+            run_uid=f"{run}-{os.urandom(4).hex()}",
         )
     )
     return sink
@@ -116,10 +119,13 @@ def test_hdf5_sink_drops_rows_that_were_never_committed(tmp_path):
     sink.write(_record(1))
     sink.commit()
     sink.write(_record(2))  # written but never committed, so never acknowledged
-    for f in sink._files.values():
-        f.flush()
-        f.close()  # the process "dies" here: no commit, no close
+    for fs in sink._files.values():
+        for entry in fs.entries.values():
+            entry.write_pending()  # the row reaches the file ...
+        fs.f.flush()
+        fs.f.close()  # ... and the process "dies" here: no commit, no close
     sink._files.clear()
+    assert h5py.File(path, "r")["s/message_id"].shape == (2,)
     sink = _sink(path)
     sink.write(_record(2))  # the redelivery
     sink.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import re
@@ -71,6 +72,12 @@ def test_render_shows_the_figures_of_each_process():
     w1 = next(line for line in lines if line.startswith("worker 1")).split()
     assert w1[2:] == ["4244", "dead", "59", "80.0", "-", "-", "118", "0"]
     assert "\x1b[" not in text  # plain text: no colours, no cursor movement
+    assert "STALLED" not in text
+
+
+def test_render_names_a_stall():
+    text = render_text(dataclasses.replace(figures(), stalled_s=12.4), width=120)
+    assert "STALLED: nothing published for 12 s with frames in flight" in text
 
 
 def small_ring() -> SlotRing:

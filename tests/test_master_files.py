@@ -101,7 +101,8 @@ def test_example_pipeline_matches_pyfai(dataset, tmp_path):
             mask=m.pixel_mask,
             error_model="poisson",
         )
-        np.testing.assert_allclose(data["integrate.radial"][i], r.radial, rtol=1e-9)
+        # the axis is stored once (it is the same for every frame)
+        np.testing.assert_allclose(data["integrate.radial"], r.radial, rtol=1e-9)
         ok = r.count > 20
         assert ok.sum() > 50
         np.testing.assert_allclose(data["integrate.intensity"][i][ok], r.intensity[ok], rtol=1e-4)

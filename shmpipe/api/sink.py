@@ -17,15 +17,33 @@ from shmpipe.api.kernel import ArraySpec
 
 @dataclass
 class RunInfo:
-    """What a sink may record about the run that produced its data."""
+    """What a sink may record about the run that produced its data.
+
+    ``check_rerun`` receives it before the kernels are set up, with ``outputs`` still empty;
+    ``open`` receives it complete.
+    """
 
     run_name: str
     config: dict[str, Any]
+    """The effective configuration (``PipelineConfig.effective()``)."""
     config_hash: str
     chain: list[str]
-    outputs: list[ArraySpec]
+    outputs: list[ArraySpec] = field(default_factory=list)
     config_toml: str = ""
     """``config`` as TOML text, as a user would write it back (for result files)."""
+    result_config: dict[str, Any] = field(default_factory=dict)
+    """The result-shaping keys of the configuration (``shmpipe.api.provenance.result_shaping``)."""
+    result_hash: str = ""
+    """Hash of ``result_config``: results with equal hashes may share a file or stream."""
+    run_uid: str = ""
+    """Unique to this run: a sink reopening its own file after a restart recognises it."""
+    started: float = 0.0
+    """Unix time the run started."""
+    host: str = ""
+    version: str = ""
+    """shmpipe version."""
+    commit: str = ""
+    """git commit shmpipe runs from, "" when unknown."""
 
 
 @dataclass
@@ -67,6 +85,12 @@ class Sink:
 
     def check(self) -> None:  # noqa: B027
         """Validate settings before any process starts (output directory writable, ...)."""
+
+    def check_rerun(self, run: RunInfo) -> None:  # noqa: B027
+        """Refuse (``ValueError``) to mix this run's results with results already stored.
+
+        Called before any process starts, after ``check``; ``run.outputs`` is still empty.
+        """
 
     def open(self, run: RunInfo) -> None:  # noqa: B027
         pass

@@ -99,6 +99,21 @@ class Source:
         """
         raise NotImplementedError
 
+    def resume(self, delivered: int) -> None:
+        """Continue after the first ``delivered`` items; runs after ``open`` in a dispatcher
+        that replaces one that died.
+
+        ``delivered`` counts every item ``next`` returned to the dead dispatcher whose slot was
+        filled (messages and stream-finished markers alike); the rest, up to the one it was
+        reading, must come again. A positional source (files, the simulator) skips to that
+        position. A source whose service hands back what was not acknowledged (ASAPO's
+        resend) does nothing. The default refuses, and the run stops with this message.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot resume after {delivered} items: "
+            "the dispatcher cannot be replaced"
+        )
+
     def close(self) -> None:  # noqa: B027
         pass
 

@@ -68,8 +68,19 @@ class RunSection:
     """A kernel exception stops the run (fail) or becomes an error record (skip)."""
     max_attempts: int = 3
     """A frame that killed this many workers is quarantined as an error record."""
+    watchdog: bool = True
+    """Kill and replace a worker stuck on one frame (or stopped) for longer than the limit,
+    and retry its frames; false: never."""
     watchdog_s: float = 0.0
-    """Kill and replace a worker that spends longer than this on one frame; 0: off."""
+    """A fixed limit on one frame; 0: adaptive, max(watchdog_floor_s, watchdog_factor x the
+    chain's measured p99 time per frame)."""
+    watchdog_floor_s: float = 10.0
+    """The adaptive limit is never below this (start-up, first frames, no measurement yet)."""
+    watchdog_factor: float = 20.0
+    """The adaptive limit in multiples of the chain's p99 time per frame."""
+    stall_s: float = 5.0
+    """Log a stall (who holds which message) when nothing was published for this long, and
+    never less than 5 x the chain's p99, with frames in flight; 0: never."""
     kernel_threads: int = 1
     """Numba threads each kernel may use inside one worker."""
     max_restarts: int = 100
@@ -495,6 +506,9 @@ def _validate(raw: dict[str, Any], file: str | None, given: dict[str, str]) -> P
         raise ConfigError("must be at least 1", "run.workers", file)
     if run.max_attempts < 1:
         raise ConfigError("must be at least 1", "run.max_attempts", file)
+    for key in ("watchdog_s", "watchdog_floor_s", "watchdog_factor", "stall_s"):
+        if getattr(run, key) < 0:
+            raise ConfigError("must be 0 or more", f"run.{key}", file)
     src_table = raw.get("source", DEFAULT_SOURCE)
     if isinstance(src_table, dict) and "kind" not in src_table:
         src_table = {**DEFAULT_SOURCE, **src_table}

@@ -34,6 +34,7 @@ from shmpipe.shm.layout import (
     HEADER_LEN,
     MSG_ID,
     P_BYTES,
+    P_END_SEQ,
     P_FRAMES,
     P_HANDOVERS,
     P_MSG_ID,
@@ -43,9 +44,11 @@ from shmpipe.shm.layout import (
     PROC_DISPATCHER,
     PS_BUSY,
     PS_IDLE,
+    STATE,
     STREAM_ROW,
     T_FILL,
 )
+from shmpipe.shm.layout import FREE as S_FREE
 from shmpipe.shm.slotio import UnstorableHeader, copy_parts, encode_header
 
 STREAM_MIN_BYTES = 65536  # smaller parts: numpy copies them faster than a Numba call
@@ -57,19 +60,32 @@ FLUSH_AFTER_NS = 500_000  # ... and never held back longer than this
 class Dispatcher:
     """The dispatcher's state and loop (runs in its own process)."""
 
-    def __init__(self, p: Plumbing) -> None:
+    def __init__(self, p: Plumbing, resume_at: int | None = None) -> None:
         self.p = p
         self.ring = p.ring
         self.procs = p.ring.procs[PROC_DISPATCHER]
-        self.free: deque[int] = deque(range(p.ring.geometry.slots))
+        self.resume_at = resume_at
+        if resume_at is None:
+            self.free: deque[int] = deque(range(p.ring.geometry.slots))
+        else:
+            # A replacement: the table says which slots are free; FREE records still in the
+            # inbox (or re-sent by a replacement publisher) are checked against it.
+            state = p.ring.table[:, STATE]
+            self.free = deque(int(s) for s in (state == S_FREE).nonzero()[0])
+        self._free_set = set(self.free)
         self._headers = p.ring.headers()
         self._payloads = [p.ring.payload(s) for s in range(p.ring.geometry.slots)]
         self._flat = [a.data.cast("B") for a in self._payloads]
         # Counted here and written to the process table at each hand-over and inbox poll:
         # three table stores per message were a tenth of a small message's time.
         self.frames = self.bytes = self.last_id = 0
+        if resume_at is not None:
+            # The stream table counts each message as it is read (the process row only at
+            # each report): the frames in so far, and the rows of the streams already seen.
+            self.frames = p.ring.streams.adopt()
+            self.bytes = int(self.procs[P_BYTES])
         self._mismatches: dict[tuple, str | None] = {}
-        self.seq = 0
+        self.seq = resume_at or 0
         self.scheduler = Scheduler(p.ring)
         self.stopping = False
         # Filled slots not yet handed to a worker. Small messages are handed over in batches
@@ -99,9 +115,14 @@ class Dispatcher:
         copy_parts(item, self._payloads[slot], self.stream_copy, STREAM_MIN_BYTES, self._flat[slot])
 
     def _poll_inbox(self, timeout: float) -> None:
+        state = self.ring.table[:, STATE]
         for kind, slot, _, _ in self.p.dispatcher_inbox.recv(timeout).tolist():
             if kind == FREE:
-                self.free.append(slot)
+                # A record is a wake-up, the table the truth: after a replacement a slot can
+                # be announced twice (an old record, and the table or a re-sent one).
+                if slot not in self._free_set and state[slot] == S_FREE:
+                    self._free_set.add(slot)
+                    self.free.append(slot)
             elif kind == STOP:
                 self.stopping = True
 
@@ -199,6 +220,8 @@ class Dispatcher:
         p, procs = self.p, self.ring.procs[PROC_DISPATCHER]
         source = p.source
         source.open()
+        if self.resume_at is not None:
+            source.resume(self.resume_at)
         procs[P_READY_NS] = now_ns()
         skipped = POLL_EVERY
         try:
@@ -238,6 +261,7 @@ class Dispatcher:
                     continue
                 skipped += 1
                 slot = self.free.popleft()
+                self._free_set.discard(slot)
                 nbytes = self._fill(slot, item)
                 if isinstance(item, Message):
                     self.frames += 1
@@ -252,17 +276,20 @@ class Dispatcher:
             # END tells the publisher how many sequence numbers exist, so it knows when it
             # has published everything; sent even on the way out of an exception.
             self._flush()
+            procs[P_END_SEQ] = self.seq + 1  # for a replacement publisher
             p.done.send(END, 0, 0, self.seq)
             source.close()
         procs[P_STATE] = PS_IDLE
 
 
-def dispatcher_main(p: Plumbing) -> None:
+def dispatcher_main(p: Plumbing, resume_at: int | None = None) -> None:
+    """The dispatcher process; ``resume_at``: a replacement, continuing after that many
+    items of the source (``engine.recovery.dispatched_so_far``)."""
     run_role(
         p,
         PROC_DISPATCHER,
         "dispatcher",
         "dispatcher",
-        lambda log: Dispatcher(p).run(),
+        lambda log: Dispatcher(p, resume_at).run(),
         config_errors=(SourceConfigError,),
     )

@@ -12,6 +12,9 @@ State machine (one row per slot; ``SlotState`` in ``shmpipe.shm.layout``)::
                                                       └───quarantine───────┘
                                                           (supervisor)
 
+After a dispatcher or publisher died, the supervisor moves that process's rows on:
+FILLING ──abandon_fill──► FREE and PUBLISHING ──requeue──► DONE.
+
 Writers: at any instant each row has exactly one writer. The dispatcher owns FREE, FILLING
 and FILLED rows; the worker seat named in OWNER owns an ASSIGNED or CLAIMED row; the
 publisher owns DONE and PUBLISHING rows (it learns of them through a DONE record). The
@@ -65,14 +68,18 @@ from shmpipe.shm.layout import (
 
 
 def begin_fill(row: np.ndarray, seq: int, t_ns: int) -> None:
-    """FREE → FILLING (dispatcher): a fresh cycle, no owner, no error, no attempt yet."""
-    row[STATE] = FILLING
+    """FREE → FILLING (dispatcher): a fresh cycle, no owner, no error, no attempt yet.
+
+    SEQ before STATE like every column: a scan that sees a row FILLING or later also sees
+    its sequence number (``engine.recovery`` counts on it when a dispatcher or publisher is
+    replaced)."""
     row[SEQ] = seq
     row[ATTEMPT] = 0
     row[FLAGS] = 0
     row[ERROR_LEN] = 0
     row[OWNER] = -1
     row[T_FILL] = t_ns
+    row[STATE] = FILLING
 
 
 def mark_filled(row: np.ndarray, payload_len: int) -> None:
@@ -141,6 +148,20 @@ def take_for_publishing(row: np.ndarray, ticket: int) -> bool:
         return False
     row[STATE] = PUBLISHING
     return True
+
+
+def abandon_fill(row: np.ndarray) -> None:
+    """FILLING → FREE (supervisor, after the dispatcher died half-way through a fill): the
+    replacement dispatcher reads the message again. SEQ is cleared: the number is given
+    again to whatever the replacement reads next."""
+    row[SEQ] = 0
+    row[STATE] = FREE
+
+
+def requeue(row: np.ndarray) -> None:
+    """PUBLISHING → DONE (supervisor, after the publisher died): the replacement publishes
+    the row again; idempotent sinks ignore what the dead one had already written."""
+    row[STATE] = DONE
 
 
 def release(row: np.ndarray) -> None:

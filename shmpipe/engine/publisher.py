@@ -19,6 +19,7 @@ import numpy as np
 from shmpipe.api.sink import ErrorRecord, Record
 from shmpipe.engine.plumbing import Plumbing, now_ns
 from shmpipe.engine.protocol import read_error, release, take_for_publishing
+from shmpipe.engine.recovery import publish_point
 from shmpipe.engine.roles import run_role
 from shmpipe.shm.channel import DONE, END, FREE
 from shmpipe.shm.layout import (
@@ -27,12 +28,15 @@ from shmpipe.shm.layout import (
     ERROR,
     FLAGS,
     HEADER_LEN,
+    P_END_SEQ,
     P_ERRORS,
     P_FRAMES,
     P_MSG_ID,
     P_READY_NS,
+    P_RELEASED_SEQ,
     P_STATE,
     PARAMS_VERSION,
+    PROC_DISPATCHER,
     PROC_PUBLISHER,
     PS_BUSY,
     PS_IDLE,
@@ -40,6 +44,7 @@ from shmpipe.shm.layout import (
     SEQ,
     STREAM_ROW,
     T_FILL,
+    TICKET,
 )
 from shmpipe.shm.slotio import decode_header
 
@@ -49,7 +54,7 @@ class FailFast(Exception):
 
 
 class Publisher:
-    def __init__(self, p: Plumbing, log: logging.Logger) -> None:
+    def __init__(self, p: Plumbing, log: logging.Logger, replacement: bool = False) -> None:
         self.p, self.log = p, log
         self.ring = p.ring
         self.procs = p.ring.procs[PROC_PUBLISHER]
@@ -73,11 +78,37 @@ class Publisher:
         self.frames = self.errors = self.last_id = 0
         self.latencies: list[int] = []
         self.stream_counts: dict[tuple[int, bool], int] = {}
+        self.released_seq = int(self.procs[P_RELEASED_SEQ])
+        self.replacement = replacement
         self.tap = p.tap
         if self.tap is not None:
             self.tap.bind_results(
                 self._across_slots, {o.qualified: o.offset for o in self.out_specs}
             )
+
+    def _take_over(self) -> None:
+        """A replacement: continue from what the slot table and the process table say."""
+        ring, procs = self.ring, self.procs
+        self.frames, self.errors = int(procs[P_FRAMES]), int(procs[P_ERRORS])
+        point = publish_point(ring)
+        self.next_seq, self.watermark = point.next_seq, point.watermark
+        self.published = point.published
+        end = int(ring.procs[PROC_DISPATCHER, P_END_SEQ])
+        if end:
+            self.total = end - 1  # the END record may have gone to the dead publisher
+        table = ring.table
+        for slot in point.done:
+            row = table[slot]
+            if take_for_publishing(row, int(row[TICKET])):
+                heapq.heappush(self.ready, (int(row[SEQ]), slot))
+        # The dead one may have freed slots without telling the dispatcher, which checks a
+        # FREE record against the table and ignores one for a slot it already has.
+        self.p.dispatcher_inbox.send_many([(FREE, s, 0, 0) for s in point.free])
+        self.log.warning(
+            "publisher replaced: resuming at sequence %d, %d results to publish again or anew",
+            self.watermark + 1,
+            len(point.done),
+        )
 
     # -- intake ------------------------------------------------------------------------
     def take(self, records) -> None:
@@ -240,12 +271,19 @@ class Publisher:
             # Before the slots are freed: the tap copies from them.
             self.tap.commit(self._output_view, self.ring.part_view)
         table, freed = self.ring.table, []
-        for stream, mid, slot, ack in self.uncommitted:
+        for stream, mid, _, ack in self.uncommitted:
             if ack:
                 self.acknowledger.ack(stream, mid)
+        # Counted and marked before the rows are freed: a replacement publisher knows every
+        # sequence number up to RELEASED_SEQ that is not in the ring is out.
+        self.report()
+        self.released_seq = max(
+            self.released_seq, max(int(table[slot, SEQ]) for _, _, slot, _ in self.uncommitted)
+        )
+        self.procs[P_RELEASED_SEQ] = self.released_seq
+        for _, _, slot, _ in self.uncommitted:
             release(table[slot])
             freed.append((FREE, slot, 0, 0))
-        self.report()
         self.p.dispatcher_inbox.send_many(freed)
         self.uncommitted.clear()
 
@@ -284,6 +322,8 @@ class Publisher:
         self.acknowledger = p.source.acknowledger()
         for s in self.sinks:
             s.open(p.run_info)
+        if self.replacement:
+            self._take_over()
         self.procs[P_READY_NS] = now_ns()
         try:
             while not self.finished() and not self.fatal:
@@ -303,12 +343,13 @@ class Publisher:
             raise FailFast(self.fatal)
 
 
-def publisher_main(p: Plumbing) -> None:
+def publisher_main(p: Plumbing, replacement: bool = False) -> None:
+    """The publisher process; ``replacement``: the previous one died (``engine.recovery``)."""
     run_role(
         p,
         PROC_PUBLISHER,
         "publisher",
         "publisher",
-        lambda log: Publisher(p, log).run(),
+        lambda log: Publisher(p, log, replacement).run(),
         fatal_errors=(FailFast,),
     )

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shmpipe.api import provenance
 from shmpipe.api.sink import RunInfo
 from shmpipe.api.source import SourceConfigError, SourceLayout
 from shmpipe.config import ConfigError, PipelineConfig, to_toml
@@ -40,7 +41,27 @@ class StartupError(RuntimeError):
     """The run cannot start; reported with exit code 2 before any worker runs."""
 
 
-def preflight_main(conn, config: PipelineConfig, cache_dir: Path) -> None:
+def run_info_for(config: PipelineConfig) -> RunInfo:
+    """What the sinks record about this run, before the kernels' outputs are known."""
+    effective = config.effective()
+    shaping = provenance.result_shaping(effective)
+    return RunInfo(
+        run_name=config.run.name,
+        config=effective,
+        config_hash=config.digest(),
+        chain=[k.name for k in config.kernels],
+        config_toml=to_toml(effective),
+        result_config=shaping,
+        result_hash=provenance.result_hash(shaping),
+        run_uid=provenance.run_uid(),
+        started=time.time(),
+        host=provenance.host(),
+        version=provenance.version(),
+        commit=provenance.git_commit(),
+    )
+
+
+def preflight_main(conn, config: PipelineConfig, cache_dir: Path, run_info: RunInfo) -> None:
     """Check the source and sinks, probe the parts' layout, set up every kernel once.
 
     Runs in a short-lived child so that whatever these load (the ASAPO client's threads, a
@@ -60,6 +81,7 @@ def preflight_main(conn, config: PipelineConfig, cache_dir: Path) -> None:
         for sink in config.sink_instances():
             try:
                 sink.check()
+                sink.check_rerun(run_info)
             except (ValueError, OSError) as exc:
                 conn.send(("error", str(exc)))
                 return
@@ -102,12 +124,14 @@ def cache_dir_of(config: PipelineConfig) -> Path:
 
 
 def preflight(
-    ctx: Any, config: PipelineConfig, cache_dir: Path
+    ctx: Any, config: PipelineConfig, cache_dir: Path, run_info: RunInfo
 ) -> tuple[Any, SourceLayout, ChainLayout]:
     """Run the start-up checks and kernel set-up in a short-lived child; ``StartupError``."""
     t0 = time.perf_counter()
     ours, theirs = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=preflight_main, args=(theirs, config, cache_dir), name="preflight")
+    proc = ctx.Process(
+        target=preflight_main, args=(theirs, config, cache_dir, run_info), name="preflight"
+    )
     proc.start()
     theirs.close()
     limit = config.run.setup_timeout_s
@@ -207,7 +231,8 @@ def prepare(ctx: Any, config: PipelineConfig) -> Plumbing:
     """Everything the supervisor creates before forking: checks, memory, pipes."""
     cfg = config
     cache_dir = cache_dir_of(cfg)
-    source_params, src_layout, layout = preflight(ctx, cfg, cache_dir)
+    run_info = run_info_for(cfg)
+    source_params, src_layout, layout = preflight(ctx, cfg, cache_dir, run_info)
     cfg.source.params = source_params
     source = cfg.source_instance()
     geometry = ring_geometry(cfg, src_layout, layout)
@@ -222,14 +247,7 @@ def prepare(ctx: Any, config: PipelineConfig) -> Plumbing:
         geometry.result_stride / 2**20,
         geometry.total_bytes / 2**20,
     )
-    run_info = RunInfo(
-        run_name=cfg.run.name,
-        config=cfg.effective(),
-        config_hash=cfg.digest(),
-        chain=[k.name for k in cfg.kernels],
-        outputs=layout.specs(),
-        config_toml=to_toml(cfg.effective()),
-    )
+    run_info = dataclasses.replace(run_info, outputs=layout.specs())
     tap = _preview_tap(cfg, layout, src_layout, run_info, ring)
     try:
         live = LiveParams()  # kernel parameters changed during the run (the Tango device)

@@ -25,7 +25,10 @@ travel through a pipe, only slot numbers do)::
   read the tables: ``engine/sideprocs.py``), and waits on their sentinels; when a worker
   dies it finds the seat's slots in the slot table and re-assigns them (attempt+1 for a
   claimed one; quarantined as an error record after run.max_attempts), then forks a
-  replacement into the same seat. Ctrl-C/SIGTERM: STOP
+  replacement into the same seat. A dead dispatcher or publisher is replaced too: what it
+  held and where the replacement resumes come from the slot table (``engine/recovery.py``).
+  The watchdog (``engine/watchdog.py``, on by default) kills a worker stuck on a frame and
+  names a stall. Ctrl-C/SIGTERM: STOP
   to the dispatcher, the rest drains; a second one kills.
 
 Slot lifecycle: FREE → FILLING → FILLED → ASSIGNED → CLAIMED → DONE → PUBLISHING → FREE, each
@@ -53,7 +56,7 @@ from multiprocessing.connection import wait
 import numpy as np
 
 from shmpipe.config import ConfigError, PipelineConfig
-from shmpipe.engine import protocol
+from shmpipe.engine import protocol, recovery
 from shmpipe.engine.chain import KernelSetupError
 from shmpipe.engine.dispatcher import dispatcher_main
 from shmpipe.engine.exit_codes import (
@@ -63,12 +66,13 @@ from shmpipe.engine.exit_codes import (
     EXIT_INTERRUPTED,
     EXIT_OK,
 )
-from shmpipe.engine.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, now_ns
+from shmpipe.engine.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing
 from shmpipe.engine.publisher import publisher_main
 from shmpipe.engine.roles import getproctitle, set_process_title, setproctitle
 from shmpipe.engine.scheduler import Scheduler
 from shmpipe.engine.sideprocs import SideProcesses
 from shmpipe.engine.startup import StartupError, prepare
+from shmpipe.engine.watchdog import Watchdog
 from shmpipe.engine.worker import worker_main
 from shmpipe.observe.logs import frame_extra
 from shmpipe.observe.progress import ProgressReporter
@@ -82,7 +86,6 @@ from shmpipe.shm.layout import (
     CLAIMED,
     MSG_ID,
     OWNER,
-    OWNER_PID,
     P_EXIT,
     P_FRAMES,
     P_KERNEL,
@@ -97,7 +100,6 @@ from shmpipe.shm.layout import (
     PS_DEAD,
     PS_EXITED,
     STATE,
-    T_CLAIM,
     TICKET,
 )
 from shmpipe.shm.layout import (
@@ -123,6 +125,8 @@ class RunSummary:
     bytes_in: int = 0
     wall_s: float = 0.0
     worker_restarts: int = 0
+    dispatcher_restarts: int = 0
+    publisher_restarts: int = 0
     side_restarts: dict[str, int] = field(default_factory=dict)
     quarantined: int = 0
     error: str = ""
@@ -153,6 +157,8 @@ class RunSummary:
             f"{self.errors} errors, {self.wall_s:.2f} s, {steady}"
             f"{self.frames_per_s:.1f} frames/s over the whole run (start-up included), "
             f"{mbps:.1f} MB/s, {self.worker_restarts} worker restarts"
+            + (f", {self.dispatcher_restarts} dispatcher" if self.dispatcher_restarts else "")
+            + (f", {self.publisher_restarts} publisher" if self.publisher_restarts else "")
         )
         if self.outputs:
             text += "\nwritten: " + "\n         ".join(self.outputs)
@@ -271,59 +277,50 @@ class Pipeline:
             )
         self._start_worker(seat)
 
-    def _watchdog(self) -> None:
-        limit = self.config.run.watchdog_s
-        if limit <= 0:
-            return
-        self._watch_stopped(limit)
-        table = self.p.ring.table
-        deadline = now_ns() - int(limit * 1e9)
-        stuck = (table[:, STATE] == CLAIMED) & (table[:, T_CLAIM] < deadline)
-        for slot in stuck.nonzero()[0]:
-            pid = int(table[slot, OWNER_PID])
-            seat = int(table[slot, OWNER])
-            if pid > 0 and self.workers[seat] is not None and self.workers[seat].pid == pid:
-                log.warning(
-                    "worker %d (pid %d) spent more than %.1f s on message %d: killing it",
-                    seat,
-                    pid,
-                    limit,
-                    int(table[slot, MSG_ID]),
-                    extra=frame_extra(self.p.ring, int(slot)),
-                )
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+    def _count_restart(self, role: str, proc: int, code: int | None) -> None:
+        self.p.ring.procs[proc, P_RESTARTS] += 1
+        total = self.summary.worker_restarts + self.summary.dispatcher_restarts
+        total += self.summary.publisher_restarts
+        if total > self.config.run.max_restarts:
+            raise _RunFailed(
+                f"processes died {total} times (run.max_restarts = "
+                f"{self.config.run.max_restarts}); last: the {role} ({_cause(code)})"
+            )
 
-    def _watch_stopped(self, limit: float) -> None:
-        """Kill a worker that has been stopped (SIGSTOP, a debugger, a cgroup freezer) for
-        longer than ``limit``: frames already in its inbox would wait for it for ever."""
-        now = time.monotonic()
-        for seat, w in enumerate(self.workers):
-            if w is None or w.pid is None:
-                continue
-            try:
-                with open(f"/proc/{w.pid}/stat", "rb") as f:
-                    state = f.read().rsplit(b")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            if state not in (b"T", b"t"):
-                self._stopped_since.pop(w.pid, None)
-                continue
-            since = self._stopped_since.setdefault(w.pid, now)
-            if now - since > limit:
-                log.warning(
-                    "worker %d (pid %d) has been stopped for more than %.1f s: killing it",
-                    seat,
-                    w.pid,
-                    limit,
-                )
-                self._stopped_since.pop(w.pid, None)
-                try:
-                    os.kill(w.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+    def _replace_dispatcher(self, code: int | None) -> None:
+        """A dispatcher killed (not one that stopped on purpose): free, hand on or re-send
+        what it held, and start another that resumes where the table says."""
+        p = self.p
+        rows = recovery.recover_dispatcher(p.ring, self.scheduler, p.seats, p.done, p.workers)
+        log.warning(
+            "the dispatcher (pid %d) died (%s): replaced; resuming after item %d "
+            "(%d half-filled slot(s) read again, %d filled slot(s) handed to workers)",
+            self.dispatcher.pid,
+            _cause(code),
+            rows.resume_at,
+            rows.abandoned,
+            rows.assigned,
+        )
+        self.summary.dispatcher_restarts += 1
+        self._count_restart("dispatcher", PROC_DISPATCHER, code)
+        p.ring.procs[PROC_DISPATCHER, [P_STATE, P_READY_NS]] = 0
+        self.dispatcher = self._start(dispatcher_main, (p, rows.resume_at), "shmpipe-dispatcher")
+
+    def _replace_publisher(self, code: int | None) -> None:
+        """A publisher killed: its PUBLISHING rows go back to DONE and another publishes them
+        (the sinks skip message ids they already hold)."""
+        requeued = recovery.recover_publisher(self.p.ring)
+        log.warning(
+            "the publisher (pid %d) died (%s): replaced; %d result(s) it was publishing go "
+            "out again",
+            self.publisher.pid,
+            _cause(code),
+            requeued,
+        )
+        self.summary.publisher_restarts += 1
+        self._count_restart("publisher", PROC_PUBLISHER, code)
+        self.p.ring.procs[PROC_PUBLISHER, [P_STATE, P_READY_NS]] = 0
+        self.publisher = self._start(publisher_main, (self.p, True), "shmpipe-publisher")
 
     def _report_ready_workers(self) -> None:
         """Log each worker's start-up time (fork to first frame possible) once."""
@@ -420,7 +417,7 @@ class Pipeline:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.workers: list[mp.Process | None] = [None] * cfg.run.workers
         self._ready_logged: set[tuple[int, int]] = set()
-        self._stopped_since: dict[int, float] = {}
+        self.watchdog = Watchdog(cfg.run, ring)
         progress = ProgressReporter(ring, cfg, self.name)
         steady = SteadyRate()
         exit_code, error = EXIT_OK, ""
@@ -469,26 +466,25 @@ class Pipeline:
                         continue
                     proc.join()
                     if role == "dispatcher":
-                        dispatcher_done = True
                         ring.procs[PROC_DISPATCHER, P_STATE] = PS_EXITED
                         if proc.exitcode == EXIT_CONFIG:
                             raise _RunFailed(ring.note(PROC_DISPATCHER), EXIT_CONFIG_ERROR)
-                        if proc.exitcode != 0:
-                            note = ring.note(PROC_DISPATCHER)
-                            raise _RunFailed(
-                                note or f"the dispatcher died ({_cause(proc.exitcode)})"
-                            )
+                        if proc.exitcode in (EXIT_FATAL, 1):
+                            raise _RunFailed(ring.note(PROC_DISPATCHER) or "the dispatcher failed")
+                        if proc.exitcode == 0:
+                            dispatcher_done = True
+                        else:
+                            self._replace_dispatcher(proc.exitcode)
                     elif role == "publisher":
                         ring.procs[PROC_PUBLISHER, P_STATE] = PS_EXITED
-                        if proc.exitcode != 0:
-                            note = ring.note(PROC_PUBLISHER)
-                            raise _RunFailed(
-                                note or f"the publisher died ({_cause(proc.exitcode)})"
-                            )
-                        raise _Finished
+                        if proc.exitcode in (EXIT_FATAL, 1):
+                            raise _RunFailed(ring.note(PROC_PUBLISHER) or "the publisher failed")
+                        if proc.exitcode == 0:
+                            raise _Finished
+                        self._replace_publisher(proc.exitcode)
                     else:
                         self._on_worker_exit(role, proc)
-                self._watchdog()
+                self.watchdog.tick(self.workers)
                 self.side.tick(p)
                 self._describe_side_pids()
                 self._report_ready_workers()

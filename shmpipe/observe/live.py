@@ -60,6 +60,8 @@ class LiveFigures:
     rows: list[ProcessRow] = field(default_factory=list)
     history: list[float] = field(default_factory=list)
     streams: list[StreamCounts] = field(default_factory=list)
+    stalled_s: float = 0.0
+    """How long nothing has been published with frames in flight (0: not stalled)."""
 
 
 def _mib(n: int | None) -> str:
@@ -107,6 +109,14 @@ def render(f: LiveFigures) -> RenderableType:
             str(r.restarts),
         )
     parts: list[RenderableType] = [head, table]
+    if f.stalled_s:
+        parts.append(
+            Text(
+                f"STALLED: nothing published for {f.stalled_s:.0f} s with frames in flight "
+                "(the log names who holds which message)",
+                style="bold red",
+            )
+        )
     if f.streams:
         st = Table(box=None, pad_edge=False, header_style="bold")
         for col in ("stream", "in", "out", "errors"):

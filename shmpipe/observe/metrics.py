@@ -19,6 +19,8 @@ Metrics (all prefixed ``shmpipe_``; see docs/observability.md for the table)::
     process_busy_ratio{process}, process_busy_seconds_total{process},
     process_frames_total{process}, process_up{process}                        per process
     worker_restarts_total{process}                                            per worker seat
+    process_restarts_total{process}                        every role, dispatcher and publisher too
+    stalled_seconds                                   nothing published with frames in flight
     kernel_seconds{kernel} (histogram), latency_seconds (histogram)
     process_cpu_seconds_total{process}, process_cpu_percent{process},
     process_resident_memory_bytes{process}                                    psutil
@@ -48,7 +50,7 @@ from shmpipe.config import MetricsSection
 from shmpipe.engine.plumbing import Plumbing
 from shmpipe.engine.roles import start_role
 from shmpipe.observe.metrics_http import MetricsHTTPServer
-from shmpipe.observe.snapshot import Snapshot
+from shmpipe.observe.snapshot import Snapshot, stalled_seconds
 from shmpipe.observe.status import ProcessSampler
 from shmpipe.shm.layout import (
     KERNEL_BUCKETS_S,
@@ -228,8 +230,15 @@ class PipelineCollector:
             "Workers of this seat that died and were replaced.",
             labels=["process"],
         )
+        replaced = CounterMetricFamily(
+            "shmpipe_process_restarts",
+            "Processes in this role (dispatcher, publisher, worker seat) that died and were "
+            "replaced.",
+            labels=["process"],
+        )
         for i, row in enumerate(procs):
             label = process_label(i)
+            replaced.add_metric([label], float(row[P_RESTARTS]))
             started = int(row[P_STARTED_NS])
             alive = max(1, now - started) if started else 0
             if alive:
@@ -241,7 +250,12 @@ class PipelineCollector:
             )
             if i >= PROC_FIRST_WORKER:
                 restarts.add_metric([label], float(row[P_RESTARTS]))
-        yield from (busy_ratio, busy_s, frames, up, restarts)
+        yield from (busy_ratio, busy_s, frames, up, restarts, replaced)
+        yield GaugeMetricFamily(
+            "shmpipe_stalled_seconds",
+            "How long nothing has been published with frames in flight (0: not stalled).",
+            value=stalled_seconds(procs),
+        )
 
         # -- histograms ------------------------------------------------------------------
         t = ring.timings

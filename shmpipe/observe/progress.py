@@ -16,7 +16,7 @@ import time
 
 from shmpipe.config import PipelineConfig
 from shmpipe.observe.live import LiveFigures, LiveView
-from shmpipe.observe.snapshot import Snapshot
+from shmpipe.observe.snapshot import Snapshot, stalled_seconds
 from shmpipe.observe.status import ProcessSampler, process_rows
 from shmpipe.shm.ring import (
     SlotRing,
@@ -105,6 +105,7 @@ class ProgressReporter:
             rows=process_rows(self.ring.procs, self.sampler, self.supervisor_pid),
             history=list(self.history),
             streams=self.ring.streams.read(),
+            stalled_s=stalled_seconds(self.ring.procs),
         )
 
     def close(self) -> None:

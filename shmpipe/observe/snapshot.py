@@ -3,6 +3,7 @@ the run summary, the progress line, the metrics endpoint and the benchmarks."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,7 @@ from shmpipe.shm.layout import (
     P_BYTES,
     P_ERRORS,
     P_FRAMES,
+    P_STALLED_NS,
     P_STATE,
     PROC_DISPATCHER,
     PROC_FIRST_WORKER,
@@ -57,3 +59,10 @@ class Snapshot:
             workers_busy=int(np.count_nonzero(workers[:, P_STATE] == PS_BUSY)),
             workers=int(workers.shape[0]),
         )
+
+
+def stalled_seconds(procs: np.ndarray) -> float:
+    """How long nothing has been published with frames in flight, as the supervisor's
+    watchdog marks it in the publisher's row (0.0: not stalled)."""
+    since = int(procs[PROC_PUBLISHER, P_STALLED_NS])
+    return max(0.0, (time.monotonic_ns() - since) / 1e9) if since else 0.0

@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 
 from shmpipe.observe.runs import live_runs
+from shmpipe.observe.snapshot import stalled_seconds
 from shmpipe.shm.layout import (
     MAX_STREAMS,
     N_COLUMNS,
@@ -241,6 +242,12 @@ def format_status(info: dict, cpu_window_s: float = 0.25) -> str:
         if info.get("metrics"):
             lines.append(f"  metrics {info['metrics']}")
         lines += format_rows(process_rows(ptable, sampler, int(info["pid"]), metrics_pid))
+        idle_s = stalled_seconds(ptable)
+        if idle_s:
+            lines.append(
+                f"  STALLED: nothing published for {idle_s:.0f} s with frames in flight "
+                "(the run's log names who holds which message)"
+            )
         streams = attach_streams(info, m)
         if streams:
             lines.append(f"  {'stream':32s} {'in':>8s} {'out':>8s} {'errors':>8s} {'MB in':>9s}")

@@ -69,6 +69,9 @@ class ProcColumn(IntEnum):
     KERNEL = 10
     EXIT = 11
     HANDOVERS = 12  # dispatcher: batches of filled slots handed to the workers
+    END_SEQ = 13  # dispatcher: 1 + the sequence numbers dispatched, once it sent END (else 0)
+    RELEASED_SEQ = 14  # publisher: the highest sequence number it ever released (or will)
+    STALLED_NS = 15  # publisher row, written by the supervisor: since when nothing published
 
 
 class ProcState(IntEnum):
@@ -95,7 +98,8 @@ ERROR, QUARANTINED, CONTROL = map(int, (SlotFlag.ERROR, SlotFlag.QUARANTINED, Sl
 P_PID, P_STATE, P_FRAMES, P_BYTES, P_BUSY_NS, P_MSG_ID, P_STARTED_NS = map(
     int, list(ProcColumn)[:7]
 )
-P_RESTARTS, P_ERRORS, P_READY_NS, P_KERNEL, P_EXIT, P_HANDOVERS = map(int, list(ProcColumn)[7:])
+P_RESTARTS, P_ERRORS, P_READY_NS, P_KERNEL, P_EXIT, P_HANDOVERS = map(int, list(ProcColumn)[7:13])
+P_END_SEQ, P_RELEASED_SEQ, P_STALLED_NS = map(int, list(ProcColumn)[13:])
 P_COLUMNS = 16
 PROC_DISPATCHER, PROC_PUBLISHER, PROC_FIRST_WORKER = 0, 1, 2
 PS_STARTING, PS_IDLE, PS_BUSY, PS_DEAD, PS_EXITED = map(int, ProcState)

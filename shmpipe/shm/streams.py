@@ -65,6 +65,17 @@ class StreamTable:
         self._next = 0
 
     # -- dispatcher ---------------------------------------------------------------------
+    def adopt(self) -> int:
+        """Take over the rows a dead dispatcher wrote (in a replacement); return the frames
+        they count in."""
+        rows = [(int(self.words[r, GEN]), r) for r in range(MAX_STREAMS) if self.words[r, GEN]]
+        for gen, r in sorted(rows):
+            n = int(self.words[r, NAME_LEN])
+            name = self.words[r, NAME_AT:].view(np.uint8)[:n].tobytes().decode(errors="replace")
+            self._rows[name] = r
+            self._next = max(self._next, gen)
+        return sum(int(self.words[r, FRAMES_IN]) for _, r in rows)
+
     def row_for(self, stream: str) -> int:
         """The row of ``stream``, taking the next row in turn for a stream seen first."""
         row = self._rows.get(stream)

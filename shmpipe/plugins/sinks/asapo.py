@@ -49,6 +49,10 @@ class AsapoSinkParams:
     """How long commit waits for sends to be confirmed."""
     nthreads: int = 1
     """Producer sending threads."""
+    allow_other_config: bool = False
+    """Write into an output stream whose records were made with another result-shaping
+    configuration (kernels and their parameters). Off: such a stream is refused, so that one
+    stream never mixes results made differently."""
 
 
 def client_log_level(level: int) -> str:
@@ -113,6 +117,7 @@ class AsapoSink(Sink):
         self._in_flight = 0
         self._failures: list[str] = []
         self._last_id: dict[str, int] = {}
+        self._checked: set[str] = set()
 
     def _callback(self, payload: dict[str, Any], err: Exception | None) -> None:
         import asapo_producer
@@ -135,11 +140,48 @@ class AsapoSink(Sink):
             "input_names": names,
             "kernel_chain": self.run.chain,
             "config_hash": self.run.config_hash,
+            "result_hash": self.run.result_hash,
             "run": self.run.run_name,
         }
 
+    def _check_stream(self, out_stream: str) -> None:
+        """Refuse an output stream holding results of another result-shaping configuration."""
+        self._checked.add(out_stream)
+        if self.params.allow_other_config:
+            return
+        import asapo_consumer
+
+        p = self.params
+        c = asapo_consumer.create_consumer(
+            p.endpoint, "", False, p.beamtime, p.data_source, p.token, p.timeout_ms
+        )
+        if out_stream not in [s["name"] for s in c.get_stream_list(from_stream="", filter="all")]:
+            return  # a new stream: nothing to mix with
+        last = int(c.get_stream_info(out_stream)["lastId"])
+        meta = {}
+        for i in (last, last - 1):  # the newest record, or the one before a finished flag
+            if i < 1:
+                break
+            try:
+                _, meta = c.get_by_id(i, meta_only=True, stream=out_stream)
+                break
+            except (asapo_consumer.AsapoStreamFinishedError, asapo_consumer.AsapoNoDataError):
+                continue
+            except asapo_consumer.AsapoEndOfStreamError:
+                continue
+        theirs = ((meta.get("meta") or {}).get("lineage") or {}).get("result_hash")
+        if theirs is not None and theirs != self.run.result_hash:
+            raise AsapoSinkError(
+                f"ASAPO output {p.data_source}, stream {out_stream}: its records were made with "
+                f"another result-shaping configuration (result hash {theirs}, this run "
+                f"{self.run.result_hash}); write to another stream or data source, or set the "
+                "sink's allow_other_config = true"
+            )
+
     def _send(self, stream: str, mid: int, name: str, data: np.ndarray, meta: dict) -> None:
         out_stream = self.params.stream.format(stream=stream)
+        if out_stream not in self._checked:
+            self._check_stream(out_stream)
         self._count_send()
         self.producer.send(
             mid,

@@ -1,56 +1,43 @@
-"""HDF5Sink: one file per stream, one dataset per kernel output, lineage and configuration.
+"""HDF5Sink: NeXus files written in SWMR mode, one row per message, never mixed across configs.
 
-Layout of a file (``output`` with ``{stream}`` gives one file per stream)::
+``output`` with ``{stream}`` gives one file per stream; without it every stream is an entry of
+the one file. The layout is described in ``shmpipe.plugins.sinks.nexus`` and docs/results.md.
 
-    /<stream>/                       attrs: rows (committed), finished, next_stream
-        message_id   (n,) int64      the input's id in its stream
-        name         (n,) str        the input's name
-        timestamp    (n,) float64    when the source produced it (Unix seconds)
-        published    (n,) float64    when it was written here
-        attempt      (n,) int32      0 unless a worker died holding it
-        <kernel>.<output>  (n, ...)  one dataset per kernel output
-        errors/      message_id, name, kernel, error, traceback, quarantined
-    file attrs: run_name, config (TOML), config_hash, chain, shmpipe_version
+Crash safety: files are written in SWMR mode. A commit writes the batch's rows and flushes, then
+advances the entry's ``rows`` counter and flushes again, so whenever the process dies the file
+opens (``h5py.File(path, "r", swmr=True)``, or any reader after a resume) with every committed
+row intact; rows beyond ``rows`` were never acknowledged, are cut off when the file is resumed,
+and come back with the redelivery. A message id already present is skipped (idempotent sink),
+so a ``mode = "resume"`` run that re-reads its source from the start stores each message once.
 
-Rows are written straight from the result slot. ``rows`` advances only on commit, and a file
-reopened after a crash is cut back to it, so rows that were never acknowledged vanish and come
-back with the redelivery. A message id already present is skipped (idempotent sink).
+Re-runs: ``mode = "new"`` (default) refuses an existing file, ``"resume"`` appends when the
+result-shaping configuration (``shmpipe.provenance``) is the same, ``"overwrite"`` replaces it;
+all three are checked before any process starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import json
 import os
 import tempfile
 import time
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import h5py
 import numpy as np
 
+from shmpipe.api.provenance import describe_difference, iso_time, result_hash
 from shmpipe.api.sink import ErrorRecord, Record, RunInfo, Sink
+from shmpipe.plugins.sinks import nexus
+from shmpipe.plugins.sinks.swmr import open_read, open_write
 
-_STR = h5py.string_dtype()
-_LINEAGE = (
-    ("message_id", np.int64),
-    ("timestamp", np.float64),
-    ("published", np.float64),
-    ("attempt", np.int32),
-)
-_ERRORS = (
-    ("message_id", np.int64),
-    ("name", _STR),
-    ("kernel", _STR),
-    ("error", _STR),
-    ("traceback", _STR),
-    ("quarantined", np.bool_),
-)
-
-
-CHUNK_BYTES = 256 * 1024
+CHUNK_BYTES = nexus.CHUNK_BYTES
+_chunk_rows = nexus.chunk_rows
 
 
 class IdSet:
@@ -95,76 +82,69 @@ class IdSet:
         return len(self.lo)
 
 
-def _chunk_rows(spec) -> int:
-    """Rows per chunk of an output dataset: one row of an image, many of a scalar.
-
-    A chunk per row of a tiny output (a digest, a sum) makes the file's chunk index, and
-    the library's memory with it, grow with every frame; about 256 KiB a chunk stays well
-    inside h5py's default chunk cache (1 MiB) while rows are appended one at a time.
-    """
-    row = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
-    return int(max(1, min(1024, CHUNK_BYTES // max(1, row))))
-
-
 @dataclass
 class HDF5Params:
     output: str = "shmpipe_{stream}.h5"
     """Output path; ``{stream}`` and ``{run}`` are replaced. Without ``{stream}``, every
-    stream is a group of the one file."""
+    stream is an entry of the one file."""
     outputs: list[str] | None = None
-    """Kernel outputs to store (``kernel.output``); default all."""
+    """Kernel outputs to store (``kernel.output``); default all. The axis of a stored output
+    is stored with it."""
     compression: str = ""
     """HDF5 filter for the output datasets: "", "gzip", "lzf" (or any h5py name)."""
+    mode: Literal["new", "resume", "overwrite"] = "new"
+    """An output file that already exists: "new" refuses it, "resume" appends to it when it
+    was made with the same result-shaping configuration (kernels and their parameters),
+    "overwrite" replaces it. Checked before any process starts."""
 
     def validate(self) -> None:
         if not self.output:
             raise ValueError("output must name a file")
+        try:
+            self.output.format(stream="s", run="r")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"output {self.output!r}: only {{stream}} and {{run}} may be replaced ({exc})"
+            ) from None
 
 
-class _StreamGroup:
-    """The datasets of one stream, appended row by row, with a committed row count."""
+class _Entry:
+    """The rows of one stream: appended in batches, counted as committed by ``rows``."""
 
-    def __init__(self, group: h5py.Group, specs, compression: str | None) -> None:
-        self.g = group
-        self.rows = int(group.attrs.get("rows", 0))
-        new = "message_id" not in group
-        for name, dt in _LINEAGE + (("name", _STR),):
-            if new:
-                group.create_dataset(name, (0,), dtype=dt, maxshape=(None,), chunks=(1024,))
-        for s in specs:
-            if s.name not in group:
-                group.create_dataset(
-                    s.name,
-                    (0, *s.shape),
-                    dtype=s.dtype,
-                    maxshape=(None, *s.shape),
-                    chunks=(_chunk_rows(s), *s.shape),
-                    compression=compression or None,
-                )
-        self.specs = specs
-        self._truncate(self.rows)
-        self.seen = IdSet(group["message_id"][: self.rows].tolist())
-        self.pending: list[Record] = []
-        self.pending_names: list[str] = []
-        eg = group.require_group("errors")
-        self.error_rows = int(eg.attrs.get("rows", 0))
-        for name, dt in _ERRORS:
-            if name not in eg:
-                eg.create_dataset(name, (0,), dtype=dt, maxshape=(None,), chunks=(256,))
-        self.errors = eg
-        for name, _ in _ERRORS:
-            # Error rows beyond the committed count were never acknowledged either.
-            if eg[name].shape[0] != self.error_rows:
-                eg[name].resize(self.error_rows, axis=0)
-        self.error_ids = IdSet(eg["message_id"][: self.error_rows].tolist())
-
-    def _truncate(self, n: int) -> None:
+    def __init__(self, e: h5py.Group, specs, axes: set[str]) -> None:
+        self.e = e
+        self.axes = sorted(axes)
+        self.values = [s.name for s in specs if s.name not in axes]
+        self.columns = [n for n, _ in nexus.LINEAGE] + self.values
+        self.columns += [f"{a}_version" for a in self.axes]
+        missing = [c for c in self.columns if c not in e]
+        if missing:
+            raise ValueError(f"{e.file.filename}: entry {e.name} lacks {missing}")
+        self.rows = int(e["rows"][0])
+        self.error_rows = int(e["errors/rows"][0])
         # Rows beyond the committed count were never acknowledged: drop them.
-        for name in [n for n, _ in _LINEAGE] + ["name"] + [s.name for s in self.specs]:
-            if self.g[name].shape[0] != n:
-                self.g[name].resize(n, axis=0)
+        for name in self.columns:
+            if e[name].shape[0] != self.rows:
+                e[name].resize(self.rows, axis=0)
+        for name, _ in nexus.ERRORS:
+            if e["errors"][name].shape[0] != self.error_rows:
+                e["errors"][name].resize(self.error_rows, axis=0)
+        self.seen = IdSet(e["message_id"][: self.rows].tolist())
+        self.error_ids = IdSet(e["errors/message_id"][: self.error_rows].tolist())
+        self.versions = {a: [v.tobytes() for v in e[f"{a}_versions"][:]] for a in self.axes}
+        # Rows written (and error rows) so far, committed or not: where the next batch goes.
+        # Counted here rather than read from the datasets' extents, so that a batch written
+        # again after a failed attempt lands on the same rows instead of after them.
+        self.written = self.rows
+        self.errors_written = self.error_rows
+        self.pending: list[Record] = []
+        self.dirty = False
+        self.run_row = -1
 
-    def append(self, record: Record, names: list[str]) -> None:
+    def rebind(self, e: h5py.Group) -> None:
+        self.e = e
+
+    def append(self, record: Record) -> None:
         """Queue a row; it is written with the others of the batch at ``commit``.
 
         The record's arrays are views on its result slot, which the publisher frees only after
@@ -172,49 +152,79 @@ class _StreamGroup:
         and batch instead of a resize and a write per dataset and row.
         """
         self.pending.append(record)
-        self.pending_names = names
         self.seen.add(record.message_id)
 
-    def _write_pending(self) -> None:
+    def _version(self, axis: str, values: np.ndarray) -> int:
+        """Index of this axis among those stored, storing it when new (stored once)."""
+        known = self.versions[axis]
+        raw = np.ascontiguousarray(values).tobytes()
+        for i in range(len(known) - 1, -1, -1):
+            if known[i] == raw:
+                return i
+        ds = self.e[f"{axis}_versions"]
+        i = ds.shape[0]
+        ds.resize(i + 1, axis=0)
+        ds[i] = values
+        if i == 0:
+            self.e[axis][...] = values
+        known.append(raw)
+        return i
+
+    def write_pending(self) -> None:
         rows = self.pending
         if not rows:
             return
-        n, k = self.g["message_id"].shape[0], len(rows)
-        now = time.time()
-        columns = {
+        e = self.e
+        n, k = self.written, len(rows)
+        columns: dict[str, Any] = {
             "message_id": np.array([r.message_id for r in rows], dtype=np.int64),
+            "name": np.array(
+                [nexus.fit(r.name, nexus.NAME_BYTES) for r in rows], dtype=nexus.LINEAGE[1][1]
+            ),
             "timestamp": np.array([r.timestamp for r in rows], dtype=np.float64),
-            "published": np.full(k, now, dtype=np.float64),
+            "published": np.full(k, time.time(), dtype=np.float64),
             "attempt": np.array([r.attempt for r in rows], dtype=np.int32),
-            "name": np.array([r.name for r in rows], dtype=object),
         }
-        for name in self.pending_names:
+        for name in self.values:
             columns[name] = np.stack([r.arrays[name] for r in rows])
+        for a in self.axes:
+            columns[f"{a}_version"] = np.array(
+                [self._version(a, r.arrays[a]) for r in rows], dtype=np.int32
+            )
         for name, values in columns.items():
-            ds = self.g[name]
+            ds = e[name]
             ds.resize(n + k, axis=0)
             ds[n : n + k] = values
         self.pending = []
+        self.written = n + k
+        self.dirty = True
 
-    def append_error(self, e: ErrorRecord) -> None:
-        n = self.errors["message_id"].shape[0]
-        for name, _ in _ERRORS:
-            self.errors[name].resize(n + 1, axis=0)
-        for name, value in (
-            ("message_id", e.message_id),
-            ("name", e.name),
-            ("kernel", e.kernel),
-            ("error", e.error),
-            ("traceback", e.traceback),
-            ("quarantined", e.quarantined),
-        ):
-            self.errors[name][n] = value
-        self.error_ids.add(e.message_id)
+    def append_error(self, err: ErrorRecord) -> None:
+        g = self.e["errors"]
+        n = self.errors_written
+        for name, dt in nexus.ERRORS:
+            value = getattr(err, name)
+            g[name].resize(n + 1, axis=0)
+            g[name][n] = nexus.as_text(value, dt) if isinstance(value, str) else value
+        self.errors_written = n + 1
+        self.error_ids.add(err.message_id)
+        self.dirty = True
 
-    def commit(self) -> None:
-        self._write_pending()
-        self.g.attrs["rows"] = self.g["message_id"].shape[0]
-        self.errors.attrs["rows"] = self.errors["message_id"].shape[0]
+    def mark_committed(self) -> None:
+        """Advance the committed counters to what is written (after a flush of the rows)."""
+        if self.dirty:
+            self.rows = self.written
+            self.error_rows = self.errors_written
+            self.e["rows"][0] = self.rows
+            self.e["errors/rows"][0] = self.error_rows
+            self.dirty = False
+
+
+@dataclass
+class _File:
+    path: str
+    f: h5py.File
+    entries: dict[str, _Entry]
 
 
 class HDF5Sink(Sink):
@@ -224,79 +234,185 @@ class HDF5Sink(Sink):
 
     def __init__(self, params: HDF5Params) -> None:
         super().__init__(params)
-        self._files: dict[str, h5py.File] = {}
-        self._groups: dict[str, _StreamGroup] = {}
+        self._files: dict[str, _File] = {}
         self.paths: list[str] = []
 
+    # -- before any process starts ---------------------------------------------------------
     def check(self) -> None:
         problem = output_path_problem(self.params.output)
         if problem:
             raise ValueError(f"sinks: hdf5 output {problem}")
 
+    def _shaped(self, run: RunInfo) -> RunInfo:
+        """The run as this sink records it: the selection of outputs shapes a file too."""
+        shaping = {**run.result_config, "sink.outputs": sorted(self.params.outputs or ["*"])}
+        return dataclasses.replace(run, result_config=shaping, result_hash=result_hash(shaping))
+
+    def existing(self, run_name: str) -> list[str]:
+        """Files this sink's ``output`` names that exist already."""
+        parts = [glob.escape(p.format(run=run_name)) for p in self.params.output.split("{stream}")]
+        return sorted(glob.glob("*".join(parts)))
+
+    def check_rerun(self, run: RunInfo) -> None:
+        run = self._shaped(run)
+        files = self.existing(run.run_name)
+        if not files or self.params.mode == "overwrite":
+            return
+        if self.params.mode == "new":
+            more = f" (and {len(files) - 1} more)" if len(files) > 1 else ""
+            raise ValueError(
+                f'sinks: {files[0]}{more} exists; mode = "new" never writes into an existing '
+                'file: set the sink\'s mode = "resume" to complete it with the same '
+                'configuration, mode = "overwrite" to replace it, or choose another output'
+            )
+        for path in files:
+            with open_read(path) as f:
+                self._check_resumable(path, f, run)
+
+    def _check_resumable(self, path: str, f: h5py.File, run: RunInfo) -> None:
+        if "result_hash" not in f.attrs:
+            raise ValueError(
+                f"sinks: {path} records no result-shaping configuration (not written by this "
+                'shmpipe version): mode = "resume" cannot prove it matches; use "overwrite" '
+                "or another output"
+            )
+        if f.attrs["result_hash"] != run.result_hash:
+            old = json.loads(f.attrs["result_config"])
+            raise ValueError(
+                f'sinks: mode = "resume" refuses {path}: it holds results made with another '
+                f"configuration; differing keys: {describe_difference(old, run.result_config)}"
+            )
+
+    # -- in the publisher ------------------------------------------------------------------
     def open(self, run: RunInfo) -> None:
-        self.run = run
+        self.run = self._shaped(run)
         wanted = self.params.outputs
-        known = {s.name for s in run.outputs}
+        known = {s.name: s for s in run.outputs}
         if wanted:
             bad = [w for w in wanted if w not in known]
             if bad:
                 raise ValueError(
                     f"sinks: outputs {bad} are not written by the chain ({sorted(known)})"
                 )
+            # A profile without its abscissa is not a result anyone can use.
+            axes = [known[w].axis for w in wanted if known[w].axis in known]
+            wanted = list(wanted) + [a for a in axes if a not in wanted]
         self.specs = [s for s in run.outputs if not wanted or s.name in wanted]
-        self.names = [s.name for s in self.specs]
+        self.axes = nexus.axis_names(self.specs)
 
     def written(self, run_name: str, streams: list[str]) -> list[str]:
         paths = [self.params.output.format(stream=s, run=run_name) for s in streams]
-        return [p for i, p in enumerate(paths) if p not in paths[:i] and os.path.isfile(p)]
+        return [
+            os.path.abspath(p)
+            for i, p in enumerate(paths)
+            if p not in paths[:i] and os.path.isfile(p)
+        ]
 
     def _path(self, stream: str) -> str:
         return self.params.output.format(stream=stream, run=self.run.run_name)
 
-    def _group(self, stream: str) -> _StreamGroup:
-        g = self._groups.get(stream)
-        if g is None:
-            path = self._path(stream)
-            f = self._files.get(path)
-            if f is None:
-                f = self._files[path] = h5py.File(path, "a")
-                f.attrs["run_name"] = self.run.run_name
-                f.attrs["config"] = self.run.config_toml
-                f.attrs["config_hash"] = self.run.config_hash
-                f.attrs["chain"] = ",".join(self.run.chain)
-                self.paths.append(path)
-            g = self._groups[stream] = _StreamGroup(
-                f.require_group(stream), self.specs, self.params.compression
-            )
-        return g
+    def _open_file(self, path: str) -> _File:
+        run, mode = self.run, self.params.mode
+        f = None
+        if os.path.exists(path):
+            # Decide on a read-only look: a file that is refused is left as it is.
+            with open_read(path) as peek:
+                mine = peek.attrs.get("run_uid") == run.run_uid  # this run, restarted
+                if not mine and mode == "new":
+                    raise ValueError(f'sinks: {path} appeared during the run; mode = "new"')
+                if not mine and mode == "resume":
+                    self._check_resumable(path, peek, run)
+            if mine or mode == "resume":
+                f = open_write(path)
+                f.attrs["run_uid"] = run.run_uid
+        if f is None:
+            f = h5py.File(path, "w", libver="latest")
+            nexus.set_root(f, run)
+        entries = {
+            name: _Entry(g, self.specs, self.axes)
+            for name, g in f.items()
+            if isinstance(g, h5py.Group) and g.attrs.get("NX_class") == "NXentry"
+        }
+        fs = self._files[path] = _File(path, f, entries)
+        self.paths.append(path)
+        return fs
+
+    def _entry(self, stream: str) -> _Entry:
+        path = self._path(stream)
+        fs = self._files.get(path) or self._open_file(path)
+        entry = fs.entries.get(stream)
+        if entry is None:
+            if fs.f.swmr_mode:
+                # Objects are created outside SWMR mode, where readers never meet them half
+                # made: write what is queued, reopen, create, and go back to SWMR.
+                for other in fs.entries.values():
+                    other.write_pending()
+                fs.f.close()
+                fs.f = open_write(path)
+                for name, other in fs.entries.items():
+                    other.rebind(fs.f[name])
+            g = nexus.create_entry(fs.f, stream, self.specs, self.run, self.params.compression)
+            entry = fs.entries[stream] = _Entry(g, self.specs, self.axes)
+        if entry.run_row < 0:
+            uids = [u.decode() if isinstance(u, bytes) else u for u in entry.e["runs/run_uid"][:]]
+            if self.run.run_uid in uids:
+                entry.run_row = uids.index(self.run.run_uid)
+            else:
+                entry.run_row = nexus.record_run(entry.e, self.run, entry.rows)
+        if not fs.f.swmr_mode:
+            fs.f.swmr_mode = True
+        return entry
 
     def write(self, record: Record) -> None:
-        g = self._group(record.stream)
-        if record.message_id not in g.seen:
-            g.append(record, self.names)
+        e = self._entry(record.stream)
+        if record.message_id not in e.seen:
+            e.append(record)
 
     def write_error(self, error: ErrorRecord) -> None:
-        g = self._group(error.stream)
-        if error.message_id not in g.error_ids:
-            g.append_error(error)
+        e = self._entry(error.stream)
+        if error.message_id not in e.error_ids:
+            e.append_error(error)
 
     def stream_finished(self, stream: str, next_stream: str, last_id: int = 0) -> None:
-        g = self._group(stream)
-        g.g.attrs["finished"] = True
-        g.g.attrs["next_stream"] = next_stream
+        e = self._entry(stream)
+        e.e.attrs["finished"] = True
+        # Fixed-width, kept in the object header: nothing in the global heap (see nexus.text).
+        e.e.attrs["next_stream"] = np.bytes_(next_stream.encode())
+        e.dirty = True
 
     def commit(self) -> None:
-        for g in self._groups.values():
-            g.commit()
-        for f in self._files.values():
-            f.flush()
+        entries = [e for fs in self._files.values() for e in fs.entries.values()]
+        for e in entries:
+            e.write_pending()
+        dirty = {id(fs) for fs in self._files.values() if any(e.dirty for e in fs.entries.values())}
+        if not dirty:
+            return
+        # Rows first, then the counters that say they are there: a crash between the two
+        # flushes leaves rows beyond the counters, which a resume cuts off.
+        for fs in self._files.values():
+            if id(fs) in dirty:
+                fs.f.flush()
+        for e in entries:
+            e.mark_committed()
+        for fs in self._files.values():
+            if id(fs) in dirty:
+                fs.f.flush()
 
     def close(self) -> None:
-        self.commit()
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
-        self._groups.clear()
+        try:
+            self.commit()
+            end = iso_time(time.time())
+            for fs in self._files.values():
+                for e in fs.entries.values():
+                    if e.run_row >= 0:
+                        dt = e.e["end_time"].dtype
+                        e.e["runs/end_time"][e.run_row] = nexus.as_text(end, dt)
+                        e.e["end_time"][()] = nexus.as_text(end, dt)
+                fs.f.flush()
+        finally:
+            for fs in self._files.values():
+                fs.f.close()
+            self._files.clear()
 
 
 def output_path_problem(pattern: str) -> str:
@@ -335,13 +451,37 @@ def output_path_problem(pattern: str) -> str:
 
 
 def read_stream(path: str, stream: str) -> dict[str, Any]:
-    """Read one stream's committed rows back as numpy arrays (for tests and notebooks)."""
-    with h5py.File(path, "r") as f:
-        g = f[stream]
-        n = int(g.attrs.get("rows", 0))
-        out: dict[str, Any] = {k: g[k][:n] for k in g if isinstance(g[k], h5py.Dataset)}
-        eg = g["errors"]
-        m = int(eg.attrs.get("rows", 0))
-        out["errors"] = {k: eg[k][:m] for k in eg}
-        out["attrs"] = dict(g.attrs)
+    """One stream's committed rows as numpy arrays, keyed by dataset name (tests, notebooks).
+
+    Kernel outputs by qualified name (an axis stored once comes back once, or one row per
+    message when it changed), the lineage columns (strings as ``bytes``), ``errors`` (a dict
+    of the error records' columns) and ``attrs`` (``finished``, ``next_stream``).
+    ``shmpipe.results.load`` gives the same with units, axes and provenance.
+    """
+    with open_read(path) as f:
+        e = f[stream]
+        n, m = int(e["rows"][0]), int(e["errors/rows"][0])
+        out: dict[str, Any] = {}
+        for name in list(e):
+            ds = e[name]
+            if not isinstance(ds, h5py.Dataset) or ds.ndim == 0 or name == "rows":
+                continue
+            if nexus.is_axis_index(e, name):
+                continue
+            if f"{name}_versions" in e:  # an axis: stored once per distinct value
+                versions, index = e[f"{name}_versions"][:], e[f"{name}_version"][:n]
+                if len(versions) == 0:
+                    out[name] = ds[...]
+                elif len(index) == 0 or np.all(index == index[0]):
+                    out[name] = versions[index[0] if len(index) else 0]
+                else:
+                    out[name] = versions[index]
+            else:
+                out[name] = ds[:n]
+        out["errors"] = {c: e["errors"][c][:m] for c, _ in nexus.ERRORS}
+        out["attrs"] = {
+            k: (v.decode() if isinstance(v, bytes) else v)
+            for k, v in e.attrs.items()
+            if k in ("finished", "next_stream")
+        }
         return out

@@ -222,6 +222,10 @@ class AsapoSource(Source):
         self._known_streams: set[str] = set()
         self._delivered: dict[str, int] = {}
 
+    def resume(self, delivered: int) -> None:  # noqa: ARG002 - the broker knows the position
+        """Nothing to skip: the group's pointer is kept by the broker, and what the dead
+        dispatcher took but the run never acknowledged comes back by the group's resend."""
+
     def _scan(self, stream: str) -> dict[str, Any]:
         if stream not in self._scans:
             scan: dict[str, Any] = {}

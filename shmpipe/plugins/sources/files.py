@@ -183,14 +183,27 @@ class FileSource(Source):
             ]
         return [(Path(p).stem, [d]) for p, d in zip(self._paths, self._dsets, strict=True)]
 
+    def resume(self, delivered: int) -> None:
+        """Skip the first ``delivered`` items: each stream's frames, then its marker."""
+        self._stream_i, self._frame = 0, delivered
+        for _, dsets in self._streams():
+            total = self._total(dsets)
+            if self._frame <= total:
+                return
+            self._frame -= total + 1
+            self._stream_i += 1
+
+    def _total(self, dsets: list) -> int:
+        """Frames the stream of ``dsets`` gives (``frames`` caps it)."""
+        total = dsets[0].shape[0]
+        return min(total, self.params.frames) if self.params.frames else total
+
     def next(self, timeout: float) -> Message | StreamFinished | None:
         streams = self._streams()
         if self._stream_i >= len(streams):
             raise EndOfSource
         name, dsets = streams[self._stream_i]
-        total = dsets[0].shape[0]
-        if self.params.frames:
-            total = min(total, self.params.frames)
+        total = self._total(dsets)
         if self._frame >= total:
             self._stream_i += 1
             self._frame = 0

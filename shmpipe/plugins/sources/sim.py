@@ -188,6 +188,17 @@ class SimSource(Source):
             pool.append(frame)
         return pool
 
+    def resume(self, delivered: int) -> None:
+        """Skip the first ``delivered`` items: each stream is ``frames`` messages, then its
+        stream-finished marker."""
+        p = self.params
+        if p.frames:
+            self._stream_index, self._frame = divmod(delivered, p.frames + 1)
+            self._sent = delivered - self._stream_index
+        else:
+            self._frame = self._sent = delivered
+        self._t0 = time.monotonic() - self._sent / p.rate if p.rate > 0 else self._t0
+
     def next(self, timeout: float) -> Message | StreamFinished | None:
         p = self.params
         if self._stream_index >= len(self.streams):

@@ -1,0 +1,230 @@
+"""Every process replaceable: the dispatcher and the publisher SIGKILLed mid-run, several
+times each, with the sim, files and ASAPO sources; each is replaced, the run completes
+(exit 0) and every message is once in the sink, its result computed from its own frame."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shmpipe.engine.supervisor import EXIT_OK
+from shmpipe.observe.runs import live_runs
+from shmpipe.observe.status import attach_tables
+from shmpipe.plugins.kernels import frame_digest
+from shmpipe.shm.layout import (
+    P_FRAMES,
+    P_PID,
+    P_READY_NS,
+    P_RESTARTS,
+    PROC_DISPATCHER,
+    PROC_FIRST_WORKER,
+    PROC_PUBLISHER,
+)
+from tests import faults
+from tests.conftest import run_cli, wait_for
+from tests.test_reliability import _digests_match
+
+
+def _restarts(summary, role: str) -> int:
+    return summary.dispatcher_restarts if role == "dispatcher" else summary.publisher_restarts
+
+
+def _complete(f: faults.Figures, role: str, kills: int) -> None:
+    """Exit 0, nothing lost or twice, and every kill (at least ``kills``) replaced."""
+    summary = f.details["summary"]
+    assert f.exit_code == EXIT_OK, summary.error
+    assert f.faults >= kills
+    kills = f.faults
+    assert (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
+    assert _restarts(summary, role) == kills
+    # The process table, which the metrics endpoint and `shmpipe status` read, counts them.
+    row = PROC_DISPATCHER if role == "dispatcher" else PROC_PUBLISHER
+    assert summary.timings["procs"][row, P_RESTARTS] == kills
+    assert summary.errors == 0
+
+
+@pytest.mark.parametrize("role", ["dispatcher", "publisher"])
+def test_sim_source_role_killed_three_times_every_message_once(tmp_path, role):
+    f = faults.process_death(tmp_path, role, "sim", kills=3, frames=120)
+    _complete(f, role, 3)
+    for data in f.details["data"].values():
+        assert data["message_id"].tolist() == list(range(1, 61))  # in order, once each
+        _digests_match(data)
+
+
+@pytest.mark.parametrize("role", ["dispatcher", "publisher"])
+def test_unordered_publishing_role_killed_three_times_every_message_once(tmp_path, role):
+    """Unordered: the replacement publisher also knows which results beyond the first one
+    not yet out were published already."""
+    f = faults.process_death(tmp_path, role, "sim", kills=3, frames=120, ordered=False)
+    _complete(f, role, 3)
+    for data in f.details["data"].values():
+        assert sorted(data["message_id"].tolist()) == list(range(1, 61))
+        assert data["attrs"]["finished"]  # the marker waited for every frame before it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("role", ["dispatcher", "publisher"])
+def test_role_killed_twenty_times_every_message_once(tmp_path, role, ordered):
+    f = faults.process_death(tmp_path, role, "sim", kills=20, frames=1800, ordered=ordered)
+    _complete(f, role, 15)  # the run may end before the last few
+    for data in f.details["data"].values():
+        assert sorted(data["message_id"].tolist()) == list(range(1, 901))
+        _digests_match(data)
+
+
+@pytest.mark.parametrize("role", ["dispatcher", "publisher"])
+def test_files_source_role_killed_three_times_every_message_once(tmp_path, role):
+    f = faults.process_death(tmp_path, role, "files", kills=3, frames=120)
+    _complete(f, role, 3)
+    for k, name in enumerate(("run_a", "run_b")):
+        data = f.details["data"][name]
+        assert data["message_id"].tolist() == list(range(1, 61))
+        frames = np.load(tmp_path / f"{name}.npy")
+        for i, mid in enumerate(data["message_id"]):
+            assert bytes(data["checksum.digest"][i]) == frame_digest([frames[mid - 1]])
+        assert float(frames[0, 0, 0]) == 1000 * k
+
+
+@pytest.fixture
+def asapo(tmp_path):
+    pytest.importorskip("asapo_consumer")
+    from shmpipe.asapo.process import AsapoProcess
+
+    with AsapoProcess(tmp_path / "asapo-data") as service:
+        yield service
+
+
+@pytest.mark.parametrize("role", ["dispatcher", "publisher"])
+def test_asapo_source_role_killed_twice_every_message_once(asapo, tmp_path, role):
+    """ASAPO: what the dead dispatcher took comes back by the group's resend; what the dead
+    publisher wrote but did not acknowledge is refused by both sinks as a duplicate."""
+    f = faults.process_death(tmp_path, role, "asapo", service=asapo, kills=2, frames=60)
+    _complete(f, role, 2)
+    assert sorted(f.details["data"]["scan_0001"]["message_id"].tolist()) == list(range(1, 61))
+    assert f.details["output_ids"] == list(range(1, 61))
+
+
+# -- the watchdog, on by default ------------------------------------------------------------
+def test_worker_stopped_for_good_with_the_default_configuration(tmp_path, caplog):
+    """SIGSTOP a worker and never continue it, with no watchdog setting: the adaptive
+    watchdog (floor 10 s) kills it, its frames go to the other worker, every message is
+    published once, and the log names the stalled and the stuck worker and its message."""
+    caplog.set_level(logging.WARNING, logger="shmpipe")
+    f = faults.stopped_worker(tmp_path, frames=40, rate=60.0, watchdog_s=None, deadline_s=90)
+    summary = f.details["summary"]
+    assert f.exit_code == EXIT_OK, summary.error
+    assert f.faults == 1 and (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
+    assert f.details["data"]["message_id"].tolist() == list(range(1, 41))
+    assert summary.worker_restarts == 1
+    assert f.longest_recovery_s >= 10.0  # the floor: no measured frame comes near it
+    text = caplog.text
+    pid = f.details["stopped"][0]
+    kill = re.search(
+        rf"watchdog: worker 0 \(pid {pid}\) has been stopped for more than 10\.0 s holding "
+        r"stream 'scan_0001' message (\d+)",
+        text,
+    )
+    assert kill, text
+    stall = re.search(r"stall: nothing published for \d+ s with frames in flight; (.*)", text)
+    assert stall and f"worker 0 (pid {pid}): stream 'scan_0001' message" in stall.group(1)
+    assert f"message {kill.group(1)}" in stall.group(1)
+
+
+# -- what an operator sees ------------------------------------------------------------------
+def test_restarts_and_a_stall_in_status_metrics_and_summary(tmp_path):
+    """A CLI run whose dispatcher and publisher are SIGKILLed and whose worker is stopped:
+    `shmpipe status` shows each role's restarts and STALLED, the metrics the same, and the
+    summary counts the restarts."""
+    from tests.test_metrics import free_port, scrape
+    from tests.test_status import parse_table
+
+    name, port = "replace-status", free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shmpipe", "run", "--set", f"run.name={name}",
+         "--set", "source.module_shape=[48, 64]", "--set", "source.rate=40.0",
+         "--set", f"metrics.port={port}", "--frames", "2000", "--workers", "2",
+         "--progress", "off"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    stopped = 0
+    try:
+        _, procs, mapping = wait_for(lambda: _attached(name), 60, "the run to start")
+        for role, row in (("dispatcher", PROC_DISPATCHER), ("publisher", PROC_PUBLISHER)):
+            wait_for(lambda: procs[PROC_PUBLISHER, P_FRAMES] >= 10, 60, "frames published")
+            old = int(procs[row, P_PID])
+            os.kill(old, signal.SIGKILL)
+            wait_for(
+                lambda r=row, o=old: procs[r, P_PID] not in (0, o) and procs[r, P_READY_NS],
+                60,
+                f"a new {role}",
+            )
+        stopped = int(procs[PROC_FIRST_WORKER, P_PID])
+        os.kill(stopped, signal.SIGSTOP)
+
+        def stalled_status():
+            r = run_cli("status", name, timeout=30)
+            return r.stdout if "STALLED: nothing published for" in r.stdout else None
+
+        rows = parse_table(wait_for(stalled_status, 60, "status to show the stall"))
+        assert rows["dispatcher"][-1] == "1" and rows["publisher"][-1] == "1"
+        m = scrape(port)
+        assert m[("shmpipe_process_restarts_total", (("process", "dispatcher"),))] == 1
+        assert m[("shmpipe_process_restarts_total", (("process", "publisher"),))] == 1
+        assert m[("shmpipe_stalled_seconds", ())] >= 5.0
+        os.kill(stopped, signal.SIGCONT)
+        procs = None  # the views must go before the mapping closes
+        mapping.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "stall: nothing published for" in err and f"worker 0 (pid {stopped})" in err
+    assert "1 dispatcher, 1 publisher" in err  # the summary line
+
+
+def _attached(name: str):
+    for info in live_runs():
+        if info["name"] == name:
+            try:
+                return attach_tables(info)
+            except OSError:
+                return None
+    return None
+
+
+def test_adaptive_limit_is_the_floor_until_frames_are_measured_then_a_multiple_of_p99():
+    from types import SimpleNamespace
+
+    from shmpipe.config import load_config
+    from shmpipe.engine.watchdog import Watchdog, chain_p99_s
+    from shmpipe.shm.layout import KERNEL_BUCKETS_S, MAX_KERNELS, N_BUCKETS
+
+    hist = np.zeros((3, MAX_KERNELS, N_BUCKETS), np.int64)
+    ring = SimpleNamespace(timings=SimpleNamespace(kernel_hist=hist))
+    run = load_config(raw={}).run  # the defaults: adaptive, floor 10 s, factor 20
+    assert run.watchdog and run.watchdog_s == 0
+    dog = Watchdog(run, ring)
+    assert chain_p99_s(hist) == 0 and dog.limit_s() == run.watchdog_floor_s
+    # Kernel 0: 990 frames up to 1 ms, 10 up to 2 ms (p99 in the 1 ms bucket) on two workers;
+    # kernel 1: every frame up to 1 s. The chain's p99: the sum of both bounds.
+    ms1, ms2, s1 = (KERNEL_BUCKETS_S.index(b) for b in (1e-3, 2e-3, 1.0))
+    hist[1, 0, ms1], hist[2, 0, ms1], hist[2, 0, ms2] = 500, 490, 10
+    hist[1, 1, s1] = 1000
+    assert chain_p99_s(hist) == pytest.approx(1.001)
+    assert dog.limit_s() == pytest.approx(20 * 1.001)
+    hist[1, 1, s1] = 0  # fast frames only: never below the floor
+    assert dog.limit_s() == run.watchdog_floor_s
+    run.watchdog_s = 3.0  # a fixed limit wins
+    assert dog.limit_s() == 3.0
