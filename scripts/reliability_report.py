@@ -5,16 +5,16 @@
     python scripts/reliability_report.py --soak        # with the long runs
     python scripts/reliability_report.py -k sigkill    # a subset (pytest's -k expression)
 
-It runs ``pytest tests/test_reliability.py`` with ``$SHMPIPE_FAULT_FIGURES`` naming a file,
-where every fault scenario appends its figures as a JSON line, then prints one table row per
-scenario run. Columns: faults injected; frames lost (expected ids never published nor
-recorded as an error); duplicates (ids stored twice); hangs (runs a guard had to stop: the
-test without a watchdog expects one); the longest recovery, in seconds: for a killed worker,
-until its replacement is ready; for a retried frame, from the fault to the frame's publication
-(the watchdog's wait included); for a stalled or restarted ASAPO service, from its return to
-the next message pulled; for a killed dispatcher or publisher, from the kill to the end of the
-run (sim source) or to the restarted run's first published frame (ASAPO); for the whole group
-killed while writing HDF5, the last resume's run time.
+It runs ``pytest tests/test_reliability.py tests/test_replacement.py`` with
+``$SHMPIPE_FAULT_FIGURES`` naming a file, where every fault scenario appends its figures as a
+JSON line, then prints one table row per scenario run. Columns: faults injected; frames lost
+(expected ids never published nor recorded as an error); duplicates (ids stored twice); hangs
+(runs a guard had to stop: the test without a watchdog expects one); the longest recovery, in
+seconds: for a killed worker, until its replacement is ready; for a retried frame, from the
+fault to the frame's publication (the watchdog's wait included); for a stalled or restarted
+ASAPO service, from its return to the next message pulled; for a killed dispatcher or
+publisher, until its replacement is ready; for the whole group killed while writing HDF5, the
+last resume's run time.
 
 The verdict is the tests': the exit status is pytest's. The ASAPO scenarios run only where
 ``asapo_consumer`` is installed (pytest skips them otherwise).
@@ -34,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES_ENV = "SHMPIPE_FAULT_FIGURES"
+TEST_FILES = ["tests/test_reliability.py", "tests/test_replacement.py"]
 HEADER = ["scenario", "faults injected", "frames lost", "duplicates", "hangs", "longest recovery s"]
 
 
@@ -90,7 +91,7 @@ def run_tests(figures: Path, soak: bool, select: str) -> int:
         env["SHMPIPE_RUN_DIR"] = str(figures.parent / "runs")
         Path(env["SHMPIPE_RUN_DIR"]).mkdir()
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    cmd += ["tests/test_reliability.py", *(["--soak"] if soak else [])]
+    cmd += [*TEST_FILES, *(["--soak"] if soak else [])]
     cmd += ["-k", select] if select else []
     return subprocess.run(cmd, cwd=REPO, env=env, stdout=sys.stderr, check=False).returncode
 
