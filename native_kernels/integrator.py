@@ -56,7 +56,7 @@ from native_kernels.tables import (
     static_sums,
 )
 
-TABLE_FORMAT = 4  # bump when the table layout or binning rules change (invalidates caches)
+TABLE_FORMAT = 5  # bump when the table layout or binning rules change (invalidates caches)
 ERROR_MODELS = (None, "poisson", "azimuthal")
 
 
@@ -260,6 +260,7 @@ class RadialPlan:
         self.check_dummy = check_dummy
         self._accs = np.zeros((A.NCOPY, self.nbins + 2), dtype=np.float64)
         self._accv = np.zeros((A.NCOPY, self.nbins + 2), dtype=np.float64)
+        self._accp = np.zeros((A.NCOPY, 2 * (self.nbins + 2)), dtype=np.float64)  # lean loops
         self._removed = np.zeros((self.nbins + 2, 3), dtype=np.float64)
         # Placeholders for arrays a loop does not read (Numba needs a typed argument).
         self._no_dark = np.zeros(1, dtype=np.float32)
@@ -321,19 +322,32 @@ class RadialPlan:
                 dark = list(dark)
             darks = [flat_segment(v) for v in self.segments(dark, "dark")]
         accs, accv, removed = self._accs, self._accv, self._removed
+        accp = self._accp
         accs[...] = 0.0
         accv[...] = 0.0
+        accp[...] = 0.0
         removed[...] = 0.0
         cd, dummy, ddummy = self._dummy_args()
         poisson = em == "poisson"
-        lean = not (use_dark or cd)
+        # An exact dummy is one compare in the lean loops; a tolerance needs the general ones.
+        lean = not (use_dark or (cd and ddummy != 0.0))
+        lean_dummy = float(dummy) if cd else np.nan
         t = self.table
         nb = self.nbins
         for k, ((img, b0, s0), (dk, db, ds)) in enumerate(zip(segs, darks, strict=True)):
             if self.split == "no":
                 if lean:
                     A.nosplit_lean(
-                        img, b0, s0, t.bin[k], self.norm[k], poisson, nb, accs, accv, removed
+                        img,
+                        b0,
+                        s0,
+                        t.bin[k],
+                        self.norm[k],
+                        lean_dummy,
+                        poisson,
+                        nb,
+                        accp,
+                        removed,
                     )
                 else:
                     A.nosplit_general(
@@ -358,7 +372,17 @@ class RadialPlan:
                 continue
             if lean:
                 A.bbox_lean(
-                    img, b0, s0, t.bin[k], t.coef[k], self.norm[k], poisson, nb, accs, accv, removed
+                    img,
+                    b0,
+                    s0,
+                    t.bin[k],
+                    t.coef[k],
+                    self.norm[k],
+                    lean_dummy,
+                    poisson,
+                    nb,
+                    accp,
+                    removed,
                 )
             else:
                 A.bbox_general(
@@ -407,7 +431,9 @@ class RadialPlan:
                     accv,
                     removed,
                 )
-        return (accs.sum(axis=0)[:nb], accv.sum(axis=0)[:nb], removed[:nb], segs, darks, use_dark)
+        signal = accs.sum(axis=0)[:nb] + accp[:, 0::2].sum(axis=0)[:nb]
+        variance = accv.sum(axis=0)[:nb] + accp[:, 1::2].sum(axis=0)[:nb]
+        return (signal, variance, removed[:nb], segs, darks, use_dark)
 
     def integrate(
         self,
@@ -835,12 +861,10 @@ class AzimuthalIntegrator:
             mask=None if mask is None else np.asarray(mask) != 0,
             flat=None if flat is None else np.asarray(flat, np.float32),
         )
-        cached = _usable(
-            load_cached(cache_dir, key),
-            self.geometry.n_pixels,
-            ("bin", "norm", "edges")
-            + (("coef", "exc_pix", "exc_ptr", "exc_bin", "exc_coef") if split == "bbox" else ()),
+        names = ("bin", "norm", "edges") + (
+            ("coef", "exc_pix", "exc_ptr", "exc_bin", "exc_coef") if split == "bbox" else ()
         )
+        cached = _usable(load_cached(cache_dir, key), self.geometry.n_pixels, names)
         if cached is not None:
             table = Table.from_arrays(
                 split,
@@ -862,6 +886,11 @@ class AzimuthalIntegrator:
                 key,
                 {**table.arrays(), "norm": w, "edges": np.array([e["lo"], e["hi"], e["delta"]])},
             )
+            # Use the stored, read-only mapped copy as every later process will: the memory is
+            # shared, and the loops are compiled now for the arrays the workers will pass.
+            stored = _usable(load_cached(cache_dir, key), self.geometry.n_pixels, names)
+            if stored is not None:
+                table, w = Table.from_arrays(split, npt, stored, table.edges), stored["norm"]
         return RadialPlan(
             self.geometry, table, w, unit, scale, npt, dummy is not None, dummy, delta_dummy
         )

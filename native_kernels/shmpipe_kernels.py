@@ -31,7 +31,10 @@ A typical chain::
     threshold = 1000
 
 The integrator reads ``stitch.image`` by default; with ``input = "parts"`` (or
-``"decompress.modules"``) it integrates straight from the modules (the fused path).
+``"decompress.modules"``) it integrates straight from the modules (the fused path), and
+frame_stats likewise summarises the modules (ROIs still in image coordinates). Then no image
+need be stitched at all: the beamline chain (``examples/lambda9m_sim.toml``) is decompress,
+integrate, stats.
 """
 
 from __future__ import annotations
@@ -49,7 +52,13 @@ from native_kernels.geometry import DetectorGeometry, GeometryError, ModulePlace
 from native_kernels.integrator import AzimuthalIntegrator, RadialPlan
 from native_kernels.master import MasterFile, MasterFileError, read_master
 from native_kernels.poni import PoniError
-from native_kernels.stats import _roi_sums, accumulate_stats, check_rois
+from native_kernels.stats import (
+    _roi_sums,
+    accumulate_stats,
+    check_rois,
+    module_rois,
+    roi_sums_on_parts,
+)
 from native_kernels.stitch import Stitcher
 from shmpipe.api.kernel import ArraySpec, Frame, Kernel, SetupContext
 
@@ -508,6 +517,10 @@ def _monitor(frame: Frame, key: str, kernel: str) -> float:
 class FrameStats(Kernel):
     """Sum, maximum, pixels above ``threshold`` (hit finding) and ROI sums of a frame.
 
+    Reads the stitched image or the modules themselves; with modules, ROIs given in image
+    coordinates are mapped onto module rectangles, and every result equals the stitched
+    image's when the gaps hold the dummy.
+
     The ROIs are live parameters: ``check_params``/``on_params`` take new ones during a run
     (``{"rois": [[y0, y1, x0, x1], ...]}``, at most ``max_rois``), applied from the next frame
     a worker takes; ``roi_version`` records the live-parameter version each row used (0: the
@@ -517,31 +530,53 @@ class FrameStats(Kernel):
     @dataclass
     class Params:
         input: str = "stitch.image"
-        """The image to summarise."""
+        """The image, or "decompress.modules" / "parts" to summarise the modules themselves
+        (no stitched image needed; the gaps then hold no pixel)."""
         threshold: float = 0.0
         """count_above counts the pixels above this value (cheap hit finding)."""
         rois: list = field(default_factory=list)
-        """Regions of interest [[y0, y1, x0, x1], ...], half-open, summed into roi_sums."""
+        """Regions of interest [[y0, y1, x0, x1], ...], half-open, in assembled-image
+        coordinates (also with module input), summed into roi_sums."""
         max_rois: int = 0
         """Room in roi_sums for ROIs set during the run (at least len(rois))."""
         dummy: float | None = None
         """Pixels of this value (the gaps) are ignored."""
+        geometry: str = "lambda9m"
+        """With module input: the layout that maps the ROIs onto the modules."""
+        missing_modules: list = field(default_factory=list)
+        """With module input: indices of modules not installed."""
 
     def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
         p = self.params
         n, shape, dtype = _input_spec(ctx, p.input, self.name)
-        self._shape = tuple(shape)
+        self._geo = None  # with module input and ROIs: the layout that maps them
         try:
+            if n and (len(p.rois) or p.max_rois):
+                geo = _geometry(p)
+                if n != len(geo.present) or tuple(shape) != tuple(geo.module_shape):
+                    raise ValueError(
+                        f"input {p.input!r} ({n} of {tuple(shape)}) does not match the "
+                        f"geometry {p.geometry!r}"
+                    )
+                self._geo = geo
+                self._shape = tuple(geo.shape)
+            else:
+                self._shape = tuple(shape)
             self.rois = check_rois(p.rois, self._shape)
-        except ValueError as exc:
+        except (GeometryError, ValueError) as exc:
             raise KernelConfigError(f"{self.name}: {exc}") from exc
+        self._rects = None if self._geo is None else module_rois(self._geo, self.rois)
         self._capacity = max(int(p.max_rois), len(self.rois))
-        if n and self._capacity:
-            raise KernelConfigError(f"{self.name}: ROIs need an image input (stitch first)")
         self._acc = np.zeros(4)
         self._rs = np.zeros(len(self.rois))
         self._version = 0
         accumulate_stats(np.zeros((2, 2), dtype), 0.0, None, np.zeros(4))  # compile now
+        if self._geo is not None:  # compile now
+            roi_sums_on_parts(
+                [np.zeros((2, 2), dtype)], np.zeros((1, 6), np.int64), p.dummy, np.zeros(1)
+            )
+        else:
+            _roi_sums(np.zeros((2, 2), dtype), np.zeros((0, 4), np.int64), False, 0.0, np.zeros(0))
         specs = [
             ArraySpec("sum", (), "float64", unit="counts"),
             ArraySpec("max", (), "float64", unit="counts"),
@@ -561,18 +596,20 @@ class FrameStats(Kernel):
             return {}
         room = outputs.get(f"{self.name}.roi_sums")
         image = outputs.get(self.params.input)
-        if room is None or image is None or len(image.shape) != 2:
-            raise ValueError(
-                "no room for live ROIs: set max_rois (and an image input) in the configuration"
-            )
+        # ROIs are in image coordinates: the image's, or (module input) the layout's
+        shape = image.shape if image is not None and len(image.shape) == 2 else None
+        shape = shape or getattr(self, "_shape", None)
+        if room is None or shape is None:
+            raise ValueError("no room for live ROIs: set max_rois in the configuration")
         rois = _parse_rois(params["rois"])
         if len(rois) > room.shape[0]:
             raise ValueError(f"{len(rois)} ROIs, but max_rois = {room.shape[0]}")
-        return {"rois": check_rois(rois, tuple(image.shape)).tolist()}
+        return {"rois": check_rois(rois, tuple(shape)).tolist()}
 
     def on_params(self, params, version):
         rois = params["rois"] if "rois" in params else self.params.rois
         self.rois = check_rois(rois, self._shape)
+        self._rects = None if self._geo is None else module_rois(self._geo, self.rois)
         self._rs = np.zeros(len(self.rois))
         self._version = version
 
@@ -594,7 +631,10 @@ class FrameStats(Kernel):
             n = len(self.rois)
             if n:
                 self._rs[:] = 0.0
-                _roi_sums(arrays[0], self.rois, use_dummy, d, self._rs)
+                if self._rects is not None:
+                    roi_sums_on_parts(arrays, self._rects, p.dummy, self._rs)
+                else:
+                    _roi_sums(arrays[0], self.rois, use_dummy, d, self._rs)
             out["roi_sums"][:n] = self._rs
             out["roi_sums"][n:] = np.nan
             out["roi_version"][...] = self._version

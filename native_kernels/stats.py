@@ -120,13 +120,67 @@ def _f32_constants(threshold: float, dummy: float | None):
     return t32, d32, mask, dbits
 
 
+# The integer path (the detector's own uint16/uint32 modules): integers have no NaN, so one
+# pass of compares and selects in int64 gives every statistic at once, and the sum is exact.
+_NO_INT = -(2**62)  # a "dummy" no uint16/uint32/int16/int32 pixel can equal
+
+
+@njit(cache=True, nogil=True)
+def _stats_int(img, threshold, dummy, out):  # pragma: no cover - jitted
+    """Return (sum, max, count_above, n_valid) as int64 over a 2-D integer array: pixels equal
+    to ``dummy`` are left out, ``count_above`` counts those > ``threshold`` (both int64);
+    max is ``_NO_INT`` when no pixel is valid."""
+    s = np.int64(0)
+    n_above = np.int64(0)
+    n_valid = np.int64(0)
+    m = np.int64(_NO_INT)
+    for r in range(img.shape[0]):
+        row = img[r]
+        for c in range(row.shape[0]):
+            v = np.int64(row[c])
+            ok = v != dummy
+            s += v if ok else 0
+            n_above += 1 if (ok & (v > threshold)) else 0
+            n_valid += 1 if ok else 0
+            m = max(m, v if ok else _NO_INT)
+    return s, m, n_above, n_valid
+
+
+def _int_constants(threshold: float, dummy: float | None) -> tuple[int, int]:
+    """Threshold and dummy as int64 such that integer comparisons agree with float ones."""
+    t = float(threshold)
+    if np.isnan(t):
+        t_int = 2**62  # nothing is above NaN
+    else:
+        t_int = int(min(max(np.floor(t), -(2.0**62)), 2.0**62))  # v > t  <=>  v > floor(t)
+    d_int = _NO_INT
+    if dummy is not None and np.isfinite(dummy) and float(dummy) == np.floor(dummy):
+        if abs(dummy) < 2**62:
+            d_int = int(dummy)
+    return t_int, d_int
+
+
+def _accumulate_int(img: np.ndarray, threshold: float, dummy: float | None, out) -> None:
+    t_int, d_int = _int_constants(threshold, dummy)
+    s, m, n_above, n_valid = _stats_int(img, t_int, d_int, out)
+    out[0] += float(s)
+    if n_valid:
+        out[1] = max(out[1], float(m))
+    out[2] += n_above
+    out[3] += n_valid
+
+
 def accumulate_stats(img: np.ndarray, threshold: float, dummy: float | None, out) -> None:
     """Add one 2-D array's statistics to ``out = [sum, max, count_above, n_valid]``.
 
     Pixels that are NaN, +-inf or equal to ``dummy`` are left out; ``count_above`` counts
-    pixels strictly above ``threshold``. float32 arrays take a vectorised path with the same
-    results as the general one (the threshold and the dummy are compared exactly).
+    pixels strictly above ``threshold``. float32 arrays and integer arrays up to 32 bits take
+    vectorised one-pass paths with the same results as the general one (the threshold and the
+    dummy are compared exactly; integer sums are exact, so the order does not matter).
     """
+    if img.ndim == 2 and img.dtype.kind in "ui" and img.dtype.itemsize <= 4:
+        _accumulate_int(img, threshold, dummy, out)
+        return
     if (
         img.dtype != np.float32
         or img.ndim != 2
@@ -155,6 +209,71 @@ def _roi_sums(img, rois, use_dummy, dummy, out):  # pragma: no cover - jitted
                     continue
                 s += v
         out[k] += s
+
+
+def module_rois(geometry, rois: np.ndarray) -> np.ndarray:
+    """Map image-coordinate ROIs onto the modules: rows of (roi, part, r0, r1, c0, c1).
+
+    ``rois`` are checked (n, 4) rectangles ``[y0, y1, x0, x1]`` of the assembled image of
+    ``geometry`` (a :class:`~native_kernels.geometry.DetectorGeometry`); ``part`` counts the
+    present modules in arrival order, and ``r0:r1, c0:c1`` is the part's rectangle whose pixels
+    land inside the ROI (flips and quarter turns keep rectangles rectangles). Gap pixels have
+    no module: a sum over the parts equals the sum over the stitched image whenever the gaps
+    hold the dummy (or zero).
+    """
+    out = []
+    for k, (y0, y1, x0, x1) in enumerate(np.asarray(rois, dtype=np.int64).reshape(-1, 4)):
+        for part, i in enumerate(geometry.present):
+            m = geometry.modules[i]
+            h, w = geometry.placed_shape(m)
+            iy0, iy1 = max(int(y0), m.y), min(int(y1), m.y + h)
+            ix0, ix1 = max(int(x0), m.x), min(int(x1), m.x + w)
+            if iy0 >= iy1 or ix0 >= ix1:
+                continue
+            inside = np.zeros((h, w), dtype=bool)
+            inside[iy0 - m.y : iy1 - m.y, ix0 - m.x : ix1 - m.x] = True
+            in_module = m.module_view(inside)
+            rows = np.flatnonzero(in_module.any(axis=1))
+            cols = np.flatnonzero(in_module.any(axis=0))
+            out.append((k, part, rows[0], rows[-1] + 1, cols[0], cols[-1] + 1))
+    return np.array(out, dtype=np.int64).reshape(-1, 6)
+
+
+def roi_sums_on_parts(
+    parts: Sequence[np.ndarray], rects: np.ndarray, dummy: float | None, out: np.ndarray
+) -> None:
+    """Add to ``out[roi]`` the sums of the module rectangles from :func:`module_rois`."""
+    use = dummy is not None
+    d = float(dummy) if use else 0.0
+    d_int = _int_constants(0.0, dummy)[1]
+    one = np.zeros(1)
+    for k, part, r0, r1, c0, c1 in rects:
+        a = parts[part]
+        if a.dtype.kind in "ui" and a.dtype.itemsize <= 4:  # exact, vectorised
+            out[k] += float(_rect_sum_int(a, r0, r1, c0, c1, d_int))
+            continue
+        one[0] = 0.0
+        _roi_sums(a, rects_as_roi(r0, r1, c0, c1), use, d, one)
+        out[k] += one[0]
+
+
+@njit(cache=True, nogil=True)
+def _rect_sum_int(img, r0, r1, c0, c1, dummy):  # pragma: no cover - jitted
+    """Sum of the pixels of ``img[r0:r1, c0:c1]`` that are not ``dummy`` (int64, exact)."""
+    s = np.int64(0)
+    for r in range(r0, r1):
+        row = img[r]
+        for c in range(c0, c1):
+            v = np.int64(row[c])
+            s += v if v != dummy else 0
+    return s
+
+
+@functools.lru_cache(maxsize=256)
+def rects_as_roi(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """One rectangle as the (1, 4) int64 array ``_roi_sums`` takes (cached: no per-frame
+    allocation)."""
+    return np.array([[r0, r1, c0, c1]], dtype=np.int64)
 
 
 @dataclass

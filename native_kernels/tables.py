@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -416,35 +417,56 @@ def cache_key(**parts) -> str:
 
 
 def load_cached(cache_dir: str | Path | None, key: str) -> dict[str, np.ndarray] | None:
-    """The arrays stored under ``key``, or None (missing or unreadable: rebuilt by the caller)."""
+    """The arrays stored under ``key``, mapped read-only, or None (missing or unreadable:
+    rebuilt by the caller).
+
+    Each array is an ``.npy`` file opened with ``mmap_mode="r"``: every worker reading the
+    same tables shares one copy in the page cache instead of holding its own (~100 MB for a
+    LAMBDA 9M with bbox splitting), and a worker starts without reading them all first.
+    """
     if cache_dir is None:
         return None
-    path = Path(cache_dir) / f"azint-{key}.npz"
+    path = Path(cache_dir) / f"azint-{key}"
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception:  # missing, truncated, not a zip (BadZipFile), bad member...
+        return {
+            f.stem: np.load(f, mmap_mode="r", allow_pickle=False)
+            for f in sorted(path.glob("*.npy"))
+        } or None
+    except Exception:  # missing, truncated, not an npy file...
         return None
 
 
 def save_cached(cache_dir: str | Path | None, key: str, arrays: dict[str, np.ndarray]) -> None:
-    """Store arrays atomically: write a temporary file in the same directory, then rename.
+    """Store arrays atomically: write a temporary directory next to the final one, then rename.
 
-    Workers racing to build the same table each write their own temporary file; whichever
-    rename lands last wins, and a reader only ever sees a complete file.
+    Workers racing to build the same table each write their own temporary directory; the
+    first rename wins (a directory cannot replace a full one), the others remove theirs, and
+    a reader only ever sees a complete set.
     """
     if cache_dir is None:
         return
     d = Path(cache_dir)
     d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".azint-", suffix=".npz.tmp", dir=d)
+    tmp = Path(tempfile.mkdtemp(prefix=".azint-", suffix=".tmp", dir=d))
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, d / f"azint-{key}.npz")
-    except BaseException:
+        for name, a in arrays.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
+        final = d / f"azint-{key}"
         try:
-            os.unlink(tmp)
+            os.rename(tmp, final)
         except OSError:
-            pass
+            if not final.is_dir():
+                raise
+            stored = load_cached(cache_dir, key)
+            if stored is not None and set(stored) == set(arrays):
+                shutil.rmtree(tmp, ignore_errors=True)  # another process stored it first
+                return
+            # A damaged set (the caller rebuilt because it could not load it): move it aside
+            # (a process that mapped its files keeps reading them) and put ours in its place.
+            aside = Path(tempfile.mkdtemp(prefix=".azint-", suffix=".old", dir=d))
+            os.rename(final, aside / "tables")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise

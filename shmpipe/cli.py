@@ -219,6 +219,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         opts.workers = [int(w) for w in args.workers.split(",") if w.strip()]
     if args.no_cold_start:
         opts.cold_start = False
+    if args.beamline:
+        from shmpipe.benchmark.suite import run_beamline_alone
+
+        run_beamline_alone(opts, log=lambda s: print(s, file=sys.stderr))
+        print((opts.output / "report.md").read_text())
+        print(f"report: {opts.output / 'report.json'}")
+        return 0
     report = run_suite(opts, log=lambda s: print(s, file=sys.stderr))
     print_summary(report)
     print(f"report: {opts.output / 'report.json'}")
@@ -316,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="tiny frames: check, don't measure")
     bench.add_argument(
         "--no-cold-start", action="store_true", help="use the usual caches; no cold start-up"
+    )
+    bench.add_argument(
+        "--beamline",
+        action="store_true",
+        help="only the beamline chain against the stitch-first chain, side by side",
     )
     bench.set_defaults(func=cmd_bench)
     return parser

@@ -54,6 +54,11 @@ def test_bench_quick_writes_report_and_plots(tmp_path):
     assert "issue" not in said.lower()
     md = (out / "report.md").read_text()
     assert "| goal |" not in md and "| node model |" not in md and "no goal is judged" in md
+    beam = report["beamline"]
+    assert set(beam["chains"]) == {"beamline", "stitch_first"}
+    assert "stitch" not in beam["chains"]["beamline"]["stage_cpu_ms"]
+    assert beam["max_relative_difference"] <= 1e-6
+    assert "## Beamline chain vs stitch-first chain" in md and "nodes for" not in md
     for png in ("throughput_vs_workers.png", "stages.png"):
         assert (out / png).stat().st_size > 1000
     # The latency plot is drawn only over frames published after settling.

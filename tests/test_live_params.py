@@ -15,6 +15,7 @@ from native_kernels.shmpipe_kernels import FrameStats
 from shmpipe.api.kernel import ArraySpec, Frame, Kernel
 from shmpipe.config import load_config
 from shmpipe.engine import Pipeline
+from shmpipe.engine.exit_codes import EXIT_SIGTERM
 from shmpipe.plugins.sinks.hdf5 import read_stream
 from shmpipe.plugins.sources.sim import SimParams, sim_geometry
 from shmpipe.shm.layout import PROC_PUBLISHER
@@ -221,7 +222,8 @@ def test_rois_changed_mid_run_apply_from_a_later_frame(tmp_path):
     t.start()
     summary = pipeline.run()
     t.join(10)
-    assert summary.exit_code == 0 and summary.frames_out > 30, summary.error
+    # Stopped by the steering thread's SIGTERM: a drained, early stop.
+    assert summary.exit_code == EXIT_SIGTERM and summary.frames_out > 30, summary.error
     rows = read_stream(str(tmp_path / "out.h5"), "scan_0001")
     assert written["version"] == 1
     tap_versions, tap_recorded = written["tap"]

@@ -228,8 +228,9 @@ def test_tables_are_cached_on_disk(tmp_path, monkeypatch):
     img = ring_image(SMALL, params)
     first = AzimuthalIntegrator(*params, wavelength=WAVELENGTH, geometry=SMALL)
     p1 = first.plan1d(100, "2th_deg", "bbox", polarization_factor=0.5, cache_dir=tmp_path)
-    files = list(tmp_path.glob("azint-*.npz"))
-    assert len(files) == 1 and not list(tmp_path.glob(".azint-*"))  # no temp file left
+    dirs = list(tmp_path.glob("azint-*"))
+    assert len(dirs) == 1 and not list(tmp_path.glob(".azint-*"))  # no temp file left
+    assert {f.name for f in dirs[0].iterdir()} >= {"bin.npy", "coef.npy", "norm.npy"}
 
     def boom(*a, **k):
         raise AssertionError("table rebuilt although it is cached")
@@ -247,15 +248,20 @@ def test_tables_are_cached_on_disk(tmp_path, monkeypatch):
     third = AzimuthalIntegrator(0.051, *params[1:], wavelength=WAVELENGTH, geometry=SMALL)
     with pytest.raises(AssertionError, match="rebuilt"):
         third.plan1d(100, "2th_deg", "bbox", polarization_factor=0.5, cache_dir=tmp_path)
-    # A corrupt or truncated cache file is rebuilt, not trusted.
+    # The tables are mapped read-only from the cache (shared by every worker), not copied.
+    assert not p2.table.coef.flags.writeable and not p2.norm.flags.writeable
+    # A corrupt or truncated cache file is rebuilt, not trusted, and then replaced.
     monkeypatch.undo()
-    good = files[0].read_bytes()
-    for bad in (b"not a zip", good[: len(good) // 2]):
-        files[0].write_bytes(bad)
+    coef = dirs[0] / "coef.npy"
+    good = coef.read_bytes()
+    for bad in (b"not an npy file", good[: len(good) // 2]):
+        coef.write_bytes(bad)
         p3 = AzimuthalIntegrator(*params, wavelength=WAVELENGTH, geometry=SMALL).plan1d(
             100, "2th_deg", "bbox", polarization_factor=0.5, cache_dir=tmp_path
         )
         np.testing.assert_array_equal(p3.integrate(img).intensity, r1.intensity)
+        assert coef.read_bytes() == good
+        assert [p.name for p in tmp_path.iterdir()] == [dirs[0].name]
 
 
 def test_table_contributions_match_pyfai_csr():

@@ -147,7 +147,7 @@ def test_chain_raw_parts(frame_parts, poni_file, tmp_path):
     np.testing.assert_allclose(out["integrate.radial"], ref.radial)
     np.testing.assert_allclose(out["fused.intensity"], ref.intensity, rtol=1e-12)
     np.testing.assert_allclose(out["fused.count"], ref.count)
-    assert list(tmp_path.glob("azint-*.npz"))  # tables landed in ctx.cache_dir
+    assert list(tmp_path.glob("azint-*/bin.npy"))  # tables landed in ctx.cache_dir
     assert out["stats.sum"] == pytest.approx(float(img.sum(dtype=np.float64)))
     assert out["stats.max"] == img.max()
     assert out["stats.count_above"] == int((img > 60).sum())
@@ -210,8 +210,8 @@ def test_setup_rejects_inconsistent_configuration(tmp_path):
         make(LambdaStitch, "s", missing_modules=[3]).setup(ctx)
     with pytest.raises(KernelConfigError, match="decompress"):
         make(LambdaStitch, "s").setup(SetupContext(parts=None))
-    with pytest.raises(KernelConfigError, match="ROIs need an image"):
-        make(FrameStats, "f", input="parts", rois=[[0, 10, 0, 10]]).setup(ctx)
+    with pytest.raises(KernelConfigError, match="does not match the geometry"):
+        make(FrameStats, "f", input="parts", rois=[[0, 10, 0, 10]], missing_modules=[3]).setup(ctx)
     bad_mask = tmp_path / "mask.npy"
     np.save(bad_mask, np.zeros((3, 3), bool))
     with pytest.raises(KernelConfigError, match="mask"):

@@ -18,6 +18,7 @@ from shmpipe.shm.layout import (
     P_BUSY_NS,
     P_FRAMES,
     P_HANDOVERS,
+    P_PID,
     P_READY_NS,
     PROC_DISPATCHER,
     PROC_FIRST_WORKER,
@@ -50,6 +51,8 @@ class RunResult:
     slots: int = 0
     """Slots in the ring."""
     error: str = ""
+    worker_pids: list[int] = field(default_factory=list, repr=False)
+    dispatcher_pid: int = 0
 
     @property
     def gbps_steady(self) -> float:
@@ -59,7 +62,14 @@ class RunResult:
         d = {
             k: v
             for k, v in dataclasses.asdict(self).items()
-            if k not in ("latency_s", "latency_all_s", "worker_startup_s")
+            if k
+            not in (
+                "latency_s",
+                "latency_all_s",
+                "worker_startup_s",
+                "worker_pids",
+                "dispatcher_pid",
+            )
         }
         d["gbps_steady"] = self.gbps_steady
         d["latency_p50_s"], d["latency_p99_s"] = percentiles(self.latency_s)
@@ -189,7 +199,18 @@ def run_pipeline(
         frames_per_handover=frames_per_handover(summary),
         slots=summary.slots,
         error=summary.error,
+        worker_pids=_pids(summary)[1:],
+        dispatcher_pid=_pids(summary)[0],
     )
+
+
+def _pids(summary: RunSummary) -> list[int]:
+    """The dispatcher's pid (0 if unknown), then the workers' (those that started)."""
+    procs = summary.timings.get("procs")
+    if procs is None:
+        return [0]
+    workers = [int(p) for p in procs[PROC_FIRST_WORKER:, P_PID] if p > 0]
+    return [int(procs[PROC_DISPATCHER, P_PID]), *workers]
 
 
 def all_ready_wall(summary: RunSummary, wall_minus_mono: float) -> float:

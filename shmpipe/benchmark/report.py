@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from shmpipe.benchmark.beamline import report_markdown as beamline_markdown
 from shmpipe.benchmark.inputs import SuiteOptions
 
 GOALS = {
@@ -271,7 +272,10 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"| first result, warm Numba cache, s | {st['warm']['first_result_s']:.2f} |",
     ]
     if report.get("note"):
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        if "beamline" in report:
+            text += "\n" + beamline_markdown(report["beamline"])
+        return text
     mo = report["model"]
     a = mo["assumptions"]
     lines += [
@@ -288,4 +292,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"| **nodes for a {a['detector_rate_hz']:.0f} Hz LAMBDA 9M** | "
         f"**{mo['nodes_for_detector']}** |",
     ]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if "beamline" in report:
+        text += "\n" + beamline_markdown(report["beamline"])
+    return text

@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 
 from shmpipe.benchmark.anchors import cpu_anchor, memory_anchor
+from shmpipe.benchmark.beamline import report_markdown as beamline_markdown
+from shmpipe.benchmark.beamline import suite_step
 from shmpipe.benchmark.copy import copy_rate
 from shmpipe.benchmark.inputs import (
     LAMBDA_MODULE_SHAPE,
@@ -326,7 +328,29 @@ def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> dict[st
             log(f"plot: {path}")
         if not len(lat.latency_s):
             log("no latency plot: no frame was published after the settling time")
+
+        # 8. the beamline chain against the stitch-first chain, side by side
+        log("beamline chain vs stitch-first chain ...")
+        report["beamline"] = suite_step(opts, geo, shape, modules, work, cache, log)
     (out / "report.md").write_text(report_markdown(report))  # before NaN becomes null
     report = _jsonable(report)
     (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def run_beamline_alone(opts: SuiteOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """``shmpipe bench --beamline``: only the beamline chain against the stitch-first chain;
+    report.json and report.md in ``opts.output``."""
+    out = Path(opts.output)
+    out.mkdir(parents=True, exist_ok=True)
+    shape = QUICK_MODULE_SHAPE if opts.quick else LAMBDA_MODULE_SHAPE
+    with tempfile.TemporaryDirectory(prefix="shmpipe-bench-") as tmp:
+        work = Path(tmp)
+        cache = Path.home() / ".cache" / "shmpipe"
+        geo = geometry_file(work, shape, 12)
+        report: dict[str, Any] = {"meta": _meta(opts, shape, 12)}
+        log("beamline chain vs stitch-first chain ...")
+        report["beamline"] = suite_step(opts, geo, shape, 12, work, cache, log)
+    (out / "report.md").write_text(beamline_markdown(report["beamline"]))
+    (out / "report.json").write_text(json.dumps(_jsonable(report), indent=1))
     return report
