@@ -1,148 +1,121 @@
 #!/usr/bin/env python
-"""Run the fault scenarios of the reliability suite and print the figures as a table.
+"""Run the reliability tests and print the figures of their fault scenarios as a table.
 
-    python scripts/reliability_report.py            # short runs (a few minutes)
-    python scripts/reliability_report.py --soak     # long runs
-    python scripts/reliability_report.py --only sigkill,poison
+    python scripts/reliability_report.py               # the CI versions (a few minutes)
+    python scripts/reliability_report.py --soak        # with the long runs
+    python scripts/reliability_report.py -k sigkill    # a subset (pytest's -k expression)
 
-Columns: faults injected; frames lost (expected ids never published nor recorded as an
-error); duplicates (ids stored twice); hangs (runs the hang guard had to stop); the longest
-recovery, in seconds: for a killed worker, until its replacement is ready; for a retried
-frame, from the fault to the frame's publication (the watchdog's wait included); for a
-stalled or restarted ASAPO service, from its return to the next message pulled; for a
-killed dispatcher or publisher, from the kill to the end of the run (sim source) or to the
-restarted run's first published frame (ASAPO); for the whole group killed while writing HDF5,
-the last resume's run time.
+It runs ``pytest tests/test_reliability.py tests/test_replacement.py`` with
+``$SHMPIPE_FAULT_FIGURES`` naming a file, where every fault scenario appends its figures as a
+JSON line, then prints one table row per scenario run. Columns: faults injected; frames lost
+(expected ids never published nor recorded as an error); duplicates (ids stored twice); hangs
+(runs a guard had to stop: the test without a watchdog expects one); the longest recovery, in
+seconds: for a killed worker, until its replacement is ready; for a retried frame, from the
+fault to the frame's publication (the watchdog's wait included); for a stalled or restarted
+ASAPO service, from its return to the next message pulled; for a killed dispatcher or
+publisher, until its replacement is ready; for the whole group killed while writing HDF5, the
+last resume's run time.
 
-The scenarios are ``tests/faults.py``; the ASAPO ones run only where ``asapo_consumer`` is
-installed. Every scenario runs in a fresh temporary folder, removed afterwards.
+The verdict is the tests': the exit status is pytest's. The ASAPO scenarios run only where
+``asapo_consumer`` is installed (pytest skips them otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-)
-
-from tests import faults  # noqa: E402 - after the path is set
+FIGURES_ENV = "SHMPIPE_FAULT_FIGURES"
+TEST_FILES = ["tests/test_reliability.py", "tests/test_replacement.py"]
+HEADER = ["scenario", "faults injected", "frames lost", "duplicates", "hangs", "longest recovery s"]
 
 
-def scenarios(soak: bool) -> list[tuple[str, Callable[[Path], faults.Figures]]]:
-    """(key, run) for every scenario, sized for ``--soak`` or for a short report."""
-    frames = 20_000 if soak else 600
-    long_frames = 100_000 if soak else 5_000
-    out: list[tuple[str, Callable[[Path], faults.Figures]]] = [
-        ("sigkill", lambda d: faults.random_sigkill(d, frames=frames, every=25)),
-        ("hang", lambda d: faults.crash_kernel(d, "hang", [4, 9], once=True, watchdog_s=1.5)),
-        (
-            "hang",
-            lambda d: faults.crash_kernel(d, "sigstop", [4, 9], once=True, watchdog_s=1.5),
-        ),
-        (
-            "hang",
-            lambda d: faults.crash_kernel(d, "sigstop", [5], once=False, watchdog_s=1.5),
-        ),
-        ("hang", lambda d: faults.stopped_worker(d)),
-        ("watchdog-default", lambda d: faults.stopped_worker(d, watchdog_s=None)),
-        ("poison", lambda d: faults.crash_kernel(d, "raise", [3, 7, 11], once=False)),
-        ("poison", lambda d: faults.crash_kernel(d, "abort", [3, 7, 11], once=False)),
-        ("poison", lambda d: faults.crash_kernel(d, "segfault", [3, 7, 11], once=False)),
-        ("poison", lambda d: faults.crash_kernel(d, "sigkill", [3, 7, 11], once=True)),
-        *(
-            ("death", lambda d, r=role, src=source: faults.process_death(d, r, src))
-            for source in ("sim", "files")
-            for role in ("dispatcher", "publisher")
-        ),
-        ("sigterm", lambda d: faults.sigterm_under_load(d)),
-        ("long", lambda d: faults.long_run(d, frames=long_frames, error_every=1000)),
-        (
-            "results",
-            lambda d: faults.group_sigkill_resume(d, kills=50 if soak else 20, frames=1200),
-        ),
+def row(figures: dict) -> list[str]:
+    """The table cells of one scenario's figures."""
+    recovery = figures["longest_recovery_s"]
+    return [
+        figures["scenario"],
+        str(figures["faults"]),
+        str(figures["lost"]) if figures["lost"] >= 0 else "n/a",
+        str(figures["duplicates"]),
+        str(figures["hangs"]),
+        f"{recovery:.3f}" if recovery is not None else "-",
     ]
-    try:
-        import asapo_consumer  # noqa: F401
-    except ImportError:
-        print("asapo_consumer is not installed: the ASAPO scenarios are left out", file=sys.stderr)
-        return out
-    out += [
-        ("asapo", lambda d: _with_service(d, lambda s: faults.asapo_stall(s, d))),
-        ("asapo", lambda d: _with_service(d, lambda s: faults.asapo_restart(s, d))),
-        *(
-            (
-                "asapo-death",
-                lambda d, r=role: _with_service(
-                    d, lambda s: faults.process_death(d, r, "asapo", service=s)
-                ),
+
+
+def table(rows: list[dict]) -> str:
+    """A Markdown table of the figures."""
+    cells = [HEADER, *[row(f) for f in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(HEADER))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def notes(rows: list[dict]) -> list[str]:
+    """The details a table row cannot show: frames in flight, memory and file growth."""
+    out = []
+    for f in rows:
+        d = f["details"]
+        if "in_flight" in d:
+            out.append(
+                f"{f['scenario']}: {d['in_flight']} frames were in flight; the sim source "
+                "cannot redeliver them (with ASAPO they come back)"
             )
-            for role in ("dispatcher", "publisher")
-        ),
-        ("asapo", lambda d: _with_service(d, lambda s: faults.asapo_group_kill(s, d))),
-    ]
+        if "growth" in d:
+            out.append(
+                f"{f['scenario']}: largest growth of any process's resident memory between "
+                f"25 % and 95 % of the frames {100 * d['growth']:.1f} %, of its open files "
+                f"{d['fd_growth']:+d}; {d['errors']} error records for "
+                f"{d['expected_errors']} bad frames"
+            )
     return out
 
 
-def _with_service(tmp: Path, run: Callable) -> faults.Figures:
-    from tests.asapo_process import AsapoProcess
-
-    service = AsapoProcess(tmp / "asapo-data")
-    service.data_dir.mkdir()
-    service.start()
-    try:
-        return run(service)
-    finally:
-        service.stop()
+def run_tests(figures: Path, soak: bool, select: str) -> int:
+    """Run the reliability tests (their output to stderr) with the figures file set."""
+    env = dict(os.environ)
+    env[FIGURES_ENV] = str(figures)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    if "SHMPIPE_RUN_DIR" not in env:  # the runs' registry: not the user's
+        env["SHMPIPE_RUN_DIR"] = str(figures.parent / "runs")
+        Path(env["SHMPIPE_RUN_DIR"]).mkdir()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    cmd += [*TEST_FILES, *(["--soak"] if soak else [])]
+    cmd += ["-k", select] if select else []
+    return subprocess.run(cmd, cwd=REPO, env=env, stdout=sys.stderr, check=False).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--soak", action="store_true", help="the long runs")
-    ap.add_argument("--only", default="", help="comma-separated scenario keys to run")
+    ap.add_argument("--soak", action="store_true", help="with the long runs (pytest --soak)")
+    ap.add_argument("-k", dest="select", default="", help="pytest -k expression: a subset")
     args = ap.parse_args(argv)
-    only = {k for k in args.only.split(",") if k}
-    os.environ.setdefault("SHMPIPE_RUN_DIR", tempfile.mkdtemp(prefix="shmpipe-report-runs-"))
-    rows: list[faults.Figures] = []
-    failed = 0
     t0 = time.monotonic()
-    for key, run in scenarios(args.soak):
-        if only and key not in only:
-            continue
-        with tempfile.TemporaryDirectory(prefix="shmpipe-report-") as d:
-            figures = run(Path(d))
-        rows.append(figures)
-        print(f"  {figures.scenario}: exit {figures.exit_code}", file=sys.stderr)
-        failed += bool(figures.lost or figures.duplicates or figures.hangs)
+    with tempfile.TemporaryDirectory(prefix="shmpipe-report-") as tmp:
+        figures = Path(tmp) / "figures.jsonl"
+        figures.touch()
+        status = run_tests(figures, args.soak, args.select)
+        rows = [json.loads(line) for line in figures.read_text().splitlines() if line]
     print(
         f"shmpipe reliability report ({'soak' if args.soak else 'short'}; "
         f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-        f"{time.monotonic() - t0:.0f} s)\n"
+        f"{time.monotonic() - t0:.0f} s; tests {'passed' if status == 0 else 'FAILED'})\n"
     )
-    print(faults.table(rows))
-    for f in rows:
-        if "rows_after_kill" in f.details:
-            print(
-                f"\n{f.scenario}: committed rows found intact after each kill "
-                f"{f.details['rows_after_kill']}; the last resume completed the file"
-            )
-        if "growth" in f.details:
-            print(
-                f"\n{f.scenario}: largest growth of any process's resident memory between "
-                f"25 % and 95 % of the frames {100 * f.details['growth']:.1f} %, of its open "
-                f"files {f.details['fd_growth']:+d}; {f.details['errors']} error records for "
-                f"{f.details['expected_errors']} bad frames"
-            )
-    return 1 if failed else 0
+    print(table(rows))
+    for line in notes(rows):
+        print(f"\n{line}")
+    return status
 
 
 if __name__ == "__main__":

@@ -1,22 +1,27 @@
-"""Fault scenarios shared by the reliability tests and ``scripts/reliability_report.py``.
+"""Fault scenarios of the reliability tests (``tests/test_reliability.py``).
 
 Each scenario runs a real pipeline (in this process, with the supervisor in the main thread),
 injects its faults, reads the sink back and returns :class:`Figures`: faults injected, frames
 lost, duplicates, hangs and the longest recovery. Tests assert on the figures (and on the
-details a scenario returns); the report prints them as a table.
+details a scenario returns). When ``$SHMPIPE_FAULT_FIGURES`` names a file, every scenario also
+appends its figures there as one JSON line: ``scripts/reliability_report.py`` runs the tests
+with it set and prints the lines as a table.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import random
 import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 import psutil
 
@@ -53,29 +58,37 @@ class Figures:
     def longest_recovery_s(self) -> float:
         return max(self.recovery_s, default=0.0)
 
-    def row(self) -> list[str]:
-        return [
-            self.scenario,
-            str(self.faults),
-            str(self.lost) if self.lost >= 0 else "n/a",
-            str(self.duplicates),
-            str(self.hangs),
-            f"{self.longest_recovery_s:.3f}" if self.recovery_s else "-",
-        ]
+    def to_json(self) -> dict[str, Any]:
+        """The figures the report prints (JSON-serialisable: the scalar details only)."""
+        scalars = {k: v for k, v in self.details.items() if isinstance(v, (int, float, str))}
+        return {
+            "scenario": self.scenario,
+            "faults": self.faults,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "hangs": self.hangs,
+            "longest_recovery_s": self.longest_recovery_s if self.recovery_s else None,
+            "exit_code": self.exit_code,
+            "details": scalars,
+        }
 
 
-HEADER = ["scenario", "faults injected", "frames lost", "duplicates", "hangs", "longest recovery s"]
+FIGURES_ENV = "SHMPIPE_FAULT_FIGURES"
+P = ParamSpec("P")
 
 
-def table(rows: list[Figures]) -> str:
-    """A Markdown table of the figures."""
-    cells = [HEADER, *[f.row() for f in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(HEADER))]
-    lines = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
-    ]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+def reported(scenario: Callable[P, Figures]) -> Callable[P, Figures]:
+    """Append the scenario's figures to the file named by ``$SHMPIPE_FAULT_FIGURES``, if set."""
+
+    @functools.wraps(scenario)
+    def run(*args: P.args, **kwargs: P.kwargs) -> Figures:
+        figures = scenario(*args, **kwargs)
+        if path := os.environ.get(FIGURES_ENV):
+            with open(path, "a") as out:
+                out.write(json.dumps(figures.to_json()) + "\n")
+        return figures
+
+    return run
 
 
 def config(tmp: Path, kernels: dict, *, frames: int, workers: int = 2, **run) -> dict:
@@ -208,6 +221,7 @@ def _published_at(data: dict, mid: int) -> float:
 
 
 # -- worker faults --------------------------------------------------------------------------
+@reported
 def random_sigkill(
     tmp: Path,
     frames: int = 300,
@@ -281,6 +295,7 @@ def random_sigkill(
     )
 
 
+@reported
 def crash_kernel(
     tmp: Path,
     mode: str,
@@ -331,10 +346,14 @@ def crash_kernel(
         "abort": "kernel calls os.abort()",
         "segfault": "kernel segfaults",
         "sigkill": "kernel SIGKILLs its worker",
-        "hang": "kernel loops (watchdog)",
-        "sigstop": "worker SIGSTOPped (watchdog)",
+        "hang": "kernel loops",
+        "sigstop": "worker SIGSTOPped",
     }[mode]
     how = "once, then retried" if once else f"every attempt, quarantined after {max_attempts}"
+    if mode in ("hang", "sigstop") and watchdog_s:
+        what += " (watchdog)"
+    elif mode in ("hang", "sigstop"):
+        what, how = f"{what}, no watchdog", "the suite's guard stops the run"
     return Figures(
         f"{what}: {how}",
         faults=faults,
@@ -380,14 +399,14 @@ def process_death(
     or ASAPO (``service``) source: each is replaced, the run completes with every message
     once (``role_replaced``)."""
     if source == "asapo":
-        p = produce(service.endpoint, frames)
+        p = produce(service.server_name, frames)
         p.communicate(timeout=120)
-        raw = asapo_config(service.endpoint, tmp, f"replace-{role}", f"replace-{role}")
+        raw = asapo_config(service.server_name, tmp, f"replace-{role}", f"replace-{role}")
         raw["sinks"][0]["output"] = str(tmp / "out_{stream}.h5")
         raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 10.0}
         raw["ring"] = {"slots": 8}
         f = role_replaced(tmp, role, raw, {"scan_0001": frames}, kills=kills, every=frames // 5)
-        f.details["output_ids"] = output_ids(service.endpoint, f"replace-{role}")
+        f.details["output_ids"] = output_ids(service.server_name, f"replace-{role}")
         return f
     if source == "files":
         import numpy as np
@@ -438,6 +457,7 @@ def _sample(pipeline: Pipeline) -> dict[str, tuple[int, int]]:
     return out
 
 
+@reported
 def long_run(
     tmp: Path, frames: int = 8000, error_every: int = 1000, deadline_s: float = 600
 ) -> Figures:
@@ -541,7 +561,7 @@ def asapo_config(endpoint: str, tmp: Path, group: str, name: str, **source) -> d
 
 def produce(endpoint: str, frames: int, rate: float = 0.0):
     """The demo producer (the real ``asapo_producer``) in its own process."""
-    from tests.asapo_process import produce as run_producer
+    from tests.producer import produce as run_producer
 
     return run_producer(endpoint, BEAMTIME, frames, ["scan_0001"], ASAPO_SHAPE, rate=rate)
 
@@ -564,11 +584,12 @@ def output_ids(endpoint: str, group: str) -> list[int]:
     return ids
 
 
+@reported
 def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> Figures:
     """SIGSTOP the ASAPO service mid-run for ``stall_s`` (a stalled connection), then go on."""
     group = "stall"
-    producer = produce(service.endpoint, frames, rate=40.0)
-    pipeline = Pipeline(load_config(raw=asapo_config(service.endpoint, tmp, group, "stall")))
+    producer = produce(service.server_name, frames, rate=40.0)
+    pipeline = Pipeline(load_config(raw=asapo_config(service.server_name, tmp, group, "stall")))
     marks: dict[str, float] = {}
     stop = threading.Event()
     table = ProcTable(pipeline)
@@ -578,7 +599,7 @@ def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> F
             stop.wait(0.01)
         if stop.is_set():
             return
-        pid = service.proc.pid
+        pid = service.pid
         os.kill(pid, signal.SIGSTOP)
         marks["stopped"] = time.monotonic()
         stop.wait(stall_s)
@@ -600,12 +621,12 @@ def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> F
         stop.set()
         t.join()
         table.close()
-        if service.proc is not None and service.proc.poll() is None:
-            os.kill(service.proc.pid, signal.SIGCONT)
+        if service.running:
+            os.kill(service.pid, signal.SIGCONT)
     out, err = producer.communicate(timeout=120)
     data = read_stream(str(tmp / "out_scan_0001_stall.h5"), "scan_0001")
     lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
-    out_lost, out_dups = count(output_ids(service.endpoint, group), set(range(1, frames + 1)))
+    out_lost, out_dups = count(output_ids(service.server_name, group), set(range(1, frames + 1)))
     return Figures(
         f"ASAPO service stalled {stall_s:.0f} s (SIGSTOP) mid-run",
         faults=int("stopped" in marks),
@@ -618,11 +639,12 @@ def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> F
     )
 
 
+@reported
 def asapo_restart(service, tmp: Path, frames: int = 60) -> Figures:
     """Restart the ASAPO service mid-run (stop, start on the same port and data)."""
     group = "restart"
-    producer = produce(service.endpoint, frames, rate=40.0)
-    pipeline = Pipeline(load_config(raw=asapo_config(service.endpoint, tmp, group, "restart")))
+    producer = produce(service.server_name, frames, rate=40.0)
+    pipeline = Pipeline(load_config(raw=asapo_config(service.server_name, tmp, group, "restart")))
     marks: dict[str, float] = {}
     stop = threading.Event()
     table = ProcTable(pipeline)
@@ -654,7 +676,7 @@ def asapo_restart(service, tmp: Path, frames: int = 60) -> Figures:
     producer.communicate(timeout=120)
     data = read_stream(str(tmp / "out_scan_0001_restart.h5"), "scan_0001")
     lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
-    out_lost, out_dups = count(output_ids(service.endpoint, group), set(range(1, frames + 1)))
+    out_lost, out_dups = count(output_ids(service.server_name, group), set(range(1, frames + 1)))
     return Figures(
         "ASAPO service restarted mid-run",
         faults=int("fault" in marks),
@@ -700,6 +722,7 @@ def cli(*args: str, new_session: bool = False):
     )
 
 
+@reported
 def sigterm_under_load(tmp: Path, sleep_ms: float = 30.0) -> Figures:
     """SIGTERM a busy run (a full ring of slow frames): it must drain and exit 143."""
     import re
@@ -744,15 +767,16 @@ def sigterm_under_load(tmp: Path, sleep_ms: float = 30.0) -> Figures:
     )
 
 
+@reported
 def asapo_group_kill(service, tmp: Path, frames: int = 40) -> Figures:
     """SIGKILL the whole process group of an ASAPO run, start it again: 0 lost, and the
     restarted run starts clean (nothing in /dev/shm, the dead run's record swept)."""
     from shmpipe.config import to_toml
 
     group = "groupkill"
-    p = produce(service.endpoint, frames)
+    p = produce(service.server_name, frames)
     p.communicate(timeout=120)
-    raw = asapo_config(service.endpoint, tmp, group, "unused")
+    raw = asapo_config(service.server_name, tmp, group, "unused")
     raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 40.0}
     del raw["run"]["name"]
     path = tmp / "groupkill.toml"
@@ -773,7 +797,7 @@ def asapo_group_kill(service, tmp: Path, frames: int = 40) -> Figures:
         hung = True
         second.kill()
         _, err = second.communicate()
-    ids = output_ids(service.endpoint, group)
+    ids = output_ids(service.server_name, group)
     lost, dups = count(ids, set(range(1, frames + 1)))
     data = read_stream(str(tmp / "out_scan_0001_gk-2.h5"), "scan_0001")
     return Figures(
@@ -792,6 +816,7 @@ def asapo_group_kill(service, tmp: Path, frames: int = 40) -> Figures:
     )
 
 
+@reported
 def stopped_worker(
     tmp: Path,
     frames: int = 60,
@@ -896,6 +921,7 @@ def kill_role_repeatedly(
         table.close()
 
 
+@reported
 def role_replaced(
     tmp: Path,
     role: str,
@@ -972,6 +998,7 @@ def _check_after_kill(path: Path, frames: int, pool: list[bytes], before: int) -
     return len(ids)
 
 
+@reported
 def group_sigkill_resume(
     tmp: Path, kills: int = 3, frames: int = 400, rate: float = 400.0, seed: int = 14
 ) -> Figures:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.asapo_process import AsapoProcess
+from shmpipe.asapo.process import AsapoProcess
 from tests.conftest import run_cli
 from tests.test_asapo_pipeline import BEAMTIME, SHAPE, produce
 
@@ -18,11 +18,8 @@ FRAMES = 4
 
 @pytest.fixture
 def asapo(tmp_path):
-    service = AsapoProcess(tmp_path / "asapo-data")
-    service.data_dir.mkdir()
-    service.start()
-    yield service
-    service.stop()
+    with AsapoProcess(tmp_path / "asapo-data") as service:
+        yield service
 
 
 def pipeline(asapo: AsapoProcess, *extra: str):
@@ -35,7 +32,7 @@ def pipeline(asapo: AsapoProcess, *extra: str):
         "--source",
         "asapo",
         "--set",
-        f'source.endpoint="{asapo.endpoint}"',
+        f'source.endpoint="{asapo.server_name}"',
         "--set",
         f'source.beamtime="{BEAMTIME}"',
         "--set",
@@ -53,7 +50,7 @@ def pipeline(asapo: AsapoProcess, *extra: str):
         "--sink",
         "asapo",
         "--set",
-        f'sinks.0.endpoint="{asapo.endpoint}"',
+        f'sinks.0.endpoint="{asapo.server_name}"',
         "--set",
         f'sinks.0.beamtime="{BEAMTIME}"',
         "--set",
@@ -72,7 +69,7 @@ def json_lines(text: str) -> list[str]:
 
 
 def test_a_consumed_group_is_named_and_reprocess_reads_again(asapo):
-    p = produce(asapo.endpoint, FRAMES, ["scan_0001"])
+    p = produce(asapo.server_name, FRAMES, ["scan_0001"])
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, out + err
     assert not json_lines(out + err), out  # the demo producer's client keeps its retries quiet

@@ -16,6 +16,7 @@ import pytest
 
 from shmpipe.asapo import AsapoService
 from shmpipe.asapo.limits import MAX_ID, Limits
+from shmpipe.asapo.process import AsapoProcess
 from shmpipe.asapo.protocol import NetworkError, Opcode
 from shmpipe.asapo.testing import running_asapo
 from tests import asapo_wire as wire
@@ -283,19 +284,11 @@ def test_token_syntax_is_the_same_for_both_commands(tmp_path):
     assert token_grants(cli_args) == token_grants(module_args) == expected
     assert module_main.add_arguments is add_arguments
     # and both commands serve with that meaning: tok=bt1 is scoped, not a literal token
-    from tests.asapo_process import AsapoProcess as CliProcess
-
-    cli = CliProcess(tmp_path / "cli", tokens=["tok=bt1"])
-    cli.data_dir.mkdir()
-    cli.start()
-    try:
-        for server_name in (cli.endpoint,):
-            path = "/v0.7/beamtime/{}/src/s/0/last?token={}"
-            assert wire.http(server_name, "GET", path.format("bt1", "tok"))[0] == 409  # empty
-            assert wire.http(server_name, "GET", path.format("bt2", "tok"))[0] == 401
-            assert wire.http(server_name, "GET", path.format("bt1", "tok=bt1"))[0] == 401
-    finally:
-        cli.stop()
+    with AsapoProcess(tmp_path / "cli", tokens={"tok": ["bt1"]}, cli=True) as cli:
+        path = "/v0.7/beamtime/{}/src/s/0/last?token={}"
+        assert wire.http(cli.server_name, "GET", path.format("bt1", "tok"))[0] == 409  # empty
+        assert wire.http(cli.server_name, "GET", path.format("bt2", "tok"))[0] == 401
+        assert wire.http(cli.server_name, "GET", path.format("bt1", "tok=bt1"))[0] == 401
     with running_asapo(tokens={"tok": ["bt1"]}, in_process=False) as asapo:
         assert asapo.service._token_args == ["--token", "tok=bt1"]
         path = "/v0.7/beamtime/{}/src/s/0/last?token=tok"

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shmpipe.asapo.process import AsapoProcess
 from shmpipe.config import load_config
 from shmpipe.engine.supervisor import EXIT_CONFIG_ERROR, EXIT_FRAME_ERRORS, EXIT_OK, Pipeline
 from shmpipe.plugins.kernels import frame_digest
 from shmpipe.plugins.sinks.hdf5 import read_stream
 from shmpipe.plugins.sources.sim import SimParams, SimSource
 from shmpipe.plugins.sources.stream_naming import next_stream
-from tests import asapo_process
-from tests.asapo_process import AsapoProcess
+from tests.producer import produce as run_producer
 
 asapo_consumer = pytest.importorskip("asapo_consumer")
 
@@ -30,19 +30,14 @@ BEAMTIME = "bt_test"
 
 @pytest.fixture
 def asapo(tmp_path):
-    service = AsapoProcess(tmp_path / "asapo-data")
-    service.data_dir.mkdir()
-    service.start()
-    yield service
-    service.stop()
+    with AsapoProcess(tmp_path / "asapo-data") as service:
+        yield service
 
 
 def produce(
     endpoint: str, frames: int, streams: list[str], *, rate: float = 0.0, finish: bool = True
 ) -> subprocess.Popen:
-    return asapo_process.produce(
-        endpoint, BEAMTIME, frames, streams, SHAPE, rate=rate, finish=finish
-    )
+    return run_producer(endpoint, BEAMTIME, frames, streams, SHAPE, rate=rate, finish=finish)
 
 
 def produced(endpoint: str, frames: int, streams: list[str], **kw) -> None:
@@ -62,7 +57,7 @@ def config(asapo: AsapoProcess, tmp_path: Path, group: str = "g1", **source) -> 
         "run": {"workers": 2, "progress": "off", "on_error": "skip"},
         "source": {
             "kind": "asapo",
-            "endpoint": asapo.endpoint,
+            "endpoint": asapo.server_name,
             "beamtime": BEAMTIME,
             "stream": "scan_0001",
             "group_id": group,
@@ -77,7 +72,7 @@ def config(asapo: AsapoProcess, tmp_path: Path, group: str = "g1", **source) -> 
             {"kind": "hdf5", "output": str(tmp_path / "out_{stream}_{run}.h5")},
             {
                 "kind": "asapo",
-                "endpoint": asapo.endpoint,
+                "endpoint": asapo.server_name,
                 "beamtime": BEAMTIME,
                 "data_source": "checksums",
                 "outputs": ["checksum.digest"],
@@ -93,7 +88,9 @@ def run(raw: dict, name: str = "asapo-run"):
 
 def outputs(asapo: AsapoProcess, stream: str, data_source: str = "checksums") -> dict:
     """Every record of an output stream, read back by id with the real consumer."""
-    c = asapo_consumer.create_consumer(asapo.endpoint, "", False, BEAMTIME, data_source, "", 1000)
+    c = asapo_consumer.create_consumer(
+        asapo.server_name, "", False, BEAMTIME, data_source, "", 1000
+    )
     info = c.get_stream_info(stream)
     got = {}
     for i in range(1, int(info["lastId"]) + 1):
@@ -108,7 +105,7 @@ def outputs(asapo: AsapoProcess, stream: str, data_source: str = "checksums") ->
 
 
 def test_datasets_through_pipeline_to_hdf5_and_asapo_with_lineage(asapo, tmp_path):
-    produced(asapo.endpoint, 12, ["scan_0001", "scan_0002"])
+    produced(asapo.server_name, 12, ["scan_0001", "scan_0002"])
     summary = run(config(asapo, tmp_path))
     assert summary.exit_code == EXIT_OK, summary.error
     assert summary.frames_out == 24
@@ -128,14 +125,14 @@ def test_datasets_through_pipeline_to_hdf5_and_asapo_with_lineage(asapo, tmp_pat
         assert lineage["input_names"] == [f"{stream}/frame_000005_m01"]
         assert lineage["kernel_chain"] == ["checksum"] and len(lineage["config_hash"]) == 16
         assert meta["name"] == f"checksums/{stream}/frame_000005_m01"
-    c = asapo_consumer.create_consumer(asapo.endpoint, "", False, BEAMTIME, "checksums", "", 500)
+    c = asapo_consumer.create_consumer(asapo.server_name, "", False, BEAMTIME, "checksums", "", 500)
     with pytest.raises(asapo_consumer.AsapoStreamFinishedError) as fin:
         c.get_by_id(13, meta_only=True, stream="scan_0001")
     assert fin.value.next_stream == "scan_0002"  # outputs finished like their inputs
 
 
 def test_follow_streams_by_naming_scheme(asapo, tmp_path):
-    produced(asapo.endpoint, 4, ["scan_0007", "scan_0009", "other_0001"], finish=False)
+    produced(asapo.server_name, 4, ["scan_0007", "scan_0009", "other_0001"], finish=False)
     raw = config(asapo, tmp_path, stream="scan_0007", follow="basename", idle_timeout_s=2.0)
     summary = run(raw)
     assert summary.exit_code == EXIT_OK, summary.error
@@ -166,7 +163,7 @@ def test_partial_dataset_error_record_or_processed(asapo, tmp_path):
     import asapo_producer
 
     prod = asapo_producer.create_producer(
-        asapo.endpoint, "processed", BEAMTIME, "auto", "detector", "", 1, 5000
+        asapo.server_name, "processed", BEAMTIME, "auto", "detector", "", 1, 5000
     )
     prod.set_log_level("none")
     part = np.arange(np.prod(SHAPE), dtype=np.uint16).reshape(SHAPE)
@@ -203,7 +200,7 @@ def test_partial_dataset_error_record_or_processed(asapo, tmp_path):
 def test_service_restarted_mid_run_loses_nothing(asapo, tmp_path):
     from tests.test_lifecycle import published, wait_for
 
-    producer = produce(asapo.endpoint, 60, ["scan_0001"], rate=30.0)
+    producer = produce(asapo.server_name, 60, ["scan_0001"], rate=30.0)
     raw = config(asapo, tmp_path, group="restart", timeout_ms=300)
     restarted = threading.Event()
 
@@ -255,7 +252,7 @@ def _write_toml(path: Path, raw: dict) -> Path:
 def test_pipeline_sigkilled_and_restarted_no_loss_no_duplicate(asapo, tmp_path):
     from tests.test_lifecycle import published, wait_for
 
-    produced(asapo.endpoint, 40, ["scan_0001"])
+    produced(asapo.server_name, 40, ["scan_0001"])
     raw = config(asapo, tmp_path, group="crash")
     raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 40.0}
     cfg = _write_toml(tmp_path / "crash.toml", raw)
@@ -289,7 +286,7 @@ def test_two_instances_share_a_group_exactly_once(asapo, tmp_path):
     from tests.test_lifecycle import wait_for
 
     wait_for(lambda: {"node-a", "node-b"} <= {r["name"] for r in live_runs()}, what="both")
-    produced(asapo.endpoint, 60, ["scan_0001"], rate=60.0)
+    produced(asapo.server_name, 60, ["scan_0001"], rate=60.0)
     for p in (a, b):
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
@@ -305,10 +302,7 @@ def test_two_instances_share_a_group_exactly_once(asapo, tmp_path):
 
 
 def test_wrong_token_is_a_configuration_error(tmp_path):
-    service = AsapoProcess(tmp_path / "secure", tokens=["right"])
-    service.data_dir.mkdir()
-    service.start()
-    try:
+    with AsapoProcess(tmp_path / "secure", tokens=["right"]) as service:
         raw = config(service, tmp_path, token="wrong")
         raw["sinks"] = [{"kind": "null"}]
         from shmpipe.engine.supervisor import StartupError
@@ -330,12 +324,10 @@ def test_wrong_token_is_a_configuration_error(tmp_path):
         )
         assert r.returncode == EXIT_CONFIG_ERROR
         assert "check source.token" in r.stderr
-    finally:
-        service.stop()
 
 
 def test_has_filesystem_reads_payload_files_straight_into_slots(asapo, tmp_path):
-    produced(asapo.endpoint, 6, ["scan_0001"])
+    produced(asapo.server_name, 6, ["scan_0001"])
     raw = config(
         asapo, tmp_path, group="fs", has_filesystem=True, source_path=str(asapo.data_dir / BEAMTIME)
     )
@@ -348,7 +340,7 @@ def test_has_filesystem_reads_payload_files_straight_into_slots(asapo, tmp_path)
 
 
 def test_quarantined_frame_is_handed_back_once_then_recorded(asapo, tmp_path):
-    produced(asapo.endpoint, 8, ["scan_0001"])
+    produced(asapo.server_name, 8, ["scan_0001"])
     raw = config(asapo, tmp_path, group="poison", nack_delay_ms=200, retry_quarantined=1)
     raw["run"]["max_attempts"] = 1
     raw["kernels"]["crash"] = {"kind": "tests.plugins:Crash", "ids": [3], "mode": "abort"}
@@ -369,7 +361,7 @@ def _profile_config(asapo: AsapoProcess, tmp_path: Path, group: str, **sink) -> 
         {"kind": "hdf5", "output": str(tmp_path / "prof_{stream}_{run}.h5")},
         {
             "kind": "asapo",
-            "endpoint": asapo.endpoint,
+            "endpoint": asapo.server_name,
             "beamtime": BEAMTIME,
             "data_source": "azint",
             "outputs": ["profile.radial", "profile.intensity", "profile.sigma", "profile.total"],
@@ -382,11 +374,11 @@ def _profile_config(asapo: AsapoProcess, tmp_path: Path, group: str, **sink) -> 
 def test_reader_gives_the_asapo_consumers_records_and_the_files_arrays(asapo, tmp_path):
     from shmpipe import results
 
-    produced(asapo.endpoint, 6, ["scan_0001"])
+    produced(asapo.server_name, 6, ["scan_0001"])
     summary = run(_profile_config(asapo, tmp_path, "r1"), name="prof-1")
     assert summary.exit_code == EXIT_OK, summary.error
-    assert any(r.startswith(f"ASAPO {asapo.endpoint} {BEAMTIME}/azint") for r in summary.outputs)
-    r = results.load_asapo(asapo.endpoint, BEAMTIME, "azint", "scan_0001")
+    assert any(r.startswith(f"ASAPO {asapo.server_name} {BEAMTIME}/azint") for r in summary.outputs)
+    r = results.load_asapo(asapo.server_name, BEAMTIME, "azint", "scan_0001")
     raw = outputs(asapo, "scan_0001", "azint")  # what the consumer gets, record by record
     assert r.message_id.tolist() == sorted(raw) == list(range(1, 7))
     for row, mid in enumerate(r.message_id):
@@ -403,7 +395,7 @@ def test_reader_gives_the_asapo_consumers_records_and_the_files_arrays(asapo, tm
     assert r.units == f.units and r.errors_of == f.errors_of
     assert r.result_hash and r.runs[0]["run_name"] == "prof-1"
     shown = subprocess.run(
-        [sys.executable, "-m", "shmpipe", "results", "--asapo", asapo.endpoint,
+        [sys.executable, "-m", "shmpipe", "results", "--asapo", asapo.server_name,
          "--beamtime", BEAMTIME, "--data-source", "azint"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -414,13 +406,13 @@ def test_reader_gives_the_asapo_consumers_records_and_the_files_arrays(asapo, tm
 def test_asapo_sink_refuses_a_stream_made_with_another_configuration(asapo, tmp_path):
     from shmpipe import results
 
-    produced(asapo.endpoint, 4, ["scan_0001"])
+    produced(asapo.server_name, 4, ["scan_0001"])
     assert run(_profile_config(asapo, tmp_path, "c1"), name="conf-1").exit_code == EXIT_OK
     other = run(_profile_config(asapo, tmp_path, "c2", scale=2.0), name="conf-2")
     assert other.exit_code != EXIT_OK
     assert "another result-shaping configuration" in other.error
     assert "allow_other_config" in other.error
-    before = results.load_asapo(asapo.endpoint, BEAMTIME, "azint", "scan_0001")
+    before = results.load_asapo(asapo.server_name, BEAMTIME, "azint", "scan_0001")
     assert len({r["result_hash"] for r in before.runs}) == 1  # nothing of conf-2 got in
     allowed = _profile_config(asapo, tmp_path, "c3", scale=2.0, allow_other_config=True)
     assert run(allowed, name="conf-3").exit_code == EXIT_OK

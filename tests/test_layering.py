@@ -199,3 +199,22 @@ def test_an_import_circle_is_caught(tmp_path):
     streams = tmp_path / "shmpipe" / "shm" / "streams.py"
     streams.write_text(streams.read_text() + "\nfrom shmpipe.shm.ring import SlotRing\n")
     assert any(v.startswith("import circle") for v in violations(tmp_path))
+
+
+def test_nothing_outside_tests_imports_the_tests():
+    """The package, the native kernels and the scripts must work without the test folder."""
+    bad = []
+    for top in ("shmpipe", "native_kernels", "scripts", "bench"):
+        for path in (REPO / top).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom) and not node.level
+                    else []
+                )
+                bad += [
+                    f"{path.relative_to(REPO)} imports {n}" for n in names if _within(n, "tests")
+                ]
+    assert bad == []

@@ -20,9 +20,9 @@ from shmpipe.plugins.sinks.hdf5 import read_stream
 from shmpipe.shm.layout import (
     P_PID,
 )
-from tests.asapo_process import free_port
 from tests.conftest import run_cli, wait_for
 from tests.faults import published  # noqa: F401 - also used by test_asapo_pipeline
+from tests.view_helpers import free_port
 
 SMALL = ["--set", "source.module_shape=[48, 64]", "--progress", "off"]
 

@@ -1,11 +1,11 @@
 """Fault injection and bad input: no frame lost or silently dropped, no crash, no hang.
 
 The CI versions are short; ``pytest --soak`` runs the long ones (``@pytest.mark.soak``).
-``scripts/reliability_report.py`` runs the same scenarios (``tests.faults``) and prints the
-figures. Cases covered elsewhere: a payload bigger than a slot (test_engine), not enough
-shared memory (test_lifecycle), SIGKILL of the whole group then a clean start
-(test_lifecycle) and, with ASAPO, a resume with nothing lost (test_asapo_pipeline), the ASAPO
-service restarted mid-run (test_asapo_pipeline).
+``scripts/reliability_report.py`` runs these tests and prints the figures of their fault
+scenarios (``tests.faults``). Cases covered elsewhere: a payload bigger than a slot
+(test_engine), not enough shared memory (test_lifecycle), SIGKILL of the whole group then a
+clean start (test_lifecycle) and, with ASAPO, a resume with nothing lost and the service
+restarted mid-run (test_asapo_pipeline; here only with ``--soak``).
 """
 
 from __future__ import annotations
@@ -309,18 +309,23 @@ def test_long_run_memory_and_file_descriptors_stay_flat(tmp_path, frames, error_
 @pytest.fixture
 def asapo(tmp_path):
     pytest.importorskip("asapo_consumer")
-    from tests.asapo_process import AsapoProcess
+    from shmpipe.asapo.process import AsapoProcess
 
-    service = AsapoProcess(tmp_path / "asapo-data")
-    service.data_dir.mkdir()
-    service.start()
-    yield service
-    service.stop()
+    with AsapoProcess(tmp_path / "asapo-data") as service:
+        yield service
 
 
 def test_asapo_stalled_connection_retries_and_loses_nothing(asapo, tmp_path):
     f = faults.asapo_stall(asapo, tmp_path, frames=40, stall_s=2.0)
     assert f.details["producer"][0] == 0, f.details["producer"][1]
+    assert f.exit_code == EXIT_OK, f.details["summary"].error
+    assert f.faults == 1 and (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
+    assert f.details["data"]["message_id"].tolist() == list(range(1, 41))
+
+
+@pytest.mark.soak  # in CI: test_asapo_pipeline.py::test_service_restarted_mid_run_...
+def test_asapo_service_restarted_mid_run_loses_nothing(asapo, tmp_path):
+    f = faults.asapo_restart(asapo, tmp_path, frames=40)
     assert f.exit_code == EXIT_OK, f.details["summary"].error
     assert f.faults == 1 and (f.lost, f.duplicates, f.hangs) == (0, 0, 0)
     assert f.details["data"]["message_id"].tolist() == list(range(1, 41))
@@ -341,7 +346,7 @@ def test_asapo_unknown_stream_is_named_and_the_run_ends_at_idle_timeout(asapo, t
     from tests.conftest import run_cli
 
     raw = faults.asapo_config(
-        asapo.endpoint, tmp_path, "unknown", "unknown", stream="scna_0001", idle_timeout_s=1.5
+        asapo.server_name, tmp_path, "unknown", "unknown", stream="scna_0001", idle_timeout_s=1.5
     )
     path = tmp_path / "unknown.toml"
     path.write_text(to_toml(load_config(raw=raw).effective()))
@@ -361,7 +366,7 @@ def test_asapo_user_meta_not_json_never_reaches_the_pipeline(asapo, tmp_path):
     import asapo_producer
 
     prod = asapo_producer.create_producer(
-        asapo.endpoint, "processed", faults.BEAMTIME, "auto", "detector", "", 1, 5000
+        asapo.server_name, "processed", faults.BEAMTIME, "auto", "detector", "", 1, 5000
     )
     prod.set_log_level("none")
     refused = []
@@ -386,7 +391,7 @@ def test_asapo_user_meta_not_json_never_reaches_the_pipeline(asapo, tmp_path):
     assert refused == [3]
     prod.send_stream_finished_flag("scan_0001", 4)
     prod.wait_requests_finished(5000)
-    raw = faults.asapo_config(asapo.endpoint, tmp_path, "meta", "meta", dataset=False, parts=1)
+    raw = faults.asapo_config(asapo.server_name, tmp_path, "meta", "meta", dataset=False, parts=1)
     summary = Pipeline(load_config(raw=raw)).run()
     assert summary.exit_code == EXIT_OK, summary.error
     data = read_stream(str(tmp_path / "out_scan_0001_meta.h5"), "scan_0001")

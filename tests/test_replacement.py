@@ -98,13 +98,10 @@ def test_files_source_role_killed_three_times_every_message_once(tmp_path, role)
 @pytest.fixture
 def asapo(tmp_path):
     pytest.importorskip("asapo_consumer")
-    from tests.asapo_process import AsapoProcess
+    from shmpipe.asapo.process import AsapoProcess
 
-    service = AsapoProcess(tmp_path / "asapo-data")
-    service.data_dir.mkdir()
-    service.start()
-    yield service
-    service.stop()
+    with AsapoProcess(tmp_path / "asapo-data") as service:
+        yield service
 
 
 @pytest.mark.parametrize("role", ["dispatcher", "publisher"])

@@ -42,7 +42,7 @@ def test_one_view_shows_what_every_node_of_a_group_published(asapo, tmp_path):  
     raw["sinks"] = [
         {
             "kind": "asapo",
-            "endpoint": asapo.endpoint,
+            "endpoint": asapo.server_name,
             "beamtime": BEAMTIME,
             "data_source": "stats",
         },
@@ -56,7 +56,7 @@ def test_one_view_shows_what_every_node_of_a_group_published(asapo, tmp_path):  
         from shmpipe.observe.runs import live_runs
 
         wait_for(lambda: {"node-a", "node-b"} <= {r["name"] for r in live_runs()}, what="both")
-        producer = produce(asapo.endpoint, 60, ["scan_0001"], rate=20.0)
+        producer = produce(asapo.server_name, 60, ["scan_0001"], rate=20.0)
         view = subprocess.Popen(
             [
                 sys.executable,
@@ -66,7 +66,7 @@ def test_one_view_shows_what_every_node_of_a_group_published(asapo, tmp_path):  
                 "--port",
                 str(port),
                 "--asapo",
-                asapo.endpoint,
+                asapo.server_name,
                 "--beamtime",
                 BEAMTIME,
                 "--data-source",

@@ -60,10 +60,17 @@ def small_lambda_config(tmp: Path, name: str, port: int, zmq_port: int = 0, rate
 class RunningView:
     """``shmpipe run`` with ``view.port`` set, in a subprocess; HTTP helpers for its view."""
 
-    def __init__(self, tmp: Path, name: str, zmq_port: int = 0, rate: float = 10.0) -> None:
+    def __init__(
+        self, tmp: Path, name: str, zmq_port: int = 0, rate: float = 10.0, raw: dict | None = None
+    ) -> None:
         self.tmp, self.name, self.port = tmp, name, free_port()
         self.zmq_port = zmq_port
-        cfg = small_lambda_config(tmp, name, self.port, zmq_port, rate)
+        if raw is None:
+            cfg = small_lambda_config(tmp, name, self.port, zmq_port, rate)
+        else:  # another chain: the caller's configuration, with this view's port
+            raw = {**raw, "view": {**raw.get("view", {}), "port": self.port}}
+            cfg = tmp / "view.toml"
+            cfg.write_text(to_toml(load_config(raw=raw).effective()))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shmpipe", "run", "--config", str(cfg)],
             stdout=subprocess.PIPE,

@@ -4,7 +4,7 @@ The clients are given one ``server_name`` (``host:port``) and reach every HTTP s
 it, as they do through ASAPO's nginx front: discovery answers with this same address for the
 broker and the file-transfer service, and with the receiver's address for producers.
 
-Routes (``shared/asapo-protocol.md``)::
+Routes::
 
     GET  /asapo-discovery/v0.1/{asapo-broker|asapo-file-transfer|asapo-receiver|version}
     POST /asapo-authorizer/v0.2/folder          folder token for the file transfer

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from shmpipe.asapo.payloads import PayloadRef, PayloadStore
-from shmpipe.asapo.store import InProcess, MessageStore, SourceKey
+from shmpipe.asapo.store import MessageStore
+from shmpipe.asapo.stream import InProcess, SourceKey
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (bt TEXT, src TEXT, stream TEXT, created_ns INTEGER,

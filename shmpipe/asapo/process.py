@@ -41,6 +41,9 @@ class AsapoProcess:
         The child's ``--log-level``.
     extra_args
         More options for the command line (e.g. ``["--idle-timeout", "1"]``).
+    cli
+        Start it as ``python -m shmpipe asapo-standalone`` instead of ``python -m shmpipe.asapo``
+        (the two commands share their options; a test of the console command uses this).
     """
 
     def __init__(
@@ -52,7 +55,9 @@ class AsapoProcess:
         start_timeout: float = 30.0,
         log_level: str = "WARNING",
         extra_args: Iterable[str] = (),
+        cli: bool = False,
     ) -> None:
+        self.command = ["shmpipe", "asapo-standalone"] if cli else ["shmpipe.asapo"]
         self.log_level = log_level
         self.extra_args = list(extra_args)
         self.host = host
@@ -97,7 +102,7 @@ class AsapoProcess:
         cmd = [
             sys.executable,
             "-m",
-            "shmpipe.asapo",
+            *self.command,
             "--host",
             self.host,
             "--port",

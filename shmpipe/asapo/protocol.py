@@ -1,8 +1,7 @@
 """The ASAPO TCP wire format shared by the producer (receiver port) and the consumer cache read.
 
 Every request is a fixed 2120-byte little-endian header; every answer a 1028-byte response.
-The layouts were established by logging what the 25.3 clients send (see
-``shared/asapo-protocol.md``).
+The layouts were established by logging what the 25.3 clients send.
 """
 
 from __future__ import annotations
