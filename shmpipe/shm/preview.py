@@ -104,6 +104,9 @@ class History:
     values: np.ndarray
 
 
+_SKIP = object()  # a seqlock reader's answer: nothing to read for this generation
+
+
 class TapBusy(RuntimeError):
     """The writer kept overwriting the block while this reader copied it."""
 
@@ -470,21 +473,24 @@ class PreviewTap:
             if n not in self._latest:
                 raise KeyError(n)
         self.want(pick)
-        for _ in range(tries):
-            g = int(self.words[W_LATEST_GEN])
-            if g == 0:
-                return None
-            if g & 1:
-                time.sleep(0.0005)
-                continue
-            m = self._latest_meta.copy()
+
+        def copy(g: int, m: np.ndarray) -> dict[str, np.ndarray]:
             # Only outputs copied for this very frame (a large one may be older).
             current = [n for n in pick if self._out_gen[self._index[n]] == g]
-            arrays = {n: self._latest[n].copy() for n in current}
-            if int(self.words[W_LATEST_GEN]) == g:
-                self.last_read_generation = g
-                return self.stream_name(int(m[M_STREAM])), int(m[M_MSG_ID]), m[M_T_NS] / 1e9, arrays
-        raise TapBusy("the latest frame changed during every copy; try again")
+            return {n: self._latest[n].copy() for n in current}
+
+        got = self._consistent(
+            W_LATEST_GEN,
+            self._latest_meta,
+            copy,
+            "the latest frame changed during every copy",
+            tries,
+        )
+        if got is None:
+            return None
+        g, m, arrays = got
+        self.last_read_generation = g
+        return self.stream_name(int(m[M_STREAM])), int(m[M_MSG_ID]), m[M_T_NS] / 1e9, arrays
 
     def apply(self, name: str, fn: Callable[[np.ndarray], Any], tries: int = 20):
         """``fn`` applied to one output of the latest frame in place (no copy):
@@ -496,47 +502,68 @@ class PreviewTap:
         """
         i = self._index[name]
         self.want([name])
-        for _ in range(tries):
-            g = int(self.words[W_LATEST_GEN])
-            if g == 0:
-                return None
-            if g & 1:
-                time.sleep(0.0005)
-                continue
-            m = self._latest_meta.copy()
-            if self._out_gen[i] != g:
-                return None
-            result = fn(self._latest[name])
-            if int(self.words[W_LATEST_GEN]) == g:
-                return self.stream_name(int(m[M_STREAM])), int(m[M_MSG_ID]), m[M_T_NS] / 1e9, result
-        raise TapBusy(f"the latest frame changed during every read of {name!r}; try again")
+        got = self._consistent(
+            W_LATEST_GEN,
+            self._latest_meta,
+            lambda g, m: fn(self._latest[name]) if self._out_gen[i] == g else _SKIP,
+            f"the latest frame changed during every read of {name!r}",
+            tries,
+        )
+        if got is None:
+            return None
+        _, m, result = got
+        return self.stream_name(int(m[M_STREAM])), int(m[M_MSG_ID]), m[M_T_NS] / 1e9, result
 
     def raw(self, tries: int = 50) -> RawFrame | None:
         """The latest raw frame's parts (copies), or None (none yet, or not kept)."""
         if not len(self._raw_bytes):
             return None
         self.want(raw=True)
+
+        def copy(g: int, m: np.ndarray) -> tuple[list, np.ndarray]:
+            layout = json.loads(bytes(self._raw_layout[: int(m[M_PARTS_LEN])]) or b"[]")
+            return layout, self._raw_bytes.copy()
+
+        got = self._consistent(
+            W_RAW_GEN, self._raw_meta, copy, "the raw frame changed during every copy", tries
+        )
+        if got is None:
+            return None
+        _, m, (layout, data) = got
+        parts = [
+            data[at : at + int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize]
+            .view(dt)
+            .reshape(shape)
+            for at, dt, shape in layout
+        ]
+        stream = self.stream_name(int(m[M_STREAM]))
+        return RawFrame(stream, int(m[M_MSG_ID]), m[M_T_NS] / 1e9, parts)
+
+    def _consistent(
+        self,
+        word: int,
+        meta: np.ndarray,
+        read: Callable[[int, np.ndarray], Any],
+        busy: str,
+        tries: int,
+    ) -> tuple[int, np.ndarray, Any] | None:
+        """One seqlock read of a block: ``(generation, meta copy, read(generation, meta))``
+        from a block the writer did not touch meanwhile; None when it was never written or
+        ``read`` answered ``_SKIP``. The generation word is odd while the writer is inside."""
         for _ in range(tries):
-            g = int(self.words[W_RAW_GEN])
+            g = int(self.words[word])
             if g == 0:
                 return None
             if g & 1:
                 time.sleep(0.0005)
                 continue
-            m = self._raw_meta.copy()
-            layout = json.loads(bytes(self._raw_layout[: int(m[M_PARTS_LEN])]) or b"[]")
-            data = self._raw_bytes.copy()
-            if int(self.words[W_RAW_GEN]) == g:
-                parts = [
-                    data[at : at + int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize]
-                    .view(dt)
-                    .reshape(shape)
-                    for at, dt, shape in layout
-                ]
-                return RawFrame(
-                    self.stream_name(int(m[M_STREAM])), int(m[M_MSG_ID]), m[M_T_NS] / 1e9, parts
-                )
-        raise TapBusy("the raw frame changed during every copy; try again")
+            m = meta.copy()
+            got = read(g, m)
+            if got is _SKIP:
+                return None
+            if int(self.words[word]) == g:
+                return g, m, got
+        raise TapBusy(f"{busy}; try again")
 
     def history(self, name: str, last: int | None = None) -> History:
         """The last ``last`` rows (default: all kept) of one small output, oldest first.
