@@ -46,7 +46,9 @@ from shmpipe.api.kernel import ArraySpec
 from shmpipe.view.catalog import RAW, describe, image_of, kinds, profile
 from shmpipe.view.colormaps import COLORMAPS
 from shmpipe.view.feed import Feed, RateMeter, Snapshot
+from shmpipe.view.rawbin import render_parts
 from shmpipe.view.render import RenderError, RenderParams, render
+from shmpipe.view.rendercache import RenderCache
 
 log = logging.getLogger("shmpipe.view")
 STATIC = Path(__file__).parent / "static"
@@ -85,6 +87,7 @@ class ViewState:
         self.last_new = time.monotonic()
         self.started = time.time()
         self.lavue = None
+        self.renders = RenderCache(1.0 / options.max_fps if options.max_fps > 0 else 0.0)
         # A stitched 2-D image before a 3-D stack of modules.
         images = sorted(
             (n for n, k in self.kinds.items() if k == "image"),
@@ -139,6 +142,31 @@ class ViewState:
                 return got[0], got[1], got[3]
         stream, mid, image = self.image(name, module)
         return stream, mid, fn(image)
+
+    def render_parts(self, name: str, params: RenderParams):
+        """``(stream, message_id, (Rendered, shape))`` of the raw frame or of a stack of
+        modules, binned from the modules without assembling the full image."""
+        if name == RAW:
+            stream, mid, parts = self.raw_parts()
+        else:
+            snap = self.snapshot([name])
+            stream, mid, parts = snap.stream, snap.message_id, list(snap.arrays[name])
+        return stream, mid, render_parts(parts, params)
+
+    def is_stack(self, name: str) -> bool:
+        """Whether ``name`` is the raw frame or a 3-D image output (a stack of modules)."""
+        if name == RAW:
+            return True
+        self._known(name, ("image",))
+        return len(self.specs[name].shape) == 3
+
+    def frame_version(self, name: str):
+        """What identifies the frame an image of ``name`` is drawn from, read cheaply."""
+        g = self.feed.generation()
+        if name != RAW:
+            return g
+        tap = getattr(self.feed, "tap", None)
+        return (g, tap.raw_generation()) if tap is not None else (g, id(self.feed.raw()))
 
     def raw_specs(self) -> list[ArraySpec] | None:
         parts = getattr(self.feed, "part_specs", None)
@@ -257,12 +285,27 @@ def _module(query) -> int | None:
         raise ApiError(400, f"module must be an integer, got {module!r}") from None
 
 
-def _render(state: ViewState, name: str, query) -> tuple[bytes, dict[str, str]]:
+async def rendered(state: ViewState, name: str, query) -> tuple[bytes, dict[str, str]]:
+    """PNG and headers of one image request, shared with every identical request for the
+    same frame (see ``RenderCache``)."""
     params, module = _params(query)
+    return await state.renders.get(
+        (name, params, module),
+        state.frame_version(name),
+        lambda: run_in_threadpool(_render, state, name, params, module),
+    )
+
+
+def _render(
+    state: ViewState, name: str, params: RenderParams, module: int | None
+) -> tuple[bytes, dict[str, str]]:
     try:
-        stream, mid, (r, shape) = state.with_image(
-            name, module, lambda image: (render(image, params), image.shape)
-        )
+        if module is None and state.is_stack(name):
+            stream, mid, (r, shape) = state.render_parts(name, params)
+        else:
+            stream, mid, (r, shape) = state.with_image(
+                name, module, lambda image: (render(image, params), image.shape)
+            )
     except RenderError as exc:
         raise ApiError(400, str(exc)) from None
     headers = {
@@ -298,7 +341,7 @@ def create_app(feed: Feed, options: ViewOptions | None = None) -> Starlette:
         name = request.path_params["output"]
         if not name.endswith(".png"):
             raise ApiError(404, "images are served as /api/image/<output>.png")
-        png, headers = await run_in_threadpool(_render, state, name[:-4], request.query_params)
+        png, headers = await rendered(state, name[:-4], request.query_params)
         return Response(png, media_type="image/png", headers=headers)
 
     async def pixel(request: Request):
@@ -407,8 +450,8 @@ def create_app(feed: Feed, options: ViewOptions | None = None) -> Starlette:
                         want = dict(wanted.get("image") or {})
                         name = str(want.pop("name", state.default_image))
                         try:
-                            png, h = await run_in_threadpool(
-                                _render, state, name, {k: str(v) for k, v in want.items()}
+                            png, h = await rendered(
+                                state, name, {k: str(v) for k, v in want.items()}
                             )
                             header["image"] = {"name": name, **h}
                         except ApiError as exc:
