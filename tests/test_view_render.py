@@ -10,7 +10,16 @@ from PIL import Image
 
 from native_kernels.geometry import LAMBDA_MODULE_SHAPE, DetectorGeometry
 from shmpipe.view.assemble import assemble
-from shmpipe.view.render import RenderError, RenderParams, bin_image, render
+from shmpipe.view.binning import SCALE_CODES, to_indices
+from shmpipe.view.render import (
+    EXACT_PERCENTILE_MAX,
+    RenderError,
+    RenderParams,
+    bin_image,
+    contrast,
+    render,
+    scaled,
+)
 from tests.view_helpers import reference_indices
 
 
@@ -89,3 +98,53 @@ def test_twelve_lambda_modules_take_the_lambda_layout():
     assert np.isnan(img[LAMBDA_MODULE_SHAPE[0] + 1, 0])  # a gap
     single = np.arange(12.0).reshape(3, 4)
     np.testing.assert_array_equal(assemble([single]), single)
+
+
+@pytest.mark.parametrize("factor", [2, 5])
+def test_binning_leaves_out_nan_and_both_infinities(factor):
+    rng = np.random.default_rng(4)
+    img = rng.normal(0.0, 100.0, (17, 26))
+    img[0, 0] = np.inf  # larger than anything: would win every max
+    img[1, 7] = -np.inf
+    img[5, 3] = np.nan
+    img[10 : 10 + factor, 10 : 10 + factor] = np.inf  # a block (or more) with nothing finite
+    img[-1, :] = -np.inf  # the ragged last block row
+    for use_max, how in ((False, np.nanmean), (True, np.nanmax)):
+        got = bin_image(img, factor, use_max)
+        want = _numpy_bin(img, factor, how)
+        assert np.isnan(got).any()
+        np.testing.assert_allclose(got, want, equal_nan=True, rtol=1e-12)
+
+
+def test_binning_integer_frames_like_float_ones():
+    img = np.random.default_rng(5).integers(0, 60000, (31, 45)).astype(np.uint16)
+    for use_max in (False, True):
+        got = bin_image(img, 4, use_max)
+        np.testing.assert_array_equal(got, bin_image(img.astype(np.float64), 4, use_max))
+
+
+@pytest.mark.parametrize("scale", ["linear", "sqrt", "log"])
+def test_fused_indices_equal_the_numpy_scaling(scale):
+    values = np.random.default_rng(6).uniform(-50.0, 250.0, (40, 61))
+    values[3, :10] = np.nan  # NaN is index 0; below vmin 0, above vmax 255
+    got = to_indices(values, 10.0, 200.0, SCALE_CODES[scale])
+    want = scaled(values, 10.0, 200.0, scale)
+    assert got.min() == 0 and got.max() == 255
+    np.testing.assert_array_equal(got, want)
+
+
+def test_percentiles_of_a_large_image_come_from_an_even_sample():
+    rng = np.random.default_rng(7)
+    values = rng.gamma(2.0, 30.0, (600, 400))  # 240 000 values: above the exact limit
+    values[::7, ::3] = np.nan
+    params = RenderParams(width=400, pmin=2, pmax=98)
+    lo, hi = contrast(values, params)
+    finite = values[np.isfinite(values)]
+    assert finite.size > EXACT_PERCENTILE_MAX
+    kept = finite[:: -(-finite.size // EXACT_PERCENTILE_MAX)]
+    assert kept.size <= EXACT_PERCENTILE_MAX
+    assert (lo, hi) == tuple(np.percentile(kept, [2, 98]))
+    # ... and they are close to the exact ones: within 2 % of the contrast range.
+    exact = np.percentile(finite, [2, 98])
+    tolerance = 0.02 * (exact[1] - exact[0])
+    assert abs(lo - exact[0]) < tolerance and abs(hi - exact[1]) < tolerance

