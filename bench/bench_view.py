@@ -7,7 +7,12 @@ Run::
     PYTHONPATH=. python -m pytest bench/bench_view.py --benchmark-disable   # smoke
 
 - throughput of the LAMBDA chain with no tap, with the tap only, and with the tap, the view
-  process and a browser stand-in subscribed over the WebSocket, interleaved in one test;
+  process and a browser stand-in subscribed over the WebSocket, interleaved in one test, at
+  1 worker (a core to spare for the view, as on a node: 14 workers on 16 cores) and at 2
+  workers (every core busy, so the view's CPU comes straight off the workers); with the
+  view process's CPU per image sent and the publisher's tap copies;
+- the raw view (the decompressed modules of a compressed source, binned from the modules):
+  on/off once, with the view's CPU per image;
 - publish -> image-received latency (p50, p99) for the stitched frame at 10 Hz, and the view
   process's CPU while it serves one client.
 """
@@ -15,6 +20,7 @@ Run::
 from __future__ import annotations
 
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -25,6 +31,8 @@ import pytest
 from bench.conftest import report
 from shmpipe.benchmark import percentiles, run_pipeline, sim_parts_lz4, sim_source
 
+WORKERS = (1, 2)  # a spare core for the view (as on a node), and every core busy
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -32,58 +40,133 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _client(port: int, seconds: float, out) -> subprocess.Popen:
+def _client(port: int, image: str, seconds: float, out) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "bench.view_client", str(port), "stitch.image", str(seconds), out]
+        [sys.executable, "-m", "bench.view_client", str(port), image, str(seconds), out]
     )
 
 
-def _run(mode: str, src, chain, tmp_path, table_cache, seconds: float):
+def _run(mode, src, chain, tmp_path, table_cache, seconds, workers=2, image="stitch.image"):
     """One run: ``off`` (no tap), ``tap`` (tap only) or ``view`` (tap, view, one client)."""
     view: dict = {"tap": mode != "off"}
     client = None
     out = tmp_path / f"client-{mode}.json"
+    out.unlink(missing_ok=True)
     if mode == "view":
         port = _free_port()
         view["port"] = port
-        client = _client(port, seconds, str(out))
-    r = run_pipeline(src, chain, 2, tmp_path, view=view, cache_dir=str(table_cache))
+        client = _client(port, image, seconds, str(out))
+    r = run_pipeline(src, chain, workers, tmp_path, view=view, cache_dir=str(table_cache))
     got = None
     if client is not None:
-        client.wait(timeout=180)
+        try:
+            # The run is over: a client that received frames sees the socket close at once;
+            # one still waiting to connect (a run shorter than the view's start) never will.
+            client.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            client.terminate()
+            client.wait(timeout=15)
         got = json.loads(out.read_text()) if out.exists() else None
     return r, got
 
 
-@pytest.mark.timeout(1800)
+def _view_costs(got: dict | None) -> dict[str, float]:
+    """The view's CPU per image sent and share of a core; the publisher's tap copies."""
+    if not got or not got.get("images"):
+        return {"view_ms_per_image": math.nan, "view_core": math.nan, "tap_copy_ms": math.nan}
+    status = got.get("status") or {}
+    copies = status.get("tap_copies") or 0
+    return {
+        "view_ms_per_image": 1e3 * got["view_cpu_s"] / got["images"],
+        "view_core": got["view_cpu_s"] / got["elapsed_s"],
+        "tap_copy_ms": 1e3 * status.get("tap_copy_s", math.nan) / copies if copies else math.nan,
+    }
+
+
+def _median(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.median(finite)) if finite else math.nan
+
+
+def _runs(values: list[float]) -> str:
+    return "/".join(f"{x:.3g}" for x in values)
+
+
+@pytest.mark.timeout(3600)
 def test_view_on_vs_off(benchmark, sizes, tmp_path, chain, table_cache):
-    """Frames/s of the LAMBDA chain with the view off, the tap only, the view on: off, tap,
-    view, off, tap, view ... so that drift of the machine's speed hits all alike."""
+    """Frames/s of the LAMBDA chain with the view off, the tap only, the view on, at 1 and 2
+    workers: off, tap, view at 1 worker, the same at 2, and again, so that drift of the
+    machine's speed hits all alike."""
     sim_parts_lz4(sizes.shape, 12)
     frames = sizes.chain_frames if sizes.smoke else 160
     src = sim_source(frames, sizes.shape, compression="bitshuffle-lz4")
     rounds = 1 if sizes.smoke else 3
-    fps: dict[str, list[float]] = {"off": [], "tap": [], "view": []}
+    modes = ("off", "tap", "view")
+    fps = {(w, m): [] for w in WORKERS for m in modes}
+    costs: dict[int, list[dict]] = {w: [] for w in WORKERS}
 
     def measure():
         for _ in range(rounds):
-            for mode in fps:
-                r, _ = _run(mode, src, chain, tmp_path, table_cache, seconds=30)
-                assert r.frames == frames, r.error
-                fps[mode].append(r.fps_steady)
+            for workers in WORKERS:
+                for mode in modes:
+                    r, got = _run(mode, src, chain, tmp_path, table_cache, 60, workers)
+                    assert r.frames == frames, r.error
+                    fps[workers, mode].append(r.fps_steady)
+                    if mode == "view":
+                        costs[workers].append(_view_costs(got))
 
     benchmark.pedantic(measure, rounds=1)
-    med = {k: float(np.median(v)) for k, v in fps.items()}
+    for workers in WORKERS:
+        med = {m: float(np.median(fps[workers, m])) for m in modes}
+        cost = {k: _median([c[k] for c in costs[workers]]) for k in costs[workers][0]}
+        report(
+            benchmark,
+            f"view on vs off, {workers} worker{'s' if workers > 1 else ''}",
+            fps_off=med["off"],
+            fps_tap=med["tap"],
+            fps_view=med["view"],
+            tap_over_off=med["tap"] / med["off"],
+            view_over_off=med["view"] / med["off"],
+            goal=0.97,
+            **cost,
+            runs=" ".join(f"{m}:{_runs(fps[workers, m])}" for m in modes),
+        )
+
+
+@pytest.mark.timeout(900)
+def test_raw_view_on_vs_off(benchmark, sizes, tmp_path, chain, table_cache):
+    """The raw view of a compressed source (decompress, integrate and statistics from the
+    modules, no stitched image): the view shows ``raw``, the decompressed modules binned
+    straight from the stack. One off/view pair at 1 worker (smoke: paced at 10 Hz for 4 s, so
+    that the view is up while frames come)."""
+    sim_parts_lz4(sizes.shape, 12)
+    frames = 40 if sizes.smoke else 160
+    rate = {"rate": 10.0} if sizes.smoke else {}
+    src = sim_source(frames, sizes.shape, compression="bitshuffle-lz4", **rate)
+    modules = "decompress.modules"
+    raw_chain = {k: v for k, v in chain.items() if k != "stitch"}
+    raw_chain["integrate"] = {**chain["integrate"], "input": modules}
+    raw_chain["stats"] = {**chain["stats"], "input": modules}
+    fps, got = {}, None
+
+    def measure():
+        nonlocal got
+        for mode in ("off", "view"):
+            r, g = _run(mode, src, raw_chain, tmp_path, table_cache, 60, 1, image="raw")
+            assert r.frames == frames, r.error
+            fps[mode] = r.fps_steady
+            got = g or got
+
+    benchmark.pedantic(measure, rounds=1)
+    assert got is not None and got["images"], "the client received no raw image"
     report(
         benchmark,
-        "view on vs off",
-        fps_off=med["off"],
-        fps_tap=med["tap"],
-        fps_view=med["view"],
-        tap_over_off=med["tap"] / med["off"],
-        view_over_off=med["view"] / med["off"],
-        goal=0.97,
-        runs=" ".join(f"{k}:{'/'.join(f'{x:.3g}' for x in v)}" for k, v in fps.items()),
+        "raw view on vs off, 1 worker",
+        fps_off=fps["off"],
+        fps_view=fps["view"],
+        view_over_off=fps["view"] / fps["off"],
+        images=got["images"],
+        **_view_costs(got),
     )
 
 
@@ -97,6 +180,7 @@ def test_view_latency_10hz(benchmark, sizes, tmp_path, chain, table_cache):
     r, got = benchmark.pedantic(
         _run, args=("view", src, chain, tmp_path, table_cache, seconds), rounds=1
     )
+    costs = _view_costs(got)
     assert r.frames == frames, r.error
     assert got is not None and got["latency_s"], "the client received no image"
     lat = np.array(got["latency_s"])
@@ -111,5 +195,7 @@ def test_view_latency_10hz(benchmark, sizes, tmp_path, chain, table_cache):
         p50_ms=p50 * 1e3,
         p99_ms=p99 * 1e3,
         view_cpu_percent=100 * got["view_cpu_s"] / got["elapsed_s"],
+        view_ms_per_image=costs["view_ms_per_image"],
+        tap_copy_ms=costs["tap_copy_ms"],
         goal_p50_ms=200.0,
     )

@@ -1,5 +1,6 @@
 """A browser stand-in for the view benchmarks: subscribes over the WebSocket and writes, per
-frame received, the time from publish to arrival, plus the view process's CPU seconds.
+frame received, the time from publish to arrival, plus the view process's CPU seconds, the
+images received and the last status pushed (with the publisher's tap-copy counters).
 
     python -m bench.view_client PORT IMAGE SECONDS OUT.json
 """
@@ -29,10 +30,20 @@ def main(port: int, image: str, seconds: float, out: str) -> None:
             time.sleep(0.1)  # the pipeline is still starting
     view = next((r for r in live_runs() if r.get("view_pid")), {})
     proc = psutil.Process(view["view_pid"]) if view else None
-    latencies, seen = [], set()
+    latencies, seen, status = [], set(), {}
+
+    def cpu_s() -> float:
+        try:
+            return sum(proc.cpu_times()[:2]) if proc else float("nan")
+        except psutil.Error:
+            return float("nan")  # the view ended with the run
+
     with ws:
         ws.send(json.dumps({"image": {"name": image, "width": 1024}}))
-        cpu0, t0 = (sum(proc.cpu_times()[:2]) if proc else 0.0), time.monotonic()
+        cpu0, t0 = cpu_s(), time.monotonic()
+        # The view's CPU and the images are counted up to the last frame received, so that
+        # a run that ends before ``seconds`` (and takes the view with it) is measured too.
+        cpu, elapsed, images = 0.0, 0.0, 0
         end = t0 + seconds
         while time.monotonic() < end:
             try:
@@ -44,17 +55,23 @@ def main(port: int, image: str, seconds: float, out: str) -> None:
             now = time.time()
             n = struct.unpack(">I", msg[:4])[0]
             header = json.loads(msg[4 : 4 + n])
+            status = header.get("status") or status
             mid = header.get("message_id")
             if mid is not None and "image" in header and mid not in seen:
                 seen.add(mid)
                 latencies.append(now - header["t"])
-        elapsed = time.monotonic() - t0
-        try:
-            cpu = (sum(proc.cpu_times()[:2]) - cpu0) if proc else float("nan")
-        except psutil.Error:
-            cpu = float("nan")
+            c = cpu_s()
+            if c == c:
+                cpu, elapsed, images = c - cpu0, time.monotonic() - t0, len(latencies)
     with open(out, "w") as f:
-        json.dump({"latency_s": latencies, "view_cpu_s": cpu, "elapsed_s": elapsed}, f)
+        doc = {
+            "latency_s": latencies,
+            "view_cpu_s": cpu,
+            "elapsed_s": elapsed,
+            "images": images,
+            "status": status,
+        }
+        json.dump(doc, f)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ DESCRIPTOR_BYTES = 1 << 18
 W_MAGIC, W_DESC_LEN, W_LATEST_GEN, W_RAW_GEN, W_WRITTEN, W_STREAMS = range(6)
 W_COMMITS = 6  # commits seen (a heartbeat: the publisher is alive and publishing)
 W_RAW_WANTED = 7  # time.time_ns() until which a reader wants raw frames
+W_COPIES, W_COPY_NS = 8, 9  # full copies made (latest block and raw frame) and their time
 WANT_S = 5.0  # a reader's interest lasts this long after its last read
 # Words of the latest block and of the raw block: generation-protected metadata.
 M_STREAM, M_MSG_ID, M_T_NS, M_VERSION, M_PARTS_LEN = range(5)
@@ -337,8 +338,11 @@ class PreviewTap:
         if mono - self._last_full >= self._min_interval:
             self._last_full = mono
             no, mid, slot, version = pending[-1]
+            t0 = time.perf_counter_ns()
             self._write_latest(no, mid, slot, version, now_ns, result)
             self._write_raw(no, mid, slot, version, now_ns, part_view)
+            w[W_COPY_NS] += time.perf_counter_ns() - t0
+            w[W_COPIES] += 1
         w[W_COMMITS] += 1
         pending.clear()
 
@@ -433,6 +437,11 @@ class PreviewTap:
     def written(self) -> int:
         """History rows written so far (all frames published since the start)."""
         return int(self.words[W_WRITTEN])
+
+    def copy_cost(self) -> tuple[int, float]:
+        """Full copies the publisher made (latest outputs and raw frame) and the seconds
+        they took: what the tap costs the pipeline beyond its history rows."""
+        return int(self.words[W_COPIES]), int(self.words[W_COPY_NS]) / 1e9
 
     def stream_name(self, no: int) -> str:
         row = self._names[no % MAX_STREAM_NAMES]

@@ -154,6 +154,8 @@ class TapFeed:
         return None
 
     def raw(self) -> RawFrame | None:
+        if not self.part_specs:
+            return None  # parts without a layout (compressed): the tap keeps no raw frame
         with self._lock:
             self.tap.want(raw=True)
             g = self.tap.raw_generation()
@@ -182,6 +184,7 @@ class TapFeed:
         procs, table = self.procs, self.table
         workers = self.workers or max(0, procs.shape[0] - PROC_FIRST_WORKER)
         states = procs[PROC_FIRST_WORKER : PROC_FIRST_WORKER + workers, P_STATE]
+        copies, copy_s = self.tap.copy_cost()
         return Counters(
             frames_in=int(procs[PROC_DISPATCHER, P_FRAMES]),
             frames_out=int(procs[PROC_PUBLISHER, P_FRAMES]),
@@ -190,6 +193,7 @@ class TapFeed:
             ring_used=int(np.count_nonzero(table[:, STATE] != FREE)),
             workers=workers,
             workers_busy=int(np.count_nonzero(states == PS_BUSY)),
+            extra={"tap_copies": copies, "tap_copy_s": round(copy_s, 6)},
         )
 
     def close(self) -> None:

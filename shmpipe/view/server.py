@@ -145,13 +145,38 @@ class ViewState:
 
     def render_parts(self, name: str, params: RenderParams):
         """``(stream, message_id, (Rendered, shape))`` of the raw frame or of a stack of
-        modules, binned from the modules without assembling the full image."""
+        modules, binned from the modules without assembling the full image (a stack in
+        place in shared memory where the feed allows it)."""
         if name == RAW:
-            stream, mid, parts = self.raw_parts()
-        else:
-            snap = self.snapshot([name])
-            stream, mid, parts = snap.stream, snap.message_id, list(snap.arrays[name])
-        return stream, mid, render_parts(parts, params)
+            raw = self.feed.raw()
+            if raw is not None:
+                return raw.stream, raw.message_id, render_parts(raw.parts, params)
+            if self.raw_stack is None:
+                raise ApiError(503, "no raw frame kept yet (or the source declares no layout)")
+            name = self.raw_stack
+
+        def draw(stack):
+            return render_parts(list(stack), params)
+
+        if hasattr(self.feed, "apply"):
+            got = self.feed.apply(name, draw)
+            if got is None:
+                raise ApiError(503, f"{name} not copied for the latest frame yet")
+            return got[0], got[1], got[3]
+        snap = self.snapshot([name])
+        return snap.stream, snap.message_id, draw(snap.arrays[name])
+
+    def warm_up(self) -> None:
+        """Compile (or load from Numba's cache) the image kernels for the dtypes this chain
+        shows, before the first client: its first image is then as quick as the next."""
+        specs = [s for n, s in self.specs.items() if self.kinds.get(n) == "image"]
+        dtypes = {np.dtype(s.dtype) for s in [*specs, *(self.raw_specs() or [])]}
+        for dtype in dtypes:
+            tiny = np.zeros((2, 4), dtype)
+            for binning in ("mean", "max"):
+                params = RenderParams(width=2, binning=binning)
+                render(tiny, params)
+                render_parts([tiny, tiny], params)
 
     def is_stack(self, name: str) -> bool:
         """Whether ``name`` is the raw frame or a 3-D image output (a stack of modules)."""
@@ -477,6 +502,10 @@ def create_app(feed: Feed, options: ViewOptions | None = None) -> Starlette:
             from shmpipe.view.lavue import LavuePublisher
 
             state.lavue = LavuePublisher(state.options.zmq)
+        try:
+            await run_in_threadpool(state.warm_up)
+        except Exception:  # noqa: BLE001 - a slower first image, not a reason to stop
+            log.exception("view: warming up the image kernels failed")
         poller = asyncio.create_task(state.poll())
         try:
             yield
