@@ -233,6 +233,7 @@ def test_view_killed_or_stalled_the_pipeline_goes_on_and_loses_nothing(tmp_path)
                     assert msg[4 + n : 4 + n + 8] == b"\x89PNG\r\n\x1a\n"
                     mids.add(header["message_id"])
             assert len(mids) >= 2
+        _stale_while_the_source_is_stopped(rv)
     finally:
         stack.close()
         stderr = rv.stop()
@@ -242,6 +243,36 @@ def test_view_killed_or_stalled_the_pipeline_goes_on_and_loses_nothing(tmp_path)
     ids = sorted(int(m) for m in rows["message_id"])
     assert ids == list(range(1, len(ids) + 1))
     assert f"{len(ids)} frames in, {len(ids)} out, 0 errors" in stderr
+
+
+def _stale_while_the_source_is_stopped(rv: RunningView) -> None:
+    """The dispatcher stopped (no frame comes in): the status turns stale, with the message
+    id kept, after the view's 5 s; resumed, it is fresh again and the id advances."""
+    from shmpipe.observe.status import attach_tables
+    from shmpipe.shm.layout import P_PID, PROC_DISPATCHER
+
+    table, procs, m = attach_tables(rv.info())
+    dispatcher = int(procs[PROC_DISPATCHER, P_PID])
+    del table, procs
+    m.close()
+    os.kill(dispatcher, signal.SIGSTOP)
+    try:
+        stale = wait_for(
+            lambda: (s := rv.get_json("/api/status")[1])["stale"] and s,
+            timeout=30,
+            what="the status to turn stale",
+        )
+        assert rv.get_json("/api/status")[1]["message_id"] == stale["message_id"]
+    finally:
+        os.kill(dispatcher, signal.SIGCONT)
+    wait_for(
+        lambda: (
+            not (s := rv.get_json("/api/status")[1])["stale"]
+            and s["message_id"] != stale["message_id"]
+        ),
+        timeout=30,
+        what="fresh frames after the source resumed",
+    )
 
 
 def test_view_config_is_checked_before_anything_starts():

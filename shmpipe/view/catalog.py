@@ -8,6 +8,7 @@ a scalar is a trace. Outputs that are another's axis or errors are shown with it
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -99,4 +100,7 @@ def profile(specs: dict[str, ArraySpec], arrays: dict[str, np.ndarray], name: st
 def _list(a) -> list:
     """JSON-safe floats (NaN and infinities become null)."""
     a = np.asarray(a, dtype=np.float64).ravel()
-    return [float(v) if np.isfinite(v) else None for v in a.tolist()]
+    values = a.tolist()
+    if np.isfinite(a).all():
+        return values
+    return [v if math.isfinite(v) else None for v in values]

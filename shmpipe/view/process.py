@@ -54,7 +54,15 @@ def serve(feed, sock: socket.socket, view: ViewSection, signals: bool = True) ->
             return super().capture_signals() if signals else contextlib.nullcontext()
 
     app = create_app(feed, ViewOptions(max_fps=view.max_hz, image=view.image, zmq=view.zmq))
-    config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on")
+    # No per-message deflate: the frames are PNGs, already compressed; deflating them again
+    # cost the view more CPU than rendering them.
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        lifespan="on",
+    )
     server = Server(config)
     try:
         server.run(sockets=[sock])

@@ -87,6 +87,7 @@ class ViewState:
         self.last_new = time.monotonic()
         self.started = time.time()
         self.lavue = None
+        self._header: tuple[Any, dict[str, Any]] = (None, {})
         self.renders = RenderCache(1.0 / options.max_fps if options.max_fps > 0 else 0.0)
         # A stitched 2-D image before a 3-D stack of modules.
         images = sorted(
@@ -243,6 +244,14 @@ class ViewState:
         }
 
     def frame_header(self, snap: Snapshot) -> dict[str, Any]:
+        """Stream, id, profiles and scalars of one frame, made once and shared by every
+        client (the caller adds its own parts to a copy)."""
+        key = (id(snap), snap.generation, snap.message_id, len(snap.arrays))
+        if self._header[0] != key:
+            self._header = (key, self._frame_header(snap))
+        return dict(self._header[1])
+
+    def _frame_header(self, snap: Snapshot) -> dict[str, Any]:
         have = snap.arrays
         profiles = {
             n: profile(self.specs, have, n)
