@@ -71,14 +71,18 @@ def _run(mode, src, chain, tmp_path, table_cache, seconds, workers=2, image="sti
 
 
 def _view_costs(got: dict | None) -> dict[str, float]:
-    """The view's CPU per image sent and share of a core; the publisher's tap copies."""
+    """The view's CPU per image sent and share of a core, the browser stand-in's share of a
+    core (a browser runs elsewhere on a beamline; here it shares the cores) and the
+    publisher's time per full tap copy."""
     if not got or not got.get("images"):
-        return {"view_ms_per_image": math.nan, "view_core": math.nan, "tap_copy_ms": math.nan}
+        keys = ("view_ms_per_image", "view_core", "client_core", "tap_copy_ms")
+        return dict.fromkeys(keys, math.nan)
     status = got.get("status") or {}
     copies = status.get("tap_copies") or 0
     return {
         "view_ms_per_image": 1e3 * got["view_cpu_s"] / got["images"],
         "view_core": got["view_cpu_s"] / got["elapsed_s"],
+        "client_core": got["client_cpu_s"] / got["elapsed_s"],
         "tap_copy_ms": 1e3 * status.get("tap_copy_s", math.nan) / copies if copies else math.nan,
     }
 

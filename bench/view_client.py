@@ -40,10 +40,10 @@ def main(port: int, image: str, seconds: float, out: str) -> None:
 
     with ws:
         ws.send(json.dumps({"image": {"name": image, "width": 1024}}))
-        cpu0, t0 = cpu_s(), time.monotonic()
+        cpu0, t0, own0 = cpu_s(), time.monotonic(), time.process_time()
         # The view's CPU and the images are counted up to the last frame received, so that
         # a run that ends before ``seconds`` (and takes the view with it) is measured too.
-        cpu, elapsed, images = 0.0, 0.0, 0
+        cpu, elapsed, images, own = 0.0, 0.0, 0, 0.0
         end = t0 + seconds
         while time.monotonic() < end:
             try:
@@ -63,8 +63,10 @@ def main(port: int, image: str, seconds: float, out: str) -> None:
             c = cpu_s()
             if c == c:
                 cpu, elapsed, images = c - cpu0, time.monotonic() - t0, len(latencies)
+                own = time.process_time() - own0
     with open(out, "w") as f:
         doc = {
+            "client_cpu_s": own,  # the browser stand-in's own CPU, over the same time
             "latency_s": latencies,
             "view_cpu_s": cpu,
             "elapsed_s": elapsed,

@@ -44,7 +44,7 @@ class CellMap:
 
     shape: tuple[int, int]  # of the binned image
     modules: tuple[ModuleCells, ...]
-    counts: np.ndarray  # int64, flat: module pixels per cell (integer modules)
+    counts: np.ndarray  # int32, flat: module pixels per cell (integer modules)
 
 
 def _cell_offsets(coord: np.ndarray, lo: int, hi: int, factor: int, stride: int) -> np.ndarray:
@@ -81,14 +81,14 @@ def _module_cells(
     return ModuleCells(index, rows, cols, r0, r1, c0, c1)
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=8)  # a zoom region is a key: keep the few on screen
 def cell_map(geometry: DetectorGeometry, factor: int, region: tuple[int, int, int, int]) -> CellMap:
     """The offsets of every present module for ``factor`` and ``region`` (x0, y0, x1, y1,
     clipped to the canvas), cached: they depend on the geometry only."""
     x0, y0, x1, y1 = region
     oh, ow = math.ceil((y1 - y0) / factor), math.ceil((x1 - x0) / factor)
     modules = []
-    counts = np.zeros(oh * ow, np.int64)
+    counts = np.zeros(oh * ow, np.int32)
     for k, i in enumerate(geometry.present):
         m = geometry.modules[i]
         cells = _module_cells(k, m, geometry.placed_shape(m), region, factor, ow)
@@ -111,7 +111,7 @@ def bin_modules(
     cmap = cell_map(geometry, factor, region)
     acc = np.full(cmap.counts.size, -np.inf if use_max else 0.0)
     floating = any(not np.issubdtype(parts[c.index].dtype, np.integer) for c in cmap.modules)
-    cnt = np.zeros(cmap.counts.size, np.int64) if floating else cmap.counts
+    cnt = np.zeros(cmap.counts.size, np.int32) if floating else cmap.counts
     for c in cmap.modules:
         part = np.ascontiguousarray(parts[c.index])
         bin_module_into(part, c.rows, c.cols, c.r0, c.r1, c.c0, c.c1, use_max, floating, acc, cnt)
