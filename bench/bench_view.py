@@ -47,14 +47,17 @@ def _client(port: int, image: str, seconds: float, out) -> subprocess.Popen:
 
 
 def _run(mode, src, chain, tmp_path, table_cache, seconds, workers=2, image="stitch.image"):
-    """One run: ``off`` (no tap), ``tap`` (tap only) or ``view`` (tap, view, one client)."""
+    """One run: ``off`` (no tap), ``tap`` (tap only), ``view`` (tap, view, one client) or
+    ``view_nice0`` (the same with the view at the workers' priority, ``view.nice = 0``)."""
     view: dict = {"tap": mode != "off"}
     client = None
     out = tmp_path / f"client-{mode}.json"
     out.unlink(missing_ok=True)
-    if mode == "view":
+    if mode.startswith("view"):
         port = _free_port()
         view["port"] = port
+        if mode == "view_nice0":
+            view["nice"] = 0
         client = _client(port, image, seconds, str(out))
     r = run_pipeline(src, chain, workers, tmp_path, view=view, cache_dir=str(table_cache))
     got = None
@@ -105,9 +108,10 @@ def test_view_on_vs_off(benchmark, sizes, tmp_path, chain, table_cache):
     frames = sizes.chain_frames if sizes.smoke else 160
     src = sim_source(frames, sizes.shape, compression="bitshuffle-lz4")
     rounds = 1 if sizes.smoke else 3
-    modes = ("off", "tap", "view")
+    modes = ("off", "tap", "view", "view_nice0")
     fps = {(w, m): [] for w in WORKERS for m in modes}
     costs: dict[int, list[dict]] = {w: [] for w in WORKERS}
+    nice0: dict[int, list[float]] = {w: [] for w in WORKERS}
 
     def measure():
         for _ in range(rounds):
@@ -118,6 +122,8 @@ def test_view_on_vs_off(benchmark, sizes, tmp_path, chain, table_cache):
                     fps[workers, mode].append(r.fps_steady)
                     if mode == "view":
                         costs[workers].append(_view_costs(got))
+                    elif mode == "view_nice0":
+                        nice0[workers].append(_view_costs(got)["view_ms_per_image"])
 
     benchmark.pedantic(measure, rounds=1)
     for workers in WORKERS:
@@ -131,8 +137,10 @@ def test_view_on_vs_off(benchmark, sizes, tmp_path, chain, table_cache):
             fps_view=med["view"],
             tap_over_off=med["tap"] / med["off"],
             view_over_off=med["view"] / med["off"],
+            view_nice0_over_off=med["view_nice0"] / med["off"],
             goal=0.97,
             **cost,
+            nice0_view_ms_per_image=_median(nice0[workers]),
             runs=" ".join(f"{m}:{_runs(fps[workers, m])}" for m in modes),
         )
 
@@ -203,3 +211,57 @@ def test_view_latency_10hz(benchmark, sizes, tmp_path, chain, table_cache):
         tap_copy_ms=costs["tap_copy_ms"],
         goal_p50_ms=200.0,
     )
+
+
+def _render_inputs(sizes):
+    """A stitched-size float32 frame (gaps NaN) and its twelve uint16 modules."""
+    from native_kernels.geometry import DetectorGeometry
+    from shmpipe.view.assemble import assemble, geometry_for
+
+    rng = np.random.default_rng(0)
+    parts = [rng.poisson(40.0, sizes.shape).astype(np.uint16) for _ in range(12)]
+    geometry = geometry_for(12, sizes.shape)
+    if not sizes.smoke:
+        assert geometry == DetectorGeometry.default_lambda9m()
+    return parts, geometry, assemble(parts)
+
+
+RENDER_STEPS = ("bin", "raw_from_modules", "raw_assembled", "percentiles", "indices", "png")
+
+
+@pytest.mark.parametrize("step", RENDER_STEPS)
+def test_render_step(benchmark, sizes, step):
+    """One image's steps in the view, 1024 wide: binning the stitched-size frame, the raw
+    frame binned from its modules (and, for comparison, assembled then binned), contrast
+    from percentiles, scaling to colour indices and the PNG."""
+    from shmpipe.view.binning import to_indices
+    from shmpipe.view.rawbin import render_parts
+    from shmpipe.view.render import RenderParams, bin_image, contrast, render
+
+    parts, geometry, image = _render_inputs(sizes)
+    params = RenderParams(width=1024 if not sizes.smoke else 50)
+    rendered = render(image, params)
+    binned = bin_image(image, rendered.factor, False)
+    vmin, vmax = contrast(binned, params)
+    run = {
+        "bin": lambda: bin_image(image, rendered.factor, False),
+        "raw_from_modules": lambda: render_parts(parts, params, geometry),
+        "raw_assembled": lambda: render(_assemble(parts), params),
+        "percentiles": lambda: contrast(binned, params),
+        "indices": lambda: to_indices(binned, vmin, vmax, 0),
+        "png": rendered.png,
+    }[step]
+    benchmark.pedantic(run, rounds=3 if sizes.smoke else 30, warmup_rounds=1)
+    report(
+        benchmark,
+        f"render step {step}",
+        image=f"{image.shape[1]}x{image.shape[0]}",
+        binned=f"{binned.shape[1]}x{binned.shape[0]}",
+        mean_ms=benchmark.stats.stats.mean * 1e3 if benchmark.stats else math.nan,
+    )
+
+
+def _assemble(parts):
+    from shmpipe.view.assemble import assemble
+
+    return assemble(parts)

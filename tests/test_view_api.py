@@ -282,6 +282,7 @@ def test_view_config_is_checked_before_anything_starts():
         ("view.port", "70000", "TCP port"),
         ("view.max_hz", "0", "more than 0"),
         ("view.history", "0", "at least 1"),
+        ("view.nice", "20", "0..19"),
         ("view.zmq", '"localhost:5555"', "ZeroMQ address"),
         ("view.colour", '"red"', "view.colour"),
     ]:

@@ -171,6 +171,9 @@ class ViewSection:
     """Output shown as the image by default (and sent to lavue); empty: the first 2-D one."""
     tap: bool = True
     """Keep the preview tap (for views and the Tango device); false: none at all."""
+    nice: int = 10
+    """Niceness added to the view process started with the run (0..19): when the cores are
+    busy it yields them to the workers and skips images instead."""
 
 
 SECTIONS: dict[str, type] = {
@@ -589,6 +592,8 @@ def _checked_view(view: ViewSection, file: str | None) -> ViewSection:
         raise ConfigError(f"must be more than 0, got {view.max_hz}", "view.max_hz", file)
     if view.history < 1:
         raise ConfigError(f"must be at least 1, got {view.history}", "view.history", file)
+    if not 0 <= view.nice <= 19:
+        raise ConfigError(f"must be 0..19, got {view.nice}", "view.nice", file)
     if view.zmq and not view.zmq.startswith(("tcp://", "ipc://", "inproc://")):
         raise ConfigError(
             f"must be a ZeroMQ address such as tcp://*:5555, got {view.zmq!r}", "view.zmq", file

@@ -9,6 +9,7 @@ pipeline goes on and the supervisor starts another one (binding the port again) 
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 
@@ -73,6 +74,9 @@ def serve(feed, sock: socket.socket, view: ViewSection, signals: bool = True) ->
 def view_main(p: Plumbing, sock: socket.socket, supervisor_pid: int) -> None:  # noqa: ARG001
     """Body of the view process forked by the supervisor (a side process)."""
     start_role(p, -1, "view", "view")
+    if p.config.view.nice:
+        # Below the workers: on busy cores the view skips images, the pipeline keeps its pace.
+        os.nice(p.config.view.nice)
     # The supervisor stops this process with SIGTERM at the end of the run; it holds no state.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from shmpipe.view.feed import TapFeed
