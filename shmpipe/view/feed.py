@@ -28,6 +28,8 @@ from shmpipe.shm.layout import (
 )
 from shmpipe.shm.preview import History, PreviewTap, RawFrame, TapBusy
 
+IN_PLACE_TRIES = 2  # reads of an output in place before a copy is read instead
+
 
 @dataclass
 class Snapshot:
@@ -139,13 +141,21 @@ class TapFeed:
 
     def apply(self, name: str, fn):
         """``(stream, message_id, t, fn(array))`` for one output of the latest frame, read
-        in shared memory without a copy; None if it cannot be had now."""
+        in shared memory without a copy; None if it cannot be had now.
+
+        If a new frame overwrites the output while ``fn`` reads it (a busy machine, where
+        the view gets the CPU in slices), ``fn`` runs on a copy instead: a copy cannot be
+        overwritten, and reading in place again could be lost again.
+        """
         for _ in range(3):
             g = self.tap.generation()
             try:
-                got = self.tap.apply(name, fn)
+                got = self.tap.apply(name, fn, tries=IN_PLACE_TRIES)
             except TapBusy:
-                return None
+                snap = self.latest([name])
+                if snap is None or name not in snap.arrays:
+                    return None
+                return snap.stream, snap.message_id, snap.t, fn(snap.arrays[name])
             if got is not None:
                 return got
             deadline = time.monotonic() + 2.0 / max(self.tap.max_hz, 1.0) + 0.1

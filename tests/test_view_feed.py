@@ -1,0 +1,43 @@
+"""TapFeed: what a view reads from a local pipeline's preview tap."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shmpipe.api.kernel import ArraySpec
+from shmpipe.shm.preview import PreviewTap
+from shmpipe.view.feed import IN_PLACE_TRIES, TapFeed
+
+SPECS = [ArraySpec("k.sum", (), "float64"), ArraySpec("k.image", (16, 24), "float32")]
+
+
+def test_a_reader_overtaken_while_reading_in_place_reads_a_copy():
+    """Every in-place read is overwritten by a new frame (as on a busy machine): the feed
+    gives up reading in place after a few tries and answers from a consistent copy."""
+    tap = PreviewTap.create(SPECS, None, {"name": "feed-test"}, max_hz=1e6, history=10)
+    results = {s.name: np.zeros((2, *s.shape), s.dtype) for s in SPECS}
+    tap.bind_results(lambda off, dt, shape: results[off], {s.name: s.name for s in SPECS})
+    frames = iter(range(1, 1000))
+
+    def publish() -> None:
+        mid = next(frames)
+        results["k.image"][mid % 2] = mid
+        tap.note("scan", mid, mid % 2, None)
+        tap.commit(lambda slot, name: results[name][slot], None)
+
+    feed = TapFeed(tap, np.zeros((2, 8), np.int64), np.zeros((3, 8), np.int64), 1)
+    try:
+        tap.want(["k.image"])
+        publish()
+        calls = []
+
+        def overtaken(image):
+            calls.append(float(image[0, 0]))
+            publish()  # a new frame lands while this reader is busy
+            return float(image.min()), float(image.max())
+
+        stream, mid, _, (lo, hi) = feed.apply("k.image", overtaken)
+        assert stream == "scan" and lo == hi == mid  # one whole frame, the one named
+        assert len(calls) == IN_PLACE_TRIES + 1  # not the tap's 20 tries in place
+    finally:
+        feed.close()
