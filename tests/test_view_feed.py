@@ -5,35 +5,61 @@ from __future__ import annotations
 import numpy as np
 
 from shmpipe.api.kernel import ArraySpec
-from shmpipe.shm.preview import PreviewTap
+from shmpipe.shm.preview import W_HOLD, PreviewTap
 from shmpipe.view.feed import IN_PLACE_TRIES, TapFeed
 
 SPECS = [ArraySpec("k.sum", (), "float64"), ArraySpec("k.image", (16, 24), "float32")]
 
 
-def test_a_reader_overtaken_while_reading_in_place_reads_a_copy():
-    """Every in-place read is overwritten by a new frame (as on a busy machine): the feed
-    gives up reading in place after a few tries and answers from a consistent copy."""
+def _tap_and_publisher():
     tap = PreviewTap.create(SPECS, None, {"name": "feed-test"}, max_hz=1e6, history=10)
     results = {s.name: np.zeros((2, *s.shape), s.dtype) for s in SPECS}
     tap.bind_results(lambda off, dt, shape: results[off], {s.name: s.name for s in SPECS})
     frames = iter(range(1, 1000))
 
-    def publish() -> None:
+    def publish() -> int:
         mid = next(frames)
         results["k.image"][mid % 2] = mid
         tap.note("scan", mid, mid % 2, None)
         tap.commit(lambda slot, name: results[name][slot], None)
+        return mid
 
+    tap.want(["k.image"])
     feed = TapFeed(tap, np.zeros((2, 8), np.int64), np.zeros((3, 8), np.int64), 1)
+    return tap, feed, publish
+
+
+def test_the_writer_skips_its_copies_while_a_reader_reads_in_place():
+    tap, feed, publish = _tap_and_publisher()
     try:
-        tap.want(["k.image"])
+        first = publish()
+
+        def slow_reader(image):
+            publish()  # frames committed while the image is read do not overwrite it
+            return float(image.min()), float(image.max())
+
+        _, mid, _, (lo, hi) = feed.apply("k.image", slow_reader)
+        assert mid == first and lo == hi == first
+        # Released: the next commit is written.
+        latest = publish()
+        assert feed.apply("k.image", lambda image: float(image[0, 0]))[1:4:2] == (latest, latest)
+    finally:
+        feed.close()
+
+
+def test_a_reader_overtaken_while_reading_in_place_reads_a_copy():
+    """The block is overwritten during every in-place read all the same (another reader
+    released the hold): the feed gives up reading in place after a few tries and answers
+    from a consistent copy."""
+    tap, feed, publish = _tap_and_publisher()
+    try:
         publish()
         calls = []
 
         def overtaken(image):
             calls.append(float(image[0, 0]))
-            publish()  # a new frame lands while this reader is busy
+            tap.words[W_HOLD] = 0  # as another reader finishing does
+            publish()
             return float(image.min()), float(image.max())
 
         stream, mid, _, (lo, hi) = feed.apply("k.image", overtaken)

@@ -4,7 +4,8 @@ The publisher writes the tap after each commit; views, the Tango device and scri
 in the pipeline's own processes or attached to a running pipeline through the run registry
 (as ``shmpipe status`` attaches to the tables). A reader never blocks the writer: every block
 is guarded by a generation counter (a seqlock) and a reader that lost the race retries or
-gives up; the writer never waits for anyone.
+gives up; the writer never waits for anyone. A reader that reads the latest block in place
+(``apply``) holds it for at most ``HOLD_S``: the writer skips its copies meanwhile.
 
 What the tap holds
 ------------------
@@ -65,6 +66,8 @@ W_MAGIC, W_DESC_LEN, W_LATEST_GEN, W_RAW_GEN, W_WRITTEN, W_STREAMS = range(6)
 W_COMMITS = 6  # commits seen (a heartbeat: the publisher is alive and publishing)
 W_RAW_WANTED = 7  # time.time_ns() until which a reader wants raw frames
 W_COPIES, W_COPY_NS = 8, 9  # full copies made (latest block and raw frame) and their time
+W_HOLD = 10  # time.time_ns() until which a reader reads the latest block in place
+HOLD_S = 1.0  # longest a reader can hold it (one that died reading holds it no longer)
 WANT_S = 5.0  # a reader's interest lasts this long after its last read
 # Words of the latest block and of the raw block: generation-protected metadata.
 M_STREAM, M_MSG_ID, M_T_NS, M_VERSION, M_PARTS_LEN = range(5)
@@ -335,7 +338,10 @@ class PreviewTap:
         else:
             self._write_history_meta(pending, now_ns)
         mono = time.monotonic()
-        if mono - self._last_full >= self._min_interval:
+        # While a reader reads the latest block in place (``apply``) the writer skips its
+        # copies rather than overwrite what is being read: it saves the copy, never waits,
+        # and writes the frame of the next commit once the reader is done.
+        if mono - self._last_full >= self._min_interval and int(w[W_HOLD]) < now_ns:
             self._last_full = mono
             no, mid, slot, version = pending[-1]
             t0 = time.perf_counter_ns()
@@ -506,18 +512,24 @@ class PreviewTap:
         ``(stream, message_id, t, fn(array))``, or None when the output was not copied for
         the latest frame (ask with ``want``; the next frame brings it).
 
-        ``fn`` must only read; if the writer rewrote the block meanwhile, ``fn`` runs again.
-        This is how a view bins a 47 MB image without copying it first.
+        ``fn`` must only read; the writer skips its copies while ``fn`` runs (for at most
+        ``HOLD_S``), and if it rewrote the block all the same ``fn`` runs again. This is how
+        a view bins a 47 MB image without copying it first.
         """
         i = self._index[name]
         self.want([name])
-        got = self._consistent(
-            W_LATEST_GEN,
-            self._latest_meta,
-            lambda g, m: fn(self._latest[name]) if self._out_gen[i] == g else _SKIP,
-            f"the latest frame changed during every read of {name!r}",
-            tries,
-        )
+        # Hold the block: on a busy machine a read in place can outlast the writer's period.
+        self.words[W_HOLD] = time.time_ns() + int(HOLD_S * 1e9)
+        try:
+            got = self._consistent(
+                W_LATEST_GEN,
+                self._latest_meta,
+                lambda g, m: fn(self._latest[name]) if self._out_gen[i] == g else _SKIP,
+                f"the latest frame changed during every read of {name!r}",
+                tries,
+            )
+        finally:
+            self.words[W_HOLD] = 0
         if got is None:
             return None
         _, m, result = got
