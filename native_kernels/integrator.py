@@ -57,7 +57,7 @@ from native_kernels.tables import (
     static_sums,
 )
 
-TABLE_FORMAT = 6  # bump when the table layout or binning rules change (invalidates caches)
+TABLE_FORMAT = 7  # bump when the table layout or binning rules change (invalidates caches)
 ERROR_MODELS = (None, "poisson", "azimuthal")
 
 

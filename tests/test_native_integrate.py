@@ -309,7 +309,7 @@ def test_split_table_packs_bin_and_weight_into_one_word():
     split = (t.coef < 1) & (t.bin < t.nbins)
     assert split.sum() > 100  # the geometry does split pixels
     bins = t.word >> tables.COEF_BITS
-    coef = ((t.word & (tables.COEF_ONE - 1)) + 1) / tables.COEF_ONE
+    coef = 1.0 - (t.word & (tables.COEF_ONE - 1)) / tables.COEF_ONE
     np.testing.assert_array_equal(bins, t.bin)
     np.testing.assert_array_equal(coef, t.coef)
     gone = np.flatnonzero(split)[:5]
