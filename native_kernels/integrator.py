@@ -47,6 +47,7 @@ from native_kernels.geometry import (
 from native_kernels.poni import Poni, PoniError, read_poni
 from native_kernels.split2d import build_table_2d_bbox, chi_delta_array
 from native_kernels.tables import (
+    WORD_MAX_BINS,
     Table,
     build_table_1d,
     build_table_2d,
@@ -56,7 +57,7 @@ from native_kernels.tables import (
     static_sums,
 )
 
-TABLE_FORMAT = 5  # bump when the table layout or binning rules change (invalidates caches)
+TABLE_FORMAT = 7  # bump when the table layout or binning rules change (invalidates caches)
 ERROR_MODELS = (None, "poisson", "azimuthal")
 
 
@@ -370,7 +371,11 @@ class RadialPlan:
                         removed,
                     )
                 continue
-            if lean:
+            if lean and t.word is not None:
+                A.bbox_lean_words(
+                    img, b0, s0, t.word[k], self.norm[k], lean_dummy, nb, accp, removed
+                )
+            elif lean:
                 A.bbox_lean(
                     img,
                     b0,
@@ -590,9 +595,13 @@ class RadialPlan:
     def bytes_per_frame(self, data_itemsize: int = 2) -> int:
         """Bytes the per-frame loop must read (for bandwidth figures)."""
         n = self.n_parts * self.part_shape[0] * self.part_shape[1]
-        per_px = data_itemsize + self.table.bin.dtype.itemsize
-        if self.split == "bbox":
-            per_px += self.table.coef.dtype.itemsize
+        t = self.table
+        if t.word is not None and not (self.check_dummy and self.delta_dummy):
+            per_px = data_itemsize + t.word.dtype.itemsize  # the lean loop reads the words
+        else:
+            per_px = data_itemsize + t.bin.dtype.itemsize
+            if self.split == "bbox":
+                per_px += t.coef.dtype.itemsize
         return n * per_px
 
 
@@ -864,6 +873,8 @@ class AzimuthalIntegrator:
         names = ("bin", "norm", "edges") + (
             ("coef", "exc_pix", "exc_ptr", "exc_bin", "exc_coef") if split == "bbox" else ()
         )
+        if split == "bbox" and npt <= WORD_MAX_BINS:
+            names += ("word",)
         cached = _usable(load_cached(cache_dir, key), self.geometry.n_pixels, names)
         if cached is not None:
             table = Table.from_arrays(

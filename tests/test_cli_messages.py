@@ -105,6 +105,7 @@ def test_a_missing_kernel_module_says_where_python_looked(tmp_path):
 
 
 def test_a_kernel_module_in_the_current_directory_gets_the_pythonpath_hint(tmp_path):
+    import os
     import subprocess
     import sys
 
@@ -127,6 +128,9 @@ def test_a_kernel_module_in_the_current_directory_gets_the_pythonpath_hint(tmp_p
         text=True,
         cwd=tmp_path,
         timeout=60,
+        # This checkout on the path, the current directory not (a PYTHONPATH of "." would
+        # put it there and the module would be found).
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert r.returncode == 2
     assert "my_kernels.py is in the current directory" in r.stderr

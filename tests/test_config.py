@@ -42,6 +42,17 @@ def test_config_errors_name_key_and_file(tmp_path, text, key, words):
     assert str(path) in str(exc.value) and words in str(exc.value)
 
 
+def test_config_error_survives_pickling_with_one_prefix(tmp_path):
+    """A ConfigError raised in a child process reaches the parent as it was raised."""
+    import pickle
+
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "[run]\nworkerz = 2\n"))
+    back = pickle.loads(pickle.dumps(exc.value))
+    assert str(back) == str(exc.value)
+    assert (back.key, back.file, back.message) == (exc.value.key, exc.value.file, exc.value.message)
+
+
 def test_cli_config_error_exit_code_2_before_any_process(tmp_path):
     path = write(tmp_path, "[run]\nworkers = 2\nwatchdog_limit = 5\n")
     r = run_cli("run", "--config", str(path))

@@ -291,6 +291,53 @@ def test_table_contributions_match_pyfai_csr():
     assert max(abs(ours[k] - ref[k]) for k in ref) < 1e-5
 
 
+def test_split_table_packs_bin_and_weight_into_one_word():
+    """With up to 1023 bins each pixel's (bin, weight) is one uint32, decoded exactly; the
+    weights are multiples of 2**-22; dropped pixels go to the trash bin in both forms."""
+    params = GEOMETRIES["tilted_offcentre"][0]
+    g = DetectorGeometry((60, 80), (ModulePlacement(0, 0),))
+    ai = AzimuthalIntegrator(*params, wavelength=WAVELENGTH, geometry=g)
+    from native_kernels import positions as P
+
+    pos = ai._per_pixel("center", P.SPACE_Q)
+    dpos = ai._per_pixel("delta", P.SPACE_Q)
+    t = tables.build_table_1d(pos, dpos, np.ones(pos.shape, bool), 40)
+    assert t.word is not None and t.word.dtype == np.uint32
+    q = t.coef.astype(np.float64) * tables.COEF_ONE
+    np.testing.assert_array_equal(q, np.rint(q))  # exact multiples of 2**-22
+    assert (t.coef > 0).all() and (t.coef <= 1).all()
+    split = (t.coef < 1) & (t.bin < t.nbins)
+    assert split.sum() > 100  # the geometry does split pixels
+    bins = t.word >> tables.COEF_BITS
+    coef = 1.0 - (t.word & (tables.COEF_ONE - 1)) / tables.COEF_ONE
+    np.testing.assert_array_equal(bins, t.bin)
+    np.testing.assert_array_equal(coef, t.coef)
+    gone = np.flatnonzero(split)[:5]
+    t.drop(gone)
+    assert (t.word[gone] >> tables.COEF_BITS == t.nbins).all()
+    np.testing.assert_array_equal(t.word, tables.pack_words(t.bin, t.coef))
+    many = tables.build_table_1d(pos, dpos, np.ones(pos.shape, bool), tables.WORD_MAX_BINS + 1)
+    assert many.word is None  # the trash bin no longer fits: bin and weight stay separate
+
+
+def test_packed_words_give_the_general_loops_result(tmp_path):
+    """The lean loop (words) and the general loop (bin and weight arrays, taken for a
+    dummy tolerance that matches nothing extra) agree on a split geometry."""
+    params = GEOMETRIES["tilted_offcentre"][0]
+    g = DetectorGeometry((60, 80), (ModulePlacement(0, 0),))
+    ai = AzimuthalIntegrator(*params, wavelength=WAVELENGTH, geometry=g)
+    img = np.random.default_rng(3).poisson(50, g.shape).astype(np.uint16)
+    img[::7, ::5] = 0
+    kw = dict(unit="q_nm^-1", method="bbox", polarization_factor=0.9, cache_dir=tmp_path)
+    lean = ai.plan1d(300, dummy=0.0, **kw)
+    general = ai.plan1d(300, dummy=0.0, delta_dummy=0.25, **kw)
+    assert lean.table.word is not None
+    a = lean.integrate(img, error_model="poisson")
+    b = general.integrate(img, error_model="poisson")
+    np.testing.assert_allclose(a.intensity, b.intensity, rtol=1e-12)
+    np.testing.assert_allclose(a.sigma, b.sigma, rtol=1e-12)
+
+
 def test_from_poni_file(tmp_path):
     params = GEOMETRIES["tilted_offcentre"][0]
     path = tmp_path / "calib.poni"

@@ -127,6 +127,30 @@ def test_odd_sized_payload_and_raw():
     np.testing.assert_array_equal(out, module)
 
 
+@pytest.mark.parametrize("shape", [(516, 1556), (17, 59), (3,)])
+def test_decoding_into_place_equals_bitshuffle_python_api(shape):
+    """The slot is filled by bitshuffle's C entry point; bit for bit what its Python API
+    returns, on random data too (no compression to speak of) and with a verbatim tail."""
+    import bitshuffle
+
+    from native_kernels.compression import _library_decoder, default_block_size
+
+    assert _library_decoder() is not None, "bitshuffle's bshuf_decompress_lz4 not found"
+    rng = np.random.default_rng(9)
+    for module in (
+        rng.integers(0, 2**16, shape, dtype=np.uint16),
+        rng.poisson(3, shape).astype(np.uint16),
+    ):
+        payload = compress(module)
+        expected = bitshuffle.decompress_lz4(
+            payload, module.shape, module.dtype, default_block_size(2)
+        )
+        out = np.full_like(module, 7)
+        decompress_into(payload, out)
+        np.testing.assert_array_equal(out, expected)
+        np.testing.assert_array_equal(out, module)
+
+
 def test_corrupt_or_truncated_payloads_raise_not_crash():
     rng = np.random.default_rng(5)
     module = rng.poisson(20, (516, 1556)).astype(np.uint16)

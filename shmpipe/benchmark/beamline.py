@@ -124,18 +124,13 @@ def _stage_bytes(kernel: Any, chain_arrays: dict[str, np.ndarray], compressed: f
 
     if isinstance(kernel, nk.LambdaDecompress):
         raw = size(f"{kernel.name}.modules")
-        # Payloads in, modules out. bitshuffle decodes each module into an array of its own
-        # (1.6 MB), copied into the slot; that block is freed and reused by the next module,
-        # so it stays in cache: the copy runs at 25-30 GB/s, twice this machine's memory copy
-        # rate (tmp-free decoding would save its 0.6-0.8 ms of CPU, not memory traffic).
+        # Payloads in, modules out: bitshuffle's decoder writes straight into the slot.
         return compressed + raw
     if isinstance(kernel, nk.LambdaStitch):
         return size(kernel.params.input) + size(f"{kernel.name}.image")
     if isinstance(kernel, nk.AzimuthalIntegrate) and kernel.params.input in chain_arrays:
-        t = kernel.plan.table
         item = chain_arrays[kernel.params.input].dtype.itemsize
-        tables = t.bin.nbytes + (0 if t.coef is None else t.coef.nbytes)
-        return float(t.bin.size * item + tables)  # one table entry per module pixel
+        return float(kernel.plan.bytes_per_frame(item))  # the pixels and the table it streams
     if isinstance(kernel, nk.FrameStats) and kernel.params.input in chain_arrays:
         return float(size(kernel.params.input))
     return math.nan  # a kernel this measurement does not know, or one reading the parts
@@ -172,7 +167,9 @@ def _stage_costs_here(
     src.open()
     chain = KernelChain(cfg.kernel_instances())
     layout = chain.setup(src.layout().parts, Path(cache_dir), 1, 0)
-    bufs = [np.zeros(max(layout.result_bytes, 64), np.uint8) for _ in range(BUFFERS)]
+    # Touched before timing, as the ring's slots are after their first lap (a fresh zeroed
+    # buffer would charge its page faults to whichever kernel writes it first).
+    bufs = [np.ones(max(layout.result_bytes, 64), np.uint8) for _ in range(BUFFERS)]
     views = [
         chain.output_views(lambda off, dt, shape, b=b: np.ndarray(shape, dt, buffer=b, offset=off))
         for b in bufs

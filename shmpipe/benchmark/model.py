@@ -31,19 +31,18 @@ def chain_bytes_per_frame(
     """Bytes moved through memory per frame by each stage of the LAMBDA chain (reads + writes).
 
     dispatcher: read + write the compressed payload; decompress: read it, write the uint16
-    modules, plus bitshuffle's own module-sized buffer copied once more (read + write);
-    stitch: read the modules, write the float32 canvas; integrate: per module pixel the
-    float32 value, a bin index and a split coefficient (~12 B/px, bbox splitting); statistics:
-    read the canvas.
+    modules (bitshuffle decodes into the slot); stitch: read the modules, write the float32
+    canvas; integrate: per module pixel the float32 value and the packed table word (bin and
+    split weight, 8 B/px); statistics: read the canvas.
     """
     raw = modules * module_shape[0] * module_shape[1] * 2
     px = raw // 2
     img = image_px * 4
     stages = {
         "dispatcher": 2.0 * compressed,
-        "decompress": compressed + 3.0 * raw,
+        "decompress": compressed + raw,
         "stitch": raw + img,
-        "integrate": 12.0 * px,
+        "integrate": 8.0 * px,
         "stats": img,
     }
     stages["total"] = sum(stages.values())

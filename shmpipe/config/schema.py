@@ -47,6 +47,11 @@ class ConfigError(ValueError):
         where = f"{file or '<command line>'}: " + (f"{key}: " if key else "")
         super().__init__(where + message)
 
+    def __reduce__(self):
+        # Rebuilt from its parts, not from str(self): an error raised in a child process
+        # (a benchmark's, a spawned worker's) keeps one "file: key:" prefix, not two.
+        return type(self), (self.message, self.key, self.file)
+
 
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices`` to a mistyped ``word``, or ``""``."""
