@@ -12,7 +12,8 @@ import pytest
 
 from shmpipe.api.kernel import ArraySpec
 from shmpipe.observe.runs import live_runs
-from shmpipe.shm.preview import PreviewTap, is_small
+from shmpipe.shm.history import is_small
+from shmpipe.shm.preview import PreviewTap
 from tests.conftest import SMALL_SIM, wait_for
 
 SLOTS = 4

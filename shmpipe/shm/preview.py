@@ -7,15 +7,22 @@ is guarded by a generation counter (a seqlock) and a reader that lost the race r
 gives up; the writer never waits for anyone. A reader that reads the latest block in place
 (``apply``) holds it for at most ``HOLD_S``: the writer skips its copies meanwhile.
 
+Big copies go at the reader's pace: after a copy of at least ``BIG_BYTES`` (the stitched image,
+the raw modules) the writer makes the next one only once a reader has taken that one (read
+it, and so acknowledged its generation: ``acknowledge``, which ``latest``, ``apply`` and
+``raw`` call), or when it is ``fallback_s`` old (a reader that died, or one that does not
+acknowledge, slows the copies down but never stops them). A view that lags, niced on busy
+cores, therefore costs the publisher no copies it cannot show.
+
 What the tap holds
 ------------------
 - **latest**: the outputs of one published frame (by qualified name ``kernel.output``) and
   that frame's raw input parts, copied at most ``max_hz`` times a second; small outputs
   always, large ones and the raw parts only while a reader wants them (``want``, which
-  ``latest``, ``raw`` and ``apply`` call), so an unwatched pipeline pays nothing for them;
-- **history**: for every published frame, the small outputs (scalars and vectors of at most
-  ``SMALL_ELEMENTS`` elements) with stream, message id, publish time and a parameter version,
-  for the last ``history`` frames;
+  ``latest``, ``raw`` and ``apply`` call), so an unwatched pipeline pays nothing for them, and
+  big ones no faster than a reader takes them (above);
+- **history**: for every published frame, the small outputs with stream, message id, publish
+  time and a parameter version, for the last ``history`` frames (``shmpipe.shm.history``);
 - **descriptor**: the chain's declared outputs (``ArraySpec`` with unit, axis, errors), the
   parts' layout and the run's identity.
 
@@ -29,6 +36,7 @@ Reader API
 >>> tap.lookup("stats.sum", "scan1", 42)        # the value stored for one message, or None
 >>> tap.want(["stitch.image"], raw=True)        # copy these for the next 5 s
 >>> tap.apply("stitch.image", np.max)           # (stream, id, t, fn(array)) read in place
+>>> tap.acknowledge(tap.generation())           # taken: the writer may copy the next frame
 
 Writer API (the publisher)
 --------------------------
@@ -40,7 +48,6 @@ slots are freed.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import mmap
 import os
@@ -52,14 +59,19 @@ from typing import Any
 import numpy as np
 
 from shmpipe.api.kernel import ArraySpec
+from shmpipe.shm.history import History, HistoryRing
+from shmpipe.shm.taplayout import (
+    DESCRIPTOR_AT,
+    DESCRIPTOR_BYTES,
+    MAX_STREAM_NAMES,
+    META_WORDS,
+    RAW_LAYOUT_BYTES,
+    STREAM_NAME_BYTES,
+    spec_from_dict,
+    tap_layout,
+)
 
-SMALL_ELEMENTS = 64  # outputs of at most this many elements go into the history ring
 MAGIC = 0x5348_5050_5245_5631  # "SHPPREV1"
-ALIGN = 64
-MAX_STREAM_NAMES = 256
-STREAM_NAME_BYTES = 248  # + 8 bytes for the stream's number
-DESCRIPTOR_AT = 4096
-DESCRIPTOR_BYTES = 1 << 18
 
 # Control words (int64) at the start of the region.
 W_MAGIC, W_DESC_LEN, W_LATEST_GEN, W_RAW_GEN, W_WRITTEN, W_STREAMS = range(6)
@@ -69,22 +81,12 @@ W_COPIES, W_COPY_NS = 8, 9  # full copies made (latest block and raw frame) and 
 W_HOLD = 10  # time.time_ns() until which a reader reads the latest block in place
 HOLD_S = 1.0  # longest a reader can hold it (one that died reading holds it no longer)
 WANT_S = 5.0  # a reader's interest lasts this long after its last read
+W_ACK, W_RAW_ACK = 11, 12  # the latest / raw generation a reader has taken (acknowledged)
+W_WAITS = 13  # commits at which a copy was due but the last big one was not taken yet
+BIG_BYTES = 1 << 20  # a copy at least this big waits for the reader to take the last one
+FALLBACK_S = 1.0  # ... or for this long at most
 # Words of the latest block and of the raw block: generation-protected metadata.
 M_STREAM, M_MSG_ID, M_T_NS, M_VERSION, M_PARTS_LEN = range(5)
-META_WORDS = 8
-RAW_LAYOUT_BYTES = 8192
-
-
-def _round(n: int, to: int = ALIGN) -> int:
-    return (n + to - 1) // to * to
-
-
-def is_small(spec: ArraySpec) -> bool:
-    """Whether an output goes into the history ring (scalars and short vectors)."""
-    return (
-        int(np.prod(spec.shape, dtype=np.int64)) <= SMALL_ELEMENTS
-        and np.dtype(spec.dtype).kind in "biuf"
-    )
 
 
 @dataclass(frozen=True)
@@ -95,17 +97,6 @@ class RawFrame:
     message_id: int
     t: float
     parts: list[np.ndarray]
-
-
-@dataclass(frozen=True)
-class History:
-    """Rows of the history ring for one output, oldest first."""
-
-    message_id: np.ndarray
-    stream: list[str]
-    t: np.ndarray
-    version: np.ndarray
-    values: np.ndarray
 
 
 _SKIP = object()  # a seqlock reader's answer: nothing to read for this generation
@@ -133,8 +124,11 @@ class PreviewTap:
         self.run: dict[str, Any] = d["run"]
         self.history_rows: int = d["history"]
         self.max_hz: float = d["max_hz"]
-        self._specs = {s["name"]: _spec(s) for s in d["outputs"]}
-        self.part_specs = [_spec(s) for s in d["parts"]] if d["parts"] is not None else None
+        self.fallback_s: float = d.get("fallback_s", FALLBACK_S)
+        self._specs = {s["name"]: spec_from_dict(s) for s in d["outputs"]}
+        self.part_specs = (
+            [spec_from_dict(s) for s in d["parts"]] if d["parts"] is not None else None
+        )
         self.small = [n for n in d["small"]]
         self._latest_meta = np.ndarray((META_WORDS,), "<i8", buffer=buf, offset=d["latest_at"])
         names = list(self._specs)
@@ -143,6 +137,8 @@ class PreviewTap:
         self._out_gen = np.ndarray((len(names),), "<i8", buf, d["want_at"] + 8 * len(names))
         # Small outputs are always copied (the cost is nil); large ones only while wanted.
         self._always = np.array([n in d["small"] for n in names], dtype=bool)
+        self._big = np.array([self._specs[n].nbytes >= BIG_BYTES for n in names], dtype=bool)
+        self._big &= ~self._always
         self._latest = {
             name: np.ndarray(self._specs[name].shape, self._specs[name].dtype, buf, off)
             for name, off in d["latest_offsets"].items()
@@ -150,20 +146,18 @@ class PreviewTap:
         self._raw_meta = np.ndarray((META_WORDS,), "<i8", buffer=buf, offset=d["raw_at"])
         self._raw_layout = np.ndarray((RAW_LAYOUT_BYTES,), "u1", buf, d["raw_at"] + META_WORDS * 8)
         self._raw_bytes = np.ndarray((d["raw_bytes"],), "u1", buf, d["raw_data_at"])
+        self._raw_big = d["raw_bytes"] >= BIG_BYTES
         self._names = np.ndarray((MAX_STREAM_NAMES, 32), "<i8", buf, d["streams_at"])
-        h = self.history_rows
-        self._h_seq = np.ndarray((h,), "<i8", buf, d["h_seq_at"])
-        self._h_meta = np.ndarray((h, 4), "<i8", buf, d["h_meta_at"])  # id, stream, t_ns, ver
-        self._h_cols = {
-            name: np.ndarray((h, *self._specs[name].shape), self._specs[name].dtype, buf, off)
-            for name, off in d["history_offsets"].items()
-        }
+        self.ring = HistoryRing(buf, d, self._specs, self.words[W_WRITTEN : W_WRITTEN + 1])
         # Writer state (publisher process only).
         self._pending: list[tuple[int, int, int, int]] = []  # (stream no, id, slot, version)
         self._last_parts: Any = None
         self._stream_no: dict[str, int] = {}
         self._last_full = 0.0
         self._min_interval = 1.0 / self.max_hz if self.max_hz > 0 else float("inf")
+        # The generations of the last big copy (latest block, raw block; 0: none big): a
+        # reader acknowledging either lets the next big copy go.
+        self._untaken = (0, 0)
         self._slot_views: dict[str, np.ndarray] | None = None
         self.last_read_generation = 0  # of the latest block, after a successful ``latest()``
 
@@ -176,6 +170,7 @@ class PreviewTap:
         run: dict[str, Any],
         max_hz: float = 10.0,
         history: int = 100_000,
+        fallback_s: float = FALLBACK_S,
     ) -> PreviewTap:
         """Make the tap's shared memory (a nameless memfd, inherited by forked children).
 
@@ -191,53 +186,13 @@ class PreviewTap:
             Most copies of the full outputs and the raw frame per second.
         history : int
             Rows of the history ring.
+        fallback_s : float
+            Longest wait for a reader to take a big copy before the next one is made.
         """
         if history < 1:
             raise ValueError("history must be at least 1")
-        outputs = list(outputs)
-        small = [s.name for s in outputs if is_small(s)]
-        at = DESCRIPTOR_AT + DESCRIPTOR_BYTES
-        latest_at = at
-        at += META_WORDS * 8
-        want_at = at  # per output: wanted until (ns), then the generation its copy belongs to
-        at += 2 * 8 * len(outputs)
-        latest_offsets = {}
-        for s in outputs:
-            at = _round(at)
-            latest_offsets[s.name] = at
-            at += s.nbytes
-        raw_at = _round(at)
-        raw_bytes = sum(p.nbytes for p in parts) if parts else 0
-        raw_data_at = _round(raw_at + META_WORDS * 8 + RAW_LAYOUT_BYTES)
-        streams_at = _round(raw_data_at + raw_bytes)
-        h_seq_at = _round(streams_at + MAX_STREAM_NAMES * 256)
-        h_meta_at = _round(h_seq_at + history * 8)
-        at = h_meta_at + history * 32
-        history_offsets = {}
-        for s in outputs:
-            if s.name in small:
-                at = _round(at)
-                history_offsets[s.name] = at
-                at += s.nbytes * history
-        total = _round(at, 4096)
-        descriptor = {
-            "run": run,
-            "history": history,
-            "max_hz": max_hz,
-            "outputs": [_spec_dict(s) for s in outputs],
-            "parts": None if parts is None else [_spec_dict(p) for p in parts],
-            "small": small,
-            "latest_at": latest_at,
-            "want_at": want_at,
-            "latest_offsets": latest_offsets,
-            "raw_at": raw_at,
-            "raw_data_at": raw_data_at,
-            "raw_bytes": raw_bytes,
-            "streams_at": streams_at,
-            "h_seq_at": h_seq_at,
-            "h_meta_at": h_meta_at,
-            "history_offsets": history_offsets,
-        }
+        settings = {"max_hz": max_hz, "fallback_s": fallback_s}
+        descriptor, total = tap_layout(outputs, parts, run, settings, history)
         raw_desc = json.dumps(descriptor).encode()
         if len(raw_desc) > DESCRIPTOR_BYTES:
             raise ValueError("the chain declares too many outputs for the preview descriptor")
@@ -282,9 +237,10 @@ class PreviewTap:
         return cls(buf, None, writable=False)
 
     def close(self) -> None:
-        self._latest = self._h_cols = {}
+        self._latest = {}
+        self.ring.close()
         self.words = self._latest_meta = self._raw_meta = self._raw_layout = None  # type: ignore
-        self._raw_bytes = self._names = self._h_seq = self._h_meta = None  # type: ignore
+        self._raw_bytes = self._names = self._wanted = self._out_gen = None  # type: ignore
         try:
             self._map.close()
         except (BufferError, ValueError):
@@ -333,24 +289,40 @@ class PreviewTap:
             return
         w = self.words
         now_ns = time.time_ns()
-        if self.small and self._slot_views is not None:
-            self._write_history(pending, now_ns)
-        else:
-            self._write_history_meta(pending, now_ns)
+        self.ring.write(pending, now_ns, self._slot_views)
         mono = time.monotonic()
         # While a reader reads the latest block in place (``apply``) the writer skips its
         # copies rather than overwrite what is being read: it saves the copy, never waits,
         # and writes the frame of the next commit once the reader is done.
         if mono - self._last_full >= self._min_interval and int(w[W_HOLD]) < now_ns:
-            self._last_full = mono
-            no, mid, slot, version = pending[-1]
-            t0 = time.perf_counter_ns()
-            self._write_latest(no, mid, slot, version, now_ns, result)
-            self._write_raw(no, mid, slot, version, now_ns, part_view)
-            w[W_COPY_NS] += time.perf_counter_ns() - t0
-            w[W_COPIES] += 1
+            if self._may_copy(now_ns, mono - self._last_full):
+                self._last_full = mono
+                no, mid, slot, version = pending[-1]
+                t0 = time.perf_counter_ns()
+                big = self._write_latest(no, mid, slot, version, now_ns, result)
+                raw = self._write_raw(no, mid, slot, version, now_ns, part_view)
+                self._untaken = (
+                    int(w[W_LATEST_GEN]) if big else 0,
+                    int(w[W_RAW_GEN]) if raw and self._raw_big else 0,
+                )
+                w[W_COPY_NS] += time.perf_counter_ns() - t0
+                w[W_COPIES] += 1
+            else:
+                w[W_WAITS] += 1
         w[W_COMMITS] += 1
         pending.clear()
+
+    def _may_copy(self, now_ns: int, since_s: float) -> bool:
+        """Whether a copy may go now: the last big one was taken by a reader, or is
+        ``fallback_s`` old, or this one would not be big (small outputs only)."""
+        latest, raw = self._untaken
+        if not (latest or raw) or since_s >= self.fallback_s:
+            return True
+        w = self.words
+        if (latest and int(w[W_ACK]) >= latest) or (raw and int(w[W_RAW_ACK]) >= raw):
+            return True
+        raw_wanted = self._raw_big and int(w[W_RAW_WANTED]) > now_ns
+        return not (raw_wanted or bool(np.any(self._big & (self._wanted > now_ns))))
 
     def _new_stream(self, stream: str) -> int:
         no = int(self.words[W_STREAMS])
@@ -366,31 +338,8 @@ class PreviewTap:
         row[0] = no
         return no
 
-    def _rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        written = int(self.words[W_WRITTEN])
-        seqs = np.arange(written + 1, written + n + 1, dtype=np.int64)
-        return seqs, (seqs - 1) % self.history_rows
-
-    def _write_history_meta(self, pending, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
-        seqs, rows = self._rows(len(pending))
-        self._h_seq[rows] = 0  # invalid while rewritten: a reader that copied them drops them
-        meta = np.array(pending, dtype=np.int64)
-        self._h_meta[rows, 0] = meta[:, 1]
-        self._h_meta[rows, 1] = meta[:, 0]
-        self._h_meta[rows, 2] = now_ns
-        self._h_meta[rows, 3] = meta[:, 3]
-        return seqs, rows
-
-    def _write_history(self, pending, now_ns: int) -> None:
-        seqs, rows = self._write_history_meta(pending, now_ns)
-        slots = np.fromiter((p[2] for p in pending), np.int64, len(pending))
-        assert self._slot_views is not None
-        for name, col in self._h_cols.items():
-            col[rows] = self._slot_views[name][slots]
-        self._h_seq[rows] = seqs
-        self.words[W_WRITTEN] = int(seqs[-1])
-
-    def _write_latest(self, no, mid, slot, version, now_ns, result) -> None:
+    def _write_latest(self, no, mid, slot, version, now_ns, result) -> bool:
+        """Write the latest block; whether it carried a big output."""
         meta, w = self._latest_meta, self.words
         copy = self._always | (self._wanted > now_ns)
         done = int(w[W_LATEST_GEN]) + 2  # the generation once this write is complete
@@ -401,11 +350,13 @@ class PreviewTap:
                 self._out_gen[i] = done
         meta[M_STREAM], meta[M_MSG_ID], meta[M_T_NS], meta[M_VERSION] = no, mid, now_ns, version
         w[W_LATEST_GEN] += 1
+        return bool(np.any(copy & self._big))
 
-    def _write_raw(self, no, mid, slot, version, now_ns, part_view) -> None:
+    def _write_raw(self, no, mid, slot, version, now_ns, part_view) -> bool:
+        """Write the raw block if a reader wants it; whether it did."""
         layout = self._last_parts
         if not layout or not len(self._raw_bytes) or self.words[W_RAW_WANTED] <= now_ns:
-            return
+            return False
         meta, w = self._raw_meta, self.words
         w[W_RAW_GEN] += 1
         at, kept = 0, []
@@ -422,6 +373,7 @@ class PreviewTap:
         meta[M_STREAM], meta[M_MSG_ID], meta[M_T_NS], meta[M_VERSION] = no, mid, now_ns, version
         meta[M_PARTS_LEN] = len(enc)
         w[W_RAW_GEN] += 1
+        return True
 
     # -- reader -------------------------------------------------------------------------
     def outputs(self) -> dict[str, ArraySpec]:
@@ -442,12 +394,29 @@ class PreviewTap:
 
     def written(self) -> int:
         """History rows written so far (all frames published since the start)."""
-        return int(self.words[W_WRITTEN])
+        return self.ring.written()
 
     def copy_cost(self) -> tuple[int, float]:
         """Full copies the publisher made (latest outputs and raw frame) and the seconds
         they took: what the tap costs the pipeline beyond its history rows."""
         return int(self.words[W_COPIES]), int(self.words[W_COPY_NS]) / 1e9
+
+    def copy_waits(self) -> int:
+        """Commits at which a copy was due but waited for a reader to take the last big one."""
+        return int(self.words[W_WAITS])
+
+    def acknowledge(self, generation: int | None = None, raw: int | None = None) -> None:
+        """Tell the writer this reader has taken the latest block of ``generation`` (and
+        the raw block of generation ``raw``): the next big copy may go. None for
+        ``generation``: the current one. ``latest``, ``apply`` and ``raw`` call this."""
+        w = self.words
+        g = int(w[W_LATEST_GEN]) if generation is None else generation
+        # Never backwards (a slower reader acknowledging an older frame); two readers may
+        # still race here, and then the writer's fallback interval covers it.
+        if int(w[W_ACK]) < g:
+            w[W_ACK] = g
+        if raw is not None and int(w[W_RAW_ACK]) < raw:
+            w[W_RAW_ACK] = raw
 
     def stream_name(self, no: int) -> str:
         row = self._names[no % MAX_STREAM_NAMES]
@@ -459,22 +428,29 @@ class PreviewTap:
         """Ask the writer to copy these large outputs (and the raw frame) for the next
         ``seconds``. Small outputs are always copied; large ones only while wanted, so a
         pipeline nobody watches pays nothing for them. ``latest`` and ``raw`` call this."""
-        until = time.time_ns() + int(seconds * 1e9)
+        now = time.time_ns()
+        until = now + int(seconds * 1e9)
+        fresh = False  # a big copy nobody wanted until now: there is nothing to take first
         for n in names:
             i = self._index[n]
             if not self._always[i] and self._wanted[i] < until - 1e9:
+                fresh |= bool(self._big[i] and self._wanted[i] <= now)
                 self._wanted[i] = until  # rewritten at most once a second
         if raw and self.words[W_RAW_WANTED] < until - 1e9:
+            fresh |= self._raw_big and int(self.words[W_RAW_WANTED]) <= now
             self.words[W_RAW_WANTED] = until
+        if fresh:
+            self.acknowledge(raw=int(self.words[W_RAW_GEN]))
 
     def latest(
-        self, names: Sequence[str] | None = None, tries: int = 50
+        self, names: Sequence[str] | None = None, tries: int = 50, ack: bool = True
     ) -> tuple[str, int, float, dict[str, np.ndarray]] | None:
         """The latest frame's outputs (copies): ``(stream, message_id, t, {name: array})``.
 
         None before the first frame. ``names`` limits the copy to those outputs. A large
         output that nobody asked for recently is not copied by the writer: it is missing
-        from the result until the next frame after this call (``want``).
+        from the result until the next frame after this call (``want``). With ``ack``, a
+        big output copied acknowledges the frame (``acknowledge``).
 
         Raises
         ------
@@ -505,12 +481,15 @@ class PreviewTap:
             return None
         g, m, arrays = got
         self.last_read_generation = g
+        if ack and any(self._big[self._index[n]] for n in arrays):
+            self.acknowledge(g)
         return self.stream_name(int(m[M_STREAM])), int(m[M_MSG_ID]), m[M_T_NS] / 1e9, arrays
 
     def apply(self, name: str, fn: Callable[[np.ndarray], Any], tries: int = 20):
         """``fn`` applied to one output of the latest frame in place (no copy):
         ``(stream, message_id, t, fn(array))``, or None when the output was not copied for
-        the latest frame (ask with ``want``; the next frame brings it).
+        the latest frame (ask with ``want``; the next frame brings it). Once ``fn`` is done
+        the frame is acknowledged (``acknowledge``).
 
         ``fn`` must only read; the writer skips its copies while ``fn`` runs (for at most
         ``HOLD_S``), and if it rewrote the block all the same ``fn`` runs again. This is how
@@ -528,6 +507,8 @@ class PreviewTap:
                 f"the latest frame changed during every read of {name!r}",
                 tries,
             )
+            if got is not None:
+                self.acknowledge(got[0])
         finally:
             self.words[W_HOLD] = 0
         if got is None:
@@ -536,7 +517,8 @@ class PreviewTap:
         return self.stream_name(int(m[M_STREAM])), int(m[M_MSG_ID]), m[M_T_NS] / 1e9, result
 
     def raw(self, tries: int = 50) -> RawFrame | None:
-        """The latest raw frame's parts (copies), or None (none yet, or not kept)."""
+        """The latest raw frame's parts (copies), or None (none yet, or not kept); the raw
+        frame is acknowledged (``acknowledge``)."""
         if not len(self._raw_bytes):
             return None
         self.want(raw=True)
@@ -550,7 +532,8 @@ class PreviewTap:
         )
         if got is None:
             return None
-        _, m, (layout, data) = got
+        g, m, (layout, data) = got
+        self.acknowledge(0, raw=g)
         parts = [
             data[at : at + int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize]
             .view(dt)
@@ -592,23 +575,7 @@ class PreviewTap:
         Rows being rewritten while copied are left out. Raises KeyError for an output that
         is not kept in the history (see :func:`is_small`).
         """
-        col = self._h_cols.get(name)
-        if col is None:
-            raise KeyError(f"{name!r} is not in the history (kept: {', '.join(self.small)})")
-        written = int(self.words[W_WRITTEN])
-        n = min(written, self.history_rows, self.history_rows if last is None else max(0, last))
-        seqs = np.arange(written - n + 1, written + 1, dtype=np.int64)
-        rows = (seqs - 1) % self.history_rows
-        values, meta = col[rows], self._h_meta[rows]
-        ok = self._h_seq[rows] == seqs
-        names = {no: self.stream_name(int(no)) for no in np.unique(meta[ok, 1])}
-        return History(
-            message_id=meta[ok, 0],
-            stream=[names[no] for no in meta[ok, 1]],
-            t=meta[ok, 2] / 1e9,
-            version=meta[ok, 3],
-            values=values[ok],
-        )
+        return self.ring.read(name, last, self.stream_name)
 
     def lookup(self, name: str, stream: str, message_id: int) -> np.ndarray | None:
         """The value of a small output stored for one message, or None if not kept."""
@@ -618,13 +585,3 @@ class PreviewTap:
             if h.stream[i] == stream:
                 return h.values[i]
         return None
-
-
-def _spec_dict(s: ArraySpec) -> dict[str, Any]:
-    d = dataclasses.asdict(s)
-    d["shape"] = list(s.shape)
-    return d
-
-
-def _spec(d: dict[str, Any]) -> ArraySpec:
-    return ArraySpec(**{**d, "shape": tuple(d["shape"])})

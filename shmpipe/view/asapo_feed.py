@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from shmpipe.api.kernel import ArraySpec
-from shmpipe.shm.preview import SMALL_ELEMENTS, History, RawFrame
+from shmpipe.shm.history import SMALL_ELEMENTS, History
+from shmpipe.shm.preview import RawFrame
 from shmpipe.view.feed import Counters, Snapshot
 
 log = logging.getLogger("shmpipe.view.asapo")

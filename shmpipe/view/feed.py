@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from shmpipe.api.kernel import ArraySpec
+from shmpipe.shm.history import History
 from shmpipe.shm.layout import (
     FREE,
     P_ERRORS,
@@ -26,7 +27,7 @@ from shmpipe.shm.layout import (
     PS_BUSY,
     STATE,
 )
-from shmpipe.shm.preview import History, PreviewTap, RawFrame, TapBusy
+from shmpipe.shm.preview import PreviewTap, RawFrame, TapBusy
 
 IN_PLACE_TRIES = 2  # reads of an output in place before a copy is read instead
 
@@ -203,7 +204,11 @@ class TapFeed:
             ring_used=int(np.count_nonzero(table[:, STATE] != FREE)),
             workers=workers,
             workers_busy=int(np.count_nonzero(states == PS_BUSY)),
-            extra={"tap_copies": copies, "tap_copy_s": round(copy_s, 6)},
+            extra={
+                "tap_copies": copies,
+                "tap_copy_s": round(copy_s, 6),
+                "tap_waits": self.tap.copy_waits(),
+            },
         )
 
     def close(self) -> None:
