@@ -30,7 +30,7 @@ def main(port: int, image: str, seconds: float, out: str) -> None:
             time.sleep(0.1)  # the pipeline is still starting
     view = next((r for r in live_runs() if r.get("view_pid")), {})
     proc = psutil.Process(view["view_pid"]) if view else None
-    latencies, seen, status = [], set(), {}
+    latencies, seen, status, first_status = [], set(), {}, {}
 
     def cpu_s() -> float:
         try:
@@ -56,6 +56,7 @@ def main(port: int, image: str, seconds: float, out: str) -> None:
             n = struct.unpack(">I", msg[:4])[0]
             header = json.loads(msg[4 : 4 + n])
             status = header.get("status") or status
+            first_status = first_status or status
             mid = header.get("message_id")
             if mid is not None and "image" in header and mid not in seen:
                 seen.add(mid)
@@ -72,6 +73,7 @@ def main(port: int, image: str, seconds: float, out: str) -> None:
             "elapsed_s": elapsed,
             "images": images,
             "status": status,
+            "first_status": first_status,  # the tap's counters at the start of the window
         }
         json.dump(doc, f)
 
