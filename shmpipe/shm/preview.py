@@ -17,7 +17,8 @@ cores, therefore costs the publisher no copies it cannot show.
 What the tap holds
 ------------------
 - **latest**: the outputs of one published frame (by qualified name ``kernel.output``) and
-  that frame's raw input parts, copied at most ``max_hz`` times a second; small outputs
+  that frame's raw input parts, copied at most ``max_hz`` times a second (on average: two
+  copies can be half a period apart, so that frames at that rate are all copied); small outputs
   always, large ones and the raw parts only while a reader wants them (``want``, which
   ``latest``, ``raw`` and ``apply`` call), so an unwatched pipeline pays nothing for them, and
   big ones no faster than a reader takes them (above);
@@ -155,6 +156,7 @@ class PreviewTap:
         self._stream_no: dict[str, int] = {}
         self._last_full = 0.0
         self._min_interval = 1.0 / self.max_hz if self.max_hz > 0 else float("inf")
+        self._due = 0.0  # monotonic time from which the next copy may go (see ``_schedule``)
         # The generations of the last big copy (latest block, raw block; 0: none big): a
         # reader acknowledging either lets the next big copy go.
         self._untaken = (0, 0)
@@ -294,9 +296,9 @@ class PreviewTap:
         # While a reader reads the latest block in place (``apply``) the writer skips its
         # copies rather than overwrite what is being read: it saves the copy, never waits,
         # and writes the frame of the next commit once the reader is done.
-        if mono - self._last_full >= self._min_interval and int(w[W_HOLD]) < now_ns:
+        if mono >= self._due and int(w[W_HOLD]) < now_ns:
             if self._may_copy(now_ns, mono - self._last_full):
-                self._last_full = mono
+                self._schedule(mono)
                 no, mid, slot, version = pending[-1]
                 t0 = time.perf_counter_ns()
                 big = self._write_latest(no, mid, slot, version, now_ns, result)
@@ -311,6 +313,15 @@ class PreviewTap:
                 w[W_WAITS] += 1
         w[W_COMMITS] += 1
         pending.clear()
+
+    def _schedule(self, mono: float) -> None:
+        """Set when the next copy may go: one period after this one's due time, so that a
+        frame rate equal to ``max_hz`` (a 10 Hz source), whose commits come a little early
+        or late, is copied every frame rather than every other; never sooner than half a
+        period from now. On average at most ``max_hz`` copies a second."""
+        self._last_full = mono
+        period = self._min_interval
+        self._due = max(self._due + period, mono + period / 2)
 
     def _may_copy(self, now_ns: int, since_s: float) -> bool:
         """Whether a copy may go now: the last big one was taken by a reader, or is
