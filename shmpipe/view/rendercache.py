@@ -2,8 +2,9 @@
 
 Ten browsers watching the same image cost one render per frame, not ten; and however many
 ask, one image with one set of parameters is rendered at most once per ``min_interval_s``
-(the view's ``max_hz``): a request that comes sooner gets the last render, even if a newer
-frame has arrived. Requests that arrive while a render runs wait for that render.
+(the view's ``max_hz``; less ``SLACK``): a request that comes sooner gets the last render,
+even if a newer frame has arrived. Requests that arrive while a render runs wait for that
+render.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
+
+# A request up to a fifth of the interval early still gets a new render: the frames of a
+# source at max_hz come a little early or late, and each should be shown.
+SLACK = 0.8
 
 
 @dataclass
@@ -47,7 +52,7 @@ class RenderCache:
         now = time.monotonic()
         entry = self._entries.get(key)
         if entry is not None and not _failed(entry.task):
-            if entry.version == version or now - entry.started < self.min_interval_s:
+            if entry.version == version or now - entry.started < SLACK * self.min_interval_s:
                 self._entries.move_to_end(key)
                 return await asyncio.shield(entry.task)
         entry = _Entry(version, now, asyncio.ensure_future(make()))

@@ -470,9 +470,12 @@ def create_app(feed: Feed, options: ViewOptions | None = None) -> Starlette:
                 async with state.changed:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(state.changed.wait(), timeout=1.0)
+                # Paced from the start of the last message, not its end: the render's time
+                # is not added to the period (10 images/s from a 10 Hz source, not 8).
                 wait = sent_at + 1.0 / state.options.max_fps - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                started = time.monotonic()
                 g = state.generation
                 header: dict[str, Any] = {"status": state.status()}
                 png = b""
@@ -493,7 +496,7 @@ def create_app(feed: Feed, options: ViewOptions | None = None) -> Starlette:
                     sent_gen = g
                 raw = json.dumps(header).encode()
                 await websocket.send_bytes(struct.pack(">I", len(raw)) + raw + png)
-                sent_at = time.monotonic()
+                sent_at = started
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
