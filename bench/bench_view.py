@@ -32,7 +32,7 @@ from bench.conftest import report
 from shmpipe.benchmark import percentiles, run_pipeline, sim_parts_lz4, sim_source
 
 WORKERS = (1, 2)  # a spare core for the view (as on a node), and every core busy
-OTHER_NICE = 19  # the view's priority compared with the default (``view.nice``)
+OTHER_NICE = 10  # the view's priority compared with the default (``view.nice`` = 19)
 
 
 def _free_port() -> int:

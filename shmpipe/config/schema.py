@@ -167,7 +167,8 @@ class ViewSection:
     host: str = "127.0.0.1"
     """Address the view listens on; the default admits this machine only."""
     max_hz: float = 10.0
-    """Most copies per second of the full outputs and the raw frame into the preview tap."""
+    """Most copies per second of the full outputs and the raw frame into the preview tap; a
+    copy of 1 MiB or more also waits until a reader has taken the last one (at most 1 s)."""
     history: int = 100000
     """Frames whose small outputs (scalars, short vectors) the preview tap keeps."""
     zmq: str = ""
@@ -176,9 +177,10 @@ class ViewSection:
     """Output shown as the image by default (and sent to lavue); empty: the first 2-D one."""
     tap: bool = True
     """Keep the preview tap (for views and the Tango device); false: none at all."""
-    nice: int = 10
+    nice: int = 19
     """Niceness added to the view process started with the run (0..19): when the cores are
-    busy it yields them to the workers and skips images instead."""
+    busy it yields them to the workers and shows fewer images instead (lower: more images on
+    busy cores, at some of the workers' throughput)."""
 
 
 SECTIONS: dict[str, type] = {

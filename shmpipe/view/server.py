@@ -48,7 +48,7 @@ from shmpipe.view.colormaps import COLORMAPS
 from shmpipe.view.feed import Feed, RateMeter, Snapshot
 from shmpipe.view.rawbin import render_parts
 from shmpipe.view.render import RenderError, RenderParams, render
-from shmpipe.view.rendercache import RenderCache
+from shmpipe.view.rendercache import SLACK, RenderCache
 
 log = logging.getLogger("shmpipe.view")
 STATIC = Path(__file__).parent / "static"
@@ -470,9 +470,10 @@ def create_app(feed: Feed, options: ViewOptions | None = None) -> Starlette:
                 async with state.changed:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(state.changed.wait(), timeout=1.0)
-                # Paced from the start of the last message, not its end: the render's time
-                # is not added to the period (10 images/s from a 10 Hz source, not 8).
-                wait = sent_at + 1.0 / state.options.max_fps - time.monotonic()
+                # Paced from the start of the last message, not its end, with the render
+                # cache's slack: neither the render's time nor a frame's lateness is added
+                # to the next one's (10 images/s from a 10 Hz source, not 8).
+                wait = sent_at + SLACK / state.options.max_fps - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
                 started = time.monotonic()
