@@ -123,8 +123,17 @@ def test_view_api_against_a_running_pipeline(tmp_path):
         code, body, headers = rv.get("/api/image/raw.png?module=3&width=64")
         assert code == 200 and headers["X-Shape"] == "48,64"
         assert _png_indices(body).shape == (48, 64)
-        code, body, headers = rv.get("/api/image/raw.png?width=100")
-        assert code == 200 and headers["X-Shape"] == "204,200"  # 4 x 3 modules with 4 px gaps
+        # The raw frame is laid out with the chain's geometry file, as the stitched image:
+        # at full resolution and with every value above vmax, module pixels show the top
+        # colour and the gaps (NaN) the bottom one, exactly where the geometry puts them.
+        code, body, headers = rv.get("/api/image/raw.png?width=194&vmin=-1&vmax=0")
+        assert code == 200 and headers["X-Shape"] == "228,194", headers["X-Shape"]
+        from native_kernels.geometry import DetectorGeometry
+
+        modules = DetectorGeometry.from_file(tmp_path / "geometry.json").valid_mask()
+        idx = _png_indices(body)
+        np.testing.assert_array_equal(idx == 255, modules)
+        assert (idx[~modules] == 0).all()
 
         code, px = rv.get_json("/api/pixel/stitch.image?x=5&y=7")
         assert code == 200 and isinstance(px["value"], float) and px["message_id"] >= first
@@ -285,6 +294,7 @@ def test_view_config_is_checked_before_anything_starts():
         ("view.nice", "20", "0..19"),
         ("view.zmq", '"localhost:5555"', "ZeroMQ address"),
         ("view.colour", '"red"', "view.colour"),
+        ("view.geometry", '"/no/such/geometry.json"', "cannot read geometry file"),
     ]:
         with pytest.raises(ConfigError, match=words):
             load_config(overrides=[f"{key}={value}"])

@@ -49,6 +49,12 @@ def test_one_view_shows_what_every_node_of_a_group_published(asapo, tmp_path):  
         {"kind": "hdf5", "output": str(tmp_path / "out_{stream}_{run}.h5")},
     ]
     cfg = _write_toml(tmp_path / "shared.toml", raw)
+    # The detector's layout for the raw view: the simulator's 12 modules of SHAPE.
+    from shmpipe.plugins.sources.sim import SimParams, sim_geometry
+
+    layout = sim_geometry(SimParams(module_shape=SHAPE, modules=12))
+    geometry_file = tmp_path / "geometry.json"
+    layout.to_file(geometry_file)
     nodes = [_run_cli(cfg, "node-a"), _run_cli(cfg, "node-b")]
     port = free_port()
     view = producer = None
@@ -75,6 +81,8 @@ def test_one_view_shows_what_every_node_of_a_group_published(asapo, tmp_path):  
                 "detector",
                 "--raw-part-shape",
                 ",".join(map(str, SHAPE)),
+                "--geometry",
+                str(geometry_file),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -104,6 +112,7 @@ def test_one_view_shows_what_every_node_of_a_group_published(asapo, tmp_path):  
         assert outs["stats.sum"]["unit"] == "counts"
         code, _, headers = _get(url + "/api/image/raw.png?width=64")
         assert code == 200 and int(headers["X-Message-Id"]) >= 1  # get_last of the detector
+        assert headers["X-Shape"] == ",".join(map(str, layout.shape))  # placed by --geometry
         assert _get(url + "/api/image/raw.png?module=0")[2]["X-Shape"] == ",".join(map(str, SHAPE))
     finally:
         if producer is not None and producer.poll() is None:

@@ -181,6 +181,9 @@ class ViewSection:
     """Niceness added to the view process started with the run (0..19): when the cores are
     busy it yields them to the workers and shows fewer images instead (lower: more images on
     busy cores, at some of the workers' throughput)."""
+    geometry: str = ""
+    """Detector geometry file the raw frame is assembled with; empty: the ``geometry`` of
+    the first kernel that has one, else the built-in layout (LAMBDA 9M for its 12 modules)."""
 
 
 SECTIONS: dict[str, type] = {
@@ -607,6 +610,14 @@ def _checked_view(view: ViewSection, file: str | None) -> ViewSection:
         )
     if (view.port or view.zmq) and not view.tap:
         raise ConfigError("a view needs the preview tap (view.tap = true)", "view.tap", file)
+    if view.geometry:
+        from native_kernels.geometry import load_geometry
+
+        try:
+            load_geometry(view.geometry)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            text = str(exc) if view.geometry in str(exc) else f"{view.geometry}: {exc}"
+            raise ConfigError(text, "view.geometry", file) from None
     return view
 
 

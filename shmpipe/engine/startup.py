@@ -206,6 +206,18 @@ def ring_geometry(config: PipelineConfig, layout: SourceLayout, chain: ChainLayo
     return geometry
 
 
+def raw_geometry(cfg: PipelineConfig) -> str:
+    """The geometry file a view assembles the raw frame with (absolute path; "" for the
+    built-in layout): ``view.geometry``, else the first kernel's ``geometry`` file."""
+    candidates = [cfg.view.geometry] + [
+        getattr(k.params, "geometry", "") for k in cfg.kernels if not cfg.view.geometry
+    ]
+    for g in candidates:
+        if isinstance(g, str) and g and os.path.isfile(g):
+            return os.path.abspath(g)
+    return ""
+
+
 def _preview_tap(cfg: PipelineConfig, layout, src_layout, run_info: RunInfo, ring: SlotRing):
     """The preview tap that views and the Tango device read (none with view.tap = false)."""
     if not cfg.view.tap:
@@ -217,6 +229,7 @@ def _preview_tap(cfg: PipelineConfig, layout, src_layout, run_info: RunInfo, rin
         "chain": run_info.chain,
         "config": cfg.path,
         "config_hash": run_info.config_hash,
+        "geometry": raw_geometry(cfg),
     }
     try:
         return PreviewTap.create(

@@ -63,6 +63,7 @@ class AsapoFeed:
         self._finished: set[tuple[str, str]] = set()
         self.records = 0
         self.nodes: set[str] = set()
+        self.geometry = None  # the detector layout of the raw modules (``--geometry``)
         self._stop = threading.Event()
         self.part_specs = None
         if raw_source:

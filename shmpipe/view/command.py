@@ -33,6 +33,12 @@ def add_parser(sub) -> None:
         "--raw-part-shape", default="516,1556", help="rows,columns of one raw module (516,1556)"
     )
     a.add_argument("--raw-dtype", default="uint16", help="dtype of the raw modules (uint16)")
+    a.add_argument(
+        "--geometry",
+        metavar="FILE",
+        default="",
+        help="detector geometry file the raw modules are placed with (default: built-in layout)",
+    )
     a.add_argument("--token", default="", help="ASAPO token")
     a.add_argument("--group", default="", help="consumer group (default: a new one)")
     view.set_defaults(func=cmd_view)
@@ -60,6 +66,15 @@ def cmd_view(args: argparse.Namespace) -> int:
         except ValueError:
             print("shmpipe view: --raw-part-shape takes ROWS,COLUMNS", file=sys.stderr)
             return 2
+        geometry = None
+        if args.geometry:
+            from native_kernels.geometry import load_geometry
+
+            try:
+                geometry = load_geometry(args.geometry)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                print(f"shmpipe view: --geometry: {exc}", file=sys.stderr)
+                return 2
         try:
             feed = AsapoFeed(
                 args.asapo,
@@ -75,6 +90,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - wrong endpoint, beamtime or token
             print(f"shmpipe view: cannot read ASAPO: {exc}", file=sys.stderr)
             return 1
+        feed.geometry = geometry
     else:
         from shmpipe.view.feed import TapFeed
 

@@ -7,6 +7,7 @@ needs nothing else, so the ASAPO feed (``shmpipe.view.asapo_feed``) serves the s
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ from shmpipe.shm.layout import (
 from shmpipe.shm.preview import PreviewTap, RawFrame, TapBusy
 
 IN_PLACE_TRIES = 2  # reads of an output in place before a copy is read instead
+
+
+log = logging.getLogger("shmpipe.view")
 
 
 @dataclass
@@ -80,6 +84,7 @@ class TapFeed:
         self.tap, self.table, self.procs, self.workers = tap, table, procs, workers
         self.run_name = str(tap.run.get("name", ""))
         self.part_specs = tap.part_specs
+        self.geometry = _run_geometry(str(tap.run.get("geometry") or ""))
         self._lock = threading.Lock()
         self._snap: Snapshot | None = None
         self._raw: tuple[int, RawFrame | None] = (-1, None)
@@ -218,6 +223,20 @@ class TapFeed:
         if self._on_close is not None:
             self._on_close()
             self._on_close = None
+
+
+def _run_geometry(path: str):
+    """The run's detector geometry (a ``DetectorGeometry``), or None: no file named, or one
+    that cannot be read now (logged; the view then uses its built-in layout)."""
+    if not path:
+        return None
+    from native_kernels.geometry import load_geometry
+
+    try:
+        return load_geometry(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("view: geometry %s not usable (%s); raw frames in a built-in layout", path, exc)
+        return None
 
 
 class RateMeter:

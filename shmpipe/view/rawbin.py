@@ -130,14 +130,14 @@ def render_parts(
 ) -> tuple[Rendered, tuple[int, int]]:
     """The rendered raw frame and the assembled image's shape, binned from the modules.
 
-    ``geometry`` defaults to the one ``assemble`` uses for these parts; parts of other
-    kinds (one image, modules of different shapes) are assembled and rendered as an image.
+    ``geometry`` (the run's, if any) is used when it fits the parts, as in ``assemble``;
+    parts of other kinds (one image, modules of different shapes) are assembled and rendered
+    as an image.
     """
     if not uniform_modules(parts):
-        image = assemble(parts)
+        image = assemble(parts, geometry)
         return render(image, params), image.shape
-    if geometry is None:
-        geometry = geometry_for(len(parts), parts[0].shape)
+    geometry = geometry_for(len(parts), parts[0].shape, geometry)
     region = clip_region(geometry.shape, params.region)
     factor = bin_factor(region[2] - region[0], params)
     values = bin_modules(parts, geometry, factor, region, params.binning == "max")

@@ -79,6 +79,7 @@ class ViewState:
     def __init__(self, feed: Feed, options: ViewOptions) -> None:
         self.feed, self.options = feed, options
         self.specs = feed.outputs()
+        self.geometry = getattr(feed, "geometry", None)  # the run's detector layout, if known
         self.kinds = kinds(self.specs)
         self.rates = RateMeter()
         self.rate_in = self.rate_out = 0.0
@@ -124,7 +125,7 @@ class ViewState:
                 return stream, mid, np.atleast_2d(parts[module])
             from shmpipe.view.assemble import assemble
 
-            return stream, mid, assemble(parts)
+            return stream, mid, assemble(parts, self.geometry)
         self._known(name, ("image",))
         if module is not None:
             raise ApiError(400, "module applies to the raw image only")
@@ -151,13 +152,13 @@ class ViewState:
         if name == RAW:
             raw = self.feed.raw()
             if raw is not None:
-                return raw.stream, raw.message_id, render_parts(raw.parts, params)
+                return raw.stream, raw.message_id, render_parts(raw.parts, params, self.geometry)
             if self.raw_stack is None:
                 raise ApiError(503, "no raw frame kept yet (or the source declares no layout)")
             name = self.raw_stack
 
         def draw(stack):
-            return render_parts(list(stack), params)
+            return render_parts(list(stack), params, self.geometry)
 
         if hasattr(self.feed, "apply"):
             got = self.feed.apply(name, draw)
