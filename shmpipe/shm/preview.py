@@ -185,7 +185,7 @@ class PreviewTap:
         run : dict
             The run's identity (name, pid, chain, config ...), JSON-serialisable.
         max_hz : float
-            Most copies of the full outputs and the raw frame per second.
+            Most copies of the full outputs and the raw frame per second (on average).
         history : int
             Rows of the history ring.
         fallback_s : float
