@@ -75,6 +75,13 @@ def _remove(removed, b, c, w):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _remove_split(removed, b, c0, c1, w):
+    """A masked split pixel takes its static parts back out of bins ``b`` and ``b + 1``."""
+    _remove(removed, b, c0, w)
+    _remove(removed, b + 1, c1, w)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _is_bad(raw, sig, check_dummy, dummy, delta_dummy):
     if sig - sig != 0.0:  # NaN or inf; constant-folded away for integer images
         return True
@@ -170,9 +177,7 @@ def bbox_lean(img, base, s0, bins, coef, norm, dummy, poisson, nbins, acc, remov
             c1 = 1.0 - c0
             if v - v != 0.0 or v == dummy:
                 if b < nbins:
-                    w = np.float64(norm[r, c])
-                    _remove(removed, b, c0, w)
-                    _remove(removed, b + 1, c1, w)
+                    _remove_split(removed, b, c0, c1, np.float64(norm[r, c]))
                 continue
             # The variance is summed even when unused: no branch on ``poisson`` in the loop.
             var = max(v, 1.0)
@@ -203,9 +208,7 @@ def bbox_lean_words(img, base, s0, words, norm, dummy, nbins, acc, removed):
             c0 = 1.0 - c1
             if v - v != 0.0 or v == dummy:
                 if b < nbins:
-                    wn = np.float64(norm[r, c])
-                    _remove(removed, b, c0, wn)
-                    _remove(removed, b + 1, c1, wn)
+                    _remove_split(removed, b, c0, c1, np.float64(norm[r, c]))
                 continue
             var = max(v, 1.0)
             at = (c & (NCOPY - 1)) * stride + 2 * b
