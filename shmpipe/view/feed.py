@@ -16,18 +16,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from shmpipe.api.kernel import ArraySpec
+from shmpipe.observe.snapshot import Snapshot as RunTotals
 from shmpipe.shm.history import History
-from shmpipe.shm.layout import (
-    FREE,
-    P_ERRORS,
-    P_FRAMES,
-    P_STATE,
-    PROC_DISPATCHER,
-    PROC_FIRST_WORKER,
-    PROC_PUBLISHER,
-    PS_BUSY,
-    STATE,
-)
+from shmpipe.shm.layout import PROC_FIRST_WORKER
 from shmpipe.shm.preview import PreviewTap, RawFrame, TapBusy
 
 IN_PLACE_TRIES = 2  # reads of an output in place before a copy is read instead
@@ -197,18 +188,19 @@ class TapFeed:
         return list(self.tap.small)
 
     def counters(self) -> Counters:
-        procs, table = self.procs, self.table
-        workers = self.workers or max(0, procs.shape[0] - PROC_FIRST_WORKER)
-        states = procs[PROC_FIRST_WORKER : PROC_FIRST_WORKER + workers, P_STATE]
+        procs = self.procs
+        if self.workers:
+            procs = procs[: PROC_FIRST_WORKER + self.workers]
+        run = RunTotals.read(procs, self.table)  # the one reader of the run's totals
         copies, copy_s = self.tap.copy_cost()
         return Counters(
-            frames_in=int(procs[PROC_DISPATCHER, P_FRAMES]),
-            frames_out=int(procs[PROC_PUBLISHER, P_FRAMES]),
-            errors=int(procs[PROC_PUBLISHER, P_ERRORS]),
-            ring_slots=int(table.shape[0]),
-            ring_used=int(np.count_nonzero(table[:, STATE] != FREE)),
-            workers=workers,
-            workers_busy=int(np.count_nonzero(states == PS_BUSY)),
+            frames_in=run.frames_in,
+            frames_out=run.frames_out,
+            errors=run.errors,
+            ring_slots=run.ring_slots,
+            ring_used=run.ring_used,
+            workers=run.workers,
+            workers_busy=run.workers_busy,
             extra={
                 "tap_copies": copies,
                 "tap_copy_s": round(copy_s, 6),
