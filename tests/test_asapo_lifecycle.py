@@ -201,6 +201,27 @@ def test_stop_releases_threads_sockets_and_files(tmp_path, persistent):
         socket.create_connection(("127.0.0.1", service.port), timeout=1)
 
 
+def test_a_connection_whose_handler_starts_during_stop_is_shut_down(tmp_path):
+    """A connection accepted just before a stop, its handler thread starting only after the
+    live connections were shut down, must not keep the stop waiting for its client."""
+    import socket
+
+    service = AsapoService(data_dir=tmp_path / "asapo").start()
+    try:
+        servers = list(service._servers)  # noqa: SLF001 - the two listening servers
+        for server in servers:
+            server.close_all()  # what stop() does once the servers stopped accepting
+            ours, client = socket.socketpair()
+            client.settimeout(5)
+            server.track(ours, True)  # the late handler's setup()
+            assert client.recv(1) == b""  # shut down at once, not served on
+            server.track(ours, False)
+            ours.close()
+            client.close()
+    finally:
+        service.stop()
+
+
 def _is(sock, link: str) -> bool:
     return link == f"socket:[{os.fstat(sock.fileno()).st_ino}]"
 

@@ -86,10 +86,12 @@ def run(raw: dict, name: str = "asapo-run"):
     return Pipeline(load_config(raw=raw)).run()
 
 
-def outputs(asapo: AsapoProcess, stream: str, data_source: str = "checksums") -> dict:
+def outputs(
+    asapo: AsapoProcess, stream: str, data_source: str = "checksums", token: str = ""
+) -> dict:
     """Every record of an output stream, read back by id with the real consumer."""
     c = asapo_consumer.create_consumer(
-        asapo.server_name, "", False, BEAMTIME, data_source, "", 1000
+        asapo.server_name, "", False, BEAMTIME, data_source, token, 1000
     )
     info = c.get_stream_info(stream)
     got = {}
@@ -197,30 +199,66 @@ def test_partial_dataset_error_record_or_processed(asapo, tmp_path):
     assert data["message_id"].tolist() == [1, 2, 3]
 
 
-def test_service_restarted_mid_run_loses_nothing(asapo, tmp_path):
+def _restart_mid_run(asapo: AsapoProcess, pause_s: float = 0.0) -> tuple[threading.Thread, list]:
+    """Restart the service (down for ``pause_s`` more) once 15 frames are published; an
+    exception is kept in the returned list, and stops the run (SIGINT) so it can be seen."""
     from tests.test_lifecycle import published, wait_for
 
-    producer = produce(asapo.server_name, 60, ["scan_0001"], rate=30.0)
-    raw = config(asapo, tmp_path, group="restart", timeout_ms=300)
-    restarted = threading.Event()
+    failed: list[BaseException] = []
+    pause = threading.Event()
 
-    def restart_mid_run():
-        wait_for(lambda: published("asapo-run") >= 15, what="15 published frames")
-        asapo.restart()  # frames are still being produced and consumed
-        restarted.set()
+    def restart():
+        try:
+            wait_for(lambda: published("asapo-run") >= 15, what="15 published frames")
+            asapo.stop()  # frames are still being produced and consumed
+            pause.wait(pause_s)  # a service down for a while, not a timing assumption
+            asapo.start()
+        except BaseException as exc:
+            # A service that did not come back would keep the run waiting for it for ever
+            # (as it should at a beamline): stop the run, and say why.
+            failed.append(exc)
+            os.kill(os.getpid(), signal.SIGINT)
 
-    t = threading.Thread(target=restart_mid_run, daemon=True)
+    t = threading.Thread(target=restart, daemon=True)
     t.start()
-    summary = run(raw)  # in the main thread: the supervisor installs signal handlers
-    t.join(timeout=60)
+    return t, failed
+
+
+def _check_restarted_run(asapo, tmp_path, producer, restarter, summary) -> None:
+    thread, failed = restarter
+    thread.join(timeout=60)
+    if failed:
+        producer.kill()
+        producer.communicate()
+    assert not failed, f"{failed[0]!r}; the service printed:\n{asapo.output()[-4000:]}"
+    assert not thread.is_alive()
     out, err = producer.communicate(timeout=120)
-    assert restarted.is_set()
     assert producer.returncode == 0, out + err
     assert summary.exit_code == EXIT_OK, summary.error
     ids = read_stream(str(tmp_path / "out_scan_0001_asapo-run.h5"), "scan_0001")["message_id"]
     # A message whose acknowledgement the restart interrupted comes back later (resend), so the
     # rows need not be in id order; none may be missing and none written twice.
     assert sorted(ids.tolist()) == list(range(1, 61))
+    assert sorted(outputs(asapo, "scan_0001")) == list(range(1, 61))
+
+
+def test_service_restarted_mid_run_loses_nothing(asapo, tmp_path):
+    producer = produce(asapo.server_name, 60, ["scan_0001"], rate=30.0)
+    raw = config(asapo, tmp_path, group="restart", timeout_ms=300)
+    restarter = _restart_mid_run(asapo)
+    summary = run(raw)  # in the main thread: the supervisor installs signal handlers
+    _check_restarted_run(asapo, tmp_path, producer, restarter, summary)
+
+
+def test_service_down_longer_than_the_output_timeout_loses_nothing(asapo, tmp_path):
+    """The ASAPO output's sends time out while the service is down: they are sent again
+    once it is back, and the inputs acknowledged only then."""
+    producer = produce(asapo.server_name, 60, ["scan_0001"], rate=30.0)
+    raw = config(asapo, tmp_path, group="outage", timeout_ms=300)
+    raw["sinks"][1].update(timeout_ms=500, retry_max_s=1.0)
+    restarter = _restart_mid_run(asapo, pause_s=3.0)
+    summary = run(raw)
+    _check_restarted_run(asapo, tmp_path, producer, restarter, summary)
 
 
 def _run_cli(cfg_path: Path, name: str) -> subprocess.Popen:
@@ -279,7 +317,9 @@ def test_pipeline_sigkilled_and_restarted_no_loss_no_duplicate(asapo, tmp_path):
 
 
 def test_two_instances_share_a_group_exactly_once(asapo, tmp_path):
-    raw = config(asapo, tmp_path, group="shared", idle_timeout_s=3.0, until="forever")
+    # Each ends once the stream is finished and drained: an idle timeout could end one before
+    # the other had started on a loaded machine, and the broker would give it nothing.
+    raw = config(asapo, tmp_path, group="shared")
     cfg = _write_toml(tmp_path / "shared.toml", raw)
     a, b = _run_cli(cfg, "node-a"), _run_cli(cfg, "node-b")
     from shmpipe.observe.runs import live_runs
@@ -416,3 +456,34 @@ def test_asapo_sink_refuses_a_stream_made_with_another_configuration(asapo, tmp_
     assert len({r["result_hash"] for r in before.runs}) == 1  # nothing of conf-2 got in
     allowed = _profile_config(asapo, tmp_path, "c3", scale=2.0, allow_other_config=True)
     assert run(allowed, name="conf-3").exit_code == EXIT_OK
+
+
+def test_output_refused_for_good_fails_the_run_instead_of_retrying(tmp_path):
+    """Sends the service refuses (a token not valid for the beamtime) are not sent again:
+    the run fails, naming the output, and the inputs stay unacknowledged."""
+    import asapo_producer
+
+    tokens = {"beamline": [BEAMTIME], "elsewhere": ["another_beamtime"]}
+    with AsapoProcess(tmp_path / "asapo-data", tokens=tokens) as asapo:
+        prod = asapo_producer.create_producer(
+            asapo.server_name, "processed", BEAMTIME, "auto", "detector", "beamline", 1, 5000
+        )
+        prod.set_log_level("none")
+        part = np.zeros(SHAPE, dtype=np.uint16).reshape(-1).view(np.uint8)
+        for mid in (1, 2):
+            for m in range(1, 13):
+                prod.send(mid, f"f{mid}_m{m}", part, dataset=(m, 12), stream="scan_0001")
+        prod.wait_requests_finished(5000)
+        prod.send_stream_finished_flag("scan_0001", 2)
+        prod.wait_requests_finished(5000)
+        raw = config(asapo, tmp_path, group="refused", token="beamline")
+        raw["sinks"][1].update(token="elsewhere", allow_other_config=True, retry_max_s=0.5)
+        summary = run(raw)
+        assert summary.exit_code != EXIT_OK
+        assert "ASAPO output checksums: " in summary.error and "refused" in summary.error
+        raw["sinks"][1]["token"] = "beamline"  # corrected: the same group gets both again
+        again = run(raw, name="again")
+        assert again.exit_code == EXIT_OK, again.error
+        data = read_stream(str(tmp_path / "out_scan_0001_again.h5"), "scan_0001")
+        assert sorted(data["message_id"].tolist()) == [1, 2]
+        assert sorted(outputs(asapo, "scan_0001", token="beamline")) == [1, 2]

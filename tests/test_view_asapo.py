@@ -37,7 +37,9 @@ def _get(url: str):
 
 
 def test_one_view_shows_what_every_node_of_a_group_published(asapo, tmp_path):  # noqa: F811
-    raw = config(asapo, tmp_path, group="shared", idle_timeout_s=3.0, until="forever")
+    # Each node ends once the stream is finished and drained (an idle timeout could end one
+    # before the other had started, on a loaded machine).
+    raw = config(asapo, tmp_path, group="shared")
     raw["kernels"] = {"stats": {"kind": "frame_stats", "input": "parts"}}
     raw["sinks"] = [
         {

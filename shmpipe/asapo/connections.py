@@ -25,17 +25,33 @@ class TrackedConnections(BoundedServerMixIn):
     def _init_tracking(self) -> None:
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
+        self._closing = False
 
     def track(self, conn: socket.socket, alive: bool) -> None:
         with self._conns_lock:
-            (self._conns.add if alive else self._conns.discard)(conn)
+            if not alive:
+                self._conns.discard(conn)
+                return
+            if not self._closing:
+                self._conns.add(conn)
+                return
+        # Accepted before the stop, its handler thread started after close_all(): left open,
+        # it would serve its keep-alive client on and server_close() would wait for it until
+        # the idle timeout.
+        _shut(conn)
 
     def close_all(self) -> None:
-        """Shut every live connection down so handler threads return."""
+        """Shut every live connection down so handler threads return; a connection whose
+        handler starts later is shut down as it starts."""
         with self._conns_lock:
+            self._closing = True
             conns = list(self._conns)
         for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shut(conn)
+
+
+def _shut(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

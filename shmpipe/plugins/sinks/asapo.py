@@ -5,8 +5,11 @@ Each ``[[sinks]] kind = "asapo"`` table is one output: a data source (``azint``,
 output record keeps the input's id (so a redelivered input maps to the same output id, which
 the service refuses as a duplicate: the sink is idempotent) and user meta with lineage.
 
-``commit`` waits for the confirmation of every send and raises if any failed, so the
-publisher acknowledges an input only once its outputs are stored — never lost in silence.
+``commit`` waits for the confirmation of every send, so the publisher acknowledges an input
+only once its outputs are stored — never lost in silence. A send that timed out (the service
+restarting, or gone for a while) is sent again, with a growing delay, until the service takes
+it: the ring fills meanwhile and the pipeline waits, as the source does. A send the service
+refused for good (a wrong token or beamtime) fails the run.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,7 +50,9 @@ class AsapoSinkParams:
     """Kernel outputs to carry (kernel.output); default all. One output is sent as its raw
     bytes; several are concatenated, each described in meta["arrays"]."""
     timeout_ms: int = 10000
-    """How long commit waits for sends to be confirmed."""
+    """How long one send may take before it counts as failed (and is sent again)."""
+    retry_max_s: float = 30.0
+    """Longest delay between two attempts to send what the service did not take in time."""
     nthreads: int = 1
     """Producer sending threads."""
     allow_other_config: bool = False
@@ -115,7 +121,10 @@ class AsapoSink(Sink):
         # wait_requests_finished polls every 100 ms, which would cap commits at 10/s.
         self._done = threading.Condition()
         self._in_flight = 0
-        self._failures: list[str] = []
+        self._failures: list[tuple[bool, str]] = []  # (temporary, description)
+        # What was sent since the last commit, to send again after a temporary failure
+        # (each record keeps its id, so what did arrive is refused as a duplicate).
+        self._batch: list[tuple[str, dict[str, Any]]] = []
         self._last_id: dict[str, int] = {}
         self._checked: set[str] = set()
 
@@ -126,7 +135,11 @@ class AsapoSink(Sink):
             self._in_flight -= 1
             # A server warning is e.g. a duplicate of a record already stored: idempotent by id.
             if err is not None and not isinstance(err, asapo_producer.AsapoServerWarning):
-                self._failures.append(f"{payload.get('original_header', payload)}: {err}")
+                temporary = isinstance(
+                    err, asapo_producer.AsapoTimeOutError | asapo_producer.AsapoRequestsPoolIsFull
+                )
+                described = f"{payload.get('original_header', payload)}: {err}"
+                self._failures.append((temporary, described))
             self._done.notify_all()
 
     def _count_send(self) -> None:
@@ -182,18 +195,27 @@ class AsapoSink(Sink):
         out_stream = self.params.stream.format(stream=stream)
         if out_stream not in self._checked:
             self._check_stream(out_stream)
-        self._count_send()
-        self.producer.send(
-            mid,
-            self.params.name.format(
-                name=name, id=mid, stream=stream, data_source=self.params.data_source
-            ),
-            data,
-            user_meta=json.dumps(meta, default=str),
-            stream=out_stream,
-            callback=self._callback,
+        self._submit(
+            "send",
+            {
+                "id": mid,
+                "exposed_path": self.params.name.format(
+                    name=name, id=mid, stream=stream, data_source=self.params.data_source
+                ),
+                "data": data,
+                "user_meta": json.dumps(meta, default=str),
+                "stream": out_stream,
+            },
         )
         self._last_id[out_stream] = max(self._last_id.get(out_stream, 0), mid)
+
+    def _submit(self, method: str, kwargs: dict[str, Any]) -> None:
+        self._batch.append((method, kwargs))
+        self._count_send()
+        if method == "send":
+            self.producer.send(**kwargs, callback=self._callback)
+        else:
+            self.producer.send_stream_finished_flag(**kwargs, callback=self._callback)
 
     def write(self, record: Record) -> None:
         if self.params.carry != "results":
@@ -249,28 +271,50 @@ class AsapoSink(Sink):
         if last <= 0:
             return  # nothing was ever sent to this output: there is no stream to finish
         nxt = self.params.stream.format(stream=next_stream) if next_stream else ""
-        self._count_send()
-        self.producer.send_stream_finished_flag(
-            out_stream, last, next_stream=nxt or None, callback=self._callback
-        )
+        self._submit("finish", {"stream": out_stream, "last_id": last, "next_stream": nxt or None})
 
     def commit(self) -> None:
-        with self._done:
-            confirmed = self._done.wait_for(
-                lambda: self._in_flight <= 0, timeout=self.params.timeout_ms / 1000
+        p = self.params
+        delay = 0.0
+        while True:
+            with self._done:
+                # Every send is answered: the client times a request out after timeout_ms.
+                confirmed = self._done.wait_for(
+                    lambda: self._in_flight <= 0, timeout=2 * p.timeout_ms / 1000
+                )
+                failures, self._failures = self._failures, []
+                waiting = self._in_flight
+            if confirmed and not failures:
+                self._batch.clear()
+                return
+            refused = [d for temporary, d in failures if not temporary]
+            if refused:
+                raise AsapoSinkError(
+                    f"ASAPO output {p.data_source}: {len(refused)} sends refused; first: "
+                    f"{refused[0]}"
+                )
+            if not confirmed:
+                log.warning(
+                    "ASAPO output %s: %d sends still unanswered after %.0f s; waiting on",
+                    p.data_source,
+                    waiting,
+                    2 * p.timeout_ms / 1000,
+                )
+                continue
+            delay = min(p.retry_max_s, max(0.5, delay * 2))
+            log.warning(
+                "ASAPO output %s: %d of %d sends not taken in time (%s); sending them again "
+                "in %.1f s",
+                p.data_source,
+                len(failures),
+                len(self._batch),
+                failures[0][1],
+                delay,
             )
-            failures, self._failures = self._failures, []
-            waiting = self._in_flight
-        if not confirmed:
-            raise AsapoSinkError(
-                f"ASAPO output {self.params.data_source}: {waiting} sends not confirmed within "
-                f"{self.params.timeout_ms} ms (sinks.timeout_ms)"
-            )
-        if failures:
-            raise AsapoSinkError(
-                f"ASAPO output {self.params.data_source}: {len(failures)} sends failed; first: "
-                f"{failures[0]}"
-            )
+            time.sleep(delay)  # backing off a service that is restarting or gone
+            batch, self._batch = self._batch, []
+            for method, kwargs in batch:
+                self._submit(method, kwargs)
 
     def close(self) -> None:
         producer = getattr(self, "producer", None)
