@@ -509,3 +509,19 @@ def test_real_clients_carry_on_after_an_idle_close():
         producer.wait_requests_finished(10000)
         assert errors == [None, None]
         assert consumer.get_by_id(2, meta_only=False, stream="s")[0].tobytes() == b"two"
+
+
+def test_a_receiver_request_sent_to_the_broker_is_refused_at_once():
+    """Bytes that cannot start an HTTP request (here the consumer's binary cache read, which
+    the 25.3 client can send down an HTTP connection whose descriptor it reused) are answered
+    400 and the connection closed at once, not after the idle timeout; HTTP goes on."""
+    with AsapoService() as service:  # idle timeout: the default 300 s
+        with wire.connect(service.server_name, timeout=5) as sock:
+            field = "inst\u00a7step\u00a7bt1\u00a7detector\u00a7s"
+            sock.sendall(wire.header(Opcode.GET_BUFFER_DATA, 1, 100, stream=field, api="v0.1"))
+            answer = b""
+            while chunk := sock.recv(4096):  # a socket timeout (5 s) would fail the test
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 not an HTTP request")
+        path = "/asapo-discovery/v0.1/asapo-broker?protocol=v0.7"
+        assert wire.http(service.server_name, "GET", path) == (200, service.server_name.encode())

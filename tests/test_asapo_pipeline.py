@@ -487,3 +487,40 @@ def test_output_refused_for_good_fails_the_run_instead_of_retrying(tmp_path):
         data = read_stream(str(tmp_path / "out_scan_0001_again.h5"), "scan_0001")
         assert sorted(data["message_id"].tolist()) == [1, 2]
         assert sorted(outputs(asapo, "scan_0001", token="beamline")) == [1, 2]
+
+
+def test_source_reads_on_with_a_fresh_client_after_a_failed_request(asapo, tmp_path):
+    """A client that saw a failed request is not used again (it can be left with a bad
+    pooled receiver connection): the next try gets a new one, and no message is lost."""
+    from shmpipe.api.message import Message
+    from shmpipe.plugins.sources.asapo import AsapoSource, AsapoSourceParams
+    from tests.test_lifecycle import wait_for
+
+    produced(asapo.server_name, 3, ["scan_0001"])
+    params = AsapoSourceParams(
+        endpoint=asapo.server_name,
+        beamtime=BEAMTIME,
+        stream="scan_0001",
+        group_id="fresh-client",
+        part_shape=SHAPE,
+        timeout_ms=300,
+        until="finished",
+    )
+    source = AsapoSource(params)
+    source.open()
+    try:
+        first = wait_for(lambda: source.next(0.5), what="message 1")
+        assert isinstance(first, Message) and first.message_id == 1 and len(first.parts) == 12
+        client = source._consumer  # noqa: SLF001 - which client object reads
+        asapo.stop()
+        assert source.next(0.5) is None  # unavailable: a retry is scheduled
+        assert source._consumer is not client  # noqa: SLF001
+        asapo.start()
+        ids = []
+        while len(ids) < 2:
+            item = wait_for(lambda: source.next(0.5), timeout=30, what="messages 2 and 3")
+            assert isinstance(item, Message), item
+            ids.append(item.message_id)
+        assert sorted(ids) == [2, 3]
+    finally:
+        source.close()

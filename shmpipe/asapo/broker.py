@@ -119,6 +119,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _redact(self, text: str) -> str:
         return redact(text, self.server.broker.tokens.secrets)
 
+    def handle_one_request(self) -> None:
+        # A request line starts with a method name (ASCII capitals). Anything else is not
+        # HTTP, and waiting for its end of line could take until the idle timeout: the
+        # ASAPO client (25.3) can send its binary receiver request down an HTTP connection
+        # when it reuses a closed socket's descriptor, and then waits for the answer.
+        first = self.rfile.peek(1)[:1]
+        if first and not (b"A" <= first <= b"Z"):
+            self.close_connection = True
+            self.requestline, self.request_version, self.command = "", "HTTP/1.1", ""
+            self.send_error(400, "not an HTTP request")
+            return
+        super().handle_one_request()
+
     def parse_request(self) -> bool:
         # the stdlib reads up to 100 header lines of 64 KiB each: bound them all together
         rfile, self.rfile = self.rfile, _HeaderBudget(self.rfile, MAX_HEADER_BYTES)

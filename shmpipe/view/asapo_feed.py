@@ -52,6 +52,7 @@ class AsapoFeed:
         self.raw_part_shape, self.raw_dtype = tuple(raw_part_shape), np.dtype(raw_dtype).str
         self.history_rows, self.max_hz = history, max_hz
         self._consumers = {ds: self._consumer(ds) for ds in data_sources}
+        self._raw_source = raw_source
         self._raw_consumer = self._consumer(raw_source) if raw_source else None
         first = next(iter(self._consumers.values()))
         self.group = group or first.generate_group_id()
@@ -96,6 +97,9 @@ class AsapoFeed:
                     got += self._drain(ds, c)
                 except Exception as exc:  # noqa: BLE001 - the service may come back
                     log.warning("reading %s: %s", ds, exc)
+                    # A fresh client, as the pipeline's source takes one: after a failed
+                    # transfer the client can be left with a bad pooled connection.
+                    self._consumers[ds] = self._consumer(ds)
                     time.sleep(0.5)
             now = time.monotonic()
             if self._raw_consumer is not None and now - last_raw >= 1.0 / self.max_hz:
@@ -104,6 +108,7 @@ class AsapoFeed:
                     self._read_raw()
                 except Exception as exc:  # noqa: BLE001
                     log.warning("reading the raw data source: %s", exc)
+                    self._raw_consumer = self._consumer(self._raw_source)
             if not got:
                 self._stop.wait(0.05)
 

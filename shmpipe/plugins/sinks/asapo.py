@@ -14,6 +14,7 @@ refused for good (a wrong token or beamtime) fails the run.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -125,13 +126,16 @@ class AsapoSink(Sink):
         # What was sent since the last commit, to send again after a temporary failure
         # (each record keeps its id, so what did arrive is refused as a duplicate).
         self._batch: list[tuple[str, dict[str, Any]]] = []
+        self._attempt = 0  # answers to the sends of an earlier attempt are not counted
         self._last_id: dict[str, int] = {}
         self._checked: set[str] = set()
 
-    def _callback(self, payload: dict[str, Any], err: Exception | None) -> None:
+    def _callback(self, attempt: int, payload: dict[str, Any], err: Exception | None) -> None:
         import asapo_producer
 
         with self._done:
+            if attempt != self._attempt:
+                return  # a late answer to a send made again since
             self._in_flight -= 1
             # A server warning is e.g. a duplicate of a record already stored: idempotent by id.
             if err is not None and not isinstance(err, asapo_producer.AsapoServerWarning):
@@ -141,10 +145,6 @@ class AsapoSink(Sink):
                 described = f"{payload.get('original_header', payload)}: {err}"
                 self._failures.append((temporary, described))
             self._done.notify_all()
-
-    def _count_send(self) -> None:
-        with self._done:
-            self._in_flight += 1
 
     def _lineage(self, stream: str, ids: list[int], names: list[str]) -> dict[str, Any]:
         return {
@@ -211,11 +211,13 @@ class AsapoSink(Sink):
 
     def _submit(self, method: str, kwargs: dict[str, Any]) -> None:
         self._batch.append((method, kwargs))
-        self._count_send()
+        with self._done:
+            self._in_flight += 1
+            callback = functools.partial(self._callback, self._attempt)
         if method == "send":
-            self.producer.send(**kwargs, callback=self._callback)
+            self.producer.send(**kwargs, callback=callback)
         else:
-            self.producer.send_stream_finished_flag(**kwargs, callback=self._callback)
+            self.producer.send_stream_finished_flag(**kwargs, callback=callback)
 
     def write(self, record: Record) -> None:
         if self.params.carry != "results":
@@ -278,13 +280,14 @@ class AsapoSink(Sink):
         delay = 0.0
         while True:
             with self._done:
-                # Every send is answered: the client times a request out after timeout_ms.
-                confirmed = self._done.wait_for(
+                # The client answers every send, timing it out after timeout_ms; twice that
+                # without an answer counts as a timeout too.
+                answered = self._done.wait_for(
                     lambda: self._in_flight <= 0, timeout=2 * p.timeout_ms / 1000
                 )
                 failures, self._failures = self._failures, []
-                waiting = self._in_flight
-            if confirmed and not failures:
+                unanswered = self._in_flight
+            if answered and not failures:
                 self._batch.clear()
                 return
             refused = [d for temporary, d in failures if not temporary]
@@ -293,26 +296,22 @@ class AsapoSink(Sink):
                     f"ASAPO output {p.data_source}: {len(refused)} sends refused; first: "
                     f"{refused[0]}"
                 )
-            if not confirmed:
-                log.warning(
-                    "ASAPO output %s: %d sends still unanswered after %.0f s; waiting on",
-                    p.data_source,
-                    waiting,
-                    2 * p.timeout_ms / 1000,
-                )
-                continue
             delay = min(p.retry_max_s, max(0.5, delay * 2))
             log.warning(
                 "ASAPO output %s: %d of %d sends not taken in time (%s); sending them again "
                 "in %.1f s",
                 p.data_source,
-                len(failures),
+                len(failures) + unanswered,
                 len(self._batch),
-                failures[0][1],
+                failures[0][1] if failures else f"{unanswered} unanswered",
                 delay,
             )
             time.sleep(delay)  # backing off a service that is restarting or gone
             batch, self._batch = self._batch, []
+            with self._done:
+                self._attempt += 1
+                self._in_flight = 0
+                self._failures = []
             for method, kwargs in batch:
                 self._submit(method, kwargs)
 

@@ -204,9 +204,7 @@ class AsapoSource(Source):
     # -- reading (dispatcher) ----------------------------------------------------------
     def open(self) -> None:
         p = self.params
-        self._consumer = self._consumer_for(p.data_source)
-        # Without resend, a message delivered to a run that then died would be lost for good.
-        self._consumer.set_resend_nacs(True, p.resend_delay_ms, p.resend_attempts)
+        self._consumer = self._reading_consumer()
         if p.metadata_source:
             self._meta_consumer = self._consumer_for(p.metadata_source)
         self._stream = p.stream
@@ -221,6 +219,13 @@ class AsapoSource(Source):
         self._finished_streams: set[str] = set()
         self._known_streams: set[str] = set()
         self._delivered: dict[str, int] = {}
+
+    def _reading_consumer(self):
+        p = self.params
+        consumer = self._consumer_for(p.data_source)
+        # Without resend, a message delivered to a run that then died would be lost for good.
+        consumer.set_resend_nacs(True, p.resend_delay_ms, p.resend_attempts)
+        return consumer
 
     def resume(self, delivered: int) -> None:  # noqa: ARG002 - the broker knows the position
         """Nothing to skip: the group's pointer is kept by the broker, and what the dead
@@ -308,6 +313,13 @@ class AsapoSource(Source):
         return msg
 
     def _retry_later(self, exc: Exception) -> None:
+        # A fresh client for the next try: after a failed transfer the client (25.3) can be
+        # left with a bad pooled connection to the receiver (seen: one whose descriptor its
+        # own HTTP connection had taken over, so that a read waited on the wrong socket).
+        # The group's position is the broker's, and a message already taken is kept in
+        # self._pending, so nothing is lost by starting anew.
+        self._consumer = None
+        self._consumer = self._reading_consumer()
         self._retry_delay = min(self.params.retry_max_s, max(0.5, self._retry_delay * 2))
         self._retry_until = time.monotonic() + self._retry_delay
         log.warning(
