@@ -1,4 +1,4 @@
-"""The ``shmpipe`` command: run, config show, status, clean, asapo-standalone."""
+"""The ``shmpipe`` command: run, config show, status, clean, asapo-standalone, serve."""
 
 from __future__ import annotations
 
@@ -201,8 +201,13 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from shmpipe.observe.status import print_status
+    from shmpipe.serve.registry import service_lines
 
-    return print_status(args.name)
+    services = service_lines() if args.name is None else []
+    for line in services:
+        print(line)
+    code = print_status(args.name)
+    return 0 if services else code
 
 
 def cmd_asapo_standalone(args: argparse.Namespace) -> int:
@@ -300,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     from shmpipe.view.command import add_parser as add_view_parser
 
     add_view_parser(sub)
+
+    from shmpipe.serve.command import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
 
     clean = sub.add_parser("clean", help="remove what dead runs left behind")
     clean.set_defaults(func=cmd_clean)

@@ -1,0 +1,13 @@
+"""``shmpipe serve``: one long-running process per node that owns the node's pipelines.
+
+Recipes say which pipeline runs on which (beamtime, data source); the scheduler starts one
+``shmpipe run`` child per match in its own consumer group, restarts one that dies, runs
+reprocessing requests into versioned outputs, and never lets the runs together use more
+workers than the node has. Everything it knows lives in SQLite, so a restarted service shows
+the same history and adopts (or resumes) what was running.
+
+Modules: ``config`` (the service TOML), ``state`` (SQLite), ``plan`` (the ``--set`` overrides
+of a child: versioned outputs, consumer groups), ``child`` (the wrapper a child runs in),
+``runner`` (starting, watching and stopping children), ``scheduler`` (discovery, the queue,
+restarts), ``api`` and ``page`` (HTTP), ``command`` (the subcommand).
+"""

@@ -1,0 +1,181 @@
+"""``shmpipe serve`` against the project's ASAPO service with the real clients: automatic start,
+versioned reprocessing, the token, state that survives SIGKILL, the node's worker budget."""
+
+from __future__ import annotations
+
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from shmpipe.asapo.process import AsapoProcess
+from tests.conftest import run_cli, wait_for
+from tests.serve_helpers import (
+    BEAMTIME,
+    SHAPE,
+    TOKEN,
+    Serve,
+    digest,
+    pid_gone,
+    pipeline_toml,
+    service_toml,
+)
+
+asapo_consumer = pytest.importorskip("asapo_consumer")
+
+
+@pytest.fixture
+def asapo(tmp_path):
+    with AsapoProcess(tmp_path / "asapo-data") as service:
+        yield service
+
+
+@pytest.fixture
+def serves():
+    started: list[Serve] = []
+    yield started
+    for s in started:
+        s.stop()
+
+
+def send(asapo, data_source: str, frames: int, streams=("scan_0001",), rate=0.0) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    r = subprocess.run(
+        [
+            sys.executable, str(REPO / "scripts" / "asapo_produce.py"),
+            "--endpoint", asapo.server_name, "--beamtime", BEAMTIME,
+            "--data-source", data_source, "--frames", str(frames),
+            "--streams", ",".join(streams), "--rate", str(rate),
+            "--module-shape", ",".join(map(str, SHAPE)),
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def output_records(asapo, data_source: str, stream: str) -> dict[int, bytes]:
+    """Every record of an output stream by id, read back with the real consumer."""
+    c = asapo_consumer.create_consumer(
+        asapo.server_name, "", False, BEAMTIME, data_source, "", 1000
+    )
+    try:
+        last = int(c.get_stream_info(stream)["lastId"])
+    except asapo_consumer.AsapoConsumerError:
+        return {}
+    got = {}
+    for i in range(1, last + 1):
+        try:
+            data, _ = c.get_by_id(i, meta_only=False, stream=stream)
+        except (asapo_consumer.AsapoEndOfStreamError, asapo_consumer.AsapoStreamFinishedError):
+            break
+        got[i] = bytes(np.asarray(data).view(np.uint8))
+    return got
+
+
+def recipe(tmp_path, asapo, name="azint", pattern="det*", out="azint", **set_) -> dict:
+    return {
+        "name": name,
+        "config": str(pipeline_toml(tmp_path, asapo.server_name, out)),
+        "match": {"beamtime": "bt_*", "data_source": pattern},
+        "set": {"run.workers": 1, **set_},
+    }
+
+
+def test_new_data_source_gets_its_pipeline_and_reprocessing_is_versioned(asapo, tmp_path, serves):
+    cfg = service_toml(tmp_path, asapo.server_name, [recipe(tmp_path, asapo)])
+    serve = Serve(cfg).start()
+    serves.append(serve)
+    assert serve.runs() == []
+    send(asapo, "det1", 6)
+    appeared = time.monotonic()
+    run = wait_for(lambda: next(iter(serve.runs()), None), 10, "the pipeline of det1")
+    assert time.monotonic() - appeared < 10
+    assert (run["recipe"], run["beamtime"], run["data_source"], run["version"]) == (
+        "azint",
+        BEAMTIME,
+        "det1",
+        0,
+    )
+    # Every message processed once: six records in the output, ids 1-6, and six file rows.
+    wait_for(lambda: len(output_records(asapo, "azint", "scan_0001")) == 6, 120, "6 outputs")
+    original = tmp_path / "out" / "out_scan_0001.h5"
+    wait_for(lambda: serve.run(run["id"])["frames_out"] == 6, 30, "6 frames published")
+    with h5py.File(original, "r", swmr=True) as f:
+        entry = f["scan_0001"]
+        assert entry["message_id"][: int(entry.attrs.get("rows", 6))].tolist() == list(range(1, 7))
+        assert entry["integrate.intensity"].shape[1] == 1000
+    before_file = digest(original)
+    before_asapo = output_records(asapo, "azint", "scan_0001")
+    assert sorted(before_asapo) == list(range(1, 7))
+    assert all(len(v) == 1000 * 8 for v in before_asapo.values())
+
+    # A write without the token (or with a wrong one) is refused and changes nothing.
+    request = {"recipe": "azint", "beamtime": BEAMTIME, "data_source": "det1",
+               "set": {"kernels.integrate.npt": 500}}  # fmt: skip
+    history = serve.runs()
+    for token in (None, "wrong"):
+        status, body = serve.request("POST", "/api/runs", request, token=token)
+        assert status == 401, body
+        status, body = serve.request("POST", f"/api/runs/{run['id']}/stop", {}, token=token)
+        assert status == 401, body
+        status, body = serve.request("POST", "/api/beamtimes", {"id": "bt_x"}, token=token)
+        assert status == 401, body
+    assert [r["id"] for r in serve.runs()] == [r["id"] for r in history]
+    assert serve.request("GET", "/api/beamtimes")[1] == [BEAMTIME]
+    # A bad request names the field.
+    bad = {**request, "set": {"kernels.integrate.nptt": 500}}
+    status, body = serve.request("POST", "/api/runs", bad, token=TOKEN)
+    assert status == 400 and body["field"].startswith("set.kernels.integrate"), body
+    status, body = serve.request("POST", "/api/runs", {**request, "streams": "x"}, token=TOKEN)
+    assert (status, body["field"]) == (400, "streams"), body
+
+    # Reprocessing: version 1, 500-point profiles, the originals untouched byte for byte.
+    status, rerun = serve.request("POST", "/api/runs", request, token=TOKEN)
+    assert status == 201, rerun
+    assert rerun["version"] == 1 and rerun["overrides"] == {"kernels.integrate.npt": 500}
+    done = wait_for(
+        lambda: (r := serve.run(rerun["id"]))["state"] in ("finished", "failed") and r,
+        180,
+        "the reprocessing to finish",
+    )
+    assert done["state"] == "finished", done
+    assert done["frames_out"] == 6 and done["errors"] == 0, done
+    versioned = tmp_path / "out" / "out_scan_0001-r1.h5"
+    with h5py.File(versioned, "r") as f:
+        entry = f["scan_0001"]
+        assert entry["message_id"][:].tolist() == list(range(1, 7))
+        assert entry["integrate.intensity"].shape == (6, 500)
+        config = f["scan_0001/process/configuration/data"][()].decode()
+        assert "npt = 500" in config and "-r1" in f.attrs["run_name"]
+    again = output_records(asapo, "azint-r1", "scan_0001")
+    assert sorted(again) == list(range(1, 7))
+    assert all(len(v) == 500 * 8 for v in again.values())
+    assert digest(original) == before_file
+    assert output_records(asapo, "azint", "scan_0001") == before_asapo
+    assert any("azint-r1" in o for o in done["outputs"]), done
+
+    pids = [r for r in serve.runs() if r["state"] == "running"]
+    assert serve.stop() == 0, serve.output()
+    assert all(pid_gone(r.get("pid", 0) or 0) for r in pids)
+
+
+def test_check_reports_a_mistake_naming_key_and_file_before_anything_starts(tmp_path, asapo):
+    cfg = service_toml(tmp_path, asapo.server_name, [recipe(tmp_path, asapo)])
+    r = run_cli("serve", "--config", str(cfg), "--check")
+    assert r.returncode == 0, r.stderr
+    assert "recipe azint" in r.stderr
+    text = cfg.read_text()
+    cfg.write_text(text.replace("max_workers = 2", "max_worker = 2"))
+    r = run_cli("serve", "--config", str(cfg), "--check")
+    assert r.returncode == 2
+    assert f"{cfg}: serve.max_worker: unknown key" in r.stderr
+    cfg.write_text(text.replace('"run.workers" = 1', '"kernels.integrate.npt" = "x"'))
+    r = run_cli("serve", "--config", str(cfg))
+    assert r.returncode == 2
+    assert "recipes[0].set" in r.stderr and "kernels.integrate.npt" in r.stderr, r.stderr
+    assert not (tmp_path / "state").exists()  # nothing started
