@@ -179,3 +179,91 @@ def test_check_reports_a_mistake_naming_key_and_file_before_anything_starts(tmp_
     assert r.returncode == 2
     assert "recipes[0].set" in r.stderr and "kernels.integrate.npt" in r.stderr, r.stderr
     assert not (tmp_path / "state").exists()  # nothing started
+
+
+def test_pipeline_and_service_killed_mid_run_resume_with_nothing_lost_or_doubled(
+    asapo, tmp_path, serves
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    frames = 40
+    cfg = service_toml(tmp_path, asapo.server_name, [recipe(tmp_path, asapo)])
+    serve = Serve(cfg).start()
+    serves.append(serve)
+    producer = subprocess.Popen(
+        [
+            sys.executable, str(REPO / "scripts" / "asapo_produce.py"),
+            "--endpoint", asapo.server_name, "--beamtime", BEAMTIME, "--data-source", "det1",
+            "--frames", str(frames), "--rate", "4", "--module-shape", ",".join(map(str, SHAPE)),
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        run = wait_for(lambda: (r := serve.runs()) and r[0]["frames_out"] >= 2 and r[0], 90, "")
+        # The pipeline dies: the service restarts it, and it resumes from its group.
+        os.kill(run["pid"], signal.SIGKILL)
+        wait_for(lambda: serve.run(run["id"])["restarts"] == 1, 30, "the pipeline's restart")
+        run = wait_for(
+            lambda: (r := serve.run(run["id"]))["state"] == "running"
+            and r["frames_out"] > run["frames_out"] + 2 and r,
+            90, "frames after the restart",
+        )  # fmt: skip
+        # The service dies: its pipeline goes on, and the restarted service adopts it.
+        history = serve.runs()
+        serve.kill()
+        assert not pid_gone(run["pid"])
+        serve.start()
+        after = serve.runs()
+        keys = ("id", "recipe", "beamtime", "data_source", "version", "started", "restarts", "pid")
+        assert [{k: r[k] for k in keys} for r in after] == [
+            {k: r[k] for k in keys} for r in history
+        ]
+        assert producer.wait(timeout=120) == 0
+    finally:
+        producer.kill()
+        producer.wait()
+    wait_for(
+        lambda: len(output_records(asapo, "azint", "scan_0001")) == frames, 120, "every output"
+    )
+    assert sorted(output_records(asapo, "azint", "scan_0001")) == list(range(1, frames + 1))
+    wait_for(lambda: serve.run(run["id"])["frames_out"] >= frames, 30, "the counts")
+    with h5py.File(tmp_path / "out" / "out_scan_0001.h5", "r", swmr=True) as f:
+        ids = f["scan_0001/message_id"][:].tolist()
+    assert sorted(ids) == list(range(1, frames + 1))  # each once, none lost
+    assert serve.stop() == 0
+    assert pid_gone(run["pid"])  # the adopted pipeline drained and ended with the service
+
+
+def test_runs_never_exceed_max_workers_and_wait_in_turn(asapo, tmp_path, serves):
+    recipes = [
+        recipe(tmp_path, asapo, name=n, out=f"azint_{n}", **{"source.idle_timeout_s": 2.0})
+        for n in ("a", "b")
+    ]
+    cfg = service_toml(tmp_path, asapo.server_name, recipes, max_workers=1)
+    serve = Serve(cfg).start()
+    serves.append(serve)
+    send(asapo, "det1", 4)
+    seen_queued = False
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        node = serve.request("GET", "/api/node")[1]
+        assert node["workers_in_use"] <= node["max_workers"] == 1, node
+        runs = serve.runs()
+        assert sum(r["state"] == "running" for r in runs) <= 1, runs
+        seen_queued |= any(r["state"] == "queued" and r["queue_position"] == 1 for r in runs)
+        if len(runs) == 2 and all(r["state"] == "finished" for r in runs):
+            break
+        time.sleep(0.2)  # polling interval of a bounded wait
+    else:
+        raise AssertionError(f"the two runs did not both finish: {serve.runs()}")
+    assert seen_queued
+    first, second = sorted(runs, key=lambda r: r["started"])
+    assert second["started"] >= first["ended"]  # in turn, never side by side
+    assert [r["frames_out"] for r in runs] == [4, 4]
+    for n in ("a", "b"):
+        assert sorted(output_records(asapo, f"azint_{n}", "scan_0001")) == [1, 2, 3, 4]

@@ -30,6 +30,7 @@ _RUN: dict[str, Any] = {
         "group_id": {"type": "string"},
         "message": {"type": "string"},
         "stop_requested": {"type": "boolean"},
+        "pid": {"type": ["integer", "null"], "description": "the pipeline's supervisor"},
         "view": {"type": ["string", "null"], "description": "the run's live view"},
     },
 }

@@ -60,6 +60,8 @@ class Child:
         self.run_id, self.pid, self.pid_started = run_id, pid, pid_started
         self.files, self.popen = files, popen
         self.terminated = False
+        self.log_offset = 0
+        """Where this child's output starts in the run's log (0: unknown, adopted)."""
 
     @property
     def log_path(self) -> Path:
@@ -77,6 +79,7 @@ class Child:
         exit_path.unlink(missing_ok=True)
         Path(cwd).mkdir(parents=True, exist_ok=True)
         with open(files / "log", "ab") as log:
+            offset = log.tell()
             popen = subprocess.Popen(
                 [sys.executable, "-m", "shmpipe.serve.child", str(exit_path), *args],
                 stdin=subprocess.DEVNULL,
@@ -85,7 +88,9 @@ class Child:
                 cwd=cwd,
                 start_new_session=True,
             )
-        return cls(run_id, popen.pid, _started(popen.pid), files, popen)
+        child = cls(run_id, popen.pid, _started(popen.pid), files, popen)
+        child.log_offset = offset
+        return child
 
     @classmethod
     def adopt(cls, run_id: int, pid: int, pid_started: float, files: Path) -> Child | None:

@@ -77,8 +77,12 @@ class Scheduler:
             files = self.service.run_dir / str(run["id"])
             child = Child.adopt(run["id"], run["pid"], run["pid_started"], files)
             if child is not None:
+                child.log_offset = run["log_offset"]
                 log.info("run %d: adopted its running pipeline (pid %d)", run["id"], run["pid"])
-            self.children[run["id"]] = child or Child(run["id"], 0, 0.0, files)
+            if child is None:  # gone: reaped at the first tick, as its exit file says
+                child = Child(run["id"], 0, 0.0, files)
+                child.log_offset = run["log_offset"]
+            self.children[run["id"]] = child
 
     def loop(self, stop: threading.Event, tick_s: float = 0.25) -> None:
         """Tick until ``stop`` is set, then stop every child (they drain)."""
@@ -187,6 +191,7 @@ class Scheduler:
             state="running",
             pid=child.pid,
             pid_started=child.pid_started,
+            log_offset=child.log_offset,
             started=run["started"] or time.time(),
             view_port=port,
             message=f"pipeline {start or ''} started (pid {child.pid})",
@@ -225,11 +230,12 @@ class Scheduler:
             run = self.store.run(run_id)
             if run is None:
                 continue
-            s = read_summary(child.log_path)
+            s = read_summary(child.log_path, child.log_offset)
+            # A child killed before its summary counted what was last sampled of it.
             done = {
-                "done_in": run["done_in"] + s.frames_in,
-                "done_out": run["done_out"] + s.frames_out,
-                "done_errors": run["done_errors"] + s.errors,
+                "done_in": max(run["frames_in"], run["done_in"] + s.frames_in),
+                "done_out": max(run["frames_out"], run["done_out"] + s.frames_out),
+                "done_errors": max(run["errors"], run["done_errors"] + s.errors),
             }
             counts = {
                 "frames_in": done["done_in"],

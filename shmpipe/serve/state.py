@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS runs (
     view_port INTEGER NOT NULL DEFAULT 0,
     pid INTEGER NOT NULL DEFAULT 0,
     pid_started REAL NOT NULL DEFAULT 0,
+    log_offset INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     started REAL,
     ended REAL,
