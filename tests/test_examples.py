@@ -20,7 +20,8 @@ from shmpipe.plugins.sinks.hdf5 import read_stream
 from shmpipe.plugins.sources.sim import SimParams, SimSource
 from tests.conftest import REPO, run_cli
 
-EXAMPLES = sorted((REPO / "examples").rglob("*.toml"))
+# Pipeline configurations; examples/service.toml configures ``shmpipe serve`` (tests/test_serve.py).
+EXAMPLES = sorted(p for p in (REPO / "examples").rglob("*.toml") if p.name != "service.toml")
 MISSING = re.compile(r"unknown (kernel|source|sink) '[^']+'|cannot import '[^']+'")
 
 

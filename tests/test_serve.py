@@ -3,14 +3,16 @@ versioned reprocessing, the token, state that survives SIGKILL, the node's worke
 
 from __future__ import annotations
 
+import sqlite3
 import time
+import urllib.request
 
 import h5py
 import numpy as np
 import pytest
 
 from shmpipe.asapo.process import AsapoProcess
-from tests.conftest import run_cli, wait_for
+from tests.conftest import REPO, run_cli, wait_for
 from tests.serve_helpers import (
     BEAMTIME,
     SHAPE,
@@ -39,7 +41,9 @@ def serves():
         s.stop()
 
 
-def send(asapo, data_source: str, frames: int, streams=("scan_0001",), rate=0.0) -> None:
+def send(
+    asapo, data_source: str, frames: int, streams=("scan_0001",), rate=0.0, beamtime=BEAMTIME
+) -> None:
     import subprocess
     import sys
 
@@ -48,7 +52,7 @@ def send(asapo, data_source: str, frames: int, streams=("scan_0001",), rate=0.0)
     r = subprocess.run(
         [
             sys.executable, str(REPO / "scripts" / "asapo_produce.py"),
-            "--endpoint", asapo.server_name, "--beamtime", BEAMTIME,
+            "--endpoint", asapo.server_name, "--beamtime", beamtime,
             "--data-source", data_source, "--frames", str(frames),
             "--streams", ",".join(streams), "--rate", str(rate),
             "--module-shape", ",".join(map(str, SHAPE)),
@@ -159,9 +163,36 @@ def test_new_data_source_gets_its_pipeline_and_reprocessing_is_versioned(asapo, 
     assert output_records(asapo, "azint", "scan_0001") == before_asapo
     assert any("azint-r1" in o for o in done["outputs"]), done
 
-    pids = [r for r in serve.runs() if r["state"] == "running"]
+    # A beamtime added at run time is followed like those of the file.
+    status, body = serve.request("POST", "/api/beamtimes", {"id": "bt_added"}, token=TOKEN)
+    assert status == 201 and body["followed"] == ["bt_added", BEAMTIME], body
+    send(asapo, "det7", 2, beamtime="bt_added")
+    added = wait_for(
+        lambda: next((r for r in serve.runs() if r["beamtime"] == "bt_added"), None), 10,
+        "the pipeline of the added beamtime",
+    )  # fmt: skip
+    assert (added["recipe"], added["data_source"], added["version"]) == ("azint", "det7", 0)
+
+    # The API describes itself; the metrics and shmpipe status show the runs.
+    status, spec = serve.request("GET", "/openapi.json")
+    assert status == 200 and {"/api/runs", "/api/runs/{id}/stop"} <= set(spec["paths"])
+    with urllib.request.urlopen(serve.url + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    assert 'shmpipe_serve_run_frames_out_total{name="azint.bt_serve.det1-r1"' in text
+    assert "shmpipe_serve_max_workers 2" in text
+    shown = run_cli("status", timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert f"service {serve.url}/" in shown.stdout and "azint.bt_serve.det1-r1" in shown.stdout
+
+    running = [r for r in serve.runs() if r["state"] == "running"]
     assert serve.stop() == 0, serve.output()
-    assert all(pid_gone(r.get("pid", 0) or 0) for r in pids)
+    assert running and all(pid_gone(r["pid"]) for r in running)
+    # Stopped with the service, they wait for its next start.
+    db = sqlite3.connect(tmp_path / "state" / "serve.sqlite")
+    states = dict(db.execute("SELECT id, state FROM runs").fetchall())
+    db.close()
+    assert {states[r["id"]] for r in running} == {"queued"}
+    assert states[rerun["id"]] == "finished"
 
 
 def test_check_reports_a_mistake_naming_key_and_file_before_anything_starts(tmp_path, asapo):
@@ -267,3 +298,17 @@ def test_runs_never_exceed_max_workers_and_wait_in_turn(asapo, tmp_path, serves)
     assert [r["frames_out"] for r in runs] == [4, 4]
     for n in ("a", "b"):
         assert sorted(output_records(asapo, f"azint_{n}", "scan_0001")) == [1, 2, 3, 4]
+
+
+def test_example_service_configuration_checks(tmp_path):
+    example = (REPO / "examples" / "service.toml").read_text()
+    lambda_toml = REPO / "examples" / "asapo_lambda.toml"
+    cfg = tmp_path / "service.toml"
+    cfg.write_text(example.replace('"asapo_lambda.toml"', f'"{lambda_toml}"'))
+    r = run_cli("serve", "--config", str(cfg), "--check")
+    assert r.returncode == 2 and "serve.token_file" in r.stderr, r.stderr
+    (tmp_path / "serve.tokens").write_text("a-token\n")
+    r = run_cli("serve", "--config", str(cfg), "--check")
+    assert r.returncode == 0, r.stderr
+    assert "recipe azint" in r.stderr and "is valid" in r.stderr
+    assert not (tmp_path / "serve.sqlite").exists()

@@ -13,10 +13,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from shmpipe.serve import requests
+from shmpipe.serve import metrics, requests
 from shmpipe.serve.openapi import OPENAPI
 from shmpipe.serve.page import PAGE
 from shmpipe.serve.plan import run_name
@@ -180,6 +180,12 @@ def create_app(scheduler: Scheduler) -> Starlette:
             }
         )
 
+    async def prometheus(request: Request):
+        if (r := refused(request, False)) is not None:
+            return r
+        text = metrics.render(runs_view(), service.workers)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
     return Starlette(
         routes=[
             Route("/", page),
@@ -192,5 +198,6 @@ def create_app(scheduler: Scheduler) -> Starlette:
             Route("/api/beamtimes", list_beamtimes, methods=["GET"]),
             Route("/api/beamtimes", post_beamtime, methods=["POST"]),
             Route("/api/node", node, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
         ]
     )

@@ -145,6 +145,12 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"201": {"description": "followed"}, **_FAILED},
             },
         },
+        "/metrics": {
+            "get": {
+                "summary": "the runs and the node's workers in the Prometheus text format",
+                "responses": {"200": {"description": "text/plain; version=0.0.4"}},
+            }
+        },
         "/api/node": {
             "get": {
                 "summary": "workers in use, the node's budget, the queue",
