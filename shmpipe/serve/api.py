@@ -100,7 +100,7 @@ def create_app(scheduler: Scheduler) -> Starlette:
         return [public_run(r, queue, view_host) for r in runs]
 
     async def page(request: Request):
-        return refused(request, False) or HTMLResponse(PAGE)
+        return HTMLResponse(PAGE)  # no data in it: what it shows comes from the API
 
     async def openapi(request: Request):
         return JSONResponse(OPENAPI)

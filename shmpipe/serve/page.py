@@ -60,6 +60,11 @@ function parseSet(text) {
   }
   return out;
 }
+function auth() {
+  const token = $("token").value.trim();
+  return token ? {"Authorization": "Bearer " + token} : {};
+}
+const get = (url) => fetch(url, {headers: auth()}).then(r => r.json());
 async function post(url, body) {
   const token = $("token").value.trim();
   localStorage.setItem("shmpipe-serve-token", token);
@@ -73,8 +78,7 @@ async function stop(id) {
   $("result").className = status < 300 ? "" : "error";
 }
 async function refresh() {
-  const [runs, node] = await Promise.all([fetch("api/runs").then(r => r.json()),
-                                          fetch("api/node").then(r => r.json())]);
+  const [runs, node] = await Promise.all([get("api/runs"), get("api/node")]);
   $("node").textContent = `workers ${node.workers_in_use} of ${node.max_workers} in use, ` +
     `${node.running} running, ${node.queue.length} queued`;
   const body = $("runs").tBodies[0];
@@ -115,8 +119,7 @@ async function refresh() {
   }
 }
 async function choices() {
-  const [recipes, beamtimes] = await Promise.all([fetch("api/recipes").then(r => r.json()),
-                                                  fetch("api/beamtimes").then(r => r.json())]);
+  const [recipes, beamtimes] = await Promise.all([get("api/recipes"), get("api/beamtimes")]);
   $("recipe").replaceChildren(...recipes.map(r => new Option(r.name, r.name)));
   $("beamtime").replaceChildren(...beamtimes.map(b => new Option(b, b)));
 }
