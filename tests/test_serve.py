@@ -156,6 +156,15 @@ def test_new_data_source_gets_its_pipeline_and_reprocessing_is_versioned(asapo, 
         assert entry["integrate.intensity"].shape == (6, 500)
         config = f["scan_0001/process/configuration/data"][()].decode()
         assert "npt = 500" in config and "-r1" in f.attrs["run_name"]
+        # The version and the overrides are in each output's provenance.
+        assert 'provenance = { service = "shmpipe serve", recipe = "azint", version = 1' in config
+        assert '"kernels.integrate.npt" = 500' in config
+    c = asapo_consumer.create_consumer(asapo.server_name, "", False, BEAMTIME, "azint-r1", "", 1000)
+    _, meta = c.get_by_id(3, meta_only=True, stream="scan_0001")
+    lineage = meta["meta"]["lineage"]
+    assert lineage["run"] == "azint.bt_serve.det1-r1"
+    assert lineage["provenance"]["version"] == 1
+    assert lineage["provenance"]["overrides"] == {"run.workers": 1, "kernels.integrate.npt": 500}
     again = output_records(asapo, "azint-r1", "scan_0001")
     assert sorted(again) == list(range(1, 7))
     assert all(len(v) == 500 * 8 for v in again.values())

@@ -65,6 +65,9 @@ class RunSection:
 
     name: str = ""
     """Run name, used by ``shmpipe status``; empty: ``run-<pid>``."""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """What else to record about where the results came from, with the configuration in every
+    output (``shmpipe serve`` records the recipe, the version and the overrides here)."""
     workers: int = 2
     """Worker processes (the parallelism; one per core is the usual choice)."""
     ordered: bool = True

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
     from shmpipe.observe.logs import configure_logging
     from shmpipe.serve.api import create_app
-    from shmpipe.serve.config import check_recipes, load_service_config
+    from shmpipe.serve.check import check_recipes
+    from shmpipe.serve.config import load_service_config
     from shmpipe.serve.registry import ServiceRecord
     from shmpipe.serve.scheduler import Scheduler
     from shmpipe.serve.state import StateStore

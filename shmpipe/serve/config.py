@@ -1,8 +1,8 @@
 """The service configuration: ``[serve]``, its followed beamtimes and ``[[recipes]]``.
 
 Every mistake is a :class:`~shmpipe.config.ConfigError` naming the key and the file, found by
-:func:`load_service_config` before anything starts; :func:`check_recipes` also loads each
-recipe's pipeline configuration with the overrides the service would give it.
+:func:`load_service_config` before anything starts (``shmpipe.serve.check`` then loads each
+recipe's pipeline configuration with the overrides the service would give it).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shmpipe.config import ConfigError, build_dataclass, load_config, read_toml
+from shmpipe.config import ConfigError, build_dataclass, read_toml
 from shmpipe.config.schema import toml_value
 
 
@@ -194,44 +194,3 @@ def load_service_config(path: str | Path) -> ServiceConfig:
             raise ConfigError(f"no such file {recipe.config}", f"recipes[{i}].config", file)
         recipes.append(recipe)
     return ServiceConfig(file, serve, recipes, tokens, beamtimes)
-
-
-def check_recipes(service: ServiceConfig) -> list[str]:
-    """Load every recipe's pipeline as the service would start it; one line per recipe.
-
-    Raises
-    ------
-    ConfigError
-        The first recipe whose pipeline configuration is wrong, naming the recipe.
-    """
-    from shmpipe.serve.plan import RunPlan, child_overrides
-
-    lines = []
-    for i, recipe in enumerate(service.recipes):
-        plan = RunPlan(recipe.name, "beamtime", "data_source", 0, [], {}, "check", "")
-        sets = child_overrides(service, recipe, plan, load_config(recipe.config))
-        try:
-            cfg = load_config(recipe.config, sets)
-        except ConfigError as exc:
-            raise ConfigError(
-                f"recipe {recipe.name!r}: {exc}", f"recipes[{i}].set", service.path
-            ) from None
-        if cfg.source.kind != "asapo":
-            raise ConfigError(
-                f"recipe {recipe.name!r}: its source is {cfg.source.kind!r}; the service "
-                'follows ASAPO beamtimes (source.kind = "asapo")',
-                f"recipes[{i}].config",
-                service.path,
-            )
-        if cfg.run.workers > service.workers:
-            raise ConfigError(
-                f"recipe {recipe.name!r} needs {cfg.run.workers} workers, the node has "
-                f"{service.workers} (serve.max_workers)",
-                f"recipes[{i}].set",
-                service.path,
-            )
-        lines.append(
-            f"recipe {recipe.name}: {recipe.config}, {cfg.run.workers} workers, "
-            f"chain {' -> '.join(k.name for k in cfg.kernels)}"
-        )
-    return lines

@@ -12,12 +12,11 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shmpipe.config import PipelineConfig
-
-if TYPE_CHECKING:
-    from shmpipe.serve.config import Recipe, ServiceConfig
+from shmpipe.config.schema import toml_value
+from shmpipe.serve.config import Recipe, ServiceConfig, overrides_of
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -90,12 +89,17 @@ def child_overrides(
     base
         The recipe's pipeline configuration as its file says (to find its sinks).
     """
-    from shmpipe.serve.config import overrides_of
-
     sets = overrides_of(recipe.set) + overrides_of(plan.overrides)
+    provenance = {
+        "service": "shmpipe serve",
+        "recipe": plan.recipe,
+        "version": plan.version,
+        "overrides": {**recipe.set, **plan.overrides},
+    }
     endpoint = _q(service.serve.endpoint)
     sets += [
         f"run.name={_q(run_name(plan.recipe, plan.beamtime, plan.data_source, plan.version))}",
+        f"run.provenance={toml_value(provenance)}",
         'run.progress="off"',
         "metrics.port=0",
         f"view.port={plan.view_port}",

@@ -147,6 +147,7 @@ class AsapoSink(Sink):
             self._done.notify_all()
 
     def _lineage(self, stream: str, ids: list[int], names: list[str]) -> dict[str, Any]:
+        extra = self.run.config.get("run", {}).get("provenance")  # e.g. shmpipe serve's version
         return {
             "input_stream": stream,
             "input_ids": ids,
@@ -155,6 +156,7 @@ class AsapoSink(Sink):
             "config_hash": self.run.config_hash,
             "result_hash": self.run.result_hash,
             "run": self.run.run_name,
+            **({"provenance": extra} if extra else {}),
         }
 
     def _check_stream(self, out_stream: str) -> None:
