@@ -258,6 +258,8 @@ def test_pipeline_and_service_killed_mid_run_resume_with_nothing_lost_or_doubled
         serve.kill()
         assert not pid_gone(run["pid"])
         serve.start()
+        second = run_cli("serve", "--config", str(cfg), timeout=60)  # the same state: refused
+        assert second.returncode == 2 and "in use by another shmpipe serve" in second.stderr
         after = serve.runs()
         keys = ("id", "recipe", "beamtime", "data_source", "version", "started", "restarts", "pid")
         assert [{k: r[k] for k in keys} for r in after] == [

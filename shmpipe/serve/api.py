@@ -12,6 +12,7 @@ import hmac
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Route
@@ -120,7 +121,9 @@ def create_app(scheduler: Scheduler) -> Starlette:
         if (r := refused(request, True)) is not None:
             return r
         try:
-            run_id = requests.reprocess(scheduler, await body_of(request))
+            # It asks ASAPO for the streams: off the event loop, which serves the page meanwhile.
+            body = await body_of(request)
+            run_id = await run_in_threadpool(requests.reprocess, scheduler, body)
         except requests.BadRequest as exc:
             return bad(exc)
         run = next(r for r in runs_view() if r["id"] == run_id)

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from shmpipe.serve.config import load_service_config
     from shmpipe.serve.registry import ServiceRecord
     from shmpipe.serve.scheduler import Scheduler
-    from shmpipe.serve.state import StateStore
+    from shmpipe.serve.state import StateInUse, StateLock, StateStore
 
     configure_logging(args.log_format, "info")
     service = load_service_config(args.config)
@@ -85,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
             f"(serve.port): {exc.strerror}",
             file=sys.stderr,
         )
+        return exit_codes.EXIT_CONFIG_ERROR
+    try:
+        owner = StateLock(service.state_path)
+    except StateInUse as exc:
+        print(f"shmpipe serve: cannot start: {exc} (serve.state)", file=sys.stderr)
         return exit_codes.EXIT_CONFIG_ERROR
     store = StateStore(service.state_path)
     scheduler = Scheduler(service, store)
@@ -117,4 +122,5 @@ def run(args: argparse.Namespace) -> int:
         worker.join()
         record.release()
         store.close()
+        owner.release()
     return exit_codes.EXIT_OK

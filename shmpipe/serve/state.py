@@ -7,7 +7,9 @@ same history, and the runs that were running, with the pid of each child to adop
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -166,3 +168,29 @@ class StateStore:
         with self._lock:
             rows = self._db.execute("SELECT id, token FROM beamtimes ORDER BY added").fetchall()
         return {r["id"]: r["token"] for r in rows}
+
+
+class StateInUse(RuntimeError):
+    """Another service holds the state file."""
+
+
+class StateLock:
+    """One service per state file: an exclusive ``flock`` on ``<state>.lock``, held for the
+    life of the service and released by the kernel however it ends (a second service on the
+    same state would start every run twice)."""
+
+    def __init__(self, path: str | Path) -> None:
+        lock = Path(str(path) + ".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self._fd)
+            raise StateInUse(f"{path} is in use by another shmpipe serve (pid {holder})") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        os.close(self._fd)
