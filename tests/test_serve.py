@@ -171,6 +171,16 @@ def test_new_data_source_gets_its_pipeline_and_reprocessing_is_versioned(asapo, 
     assert digest(original) == before_file
     assert output_records(asapo, "azint", "scan_0001") == before_asapo
     assert any("azint-r1" in o for o in done["outputs"]), done
+    # Listed streams, one after the other: the next version, beside the others.
+    status, listed = serve.request(
+        "POST", "/api/runs", {**request, "streams": ["scan_0001"], "set": {}}, token=TOKEN
+    )
+    assert status == 201 and listed["version"] == 2, listed
+    wait_for(lambda: serve.run(listed["id"])["state"] == "finished", 180, "version 2")
+    assert sorted(output_records(asapo, "azint-r2", "scan_0001")) == list(range(1, 7))
+    assert (tmp_path / "out" / "out_scan_0001-r2.h5").exists()
+    status, recipes = serve.request("GET", "/api/recipes")
+    assert status == 200 and [r["name"] for r in recipes] == ["azint"]
 
     # A beamtime added at run time is followed like those of the file.
     status, body = serve.request("POST", "/api/beamtimes", {"id": "bt_added"}, token=TOKEN)

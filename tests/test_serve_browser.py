@@ -3,24 +3,13 @@ with their live views one click away, and the reprocessing form."""
 
 from __future__ import annotations
 
-import os
-import shutil
-
-import pytest
-
 from shmpipe.asapo.process import AsapoProcess
 from tests.serve_helpers import TOKEN, Serve, service_toml
 from tests.test_serve import recipe, send
-from tests.view_helpers import free_port
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not os.path.exists(CHROMIUM):
-    pytest.skip(
-        "chromium is not installed (apt-get install chromium; CI installs it, see README)",
-        allow_module_level=True,
-    )
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# The same Chromium and flags as the live view's browser test (skipped where it is missing).
+from tests.test_view_browser import CHROMIUM, FLAGS, sync_api  # noqa: E402
+from tests.view_helpers import free_port
 
 
 def row_state(run_id: int) -> str:

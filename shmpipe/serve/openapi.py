@@ -50,6 +50,31 @@ _FAILED = {
     "401": _json(_ERROR, "no valid Authorization: Bearer TOKEN"),
 }
 _ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}]
+_REPROCESS = {
+    "type": "object",
+    "required": ["recipe", "beamtime", "data_source"],
+    "properties": {
+        "recipe": {"type": "string"},
+        "beamtime": {"type": "string"},
+        "data_source": {"type": "string"},
+        "streams": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "empty: all, from the first",
+        },
+        "set": {"type": "object", "description": 'overrides, e.g. {"kernels.integrate.npt": 500}'},
+    },
+}
+_BEAMTIME = {
+    "type": "object",
+    "required": ["id"],
+    "properties": {"id": {"type": "string"}, "token": {"type": "string"}},
+}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -72,32 +97,7 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "reprocess: a run in a fresh consumer group, outputs versioned -r<k>",
                 "security": _BEARER,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["recipe", "beamtime", "data_source"],
-                                "properties": {
-                                    "recipe": {"type": "string"},
-                                    "beamtime": {"type": "string"},
-                                    "data_source": {"type": "string"},
-                                    "streams": {
-                                        "type": "array",
-                                        "items": {"type": "string"},
-                                        "description": "empty: all, from the first",
-                                    },
-                                    "set": {
-                                        "type": "object",
-                                        "description": 'overrides, e.g. {"kernels.integrate.npt"'
-                                        ": 500}",
-                                    },
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": _body(_REPROCESS),
                 "responses": {"201": _json(_RUN, "the queued run"), **_FAILED},
             },
         },
@@ -127,21 +127,7 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "follow one more beamtime",
                 "security": _BEARER,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["id"],
-                                "properties": {
-                                    "id": {"type": "string"},
-                                    "token": {"type": "string"},
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": _body(_BEAMTIME),
                 "responses": {"201": {"description": "followed"}, **_FAILED},
             },
         },

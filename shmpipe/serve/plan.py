@@ -103,6 +103,7 @@ def child_overrides(
         'run.progress="off"',
         "metrics.port=0",
         f"view.port={plan.view_port}",
+        f"view.host={_q(service.serve.host)}",  # the live views listen where the page does
         f"source.endpoint={endpoint}",
         f"source.beamtime={_q(plan.beamtime)}",
         f"source.data_source={_q(plan.data_source)}",
