@@ -296,7 +296,8 @@ def test_runs_never_exceed_max_workers_and_wait_in_turn(asapo, tmp_path, serves)
         recipe(tmp_path, asapo, name=n, out=f"azint_{n}", **{"source.idle_timeout_s": 2.0})
         for n in ("a", "b")
     ]
-    cfg = service_toml(tmp_path, asapo.server_name, recipes, max_workers=1)
+    extra = "max_restarts = 1\nrestart_backoff_s = 0.2"
+    cfg = service_toml(tmp_path, asapo.server_name, recipes, max_workers=1, extra=extra)
     serve = Serve(cfg).start()
     serves.append(serve)
     send(asapo, "det1", 4)
@@ -319,6 +320,18 @@ def test_runs_never_exceed_max_workers_and_wait_in_turn(asapo, tmp_path, serves)
     assert [r["frames_out"] for r in runs] == [4, 4]
     for n in ("a", "b"):
         assert sorted(output_records(asapo, f"azint_{n}", "scan_0001")) == [1, 2, 3, 4]
+
+    # A pipeline that cannot start is started again once (max_restarts = 1), then fails.
+    broken = {"kernels.integrate.geometry": str(tmp_path / "missing.json")}
+    request = {"recipe": "a", "beamtime": BEAMTIME, "data_source": "det1", "set": broken}
+    status, run = serve.request("POST", "/api/runs", request, token=TOKEN)
+    assert status == 201, run
+    failed = wait_for(
+        lambda: (r := serve.run(run["id"]))["state"] in ("failed", "finished") and r, 120, ""
+    )
+    assert failed["state"] == "failed" and failed["restarts"] == 1, failed
+    assert "gave up after 2 deaths in a row" in failed["message"], failed
+    assert failed["exit_code"] == 2
 
 
 def test_example_service_configuration_checks(tmp_path):

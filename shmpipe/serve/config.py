@@ -43,6 +43,9 @@ class ServeSection:
     """How often to look for new data sources in the followed beamtimes."""
     restart_backoff_s: float = 1.0
     """First wait before restarting a pipeline that died; doubled each time, up to 60 s."""
+    max_restarts: int = 10
+    """A pipeline that dies is started again at most this many times in a row (a death after
+    published frames counts anew); then its run ends failed."""
     view_port: int = 0
     """First port of the runs' live views (one port each, upwards); 0: no live views."""
     view_host: str = ""

@@ -266,19 +266,32 @@ class Scheduler:
             else:
                 self._end(run, "finished", f"finished (exit {code})", **counts)
         else:
-            restarts = run["restarts"] + 1
-            wait = min(MAX_BACKOFF_S, self.service.serve.restart_backoff_s * 2 ** (restarts - 1))
-            log.warning(
-                "run %d: pipeline ended with exit %d; restarting in %.0f s: %s",
-                rid,
-                code,
-                wait,
-                last,
+            self._died(run, code, last, counts, now)
+
+    def _died(self, run: dict, code: int, last: str, counts: dict, now: float) -> None:
+        """Start a pipeline that died again after a back-off, or give up on it after
+        ``serve.max_restarts`` deaths in a row (a death after published frames starts anew)."""
+        progressed = counts["frames_out"] > run["frames_out_at_failure"]
+        failures = 1 if progressed else run["failures"] + 1
+        counts = {**counts, "failures": failures, "frames_out_at_failure": counts["frames_out"]}
+        if failures > self.service.serve.max_restarts:
+            message = (
+                f"exit {code}; gave up after {failures} deaths in a row (serve.max_restarts): "
+                f"{last}"
             )
-            self.store.update(
-                rid, state="queued", pid=0, restarts=restarts, not_before=now + wait,
-                message=f"exit {code}, restarting in {wait:.0f} s: {last}", **counts,
-            )  # fmt: skip
+            log.error("run %d: %s", run["id"], message)
+            self._end(run, "failed", message, **counts)
+            return
+        wait = min(MAX_BACKOFF_S, self.service.serve.restart_backoff_s * 2 ** (failures - 1))
+        log.warning(
+            "run %d: pipeline ended with exit %d; restarting in %.0f s: %s",
+            run["id"], code, wait, last,
+        )  # fmt: skip
+        self.store.update(
+            run["id"], state="queued", pid=0, restarts=run["restarts"] + 1,
+            not_before=now + wait, message=f"exit {code}, restarting in {wait:.0f} s: {last}",
+            **counts,
+        )  # fmt: skip
 
     def _sample(self, now: float) -> None:
         for run_id in list(self.children):

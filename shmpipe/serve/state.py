@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS runs (
     done_errors INTEGER NOT NULL DEFAULT 0,
     rate REAL NOT NULL DEFAULT 0,
     restarts INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    frames_out_at_failure INTEGER NOT NULL DEFAULT 0,
     not_before REAL NOT NULL DEFAULT 0,
     exit_code INTEGER,
     outputs TEXT NOT NULL DEFAULT '[]',
