@@ -197,3 +197,22 @@ def load_service_config(path: str | Path) -> ServiceConfig:
             raise ConfigError(f"no such file {recipe.config}", f"recipes[{i}].config", file)
         recipes.append(recipe)
     return ServiceConfig(file, serve, recipes, tokens, beamtimes)
+
+
+def reference() -> str:
+    """The keys of the service file as Markdown tables (docs/service.md quotes them)."""
+    import dataclasses
+    import json
+
+    from shmpipe.config.reference import attribute_docs
+
+    out = []
+    for cls, title in ((ServeSection, "[serve]"), (Recipe, "[[recipes]]")):
+        out += [f"| `{title}` key | default | what |", "|---|---|---|"]
+        docs = attribute_docs(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            text = " ".join(docs.get(f.name, "").split())
+            out.append(f"| `{f.name}` | `{json.dumps(default)}` | {text} |")
+        out.append("")
+    return "\n".join(out)
