@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -355,3 +356,17 @@ def test_the_service_docs_list_every_key():
         "docs/service.md lacks the current table of the service's keys "
         "(shmpipe.serve.config.reference())"
     )
+
+
+def test_an_unreachable_asapo_is_shown_not_silent(tmp_path, serves):
+    from tests.view_helpers import free_port
+
+    endpoint = f"127.0.0.1:{free_port()}"  # nothing listens there
+    nowhere = SimpleNamespace(server_name=endpoint)
+    cfg = service_toml(tmp_path, endpoint, [recipe(tmp_path, nowhere)])
+    serve = Serve(cfg).start()
+    serves.append(serve)
+    problems = wait_for(lambda: serve.request("GET", "/api/node")[1]["problems"], 30, "problems")
+    assert list(problems) == [BEAMTIME] and "Unavailable" in problems[BEAMTIME], problems
+    assert serve.runs() == []
+    assert serve.stop() == 0

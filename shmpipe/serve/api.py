@@ -180,6 +180,7 @@ def create_app(scheduler: Scheduler) -> Starlette:
                 "workers_in_use": sum(r["workers"] for r in runs if r["state"] == "running"),
                 "queue": [r["id"] for r in runs if r["state"] == "queued"],
                 "running": sum(r["state"] == "running" for r in runs),
+                "problems": {bt: e for bt, e in scheduler.beamtime_errors.items() if e},
             }
         )
 

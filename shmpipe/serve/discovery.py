@@ -15,15 +15,19 @@ def _consumer(endpoint: str, beamtime: str, data_source: str, token: str):
     return asapo_consumer.create_consumer(endpoint, "", False, beamtime, data_source, token, 2000)
 
 
-def data_sources(endpoint: str, beamtime: str, token: str) -> list[str] | None:
-    """The data sources ASAPO lists for ``beamtime``; None when it cannot say now."""
+def data_sources(endpoint: str, beamtime: str, token: str) -> tuple[list[str], str]:
+    """The data sources ASAPO lists for ``beamtime``, and why it could not (``""``: it could).
+
+    A wrong token, an unknown beamtime or a service that is down would otherwise look like a
+    beamtime without data; the reason is shown in the API and on the page.
+    """
     import asapo_consumer
 
     try:
-        return list(_consumer(endpoint, beamtime, "", token).get_source_list())
+        return list(_consumer(endpoint, beamtime, "", token).get_source_list()), ""
     except asapo_consumer.AsapoConsumerError as exc:
         log.debug("cannot list the data sources of %s: %s", beamtime, exc)
-        return None
+        return [], f"{type(exc).__name__}: {exc}"
 
 
 def streams(endpoint: str, beamtime: str, data_source: str, token: str) -> list[str] | None:

@@ -139,7 +139,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/node": {
             "get": {
-                "summary": "workers in use, the node's budget, the queue",
+                "summary": "workers in use, the node's budget, the queue, and why a followed "
+                "beamtime cannot be listed (problems: beamtime -> reason)",
                 "responses": {"200": {"description": "the node"}},
             }
         },

@@ -22,6 +22,7 @@ input, select, textarea { font: inherit; padding: .2em; }
 <body>
 <h1>shmpipe serve</h1>
 <div id="node">…</div>
+<div id="problems" class="error"></div>
 <h2>Runs</h2>
 <table id="runs"><thead><tr>
 <th>id</th><th>run</th><th>state</th><th>frames in</th><th>out</th><th>errors</th>
@@ -81,6 +82,8 @@ async function refresh() {
   const [runs, node] = await Promise.all([get("api/runs"), get("api/node")]);
   $("node").textContent = `workers ${node.workers_in_use} of ${node.max_workers} in use, ` +
     `${node.running} running, ${node.queue.length} queued`;
+  $("problems").textContent = Object.entries(node.problems).map(([bt, e]) =>
+    `beamtime ${bt}: ${e}`).join("; ");
   const body = $("runs").tBodies[0];
   body.replaceChildren();
   for (const r of runs.slice().reverse()) {

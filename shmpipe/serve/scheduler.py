@@ -52,6 +52,8 @@ class Scheduler:
         self.stopping = False
         self._next_discovery = 0.0
         self._sampled: dict[int, tuple[float, int]] = {}
+        self.beamtime_errors: dict[str, str] = {}
+        """Why a followed beamtime's data sources could not be listed lately ("" : they could)."""
 
     # -- what the HTTP side asks ---------------------------------------------------------
     def followed(self) -> dict[str, str]:
@@ -113,7 +115,11 @@ class Scheduler:
         added = []
         endpoint = self.service.serve.endpoint
         for beamtime, token in self.followed().items():
-            listed = discovery.data_sources(endpoint, beamtime, token) or []
+            listed, error = discovery.data_sources(endpoint, beamtime, token)
+            if error != self.beamtime_errors.get(beamtime, ""):
+                if error:
+                    log.warning("beamtime %s: ASAPO at %s: %s", beamtime, endpoint, error)
+                self.beamtime_errors[beamtime] = error
             configured = [ds for r in self.service.recipes for ds in r.data_sources]
             for ds in sorted(set(listed) | set(configured)):
                 if discovery.is_output(ds, self.outputs):
