@@ -38,7 +38,10 @@ def pipeline_toml(tmp: Path, asapo_endpoint: str, data_source: str = "azint") ->
             "data_source": "set_by_the_service",
             "part_shape": SHAPE,
             "timeout_ms": 200,
-            "resend_delay_ms": 800,
+            # Unlimited redeliveries: a backlog held unacknowledged in a slow child's ring must
+            # still come back to its replacement (3 attempts can be spent on the child itself).
+            "resend_delay_ms": 2000,
+            "resend_attempts": 0,
             "follow": "finished",
         },
         "kernels": {

