@@ -21,6 +21,7 @@ from tests.conftest import REPO, wait_for
 SHAPE = [48, 64]
 BEAMTIME = "bt_serve"
 TOKEN = "s3cret-write-token"
+BEAMTIME_TOKEN = "bt-read-token"  # the ASAPO service of the tests takes any token
 
 
 def pipeline_toml(tmp: Path, asapo_endpoint: str, data_source: str = "azint") -> Path:
@@ -88,7 +89,7 @@ def service_toml(
         'token_file = "serve.tokens"',
         f"max_workers = {max_workers}",
         f'endpoint = "{asapo_endpoint}"',
-        f'beamtimes = [{{ id = "{BEAMTIME}", token = "" }}]',
+        f'beamtimes = [{{ id = "{BEAMTIME}", token = "{BEAMTIME_TOKEN}" }}]',
         'output_dir = "out"',
         "poll_s = 0.5",
         extra,

@@ -16,6 +16,7 @@ from shmpipe.asapo.process import AsapoProcess
 from tests.conftest import REPO, run_cli, wait_for
 from tests.serve_helpers import (
     BEAMTIME,
+    BEAMTIME_TOKEN,
     SHAPE,
     TOKEN,
     Serve,
@@ -106,6 +107,13 @@ def test_new_data_source_gets_its_pipeline_and_reprocessing_is_versioned(asapo, 
         "det1",
         0,
     )
+    # The beamtime's token reaches the pipeline in a file only the service's user reads, never
+    # on a command line that every user sees.
+    pid = wait_for(lambda: serve.run(run["id"])["pid"], 30, "its pipeline's process")
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert BEAMTIME_TOKEN.encode() not in f.read()
+    config = tmp_path / "state" / "serve.sqlite.runs" / str(run["id"]) / "pipeline.toml"
+    assert BEAMTIME_TOKEN in config.read_text() and config.stat().st_mode & 0o077 == 0
     # Every message processed once: six records in the output, ids 1-6, and six file rows.
     wait_for(lambda: len(output_records(asapo, "azint", "scan_0001")) == 6, 120, "6 outputs")
     original = tmp_path / "out" / "out_scan_0001.h5"

@@ -10,11 +10,13 @@ waiting out a restart back-off holds no place.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
+from pathlib import Path
 
-from shmpipe.config import PipelineConfig, load_config
+from shmpipe.config import ConfigError, PipelineConfig, load_config, to_toml
 from shmpipe.engine import exit_codes
 from shmpipe.serve import discovery
 from shmpipe.serve.config import ServiceConfig
@@ -187,11 +189,15 @@ class Scheduler:
             run["overrides"], run["group_id"], start, token, port,
         )  # fmt: skip
         sets = child_overrides(self.service, recipe, plan, self.bases[recipe.name])
-        args = ["run", "--config", recipe.config]
-        for s in sets:
-            args += ["--set", s]
         files = self.service.run_dir / str(run["id"])
-        child = Child.start(run["id"], args, self.service.serve.output_dir, files)
+        try:
+            config = write_config(files / "pipeline.toml", load_config(recipe.config, sets))
+        except ConfigError as exc:  # the recipe's file changed since the service started
+            self._end(run, "failed", f"cannot start: {exc}")
+            return
+        child = Child.start(
+            run["id"], ["run", "--config", str(config)], self.service.serve.output_dir, files
+        )
         self.children[run["id"]] = child
         self.store.update(
             run["id"],
@@ -341,6 +347,18 @@ class Scheduler:
                 time.sleep(0.1)  # polling the children's exits
         for child in self.children.values():
             child.signal(9)
+
+
+def write_config(path: Path, config: PipelineConfig) -> Path:
+    """The child's whole configuration as a file only its owner reads: the beamtime's token
+    is in it, and a command line (``--set source.token=...``) would show it to every user."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(to_toml(config.effective()))
+    os.replace(tmp, path)
+    return path
 
 
 def _bindable(host: str, port: int) -> bool:
