@@ -379,3 +379,28 @@ def test_an_unreachable_asapo_is_shown_not_silent(tmp_path, serves):
     assert list(problems) == [BEAMTIME] and "Unavailable" in problems[BEAMTIME], problems
     assert serve.runs() == []
     assert serve.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "version", "expected"),
+    [
+        ("out_{stream}.h5", 0, "out_{stream}.h5"),
+        ("out_{stream}.h5", 1, "out_{stream}-r1.h5"),
+        ("/data/p21/{run}.nxs", 12, "/data/p21/{run}-r12.nxs"),
+        ("results/profiles", 2, "results/profiles-r2"),
+        ("a.b/scan.tar.h5", 3, "a.b/scan.tar-r3.h5"),
+    ],
+)
+def test_versioned_file_names_put_the_version_before_the_suffix(path, version, expected):
+    from shmpipe.serve.plan import versioned_path
+
+    assert versioned_path(path, version) == expected
+
+
+def test_run_names_and_groups_of_versions():
+    from shmpipe.serve.plan import group_id, run_name
+
+    assert run_name("azint", "11012345", "lambda9m", 0) == "azint.11012345.lambda9m"
+    assert run_name("azint", "bt/1", "det 2", 3) == "azint.bt_1.det_2-r3"  # a safe file name
+    assert group_id("azint", 0) == group_id("azint", 0)  # the recipe's own: resumed
+    assert group_id("azint", 1) != group_id("azint", 1)  # a reprocessing: always fresh
