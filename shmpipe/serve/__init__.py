@@ -6,8 +6,10 @@ reprocessing requests into versioned outputs, and never lets the runs together u
 workers than the node has. Everything it knows lives in SQLite, so a restarted service shows
 the same history and adopts (or resumes) what was running.
 
-Modules: ``config`` (the service TOML), ``state`` (SQLite), ``plan`` (the ``--set`` overrides
-of a child: versioned outputs, consumer groups), ``child`` (the wrapper a child runs in),
-``runner`` (starting, watching and stopping children), ``scheduler`` (discovery, the queue,
-restarts), ``api`` and ``page`` (HTTP), ``command`` (the subcommand).
+Modules: ``config`` (the service TOML) and ``check`` (``--check``), ``state`` (SQLite),
+``plan`` (what a child is given: versioned outputs, consumer groups, provenance), ``child``
+(the wrapper a child runs in), ``runner`` (starting, adopting, watching and stopping
+children), ``discovery`` (data sources and streams, asked of ASAPO), ``scheduler`` (the queue,
+the worker budget, restarts), ``requests``, ``api``, ``openapi``, ``page`` and ``metrics``
+(HTTP), ``registry`` (for ``shmpipe status``), ``command`` (the subcommand).
 """

@@ -93,7 +93,10 @@ async function refresh() {
     const name = document.createElement("div");
     name.textContent = r.name;
     const msg = document.createElement("div");
-    msg.className = "msg"; msg.textContent = r.message;
+    msg.className = "msg";
+    msg.textContent = r.message + (r.started ? " · started " + r.started : "") +
+      (r.outputs.length ? ` · ${r.outputs.length} outputs` : "");
+    msg.title = r.outputs.join("\\n");  // where they are, on hovering
     const both = document.createElement("div"); both.append(name, msg);
     tr.appendChild(cell(both));
     const st = document.createElement("span");
