@@ -87,18 +87,19 @@ def reprocess(scheduler: Scheduler, body: Any) -> int:
             f"no stream {missing[0]!r} in {beamtime}/{data_source}" if missing
             else f"{beamtime}/{data_source} has no streams",
         )  # fmt: skip
-    version = scheduler.store.next_version(recipe_name, beamtime, data_source)
-    run_id = scheduler.store.add_run(
-        recipe=recipe_name,
-        beamtime=beamtime,
-        data_source=data_source,
-        version=version,
-        streams=streams,
-        overrides=overrides,
-        group_id=group_id(recipe_name, version),
-        start_stream=streams[0] if streams else names[0],
-        workers=workers,
-    )
+    with scheduler.versions:
+        version = scheduler.store.next_version(recipe_name, beamtime, data_source)
+        run_id = scheduler.store.add_run(
+            recipe=recipe_name,
+            beamtime=beamtime,
+            data_source=data_source,
+            version=version,
+            streams=streams,
+            overrides=overrides,
+            group_id=group_id(recipe_name, version),
+            start_stream=streams[0] if streams else names[0],
+            workers=workers,
+        )
     scheduler.wake.set()
     return run_id
 

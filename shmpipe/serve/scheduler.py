@@ -29,6 +29,7 @@ log = logging.getLogger("shmpipe.serve")
 MAX_BACKOFF_S = 60.0
 RATE_S = 1.0  # the rate is measured over at least this long
 DONE_CODES = (exit_codes.EXIT_OK, exit_codes.EXIT_FRAME_ERRORS)
+INTERRUPTED_CODES = (exit_codes.EXIT_SIGINT, exit_codes.EXIT_SIGTERM)
 
 
 class Scheduler:
@@ -52,6 +53,9 @@ class Scheduler:
         for base in self.bases.values():
             self.outputs |= output_data_sources(base)
         self.wake = threading.Event()
+        self.versions = threading.Lock()
+        """Held from choosing a reprocessing's version to storing its run (two requests at
+        once must not both take version k)."""
         self.stopping = False
         self._next_discovery = 0.0
         self._sampled: dict[int, tuple[float, int]] = {}
@@ -169,10 +173,11 @@ class Scheduler:
         if not base:
             return 0
         taken = {r["view_port"] for r in self.store.runs(("running",)) if r["id"] != run_id}
-        port = base
-        while port in taken or not _bindable(self.service.serve.host, port):
-            port += 1
-        return port
+        for port in range(base, min(base + 1000, 65536)):
+            if port not in taken and _bindable(self.service.serve.host, port):
+                return port
+        log.warning("run %d: no free port for its live view from %d up", run_id, base)
+        return 0
 
     def _start(self, run: dict) -> None:
         recipe = self.service.recipe(run["recipe"])
@@ -270,6 +275,13 @@ class Scheduler:
             self.store.update(
                 rid, state="queued", pid=0, message="the service stopped: resumes at its "
                 "next start", **counts,
+            )  # fmt: skip
+        elif code in INTERRUPTED_CODES:
+            # Signalled by someone else (systemd stopping the whole unit, an operator): not a
+            # failure of the pipeline; it resumes from its group.
+            self.store.update(
+                rid, state="queued", pid=0, message=f"interrupted (exit {code}): resumes",
+                **counts,
             )  # fmt: skip
         elif code in DONE_CODES:
             if run["streams"] and run["stream_index"] + 1 < len(run["streams"]):
