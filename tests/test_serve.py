@@ -200,6 +200,13 @@ def test_new_data_source_gets_its_pipeline_and_reprocessing_is_versioned(asapo, 
         "the pipeline of the added beamtime",
     )  # fmt: skip
     assert (added["recipe"], added["data_source"], added["version"]) == ("azint", "det7", 0)
+    # Stopping a run on request: it drains and ends stopped, and is not started again.
+    status, body = serve.request("POST", f"/api/runs/{added['id']}/stop", {}, token=TOKEN)
+    assert status == 202 and body["stop_requested"], body
+    stopped = wait_for(lambda: (r := serve.run(added["id"]))["state"] == "stopped" and r, 60, "")
+    assert stopped["pid"] is None and stopped["exit_code"] in (0, 143, -15), stopped
+    status, body = serve.request("POST", "/api/runs", {**request, "data_source": "azint"}, TOKEN)
+    assert (status, body["field"]) == (400, "data_source"), body
 
     # The API describes itself; the metrics and shmpipe status show the runs.
     status, spec = serve.request("GET", "/openapi.json")

@@ -61,6 +61,8 @@ def reprocess(scheduler: Scheduler, body: Any) -> int:
     if token is None:
         raise BadRequest("beamtime", f"{beamtime!r} is not followed (POST /api/beamtimes)")
     data_source = _text(body, "data_source")
+    if discovery.is_output(data_source, scheduler.outputs):
+        raise BadRequest("data_source", f"{data_source!r} holds results of a recipe, not data")
     streams = body.get("streams", [])
     if not isinstance(streams, list) or not all(isinstance(s, str) and s for s in streams):
         raise BadRequest("streams", f"must be a list of stream names, got {streams!r}")

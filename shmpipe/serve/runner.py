@@ -21,7 +21,8 @@ from pathlib import Path
 import psutil
 
 KILLED = -9
-"""Exit code recorded for an adopted child that ended without writing its exit file."""
+"""Exit code recorded for an adopted child that ended without writing its exit file (as
+``subprocess`` says of a child killed by SIGKILL: minus the signal)."""
 
 _SUMMARY = re.compile(r"^run (\S+): (\d+) frames in, (\d+) out, (\d+) errors", re.M)
 _WRITTEN = re.compile(r"^(?:written: |         )(\S.*)$", re.M)
@@ -119,7 +120,7 @@ class Child:
         try:
             return int(json.loads(self.exit_path.read_text())["exit_code"])
         except (OSError, ValueError, KeyError, TypeError):
-            return default if default >= 0 else KILLED
+            return default  # -N: killed by signal N before it could write the file
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the child (and nothing else: its pid is checked first)."""

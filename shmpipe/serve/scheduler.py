@@ -29,7 +29,8 @@ log = logging.getLogger("shmpipe.serve")
 MAX_BACKOFF_S = 60.0
 RATE_S = 1.0  # the rate is measured over at least this long
 DONE_CODES = (exit_codes.EXIT_OK, exit_codes.EXIT_FRAME_ERRORS)
-INTERRUPTED_CODES = (exit_codes.EXIT_SIGINT, exit_codes.EXIT_SIGTERM)
+# Stopped by SIGINT or SIGTERM: through the pipeline's own handling, or before it had any.
+INTERRUPTED_CODES = (exit_codes.EXIT_SIGINT, exit_codes.EXIT_SIGTERM, -2, -15)
 
 
 class Scheduler:
