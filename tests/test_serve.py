@@ -411,3 +411,28 @@ def test_run_names_and_groups_of_versions():
     assert run_name("azint", "bt/1", "det 2", 3) == "azint.bt_1.det_2-r3"  # a safe file name
     assert group_id("azint", 0) == group_id("azint", 0)  # the recipe's own: resumed
     assert group_id("azint", 1) != group_id("azint", 1)  # a reprocessing: always fresh
+
+
+def test_a_state_file_of_an_earlier_version_keeps_its_runs(tmp_path):
+    from shmpipe.serve.state import StateStore
+
+    path = tmp_path / "serve.sqlite"
+    old = sqlite3.connect(path)  # a runs table of fewer columns, as an older version wrote it
+    old.execute(
+        "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, recipe TEXT NOT NULL, "
+        "beamtime TEXT NOT NULL, data_source TEXT NOT NULL, version INTEGER NOT NULL, "
+        "state TEXT NOT NULL, group_id TEXT NOT NULL, workers INTEGER NOT NULL, "
+        "created REAL NOT NULL, frames_out INTEGER NOT NULL DEFAULT 0)"
+    )
+    old.execute(
+        "INSERT INTO runs (recipe, beamtime, data_source, version, state, group_id, workers, "
+        "created, frames_out) VALUES ('azint', 'bt1', 'det1', 2, 'finished', 'g', 1, 0, 17)"
+    )
+    old.commit()
+    old.close()
+    store = StateStore(path)
+    (run,) = store.runs()
+    assert (run["recipe"], run["version"], run["frames_out"]) == ("azint", 2, 17)
+    assert run["restarts"] == 0 and run["overrides"] == {} and run["outputs"] == []
+    assert store.next_version("azint", "bt1", "det1") == 3
+    store.close()

@@ -86,6 +86,17 @@ class StateStore:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a state file of an earlier version up to this one: columns added since are
+        added to it (each has a default), so an upgrade keeps every run."""
+        have = {r["name"] for r in self._db.execute("PRAGMA table_info(runs)")}
+        table = _SCHEMA.split("CREATE TABLE IF NOT EXISTS runs (", 1)[1].split(");", 1)[0]
+        for line in table.strip().splitlines():
+            definition = line.strip().rstrip(",")
+            if definition.split()[0] not in have:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {definition}")
 
     def close(self) -> None:
         with self._lock:
