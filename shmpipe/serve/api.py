@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import socket
 from typing import Any
 
 from starlette.applications import Starlette
@@ -68,6 +69,8 @@ def create_app(scheduler: Scheduler) -> Starlette:
     """The application of one service."""
     service = scheduler.service
     view_host = service.serve.view_host or service.serve.host
+    if view_host in ("0.0.0.0", "::"):
+        view_host = socket.getfqdn()  # a link to "every address" leads nowhere
 
     def authorized(request: Request) -> bool:
         given = request.headers.get("authorization", "")

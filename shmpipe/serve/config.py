@@ -49,7 +49,8 @@ class ServeSection:
     view_port: int = 0
     """First port of the runs' live views (one port each, upwards); 0: no live views."""
     view_host: str = ""
-    """Host name in the live-view links; empty: the listen address."""
+    """Host name in the live-view links; empty: the listen address (this machine's name when
+    that is every address, 0.0.0.0)."""
 
     def validate(self) -> None:
         if not 0 <= self.port < 65536:
