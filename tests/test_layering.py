@@ -9,6 +9,8 @@ shmpipe.observe    readers of the shared tables: never the engine's internals; a
                    process may use the child-process contract (plumbing, roles)
 shmpipe.view,      side processes (live view, Tango device): api, config, shm, the
 shmpipe.tango      child-process contract (plumbing, roles), themselves; the view also observe
+shmpipe.serve      the service: starts pipelines as ``shmpipe run`` processes; of the engine
+                   it imports only the exit codes
 and no import circle anywhere in shmpipe.
 """
 
@@ -102,6 +104,12 @@ def violations(root: Path) -> list[str]:
                 and target != "shmpipe.engine"
             ):
                 rule = "observe never imports engine internals"
+            elif (
+                _within(mod, "shmpipe.serve")
+                and _within(target, "shmpipe.engine")
+                and target not in ("shmpipe.engine", "shmpipe.engine.exit_codes")
+            ):
+                rule = "shmpipe.serve runs pipelines as processes: of the engine, the exit codes"
             side = next((p for p in SIDE_PACKAGES if _within(mod, p)), None)
             if (
                 side is not None
