@@ -159,6 +159,7 @@ def test_new_data_source_gets_its_pipeline_and_reprocessing_is_versioned(asapo, 
     )
     assert done["state"] == "finished", done
     assert done["frames_out"] == 6 and done["errors"] == 0, done
+    assert done["summary"].startswith("run azint.bt_serve.det1-r1: 6 frames in, 6 out"), done
     versioned = tmp_path / "out" / "out_scan_0001-r1.h5"
     with h5py.File(versioned, "r") as f:
         entry = f["scan_0001"]

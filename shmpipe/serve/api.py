@@ -59,6 +59,7 @@ def public_run(run: dict[str, Any], queue: list[int], view_host: str) -> dict[st
         "outputs": run["outputs"],
         "group_id": run["group_id"],
         "message": run["message"],
+        "summary": run["summary"],
         "stop_requested": bool(run["stop_requested"]),
         "pid": run["pid"] or None,
         "view": view,

@@ -29,6 +29,7 @@ _RUN: dict[str, Any] = {
         "outputs": {"type": "array", "items": {"type": "string"}},
         "group_id": {"type": "string"},
         "message": {"type": "string"},
+        "summary": {"type": "string", "description": "the last pipeline's end-of-run summary"},
         "stop_requested": {"type": "boolean"},
         "pid": {"type": ["integer", "null"], "description": "the pipeline's supervisor"},
         "view": {"type": ["string", "null"], "description": "the run's live view"},

@@ -146,6 +146,8 @@ class ChildSummary:
     errors: int = 0
     outputs: list[str] = field(default_factory=list)
     last_line: str = ""
+    summary: str = ""
+    """The summary line itself (``run NAME: 6 frames in, 6 out, 0 errors, ...``)."""
 
 
 def read_summary(log_path: Path, offset: int = 0) -> ChildSummary:
@@ -163,6 +165,7 @@ def read_summary(log_path: Path, offset: int = 0) -> ChildSummary:
     if not found:
         return out
     m = found[-1]
+    out.summary = text[m.start() :].split("\n", 1)[0][:500]
     out.frames_in, out.frames_out, out.errors = (int(m.group(i)) for i in (2, 3, 4))
     tail = text[m.end() :].split("\n", 1)[1] if "\n" in text[m.end() :] else ""
     for line in tail.splitlines():

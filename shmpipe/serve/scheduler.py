@@ -262,7 +262,7 @@ class Scheduler:
                 "errors": done["done_errors"],
                 "outputs": sorted(set(run["outputs"]) | set(s.outputs)),
                 "exit_code": code,
-                "summary": s.last_line,
+                "summary": s.summary or s.last_line,
                 "rate": 0.0,
                 **done,
             }
