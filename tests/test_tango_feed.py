@@ -62,7 +62,7 @@ def test_state_follows_the_processes(feed):
     procs = feed.ring.procs
     assert feed.state()[0] == "running"
     procs[PROC_FIRST_WORKER + 1, P_STATE] = PS_DEAD
-    feed.ring.set_note(PROC_FIRST_WORKER + 1, "killed by signal 9")
+    feed.ring.set_exit_reason(PROC_FIRST_WORKER + 1, "killed by signal 9")
     state, status = feed.state()
     assert state == "fault" and "[1]" in status and "killed by signal 9" in status
     procs[PROC_FIRST_WORKER + 1, P_STATE] = PS_IDLE  # replaced

@@ -89,7 +89,8 @@ class RunSection:
     kernel_threads: int = 1
     """Numba threads each kernel may use inside one worker."""
     max_restarts: int = 100
-    """Worker restarts allowed in one run before it stops with an error."""
+    """Process restarts allowed in one run (workers, dispatcher and publisher together)
+    before it stops with an error."""
     cache_dir: str = ""
     """Directory for kernel tables (CSR, LUT); empty: ~/.cache/shmpipe."""
     progress: Literal["auto", "on", "off"] = "auto"

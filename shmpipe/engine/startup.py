@@ -20,13 +20,14 @@ from typing import Any
 from shmpipe.api import provenance
 from shmpipe.api.sink import RunInfo
 from shmpipe.api.source import SourceConfigError, SourceLayout
+from shmpipe.child.plumbing import Plumbing
 from shmpipe.config import ConfigError, PipelineConfig, to_toml
-from shmpipe.engine.chain import ChainLayout, KernelChain, KernelSetupError
-from shmpipe.engine.plumbing import Plumbing
+from shmpipe.engine.chain import KernelChain, KernelSetupError
 from shmpipe.shm.channel import RecordPipe
 from shmpipe.shm.layout import PROC_FIRST_WORKER
 from shmpipe.shm.params import LiveParams
 from shmpipe.shm.preview import PreviewTap
+from shmpipe.shm.resultlayout import ChainLayout
 from shmpipe.shm.ring import RingGeometry, ShmCapacityError, SlotRing
 
 log = logging.getLogger("shmpipe.supervisor")

@@ -14,8 +14,9 @@ from typing import Any
 
 from shmpipe.api.sideprocess import SideProcess
 from shmpipe.config import TangoSection
-from shmpipe.engine.plumbing import EXIT_FATAL, Plumbing
-from shmpipe.engine.roles import start_role
+from shmpipe.child.exits import CHILD_FAILED
+from shmpipe.child.plumbing import Plumbing
+from shmpipe.child.roles import start_role
 from shmpipe.tango import tango_missing
 
 SERVER = "ShmpipeDS"
@@ -62,7 +63,7 @@ def tango_main(p: Plumbing, resource: Any, supervisor_pid: int) -> None:  # noqa
     why = tango_missing()
     if why:
         log.error("no Tango device: %s", why)
-        os._exit(EXIT_FATAL)
+        os._exit(CHILD_FAILED)
     from tango import GreenMode
     from tango.server import run
 
@@ -85,7 +86,7 @@ def tango_main(p: Plumbing, resource: Any, supervisor_pid: int) -> None:  # noqa
             _register(t)
     except Exception as exc:  # noqa: BLE001 - reported, then the process ends (and restarts)
         log.error("the Tango device cannot start: %s", exc)
-        os._exit(EXIT_FATAL)
+        os._exit(CHILD_FAILED)
     sys.argv = server_args(t)
     run((device.ShmpipeDevice,), args=sys.argv, green_mode=GreenMode.Synchronous)
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from shmpipe.api.kernel import ArraySpec
-from shmpipe.observe.snapshot import Snapshot as RunTotals
+from shmpipe.observe.snapshot import RunTotals
 from shmpipe.shm.history import History
 from shmpipe.shm.layout import PROC_FIRST_WORKER
 from shmpipe.shm.preview import PreviewTap, RawFrame, TapBusy

@@ -15,8 +15,8 @@ import socket
 
 from shmpipe.api.sideprocess import SideProcess
 from shmpipe.config.schema import ViewSection
-from shmpipe.engine.plumbing import Plumbing
-from shmpipe.engine.roles import start_role
+from shmpipe.child.plumbing import Plumbing
+from shmpipe.child.roles import start_role
 
 
 class ViewPortError(OSError):
