@@ -203,7 +203,7 @@ class Recovery:
         if total > limit:
             raise RunFailed(
                 f"processes died {total} times (run.max_restarts = {limit}); "
-                f"last: the {role_name(proc)} ({exit.cause})"
+                f"last: {role_name(proc)} ({exit.cause})"
             )
 
     # -- a worker seat ---------------------------------------------------------------------
