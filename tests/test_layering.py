@@ -183,18 +183,31 @@ def circles(graph: dict[str, set[str]], mods: set[str]) -> list[list[str]]:
     return found
 
 
+def _code_with(tmp_path: Path, added: dict[str, str]) -> Path:
+    """A copy of ``shmpipe`` and ``native_kernels`` under ``tmp_path`` with a line put at the
+    top of some files (``added``: path -> line; a missing file is made)."""
+    for top in ("shmpipe", "native_kernels"):
+        shutil.copytree(REPO / top, tmp_path / top, ignore=shutil.ignore_patterns("__pycache__"))
+    for name, line in added.items():
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(line + "\n" + (path.read_text() if path.exists() else ""))
+    return tmp_path
+
+
 def test_the_package_keeps_its_layers():
     assert violations(REPO) == []
 
 
 def test_a_plug_in_importing_an_engine_internal_is_caught(tmp_path):
-    for top in ("shmpipe", "native_kernels"):
-        shutil.copytree(REPO / top, tmp_path / top, ignore=shutil.ignore_patterns("__pycache__"))
-    sink = tmp_path / "shmpipe" / "plugins" / "sinks" / "null.py"
-    sink.write_text("from shmpipe.engine.protocol import release\n" + sink.read_text())
-    stitch = tmp_path / "native_kernels" / "stitch.py"
-    stitch.write_text("import shmpipe.shm.ring\n" + stitch.read_text())
-    assert set(violations(tmp_path)) == {
+    root = _code_with(
+        tmp_path,
+        {
+            "shmpipe/plugins/sinks/null.py": "from shmpipe.engine.protocol import release",
+            "native_kernels/stitch.py": "import shmpipe.shm.ring",
+        },
+    )
+    assert set(violations(root)) == {
         "shmpipe.plugins.sinks.null imports shmpipe.engine.protocol: "
         "plug-ins import only shmpipe.api",
         "native_kernels.stitch imports shmpipe.shm.ring: "
@@ -203,13 +216,14 @@ def test_a_plug_in_importing_an_engine_internal_is_caught(tmp_path):
 
 
 def test_a_side_process_importing_an_engine_internal_is_caught(tmp_path):
-    for top in ("shmpipe", "native_kernels"):
-        shutil.copytree(REPO / top, tmp_path / top, ignore=shutil.ignore_patterns("__pycache__"))
-    feed = tmp_path / "shmpipe" / "tango" / "feed.py"
-    feed.write_text("from shmpipe.engine.protocol import release\n" + feed.read_text())
-    catalog = tmp_path / "shmpipe" / "view" / "catalog.py"
-    catalog.write_text("import shmpipe.tango.names\n" + catalog.read_text())
-    assert set(violations(tmp_path)) == {
+    root = _code_with(
+        tmp_path,
+        {
+            "shmpipe/tango/feed.py": "from shmpipe.engine.protocol import release",
+            "shmpipe/view/catalog.py": "import shmpipe.tango.names",
+        },
+    )
+    assert set(violations(root)) == {
         "shmpipe.tango.feed imports shmpipe.engine.protocol: shmpipe.tango imports only "
         "shmpipe.api, shmpipe.config, shmpipe.shm, shmpipe.child",
         "shmpipe.view.catalog imports shmpipe.tango.names: shmpipe.view imports only "
@@ -218,16 +232,15 @@ def test_a_side_process_importing_an_engine_internal_is_caught(tmp_path):
 
 
 def test_an_import_from_a_higher_floor_is_caught(tmp_path):
-    for top in ("shmpipe", "native_kernels"):
-        shutil.copytree(REPO / top, tmp_path / top, ignore=shutil.ignore_patterns("__pycache__"))
-    metrics = tmp_path / "shmpipe" / "observe" / "metrics.py"
-    metrics.write_text("from shmpipe.engine.recovery import Recovery\n" + metrics.read_text())
-    child = tmp_path / "shmpipe" / "child" / "roles.py"
-    child.write_text("import shmpipe.observe.logs\n" + child.read_text())
-    new = tmp_path / "shmpipe" / "newpkg"
-    new.mkdir()
-    (new / "__init__.py").write_text("import shmpipe.shm.layout\n")
-    assert set(violations(tmp_path)) == {
+    root = _code_with(
+        tmp_path,
+        {
+            "shmpipe/observe/metrics.py": "from shmpipe.engine.recovery import Recovery",
+            "shmpipe/child/roles.py": "import shmpipe.observe.logs",
+            "shmpipe/newpkg/__init__.py": "import shmpipe.shm.layout",
+        },
+    )
+    assert set(violations(root)) == {
         "shmpipe.observe.metrics imports shmpipe.engine.recovery: shmpipe.observe (floor 4) "
         "imports from a higher floor (shmpipe.engine, 6)",
         "shmpipe.child.roles imports shmpipe.observe.logs: shmpipe.child (floor 3) imports "

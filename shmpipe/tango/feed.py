@@ -156,7 +156,8 @@ class DeviceFeed:
         if int(procs[PROC_PUBLISHER, P_STATE]) == PS_EXITED:
             return "finished", "finished: every frame taken was published"
         if dead:
-            note = "; ".join(filter(None, (self.ring.exit_reason(PROC_FIRST_WORKER + s) for s in dead)))
+            reasons = (self.ring.exit_reason(PROC_FIRST_WORKER + s) for s in dead)
+            note = "; ".join(filter(None, reasons))
             return "fault", f"worker(s) {dead} died; being replaced{': ' + note if note else ''}"
         c = self.counters()
         if self.stop_requested or int(procs[PROC_DISPATCHER, P_STATE]) == PS_EXITED:

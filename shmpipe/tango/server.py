@@ -13,10 +13,10 @@ import sys
 from typing import Any
 
 from shmpipe.api.sideprocess import SideProcess
-from shmpipe.config import TangoSection
 from shmpipe.child.exits import CHILD_FAILED
 from shmpipe.child.plumbing import Plumbing
 from shmpipe.child.roles import start_role
+from shmpipe.config import TangoSection
 from shmpipe.tango import tango_missing
 
 SERVER = "ShmpipeDS"

@@ -14,9 +14,9 @@ import signal
 import socket
 
 from shmpipe.api.sideprocess import SideProcess
-from shmpipe.config.schema import ViewSection
 from shmpipe.child.plumbing import Plumbing
 from shmpipe.child.roles import start_role
+from shmpipe.config.schema import ViewSection
 
 
 class ViewPortError(OSError):
