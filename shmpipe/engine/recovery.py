@@ -70,7 +70,6 @@ from shmpipe.shm.layout import (
     OWNER,
     P_EXIT,
     P_KERNEL,
-    P_READY_NS,
     P_RELEASED_SEQ,
     P_RESTARTS,
     P_STATE,
@@ -140,26 +139,25 @@ class Recovery:
         RunFailed
             The child stopped the run on purpose, or the restart budget is spent.
         """
-        ring, exit = self.p.ring, classify_exit(code)
+        ring, ended = self.p.ring, classify_exit(code)
         row, worker = ring.procs[proc], proc >= PROC_FIRST_WORKER
         row[P_EXIT] = code
-        died = exit.kind is ExitKind.DIED or (
-            worker and exit.kind in (ExitKind.FINISHED, ExitKind.RAISED)
+        died = ended.kind is ExitKind.DIED or (
+            worker and ended.kind in (ExitKind.FINISHED, ExitKind.RAISED)
         )
         row[P_STATE] = PS_DEAD if died else PS_EXITED
-        who = role_name(proc)
-        if exit.kind is ExitKind.REFUSED:
-            raise RunFailed(ring.exit_reason(proc) or f"the {who} failed", EXIT_CONFIG_ERROR)
-        if not died and exit.kind is not ExitKind.FINISHED:
-            raise RunFailed(ring.exit_reason(proc) or f"the {who} failed")
+        reason = ring.exit_reason(proc) or f"{role_name(proc)} failed ({ended.cause})"
+        if ended.kind is ExitKind.REFUSED:
+            raise RunFailed(reason, EXIT_CONFIG_ERROR)
+        if not died and ended.kind is not ExitKind.FINISHED:
+            raise RunFailed(reason)
         if not died:
             return Decision(Verdict.ENDED)
-        resume_at = self._move_rows_on(proc, pid, exit)
-        self._spend_restart(proc, exit)
-        row[[P_STATE, P_READY_NS]] = 0  # else a replacement looks ready before it is
+        resume_at = self._move_rows_on(proc, pid, ended)
+        self._spend_restart(proc, ended)
         return Decision(Verdict.REPLACE, resume_at)
 
-    def _move_rows_on(self, proc: int, pid: int, exit: ChildExit) -> int:
+    def _move_rows_on(self, proc: int, pid: int, ended: ChildExit) -> int:
         p = self.p
         if proc == PROC_DISPATCHER:
             rows = recover_dispatcher(p.ring, self.scheduler, p.seats, p.done, p.workers)
@@ -167,7 +165,7 @@ class Recovery:
                 "the dispatcher (pid %d) died (%s): replaced; resuming after item %d "
                 "(%d half-filled slot(s) read again, %d filled slot(s) handed to workers)",
                 pid,
-                exit.cause,
+                ended.cause,
                 rows.resume_at,
                 rows.abandoned,
                 rows.assigned,
@@ -179,16 +177,16 @@ class Recovery:
                 "the publisher (pid %d) died (%s): replaced; %d result(s) it was publishing go "
                 "out again",
                 pid,
-                exit.cause,
+                ended.cause,
                 requeued,
             )
             return 0
         seat = proc - PROC_FIRST_WORKER
-        log.warning("worker %d (pid %d) died: %s", seat, pid, exit.cause)
-        self.recover_seat(seat, f"worker {seat} (pid {pid}) died: {exit.cause}")
+        log.warning("worker %d (pid %d) died: %s", seat, pid, ended.cause)
+        self.recover_seat(seat, f"worker {seat} (pid {pid}) died: {ended.cause}")
         return 0
 
-    def _spend_restart(self, proc: int, exit: ChildExit) -> None:
+    def _spend_restart(self, proc: int, ended: ChildExit) -> None:
         """Count one restart of ``proc`` against ``run.max_restarts``, the one budget."""
         s = self.summary
         if proc == PROC_DISPATCHER:
@@ -203,7 +201,7 @@ class Recovery:
         if total > limit:
             raise RunFailed(
                 f"processes died {total} times (run.max_restarts = {limit}); "
-                f"last: {role_name(proc)} ({exit.cause})"
+                f"last: {role_name(proc)} ({ended.cause})"
             )
 
     # -- a worker seat ---------------------------------------------------------------------

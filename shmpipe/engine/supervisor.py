@@ -149,17 +149,12 @@ class Pipeline:
         proc.start()
         return proc
 
-    def _start_worker(self, seat: int) -> None:
-        row = self.p.ring.procs[PROC_FIRST_WORKER + seat]
-        row[P_STATE] = 0
-        row[P_EXIT] = 0
-        row[P_READY_NS] = 0  # else a replacement looks ready before it is (negative start-up)
-        self.workers[seat] = self._start(worker_main, (self.p, seat), f"shmpipe-worker{seat}")
-
     def _start_child(self, proc: int, replacing: Decision | None = None) -> None:
         """Fork the process of row ``proc``: its first start, or a replacement after
         ``replacing`` (the recovery's decision: where a new dispatcher resumes)."""
         p = self.p
+        # Else a replacement looks ready before it is (a negative start-up time).
+        p.ring.procs[proc, [P_STATE, P_EXIT, P_READY_NS]] = 0
         if proc == PROC_DISPATCHER:
             args = (p,) if replacing is None else (p, replacing.resume_at)
             self.dispatcher = self._start(dispatcher_main, args, "shmpipe-dispatcher")
@@ -167,7 +162,8 @@ class Pipeline:
             args = (p,) if replacing is None else (p, True)
             self.publisher = self._start(publisher_main, args, "shmpipe-publisher")
         else:
-            self._start_worker(proc - PROC_FIRST_WORKER)
+            seat = proc - PROC_FIRST_WORKER
+            self.workers[seat] = self._start(worker_main, (p, seat), f"shmpipe-worker{seat}")
 
     def _on_exit(self, proc: int | str, child) -> None:
         """Every process exit the supervisor sees: ``"side"`` or a process row. What a death
