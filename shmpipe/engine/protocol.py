@@ -15,10 +15,12 @@ State machine (one row per slot; ``SlotState`` in ``shmpipe.shm.layout``)::
 After a dispatcher or publisher died, the supervisor moves that process's rows on:
 FILLING ──abandon_fill──► FREE and PUBLISHING ──requeue──► DONE.
 
-Writers: at any instant each row has exactly one writer. The dispatcher owns FREE, FILLING
-and FILLED rows; the worker seat named in OWNER owns an ASSIGNED or CLAIMED row; the
-publisher owns DONE and PUBLISHING rows (it learns of them through a READY record). The
-supervisor writes a row only when the process that owned it is dead (``mark_assigned`` to
+Writers: at any instant each row has exactly one writer, the holder that
+``shm.layout.SLOT_STATES`` declares for its state (the one declaration every scan of the
+table derives from): the dispatcher for FREE, FILLING and FILLED rows, the worker seat named
+in OWNER for ASSIGNED and CLAIMED rows, the publisher for DONE and PUBLISHING rows (it learns
+of them through a READY record). The supervisor's recovery (``engine.recovery``) writes a row
+only when the process that held it is dead (``mark_assigned`` to
 another seat, ``retry``, ``quarantine``). So the table needs no lock, and a process killed at
 any instant cannot leave a row held.
 
