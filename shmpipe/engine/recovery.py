@@ -211,7 +211,13 @@ class Recovery:
         table, held = ring.table, HELD_BY[Holder.WORKER]
         for slot in np.nonzero(table[:, OWNER] == seat)[0].tolist():
             row = table[slot]
+            # STATE, then OWNER again: the row may have been published and filled anew since
+            # the scan, and a live seat's row must not be taken. Every writer stores OWNER
+            # before STATE, and no one gives the dead seat a row, so a row seen in a state
+            # and then still owned by the seat was the seat's in that state.
             state = int(row[STATE])
+            if row[OWNER] != seat:
+                continue
             if state == CLAIMED and protocol.retry(row) >= self.config.run.max_attempts:
                 self._quarantine(slot, self._kernel_running(seat), cause)
             elif held[state]:
