@@ -232,6 +232,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_text() -> str:
+    """``shmpipe 0.1.0 (commit abc123, Python 3.11.4)``: what a bug report should quote."""
+    import platform
+
+    from shmpipe.api import provenance
+
+    commit = provenance.git_commit()
+    where = (
+        f"commit {commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}, " if commit else ""
+    )
+    return f"shmpipe {provenance.version()} ({where}Python {platform.python_version()})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, looked up only when asked for (the commit costs a few git calls)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ARG002
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shmpipe",
@@ -240,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the results and only then acknowledges the input.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action=_VersionAction, nargs=0, help="print the version and exit"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

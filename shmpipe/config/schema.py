@@ -26,6 +26,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import tomllib
 import types
 import typing
@@ -351,12 +352,38 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"not valid TOML: {exc}", "", str(path)) from exc
 
 
+TOML_OPENERS = ('"', "'", "[", "{")
+"""A command-line value starting with one of these is TOML (a string, an array, a table)."""
+
+
 def parse_value(text: str) -> Any:
-    """A command-line value: TOML syntax if it parses (numbers, booleans, lists), else a string."""
+    """A command-line value: TOML syntax if it parses (numbers, booleans, lists), else a string.
+
+    Only a bare word falls back to a string: a value that opens a TOML string, array or
+    table (``TOML_OPENERS``) and does not parse is refused with the syntax error, so that
+    ``"out_{stream}.h5`` (a closing quote lost to the shell) never names a file.
+
+    Raises
+    ------
+    ValueError
+        For a value that starts as TOML and is not valid TOML.
+    """
+    prefix = "v = "
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+        return tomllib.loads(f"{prefix}{text}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        if not text.lstrip().startswith(TOML_OPENERS):
+            return text
+        # tomllib counts columns on the line it was given: count them in the value instead.
+        where = re.sub(
+            r"\(at line 1, column (\d+)\)",
+            lambda m: f"(at character {int(m.group(1)) - len(prefix)} of the value)",
+            str(exc),
+        ).replace("(at end of document)", "(at the end of the value)")
+        raise ValueError(
+            f"not valid TOML: {where}; a value starting with {text.lstrip()[0]} is read as TOML "
+            f"(for a string, quote it whole: '\"...\"')"
+        ) from None
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
@@ -383,11 +410,18 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
             raise ConfigError(f"no item {last} in this list", key)
-        node[int(last)] = parse_value(text)
+        node[int(last)] = _override_value(text, key)
     elif not isinstance(node, dict):
         raise ConfigError("cannot set a key inside a value that is not a table", key)
     else:
-        node[last] = parse_value(text)
+        node[last] = _override_value(text, key)
+
+
+def _override_value(text: str, key: str) -> Any:
+    try:
+        return parse_value(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key) from None
 
 
 def _plugin(
