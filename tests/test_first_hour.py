@@ -69,3 +69,77 @@ def test_version():
     assert re.fullmatch(
         r"shmpipe \S+ \((commit [0-9a-f]{12}(-dirty)?, )?Python 3\.\d+\.\d+\)\n", r.stdout
     )
+
+
+# -- what the summary says was stored (item 12, 13) ------------------------------------------
+SMALL = ["--set", "source.module_shape=[48, 64]", "--progress", "off"]
+
+
+def written(stderr: str) -> list[str]:
+    """The summary's ``written:`` lines."""
+    first, *rest = stderr.split("\nwritten: ", 1)[1].splitlines()
+    lines = [first]
+    for line in rest:
+        if not line.startswith(" " * 9):
+            break
+        lines.append(line.strip())
+    return lines
+
+
+def test_a_resume_onto_a_complete_file_says_it_stored_nothing_new(tmp_path):
+    out = str(tmp_path / "r_{stream}.h5")
+    path = tmp_path / "r_scan_0001.h5"
+    first = run_cli("run", *SMALL, "--frames", "5", "--sink", "hdf5", "--output", out)
+    assert first.returncode == 0, first.stderr
+    assert written(first.stderr) == [f"{path}: 5 rows stored"]
+    resume = ["--set", 'sinks.0.mode="resume"']
+    again = run_cli("run", *SMALL, "--frames", "5", "--sink", "hdf5", "--output", out, *resume)
+    assert again.returncode == 0, again.stderr
+    assert written(again.stderr) == [f"{path}: 0 rows stored, 5 skipped (already stored)"]
+    more = run_cli("run", *SMALL, "--frames", "8", "--sink", "hdf5", "--output", out, *resume)
+    assert written(more.stderr) == [f"{path}: 3 rows stored, 5 skipped (already stored)"]
+
+
+def test_a_plain_run_says_it_wrote_nothing():
+    r = run_cli("run", *SMALL, "--frames", "2")
+    assert r.returncode == 0, r.stderr
+    assert "written: nothing: the null sink discards the results" in r.stderr
+    assert "--sink hdf5 --output" in r.stderr
+
+
+@pytest.fixture
+def asapo(tmp_path):
+    pytest.importorskip("asapo_consumer")
+    from shmpipe.asapo.process import AsapoProcess
+
+    with AsapoProcess(tmp_path / "asapo-data") as service:
+        yield service
+
+
+def test_asapo_summaries_say_stored_nothing_to_do_and_already_stored(asapo):
+    from tests.test_asapo_first_hour import FRAMES, pipeline
+    from tests.test_asapo_pipeline import BEAMTIME, produce
+
+    p = produce(asapo.server_name, FRAMES, ["scan_0001"])
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, out + err
+    where = f"ASAPO {asapo.server_name} {BEAMTIME}/azint"
+
+    first = pipeline(asapo)
+    assert first.returncode == 0, first.stderr
+    assert written(first.stderr) == [f"{where}: scan_0001 {FRAMES} records sent"]
+
+    again = pipeline(asapo)  # the group has consumed the stream
+    assert written(again.stderr) == [f"{where}: nothing sent (no results were published)"]
+
+    redo = pipeline(asapo, "--reprocess")
+    assert redo.returncode == 0, redo.stderr
+    assert written(redo.stderr)[0].startswith(
+        f"{where}: scan_0001 0 records stored, {FRAMES} skipped (already stored); "
+    )
+    assert f"{FRAMES} records were stored already" in redo.stderr  # the publisher's count
+    assert 'stream = "{stream}-reprocessed"' in redo.stderr
+
+    apart = pipeline(asapo, "--reprocess", "--set", 'sinks.0.stream="{stream}-reprocessed"')
+    assert apart.returncode == 0, apart.stderr
+    assert written(apart.stderr) == [f"{where}: scan_0001-reprocessed {FRAMES} records sent"]

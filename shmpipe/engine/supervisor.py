@@ -497,7 +497,8 @@ class Pipeline:
         steady.sample(summary.frames_out)
         summary.steady_frames_per_s = steady.rate()
         try:
-            summary.outputs = written_outputs(cfg, [c.stream for c in ring.streams.read()])
+            published = {c.stream: c.frames_out for c in ring.streams.read()}
+            summary.outputs = written_outputs(cfg, self.p.run_info, published)
         except Exception as exc:  # noqa: BLE001 - the summary must not fail the run
             log.debug("cannot list the outputs written: %s", exc)
         t = ring.timings

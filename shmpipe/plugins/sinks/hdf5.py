@@ -308,6 +308,27 @@ class HDF5Sink(Sink):
             if p not in paths[:i] and os.path.isfile(p)
         ]
 
+    def stored(self, run: RunInfo, published: dict[str, int]) -> list[str]:
+        """``/abs/out.h5: 200 rows stored`` per file, with the rows skipped as already there
+        (a ``mode = "resume"`` run onto a file that held them): counted from each entry's
+        ``runs`` table, whose row for this run says where its rows begin."""
+        streams_of: dict[str, list[str]] = {}
+        for stream in published:
+            path = self.params.output.format(stream=stream, run=run.run_name)
+            streams_of.setdefault(path, []).append(stream)
+        lines = []
+        for path, streams in streams_of.items():
+            if not os.path.isfile(path):
+                continue
+            with open_read(path) as f:
+                new = sum(_rows_stored_by(f, s, run.run_uid) for s in streams)
+            skipped = max(0, sum(published[s] for s in streams) - new)
+            line = f"{os.path.abspath(path)}: {new} rows stored"
+            if skipped:
+                line += f", {skipped} skipped (already stored)"
+            lines.append(line)
+        return lines
+
     def _path(self, stream: str) -> str:
         return self.params.output.format(stream=stream, run=self.run.run_name)
 
@@ -413,6 +434,18 @@ class HDF5Sink(Sink):
             for fs in self._files.values():
                 fs.f.close()
             self._files.clear()
+
+
+def _rows_stored_by(f: h5py.File, stream: str, run_uid: str) -> int:
+    """Committed rows of ``stream``'s entry that the run ``run_uid`` stored (0: none)."""
+    e = f.get(stream)
+    if not isinstance(e, h5py.Group) or "runs" not in e:
+        return 0
+    uids = [u.decode() if isinstance(u, bytes) else str(u) for u in e["runs/run_uid"][:]]
+    if run_uid not in uids:
+        return 0
+    first = int(e["runs/first_row"][uids.index(run_uid)])
+    return int(e["rows"][0]) - first
 
 
 def output_path_problem(pattern: str) -> str:
