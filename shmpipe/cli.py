@@ -63,7 +63,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     if args.frames is not None:
         given(f"source.frames={args.frames}", f"--frames {args.frames}")
     if args.sink is not None:
-        raw["sinks"] = [{"kind": args.sink}]
+        raw["sinks"] = [{}]  # the kind, set below, is the command line's (named in errors)
+        given(f"sinks.0.kind={_quote(args.sink)}", f"--sink {args.sink}")
     if args.output is not None:
         if not raw.get("sinks"):
             raw["sinks"] = [{"kind": "hdf5"}]
@@ -186,6 +187,10 @@ def cmd_results(args: argparse.Namespace) -> int:
     elif args.paths:
         docs = []
         for path in args.paths:
+            problem = _unreadable_results_file(path)
+            if problem:
+                print(f"shmpipe results: {path}: {problem}", file=sys.stderr)
+                return 1
             try:
                 docs.append(describe_file(path))
             except (OSError, KeyError) as exc:
@@ -197,6 +202,23 @@ def cmd_results(args: argparse.Namespace) -> int:
     for doc in docs:
         print(format_description(doc, show_config=args.config))
     return 0
+
+
+def _unreadable_results_file(path: str) -> str:
+    """Why ``path`` cannot be a results file, in words (h5py's own are errno dumps), or ""."""
+    import os
+
+    import h5py
+
+    if not os.path.lexists(path):
+        return "no such file"
+    if os.path.isdir(path):
+        return "is a directory, not a results file"
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied)"
+    if not h5py.is_hdf5(path):
+        return "not an HDF5 file (shmpipe results reads the files of the hdf5 sink)"
+    return ""
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -367,6 +389,12 @@ def main(argv: list[str] | None = None) -> int:
         return exit_codes.EXIT_CONFIG_ERROR
     except KeyboardInterrupt:
         return exit_codes.EXIT_SIGINT
+    except BrokenPipeError:
+        # The reader went away (``shmpipe results FILE | head``): no traceback about it.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -143,3 +143,72 @@ def test_asapo_summaries_say_stored_nothing_to_do_and_already_stored(asapo):
     apart = pipeline(asapo, "--reprocess", "--set", 'sinks.0.stream="{stream}-reprocessed"')
     assert apart.returncode == 0, apart.stderr
     assert written(apart.stderr) == [f"{where}: scan_0001-reprocessed {FRAMES} records sent"]
+
+
+# -- messages (item 15) ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda d: d / "nosuch.h5", "no such file"),
+        (lambda d: d, "is a directory, not a results file"),
+        (lambda d: _text_file(d / "notes.txt"), "not an HDF5 file"),
+    ],
+)
+def test_results_of_something_that_is_no_results_file_says_why_in_words(tmp_path, make, words):
+    path = make(tmp_path)
+    r = run_cli("results", str(path), timeout=60)
+    assert r.returncode == 1
+    assert r.stderr == f"shmpipe results: {path}: {words}" + r.stderr.split(words, 1)[1]
+    assert "errno" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def _text_file(path):
+    path.write_text("not HDF5\n")
+    return path
+
+
+def test_an_output_in_proc_says_why_it_cannot_be_written():
+    r = run_cli("run", *SMALL, "--frames", "1", "--sink", "hdf5", "--output", "/proc/out.h5")
+    assert r.returncode == 2
+    assert "directory /proc is not writable (it takes no new files" in r.stderr
+    assert "No such file or directory" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--frames", "-5"], "command line (--frames -5): source.frames: must be 0 or more"),
+        (["--sink", "bogus"], "command line (--sink bogus): sinks.0.kind: unknown sink 'bogus'"),
+        (["--set", "source.pool=0"], "(--set source.pool=0): source.pool: must be 1 or more"),
+    ],
+)
+def test_a_command_line_option_in_error_is_named(args, words):
+    r = run_cli("config", "show", *args, timeout=60)
+    assert r.returncode == 2
+    assert words in r.stderr
+
+
+@pytest.mark.parametrize("key", ["view.port", "metrics.port"])
+def test_a_port_in_use_is_refused_before_the_kernels_are_set_up(key):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # A kernel whose set-up never ends: only a refusal before set-up lets the run end.
+        r = run_cli(
+            "run",
+            "--progress",
+            "off",
+            "--set",
+            f"{key}={port}",
+            "--set",
+            'kernels.k.kind="tests.plugins:HangingSetup"',
+            "--set",
+            "run.setup_timeout_s=60",
+            timeout=50,
+        )
+    assert r.returncode == 2
+    assert f"127.0.0.1:{port}: Address already in use" in r.stderr
+    assert "setting up the kernels" not in r.stderr

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shmpipe.api.kernel import Kernel
+from shmpipe.api.params import ParamError
 from shmpipe.api.registry import PluginLookupError, resolve
 from shmpipe.api.sink import Sink
 from shmpipe.api.source import Source
@@ -335,6 +336,9 @@ def build_dataclass(cls: type, table: dict[str, Any], prefix: str, file: str | N
     if callable(check):
         try:
             check()
+        except ParamError as exc:
+            key = f"{prefix}.{exc.key}" if prefix else exc.key
+            raise ConfigError(exc.message, key, file) from exc
         except ValueError as exc:
             raise ConfigError(str(exc), prefix, file) from exc
     return obj

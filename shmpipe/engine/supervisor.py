@@ -369,12 +369,12 @@ class Pipeline:
         title = getproctitle()
         set_process_title("supervisor", self.name)
         try:
-            self.p = prepare(self.ctx, self.config)
-            self.scheduler = Scheduler(self.p.ring)
             try:
                 self.side.prepare()
-            except OSError as exc:  # a port in use (metrics, view): refused before any fork
-                raise StartupError(str(exc)) from None
+            except OSError as exc:  # a port in use (metrics, view): refused before any fork,
+                raise StartupError(str(exc)) from None  # and before the kernels' set-up
+            self.p = prepare(self.ctx, self.config)
+            self.scheduler = Scheduler(self.p.ring)
             self._record = record
             record.describe(self._describe())
             return self._supervise(t_start)

@@ -18,6 +18,7 @@ all three are checked before any process starts.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import glob
 import json
 import os
@@ -470,7 +471,7 @@ def output_path_problem(pattern: str) -> str:
         with tempfile.TemporaryFile(dir=d):
             pass
     except OSError as exc:
-        return f"directory {d} is not writable ({exc.strerror})"
+        return f"directory {d} is not writable ({_why_not_writable(exc)})"
     for path in sorted(glob.glob(glob_pattern)) if "*" in glob_pattern else [glob_pattern]:
         if not os.path.lexists(path):
             continue
@@ -481,6 +482,18 @@ def output_path_problem(pattern: str) -> str:
         if os.path.getsize(path) and not h5py.is_hdf5(path):
             return f"{path} exists and is not an HDF5 file (the run would append to it)"
     return ""
+
+
+def _why_not_writable(exc: OSError) -> str:
+    """The reason a test file could not be created, in the words of a directory's owner."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.EROFS:
+        return "a read-only file system"
+    if exc.errno == errno.ENOENT:
+        # What /proc and /sys answer: the directory exists, files cannot be made in it.
+        return "it takes no new files: a virtual file system such as /proc or /sys"
+    return f"creating a file there failed: {exc.strerror}"
 
 
 def read_stream(path: str, stream: str) -> dict[str, Any]:
