@@ -200,7 +200,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         print("shmpipe results: give a results file or --asapo ENDPOINT", file=sys.stderr)
         return 2
     for doc in docs:
-        print(format_description(doc, show_config=args.config))
+        print(format_description(doc, show_config=args.config, show_all=args.all))
     return 0
 
 
@@ -341,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--data-source", help="with --asapo: the output data source")
     results.add_argument("--token", default="", help="with --asapo: the access token")
     results.add_argument("--config", action="store_true", help="print each run's configuration")
+    results.add_argument(
+        "--all",
+        action="store_true",
+        help="list every result-shaping key (default: those that differ from the defaults)",
+    )
     results.set_defaults(func=cmd_results)
 
     from shmpipe.view.command import add_parser as add_view_parser

@@ -212,3 +212,22 @@ def test_a_port_in_use_is_refused_before_the_kernels_are_set_up(key):
     assert r.returncode == 2
     assert f"127.0.0.1:{port}: Address already in use" in r.stderr
     assert "setting up the kernels" not in r.stderr
+
+
+# -- shmpipe results: what differs from the defaults (item 14) ------------------------------
+def test_results_show_the_settings_that_differ_from_the_defaults(tmp_path):
+    out = tmp_path / "r_{stream}.h5"
+    r = run_cli(
+        "run", *SMALL, "--frames", "2", "--sink", "hdf5", "--output", str(out),
+        "--set", 'kernels.k.kind="tests.plugins:Profile"', "--set", "kernels.k.npt=16",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    path = str(tmp_path / "r_scan_0001.h5")
+    short = run_cli("results", path, timeout=60)
+    assert short.returncode == 0, short.stderr
+    assert "kernels.k.kind = tests.plugins:Profile" in short.stdout
+    assert "kernels.k.npt = 16" in short.stdout  # the default is 8
+    assert "kernels.k.scale" not in short.stdout  # 1.0, the default
+    assert "3 keys at their defaults not shown: --all shows them" in short.stdout  # + sink.outputs
+    full = run_cli("results", "--all", path, timeout=60)
+    assert "kernels.k.scale = 1.0" in full.stdout and "kernels.k.shift_axis_from = 0" in full.stdout
