@@ -99,6 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.progress:
         cfg.run.progress = args.progress
     configure_logging(cfg.run.log_format, cfg.run.log_level)
+    for note in cfg.notes:
+        log.info("%s", note)
     warn_about_resources(cfg.run.workers)
     # Until the supervisor takes signals over, SIGTERM stops the start-up like Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, _terminated)
@@ -142,6 +144,8 @@ def _terminated(signum, frame) -> None:  # noqa: ARG001
 
 def cmd_config_show(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    for note in cfg.notes:
+        print(f"shmpipe: {note}", file=sys.stderr)
     sys.stdout.write(to_toml(cfg.effective()))
     return 0
 

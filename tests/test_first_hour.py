@@ -4,6 +4,7 @@ says was stored, ``shmpipe results`` settings, messages, a PONI on the command l
 from __future__ import annotations
 
 import re
+import tomllib
 
 import pytest
 
@@ -231,3 +232,33 @@ def test_results_show_the_settings_that_differ_from_the_defaults(tmp_path):
     assert "3 keys at their defaults not shown: --all shows them" in short.stdout  # + sink.outputs
     full = run_cli("results", "--all", path, timeout=60)
     assert "kernels.k.scale = 1.0" in full.stdout and "kernels.k.shift_axis_from = 0" in full.stdout
+
+
+# -- a PONI on the command line (item 16) ----------------------------------------------------
+def test_a_poni_on_the_command_line_replaces_the_files_geometry_keys(tmp_path):
+    from native_kernels.geometry import DetectorGeometry
+    from native_kernels.poni import Poni, write_poni
+
+    lambda9m = DetectorGeometry.default_lambda9m()
+    config = {"pixel1": 55e-6, "pixel2": 55e-6, "max_shape": list(lambda9m.shape)}
+    poni = tmp_path / "calib.poni"
+    write_poni(
+        Poni(0.25, 0.07, 0.12, wavelength=0.8e-10, detector="Detector", detector_config=config),
+        poni,
+    )
+    assignment = f'kernels.integrate.poni="{poni}"'
+    r = run_cli("config", "show", "--config", SIM, "--set", assignment, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (
+        "kernels.integrate.poni from the command line replaces the file's dist, poni1, poni2, "
+        "wavelength" in r.stderr
+    )
+    table = tomllib.loads(r.stdout)["kernels"]["integrate"]
+    assert table["poni"] == str(poni) and "dist" not in table and table["poni1"] == 0.0
+
+    cfg = load_config(SIM, [assignment])
+    integrate = next(k for k in cfg.kernel_instances() if k.name == "integrate")
+    ai = integrate._integrator()  # what setup() builds its tables from: the PONI's geometry
+    assert (ai.poni.dist, ai.poni.poni1, ai.poni.wavelength) == (0.25, 0.07, 0.8e-10)
+    # The file alone replaces nothing (and says nothing).
+    assert not load_config(SIM).notes

@@ -209,6 +209,8 @@ class PluginSpec:
     cls: type
     params: Any
     name: str = ""
+    notes: list[str] = field(default_factory=list)
+    """What loading decided for the user (a file's keys replaced from the command line)."""
 
     def table(self) -> dict[str, Any]:
         return {"kind": self.kind, **dataclasses.asdict(self.params)}
@@ -240,6 +242,11 @@ class PipelineConfig:
             "kernels": {k.name: k.table() for k in self.kernels},
             "sinks": [s.table() for s in self.sinks],
         }
+
+    @property
+    def notes(self) -> list[str]:
+        """What loading decided that the user should hear of (logged when a run starts)."""
+        return [n for spec in (self.source, *self.kernels, *self.sinks) for n in spec.notes]
 
     def digest(self) -> str:
         """A short hash of the effective configuration, for lineage."""
@@ -448,8 +455,34 @@ def _plugin(
     except PluginLookupError as exc:
         raise ConfigError(str(exc), f"{key}.kind", file) from exc
     _settle_aliases(cls.Params, table, key, given)
+    notes = _settle_replacements(cls.Params, table, key, given)
     params = build_dataclass(cls.Params, table, key, file)
-    return PluginSpec(kind=kind, cls=cls, params=params, name=name)
+    return PluginSpec(kind=kind, cls=cls, params=params, name=name, notes=notes)
+
+
+def _settle_replacements(
+    params_cls: type, table: dict[str, Any], key: str, given: typing.Collection[str]
+) -> list[str]:
+    """Drop the file's keys that a key given on the command line replaces; say which.
+
+    ``Params.REPLACES`` maps a key to those it stands in for (``{"poni": ("dist", ...)}``:
+    a PONI file gives the whole geometry), so that ``--set kernels.integrate.poni=...``
+    works with a file that gives the geometry key by key. Keys also given on the command
+    line are kept (and left for the plug-in to judge).
+    """
+    notes = []
+    for trigger, replaced in getattr(params_cls, "REPLACES", {}).items():
+        if f"{key}.{trigger}" not in given:
+            continue
+        dropped = [k for k in replaced if k in table and f"{key}.{k}" not in given]
+        for k in dropped:
+            del table[k]
+        if dropped:
+            notes.append(
+                f"{key}.{trigger} from the command line replaces the file's "
+                f"{', '.join(dropped)}"
+            )
+    return notes
 
 
 def _settle_aliases(
