@@ -479,8 +479,7 @@ def _settle_replacements(
             del table[k]
         if dropped:
             notes.append(
-                f"{key}.{trigger} from the command line replaces the file's "
-                f"{', '.join(dropped)}"
+                f"{key}.{trigger} from the command line replaces the file's {', '.join(dropped)}"
             )
     return notes
 
