@@ -262,3 +262,15 @@ def test_a_poni_on_the_command_line_replaces_the_files_geometry_keys(tmp_path):
     assert (ai.poni.dist, ai.poni.poni1, ai.poni.wavelength) == (0.25, 0.07, 0.8e-10)
     # The file alone replaces nothing (and says nothing).
     assert not load_config(SIM).notes
+
+
+# -- docs/live-view.md's curl example asks for outputs the main job has (item 10) ------------
+def test_the_live_view_curl_example_names_outputs_of_the_main_job():
+    text = (REPO / "docs" / "live-view.md").read_text()
+    asked = re.findall(
+        r"curl -s '?localhost:8080/api/(?:image|trace|profile)/([\w.]+?)(?:\.png)?[?']", text
+    )
+    assert asked, "the page has a curl example"
+    main = tomllib.loads((REPO / "examples" / "lambda9m_sim.toml").read_text())
+    has = {"raw", *main["sinks"][0]["outputs"]}  # raw: the view's assembled frame, always there
+    assert set(asked) <= has, f"{set(asked) - has} are not outputs of examples/lambda9m_sim.toml"
