@@ -274,3 +274,27 @@ def test_the_live_view_curl_example_names_outputs_of_the_main_job():
     main = tomllib.loads((REPO / "examples" / "lambda9m_sim.toml").read_text())
     has = {"raw", *main["sinks"][0]["outputs"]}  # raw: the view's assembled frame, always there
     assert set(asked) <= has, f"{set(asked) - has} are not outputs of examples/lambda9m_sim.toml"
+
+
+# -- README (item 18) ------------------------------------------------------------------------
+def test_the_readme_layout_names_paths_that_exist_and_the_diagrams_file():
+    readme = (REPO / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    rows = [line for line in layout.splitlines() if line.startswith("| `")]
+    named = {p for row in rows for p in re.findall(r"`([\w/.]+)`", row)}
+    assert "engine.py" not in named
+    for path in named:
+        exists = (REPO / path).exists() or (REPO / "shmpipe" / path).exists()
+        assert exists, f"README's Layout names {path}, which does not exist"
+    diagram_file = re.search(r"`([\w/]+\.py)` opens with the data-flow diagram", layout).group(1)
+    module = diagram_file.removesuffix(".py").replace("/", ".")
+    doc = __import__(f"shmpipe.{module}", fromlist=["_"]).__doc__
+    assert "dispatcher" in doc and "publisher" in doc and "::" in doc
+
+
+def test_the_readme_says_why_the_test_command_installs_chromium():
+    readme = (REPO / "README.md").read_text()
+    before = readme[: readme.index("<!-- ci: test command -->")]
+    why = before[before.rindex("Run the tests") :]
+    assert "browser tests" in why and "chromium" in why
+    assert "root" in why and "another user" in why
