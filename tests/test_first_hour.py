@@ -298,3 +298,25 @@ def test_the_readme_says_why_the_test_command_installs_chromium():
     why = before[before.rindex("Run the tests") :]
     assert "browser tests" in why and "chromium" in why
     assert "root" in why and "another user" in why
+
+
+# -- the beamline template (item 17) ---------------------------------------------------------
+def test_the_beamline_template_is_the_main_job_on_asapo_with_its_geometry_from_a_poni():
+    path = REPO / "examples" / "beamline.toml"
+    cfg = load_config(path)  # as config show checks it (tests/test_examples.py runs that too)
+    assert cfg.source.kind == "asapo" and cfg.view.port and cfg.metrics.port
+    assert not cfg.tango.device and "# [tango]" in path.read_text()  # there, commented out
+    assert [k.kind for k in cfg.kernels] == [
+        "lambda_decompress",
+        "azimuthal_integrate",
+        "frame_stats",
+    ]
+    integrate = next(k for k in cfg.kernel_instances() if k.name == "integrate")
+    assert integrate.params.poni and integrate.params.dist is None
+    # The PONI shipped beside it is the simulator's geometry, so the template runs on the
+    # README's ASAPO demo as it stands.
+    sim = next(k for k in load_config(SIM).kernel_instances() if k.name == "integrate")
+    ai, sim_ai = integrate._integrator(), sim._integrator()
+    assert ai.geometry.digest() == sim_ai.geometry.digest()
+    for key in ("dist", "poni1", "poni2", "rot1", "rot2", "rot3", "wavelength"):
+        assert getattr(ai.poni, key) == pytest.approx(getattr(sim_ai.poni, key)), key
