@@ -159,7 +159,7 @@ def test_results_of_something_that_is_no_results_file_says_why_in_words(tmp_path
     path = make(tmp_path)
     r = run_cli("results", str(path), timeout=60)
     assert r.returncode == 1
-    assert r.stderr == f"shmpipe results: {path}: {words}" + r.stderr.split(words, 1)[1]
+    assert r.stderr.startswith(f"shmpipe results: {path}: {words}")
     assert "errno" not in r.stderr and r.stderr.count("\n") == 1
 
 
