@@ -130,12 +130,15 @@ class AsapoSink(Sink):
             c = asapo_consumer.create_consumer(
                 p.endpoint, "", False, p.beamtime, p.data_source, p.token, p.timeout_ms
             )
-            infos = c.get_stream_list(from_stream="", filter="all")
+            infos = {s: c.get_stream_info(s) for s in streams}
         except Exception as exc:  # noqa: BLE001 - the summary then only says what was sent
             log.debug("cannot read the ASAPO output streams for the summary: %s", exc)
             return set()
-        last_ns = {i["name"]: int(i.get("timestampLast", 0)) for i in infos}
-        return {s for s in streams if s in last_ns and last_ns[s] < started * 1e9}
+        return {
+            s
+            for s, info in infos.items()
+            if int(info.get("lastId", 0)) > 0 and int(info.get("timestampLast", 0)) < started * 1e9
+        }
 
     def open(self, run: RunInfo) -> None:
         import asapo_producer
