@@ -32,6 +32,7 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 
+from shmpipe.api.params import ParamError
 from shmpipe.api.provenance import describe_difference, iso_time, result_hash
 from shmpipe.api.sink import ErrorRecord, Record, RunInfo, Sink
 from shmpipe.plugins.sinks import nexus
@@ -100,12 +101,12 @@ class HDF5Params:
 
     def validate(self) -> None:
         if not self.output:
-            raise ValueError("output must name a file")
+            raise ParamError("output", "must name a file")
         try:
             self.output.format(stream="s", run="r")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"output {self.output!r}: only {{stream}} and {{run}} may be replaced ({exc})"
+            raise ParamError(
+                "output", f"{self.output!r}: only {{stream}} and {{run}} may be replaced ({exc})"
             ) from None
 
 
