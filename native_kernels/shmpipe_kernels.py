@@ -303,6 +303,12 @@ class AzimuthalIntegrate(Kernel):
     @dataclass
     class Params:
         ALIASES: ClassVar[dict[str, str]] = {"bins": "npt"}  # a command-line value wins
+        # A geometry source given on the command line replaces the file's geometry keys.
+        REPLACES: ClassVar[dict[str, tuple[str, ...]]] = {
+            "poni": ("master", "dist", "poni1", "poni2", "rot1", "rot2", "rot3", "wavelength"),
+            "master": ("poni", "dist", "poni1", "poni2", "rot1", "rot2", "rot3", "wavelength"),
+            "dist": ("poni", "master"),
+        }
 
         input: str = "stitch.image"
         """The image, or "parts" / "decompress.modules" to integrate straight from the

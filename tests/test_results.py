@@ -183,11 +183,11 @@ def test_cli_results_prints_streams_rows_errors_runs_and_the_summary_says_where(
     assert done.returncode == 0, done.stderr
     path = tmp_path / f"cli_{STREAM}.h5"
     assert f"written: {path}" in done.stderr
-    shown = run_cli("results", str(path), "--config")
+    shown = run_cli("results", str(path), "--config", "--all")
     assert shown.returncode == 0, shown.stderr
     assert f"stream {STREAM}: 7 rows, ids 1..7, 0 errors, finished" in shown.stdout
     assert "profile.radial (8,) [q_nm^-1]" in shown.stdout
-    assert "kernels.profile.npt = 8" in shown.stdout and "run run-" in shown.stdout
+    assert "kernels.profile.npt = 8" in shown.stdout and "run run-" in shown.stdout  # --all
     missing = run_cli("results", str(tmp_path / "nothing.h5"))
     assert missing.returncode == 1 and "nothing.h5" in missing.stderr
 

@@ -232,13 +232,13 @@ class Pipeline:
         title = getproctitle()
         set_process_title("supervisor", self.name)
         try:
+            try:
+                self.side.prepare()
+            except OSError as exc:  # a port in use (metrics, view): refused before any fork,
+                raise StartupError(str(exc)) from None  # and before the kernels' set-up
             self.p = prepare(self.ctx, self.config)
             self.scheduler = Scheduler(self.p.ring)
             self.recovery = Recovery(self.p, self.scheduler, self.config, self.summary)
-            try:
-                self.side.prepare()
-            except OSError as exc:  # a port in use (metrics, view): refused before any fork
-                raise StartupError(str(exc)) from None
             self._record = record
             record.describe(self._describe())
             return self._supervise(t_start)
@@ -361,7 +361,8 @@ class Pipeline:
         steady.sample(summary.frames_out)
         summary.steady_frames_per_s = steady.rate()
         try:
-            summary.outputs = written_outputs(cfg, [c.stream for c in ring.streams.read()])
+            published = {c.stream: c.frames_out for c in ring.streams.read()}
+            summary.outputs = written_outputs(cfg, self.p.run_info, published)
         except Exception as exc:  # noqa: BLE001 - the summary must not fail the run
             log.debug("cannot list the outputs written: %s", exc)
         t = ring.timings
