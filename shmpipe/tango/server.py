@@ -68,6 +68,7 @@ def tango_main(p: Plumbing, resource: Any, supervisor_pid: int) -> None:  # noqa
 
     from shmpipe.tango import device
     from shmpipe.tango.feed import DeviceFeed
+    from shmpipe.tango.livekernels import set_up_live_kernels
 
     t = p.config.tango
     log.info("Tango device: %s (pid %d)", device_url(t), os.getpid())
@@ -76,7 +77,11 @@ def tango_main(p: Plumbing, resource: Any, supervisor_pid: int) -> None:  # noqa
             p.ring,
             p.tap,
             p.live,
-            p.config.kernel_instances(),
+            # Set up as the workers' are: ROIs are checked against the image shape (with
+            # module input, the geometry's) that only setup knows.
+            set_up_live_kernels(
+                p.config.kernel_instances(), p.layout.outputs, p.parts, p.cache_dir
+            ),
             t,
             supervisor_pid,
             p.workers,
