@@ -88,6 +88,7 @@ class ViewState:
         self.last_new = time.monotonic()
         self.started = time.time()
         self.lavue = None
+        self.lavue_sent: tuple[str, int] | None = None  # (stream, message id) sent last
         self._header: tuple[Any, dict[str, Any]] = (None, {})
         self.renders = RenderCache(1.0 / options.max_fps if options.max_fps > 0 else 0.0)
         # A stitched 2-D image before a 3-D stack of modules.
@@ -294,6 +295,11 @@ class ViewState:
             stream, mid, image = self.image(self.default_image)
         except ApiError:
             return
+        # A new generation need not bring a new image (big copies follow the reader's
+        # pace): each frame goes out once.
+        if (stream, mid) == self.lavue_sent:
+            return
+        self.lavue_sent = (stream, mid)
         self.lavue.send(image, f"{self.feed.run_name}/{stream}/{mid}")
 
 
