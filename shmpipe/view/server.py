@@ -49,6 +49,7 @@ from shmpipe.view.feed import Feed, RateMeter, Snapshot
 from shmpipe.view.rawbin import render_parts
 from shmpipe.view.render import RenderError, RenderParams, render
 from shmpipe.view.rendercache import SLACK, RenderCache
+from shmpipe.view.warm import image_dtypes, warm_kernels
 
 log = logging.getLogger("shmpipe.view")
 STATIC = Path(__file__).parent / "static"
@@ -172,14 +173,7 @@ class ViewState:
     def warm_up(self) -> None:
         """Compile (or load from Numba's cache) the image kernels for the dtypes this chain
         shows, before the first client: its first image is then as quick as the next."""
-        specs = [s for n, s in self.specs.items() if self.kinds.get(n) == "image"]
-        dtypes = {np.dtype(s.dtype) for s in [*specs, *(self.raw_specs() or [])]}
-        for dtype in dtypes:
-            tiny = np.zeros((2, 4), dtype)
-            for binning in ("mean", "max"):
-                params = RenderParams(width=2, binning=binning)
-                render(tiny, params)
-                render_parts([tiny, tiny], params)
+        warm_kernels(image_dtypes(self.specs.values(), self.raw_specs()))
 
     def is_stack(self, name: str) -> bool:
         """Whether ``name`` is the raw frame or a 3-D image output (a stack of modules)."""
@@ -301,6 +295,13 @@ class ViewState:
             return
         self.lavue_sent = (stream, mid)
         self.lavue.send(image, f"{self.feed.run_name}/{stream}/{mid}")
+
+
+def _warm_up(state: ViewState) -> None:
+    try:
+        state.warm_up()
+    except Exception:  # noqa: BLE001 - a slower first image, not a reason to stop
+        log.exception("view: warming up the image kernels failed")
 
 
 def _num(a) -> float | None:
@@ -522,15 +523,15 @@ def create_app(feed: Feed, options: ViewOptions | None = None) -> Starlette:
             from shmpipe.view.lavue import LavuePublisher
 
             state.lavue = LavuePublisher(state.options.zmq)
-        try:
-            await run_in_threadpool(state.warm_up)
-        except Exception:  # noqa: BLE001 - a slower first image, not a reason to stop
-            log.exception("view: warming up the image kernels failed")
+        # Not awaited: the status and the page answer at once, before the first image (the
+        # pipeline's view loaded its kernels before serving; `shmpipe view` may compile).
+        warming = asyncio.create_task(run_in_threadpool(_warm_up, state))
         poller = asyncio.create_task(state.poll())
         try:
             yield
         finally:
             poller.cancel()
+            warming.cancel()
             if state.lavue is not None:
                 state.lavue.close()
 
