@@ -71,7 +71,10 @@ def tango_main(p: Plumbing, resource: Any, supervisor_pid: int) -> None:  # noqa
     from shmpipe.tango.livekernels import set_up_live_kernels
 
     t = p.config.tango
-    log.info("Tango device: %s (pid %d)", device_url(t), os.getpid())
+    url = device_url(t)
+    if t.nodb:  # taurus cannot parse "#dbase=no" (its bug); its own scheme works
+        url += f", in taurus {url.replace('tango://', 'tango-nodb://').split('#')[0]}"
+    log.info("Tango device: %s (pid %d)", url, os.getpid())
     try:
         device.FEED = DeviceFeed(
             p.ring,
