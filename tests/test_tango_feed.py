@@ -37,12 +37,12 @@ def feed():
     from shmpipe.api.kernel import ArraySpec
     from shmpipe.config import TangoSection
     from shmpipe.shm.layout import PROC_FIRST_WORKER
-    from shmpipe.shm.preview import PreviewTap
     from shmpipe.shm.ring import RingGeometry, SlotRing
+    from shmpipe.shm.tapwriter import TapWriter
     from shmpipe.tango.feed import DeviceFeed
 
     ring = SlotRing(RingGeometry(4, 4096, 4096, 4096, PROC_FIRST_WORKER + 2))
-    tap = PreviewTap.create([ArraySpec("sum", (), "float64").qualified("stats")], None, {})
+    tap = TapWriter.create([ArraySpec("sum", (), "float64").qualified("stats")], None, {})
     yield DeviceFeed(ring, tap, None, [], TangoSection(), os.getpid(), 2)
     tap.close()
     ring.close()

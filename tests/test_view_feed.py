@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from shmpipe.api.kernel import ArraySpec
-from shmpipe.shm.preview import W_HOLD, PreviewTap
+from shmpipe.shm.preview import W_HOLD
+from shmpipe.shm.tapwriter import TapWriter
 from shmpipe.view.feed import IN_PLACE_TRIES, TapFeed
 
 SPECS = [ArraySpec("k.sum", (), "float64"), ArraySpec("k.image", (16, 24), "float32")]
 
 
 def _tap_and_publisher():
-    tap = PreviewTap.create(SPECS, None, {"name": "feed-test"}, max_hz=1e6, history=10)
+    tap = TapWriter.create(SPECS, None, {"name": "feed-test"}, max_hz=1e6, history=10)
     results = {s.name: np.zeros((2, *s.shape), s.dtype) for s in SPECS}
     tap.bind_results(lambda off, dt, shape: results[off], {s.name: s.name for s in SPECS})
     frames = iter(range(1, 1000))

@@ -26,8 +26,8 @@ from shmpipe.engine.plumbing import Plumbing
 from shmpipe.shm.channel import RecordPipe
 from shmpipe.shm.layout import PROC_FIRST_WORKER
 from shmpipe.shm.params import LiveParams
-from shmpipe.shm.preview import PreviewTap
 from shmpipe.shm.ring import RingGeometry, ShmCapacityError, SlotRing
+from shmpipe.shm.tapwriter import TapWriter
 
 log = logging.getLogger("shmpipe.supervisor")
 
@@ -245,7 +245,7 @@ def _preview_tap(cfg: PipelineConfig, layout, src_layout, run_info: RunInfo, rin
         "geometry": raw_geometry(cfg),
     }
     try:
-        return PreviewTap.create(
+        return TapWriter.create(
             layout.specs(), src_layout.parts, identity, cfg.view.max_hz, cfg.view.history
         )
     except (MemoryError, ValueError) as exc:
