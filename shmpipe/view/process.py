@@ -79,8 +79,10 @@ def view_main(p: Plumbing, sock: socket.socket, supervisor_pid: int) -> None:  #
     # At the run's priority: import the server and load the image kernels (compiled into
     # Numba's cache in the setup phase), so that the view answers at once; at nice 19 beside
     # busy workers this took minutes.
+    import uvicorn  # noqa: F401 - imported here, at full priority (as the server below)
+
     from shmpipe.view.feed import TapFeed
-    from shmpipe.view.server import create_app  # noqa: F401 - imported here, at full priority
+    from shmpipe.view.server import create_app  # noqa: F401
     from shmpipe.view.warm import image_dtypes, warm_kernels
 
     feed = TapFeed(p.tap, p.ring.table, p.ring.procs, p.config.run.workers)

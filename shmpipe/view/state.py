@@ -266,6 +266,7 @@ class ViewState:
 
 
 def warm_up_quietly(state: ViewState) -> None:
+    """``state.warm_up()``, a failure logged (it only makes the first image slower)."""
     try:
         state.warm_up()
     except Exception:  # noqa: BLE001 - a slower first image, not a reason to stop
@@ -273,6 +274,7 @@ def warm_up_quietly(state: ViewState) -> None:
 
 
 def finite_or_none(a) -> float | None:
+    """The first value of ``a`` as a float, None for NaN, inf or nothing (JSON null)."""
     v = float(np.asarray(a).reshape(-1)[0]) if np.asarray(a).size else math.nan
     return v if math.isfinite(v) else None
 
@@ -286,6 +288,7 @@ def _params(query) -> tuple[RenderParams, int | None]:
 
 
 def module_of(query) -> int | None:
+    """The ``module`` query parameter (None: not given); a 400 when not an integer."""
     module = query.get("module")
     if module is None:
         return None
