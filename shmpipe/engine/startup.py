@@ -26,9 +26,9 @@ from shmpipe.engine.chain import KernelChain, KernelSetupError
 from shmpipe.shm.channel import RecordPipe
 from shmpipe.shm.layout import PROC_FIRST_WORKER
 from shmpipe.shm.params import LiveParams
-from shmpipe.shm.preview import PreviewTap
 from shmpipe.shm.resultlayout import ChainLayout
 from shmpipe.shm.ring import RingGeometry, ShmCapacityError, SlotRing
+from shmpipe.shm.tapwriter import TapWriter
 
 log = logging.getLogger("shmpipe.supervisor")
 
@@ -93,11 +93,24 @@ def preflight_main(conn, config: PipelineConfig, cache_dir: Path, run_info: RunI
             conn.send(("error", f"kernel setup failed: {exc}"))
             return
         uses_numba = "numba" in sys.modules
+        _set_up_side_processes(config, layout, src_layout)
         conn.send(("ok", pickle.dumps((source.params, src_layout, layout, uses_numba))))
     except Exception as exc:  # noqa: BLE001 - sent back and reported as a start-up error
         conn.send(("error", f"{exc}"))
     finally:
         conn.close()
+
+
+def _set_up_side_processes(config: PipelineConfig, layout: ChainLayout, src: SourceLayout) -> None:
+    """``SideProcess.setup`` of each enabled one (the view's Numba kernels), before workers."""
+    from shmpipe.engine.sideprocs import declared
+
+    for side in declared():
+        if side.setup is not None and side.enabled(config):
+            try:
+                side.setup(config, layout.specs(), src.parts)
+            except Exception as exc:  # noqa: BLE001 - the side process sets up itself then
+                log.warning("%s: setting up before the workers failed: %s", side.name, exc)
 
 
 def _prepare_numba_for_forks(threads: int) -> None:
@@ -233,7 +246,7 @@ def _preview_tap(cfg: PipelineConfig, layout, src_layout, run_info: RunInfo, rin
         "geometry": raw_geometry(cfg),
     }
     try:
-        return PreviewTap.create(
+        return TapWriter.create(
             layout.specs(), src_layout.parts, identity, cfg.view.max_hz, cfg.view.history
         )
     except (MemoryError, ValueError) as exc:

@@ -69,15 +69,23 @@ def tango_main(p: Plumbing, resource: Any, supervisor_pid: int) -> None:  # noqa
 
     from shmpipe.tango import device
     from shmpipe.tango.feed import DeviceFeed
+    from shmpipe.tango.livekernels import set_up_live_kernels
 
     t = p.config.tango
-    log.info("Tango device: %s (pid %d)", device_url(t), os.getpid())
+    url = device_url(t)
+    if t.nodb:  # taurus cannot parse "#dbase=no" (its bug); its own scheme works
+        url += f", in taurus {url.replace('tango://', 'tango-nodb://').split('#')[0]}"
+    log.info("Tango device: %s (pid %d)", url, os.getpid())
     try:
         device.FEED = DeviceFeed(
             p.ring,
             p.tap,
             p.live,
-            p.config.kernel_instances(),
+            # Set up as the workers' are: ROIs are checked against the image shape (with
+            # module input, the geometry's) that only setup knows.
+            set_up_live_kernels(
+                p.config.kernel_instances(), p.layout.outputs, p.parts, p.cache_dir
+            ),
             t,
             supervisor_pid,
             p.workers,

@@ -141,6 +141,7 @@ class _Entry:
         self.errors_written = self.error_rows
         self.pending: list[Record] = []
         self.dirty = False
+        self.finished_at: float | None = None  # when this run saw the stream finish
         self.run_row = -1
 
     def rebind(self, e: h5py.Group) -> None:
@@ -398,6 +399,7 @@ class HDF5Sink(Sink):
 
     def stream_finished(self, stream: str, next_stream: str, last_id: int = 0) -> None:
         e = self._entry(stream)
+        e.finished_at = time.time()
         e.e.attrs["finished"] = True
         # Fixed-width, kept in the object header: nothing in the global heap (see nexus.text).
         e.e.attrs["next_stream"] = np.bytes_(next_stream.encode())
@@ -430,7 +432,9 @@ class HDF5Sink(Sink):
                     if e.run_row >= 0:
                         dt = e.e["end_time"].dtype
                         e.e["runs/end_time"][e.run_row] = nexus.as_text(end, dt)
-                        e.e["end_time"][()] = nexus.as_text(end, dt)
+                        # The stream's end: when it finished, else (stopped early) now.
+                        stream_end = iso_time(e.finished_at) if e.finished_at else end
+                        e.e["end_time"][()] = nexus.as_text(stream_end, dt)
                 fs.f.flush()
         finally:
             for fs in self._files.values():
