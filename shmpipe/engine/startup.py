@@ -44,7 +44,7 @@ class StartupError(RuntimeError):
 
 def run_info_for(config: PipelineConfig) -> RunInfo:
     """What the sinks record about this run, before the kernels' outputs are known."""
-    effective = config.effective()
+    effective = provenance.without_secrets(config.effective())
     shaping = provenance.result_shaping(effective)
     return RunInfo(
         run_name=config.run.name,
