@@ -2,6 +2,7 @@
 
 from shmpipe.api.kernel import ArraySpec, Frame, Kernel, NoParams, SetupContext
 from shmpipe.api.message import Message, PartReader, StreamFinished, payload_bytes
+from shmpipe.api.params import ParamError
 from shmpipe.api.sink import ErrorRecord, Record, RunInfo, Sink
 from shmpipe.api.source import (
     Acknowledger,
@@ -20,6 +21,7 @@ __all__ = [
     "Kernel",
     "Message",
     "NoParams",
+    "ParamError",
     "PartReader",
     "Record",
     "RunInfo",

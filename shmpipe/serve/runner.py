@@ -180,7 +180,7 @@ def live_counts(name: str) -> tuple[int, int, int] | None:
     """(frames in, frames out, errors) of the running pipeline ``name``, read from its
     shared tables; None while it has none (starting, or ended)."""
     from shmpipe.observe.runs import live_runs
-    from shmpipe.observe.snapshot import Snapshot
+    from shmpipe.observe.snapshot import RunTotals
     from shmpipe.observe.status import attach_tables
 
     info = next((r for r in live_runs() if r.get("name") == name), None)
@@ -191,7 +191,7 @@ def live_counts(name: str) -> tuple[int, int, int] | None:
     except (OSError, KeyError, ValueError):
         return None
     try:
-        snap = Snapshot.read(ptable, table)
+        snap = RunTotals.read(ptable, table)
         return snap.frames_in, snap.frames_out, snap.errors
     finally:
         del table, ptable
