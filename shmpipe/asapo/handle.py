@@ -17,6 +17,13 @@ class ServiceHandle:
     advertise_host: str
     port: int
     receiver_port: int
+    running: bool  # a property of each subclass
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
 
     @property
     def server_name(self) -> str:
@@ -30,8 +37,8 @@ class ServiceHandle:
 
     def restart(self) -> None:
         """Stop cleanly and start again on the same ports and data folder."""
-        self.stop()  # type: ignore[attr-defined]
-        self.start()  # type: ignore[attr-defined]
+        self.stop()
+        self.start()
 
     def __enter__(self) -> Self:
-        return self.start() if not self.running else self  # type: ignore[attr-defined]
+        return self.start() if not self.running else self
