@@ -1,5 +1,6 @@
 """The plug-in contract: everything a source, kernel or sink author imports from shmpipe."""
 
+from shmpipe.api.detector import RunDetector
 from shmpipe.api.kernel import ArraySpec, Frame, Kernel, NoParams, SetupContext
 from shmpipe.api.message import Message, PartReader, StreamFinished, payload_bytes
 from shmpipe.api.sink import ErrorRecord, Record, RunInfo, Sink
@@ -22,6 +23,7 @@ __all__ = [
     "NoParams",
     "PartReader",
     "Record",
+    "RunDetector",
     "RunInfo",
     "SetupContext",
     "Sink",

@@ -88,7 +88,9 @@ def preflight_main(conn, config: PipelineConfig, cache_dir: Path, run_info: RunI
                 return
         chain = KernelChain(config.kernel_instances())
         try:
-            layout = chain.setup(src_layout.parts, cache_dir, config.run.kernel_threads, -1)
+            layout = chain.setup(
+                src_layout.parts, cache_dir, config.run.kernel_threads, -1, config.detector
+            )
         except KernelSetupError as exc:
             conn.send(("error", f"kernel setup failed: {exc}"))
             return
@@ -207,34 +209,31 @@ def ring_geometry(config: PipelineConfig, layout: SourceLayout, chain: ChainLayo
     return geometry
 
 
-def raw_geometry(cfg: PipelineConfig) -> str:
-    """The geometry file a view assembles the raw frame with (absolute path; "" for the
-    built-in layout): ``view.geometry``, else the first kernel's ``geometry`` file."""
-    candidates = [cfg.view.geometry] + [
-        getattr(k.params, "geometry", "") for k in cfg.kernels if not cfg.view.geometry
-    ]
-    for g in candidates:
-        if isinstance(g, str) and g and os.path.isfile(g):
-            return os.path.abspath(g)
-    return ""
-
-
-def _preview_tap(cfg: PipelineConfig, layout, src_layout, run_info: RunInfo, ring: SlotRing):
-    """The preview tap that views and the Tango device read (none with view.tap = false)."""
-    if not cfg.view.tap:
-        return None
-    identity = {
+def run_identity(cfg: PipelineConfig, run_info: RunInfo) -> dict[str, Any]:
+    """What the preview tap tells views and the Tango device about the run (JSON-able)."""
+    return {
         "name": cfg.run.name,
         "pid": os.getpid(),
         "started": time.time(),
         "chain": run_info.chain,
         "config": cfg.path,
         "config_hash": run_info.config_hash,
-        "geometry": raw_geometry(cfg),
+        # The run's detector, which views and the Tango device place raw modules with.
+        "detector": None if cfg.detector is None else cfg.detector.describe(),
     }
+
+
+def _preview_tap(cfg: PipelineConfig, layout, src_layout, run_info: RunInfo, ring: SlotRing):
+    """The preview tap that views and the Tango device read (none with view.tap = false)."""
+    if not cfg.view.tap:
+        return None
     try:
         return PreviewTap.create(
-            layout.specs(), src_layout.parts, identity, cfg.view.max_hz, cfg.view.history
+            layout.specs(),
+            src_layout.parts,
+            run_identity(cfg, run_info),
+            cfg.view.max_hz,
+            cfg.view.history,
         )
     except (MemoryError, ValueError) as exc:
         ring.close()
