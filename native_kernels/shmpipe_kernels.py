@@ -325,8 +325,8 @@ class AzimuthalIntegrate(Kernel):
         """Wavelength in m; needed for q units."""
         geometry: str = ""
         """Detector layout: "lambda9m", a detector name (Eiger2_4M ...) or a .toml/.json
-        geometry file; unset: the run's [detector], else the PONI's detector, else
-        "lambda9m". Deprecated: declare the run's [detector] instead (this key maps into it)."""
+        geometry file; unset: the PONI's detector, else "lambda9m". Deprecated: declare the
+        run's [detector] instead (this key maps into it; it wins over the PONI's)."""
         missing_modules: list = field(default_factory=list)
         """Indices of modules not installed. Deprecated: see geometry."""
         npt: int | None = None

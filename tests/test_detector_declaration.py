@@ -98,12 +98,12 @@ def test_a_kernel_key_that_disagrees_with_the_detector_is_a_config_error(geometr
     raw = {
         "kernels": {
             "stitch": {"kind": "lambda_stitch", "geometry": geometry_file},
-            "stats": {"kind": "frame_stats", "geometry": "lambda9m"},
+            "stats": {"kind": "frame_stats", "missing_modules": [1]},  # of the LAMBDA 9M
         }
     }
     with pytest.raises(ConfigError, match="kernels.stitch.geometry = ") as err:
         load_config(raw=raw)
-    assert err.value.key == "kernels.stats.geometry"
+    assert err.value.key == "kernels.stats.missing_modules"
 
 
 def test_the_conflict_ends_the_command_with_exit_2_naming_both_keys(geometry_file, tmp_path):
@@ -137,6 +137,13 @@ def test_old_keys_map_into_the_run_detector_with_a_warning(geometry_file, caplog
     cfg = load_config(raw={"detector": {"geometry": geometry_file}, **raw})
     assert cfg.detector.origin.startswith("detector.geometry")  # agrees: warned, not refused
     assert "deprecated" in caplog.text
+    # `shmpipe config show` writes every kernel's defaults (geometry = "lambda9m"): they
+    # declare nothing, so its output loads again with the same detector.
+    kernels = {"stitch": {"kind": "lambda_stitch"}, "stats": {"kind": "frame_stats"}}
+    shown = load_config(raw={"detector": {"geometry": geometry_file}, "kernels": kernels})
+    again = load_config(raw=shown.effective())
+    assert again.detector.origin == shown.detector.origin
+    assert again.effective() == shown.effective()
     with pytest.raises(ConfigError, match="geometry, poni or master") as err:
         load_config(raw={"detector": {"missing_modules": [1]}})
     assert err.value.key == "detector.missing_modules"

@@ -9,6 +9,7 @@ a configuration error naming both keys.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -82,14 +83,26 @@ def _declared_by_section(section: DetectorSection) -> RunDetector | None:
     return RunDetector(geo, f"detector.{key} = {value!r}")
 
 
+def _defaults(params_cls: type) -> dict[str, Any]:
+    return {
+        f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+        for f in dataclasses.fields(params_cls)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+
+
 def _aliases(kernels: Sequence[Any], ktables: dict, view_geometry: str):
     """(key, value, layout, missing modules) of each deprecated key that is set; the layout
     is "" for an integrator's ``missing_modules`` alone (its PONI's detector)."""
     found = []
     for k in kernels:
         table = ktables.get(k.name, {})
-        given = [key for key in KERNEL_KEYS if key in table]
-        if not given or not all(hasattr(k.params, key) for key in KERNEL_KEYS):
+        if not all(hasattr(k.params, key) for key in KERNEL_KEYS):
+            continue
+        # A default written out (``shmpipe config show`` writes every key) declares nothing.
+        defaults = _defaults(type(k.params))
+        given = [key for key in KERNEL_KEYS if key in table and table[key] != defaults[key]]
+        if not given:
             continue
         g, missing = str(k.params.geometry or ""), list(k.params.missing_modules)
         key = f"kernels.{k.name}.{given[0]}"

@@ -185,8 +185,9 @@ class ViewSection:
     busy it yields them to the workers and shows fewer images instead (lower: more images on
     busy cores, at some of the workers' throughput)."""
     geometry: str = ""
-    """Detector geometry file the raw frame is assembled with; empty: the ``geometry`` of
-    the first kernel that has one, else the built-in layout (LAMBDA 9M for its 12 modules)."""
+    """Detector geometry file. Deprecated: declare the run's [detector] instead (this key
+    maps into it). The raw frame is assembled with the run's detector, else a built-in layout
+    (LAMBDA 9M for its 12 modules)."""
 
 
 SECTIONS: dict[str, type] = {
