@@ -77,6 +77,8 @@ def test_detector_section_alone_runs_the_lambda_chain_as_the_old_keys(geometry_f
     declared = lambda_chain(
         tmp_path, "declared", {"geometry": geometry_file, "missing_modules": [4]}, {}
     )
+    # Declared by nobody but the simulated source: its own layout is the run's detector.
+    by_source = lambda_chain(tmp_path, "by-source", None, {})
     geo = sim_geometry(SimParams(module_shape=MODULE, missing_modules=[4]))
     assert declared["stitch.image"].shape == (3, *geo.shape)
     assert np.all(declared["stitch.image"][:, : MODULE[0], : MODULE[1]] > 0)
@@ -84,6 +86,7 @@ def test_detector_section_alone_runs_the_lambda_chain_as_the_old_keys(geometry_f
                  "stats.sum", "stats.n_valid"):  # fmt: skip
         assert np.any(declared[name] != 0), name
         np.testing.assert_array_equal(declared[name], old[name], err_msg=name)
+        np.testing.assert_array_equal(by_source[name], old[name], err_msg=name)
 
 
 def test_a_kernel_key_that_disagrees_with_the_detector_is_a_config_error(geometry_file):

@@ -27,8 +27,8 @@ KERNEL_KEYS = ("geometry", "missing_modules")
 class DetectorSection:
     """The run's detector, declared once for every kernel, the live view and the Tango
     device: one of ``geometry``, ``poni`` or ``master``. Unset: a kernel's ``geometry`` key
-    (deprecated) declares it, else each kernel takes its default (LAMBDA 9M, or the
-    integrator's PONI detector)."""
+    (deprecated) declares it, else the source's own layout (the simulated detector's), else
+    each kernel takes its default (LAMBDA 9M, or the integrator's PONI detector)."""
 
     geometry: str = ""
     """"lambda9m", a detector name (Eiger2_4M, Pilatus1M, ...; see docs/detectors.md) or a

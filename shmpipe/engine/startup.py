@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shmpipe.api import provenance
+from shmpipe.api.detector import RunDetector
 from shmpipe.api.sink import RunInfo
 from shmpipe.api.source import SourceConfigError, SourceLayout
 from shmpipe.child.plumbing import Plumbing
@@ -62,6 +63,14 @@ def run_info_for(config: PipelineConfig) -> RunInfo:
     )
 
 
+def run_detector(config: PipelineConfig, src_layout: SourceLayout) -> RunDetector | None:
+    """The run's detector: the configuration's (``[detector]``, or a deprecated kernel key),
+    else the one the source declares (the simulated detector's layout), else none."""
+    if config.detector is not None or src_layout.detector is None:
+        return config.detector
+    return RunDetector(src_layout.detector, f"the source ({config.source.kind})")
+
+
 def preflight_main(conn, config: PipelineConfig, cache_dir: Path, run_info: RunInfo) -> None:
     """Check the source and sinks, probe the parts' layout, set up every kernel once.
 
@@ -88,8 +97,9 @@ def preflight_main(conn, config: PipelineConfig, cache_dir: Path, run_info: RunI
                 return
         chain = KernelChain(config.kernel_instances())
         try:
+            detector = run_detector(config, src_layout)
             layout = chain.setup(
-                src_layout.parts, cache_dir, config.run.kernel_threads, -1, config.detector
+                src_layout.parts, cache_dir, config.run.kernel_threads, -1, detector
             )
         except KernelSetupError as exc:
             conn.send(("error", f"kernel setup failed: {exc}"))
@@ -247,6 +257,7 @@ def prepare(ctx: Any, config: PipelineConfig) -> Plumbing:
     run_info = run_info_for(cfg)
     source_params, src_layout, layout = preflight(ctx, cfg, cache_dir, run_info)
     cfg.source.params = source_params
+    cfg.detector = run_detector(cfg, src_layout)  # the workers fork with it; the tap shows it
     source = cfg.source_instance()
     geometry = ring_geometry(cfg, src_layout, layout)
     try:
