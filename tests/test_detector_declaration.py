@@ -132,7 +132,7 @@ def test_old_keys_map_into_the_run_detector_with_a_warning(geometry_file, caplog
     raw = {"kernels": {"stitch": {"kind": "lambda_stitch", "geometry": geometry_file}}}
     with caplog.at_level(logging.WARNING, logger="shmpipe.config"):
         cfg = load_config(raw=raw)
-    assert "kernels.stitch.geometry is deprecated" in caplog.text
+    assert f"kernels.stitch.geometry = {geometry_file!r} is deprecated" in caplog.text
     assert cfg.detector.origin == f"kernels.stitch.geometry = {geometry_file!r}"
     assert cfg.detector.geometry.digest() == sim_geometry(SimParams(module_shape=MODULE)).digest()
     assert "detector" not in cfg.effective()  # an old configuration keeps its hash

@@ -141,9 +141,10 @@ def run_detector(
     run = _declared_by_section(section)
     for key, value, layout, missing in _aliases(kernels, ktables, view_geometry):
         log.warning(
-            "%s is deprecated: declare the run's detector once in [detector] "
+            "%s = %r is deprecated: declare the run's detector once in [detector] "
             "(kernels, the view and the Tango device all use it)",
             key,
+            value,
         )
         if not layout:
             if run is not None and set(missing) != _absent(run.geometry):
