@@ -8,11 +8,12 @@ import logging
 import os
 import subprocess
 import sys
+import tomllib
 
 import numpy as np
 import pytest
 
-from shmpipe.config import ConfigError, load_config
+from shmpipe.config import ConfigError, load_config, to_toml
 from shmpipe.engine import Pipeline
 from shmpipe.plugins.sinks.hdf5 import read_stream
 from shmpipe.plugins.sources.sim import SimParams, sim_geometry
@@ -144,7 +145,7 @@ def test_old_keys_map_into_the_run_detector_with_a_warning(geometry_file, caplog
     # declare nothing, so its output loads again with the same detector.
     kernels = {"stitch": {"kind": "lambda_stitch"}, "stats": {"kind": "frame_stats"}}
     shown = load_config(raw={"detector": {"geometry": geometry_file}, "kernels": kernels})
-    again = load_config(raw=shown.effective())
+    again = load_config(raw=tomllib.loads(to_toml(shown.effective())))
     assert again.detector.origin == shown.detector.origin
     assert again.effective() == shown.effective()
     with pytest.raises(ConfigError, match="geometry, poni or master") as err:
