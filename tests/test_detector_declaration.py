@@ -148,6 +148,14 @@ def test_old_keys_map_into_the_run_detector_with_a_warning(geometry_file, caplog
     again = load_config(raw=tomllib.loads(to_toml(shown.effective())))
     assert again.detector.origin == shown.detector.origin
     assert again.effective() == shown.effective()
+    # Results of another detector are not mixed into the same files on a rerun.
+    from shmpipe.api import provenance
+
+    other = load_config(raw={"detector": {"geometry": "lambda9m"}, "kernels": kernels})
+    hashes = {
+        provenance.result_hash(provenance.result_shaping(c.effective())) for c in (shown, other)
+    }
+    assert len(hashes) == 2
     with pytest.raises(ConfigError, match="geometry, poni or master") as err:
         load_config(raw={"detector": {"missing_modules": [1]}})
     assert err.value.key == "detector.missing_modules"
