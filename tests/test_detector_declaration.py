@@ -198,3 +198,26 @@ def test_view_and_tango_take_the_raw_layout_from_the_declared_detector(geometry_
     finally:
         tap.close()
         ring.close()
+
+
+def test_a_poni_or_master_file_declares_the_layout_the_integrator_would_take(tmp_path):
+    from native_kernels.integrator import AzimuthalIntegrator
+    from native_kernels.master import read_master
+    from scripts.make_eiger_master import make_master
+
+    poni = tmp_path / "calib.poni"
+    poni.write_text(
+        "poni_version: 2.1\nDetector: Pilatus300k\nDetector_config: {}\nDistance: 0.1\n"
+        "Poni1: 0.01\nPoni2: 0.02\nRot1: 0\nRot2: 0\nRot3: 0\nWavelength: 1e-10\n"
+    )
+    cfg = load_config(raw={"detector": {"poni": str(poni)}})
+    assert cfg.detector.geometry.shape == (619, 487) and len(cfg.detector.geometry.present) == 3
+    assert cfg.detector.geometry.digest() == AzimuthalIntegrator.from_poni(poni).geometry.digest()
+    master, _ = make_master(tmp_path, detector="Pilatus300k", frames=1, frames_per_file=1)
+    cfg = load_config(raw={"detector": {"master": str(master)}})
+    m = read_master(master)
+    assert cfg.detector.geometry.shape == m.shape and cfg.detector.geometry.n_modules == 1
+    assert cfg.detector.geometry.pixel_size == m.pixel_size
+    with pytest.raises(ConfigError, match="missing_master.h5") as err:
+        load_config(raw={"detector": {"master": str(tmp_path / "missing_master.h5")}})
+    assert err.value.key == "detector.master"
