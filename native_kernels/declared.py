@@ -9,15 +9,53 @@ come through here, so a new way of naming a detector is one edit.
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from native_kernels.detectors import detector_geometry
+from native_kernels.detectors import DetectorError, detector_geometry, needs_pyfai
 from native_kernels.geometry import DetectorGeometry, GeometryError, ModulePlacement, load_geometry
 from native_kernels.master import MasterFile, read_master
 from native_kernels.poni import PoniError, read_poni
+
+# Run in a child: pyFAI brings Numba and threads, which the process resolving a run's detector
+# (the supervisor, which forks the workers) must not hold.
+_PYFAI_CHILD = (
+    "import json, sys\n"
+    "from native_kernels.detectors import detector_geometry\n"
+    "try:\n"
+    "    g = detector_geometry(sys.argv[1], json.loads(sys.argv[2]), use_pyfai=True)\n"
+    "    print(json.dumps({'layout': None if g is None else g.to_dict()}))\n"
+    "except ValueError as exc:\n"
+    "    print(json.dumps({'error': str(exc)}))\n"
+)
+
+
+def fork_safe_detector(name: str, config: dict[str, Any] | None = None) -> DetectorGeometry | None:
+    """:func:`~native_kernels.detectors.detector_geometry` without importing pyFAI here: the
+    built-in catalogue when it knows the name (the tests hold it equal to pyFAI's), else pyFAI
+    in a short-lived child process."""
+    config = dict(config or {})
+    if not needs_pyfai(name):
+        return detector_geometry(name, config, use_pyfai=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _PYFAI_CHILD, name, json.dumps(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise DetectorError(f"cannot ask pyFAI about {name!r}: {lines[-1]}")
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    if "error" in answer:
+        raise DetectorError(answer["error"])
+    return None if answer["layout"] is None else DetectorGeometry.from_dict(answer["layout"])
 
 
 def named_layout(geometry: str, missing_modules: Sequence[int] = ()) -> DetectorGeometry:
@@ -31,7 +69,7 @@ def named_layout(geometry: str, missing_modules: Sequence[int] = ()) -> Detector
     """
     g = str(geometry or "")
     if g and g not in ("lambda9m", "default") and Path(g).suffix.lower() not in (".toml", ".json"):
-        geo = detector_geometry(g)
+        geo = fork_safe_detector(g)
         if geo is None:
             raise GeometryError(f"{g!r} names no detector layout")
         return load_geometry(geo, tuple(missing_modules))
@@ -82,7 +120,7 @@ def declared_geometry(
     if poni:
         p = read_poni(poni)
         try:
-            described = detector_geometry(p.detector, p.detector_config)
+            described = fork_safe_detector(p.detector, p.detector_config)
         except GeometryError as exc:
             raise PoniError(f"{poni}: {exc}") from exc
         geo = poni_layout(described, p.pixel_size, str(poni))

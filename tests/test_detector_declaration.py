@@ -221,3 +221,26 @@ def test_a_poni_or_master_file_declares_the_layout_the_integrator_would_take(tmp
     with pytest.raises(ConfigError, match="missing_master.h5") as err:
         load_config(raw={"detector": {"master": str(tmp_path / "missing_master.h5")}})
     assert err.value.key == "detector.master"
+
+
+def test_a_named_detector_is_resolved_without_pyfai_in_the_supervisor():
+    """pyFAI brings Numba and threads; the process that forks the workers must not hold them."""
+    pytest.importorskip("pyFAI")
+    code = (
+        "import sys\n"
+        "from shmpipe.config import load_config\n"
+        "a = load_config(raw={'detector': {'geometry': 'Eiger2_4M'}}).detector.geometry\n"
+        "b = load_config(raw={'detector': {'geometry': 'Pilatus900k'}}).detector.geometry\n"
+        "print(a.shape, len(b.present), 'pyFAI' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    # Eiger2_4M from the built-in catalogue, Pilatus900k (not in it) from pyFAI in a child.
+    assert done.stdout.split() == ["(2162,", "2068)", "9", "False"]
+    from native_kernels.declared import fork_safe_detector
+    from native_kernels.detectors import detector_geometry
+
+    assert fork_safe_detector("Pilatus900k").digest() == detector_geometry("Pilatus900k").digest()
