@@ -114,6 +114,13 @@ def pyfai_available() -> bool:
     return importlib.util.find_spec("pyFAI") is not None
 
 
+def needs_pyfai(name: str) -> bool:
+    """Whether only pyFAI can describe the detector ``name`` (neither generic nor in the
+    catalogue) and pyFAI is installed."""
+    key = normalise_name(name)
+    return key not in _GENERIC and key not in _BY_KEY and pyfai_available()
+
+
 def builtin_geometry(name: str) -> DetectorGeometry:
     """The geometry of a detector of :data:`CATALOGUE` (pyFAI not consulted)."""
     det = _BY_KEY.get(normalise_name(name))

@@ -37,6 +37,7 @@ import numpy as np
 
 from native_kernels import accumulate as A
 from native_kernels import positions as P
+from native_kernels.declared import poni_layout
 from native_kernels.detectors import detector_geometry
 from native_kernels.geometry import (
     DetectorGeometry,
@@ -122,21 +123,6 @@ def _resolve_geometry(geometry, missing_modules: Sequence[int]) -> DetectorGeome
 
 def _with_pixel_size(geo: DetectorGeometry, px: tuple[float, float]) -> DetectorGeometry:
     return DetectorGeometry(geo.module_shape, geo.modules, px, geo.dummy, geo.name, geo.shape)
-
-
-def _renamed(geo: DetectorGeometry, name: str) -> DetectorGeometry:
-    return DetectorGeometry(
-        geo.module_shape, geo.modules, geo.pixel_size, geo.dummy, name, geo.shape
-    )
-
-
-def _is_stitched_lambda9m(described: DetectorGeometry, lambda9m: DetectorGeometry) -> bool:
-    """A generic one-module detector of the stitched LAMBDA 9M image's shape and pixel size."""
-    return (
-        described.n_modules == 1
-        and tuple(described.shape) == tuple(lambda9m.shape)
-        and np.allclose(described.pixel_size, lambda9m.pixel_size, rtol=1e-6, atol=0)
-    )
 
 
 def _warn_if_contradicts(
@@ -703,14 +689,7 @@ class AzimuthalIntegrator:
             )
             described = None
         if geometry is None:
-            lambda9m = load_geometry(None)
-            if described is None:
-                geo = lambda9m if px is None else _with_pixel_size(lambda9m, px)
-            elif _is_stitched_lambda9m(described, lambda9m):
-                geo = lambda9m  # a calibration on our stitched images: keep the module gaps
-            else:
-                geo = described
-            geo = _renamed(geo, f"{geo.name} from {source}")
+            geo = poni_layout(described, px, source)
         else:
             geo = _resolve_geometry(geometry, ())
             if use_poni_pixel_size:

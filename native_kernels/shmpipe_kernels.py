@@ -47,8 +47,8 @@ from typing import ClassVar
 import numpy as np
 
 from native_kernels.compression import PayloadError, compress, decompress_into
-from native_kernels.detectors import detector_geometry
-from native_kernels.geometry import DetectorGeometry, GeometryError, ModulePlacement, load_geometry
+from native_kernels.declared import master_layout, named_layout
+from native_kernels.geometry import DetectorGeometry, GeometryError, ModulePlacement
 from native_kernels.integrator import AzimuthalIntegrator, RadialPlan
 from native_kernels.master import MasterFile, MasterFileError, read_master
 from native_kernels.poni import PoniError
@@ -60,6 +60,7 @@ from native_kernels.stats import (
     roi_sums_on_parts,
 )
 from native_kernels.stitch import Stitcher
+from shmpipe.api.detector import RunDetector
 from shmpipe.api.kernel import ArraySpec, Frame, Kernel, SetupContext
 
 
@@ -137,20 +138,19 @@ def _as_parts(x: np.ndarray | list[np.ndarray]) -> list[np.ndarray] | np.ndarray
     return x
 
 
-def _geometry(p, default: DetectorGeometry | None = None) -> DetectorGeometry:
-    """The ``geometry`` parameter: "lambda9m", a .toml/.json file, or a detector name."""
+def _geometry(p, detector: RunDetector | None, default: DetectorGeometry | None = None):
+    """The run's detector (``ctx.detector``, from ``[detector]``). Without one (a kernel set
+    up outside a run), the deprecated ``geometry`` and ``missing_modules`` parameters:
+    "lambda9m", a .toml/.json file or a detector name; unset, ``default``."""
+    if detector is not None:
+        return detector.geometry
     g = str(p.geometry or "")
     if not g and default is not None:
         return default.with_missing(p.missing_modules) if p.missing_modules else default
-    if g and g not in ("lambda9m", "default") and Path(g).suffix.lower() not in (".toml", ".json"):
-        try:
-            geo = detector_geometry(g)
-        except GeometryError as exc:
-            raise KernelConfigError(f"geometry = {g!r}: {exc}") from exc
-        if geo is None:
-            raise KernelConfigError(f"geometry = {g!r} names no detector layout")
-        return load_geometry(geo, tuple(p.missing_modules))
-    return load_geometry(g or None, tuple(p.missing_modules))
+    try:
+        return named_layout(g, p.missing_modules)
+    except GeometryError as exc:
+        raise KernelConfigError(f"geometry = {g!r}: {exc}") from exc
 
 
 def _master(path: str, kernel: str) -> MasterFile:
@@ -158,13 +158,6 @@ def _master(path: str, kernel: str) -> MasterFile:
         return read_master(path)
     except MasterFileError as exc:
         raise KernelConfigError(f"{kernel}: master = {path!r}: {exc}") from exc
-
-
-def _single_module(m: MasterFile) -> DetectorGeometry:
-    """A master file's frame as one module (its gaps are in its pixel mask)."""
-    return DetectorGeometry(
-        m.shape, (ModulePlacement(0, 0),), m.pixel_size, name=f"{Path(m.path).name}"
-    )
 
 
 def _warm_stitch(st: Stitcher) -> None:
@@ -199,9 +192,10 @@ class LambdaDecompress(Kernel):
         """Elements per bitshuffle block; 0: bitshuffle's default."""
         geometry: str = "lambda9m"
         """"lambda9m", a detector name or a .toml/.json geometry file: the module shape and
-        count."""
+        count. Deprecated: declare the run's [detector] instead (this key maps into it)."""
         missing_modules: list = field(default_factory=list)
-        """Indices of modules not installed (no part arrives for them)."""
+        """Indices of modules not installed (no part arrives for them). Deprecated: see
+        geometry."""
         master: str | None = None
         """A DECTRIS *_master.h5: one part per frame (its HDF5 chunk), shape and dtype from the
         file (instead of geometry and dtype)."""
@@ -212,7 +206,7 @@ class LambdaDecompress(Kernel):
         if p.master is not None:
             m = _master(p.master, self.name)
             dtype = np.dtype(m.dtype).name
-            self._geo = _single_module(m)
+            self._geo = master_layout(m)
         if p.compression not in ("auto", "none", "bslz4", "bslz4_h5"):
             raise KernelConfigError(
                 f"{self.name}: compression must be auto, none, bslz4 or "
@@ -220,7 +214,7 @@ class LambdaDecompress(Kernel):
             )
         if np.dtype(dtype) not in (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32)):
             raise KernelConfigError(f"{self.name}: dtype must be uint8, uint16 or uint32")
-        geo = self._geo if p.master is not None else _geometry(p)
+        geo = self._geo if p.master is not None else _geometry(p, ctx.detector)
         self.n = len(geo.present)
         # Compile the block walker now (in the warm-up process, before workers fork).
         probe = np.arange(64, dtype=dtype).reshape(8, 8)
@@ -249,9 +243,11 @@ class LambdaStitch(Kernel):
         input: str = "parts"
         """The modules: "parts", or "decompress.modules" after a lambda_decompress kernel."""
         geometry: str = "lambda9m"
-        """"lambda9m" (the default layout) or a .toml/.json geometry file."""
+        """"lambda9m" (the default layout) or a .toml/.json geometry file. Deprecated:
+        declare the run's [detector] instead (this key maps into it)."""
         missing_modules: list = field(default_factory=list)
-        """Indices of modules not installed; their area stays dummy."""
+        """Indices of modules not installed; their area stays dummy. Deprecated: see
+        geometry."""
         dtype: str = "float32"
         """Image type: float32, float64, or "same" (the parts' dtype)."""
         dummy: float | None = None
@@ -263,7 +259,7 @@ class LambdaStitch(Kernel):
 
     def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
         p = self.params
-        geo = _geometry(p)
+        geo = _geometry(p, ctx.detector)
         n, shape, dtype = _input_spec(ctx, p.input, self.name)
         if n and n != len(geo.present):
             raise KernelConfigError(
@@ -296,7 +292,7 @@ class AzimuthalIntegrate(Kernel):
     """Radial integration (pyFAI ``integrate1d`` semantics) of the image or of the parts.
 
     Geometry: ``poni`` (a PONI file) or explicit ``dist``, ``poni1``, ``poni2``, ``rot1..3``,
-    ``wavelength``; detector layout: ``geometry`` and ``missing_modules``. ``bins`` is an
+    ``wavelength``; detector layout: the run's ``[detector]``. ``bins`` is an
     alias of ``npt``. Tables are built once and cached in ``ctx.cache_dir``.
     """
 
@@ -335,9 +331,10 @@ class AzimuthalIntegrate(Kernel):
         """Wavelength in m; needed for q units."""
         geometry: str = ""
         """Detector layout: "lambda9m", a detector name (Eiger2_4M ...) or a .toml/.json
-        geometry file; unset: the PONI's detector, else "lambda9m"."""
+        geometry file; unset: the PONI's detector, else "lambda9m". Deprecated: declare the
+        run's [detector] instead (this key maps into it; it wins over the PONI's)."""
         missing_modules: list = field(default_factory=list)
-        """Indices of modules not installed."""
+        """Indices of modules not installed. Deprecated: see geometry."""
         npt: int | None = None
         """Number of radial bins; unset: 1000."""
         bins: int | None = None
@@ -369,7 +366,9 @@ class AzimuthalIntegrate(Kernel):
         dark: str | None = None
         """.npy dark current subtracted from the signal."""
 
-    def _integrator(self) -> AzimuthalIntegrator:
+    def _integrator(self, detector: RunDetector | None = None) -> AzimuthalIntegrator:
+        """The integrator of ``poni``, ``master`` or ``dist``... on the run's ``detector``
+        (else the deprecated ``geometry``, else the PONI's or master file's own layout)."""
         p = self.params
         given = [k for k in ("poni", "master", "dist") if getattr(p, k) is not None]
         if len(given) > 1:
@@ -389,10 +388,10 @@ class AzimuthalIntegrate(Kernel):
             return AzimuthalIntegrator(
                 *m.poni_params,
                 m.wavelength if p.wavelength is None else p.wavelength,
-                geometry=_geometry(p, default=_single_module(m)),
+                geometry=_geometry(p, detector, default=master_layout(m)),
             )
         if p.poni is not None:
-            geo = _geometry(p) if p.geometry else None
+            geo = _geometry(p, detector) if p.geometry or detector else None
             try:
                 return AzimuthalIntegrator.from_poni(
                     p.poni,
@@ -406,9 +405,8 @@ class AzimuthalIntegrate(Kernel):
                 f"{self.name}: a geometry needs poni = 'file.poni', master = 'x_master.h5' or "
                 "explicit dist, poni1, poni2, rot1, rot2, rot3"
             )
-        return AzimuthalIntegrator(
-            p.dist, p.poni1, p.poni2, p.rot1, p.rot2, p.rot3, p.wavelength, geometry=_geometry(p)
-        )
+        explicit = (p.dist, p.poni1, p.poni2, p.rot1, p.rot2, p.rot3, p.wavelength)
+        return AzimuthalIntegrator(*explicit, geometry=_geometry(p, detector))
 
     def _mask(self, ai: AzimuthalIntegrator) -> np.ndarray | None:
         """The mask file's mask, or-ed with the master file's pixel mask (gaps, bad pixels)."""
@@ -429,7 +427,7 @@ class AzimuthalIntegrate(Kernel):
         if p.npt is not None and p.bins is not None and p.npt != p.bins:
             raise KernelConfigError(f"{self.name}: npt={p.npt} and bins={p.bins} disagree")
         npt = int(p.npt or p.bins or 1000)
-        ai = self._integrator()
+        ai = self._integrator(ctx.detector)
         n, shape, dtype = _input_spec(ctx, p.input, self.name)
         # One part holding the whole assembled image (a DECTRIS frame, a "frames" file) is
         # integrated as an image, whatever the detector's module count.
@@ -548,9 +546,10 @@ class FrameStats(Kernel):
         dummy: float | None = None
         """Pixels of this value (the gaps) are ignored."""
         geometry: str = "lambda9m"
-        """With module input: the layout that maps the ROIs onto the modules."""
+        """With module input: the layout that maps the ROIs onto the modules. Deprecated:
+        declare the run's [detector] instead (this key maps into it)."""
         missing_modules: list = field(default_factory=list)
-        """With module input: indices of modules not installed."""
+        """With module input: indices of modules not installed. Deprecated: see geometry."""
 
     def setup(self, ctx: SetupContext) -> Sequence[ArraySpec]:
         p = self.params
@@ -558,11 +557,11 @@ class FrameStats(Kernel):
         self._geo = None  # with module input and ROIs: the layout that maps them
         try:
             if n and (len(p.rois) or p.max_rois):
-                geo = _geometry(p)
+                geo = _geometry(p, ctx.detector)
                 if n != len(geo.present) or tuple(shape) != tuple(geo.module_shape):
                     raise ValueError(
                         f"input {p.input!r} ({n} of {tuple(shape)}) does not match the "
-                        f"geometry {p.geometry!r}"
+                        f"geometry {geo.name!r}"
                     )
                 self._geo = geo
                 self._shape = tuple(geo.shape)

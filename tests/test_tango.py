@@ -158,6 +158,9 @@ def test_attributes_advance(pipeline):
         _advances(p, attr)
     assert p.Errors == 0 and p.Backlog >= 0
     assert p.CurrentStream == "scan_0001"
+    detector = json.loads(p.Detector)  # the run's detector, declared by the stitch's old key
+    assert detector["module_shape"] == [48, 64] and len(detector["modules"]) == 12
+    assert detector["origin"].startswith("kernels.stitch.geometry = ")
     wait_for(lambda: 20 < p.FrameRate < 60, 30, "FrameRate near the source's 40/s")
     assert 0.0 <= p.HitRate <= 1.0
     # One attribute per small output, generated from the declarations, with their units.

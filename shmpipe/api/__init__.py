@@ -1,5 +1,6 @@
 """The plug-in contract: everything a source, kernel or sink author imports from shmpipe."""
 
+from shmpipe.api.detector import RunDetector
 from shmpipe.api.kernel import ArraySpec, Frame, Kernel, NoParams, SetupContext
 from shmpipe.api.message import Message, PartReader, StreamFinished, payload_bytes
 from shmpipe.api.params import ParamError
@@ -24,6 +25,7 @@ __all__ = [
     "ParamError",
     "PartReader",
     "Record",
+    "RunDetector",
     "RunInfo",
     "SetupContext",
     "Sink",

@@ -34,6 +34,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from shmpipe.api.detector import RunDetector
+
 ENTRY_POINT_GROUP = "shmpipe.kernels"
 
 
@@ -108,6 +110,9 @@ class SetupContext:
         this is 1 unless the configuration says otherwise).
     worker : int
         Index of the worker (seat) running this setup; -1 in the warm-up process.
+    detector : RunDetector or None
+        The run's detector (``[detector]``), the one layout every kernel that places modules
+        uses; None when the run declares none (a kernel then takes its own default).
     """
 
     parts: list[ArraySpec] | None
@@ -115,6 +120,7 @@ class SetupContext:
     cache_dir: Path = Path(".")
     threads: int = 1
     worker: int = -1
+    detector: RunDetector | None = None
 
 
 class Frame:

@@ -32,10 +32,14 @@ class SourceLayout:
         Shape and dtype of each part, when fixed (a raw LAMBDA frame: twelve modules).
     max_payload_bytes : int
         The largest payload expected; sizes the input ring when ``ring.slot_bytes`` is 0.
+    detector : native_kernels.geometry.DetectorGeometry or None
+        The layout of the detector the parts come from, when the source knows it (the
+        simulated detector): the run's detector when the configuration declares none.
     """
 
     parts: list[ArraySpec] | None
     max_payload_bytes: int
+    detector: Any = None
 
 
 class Acknowledger:

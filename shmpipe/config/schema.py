@@ -34,11 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from shmpipe.api.detector import RunDetector
 from shmpipe.api.kernel import Kernel
 from shmpipe.api.params import ParamError
 from shmpipe.api.registry import PluginLookupError, resolve
 from shmpipe.api.sink import Sink
 from shmpipe.api.source import Source
+from shmpipe.config.detector import DetectorDeclarationError, DetectorSection, run_detector
 from shmpipe.config.sections import (
     DEFAULT_KERNELS,
     DEFAULT_SINKS,
@@ -102,11 +104,16 @@ class PipelineConfig:
     sinks: list[PluginSpec]
     tango: TangoSection = field(default_factory=TangoSection)
     view: ViewSection = field(default_factory=ViewSection)
+    detector_section: DetectorSection = field(default_factory=DetectorSection)
+    detector: RunDetector | None = None  # resolved from [detector] or a deprecated key
 
     def effective(self) -> dict[str, Any]:
         """The configuration with every default filled in, as TOML-shaped dicts."""
+        # [detector] only when declared: configurations without one keep their hashes.
+        detector = {"detector": dataclasses.asdict(self.detector_section)}
         return {
             "run": dataclasses.asdict(self.run),
+            **(detector if self.detector_section.declared() else {}),
             "ring": dataclasses.asdict(self.ring),
             "metrics": dataclasses.asdict(self.metrics),
             "tango": dataclasses.asdict(self.tango),
@@ -487,6 +494,10 @@ def _validate(raw: dict[str, Any], file: str | None, given: dict[str, str]) -> P
         raise ConfigError(
             "the Tango device reads the preview tap: set view.tap = true", "tango.device", file
         )
+    try:
+        detector = run_detector(sections["detector"], kernels, ktables, sections["view"].geometry)
+    except DetectorDeclarationError as exc:
+        raise ConfigError(exc.message, exc.key, file) from None
     return PipelineConfig(
         path=file,
         run=sections["run"],
@@ -497,4 +508,6 @@ def _validate(raw: dict[str, Any], file: str | None, given: dict[str, str]) -> P
         source=source,
         kernels=kernels,
         sinks=sinks,
+        detector_section=sections["detector"],
+        detector=detector,
     )

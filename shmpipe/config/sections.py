@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shmpipe.api.params import ParamError
+from shmpipe.config.detector import DetectorSection
 
 
 @dataclass
@@ -174,8 +175,9 @@ class ViewSection:
     busy it yields them to the workers and shows fewer images instead (lower: more images on
     busy cores, at some of the workers' throughput)."""
     geometry: str = ""
-    """Detector geometry file the raw frame is assembled with; empty: the ``geometry`` of
-    the first kernel that has one, else the built-in layout (LAMBDA 9M for its 12 modules)."""
+    """Detector geometry file. Deprecated: declare the run's [detector] instead (this key
+    maps into it). The raw frame is assembled with the run's detector, else a built-in layout
+    (LAMBDA 9M for its 12 modules)."""
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -204,6 +206,7 @@ class ViewSection:
 
 SECTIONS: dict[str, type] = {
     "run": RunSection,
+    "detector": DetectorSection,
     "ring": RingSection,
     "metrics": MetricsSection,
     "tango": TangoSection,

@@ -29,7 +29,7 @@ def _toml_key(k: str) -> str:
 def to_toml(doc: dict[str, Any]) -> str:
     """Render the effective configuration as TOML (readable back by ``load_config``)."""
     out: list[str] = []
-    for section in ("run", "ring", "metrics", "view", "tango", "source"):
+    for section in ("run", "detector", "ring", "metrics", "view", "tango", "source"):
         if section not in doc:
             continue  # a configuration recorded before the section existed
         out.append(f"[{section}]")

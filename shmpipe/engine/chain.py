@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from shmpipe.api.detector import RunDetector
 from shmpipe.api.kernel import ArraySpec, Frame, Kernel, SetupContext
 from shmpipe.shm.resultlayout import OUTPUT_ALIGN, ChainLayout, OutputPlacement
 
@@ -42,9 +43,15 @@ class KernelChain:
         self.current: str | None = None
 
     def setup(
-        self, parts: list[ArraySpec] | None, cache_dir: Path, threads: int, worker: int
+        self,
+        parts: list[ArraySpec] | None,
+        cache_dir: Path,
+        threads: int,
+        worker: int,
+        detector: RunDetector | None = None,
     ) -> ChainLayout:
-        """Run every kernel's setup in order; return the result-slot layout."""
+        """Run every kernel's setup in order, each told the run's ``detector``; return the
+        result-slot layout."""
         available: dict[str, ArraySpec] = {}
         placements: list[OutputPlacement] = []
         timings = []
@@ -56,6 +63,7 @@ class KernelChain:
                 cache_dir=cache_dir,
                 threads=threads,
                 worker=worker,
+                detector=detector,
             )
             t0 = time.perf_counter()
             try:

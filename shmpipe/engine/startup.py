@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shmpipe.api import provenance
+from shmpipe.api.detector import RunDetector
 from shmpipe.api.sink import RunInfo
 from shmpipe.api.source import SourceConfigError, SourceLayout
 from shmpipe.child.plumbing import Plumbing
@@ -62,6 +63,14 @@ def run_info_for(config: PipelineConfig) -> RunInfo:
     )
 
 
+def run_detector(config: PipelineConfig, src_layout: SourceLayout) -> RunDetector | None:
+    """The run's detector: the configuration's (``[detector]``, or a deprecated kernel key),
+    else the one the source declares (the simulated detector's layout), else none."""
+    if config.detector is not None or src_layout.detector is None:
+        return config.detector
+    return RunDetector(src_layout.detector, f"the source ({config.source.kind})")
+
+
 def preflight_main(conn, config: PipelineConfig, cache_dir: Path, run_info: RunInfo) -> None:
     """Check the source and sinks, probe the parts' layout, set up every kernel once.
 
@@ -88,7 +97,10 @@ def preflight_main(conn, config: PipelineConfig, cache_dir: Path, run_info: RunI
                 return
         chain = KernelChain(config.kernel_instances())
         try:
-            layout = chain.setup(src_layout.parts, cache_dir, config.run.kernel_threads, -1)
+            detector = run_detector(config, src_layout)
+            layout = chain.setup(
+                src_layout.parts, cache_dir, config.run.kernel_threads, -1, detector
+            )
         except KernelSetupError as exc:
             conn.send(("error", f"kernel setup failed: {exc}"))
             return
@@ -220,34 +232,31 @@ def ring_geometry(config: PipelineConfig, layout: SourceLayout, chain: ChainLayo
     return geometry
 
 
-def raw_geometry(cfg: PipelineConfig) -> str:
-    """The geometry file a view assembles the raw frame with (absolute path; "" for the
-    built-in layout): ``view.geometry``, else the first kernel's ``geometry`` file."""
-    candidates = [cfg.view.geometry] + [
-        getattr(k.params, "geometry", "") for k in cfg.kernels if not cfg.view.geometry
-    ]
-    for g in candidates:
-        if isinstance(g, str) and g and os.path.isfile(g):
-            return os.path.abspath(g)
-    return ""
-
-
-def _preview_tap(cfg: PipelineConfig, layout, src_layout, run_info: RunInfo, ring: SlotRing):
-    """The preview tap that views and the Tango device read (none with view.tap = false)."""
-    if not cfg.view.tap:
-        return None
-    identity = {
+def run_identity(cfg: PipelineConfig, run_info: RunInfo) -> dict[str, Any]:
+    """What the preview tap tells views and the Tango device about the run (JSON-able)."""
+    return {
         "name": cfg.run.name,
         "pid": os.getpid(),
         "started": time.time(),
         "chain": run_info.chain,
         "config": cfg.path,
         "config_hash": run_info.config_hash,
-        "geometry": raw_geometry(cfg),
+        # The run's detector, which views and the Tango device place raw modules with.
+        "detector": None if cfg.detector is None else cfg.detector.describe(),
     }
+
+
+def _preview_tap(cfg: PipelineConfig, layout, src_layout, run_info: RunInfo, ring: SlotRing):
+    """The preview tap that views and the Tango device read (none with view.tap = false)."""
+    if not cfg.view.tap:
+        return None
     try:
         return TapWriter.create(
-            layout.specs(), src_layout.parts, identity, cfg.view.max_hz, cfg.view.history
+            layout.specs(),
+            src_layout.parts,
+            run_identity(cfg, run_info),
+            cfg.view.max_hz,
+            cfg.view.history,
         )
     except (MemoryError, ValueError) as exc:
         ring.close()
@@ -261,6 +270,7 @@ def prepare(ctx: Any, config: PipelineConfig) -> Plumbing:
     run_info = run_info_for(cfg)
     source_params, src_layout, layout = preflight(ctx, cfg, cache_dir, run_info)
     cfg.source.params = source_params
+    cfg.detector = run_detector(cfg, src_layout)  # the workers fork with it; the tap shows it
     source = cfg.source_instance()
     geometry = ring_geometry(cfg, src_layout, layout)
     try:

@@ -63,7 +63,9 @@ def worker_main(p: Plumbing, seat: int) -> None:
         os.environ["NUMBA_NUM_THREADS"] = str(threads)
     chain = KernelChain(p.config.kernel_instances())
     try:
-        layout = chain.setup(p.parts, p.cache_dir, p.config.run.kernel_threads, seat)
+        layout = chain.setup(
+            p.parts, p.cache_dir, p.config.run.kernel_threads, seat, p.config.detector
+        )
     except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which stops the run
         fail(p, me, f"worker {seat}: {exc}")
     if not layout.same_as(p.layout):

@@ -111,6 +111,14 @@ class ShmpipeDevice(Device):
     def LastAnalyzedFrame(self) -> int:
         return self.feed.last_frame()[0]
 
+    @attribute(
+        dtype="DevString",
+        doc="The run's detector ([detector]) as JSON: module layout, pixel size and where it "
+        "was declared; empty when the run declares none",
+    )
+    def Detector(self) -> str:
+        return self.feed.detector()
+
     @attribute(dtype="DevString", doc="Stream of the latest frame analysed")
     def CurrentStream(self) -> str:
         return self.feed.last_frame()[1]

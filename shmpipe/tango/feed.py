@@ -7,6 +7,7 @@ the tap's latest outputs. No pytango import, so this is usable and tested withou
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -120,6 +121,11 @@ class DeviceFeed:
         self._profile = self._axis = np.zeros(0)
         self._rates: deque[tuple[float, int]] = deque()
         self.stop_requested = False
+
+    def detector(self) -> str:
+        """The run's detector as JSON (layout and where it was declared); "" when none."""
+        described = self.tap.run.get("detector")
+        return json.dumps(described) if described else ""
 
     # -- run state and counters --------------------------------------------------------
     def counters(self) -> dict[str, int]:

@@ -121,7 +121,7 @@ class TapFeed:
         self.tap, self.table, self.procs, self.workers = tap, table, procs, workers
         self.run_name = str(tap.run.get("name", ""))
         self.part_specs = tap.part_specs
-        self.geometry = _run_geometry(str(tap.run.get("geometry") or ""))
+        self.geometry = run_geometry(tap.run.get("detector"))
         self._lock = threading.Lock()
         self._snap: Snapshot | None = None
         self._raw: tuple[int, RawFrame | None] = (-1, None)
@@ -266,17 +266,19 @@ class TapFeed:
             self._on_close = None
 
 
-def _run_geometry(path: str):
-    """The run's detector geometry (a ``DetectorGeometry``), or None: no file named, or one
-    that cannot be read now (logged; the view then uses its built-in layout)."""
-    if not path:
+def run_geometry(described: dict[str, Any] | None):
+    """The run's detector (its ``RunDetector.describe()`` in the run's identity) as a
+    ``DetectorGeometry``, or None: the run declares none, or one this view cannot read
+    (logged; the view then uses its built-in layout)."""
+    if not described:
         return None
-    from native_kernels.geometry import load_geometry
+    from native_kernels.geometry import DetectorGeometry
 
+    layout = {k: v for k, v in described.items() if k != "origin"}
     try:
-        return load_geometry(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("view: geometry %s not usable (%s); raw frames in a built-in layout", path, exc)
+        return DetectorGeometry.from_dict(layout)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("view: the run's detector is unusable (%s); built-in raw layout", exc)
         return None
 
 

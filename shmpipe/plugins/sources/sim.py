@@ -131,10 +131,10 @@ class SimSource(Source):
         ]
         raw = payload_bytes(specs)
         if p.compression == "none":
-            return SourceLayout(specs, raw)
+            return SourceLayout(specs, raw, detector=self.geometry)
         # LZ4 of incompressible data grows by < 1 %; bitshuffle adds a 12-byte header and
         # per-block sizes. Compressed parts have no fixed shape: the decompress kernel knows it.
-        return SourceLayout(None, raw + raw // 50 + 4096 * len(specs))
+        return SourceLayout(None, raw + raw // 50 + 4096 * len(specs), detector=self.geometry)
 
     def open(self) -> None:
         self._pool = self._cached_pool()
