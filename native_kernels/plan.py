@@ -16,7 +16,7 @@ import numpy as np
 from native_kernels import accumulate as A
 from native_kernels.azimuthal_variance import ImageOrder
 from native_kernels.engine_choice import EngineChooser, timer
-from native_kernels.engines import EngineKey, FrameArgs, frame_kind
+from native_kernels.engines import ENGINES, EngineKey, FrameArgs, frame_kind
 from native_kernels.geometry import DetectorGeometry
 from native_kernels.integration_result import Integrate1dResult, Integrate2dResult
 from native_kernels.tables import Table, static_sums
@@ -336,13 +336,14 @@ class RadialPlan:
         )
 
     def bytes_per_frame(self, data_itemsize: int = 2) -> int:
-        """Bytes the per-frame loop must read (for bandwidth figures)."""
-        n = self.n_parts * self.part_shape[0] * self.part_shape[1]
+        """Bytes the per-frame loop reads (for bandwidth figures): the pixels and the table
+        rows, as packed words if the engine chosen last reads them."""
+        n = self.n_parts * self.npx
         t = self.table
-        if t.word is not None and not (self.check_dummy and self.delta_dummy):
-            per_px = data_itemsize + t.word.dtype.itemsize  # the lean loop reads the words
-        else:
-            per_px = data_itemsize + t.bin.dtype.itemsize
-            if self.split == "bbox":
-                per_px += t.coef.dtype.itemsize
+        chosen = [ENGINES[c["engine"]] for c in self.chooser.choices().values()]
+        if chosen and chosen[-1].table == "words":
+            return n * (data_itemsize + t.word.dtype.itemsize)
+        per_px = data_itemsize + t.bin.dtype.itemsize
+        if self.split == "bbox":
+            per_px += t.coef.dtype.itemsize
         return n * per_px
