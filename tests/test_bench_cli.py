@@ -59,6 +59,20 @@ def test_bench_quick_writes_report_and_plots(tmp_path):
     assert "stitch" not in beam["chains"]["beamline"]["stage_cpu_ms"]
     assert beam["max_relative_difference"] <= 1e-6
     assert "## Beamline chain vs stitch-first chain" in md and "nodes for" not in md
+    # Every figure is a number (a run too short for a steady window says so) and the start-up
+    # lines carry theirs; the CPU model and the bandwidth measured in the run are named.
+    assert "nan" not in said.lower() and "nan" not in md.lower(), [
+        line for line in (said + md).splitlines() if "nan" in line.lower()
+    ]
+    assert "first result after" in res.stderr
+    cpu = report["machine"]["cpu_model"]
+    assert cpu and f"CPU: {cpu}; one core reads" in md
+    assert report["machine"]["read_gbs_one_core"] > 0
+    assert report["model"]["assumptions"]["mem_bandwidth_gbs"] == report["machine"]["read_gbs_node"]
+    chain = beam["chains"]["beamline"]
+    assert chain["bandwidth_bounds"]["integrate"]["over_bound"] > 0
+    assert chain["integrate_alone_ms"]["integrate"] > 0
+    assert any(v["engine"] for v in chain["integrate_engines"].values())
     for png in ("throughput_vs_workers.png", "stages.png"):
         assert (out / png).stat().st_size > 1000
     # The latency plot is drawn only over frames published after settling.
