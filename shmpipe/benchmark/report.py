@@ -250,7 +250,8 @@ def report_markdown(report: dict[str, Any]) -> str:
             + " |"
         )
     st = report["startup"]
-    cold = st.get("cold", {}).get("first_result_s", math.nan)
+    cold = st.get("cold", {}).get("first_result_s")
+    cold_text = "not measured (--no-cold-start)" if cold is None else f"{cold:.2f}"
     lines += [
         "",
         "| end to end (1 worker) | value |",
@@ -270,7 +271,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"{lat['p99_s'] * 1e3:.1f} |",
         f"| chain's own time per frame, ms | {lat['chain_ms']:.1f} |",
         f"| p99 with the start-up backlog, ms | {lat['p99_with_startup_s'] * 1e3:.1f} |",
-        f"| first result, cold Numba cache, s | {cold:.2f} |",
+        f"| first result, cold Numba cache, s | {cold_text} |",
         f"| first result, warm Numba cache, s | {st['warm']['first_result_s']:.2f} |",
     ]
     if report.get("note"):
