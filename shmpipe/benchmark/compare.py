@@ -235,8 +235,8 @@ def format_report(r: dict[str, Any]) -> str:
         lines += [f"  {k}: {v['engine']} ({v['how']})" for k, v in sorted(r["engines"].items())]
     lines += [
         "",
-        "REV/this > 1: this checkout is faster. bound: the bytes the loop reads (pixels, table, "
-        "normalisation) at the measured read bandwidth; x pyFAI: pyFAI's time over this one's.",
+        "REV/this > 1: this checkout is faster. bound: the bytes the loop reads (pixels and table "
+        "rows) at the measured read bandwidth; x pyFAI: pyFAI's time over this one's.",
     ]
     return "\n".join(lines)
 
