@@ -7,17 +7,17 @@ what the memory allows, and that ratio holds across machines where milliseconds 
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import time
 
 import numpy as np
 
 from native_kernels.cpu import cpu_model
+from shmpipe.benchmark.anchors import side_by_side
 
 READ_BYTES = 64 * 2**20  # beyond any L3 cache of a worker's share
 
 
-def read_bandwidth_gbs(nbytes: int = READ_BYTES, repeats: int = 7) -> float:
+def read_bandwidth_gbs(nbytes: int = READ_BYTES, repeats: int = 15) -> float:
     """One core's read bandwidth, GB/s: numpy's sum over a float64 array of ``nbytes``,
     best of ``repeats`` (after one untimed pass that maps the pages)."""
     a = np.ones(max(nbytes // 8, 1), np.float64)
@@ -37,15 +37,7 @@ def _read_child(nbytes: int, repeats: int, q) -> None:
 def node_read_bandwidth_gbs(processes: int, nbytes: int = READ_BYTES, repeats: int = 7) -> float:
     """The read bandwidth of ``processes`` cores reading side by side, GB/s in all (the
     node model's memory bound on this machine)."""
-    ctx = mp.get_context("fork")
-    q = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_read_child, args=(nbytes, repeats, q)) for _ in range(processes)]
-    for p in procs:
-        p.start()
-    total = sum(q.get() for _ in procs)
-    for p in procs:
-        p.join()
-    return total
+    return sum(side_by_side(_read_child, (nbytes, repeats), processes))
 
 
 def bandwidth_bounds(
