@@ -495,14 +495,17 @@ def report_markdown(r: dict[str, Any]) -> str:
         )
     for k in a.get("integrate_alone_ms", {}):
         al, bl = a["integrate_alone_ms"][k], b["integrate_alone_ms"].get(k, math.nan)
-        ap, bp = a["integrate_in_pipeline_ms"][k], b["integrate_in_pipeline_ms"].get(k, math.nan)
         lines += [
             f"| {k} alone (same frame and table, repeated), CPU ms | {al:.1f} | {bl:.1f} | |",
             f"| {k} in the chain (in-process) over alone | {a['stage_cpu_ms'][k] / al:.2f} | "
             f"{b['stage_cpu_ms'][k] / bl:.2f} | |",
-            f"| {k} in the pipeline ({workers[0]} worker, wall) over alone | {ap / al:.2f} | "
-            f"{bp / bl:.2f} | |",
         ]
+    w0 = workers[0]
+    lines.append(
+        f"| worker CPU per frame in the pipeline ({w0} worker) over the in-process chain | "
+        f"{a['engine'][w0]['worker_cpu_ms_per_frame'] / a['cpu_ms_per_frame']:.2f} | "
+        f"{b['engine'][w0]['worker_cpu_ms_per_frame'] / b['cpu_ms_per_frame']:.2f} | |"
+    )
     for w in workers:
         ea, eb = a["engine"][w], b["engine"][w]
         lines += [
