@@ -1,7 +1,8 @@
 """Which engine integrates a kind of frame on this CPU: timed once, kept beside the tables.
 
 FFTW's planner is the model: where several engines apply (:func:`engines.candidates`), each
-is timed on a frame like the real ones, the fastest is taken, and the choice is stored in
+is timed on a frame like the real ones, the fastest is taken (the registry's first, the default,
+unless another is ``MARGIN`` faster), and the choice is stored in
 ``engines.json`` in the plan's table directory under the CPU model, so the next process on
 the same kind of machine (every worker of a run, every later run) reads it instead of timing
 again, and a machine of another kind times for itself. The choice is logged (logger
@@ -30,6 +31,11 @@ CHOICE_FILE = "engines.json"
 # compilation, first touch of the tables), the best of each kept: on a machine shared with
 # other work, a candidate timed in one burst can lose to a neighbour's burst of activity.
 TIMING_ROUNDS = 5
+# The first candidate of the registry is the default (the loop the integrator had when it was
+# last checked against pyFAI's speed); another replaces it only when it is this much faster:
+# on a loaded machine two loops of equal speed time a few per cent apart either way, and a
+# choice made on noise is stored and kept.
+MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,8 @@ class EngineChooser:
             for e in options:
                 times[e.name] = min(times[e.name], time_engine(e) * 1e3)
         best = min(options, key=lambda e: times[e.name])
+        if times[best.name] > times[options[0].name] * (1.0 - MARGIN):
+            best = options[0]
         choice = Choice(best, "timed", {n: round(t, 3) for n, t in times.items()})
         log.info(
             "integration engine for %s on %s: %s (%s)",
