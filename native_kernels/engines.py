@@ -34,7 +34,12 @@ TABLE_FORMATS = ("bins", "bins+words")  # what a table holds (words: bbox 1-D up
 LAYOUTS = ("stitched", "modules")
 FRAME_KINDS = ("plain", "dummy", "general")  # none; exact dummy; dark or dummy tolerance
 ERROR_MODELS = ("none", "poisson")  # what the loop sums ("azimuthal" is a pass of its own)
-DTYPES = ("uint8", "uint16", "uint32", "int16", "int32", "float32", "float64")
+# every input dtype the integrator accepts (integers and floats up to 8 bytes; Numba has no
+# float16)
+DTYPES = tuple(f"{kind}{bits}" for kind in ("uint", "int") for bits in (8, 16, 32, 64)) + (
+    "float32",
+    "float64",
+)
 
 
 @dataclass(frozen=True)

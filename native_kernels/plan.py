@@ -135,7 +135,7 @@ class RadialPlan:
 
     def _check_dtype(self, segs: list[np.ndarray]) -> None:
         for s in segs:
-            if s.dtype.kind not in "uif" or s.dtype.itemsize > 8:
+            if s.dtype.kind not in "uif" or s.dtype.itemsize > 8 or s.dtype == np.float16:
                 raise TypeError(f"cannot integrate data of dtype {s.dtype}")
 
     # -- the integration ------------------------------------------------------------------
