@@ -245,6 +245,9 @@ def _bench_compare(args: argparse.Namespace) -> int:
     except CompareError as exc:
         print(f"shmpipe bench: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # a tree whose integrator cannot run the measurement
+        print(f"shmpipe bench --compare: {exc}", file=sys.stderr)
+        return 1
     print(format_report(report))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
