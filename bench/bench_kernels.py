@@ -6,7 +6,9 @@ Run (one thread everywhere, as the workers run)::
     pytest bench/bench_kernels.py --benchmark-disable     # smoke mode: everything runs once
 
 At the end a table is printed: each kernel's best time, its speed-up over the pyFAI call with
-the same corrections, and its bandwidth fraction: the bytes the kernel must read and write
+the same corrections (our integrate1d without splitting and with bbox, from the stitched
+image, float32 or uint16, and from the uint16 modules), the integration engine chosen for
+each kind of frame on this CPU, and its bandwidth fraction: the bytes the kernel must read and write
 divided by the copy bandwidth measured in this run, over the kernel's time (1.0 = as fast as
 the memory allows). Frames rotate through 4 buffers (more than the L3 cache holds), so data
 comes from memory as it does in a streaming pipeline.
@@ -134,14 +136,24 @@ def plans(tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("source", ["image", "parts"])
+SOURCES = {  # what our integrator reads: the stitched image (float32 or uint16), or the modules
+    "image": lambda parts, img: img,
+    "image_uint16": lambda parts, img: img.astype(np.uint16),
+    "parts": lambda parts, img: parts,
+}
+ENGINES: dict[str, dict] = {}
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
 @pytest.mark.parametrize("split, em", CASES, ids=[_case_name(*c) for c in CASES])
 def test_ours(benchmark, frames, plans, split, em, source):
-    """Our integrate1d with the same corrections: from the float32 image, or fused from parts."""
+    """Our integrate1d with the same corrections: from the stitched image (float32 or uint16),
+    or fused from the uint16 module parts."""
     plan = plans[split]
-    data = [img for _, img in frames] if source == "image" else [p for p, _ in frames]
+    data = [SOURCES[source](parts, img) for parts, img in frames]
     it = itertools.cycle(data)
     _pedantic(benchmark, lambda: plan.integrate(next(it), error_model=em), 20)
+    ENGINES.update(plan.engine_choices())
     _record(
         benchmark,
         f"ours_{_case_name(split, em)}_{source}",
@@ -197,5 +209,7 @@ def test_summary(capsys):
         if bw and not name.startswith("pyfai"):
             line += f"  bandwidth fraction {BYTES[name] / bw / t:4.2f}"
         lines.append(line)
+    lines.append("engines chosen (key: engine, how):")
+    lines += [f"  {k}: {v['engine']} ({v['how']})" for k, v in sorted(ENGINES.items())]
     with capsys.disabled():
         print("\n".join(lines))

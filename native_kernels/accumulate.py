@@ -13,17 +13,18 @@ Accumulators are float64 (as pyFAI's) with ``NCOPY`` interleaved copies selected
 neighbouring pixels usually fall into the same bin, and a single copy would chain every
 addition on the previous one through memory (load, add, store, load...). Measured on a 9.6 Mpx
 frame: 1 copy 15.7 ms, 2 copies 12.5 ms, 4 copies 11.7 ms (signal and variance). Shapes:
-``accs``/``accv`` (NCOPY, nbins + 2), or for the lean loops one packed ``acc`` (NCOPY,
-2 (nbins + 2)) of [signal, variance] pairs: bins ``nbins`` and ``nbins + 1`` are trash bins,
-so masked pixels need no branch in the hot loop. ``removed``: (nbins + 2, 3) of [Σc, Σcω, Σc²ω²].
+``accs``/``accv`` (NCOPY, nbins + 2) (*separate*), or one packed ``acc`` (NCOPY,
+2 (nbins + 2)) of [signal, variance] pairs (*packed*): bins ``nbins`` and ``nbins + 1`` are
+trash bins, so masked pixels need no branch in the hot loop. ``removed``: (nbins + 2, 3) of
+[Σc, Σcω, Σc²ω²].
 
-There are two variants of each loop: *lean* (no dark, an exact dummy value or none: the
-common streaming case) and *general* (dark, a dummy with a tolerance). Numba does not
-reliably hoist the invariant flags out of the loop, and the lean loops are what the
-throughput figures are made of. The lean loops compare with the dummy as a float64 (NaN when
-there is none): the general loops' ``_is_bad`` test and flag cost 25-90 % more per frame on
-a LAMBDA 9M (measured 21.9 vs 17.6 ms on a stitched float32 image, 25.7 vs 13.5 ms on the
-uint16 modules), which is most of the gap between the benchmark and the README's chain.
+*Lean* loops handle no dark and an exact dummy value or none (the common streaming case);
+*general* ones dark and a dummy with a tolerance (Numba does not reliably hoist invariant
+flags out of a loop: the general loops' ``_is_bad`` test cost 25-90 % more per frame on a
+LAMBDA 9M). The lean loops come in several variants (accumulator layout, table format) whose
+speed order differs between CPUs and error models; :mod:`native_kernels.engines` registers
+them and chooses per CPU model. All variants add the same numbers in the same order, so
+their sums are bit for bit equal.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from native_kernels import ntstore
 from native_kernels.tables import COEF_BITS, COEF_ONE
 
 NCOPY = 4
@@ -93,11 +93,31 @@ def _is_bad(raw, sig, check_dummy, dummy, delta_dummy):
     return False
 
 
-@njit(cache=True, nogil=True)
-def nosplit_lean(img, base, s0, bins, norm, dummy, poisson, nbins, acc, removed):
-    """No splitting, no dark: Σ signal (and Σ max(signal, 1)); ``dummy`` NaN for none.
+@njit(cache=True, nogil=True, inline="always")
+def _is_gone(v, dummy):
+    """A lean loop's per-frame mask: NaN/inf, or exactly the dummy value.
 
-    ``acc`` is packed (NCOPY, 2 (nbins + 2)): [signal, variance] of bin b at 2b, 2b + 1.
+    ``dummy`` None is a different compilation (Numba prunes the ``is None`` branch), and for an
+    integer image the NaN test folds away too, so such a loop has no test at all: with the
+    compare against a NaN dummy left in, the same loop took 6.1-6.9 ms instead of 3.5 ms on a
+    5.3 Mpx uint16 frame (AMD EPYC family 25 model 1), the regression against 9d992ba.
+    """
+    if dummy is None:
+        return v - v != 0.0
+    return v - v != 0.0 or v == dummy
+
+
+# The lean loops below are deliberate hot-loop specialisations (see the module docstring and
+# native_kernels.engines, which registers them and chooses among them per CPU): they differ
+# in the accumulator layout and the table format they read, which is the whole point.
+
+
+@njit(cache=True, nogil=True)
+def nosplit_separate(img, base, s0, bins, norm, dummy, poisson, nbins, accs, accv, removed):
+    """No splitting, no dark; signal and variance in separate arrays ``accs``/``accv``.
+
+    Hot-loop specialisation: without Poisson errors LLVM unswitches ``poisson`` and the loop
+    makes one update per pixel.
     """
     rows, cols = bins.shape
     for r in range(rows):
@@ -105,13 +125,34 @@ def nosplit_lean(img, base, s0, bins, norm, dummy, poisson, nbins, acc, removed)
         for c in range(cols):
             b = bins[r, c]
             v = np.float64(np.float32(img[o + c]))
-            if v - v != 0.0 or v == dummy:
+            if _is_gone(v, dummy):
+                if b < nbins:
+                    _remove(removed, b, 1.0, np.float64(norm[r, c]))
+                continue
+            k = c & (NCOPY - 1)
+            accs[k, b] += v
+            if poisson:
+                accv[k, b] += max(v, 1.0)
+
+
+@njit(cache=True, nogil=True)
+def nosplit_packed(img, base, s0, bins, norm, dummy, poisson, nbins, acc, removed):
+    """Hot-loop specialisation of :func:`nosplit_separate` into one packed ``acc``
+    (NCOPY, 2 (nbins + 2)): [signal, variance] of bin b at 2b, 2b + 1, both always summed.
+    """
+    rows, cols = bins.shape
+    for r in range(rows):
+        o = base + r * s0
+        for c in range(cols):
+            b = bins[r, c]
+            v = np.float64(np.float32(img[o + c]))
+            if _is_gone(v, dummy):
                 if b < nbins:
                     _remove(removed, b, 1.0, np.float64(norm[r, c]))
                 continue
             k = c & (NCOPY - 1)
             acc[k, 2 * b] += v
-            acc[k, 2 * b + 1] += max(v, 1.0)  # summed even when unused: no branch (bbox_lean)
+            acc[k, 2 * b + 1] += max(v, 1.0)  # summed even when unused: no branch
 
 
 @njit(cache=True, nogil=True)
@@ -157,14 +198,37 @@ def nosplit_general(
 
 
 @njit(cache=True, nogil=True)
-def bbox_lean(img, base, s0, bins, coef, norm, dummy, poisson, nbins, acc, removed):
-    """bbox splitting, no dark: c0 to ``bin`` and 1 - c0 to ``bin + 1``; ``dummy`` NaN for
-    none (a NaN compares unequal to every pixel, so the test costs one compare, no flag).
+def bbox_separate(img, base, s0, bins, coef, norm, dummy, poisson, nbins, accs, accv, removed):
+    """bbox splitting, no dark: c0 to ``bin`` and 1 - c0 to ``bin + 1``, signal and variance
+    in separate arrays (hot-loop specialisation: two updates a pixel without Poisson errors).
+    """
+    rows, cols = bins.shape
+    for r in range(rows):
+        o = base + r * s0
+        for c in range(cols):
+            b = bins[r, c]
+            v = np.float64(np.float32(img[o + c]))
+            c0 = np.float64(coef[r, c])
+            c1 = 1.0 - c0
+            if _is_gone(v, dummy):
+                if b < nbins:
+                    _remove_split(removed, b, c0, c1, np.float64(norm[r, c]))
+                continue
+            k = c & (NCOPY - 1)
+            accs[k, b] += c0 * v
+            accs[k, b + 1] += c1 * v
+            if poisson:
+                var = max(v, 1.0)
+                accv[k, b] += c0 * c0 * var
+                accv[k, b + 1] += c1 * c1 * var
 
-    ``acc`` is packed (NCOPY, 2 (nbins + 2)): [signal, variance] of bin b at 2b, 2b + 1, so a
-    pixel's four sums are four neighbouring doubles, updated as one vector (:func:`_add4`;
-    measured on a LAMBDA 9M frame with Poisson errors: 14.7 ms with separate signal and
-    variance arrays, 13.1 ms packed, 12.7 ms with the vector update).
+
+@njit(cache=True, nogil=True)
+def bbox_vector(img, base, s0, bins, coef, norm, dummy, poisson, nbins, acc, removed):
+    """Hot-loop specialisation of :func:`bbox_separate` into the packed ``acc``: a pixel's
+    four sums are four neighbouring doubles, updated as one vector (:func:`_add4`), the
+    variance summed even when unused. Wins with Poisson errors on AMD EPYC family 25 (9.8
+    against 11.3 ms a 5.3 Mpx frame), loses without (9.8 against 6.0 ms).
     """
     rows, cols = bins.shape
     stride = acc.shape[1]
@@ -176,25 +240,23 @@ def bbox_lean(img, base, s0, bins, coef, norm, dummy, poisson, nbins, acc, remov
             v = np.float64(np.float32(img[o + c]))
             c0 = np.float64(coef[r, c])
             c1 = 1.0 - c0
-            if v - v != 0.0 or v == dummy:
+            if _is_gone(v, dummy):
                 if b < nbins:
                     _remove_split(removed, b, c0, c1, np.float64(norm[r, c]))
                 continue
-            # The variance is summed even when unused: no branch on ``poisson`` in the loop.
             var = max(v, 1.0)
             at = (c & (NCOPY - 1)) * stride + 2 * b
             _add4(flat, at, c0 * v, c0 * c0 * var, c1 * v, c1 * c1 * var)
 
 
 @njit(cache=True, nogil=True)
-def bbox_lean_words(img, base, s0, words, norm, dummy, nbins, acc, removed):
-    """:func:`bbox_lean` reading one packed word per pixel (``tables.pack_words``): the
+def bbox_vector_words(img, base, s0, words, norm, dummy, poisson, nbins, acc, removed):
+    """:func:`bbox_vector` reading one packed word per pixel (``tables.pack_words``): the
     bin in the top ``32 - COEF_BITS`` bits, the weight of ``bin + 1``, ``c1``, as
     ``low bits · 2⁻²²`` (exact, as is ``c0 = 1 - c1``).
 
     Four bytes of table per pixel instead of six: 19 MB less memory traffic per LAMBDA 9M
-    frame, for a shift, a mask and a conversion more per pixel; the four sums of a pixel are
-    one vector update (:func:`_add4`).
+    frame, for a shift, a mask and a conversion more per pixel (hot-loop specialisation).
     """
     rows, cols = words.shape
     stride = acc.shape[1]
@@ -207,7 +269,7 @@ def bbox_lean_words(img, base, s0, words, norm, dummy, nbins, acc, removed):
             v = np.float64(np.float32(img[o + c]))
             c1 = np.float64(w & COEF_MASK) * COEF_STEP
             c0 = 1.0 - c1
-            if v - v != 0.0 or v == dummy:
+            if _is_gone(v, dummy):
                 if b < nbins:
                     _remove_split(removed, b, c0, c1, np.float64(norm[r, c]))
                 continue
@@ -314,127 +376,3 @@ def bbox_exceptions(
                 accs[0, b] += cm * sig
                 if poisson:
                     accv[0, b] += cm * cm * var
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _welford(state, b, w, x):
-    """One step of pyFAI's single-pass azimuthal variance for bin ``b``.
-
-    state[b] = (Σw, weighted mean, V) with weight w = c·ω and value x = signal/ω; the first
-    pixel only sets the mean, later ones add w²·(x − mean_before)·(x − mean_after). This is
-    what pyFAI's Cython CSR engine accumulates (checked against it to 1e-8 on a one-module
-    detector); the result depends slightly on pixel order, which is image order here.
-    """
-    sw = state[b, 0]
-    if sw == 0.0:
-        state[b, 0] = w
-        state[b, 1] = x
-        return
-    m = state[b, 1]
-    sw2 = sw + w
-    m2 = m + (w / sw2) * (x - m)
-    state[b, 0] = sw2
-    state[b, 1] = m2
-    state[b, 2] += w * w * (x - m) * (x - m2)
-
-
-@njit(cache=True, nogil=True)
-def canvas_runs(order, cols):
-    """Group module pixels listed in image order into runs along module rows.
-
-    ``order`` holds module-order flat indices (module, row, column) sorted by their position
-    in the assembled image. Returns (start index, length, step ±1) rows: consecutive image
-    pixels that are consecutive in one module row (reversed for a flipped module).
-    """
-    n = order.shape[0]
-    out = np.empty((n, 3), dtype=np.int64)
-    m = 0
-    i = 0
-    while i < n:
-        q = order[i]
-        length = 1
-        step = 1
-        if i + 1 < n:
-            d = order[i + 1] - q
-            if (d == 1 and (q % cols) + 1 < cols) or (d == -1 and (q % cols) > 0):
-                step = d
-                while i + length < n and order[i + length] - order[i + length - 1] == step:
-                    c = (order[i + length - 1] % cols) + step
-                    if c < 0 or c >= cols:
-                        break
-                    length += 1
-        out[m, 0] = q
-        out[m, 1] = length
-        out[m, 2] = step
-        m += 1
-        i += length
-    return out[:m]
-
-
-@njit(cache=True, nogil=True)
-def azimuthal_variance(
-    runs,
-    npx,
-    cols,
-    like,
-    addrs,
-    bases,
-    strides,
-    dlike,
-    daddrs,
-    dbases,
-    dstrides,
-    use_dark,
-    bins,
-    coef,
-    split,
-    exc_of,
-    eptr,
-    ebin,
-    ecoef,
-    norm,
-    check_dummy,
-    dummy,
-    delta_dummy,
-    nbins,
-    state,
-):
-    """The "azimuthal" error model: per bin, the spread of the pixel values x = signal/ω
-    around the bin mean, in one pass (see :func:`_welford`), visiting pixels in image order
-    as pyFAI does (the update depends on the order). ``runs`` come from :func:`canvas_runs`;
-    the image (and dark) of module k is read at address ``addrs[k]`` + (``bases[k]`` + r ·
-    ``strides[k]`` + c) · itemsize; ``bins``/``coef``/``norm``/``exc_of`` are flat in module
-    order; ``exc_of`` (bbox) gives a pixel's exception number or -1.
-    """
-    item = like.itemsize
-    ditem = dlike.itemsize
-    for k in range(runs.shape[0]):
-        q0 = runs[k, 0]
-        mod = q0 // npx
-        li = q0 - mod * npx
-        r = li // cols
-        c0 = li - r * cols
-        step = runs[k, 2]
-        ab = addrs[mod] + (bases[mod] + r * strides[mod]) * item
-        db = daddrs[mod] + (dbases[mod] + r * dstrides[mod]) * ditem
-        for j in range(runs[k, 1]):
-            c = c0 + j * step
-            q = q0 + j * step
-            raw = np.float32(ntstore.pointer_like(ab + c * item, like)[0])
-            sig = raw
-            if use_dark:
-                sig = raw - ntstore.pointer_like(db + c * ditem, dlike)[0]
-            if _is_bad(raw, sig, check_dummy, dummy, delta_dummy):
-                continue
-            w = np.float64(norm[q])
-            x = np.float64(sig) / w
-            b = bins[q]
-            if b < nbins:
-                c0w = np.float64(coef[q]) if split else 1.0
-                _welford(state, b, c0w * w, x)
-                if c0w < 1.0:
-                    _welford(state, b + 1, (1.0 - c0w) * w, x)
-            elif split and exc_of[q] >= 0:
-                e = exc_of[q]
-                for m in range(eptr[e], eptr[e + 1]):
-                    _welford(state, ebin[m], np.float64(ecoef[m]) * w, x)

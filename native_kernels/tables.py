@@ -272,7 +272,7 @@ class Table:
 
 def pack_words(bins: np.ndarray, coef) -> np.ndarray:
     """One uint32 per pixel: ``bin << 22 | (1 − coef) · 2²²`` (coef a multiple of 2⁻²² in
-    (0, 1], bin at most ``WORD_MAX_BINS``); ``accumulate.bbox_lean_words`` decodes it.
+    (0, 1], bin at most ``WORD_MAX_BINS``); ``accumulate.bbox_vector_words`` decodes it.
 
     The weight of ``bin + 1`` is stored, not that of ``bin``: it lies in [0, 1), so it fits
     the 22 bits as it is (0 for a pixel inside one bin), and decoding is one conversion and

@@ -250,6 +250,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         opts.workers = [int(w) for w in args.workers.split(",") if w.strip()]
     if args.no_cold_start:
         opts.cold_start = False
+    if args.compare:
+        return _bench_compare(args)
     if args.beamline:
         from shmpipe.benchmark.suite import run_beamline_alone
 
@@ -282,6 +284,28 @@ class _VersionAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ARG002
         print(version_text())
         parser.exit()
+
+
+def _bench_compare(args: argparse.Namespace) -> int:
+    """``shmpipe bench --compare REV``: this checkout against REV, alternating, with ratios."""
+    import json
+
+    from shmpipe.benchmark.compare import CompareError, compare, format_report
+
+    try:
+        report = compare(args.compare, args.rounds, args.quick, lambda s: print(s, file=sys.stderr))
+    except CompareError as exc:
+        print(f"shmpipe bench: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # a tree whose integrator cannot run the measurement
+        print(f"shmpipe bench --compare: {exc}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(report, indent=1))
+    print(f"report: {out / 'compare.json'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -392,6 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--beamline",
         action="store_true",
         help="only the beamline chain against the stitch-first chain, side by side",
+    )
+    bench.add_argument(
+        "--compare",
+        metavar="REV",
+        help="this checkout against commit REV, alternating fresh processes: ratios, CPU model, "
+        "read bandwidth",
+    )
+    bench.add_argument(
+        "--rounds", type=int, default=3, metavar="N", help="rounds of --compare (default 3)"
     )
     bench.set_defaults(func=cmd_bench)
     return parser

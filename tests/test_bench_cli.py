@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 SECTIONS = {
@@ -59,6 +61,20 @@ def test_bench_quick_writes_report_and_plots(tmp_path):
     assert "stitch" not in beam["chains"]["beamline"]["stage_cpu_ms"]
     assert beam["max_relative_difference"] <= 1e-6
     assert "## Beamline chain vs stitch-first chain" in md and "nodes for" not in md
+    # Every figure is a number (a run too short for a steady window says so) and the start-up
+    # lines carry theirs; the CPU model and the bandwidth measured in the run are named.
+    assert "nan" not in said.lower() and "nan" not in md.lower(), [
+        line for line in (said + md).splitlines() if "nan" in line.lower()
+    ]
+    assert "first result after" in res.stderr
+    cpu = report["machine"]["cpu_model"]
+    assert cpu and f"CPU: {cpu}; one core reads" in md
+    assert report["machine"]["read_gbs_one_core"] > 0
+    assert report["model"]["assumptions"]["mem_bandwidth_gbs"] == report["machine"]["read_gbs_node"]
+    chain = beam["chains"]["beamline"]
+    assert chain["bandwidth_bounds"]["integrate"]["over_bound"] > 0
+    assert chain["integrate_alone_ms"]["integrate"] > 0
+    assert any(v["engine"] for v in chain["integrate_engines"].values())
     for png in ("throughput_vs_workers.png", "stages.png"):
         assert (out / png).stat().st_size > 1000
     # The latency plot is drawn only over frames published after settling.
@@ -92,3 +108,29 @@ def test_steady_rate_skips_the_start():
 
     t = np.concatenate([[0.0, 5.0], 5.0 + np.arange(1, 99) * 0.01])  # slow start, then 100/s
     assert abs(steady_rate(t) - 100.0) < 1e-6
+
+
+def test_bench_compare_refuses_a_revision_that_is_not_a_commit(tmp_path):
+    res = run_cli("bench", "--compare", "no-such-revision", "--output", str(tmp_path / "r"))
+    assert res.returncode == 2
+    assert "--compare 'no-such-revision': not a commit" in res.stderr
+    assert not (tmp_path / "r").exists()  # refused before anything ran
+
+
+@pytest.mark.slow
+def test_bench_compare_runs_both_trees_alternately(tmp_path):
+    """HEAD against this checkout: both sides measured, ratios, CPU model and bandwidth."""
+    out = tmp_path / "r"
+    res = run_cli(
+        "bench", "--compare", "HEAD", "--quick", "--rounds", "2", "--output", str(out),
+        timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((out / "compare.json").read_text())
+    assert report["rounds"] == 2 and report["cpu_model"] in res.stdout
+    assert report["read_bandwidth_gbs"]["this"] > 0 and report["read_bandwidth_gbs"]["rev"] > 0
+    names = {r["measurement"] for r in report["rows"]}
+    assert names == {"integrate1d stitched no", "integrate1d stitched bbox"}
+    for row in report["rows"]:
+        assert row["rev_over_this"] > 0 and row["over_bound"] > 0
+    assert res.stderr.count("round 1/2: rev") == 1 and res.stderr.count("round 2/2: this") == 1

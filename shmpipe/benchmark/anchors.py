@@ -16,15 +16,22 @@ def cpu_anchor(processes: int, seconds: float = 1.0) -> dict[str, float]:
     processes is N times that of one; a shared machine shows less, and a pipeline's speedup
     cannot beat it.
     """
+    total = sum(side_by_side(_spin, (seconds,), processes))
+    return {"processes": processes, "rate": total / seconds}
+
+
+def side_by_side(target, args: tuple, processes: int) -> list:
+    """Run ``target(*args, queue)`` in ``processes`` forked processes at once; return what
+    each put on the queue."""
     ctx = mp.get_context("fork")
     q = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_spin, args=(seconds, q)) for _ in range(processes)]
+    procs = [ctx.Process(target=target, args=(*args, q)) for _ in range(processes)]
     for p in procs:
         p.start()
-    total = sum(q.get() for _ in procs)
+    got = [q.get() for _ in procs]
     for p in procs:
         p.join()
-    return {"processes": processes, "rate": total / seconds}
+    return got
 
 
 def _spin(seconds: float, q) -> None:
@@ -38,15 +45,7 @@ def _spin(seconds: float, q) -> None:
 def memory_anchor(processes: int, nbytes: int = 19_000_000, seconds: float = 1.0) -> float:
     """Aggregate copy bandwidth (GB/s) of ``processes`` processes each copying ``nbytes``
     buffers (beyond the caches) for ``seconds``, side by side."""
-    ctx = mp.get_context("fork")
-    q = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_copy_loop, args=(nbytes, seconds, q)) for _ in range(processes)]
-    for p in procs:
-        p.start()
-    total = sum(q.get() for _ in procs)
-    for p in procs:
-        p.join()
-    return total / seconds / 1e9
+    return sum(side_by_side(_copy_loop, (nbytes, seconds), processes)) / seconds / 1e9
 
 
 def _copy_loop(nbytes: int, seconds: float, q) -> None:

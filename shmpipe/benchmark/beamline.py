@@ -40,6 +40,7 @@ import numpy as np
 
 from shmpipe.api import Frame
 from shmpipe.api.message import Message
+from shmpipe.benchmark import bandwidth
 from shmpipe.benchmark.inputs import (
     KERNELS,
     sim_parts_lz4,
@@ -109,6 +110,10 @@ class StageCosts:
     bytes: dict[str, float]
     outputs: dict[str, np.ndarray] = field(repr=False)
     """The small outputs of the last frame (profiles, statistics)."""
+    alone_ms: dict[str, float] = field(default_factory=dict)
+    """CPU time of each integration kernel run alone, the same frame again and again."""
+    engines: dict[str, dict] = field(default_factory=dict)
+    """The integration engines chosen on this CPU, by kind of frame."""
 
     @property
     def cpu_ms_total(self) -> float:
@@ -193,11 +198,33 @@ def _stage_costs_here(
             if i >= 2:
                 cpu[k.name] += time.thread_time_ns() - t0
     last = views[(frames + 1) % BUFFERS].by_name
+    alone, engines = _integration_alone(chain.kernels, frame, v, frames)
     return StageCosts(
         cpu_ms={n: cpu[n] / frames / 1e6 for n in names},
         bytes={k.name: _stage_bytes(k, last, compressed) for k in chain.kernels},
         outputs={n: a.copy() for n, a in last.items() if a.nbytes < 2**20},
+        alone_ms=alone,
+        engines=engines,
     )
+
+
+def _integration_alone(kernels, frame: Frame, views, frames: int):
+    """Each integration kernel alone on the chain's last frame (its input and table already
+    in memory, in cache where they fit): CPU ms a frame, and the engines it chose."""
+    from native_kernels import shmpipe_kernels as nk
+
+    alone: dict[str, float] = {}
+    engines: dict[str, dict] = {}
+    for k, out in zip(kernels, views.per_kernel, strict=True):
+        if not isinstance(k, nk.AzimuthalIntegrate):
+            continue
+        k.process(frame, out)
+        t0 = time.thread_time_ns()
+        for _ in range(frames):
+            k.process(frame, out)
+        alone[k.name] = (time.thread_time_ns() - t0) / frames / 1e6
+        engines.update(k.plan.engine_choices())
+    return alone, engines
 
 
 def max_relative_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
@@ -280,6 +307,13 @@ def engine_run(
     # second (start-up, table loading and shut-down left out).
     busy = sum(sampler.cpu_rate(pid) for pid in r.worker_pids) if r.worker_pids else math.nan
     fps = r.fps_steady
+    cpu_how = "steady"
+    if not math.isfinite(busy) and r.worker_pids and r.frames:
+        # A run too short for a steady window (--quick): the workers' whole CPU time, start-up
+        # (table mapping, loading compiled loops) included, over every frame.
+        busy = sum(sampler.last.get(pid, {}).get("cpu_s", math.nan) for pid in r.worker_pids)
+        fps = r.frames
+        cpu_how = "whole run"
     mib = 2.0**20
 
     def mean(key: str) -> float:
@@ -292,8 +326,9 @@ def engine_run(
         "fps": r.fps_steady,
         "fps_per_worker": r.fps_steady / workers,
         "worker_cpu_ms_per_frame": 1e3 * busy / fps if fps > 0 else math.nan,
-        "dispatcher_cpu_ms_per_frame": 1e3 * sampler.cpu_rate(r.dispatcher_pid) / fps
-        if fps > 0
+        "worker_cpu_how": cpu_how,
+        "dispatcher_cpu_ms_per_frame": 1e3 * sampler.cpu_rate(r.dispatcher_pid) / r.fps_steady
+        if r.fps_steady > 0
         else math.nan,
         "kernel_wall_ms": r.kernel_ms,
         "rss_mib_per_worker": mean("rss"),
@@ -319,6 +354,11 @@ def compare_chains(
 ) -> dict[str, Any]:
     """Measure both chains side by side (see the module docstring); return the report."""
     kernels = chains(geometry, module_shape)
+    here = bandwidth.machine(os.cpu_count() or 1)
+    log(
+        f"  {here['cpu_model']}: one core reads {here['read_gbs_one_core']:.1f} GB/s, "
+        f"{here['node_processes']} cores {here['read_gbs_node']:.1f} GB/s"
+    )
     sim_parts_lz4(module_shape, modules)  # the simulator's compressed pool, made once
     src = sim_source(frames, module_shape, modules, "bitshuffle-lz4")
     stage_src = sim_source(stage_frames + 2, module_shape, modules, "bitshuffle-lz4")
@@ -336,8 +376,15 @@ def compare_chains(
                 log(
                     f"  {c}, {w} worker(s): {run['fps_per_worker']:.1f} frames/s per worker, "
                     f"{run['worker_cpu_ms_per_frame']:.1f} ms worker CPU/frame"
+                    + (" (whole run)" if run["worker_cpu_how"] != "steady" else "")
                 )
-    report: dict[str, Any] = {"frames": frames, "stage_frames": stage_frames, "chains": {}}
+    report: dict[str, Any] = {
+        "frames": frames,
+        "stage_frames": stage_frames,
+        "machine": here,
+        "chains": {},
+    }
+    node = ModelAssumptions(mem_bandwidth_gbs=here["read_gbs_node"])
     compressed = compressed_frame_bytes(module_shape, modules)
     for c in CHAINS:
         best = {k: min(s.cpu_ms[k] for s in stages[c]) for k in stages[c][0].cpu_ms}
@@ -362,12 +409,23 @@ def compare_chains(
         dispatcher_ms = float(np.median([r["dispatcher_cpu_ms_per_frame"] for r in one]))
         worker_ms = float(np.median([r["worker_cpu_ms_per_frame"] for r in one]))
         overhead = max(0.0, worker_ms - sum(best.values())) if math.isfinite(worker_ms) else 0.0
-        model = node_model(best, overhead, dispatcher_ms, moved["total"], ModelAssumptions())
+        model = node_model(best, overhead, dispatcher_ms, moved["total"], node)
+        bounds = bandwidth.bandwidth_bounds(best, moved, here["read_gbs_one_core"])
+        chain_bound = sum(moved[k] for k in best) / (here["read_gbs_one_core"] * 1e9) * 1e3
+        alone = {k: min(s.alone_ms[k] for s in stages[c]) for k in stages[c][0].alone_ms}
+        in_pipeline = {
+            k: float(np.median([r["kernel_wall_ms"].get(k, math.nan) for r in one])) for k in alone
+        }
         report["chains"][c] = {
             "kernels": list(kernels[c]),
             "stage_cpu_ms": best,
             "cpu_ms_per_frame": sum(best.values()),
             "bytes_by_stage": moved,
+            "bandwidth_bounds": bounds,
+            "over_bandwidth_bound": sum(best.values()) / chain_bound,
+            "integrate_alone_ms": alone,
+            "integrate_in_pipeline_ms": in_pipeline,
+            "integrate_engines": stages[c][-1].engines,
             "engine": per_w,
             "model": model,
         }
@@ -415,14 +473,39 @@ def report_markdown(r: dict[str, Any]) -> str:
     """The comparison as a Markdown section."""
     a, b = r["chains"]["beamline"], r["chains"]["stitch_first"]
     workers = list(a["engine"])
-    lines = [
-        "## Beamline chain vs stitch-first chain",
-        "",
+    m = r.get("machine", {})
+    lines = ["## Beamline chain vs stitch-first chain", ""]
+    if m:
+        lines += [
+            f"CPU: {m['cpu_model']}; one core reads {m['read_gbs_one_core']:.1f} GB/s, "
+            f"{m['node_processes']} cores side by side {m['read_gbs_node']:.1f} GB/s (numpy sum "
+            "over 64 MiB, measured in this run).",
+            "",
+        ]
+    lines += [
         "| | beamline | stitch-first | ratio |",
         "|---|---:|---:|---:|",
         f"| CPU per frame (in-process, sum of stages), ms | {a['cpu_ms_per_frame']:.1f} | "
         f"{b['cpu_ms_per_frame']:.1f} | {r['cpu_ratio']:.2f} |",
     ]
+    if "over_bandwidth_bound" in a:
+        lines.append(
+            f"| CPU per frame over the bandwidth bound (bytes / one core's read bandwidth) | "
+            f"{a['over_bandwidth_bound']:.1f} | {b['over_bandwidth_bound']:.1f} | |"
+        )
+    for k in a.get("integrate_alone_ms", {}):
+        al, bl = a["integrate_alone_ms"][k], b["integrate_alone_ms"].get(k, math.nan)
+        lines += [
+            f"| {k} alone (same frame and table, repeated), CPU ms | {al:.1f} | {bl:.1f} | |",
+            f"| {k} in the chain (in-process) over alone | {a['stage_cpu_ms'][k] / al:.2f} | "
+            f"{b['stage_cpu_ms'][k] / bl:.2f} | |",
+        ]
+    w0 = workers[0]
+    lines.append(
+        f"| worker CPU per frame in the pipeline ({w0} worker) over the in-process chain | "
+        f"{a['engine'][w0]['worker_cpu_ms_per_frame'] / a['cpu_ms_per_frame']:.2f} | "
+        f"{b['engine'][w0]['worker_cpu_ms_per_frame'] / b['cpu_ms_per_frame']:.2f} | |"
+    )
     for w in workers:
         ea, eb = a["engine"][w], b["engine"][w]
         lines += [
@@ -441,7 +524,8 @@ def report_markdown(r: dict[str, Any]) -> str:
         []
         if ma is None
         else [
-            f"| node model, frames/s ({ma['assumptions']['cores']} cores) | "
+            f"| node model, frames/s ({ma['assumptions']['cores']} cores, memory "
+            f"{ma['assumptions']['mem_bandwidth_gbs']:.0f} GB/s) | "
             f"{ma['predicted_fps']:.0f} ({ma['bound_by']}) | {mb['predicted_fps']:.0f} "
             f"({mb['bound_by']}) | |",
             f"| nodes for a 2 kHz LAMBDA 9M | {ma['nodes_for_detector']} | "
@@ -452,16 +536,22 @@ def report_markdown(r: dict[str, Any]) -> str:
         "",
         f"Largest relative profile difference: {r['max_relative_difference']:.2e}.",
         "",
-        "| stage | beamline CPU ms | MB | stitch-first CPU ms | MB |",
-        "|---|---:|---:|---:|---:|",
+        "| stage | beamline CPU ms | MB | x bound | stitch-first CPU ms | MB | x bound |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for k in dict.fromkeys([*b["bytes_by_stage"], *a["bytes_by_stage"]]):
         ca, cb = a["stage_cpu_ms"].get(k), b["stage_cpu_ms"].get(k)
         ba, bb = a["bytes_by_stage"].get(k), b["bytes_by_stage"].get(k)
+        xa = a.get("bandwidth_bounds", {}).get(k, {}).get("over_bound")
+        xb = b.get("bandwidth_bounds", {}).get(k, {}).get("over_bound")
         lines.append(
-            f"| {k} | {_f(ca, 1)} | {_f(ba and ba / 1e6, 0)} | {_f(cb, 1)} | "
-            f"{_f(bb and bb / 1e6, 0)} |"
+            f"| {k} | {_f(ca, 1)} | {_f(ba and ba / 1e6, 0)} | {_f(xa, 1)} | {_f(cb, 1)} | "
+            f"{_f(bb and bb / 1e6, 0)} | {_f(xb, 1)} |"
         )
+    engines = {**b.get("integrate_engines", {}), **a.get("integrate_engines", {})}
+    if engines:
+        lines += ["", "Integration engines chosen on this CPU (kind of frame: engine, how):", ""]
+        lines += [f"- `{k}`: {v['engine']} ({v['how']})" for k, v in sorted(engines.items())]
     mem = r.get("memory", {}).get("beamline", {})
     if mem:
         lines += ["", "| workers | RSS MiB per worker | PSS | USS |", "|---:|---:|---:|---:|"]

@@ -18,7 +18,9 @@ class ModelAssumptions:
     service_cores: float = 2.0
     """Cores taken by the dispatcher, the publisher and the supervisor (not workers)."""
     mem_bandwidth_gbs: float = 80.0
-    """Sustained memory bandwidth of the node (GB/s; a 2-socket DDR4 node reaches ~100-200)."""
+    """Memory bandwidth of the node (GB/s). ``shmpipe bench`` passes what it measured in the
+    same run (the read bandwidth of this machine's cores side by side); the default is only
+    for a model fed by hand."""
     detector_rate_hz: float = 2000.0
     """Frames per second of a full LAMBDA 9M (all 12 modules at 2 kHz)."""
     core_speed_ratio: float = 1.0

@@ -186,7 +186,9 @@ def print_summary(report: dict[str, Any], log: Callable[[str], None] = print) ->
     log(
         f"model: {m['predicted_fps']:.1f} frames/s on a {m['assumptions']['cores']}-core node "
         f"({m['bound_by']}); {m['nodes_for_detector']} nodes for "
-        f"{m['assumptions']['detector_rate_hz']:.0f} Hz"
+        f"{m['assumptions']['detector_rate_hz']:.0f} Hz; memory "
+        f"{m['assumptions']['mem_bandwidth_gbs']:.0f} GB/s as measured on "
+        f"{report.get('machine', {}).get('cpu_model', 'this machine')}"
     )
 
 
@@ -248,7 +250,8 @@ def report_markdown(report: dict[str, Any]) -> str:
             + " |"
         )
     st = report["startup"]
-    cold = st.get("cold", {}).get("first_result_s", math.nan)
+    cold = st.get("cold", {}).get("first_result_s")
+    cold_text = "not measured (--no-cold-start)" if cold is None else f"{cold:.2f}"
     lines += [
         "",
         "| end to end (1 worker) | value |",
@@ -268,7 +271,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"{lat['p99_s'] * 1e3:.1f} |",
         f"| chain's own time per frame, ms | {lat['chain_ms']:.1f} |",
         f"| p99 with the start-up backlog, ms | {lat['p99_with_startup_s'] * 1e3:.1f} |",
-        f"| first result, cold Numba cache, s | {cold:.2f} |",
+        f"| first result, cold Numba cache, s | {cold_text} |",
         f"| first result, warm Numba cache, s | {st['warm']['first_result_s']:.2f} |",
     ]
     if report.get("note"):
@@ -287,7 +290,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"| {a['cores']:.0f}-core node, compute bound ({mo['workers']:.0f} workers), frames/s | "
         f"{mo['fps_compute']:.0f} |",
         f"| dispatcher bound, frames/s | {mo['fps_dispatcher']:.0f} |",
-        f"| memory bound at {a['mem_bandwidth_gbs']:.0f} GB/s, frames/s | {mo['fps_memory']:.0f} |",
+        f"| memory bound at {a['mem_bandwidth_gbs']:.0f} GB/s (measured here: "
+        f"{report.get('machine', {}).get('cpu_model', '?')}), frames/s | {mo['fps_memory']:.0f} |",
         f"| **predicted frames/s per node** ({mo['bound_by']}) | **{mo['predicted_fps']:.0f}** |",
         f"| **nodes for a {a['detector_rate_hz']:.0f} Hz LAMBDA 9M** | "
         f"**{mo['nodes_for_detector']}** |",

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from shmpipe.benchmark import bandwidth
 from shmpipe.benchmark.anchors import cpu_anchor, memory_anchor
 from shmpipe.benchmark.beamline import report_markdown as beamline_markdown
 from shmpipe.benchmark.beamline import suite_step
@@ -165,8 +166,10 @@ def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> dict[st
         first = startup_time(src_c, chain, 1, numba_cache, cache, work)  # fills the caches
         if opts.cold_start:
             startup["cold"] = first
+            log(f"  first result after {first['first_result_s']:.2f} s")
         log("start-up with a warm Numba cache ...")
         startup["warm"] = startup_time(src_c, chain, 1, numba_cache, cache, work)
+        log(f"  first result after {startup['warm']['first_result_s']:.2f} s")
         report["startup"] = startup
 
         # 5. scaling with the LAMBDA chain (+ end to end against the stages' kernel times)
@@ -311,12 +314,19 @@ def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> dict[st
         raw_bytes = float(sum(p.nbytes for p in parts_full))
         comp = moved["dispatcher"] / 2
         dispatcher_ms = 1e3 / report["engine_bound"]["fps_steady"] * comp / raw_bytes
+        cores = os.cpu_count() or 1
+        report["machine"] = bandwidth.machine(cores)
+        log(
+            f"  {report['machine']['cpu_model']}: one core reads "
+            f"{report['machine']['read_gbs_one_core']:.1f} GB/s, {cores} cores "
+            f"{report['machine']['read_gbs_node']:.1f} GB/s"
+        )
         report["model"] = node_model(
             one["kernel_ms"],
             max(0.0, one["engine_overhead_ms"]),
             dispatcher_ms,
             moved["total"],
-            ModelAssumptions(),
+            ModelAssumptions(mem_bandwidth_gbs=report["machine"]["read_gbs_node"]),
         )
         report["model"]["bytes_by_stage"] = moved
         report["model"]["measured_here_copy_gbps"] = max(m["copy_gbps"] for m in machine)

@@ -64,6 +64,11 @@ def configure_logging(fmt: str = "text", level: str = "info") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
+    # The native kernels' own log (the integration engine chosen on this CPU) in the run's log.
+    lib = logging.getLogger("native_kernels")
+    lib.handlers[:] = [handler]
+    lib.setLevel(level.upper())
+    lib.propagate = False
 
 
 def frame_extra(ring: Any, slot: int) -> dict[str, Any]:
