@@ -2,7 +2,8 @@
 
 from shmpipe.api.kernel import ArraySpec, Frame, Kernel, NoParams, SetupContext
 from shmpipe.api.message import Message, PartReader, StreamFinished, payload_bytes
-from shmpipe.api.sink import ErrorRecord, Record, RunInfo, Sink
+from shmpipe.api.reducer import Reducer, ReducerParams
+from shmpipe.api.sink import ErrorRecord, ReducedRecord, ReducerInfo, Record, RunInfo, Sink
 from shmpipe.api.source import (
     Acknowledger,
     EndOfSource,
@@ -22,6 +23,10 @@ __all__ = [
     "NoParams",
     "PartReader",
     "Record",
+    "ReducedRecord",
+    "Reducer",
+    "ReducerInfo",
+    "ReducerParams",
     "RunInfo",
     "SetupContext",
     "Sink",

@@ -93,8 +93,8 @@ def result_shaping(effective: dict[str, Any]) -> dict[str, Any]:
     Returns
     -------
     dict
-        Dotted keys (``kernels.integrate.npt``) to values, plus ``kernels`` (the chain order)
-        and ``source.kind``.
+        Dotted keys (``kernels.integrate.npt``, ``reducers.avg.every``) to values, plus
+        ``kernels`` (the chain order) and ``source.kind``.
     """
     out: dict[str, Any] = {
         "source.kind": effective["source"]["kind"],
@@ -103,6 +103,9 @@ def result_shaping(effective: dict[str, Any]) -> dict[str, Any]:
     for name, table in effective["kernels"].items():
         for key, value in table.items():
             out[f"kernels.{name}.{key}"] = value
+    for name, table in effective.get("reducers", {}).items():
+        for key, value in table.items():
+            out[f"reducers.{name}.{key}"] = value
     return out
 
 

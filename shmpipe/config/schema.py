@@ -15,6 +15,8 @@ at the prompt, not a started pipeline.
     kind = "sim"                   # + the source's parameters
     [kernels.integrate]            # one table per kernel, chained in file order
     kind = "azimuthal_integrate"   # + the kernel's parameters
+    [reducers.avg]                 # across frames, in the publisher (shmpipe.reduce)
+    kind = "mean"                  # + input, every and the reducer's parameters
     [[sinks]]
     kind = "hdf5"                  # + the sink's parameters
 """
@@ -107,6 +109,11 @@ class RunSection:
     setup_timeout_s: float = 600.0
     """Longest the start-up checks and the kernels' set-up may take before the run refuses
     to start; 0: no limit."""
+    reducer_state: str = "shmpipe_reducers.npz"
+    """Checkpoint of the reducers' state and the message ids it includes (``{run}`` is
+    replaced), replaced atomically before every acknowledgement; a run continues it when its
+    sinks do (``mode = "resume"``), refuses it under ``"new"``, starts afresh under
+    ``"overwrite"``. Written only when the run has ``[reducers.*]``."""
 
 
 @dataclass
@@ -193,7 +200,7 @@ SECTIONS: dict[str, type] = {
     "tango": TangoSection,
     "view": ViewSection,
 }
-PLUGIN_SECTIONS = ("source", "kernels", "sinks")
+PLUGIN_SECTIONS = ("source", "kernels", "reducers", "sinks")
 DEFAULT_SOURCE = {"kind": "sim"}
 DEFAULT_KERNELS = {"checksum": {"kind": "checksum"}}
 DEFAULT_SINKS = [{"kind": "null"}]
@@ -225,10 +232,11 @@ class PipelineConfig:
     sinks: list[PluginSpec]
     tango: TangoSection = field(default_factory=TangoSection)
     view: ViewSection = field(default_factory=ViewSection)
+    reducers: list[PluginSpec] = field(default_factory=list)
 
     def effective(self) -> dict[str, Any]:
         """The configuration with every default filled in, as TOML-shaped dicts."""
-        return {
+        doc = {
             "run": dataclasses.asdict(self.run),
             "ring": dataclasses.asdict(self.ring),
             "metrics": dataclasses.asdict(self.metrics),
@@ -238,6 +246,9 @@ class PipelineConfig:
             "kernels": {k.name: k.table() for k in self.kernels},
             "sinks": [s.table() for s in self.sinks],
         }
+        if self.reducers:  # only then: the digest of a run without reducers stays as it was
+            doc["reducers"] = {r.name: r.table() for r in self.reducers}
+        return doc
 
     def digest(self) -> str:
         """A short hash of the effective configuration, for lineage."""
@@ -548,6 +559,9 @@ def _validate(raw: dict[str, Any], file: str | None, given: dict[str, str]) -> P
         _plugin("shmpipe.sinks", Sink, t, f"sinks.{i}", file, given=given)
         for i, t in enumerate(stables)
     ]
+    from shmpipe.config.reducers import reducer_specs
+
+    reducers = reducer_specs(raw.get("reducers", {}), kernels, file, given)
     if sections["tango"].device and not sections["view"].tap:
         raise ConfigError(
             "the Tango device reads the preview tap: set view.tap = true", "tango.device", file
@@ -562,6 +576,7 @@ def _validate(raw: dict[str, Any], file: str | None, given: dict[str, str]) -> P
         source=source,
         kernels=kernels,
         sinks=sinks,
+        reducers=reducers,
     )
 
 
@@ -655,6 +670,10 @@ def to_toml(doc: dict[str, Any]) -> str:
         out.append("")
     for name, table in doc["kernels"].items():
         out.append(f"[kernels.{_toml_key(name)}]")
+        out += [f"{_toml_key(k)} = {toml_value(v)}" for k, v in table.items() if v is not None]
+        out.append("")
+    for name, table in doc.get("reducers", {}).items():
+        out.append(f"[reducers.{_toml_key(name)}]")
         out += [f"{_toml_key(k)} = {toml_value(v)}" for k, v in table.items() if v is not None]
         out.append("")
     for table in doc["sinks"]:
