@@ -23,6 +23,7 @@ from shmpipe.api.source import SourceConfigError, SourceLayout
 from shmpipe.config import ConfigError, PipelineConfig, to_toml
 from shmpipe.engine.chain import ChainLayout, KernelChain, KernelSetupError
 from shmpipe.engine.plumbing import Plumbing
+from shmpipe.reduce.setup import check_reducers, reducer_infos
 from shmpipe.shm.channel import RecordPipe
 from shmpipe.shm.layout import PROC_FIRST_WORKER
 from shmpipe.shm.params import LiveParams
@@ -91,6 +92,7 @@ def preflight_main(conn, config: PipelineConfig, cache_dir: Path, run_info: RunI
         except KernelSetupError as exc:
             conn.send(("error", f"kernel setup failed: {exc}"))
             return
+        check_reducers(config, layout.specs(), run_info)
         uses_numba = "numba" in sys.modules
         conn.send(("ok", pickle.dumps((source.params, src_layout, layout, uses_numba))))
     except Exception as exc:  # noqa: BLE001 - sent back and reported as a start-up error
@@ -260,7 +262,9 @@ def prepare(ctx: Any, config: PipelineConfig) -> Plumbing:
         geometry.result_stride / 2**20,
         geometry.total_bytes / 2**20,
     )
-    run_info = dataclasses.replace(run_info, outputs=layout.specs())
+    run_info = dataclasses.replace(
+        run_info, outputs=layout.specs(), reducers=reducer_infos(cfg, layout.specs())
+    )
     tap = _preview_tap(cfg, layout, src_layout, run_info, ring)
     try:
         live = LiveParams()  # kernel parameters changed during the run (the Tango device)

@@ -1,0 +1,122 @@
+"""Making a run's reducers, and the checks before any process starts.
+
+``check_reducers`` runs in the start-up checks once the kernels' outputs are known: each
+reducer's input must be one of them, the reducer must accept it, and a checkpoint left by an
+earlier run must agree with the sinks' ``mode`` (continued under ``"resume"``, refused under
+``"new"``, replaced under ``"overwrite"``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from shmpipe.api.kernel import ArraySpec
+from shmpipe.api.reducer import Reducer
+from shmpipe.api.sink import Record, ReducerInfo, RunInfo
+from shmpipe.config import ConfigError, PipelineConfig
+from shmpipe.reduce import checkpoint
+
+
+def state_path(config: PipelineConfig) -> str:
+    """Where the reducers' checkpoint of this run is (``run.reducer_state``)."""
+    return os.path.abspath(config.run.reducer_state.format(run=config.run.name))
+
+
+def rerun_mode(config: PipelineConfig) -> str:
+    """What the run does with an earlier checkpoint: the first sink's ``mode`` that has one
+    (``"new"``, ``"resume"``, ``"overwrite"``); ``"resume"`` when no sink has a mode (a
+    restarted ASAPO consumer group continues where it was)."""
+    for s in config.sinks:
+        mode = getattr(s.params, "mode", None)
+        if isinstance(mode, str):
+            return mode
+    return "resume"
+
+
+def build_reducers(config: PipelineConfig, outputs: list[ArraySpec]) -> list[Reducer]:
+    """The run's reducers, each given the spec of its input (``ConfigError`` naming the key
+    when an input is not an output of the chain or the reducer refuses it)."""
+    available = {s.name: s for s in outputs}
+    built = []
+    for spec in config.reducers:
+        key = f"reducers.{spec.name}"
+        name = spec.params.input
+        if name not in available:
+            raise ConfigError(
+                f"{name!r} is not an output of the chain; outputs: {', '.join(available)}",
+                f"{key}.input",
+                config.path,
+            )
+        reducer = spec.cls(spec.name, spec.params, available[name])
+        try:
+            reducer.check(available)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key, config.path) from None
+        built.append(reducer)
+    return built
+
+
+def warm(reducer: Reducer) -> None:
+    """Add one frame of zeros to a fresh state: compiles (and caches) a reducer's Numba
+    code here, in the start-up checks, rather than in the publisher at its first frame."""
+    spec = reducer.input_spec
+    record = Record("warm-up", 1, "", {}, {spec.name: np.zeros(spec.shape, spec.dtype)}, 0.0)
+    try:
+        reducer.add(reducer.new_state(), record.arrays[spec.name], record)
+    except (ValueError, KeyError, TypeError):
+        pass  # a weight or position the zeros lack: compiled at the first real frame
+
+
+def reducer_infos(config: PipelineConfig, outputs: list[ArraySpec]) -> list[ReducerInfo]:
+    """What the sinks learn of the reducers (``RunInfo.reducers``)."""
+    available = {s.name: s for s in outputs}
+    return [
+        ReducerInfo(
+            name=r.name,
+            kind=spec.kind,
+            input=r.params.input,
+            every=r.params.every,
+            outputs=r.qualified_outputs(),
+            input_axis=available[r.params.input].axis,
+        )
+        for r, spec in zip(build_reducers(config, outputs), config.reducers, strict=True)
+    ]
+
+
+def check_reducers(config: PipelineConfig, outputs: list[ArraySpec], run: RunInfo) -> None:
+    """Every check of the reducers before any process starts (``ConfigError``)."""
+    if not config.reducers:
+        return
+    for r in build_reducers(config, outputs):
+        warm(r)
+    path = state_path(config)
+    if os.path.isdir(path) or not os.path.isdir(os.path.dirname(path)):
+        raise ConfigError(
+            f"{path}: must name a file in an existing directory", "run.reducer_state", config.path
+        )
+    if not os.path.exists(path):
+        return
+    mode = rerun_mode(config)
+    if mode == "overwrite":
+        return
+    if mode == "new":
+        raise ConfigError(
+            f'{path} holds the reducers\' state of an earlier run; the sinks\' mode = "new" '
+            'never continues one: set mode = "resume" to continue it, "overwrite" to start '
+            "afresh, or choose another run.reducer_state",
+            "run.reducer_state",
+            config.path,
+        )
+    try:
+        _, result_hash = checkpoint.identity(path)
+    except ValueError as exc:
+        raise ConfigError(str(exc), "run.reducer_state", config.path) from None
+    if result_hash != run.result_hash:
+        raise ConfigError(
+            f'{path} holds reducer state made with another configuration; mode = "resume" '
+            "cannot continue it: use another run.reducer_state, or mode = \"overwrite\"",
+            "run.reducer_state",
+            config.path,
+        )
