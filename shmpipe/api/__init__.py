@@ -3,7 +3,7 @@
 from shmpipe.api.kernel import ArraySpec, Frame, Kernel, NoParams, SetupContext
 from shmpipe.api.message import Message, PartReader, StreamFinished, payload_bytes
 from shmpipe.api.reducer import Reducer, ReducerParams
-from shmpipe.api.sink import ErrorRecord, ReducedRecord, ReducerInfo, Record, RunInfo, Sink
+from shmpipe.api.sink import ErrorRecord, Record, ReducedRecord, ReducerInfo, RunInfo, Sink
 from shmpipe.api.source import (
     Acknowledger,
     EndOfSource,

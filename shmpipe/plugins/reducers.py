@@ -53,7 +53,7 @@ class MeanReducer(Reducer):
     def check(self, available: Mapping[str, ArraySpec]) -> None:
         w = self.params.weight
         if w and "." in w and w in available and available[w].shape != ():
-            raise ValueError(f"weight {w!r} must be a scalar output, it has shape {available[w].shape}")
+            raise ValueError(f"weight {w!r} must be a scalar output, not {available[w].shape}")
 
     def outputs(self) -> list[ArraySpec]:
         s = self.input_spec
@@ -87,8 +87,8 @@ class MeanReducer(Reducer):
         w = self._weight(record)
         if not w > 0:
             return  # a frame of weight 0 (no beam) adds nothing
-        _mean_add(np.ascontiguousarray(value).reshape(-1), w,
-                  *(state[k].reshape(-1) for k in ("count", "wsum", "w2sum", "wxsum", "m2")))  # fmt: skip
+        flat = (state[k].reshape(-1) for k in ("count", "wsum", "w2sum", "wxsum", "m2"))
+        _mean_add(np.ascontiguousarray(value).reshape(-1), w, *flat)
 
     def merge(self, a: State, b: State) -> State:
         wa, wb = a["wsum"], b["wsum"]
@@ -198,4 +198,5 @@ class HistogramReducer(Reducer):
     def finish(self, state: State) -> dict[str, np.ndarray]:
         lo, hi = self.params.range
         edges = np.linspace(lo, hi, self.params.bins + 1)
-        return {"counts": state["counts"].copy(), "edges": edges, "outside": state["outside"].copy()}
+        counts, outside = state["counts"].copy(), state["outside"].copy()
+        return {"counts": counts, "edges": edges, "outside": outside}

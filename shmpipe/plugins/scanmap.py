@@ -40,8 +40,9 @@ class MapParams(ReducerParams):
         if bool(self.x_grid) != bool(self.y_grid):
             raise ValueError("give both x_grid and y_grid, or neither (a learned grid)")
         if not self.x_grid and self.every:
-            raise ValueError("a learned grid is learned per stream: every must be 0 (or give "
-                             "x_grid and y_grid)")
+            raise ValueError(
+                "a learned grid is learned per stream: every must be 0 (or give x_grid and y_grid)"
+            )
 
 
 def _axis(grid: list[float]) -> np.ndarray:

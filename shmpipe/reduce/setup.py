@@ -103,7 +103,7 @@ def check_reducers(config: PipelineConfig, outputs: list[ArraySpec], run: RunInf
         return
     if mode == "new":
         raise ConfigError(
-            f'{path} holds the reducers\' state of an earlier run; the sinks\' mode = "new" '
+            f"{path} holds the reducers' state of an earlier run; the sinks' mode = \"new\" "
             'never continues one: set mode = "resume" to continue it, "overwrite" to start '
             "afresh, or choose another run.reducer_state",
             "run.reducer_state",
@@ -116,7 +116,7 @@ def check_reducers(config: PipelineConfig, outputs: list[ArraySpec], run: RunInf
     if result_hash != run.result_hash:
         raise ConfigError(
             f'{path} holds reducer state made with another configuration; mode = "resume" '
-            "cannot continue it: use another run.reducer_state, or mode = \"overwrite\"",
+            'cannot continue it: use another run.reducer_state, or mode = "overwrite"',
             "run.reducer_state",
             config.path,
         )

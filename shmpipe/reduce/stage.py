@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from shmpipe.api.reducer import Reducer
-from shmpipe.api.sink import ReducedRecord, Record, RunInfo, Sink
+from shmpipe.api.sink import Record, ReducedRecord, RunInfo, Sink
 from shmpipe.config import PipelineConfig
 from shmpipe.plugins.sinks.hdf5 import IdSet
 from shmpipe.reduce import checkpoint

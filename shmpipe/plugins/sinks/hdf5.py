@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from shmpipe.api.provenance import describe_difference, iso_time, result_hash
-from shmpipe.api.sink import ErrorRecord, ReducedRecord, Record, RunInfo, Sink
+from shmpipe.api.sink import ErrorRecord, Record, ReducedRecord, RunInfo, Sink
 from shmpipe.plugins.sinks import hdf5_reduced, nexus
 from shmpipe.plugins.sinks.swmr import open_read, open_write
 

@@ -55,7 +55,8 @@ def _put(g: h5py.Group, name: str, row: int, value: np.ndarray) -> h5py.Dataset:
             maxshape=(None,) * (value.ndim + 1),
             chunks=(1, *(max(1, n) for n in value.shape)),
         )
-    want = (max(ds.shape[0], row + 1), *(max(a, b) for a, b in zip(ds.shape[1:], value.shape)))
+    inner = (max(a, b) for a, b in zip(ds.shape[1:], value.shape, strict=True))
+    want = (max(ds.shape[0], row + 1), *inner)
     if want != ds.shape:
         ds.resize(want)
     ds[(row, *(slice(0, n) for n in value.shape))] = value
