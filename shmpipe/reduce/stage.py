@@ -148,8 +148,13 @@ class ReduceStage:
             self._write(r, stream, k, sw)
 
     def _write(self, r: Reducer, stream: str, k: int, sw: StreamWindows) -> None:
-        """Hand window ``k`` to the sinks and close it."""
+        """Hand window ``k`` to the sinks and close it (a window of error records only has
+        no result to write)."""
         w = sw.open.pop(k)
+        sw.written.add(k)
+        self.dirty = True
+        if not w.frames:
+            return
         every = r.params.every
         first, last = window_ids(k, every) if every > 0 else w.id_range()
         finished = r.finish(w.state)
@@ -167,8 +172,6 @@ class ReduceStage:
         )
         for s in self.sinks:
             s.write_reduced(result)
-        sw.written.add(k)
-        self.dirty = True
 
     def _warn(self, r: Reducer, text: str) -> None:
         now = time.monotonic()
