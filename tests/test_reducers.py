@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from shmpipe.api.kernel import ArraySpec
-from shmpipe.api.sink import ReducedRecord, Record, RunInfo, Sink
+from shmpipe.api.sink import Record, ReducedRecord, RunInfo, Sink
 from shmpipe.plugins.reducers import (
     HistogramParams,
     HistogramReducer,

@@ -1,0 +1,156 @@
+"""Reducers in real runs: a mean of integrate.intensity per stream and per 10 frames equals
+numpy's mean of the HDF5 rows (to 1e-12 relative), also with the publisher SIGKILLed
+mid-stream and with the whole process group SIGKILLed and the run resumed; a map over a
+simulated 20 x 15 mesh scan equals the grid built from the per-frame rows."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from shmpipe.config import load_config
+from shmpipe.engine.supervisor import EXIT_OK, Pipeline
+from shmpipe.plugins.sinks import hdf5_reduced
+from shmpipe.plugins.sinks.hdf5 import read_stream
+from shmpipe.plugins.sources.sim import SimParams, sim_geometry
+from tests import faults
+from tests.conftest import SMALL_SIM, run_cli, wait_for
+
+MEANS = {
+    "avg": {"kind": "mean", "input": "integrate.intensity"},
+    "avg10": {"kind": "mean", "input": "integrate.intensity", "every": 10},
+}
+
+
+def chain(tmp: Path) -> dict:
+    """Integration and frame statistics of the small simulated detector."""
+    geo = tmp / "geometry.json"
+    if not geo.exists():
+        sim_geometry(SimParams(module_shape=SMALL_SIM["module_shape"])).to_file(geo)
+    common = {"input": "parts", "geometry": str(geo)}
+    return {
+        "integrate": {"kind": "azimuthal_integrate", **common, "dist": 0.1, "poni1": 0.006,
+                      "poni2": 0.005, "wavelength": 1e-10, "npt": 40},
+        "stats": {"kind": "frame_stats", **common},
+    }  # fmt: skip
+
+
+def reduced(path: Path, stream: str, name: str) -> dict:
+    with h5py.File(path, "r", swmr=True) as f:
+        return hdf5_reduced.read(f[stream]["reducers"][name])
+
+
+def assert_means_of_rows(path: Path, stream: str, frames: int) -> None:
+    """Per stream and per 10 ids: the mean of the stored rows, each frame once."""
+    d = read_stream(str(path), stream)
+    ids, rows = d["message_id"], d["integrate.intensity"].astype(np.float64)
+    assert sorted(ids.tolist()) == list(range(1, frames + 1))
+    whole, tens = reduced(path, stream, "avg"), reduced(path, stream, "avg10")
+    assert whole["frames"].tolist() == [frames]
+    np.testing.assert_allclose(whole["mean"][0], rows.mean(0), rtol=1e-12)
+    sem = rows.std(0, ddof=1) / np.sqrt(frames)
+    np.testing.assert_allclose(whole["sem"][0], sem, rtol=1e-9)
+    np.testing.assert_array_equal(whole["axis"], d["integrate.radial"])
+    assert tens["window"].tolist() == list(range(frames // 10))
+    assert tens["frames"].tolist() == [10] * (frames // 10)
+    for k in range(frames // 10):
+        assert (tens["first_id"][k], tens["last_id"][k]) == (10 * k + 1, 10 * k + 10)
+        mean = rows[(ids - 1) // 10 == k].mean(0)
+        np.testing.assert_allclose(tens["mean"][k], mean, rtol=1e-12)
+
+
+def test_mean_per_stream_and_per_10_frames_equals_numpy_of_the_rows(tmp_path):
+    raw = {
+        "run": {"workers": 2, "progress": "off", "ordered": False,
+                "reducer_state": str(tmp_path / "state.npz")},
+        "source": {**SMALL_SIM, "streams": 2},
+        "kernels": chain(tmp_path),
+        "reducers": MEANS,
+        "sinks": [{"kind": "hdf5", "output": str(tmp_path / "out_{stream}.h5")}],
+    }  # fmt: skip
+    summary = Pipeline(load_config(raw=raw)).run()
+    assert summary.exit_code == EXIT_OK, summary.error
+    for stream in ("scan_0001", "scan_0002"):
+        assert_means_of_rows(tmp_path / f"out_{stream}.h5", stream, SMALL_SIM["frames"])
+
+
+def test_publisher_sigkilled_mid_stream_each_frame_counted_once(tmp_path):
+    raw = faults.config(tmp_path, chain(tmp_path), frames=60, ordered=False,
+                        reducer_state=str(tmp_path / "state.npz"), commit_every=4)  # fmt: skip
+    raw["source"].update(rate=120.0, streams=2)
+    raw["reducers"] = MEANS
+    raw["ring"] = {"slots": 8}
+    expected = {"scan_0001": 60, "scan_0002": 60}
+    f = faults.role_replaced(tmp_path, "publisher", raw, expected, kills=3, every=25)
+    assert f.exit_code == EXIT_OK, f.details["summary"].error
+    assert f.faults >= 3 and (f.lost, f.duplicates) == (0, 0)
+    for stream in expected:
+        assert_means_of_rows(tmp_path / f"out_{stream}.h5", stream, 60)
+
+
+def test_whole_group_sigkilled_and_resumed_each_frame_counted_once(tmp_path):
+    """Two runs SIGKILLed (the whole process group) mid-stream, each resumed into the same
+    files and reducer state (mode = "resume"), a third completes: the means are exact."""
+    frames, state = 120, tmp_path / "state.npz"
+    args = ["run", "--progress", "off", "--workers", "2", "--frames", str(frames),
+            "--sink", "hdf5", "--output", str(tmp_path / "out_{stream}.h5"),
+            "--set", 'sinks.0.mode="resume"', "--set", f"run.reducer_state={str(state)!r}",
+            "--set", "run.commit_every=4", "--set", "run.commit_interval_s=0.02"]  # fmt: skip
+    for key, value in {**SMALL_SIM, "frames": frames, "rate": 200.0}.items():
+        args += ["--set", f"source.{key}={value!r}".replace("'", '"')]
+    for name, table in chain(tmp_path).items():
+        for key, value in table.items():
+            args += ["--set", f"kernels.{name}.{key}={value!r}".replace("'", '"')]
+    for name, table in MEANS.items():
+        for key, value in table.items():
+            args += ["--set", f"reducers.{name}.{key}={value!r}".replace("'", '"')]
+    for i, until in enumerate((25, 70)):
+        name = f"reduce-kill-{os.getpid()}-{i}"
+        proc = faults.cli(*args, "--set", f"run.name={name}", new_session=True)
+        try:
+            wait_for(
+                lambda n=name, u=until, p=proc: faults.published(n) >= u or p.poll() is not None,
+                timeout=120,
+                what=f"{until} frames published",
+            )
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+        assert state.exists()
+    last = run_cli(*args, "--set", f"run.name=reduce-kill-{os.getpid()}-done", timeout=300)
+    assert last.returncode == 0, last.stderr
+    assert_means_of_rows(tmp_path / "out_scan_0001.h5", "scan_0001", frames)
+
+
+@pytest.mark.parametrize("grid", ["given", "learned"])
+def test_map_over_a_20_by_15_mesh_equals_the_grid_of_the_rows(tmp_path, grid):
+    nx, ny = 20, 15
+    extra = {"x_grid": [0.0, 1.9, nx], "y_grid": [0.0, 1.4, ny]} if grid == "given" else {}
+    raw = {
+        "run": {"workers": 2, "progress": "off", "ordered": False,
+                "reducer_state": str(tmp_path / "state.npz")},
+        "source": {**SMALL_SIM, "frames": nx * ny, "mesh": [nx, ny], "pool": 7},
+        "kernels": chain(tmp_path),
+        "reducers": {"m": {"kind": "map", "input": "stats.sum", **extra}},
+        "sinks": [{"kind": "hdf5", "output": str(tmp_path / "out_{stream}.h5")}],
+    }  # fmt: skip
+    summary = Pipeline(load_config(raw=raw)).run()
+    assert summary.exit_code == EXIT_OK, summary.error
+    path = tmp_path / "out_scan_0001.h5"
+    d = read_stream(str(path), "scan_0001")
+    grid_of_rows = np.full((ny, nx), np.nan)
+    i = d["message_id"] - 1
+    grid_of_rows[i // nx, i % nx] = d["stats.sum"]
+    m = reduced(path, "scan_0001", "m")
+    np.testing.assert_array_equal(m["map"][0], grid_of_rows)
+    np.testing.assert_allclose(m["x"][0], 0.1 * np.arange(nx), atol=1e-9)
+    np.testing.assert_allclose(m["y"][0], 0.1 * np.arange(ny), atol=1e-9)
+    assert m["count"][0].min() == 1 and int(m["unplaced"][0]) == 0
+    assert len(np.unique(grid_of_rows)) == 7  # the pool's frames differ: a misplaced one shows
