@@ -13,7 +13,13 @@ import typing
 from typing import Any
 
 from shmpipe.api.reducer import Reducer, ReducerParams
-from shmpipe.config.schema import ConfigError, PluginSpec, _plugin, did_you_mean
+from shmpipe.config.schema import (
+    TABLE_VALIDATORS,
+    ConfigError,
+    PluginSpec,
+    _plugin,
+    did_you_mean,
+)
 
 
 def reducer_specs(
@@ -54,3 +60,6 @@ def reducer_specs(
             )
         specs.append(spec)
     return specs
+
+
+TABLE_VALIDATORS["reducers"] = reducer_specs
