@@ -154,3 +154,65 @@ def test_map_over_a_20_by_15_mesh_equals_the_grid_of_the_rows(tmp_path, grid):
     np.testing.assert_allclose(m["y"][0], 0.1 * np.arange(ny), atol=1e-9)
     assert m["count"][0].min() == 1 and int(m["unplaced"][0]) == 0
     assert len(np.unique(grid_of_rows)) == 7  # the pool's frames differ: a misplaced one shows
+
+
+def test_two_nodes_on_one_asapo_group_merge_to_the_single_node_result(tmp_path):
+    """Two pipeline instances share one consumer group (ASAPO splits the stream between
+    them); each writes its partial results with their frame counts; merged, they equal the
+    result of one node reading every frame (and numpy's of all rows)."""
+    pytest.importorskip("asapo_consumer")
+    from shmpipe.asapo.process import AsapoProcess
+    from shmpipe.reduce.merge import merge_files
+    from tests.test_asapo_pipeline import _run_cli, _write_toml, config, produce
+
+    frames = 40
+    reducers = {
+        "avg": {"kind": "mean", "input": "stats.sum"},
+        "avg10": {"kind": "mean", "input": "stats.sum", "every": 10},
+        "hist": {"kind": "histogram", "input": "stats.max", "bins": 8, "range": [0.0, 400.0]},
+    }
+    with AsapoProcess(tmp_path / "asapo-data") as asapo:
+
+        def node_config(group: str) -> Path:
+            raw = config(asapo, tmp_path, group=group)
+            raw["run"]["reducer_state"] = str(tmp_path / "state_{run}.npz")
+            raw["kernels"] = {"stats": {"kind": "frame_stats", "input": "parts"}}
+            raw["reducers"] = reducers
+            raw["sinks"] = [{"kind": "hdf5", "output": str(tmp_path / "out_{stream}_{run}.h5")}]
+            return _write_toml(tmp_path / f"{group}.toml", raw)
+
+        shared = node_config("shared")
+        nodes = [_run_cli(shared, "node-a"), _run_cli(shared, "node-b")]
+        try:
+            producer = produce(asapo.server_name, frames, ["scan_0001"], rate=40.0)
+            out, err = producer.communicate(timeout=120)
+            assert producer.returncode == 0, out + err
+            for p in nodes:
+                _, err = p.communicate(timeout=120)
+                assert p.returncode == 0, err
+        finally:
+            for p in nodes:
+                if p.poll() is None:
+                    p.kill()
+                    p.communicate()
+        single = _run_cli(node_config("single"), "single")
+        _, err = single.communicate(timeout=120)
+        assert single.returncode == 0, err
+    parts = [str(tmp_path / f"out_scan_0001_{n}.h5") for n in ("node-a", "node-b")]
+    rows = [read_stream(p, "scan_0001") for p in parts if Path(p).exists()]
+    per_node = [len(r["message_id"]) for r in rows]
+    assert sum(per_node) == frames, per_node
+    one = str(tmp_path / "out_scan_0001_single.h5")
+    sums = np.concatenate([r["stats.sum"] for r in rows]).astype(np.float64)
+    for name in reducers:
+        merged, alone = merge_files(parts, "scan_0001", name), merge_files([one], "scan_0001", name)
+        assert merged.windows == alone.windows and merged.frames.tolist() == alone.frames.tolist()
+        for key, value in alone.arrays.items():
+            np.testing.assert_allclose(merged.arrays[key], value, rtol=1e-12, err_msg=key)
+    assert merge_files(parts, "scan_0001", "avg").frames.tolist() == [frames]
+    np.testing.assert_allclose(
+        merge_files(parts, "scan_0001", "avg").arrays["avg.mean"][0], sums.mean(), rtol=1e-12
+    )
+    # Each node's partial result counts its own frames (how the broker split them).
+    assert sorted(int(reduced(Path(p), "scan_0001", "avg")["frames"][0]) for p in parts
+                  if Path(p).exists()) == sorted(n for n in per_node if n)  # fmt: skip
