@@ -163,7 +163,7 @@ def test_two_nodes_on_one_asapo_group_merge_to_the_single_node_result(tmp_path):
     pytest.importorskip("asapo_consumer")
     from shmpipe.asapo.process import AsapoProcess
     from shmpipe.reduce.merge import merge_files
-    from tests.test_asapo_pipeline import _run_cli, _write_toml, config, produce
+    from tests.test_asapo_pipeline import BEAMTIME, _run_cli, _write_toml, config, produce
 
     frames = 40
     reducers = {
@@ -178,7 +178,11 @@ def test_two_nodes_on_one_asapo_group_merge_to_the_single_node_result(tmp_path):
             raw["run"]["reducer_state"] = str(tmp_path / "state_{run}.npz")
             raw["kernels"] = {"stats": {"kind": "frame_stats", "input": "parts"}}
             raw["reducers"] = reducers
-            raw["sinks"] = [{"kind": "hdf5", "output": str(tmp_path / "out_{stream}_{run}.h5")}]
+            raw["sinks"] = [
+                {"kind": "hdf5", "output": str(tmp_path / "out_{stream}_{run}.h5")},
+                {"kind": "asapo", "endpoint": asapo.server_name, "beamtime": BEAMTIME,
+                 "data_source": f"avg10_{group}", "carry": "reduced", "reducer": "avg10"},
+            ]  # fmt: skip
             return _write_toml(tmp_path / f"{group}.toml", raw)
 
         shared = node_config("shared")
@@ -198,6 +202,7 @@ def test_two_nodes_on_one_asapo_group_merge_to_the_single_node_result(tmp_path):
         single = _run_cli(node_config("single"), "single")
         _, err = single.communicate(timeout=120)
         assert single.returncode == 0, err
+        windows = _reduced_records(asapo.server_name, "avg10_single")
     parts = [str(tmp_path / f"out_scan_0001_{n}.h5") for n in ("node-a", "node-b")]
     rows = [read_stream(p, "scan_0001") for p in parts if Path(p).exists()]
     per_node = [len(r["message_id"]) for r in rows]
@@ -216,3 +221,31 @@ def test_two_nodes_on_one_asapo_group_merge_to_the_single_node_result(tmp_path):
     # Each node's partial result counts its own frames (how the broker split them).
     assert sorted(int(reduced(Path(p), "scan_0001", "avg")["frames"][0]) for p in parts
                   if Path(p).exists()) == sorted(n for n in per_node if n)  # fmt: skip
+    # The single node's ASAPO output: one record per window of 10 ids, naming them.
+    tens = merge_files([one], "scan_0001", "avg10")
+    assert [m["reduced"]["window"] for _, m in windows] == [0, 1, 2, 3]
+    for k, (data, meta) in enumerate(windows):
+        w = meta["reduced"]
+        assert (w["first_id"], w["last_id"], w["frames"]) == (10 * k + 1, 10 * k + 10, 10)
+        assert w["id_runs"] == [[10 * k + 1, 10 * k + 10]]
+        mean = next(a for a in meta["arrays"] if a["name"] == "avg10.mean")
+        value = np.frombuffer(data, mean["dtype"], offset=mean["offset"], count=1)[0]
+        assert value == tens.arrays["avg10.mean"][k]
+
+
+def _reduced_records(endpoint: str, data_source: str) -> list[tuple[bytes, dict]]:
+    """Every record of an ASAPO output of reducer results, read with the real consumer."""
+    import asapo_consumer
+
+    from tests.test_asapo_pipeline import BEAMTIME
+
+    c = asapo_consumer.create_consumer(endpoint, "", False, BEAMTIME, data_source, "", 5000)
+    last = int(c.get_stream_info("scan_0001")["lastId"])
+    out = []
+    for i in range(1, last + 1):
+        try:
+            data, meta = c.get_by_id(i, meta_only=False, stream="scan_0001")
+        except asapo_consumer.AsapoStreamFinishedError:
+            break
+        out.append((np.asarray(data).view(np.uint8).tobytes(), meta["meta"]))
+    return out

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from shmpipe.api.sink import ErrorRecord, Record, RunInfo, Sink
+from shmpipe.api.sink import ErrorRecord, Record, ReducedRecord, RunInfo, Sink
 
 log = logging.getLogger("shmpipe.publisher.asapo")
 
@@ -45,8 +45,13 @@ class AsapoSinkParams:
     """Output message name; {name} is the input's name, {id} its id, {stream} its stream,
     {data_source} this output's. Keep it distinct from the input's name: stored payloads are
     files named after their messages."""
-    carry: Literal["results", "errors"] = "results"
-    """What this output carries: kernel results, or the error records."""
+    carry: Literal["results", "errors", "reduced"] = "results"
+    """What this output carries: kernel results, the error records, or the results of one
+    reducer (``reducer``): one record per window (id: window + 1) or stream (id 1), its
+    meta naming the message ids it covers; the data holds the outputs and the state (for a
+    merge downstream)."""
+    reducer: str = ""
+    """With carry = "reduced": the reducer (``[reducers.NAME]``) this output carries."""
     outputs: list[str] | None = None
     """Kernel outputs to carry (kernel.output); default all. One output is sent as its raw
     bytes; several are concatenated, each described in meta["arrays"]."""
@@ -102,10 +107,15 @@ class AsapoSink(Sink):
             if bad:
                 raise ValueError(f"sinks: outputs {bad} are not written by the chain ({known})")
         self.names = p.outputs or known
+        if p.carry == "reduced" and p.reducer not in [r.name for r in run.reducers]:
+            raise ValueError(
+                f'sinks: carry = "reduced" needs reducer = the name of a [reducers.*] table, '
+                f"got {p.reducer!r} (reducers: {[r.name for r in run.reducers]})"
+            )
         # Units, axes and errors travel with each record so a view can label what it shows.
         self._labels = {
             s.name: {"unit": s.unit, "axis": s.axis, "errors": s.errors, "long_name": s.long_name}
-            for s in run.outputs
+            for s in [*run.outputs, *(o for r in run.reducers for o in r.outputs)]
         }
         self.producer = asapo_producer.create_producer(
             p.endpoint,
@@ -219,19 +229,17 @@ class AsapoSink(Sink):
         else:
             self.producer.send_stream_finished_flag(**kwargs, callback=callback)
 
-    def write(self, record: Record) -> None:
-        if self.params.carry != "results":
-            return
+    def _pack(self, named: dict[str, np.ndarray]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Arrays as one payload and its description (name, dtype, shape, offset, labels)."""
         arrays, described, offset = [], [], 0
-        for n in self.names:
-            src = record.arrays[n]
+        for n, src in named.items():
             a = np.ascontiguousarray(src)  # a scalar comes back 1-D: its shape is src's
             arrays.append(a.reshape(-1).view(np.uint8))
             described.append(
                 {
                     "name": n,
                     "dtype": a.dtype.str,
-                    "shape": list(src.shape),
+                    "shape": list(np.shape(src)),
                     "offset": offset,
                     **self._labels.get(n, {}),
                 }
@@ -239,7 +247,33 @@ class AsapoSink(Sink):
             offset += a.nbytes
         # One array goes out as a view of the result slot (kept until commit); several are
         # joined, which costs one copy of what are usually small profiles.
-        data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        return (arrays[0] if len(arrays) == 1 else np.concatenate(arrays)), described
+
+    def write_reduced(self, result: ReducedRecord) -> None:
+        if self.params.carry != "reduced" or result.reducer != self.params.reducer:
+            return
+        state = {f"state.{k}": v for k, v in result.state.items()}
+        data, described = self._pack({**result.arrays, **state})
+        window = {
+            "reducer": result.reducer,
+            "window": result.window,
+            "first_id": result.first_id,
+            "last_id": result.last_id,
+            "frames": result.frames,
+            "id_runs": [list(r) for r in result.ids],
+        }
+        meta = {
+            "arrays": described,
+            "reduced": window,
+            "lineage": {**self._lineage(result.stream, [], []), "input_id_runs": window["id_runs"]},
+        }
+        name = f"{result.reducer}_window_{result.window:06d}"
+        self._send(result.stream, result.window + 1, name, data, meta)
+
+    def write(self, record: Record) -> None:
+        if self.params.carry != "results":
+            return
+        data, described = self._pack({n: record.arrays[n] for n in self.names})
         meta = {
             "arrays": described,
             "source_meta": record.meta,
@@ -269,6 +303,8 @@ class AsapoSink(Sink):
 
     def stream_finished(self, stream: str, next_stream: str, last_id: int = 0) -> None:
         out_stream = self.params.stream.format(stream=stream)
+        if self.params.carry == "reduced":
+            last_id = 0  # its ids count windows, not input messages
         last = max(last_id, self._last_id.get(out_stream, 0))
         if last <= 0:
             return  # nothing was ever sent to this output: there is no stream to finish
