@@ -175,3 +175,24 @@ def test_a_redelivered_frame_is_added_once_across_a_checkpoint(tmp_path):
         want = np.nanmean(x[5 * k : 5 * k + 5], 0)
         np.testing.assert_allclose(w.arrays["avg5.mean"], want, rtol=1e-12)
     assert ("s", "avg5", 5) not in windows  # id 26 was an error: no frame, no window
+
+
+def test_reducer_mistakes_are_reported_before_start_naming_the_key(tmp_path):
+    from tests.conftest import run_cli
+
+    base = ["run", "--frames", "3", "--progress", "off", "--set", "reducers.avg.kind=mean"]
+    r = run_cli(*base, "--set", "reducers.avg.input=checksum.nothing")
+    assert r.returncode == 2, r.stderr
+    assert "reducers.avg.input: 'checksum.nothing' is not an output of the chain" in r.stderr
+    assert "checksum.digest" in r.stderr  # what it could have been
+    r = run_cli(*base, "--set", "reducers.avg.input=integrate.intensity")
+    assert r.returncode == 2 and "command line (--set reducers.avg.input=" in r.stderr
+    assert "no kernel 'integrate'" in r.stderr
+    # A checkpoint left by an earlier run, and sinks that never continue one (mode = "new").
+    state = tmp_path / "state.npz"
+    state.write_bytes(b"")
+    r = run_cli(*base, "--set", "reducers.avg.input=checksum.digest", "--sink", "hdf5",
+                "--output", str(tmp_path / "o.h5"), "--set", f'run.reducer_state="{state}"')  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "run.reducer_state" in r.stderr and 'mode = "new"' in r.stderr
+    assert not (tmp_path / "o.h5").exists()

@@ -65,8 +65,11 @@ def warm(reducer: Reducer) -> None:
     record = Record("warm-up", 1, "", {}, {spec.name: np.zeros(spec.shape, spec.dtype)}, 0.0)
     try:
         reducer.add(reducer.new_state(), record.arrays[spec.name], record)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError):
         pass  # a weight or position the zeros lack: compiled at the first real frame
+    except Exception as exc:  # noqa: BLE001 - Numba's typing errors: an input it cannot take
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot reduce {spec.name} ({spec.dtype}, {spec.shape}): {first}")
 
 
 def reducer_infos(config: PipelineConfig, outputs: list[ArraySpec]) -> list[ReducerInfo]:
@@ -90,7 +93,10 @@ def check_reducers(config: PipelineConfig, outputs: list[ArraySpec], run: RunInf
     if not config.reducers:
         return
     for r in build_reducers(config, outputs):
-        warm(r)
+        try:
+            warm(r)
+        except ValueError as exc:
+            raise ConfigError(str(exc), f"reducers.{r.name}", config.path) from None
     path = state_path(config)
     if os.path.isdir(path) or not os.path.isdir(os.path.dirname(path)):
         raise ConfigError(
