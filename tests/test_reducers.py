@@ -191,8 +191,9 @@ def test_reducer_mistakes_are_reported_before_start_naming_the_key(tmp_path):
     # A checkpoint left by an earlier run, and sinks that never continue one (mode = "new").
     state = tmp_path / "state.npz"
     state.write_bytes(b"")
-    r = run_cli(*base, "--set", "reducers.avg.input=checksum.digest", "--sink", "hdf5",
-                "--output", str(tmp_path / "o.h5"), "--set", f'run.reducer_state="{state}"')  # fmt: skip
+    where = ["--sink", "hdf5", "--output", str(tmp_path / "o.h5")]
+    where += ["--set", f'run.reducer_state="{state}"']
+    r = run_cli(*base, "--set", "reducers.avg.input=checksum.digest", *where)
     assert r.returncode == 2, r.stderr
     assert "run.reducer_state" in r.stderr and 'mode = "new"' in r.stderr
     assert not (tmp_path / "o.h5").exists()

@@ -69,7 +69,9 @@ def warm(reducer: Reducer) -> None:
         pass  # a weight or position the zeros lack: compiled at the first real frame
     except Exception as exc:  # noqa: BLE001 - Numba's typing errors: an input it cannot take
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot reduce {spec.name} ({spec.dtype}, {spec.shape}): {first}")
+        raise ValueError(
+            f"cannot reduce {spec.name} ({spec.dtype}, {spec.shape}): {first}"
+        ) from None
 
 
 def reducer_infos(config: PipelineConfig, outputs: list[ArraySpec]) -> list[ReducerInfo]:
