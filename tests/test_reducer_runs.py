@@ -67,7 +67,7 @@ def assert_means_of_rows(path: Path, stream: str, frames: int) -> None:
 def test_mean_per_stream_and_per_10_frames_equals_numpy_of_the_rows(tmp_path):
     raw = {
         "run": {"workers": 2, "progress": "off", "ordered": False,
-                "reducer_state": str(tmp_path / "state.npz")},
+                "reducer_state": str(tmp_path / "state.ckpt")},
         "source": {**SMALL_SIM, "streams": 2},
         "kernels": chain(tmp_path),
         "reducers": MEANS,
@@ -81,7 +81,7 @@ def test_mean_per_stream_and_per_10_frames_equals_numpy_of_the_rows(tmp_path):
 
 def test_publisher_sigkilled_mid_stream_each_frame_counted_once(tmp_path):
     raw = faults.config(tmp_path, chain(tmp_path), frames=60, ordered=False,
-                        reducer_state=str(tmp_path / "state.npz"), commit_every=4)  # fmt: skip
+                        reducer_state=str(tmp_path / "state.ckpt"), commit_every=4)  # fmt: skip
     raw["source"].update(rate=120.0, streams=2)
     raw["reducers"] = MEANS
     raw["ring"] = {"slots": 8}
@@ -96,7 +96,7 @@ def test_publisher_sigkilled_mid_stream_each_frame_counted_once(tmp_path):
 def test_whole_group_sigkilled_and_resumed_each_frame_counted_once(tmp_path):
     """Two runs SIGKILLed (the whole process group) mid-stream, each resumed into the same
     files and reducer state (mode = "resume"), a third completes: the means are exact."""
-    frames, state = 120, tmp_path / "state.npz"
+    frames, state = 120, tmp_path / "state.ckpt"
     args = ["run", "--progress", "off", "--workers", "2", "--frames", str(frames),
             "--sink", "hdf5", "--output", str(tmp_path / "out_{stream}.h5"),
             "--set", 'sinks.0.mode="resume"', "--set", f"run.reducer_state={str(state)!r}",
@@ -135,7 +135,7 @@ def test_map_over_a_20_by_15_mesh_equals_the_grid_of_the_rows(tmp_path, grid):
     extra = {"x_grid": [0.0, 1.9, nx], "y_grid": [0.0, 1.4, ny]} if grid == "given" else {}
     raw = {
         "run": {"workers": 2, "progress": "off", "ordered": False,
-                "reducer_state": str(tmp_path / "state.npz")},
+                "reducer_state": str(tmp_path / "state.ckpt")},
         "source": {**SMALL_SIM, "frames": nx * ny, "mesh": [nx, ny], "pool": 7},
         "kernels": chain(tmp_path),
         "reducers": {"m": {"kind": "map", "input": "stats.sum", **extra}},
@@ -175,7 +175,7 @@ def test_two_nodes_on_one_asapo_group_merge_to_the_single_node_result(tmp_path):
 
         def node_config(group: str) -> Path:
             raw = config(asapo, tmp_path, group=group)
-            raw["run"]["reducer_state"] = str(tmp_path / "state_{run}.npz")
+            raw["run"]["reducer_state"] = str(tmp_path / "state_{run}.ckpt")
             raw["kernels"] = {"stats": {"kind": "frame_stats", "input": "parts"}}
             raw["reducers"] = reducers
             raw["sinks"] = [

@@ -137,7 +137,7 @@ def _stage(config_raw: dict, path, sink: Collect, run_uid: str) -> ReduceStage:
 def test_a_redelivered_frame_is_added_once_across_a_checkpoint(tmp_path):
     """Frames 1-12 checkpointed; a new stage (a replaced publisher) gets 1-25 again (the
     unacknowledged ones come back, with some acknowledged ones): each counted once."""
-    path = tmp_path / "state.npz"
+    path = tmp_path / "state.ckpt"
     raw = {
         "run": {"reducer_state": str(path)},
         "kernels": {"integrate": {"kind": "null"}},
@@ -189,7 +189,7 @@ def test_reducer_mistakes_are_reported_before_start_naming_the_key(tmp_path):
     assert r.returncode == 2 and "command line (--set reducers.avg.input=" in r.stderr
     assert "no kernel 'integrate'" in r.stderr
     # A checkpoint left by an earlier run, and sinks that never continue one (mode = "new").
-    state = tmp_path / "state.npz"
+    state = tmp_path / "state.ckpt"
     state.write_bytes(b"")
     where = ["--sink", "hdf5", "--output", str(tmp_path / "o.h5")]
     where += ["--set", f'run.reducer_state="{state}"']
@@ -197,3 +197,29 @@ def test_reducer_mistakes_are_reported_before_start_naming_the_key(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "run.reducer_state" in r.stderr and 'mode = "new"' in r.stderr
     assert not (tmp_path / "o.h5").exists()
+
+
+def test_a_torn_checkpoint_write_leaves_the_one_before(tmp_path):
+    """The two files take turns: a write cut short (the process killed inside it) leaves
+    the other file's checkpoint, the newer complete one, to be read."""
+    from shmpipe.reduce import checkpoint
+    from shmpipe.reduce.windows import StreamWindows, Window, id_set
+
+    path = str(tmp_path / "state.ckpt")
+    writer = checkpoint.Writer(path)
+    for n in (3, 4, 5):
+        cp = checkpoint.Checkpoint("uid", "hash", covered={"s": id_set([(1, n)])})
+        w = Window({"sum": np.full(1000, float(n))}, id_set([(1, n)]))
+        cp.windows[("total", "s")] = StreamWindows(open={0: w})
+        writer.save(cp)
+    writer.close()
+    assert checkpoint.load(path).covered["s"].hi == [5]
+    newest = checkpoint.files(path)[(writer.generation - 1) % 2]  # the last one written
+    raw = open(newest, "rb").read()
+    for cut in (10, len(raw) // 2, len(raw) - 1):
+        with open(newest, "wb") as f:
+            f.write(raw[:cut])
+        cp = checkpoint.load(path)
+        assert cp.covered["s"].hi == [4]  # the one before
+        assert cp.windows[("total", "s")].open[0].state["sum"][0] == 4.0
+    assert checkpoint.Writer(path).generation == 2  # continues after the complete one

@@ -109,11 +109,11 @@ class RunSection:
     setup_timeout_s: float = 600.0
     """Longest the start-up checks and the kernels' set-up may take before the run refuses
     to start; 0: no limit."""
-    reducer_state: str = "shmpipe_reducers.npz"
+    reducer_state: str = "shmpipe_reducers.ckpt"
     """Checkpoint of the reducers' state and the message ids it includes (``{run}`` is
-    replaced), replaced atomically before every acknowledgement; a run continues it when its
-    sinks do (``mode = "resume"``), refuses it under ``"new"``, starts afresh under
-    ``"overwrite"``. Written only when the run has ``[reducers.*]``."""
+    replaced; two files, this one and ``.1``, written in turn before every acknowledgement);
+    a run continues it when its sinks do (``mode = "resume"``), refuses it under ``"new"``,
+    starts afresh under ``"overwrite"``. Written only when the run has ``[reducers.*]``."""
 
 
 @dataclass

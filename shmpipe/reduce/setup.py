@@ -104,7 +104,7 @@ def check_reducers(config: PipelineConfig, outputs: list[ArraySpec], run: RunInf
         raise ConfigError(
             f"{path}: must name a file in an existing directory", "run.reducer_state", config.path
         )
-    if not os.path.exists(path):
+    if not checkpoint.exists(path):
         return
     mode = rerun_mode(config)
     if mode == "overwrite":

@@ -8,7 +8,7 @@ The publisher calls it at four points, and nowhere else::
     commit()                 after the sinks committed, before the acknowledgements
 
 Exactly once: a frame is added only if its id is not in the stream's *covered* set, and the
-state is checkpointed together with that set (``checkpoint.save``) before the frames it holds
+state is checkpointed together with that set (``checkpoint.Writer``) before the frames it holds
 are acknowledged. A publisher that dies after the checkpoint and before the acknowledgement
 meets those frames again and skips them; one that dies before the checkpoint left frames that
 come back and are added to the last checkpoint's state, which does not hold them. A window
@@ -18,7 +18,6 @@ result may therefore be written twice, with the same frames: sinks store it by w
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import numpy as np
@@ -48,12 +47,19 @@ class ReduceStage:
     ) -> None:
         self.reducers, self.path, self.sinks, self.log = reducers, path, sinks, log
         self.cp = checkpoint.Checkpoint(run.run_uid, run.result_hash)
-        if os.path.exists(path):
-            old_uid, _ = checkpoint.identity(path)
+        try:
+            old_uid = checkpoint.identity(path)[0] if checkpoint.exists(path) else None
+        except ValueError:  # only a first commit, torn: nothing was acknowledged after it
+            old_uid = None
+            checkpoint.remove(path)
+        if old_uid is not None:
             if old_uid == run.run_uid or resume:  # a replaced publisher, or a resumed run
                 self.cp = checkpoint.load(path)
                 self.cp.run_uid = run.run_uid
                 log.info("reducers: continuing from %s", path)
+            else:  # mode = "overwrite" (the start-up checks refused it under "new")
+                checkpoint.remove(path)
+        self.writer = checkpoint.Writer(path)
         self.dirty = False
         self.axis: dict[str, np.ndarray] = {}  # reducer -> its input's axis values
         self._warned: dict[str, float] = {}
@@ -93,7 +99,7 @@ class ReduceStage:
             else:
                 if grown is not None:
                     w.state = grown
-                w.ids.add(mid)
+                w.add(mid)
             if r.name not in self.axis and self._axis_of(r) in record.arrays:
                 self.axis[r.name] = np.array(record.arrays[self._axis_of(r)])
             self._close_if_complete(r, stream, k, sw)
@@ -127,7 +133,7 @@ class ReduceStage:
     def commit(self) -> None:
         """Checkpoint (after the sinks' commit, before any acknowledgement)."""
         if self.dirty:
-            checkpoint.save(self.path, self.cp)
+            self.writer.save(self.cp)
             self.dirty = False
 
     # -- windows ---------------------------------------------------------------------------

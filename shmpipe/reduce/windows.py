@@ -41,10 +41,17 @@ class Window:
     """Message ids added to ``state``."""
     skipped: int = 0
     """Ids of the window that were error records (or that the reducer refused)."""
+    frames: int = -1
+    """How many ids ``ids`` holds (counted from it when -1)."""
 
-    @property
-    def frames(self) -> int:
-        return count_ids(self.ids)
+    def __post_init__(self) -> None:
+        if self.frames < 0:
+            self.frames = count_ids(self.ids)
+
+    def add(self, mid: int) -> None:
+        """Note message ``mid`` as added to the state (a new id)."""
+        self.ids.add(mid)
+        self.frames += 1
 
     def id_range(self) -> tuple[int, int]:
         return (self.ids.lo[0], self.ids.hi[-1]) if self.ids.lo else (0, 0)
