@@ -249,3 +249,37 @@ def _reduced_records(endpoint: str, data_source: str) -> list[tuple[bytes, dict]
             break
         out.append((np.asarray(data).view(np.uint8).tobytes(), meta["meta"]))
     return out
+
+
+def test_the_custom_reducer_of_the_docs_runs_as_documented(tmp_path):
+    """examples/custom_reducer: its configuration, on small frames, gives the peak hold of
+    the stored profiles and the frame each peak came from; docs/reducers.md shows it as is."""
+    from tests.conftest import REPO
+
+    example = REPO / "examples" / "custom_reducer"
+    page = (REPO / "docs" / "reducers.md").read_text()
+    for name in ("peak_hold.py", "peak_hold.toml"):
+        assert (example / name).read_text().rstrip() in page, f"docs show {name} otherwise"
+    small = chain(tmp_path)["integrate"]
+    sets = [
+        f"source.module_shape={SMALL_SIM['module_shape']}",
+        "source.pool=3",
+        f'kernels.integrate.geometry="{small["geometry"]}"',
+        "kernels.integrate.npt=40",
+    ]
+    sets += [f"kernels.integrate.{k}={small[k]}" for k in ("dist", "poni1", "poni2")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(example), os.environ["PYTHONPATH"]])}
+    r = run_cli("run", "--config", str(example / "peak_hold.toml"), "--progress", "off",
+                *(a for s in sets for a in ("--set", s)), cwd=tmp_path, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    path = tmp_path / "peak_hold_scan_0001.h5"
+    d = read_stream(str(path), "scan_0001")
+    rows, ids = d["integrate.intensity"].astype(np.float64), d["message_id"]
+    peak = reduced(path, "scan_0001", "peak")
+    np.testing.assert_array_equal(peak["peak"][0], rows.max(0))
+    np.testing.assert_array_equal(peak["message_id"][0], ids[rows.argmax(0)])
+    tens = reduced(path, "scan_0001", "peak10")
+    for k in range(4):
+        np.testing.assert_array_equal(tens["peak"][k], rows[(ids - 1) // 10 == k].max(0))
+    np.testing.assert_allclose(reduced(path, "scan_0001", "avg")["mean"][0], rows.mean(0),
+                               rtol=1e-12)  # fmt: skip
