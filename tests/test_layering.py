@@ -7,8 +7,9 @@ native_kernels     nothing of shmpipe, except its adapter module shmpipe_kernels
 shmpipe.shm        memory layout and pipes: nothing above it (engine, observe, ...)
 shmpipe.observe    readers of the shared tables: never the engine's internals; a side
                    process may use the child-process contract (plumbing, roles)
-shmpipe.view,      side processes (live view, Tango device): api, config, shm, the
-shmpipe.tango      child-process contract (plumbing, roles), themselves; the view also observe
+shmpipe.view,      side processes (live view, Tango device): api, config, shm, reduce (the
+shmpipe.tango      reducers' live results), the child-process contract (plumbing, roles),
+                   themselves; the view also observe
 and no import circle anywhere in shmpipe.
 """
 
@@ -24,8 +25,14 @@ OBSERVE_MAY_USE = {"shmpipe.engine.plumbing", "shmpipe.engine.roles"}
 # Feature packages running as side processes, and the packages each may import besides the
 # child-process contract (OBSERVE_MAY_USE) and itself.
 SIDE_PACKAGES = {
-    "shmpipe.view": ("shmpipe.api", "shmpipe.config", "shmpipe.shm", "shmpipe.observe"),
-    "shmpipe.tango": ("shmpipe.api", "shmpipe.config", "shmpipe.shm"),
+    "shmpipe.view": (
+        "shmpipe.api",
+        "shmpipe.config",
+        "shmpipe.shm",
+        "shmpipe.observe",
+        "shmpipe.reduce",
+    ),
+    "shmpipe.tango": ("shmpipe.api", "shmpipe.config", "shmpipe.shm", "shmpipe.reduce"),
 }
 
 
@@ -185,9 +192,10 @@ def test_a_side_process_importing_an_engine_internal_is_caught(tmp_path):
     catalog.write_text("import shmpipe.tango.names\n" + catalog.read_text())
     assert set(violations(tmp_path)) == {
         "shmpipe.tango.feed imports shmpipe.engine.protocol: shmpipe.tango imports only "
-        "shmpipe.api, shmpipe.config, shmpipe.shm, plumbing and roles",
+        "shmpipe.api, shmpipe.config, shmpipe.shm, shmpipe.reduce, plumbing and roles",
         "shmpipe.view.catalog imports shmpipe.tango.names: shmpipe.view imports only "
-        "shmpipe.api, shmpipe.config, shmpipe.shm, shmpipe.observe, plumbing and roles",
+        "shmpipe.api, shmpipe.config, shmpipe.shm, shmpipe.observe, shmpipe.reduce, plumbing "
+        "and roles",
     }
 
 

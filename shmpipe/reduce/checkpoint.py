@@ -40,6 +40,11 @@ class Checkpoint:
     finished: set[str] = field(default_factory=set)
     windows: dict[tuple[str, str], StreamWindows] = field(default_factory=dict)
     """(reducer, stream) -> its windows."""
+    last_stream: str = ""
+    """The stream of the latest frame added (what a live view shows)."""
+    last_written: dict[str, tuple[str, int, Window]] = field(default_factory=dict)
+    """Reducer -> (stream, window, window) of the latest result written (for the Tango
+    device's latest window and a view between streams)."""
 
 
 def files(path: str) -> tuple[str, str]:
@@ -108,8 +113,15 @@ def encode(cp: Checkpoint, generation: int) -> bytes:
                 for k, w in sw.open.items()
             },
         }
+    last = {
+        name: {"stream": st, "window": k, "ids": runs_of(w.ids), "skipped": w.skipped,
+               "state": {key: store(a) for key, a in w.state.items()}}
+        for name, (st, k, w) in cp.last_written.items()
+    }  # fmt: skip
     meta = {
         "version": VERSION,
+        "last_stream": cp.last_stream,
+        "last_written": last,
         "run_uid": cp.run_uid,
         "result_hash": cp.result_hash,
         "streams": {
@@ -194,6 +206,10 @@ def load(path: str) -> Checkpoint:
         cp.covered[s] = id_set(info["covered"])
         if info["finished"]:
             cp.finished.add(s)
+    cp.last_stream = meta.get("last_stream", "")
+    for name, w in meta.get("last_written", {}).items():
+        state = {key: array(ref) for key, ref in w["state"].items()}
+        cp.last_written[name] = (w["stream"], int(w["window"]), Window(state, id_set(w["ids"])))
     for name, streams in meta["reducers"].items():
         for stream, info in streams.items():
             sw = StreamWindows(written=id_set(info["written"]))

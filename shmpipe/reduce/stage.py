@@ -82,6 +82,7 @@ class ReduceStage:
             return  # in the checkpointed state already: a redelivered frame
         covered.add(mid)
         self.dirty = True
+        self.cp.last_stream = stream
         for r in self.reducers:
             every = r.params.every
             k = window_of(mid, every)
@@ -178,6 +179,7 @@ class ReduceStage:
         )
         for s in self.sinks:
             s.write_reduced(result)
+        self.cp.last_written[r.name] = (stream, k, w)
 
     def _warn(self, r: Reducer, text: str) -> None:
         now = time.monotonic()

@@ -82,6 +82,11 @@ def view_main(p: Plumbing, sock: socket.socket, supervisor_pid: int) -> None:  #
     from shmpipe.view.feed import TapFeed
 
     feed = TapFeed(p.tap, p.ring.table, p.ring.procs, p.config.run.workers)
+    if p.config.reducers:
+        from shmpipe.reduce.live import LiveReduced
+        from shmpipe.view.reduced import ReducedFeed
+
+        feed = ReducedFeed(feed, LiveReduced(p.config, p.run_info.outputs))
     serve(feed, sock, p.config.view, signals=False)
 
 
