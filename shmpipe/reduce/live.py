@@ -18,7 +18,7 @@ from shmpipe.api.reducer import Reducer
 from shmpipe.config import PipelineConfig
 from shmpipe.reduce import checkpoint
 from shmpipe.reduce.setup import build_reducers, state_path
-from shmpipe.reduce.windows import Window
+from shmpipe.reduce.windows import Window, window_ids
 
 
 @dataclasses.dataclass
@@ -27,6 +27,8 @@ class Latest:
 
     stream: str
     window: int
+    first_id: int
+    last_id: int
     frames: int
     arrays: dict[str, np.ndarray]
 
@@ -103,4 +105,6 @@ class LiveReduced:
     @staticmethod
     def _finish(r: Reducer, stream: str, k: int, w: Window) -> Latest:
         arrays = {f"{r.name}.{n}": np.asarray(a) for n, a in r.finish(w.state).items()}
-        return Latest(stream, k, w.frames, arrays)
+        every = r.params.every
+        first, last = window_ids(k, every) if every > 0 else w.id_range()
+        return Latest(stream, k, first, last, w.frames, arrays)
