@@ -81,6 +81,7 @@ class Publisher:
         self.stream_counts: dict[tuple[int, bool], int] = {}
         self.released_seq = int(self.procs[P_RELEASED_SEQ])
         self.replacement = replacement
+        self.reduce: ReduceStage | None = None  # made in run(): [reducers.*], if any
         self.tap = p.tap
         if self.tap is not None:
             self.tap.bind_results(
