@@ -1,8 +1,9 @@
 """The built-in reducers: ``mean``, ``sum``, ``map`` and ``histogram`` (``shmpipe.api.Reducer``).
 
-Their states are sums (and, for ``mean``, the weighted sum of squared deviations kept by West's
-update and merged by Chan's formula), so the order frames arrive in changes a result by
-rounding only, and two nodes' partial states merge into the state of all their frames.
+Their states are sums (for ``mean``: of the weights, and of the deviations from a shift per
+element and their squares, which keeps the variance free of cancellation), so the order
+frames arrive in changes a result by rounding only, and two nodes' partial states merge into
+the state of all their frames.
 """
 
 from __future__ import annotations
@@ -20,21 +21,29 @@ from shmpipe.api.sink import Record
 
 # -- mean ---------------------------------------------------------------------------------------
 @numba.njit(cache=True, nogil=True)
-def _mean_add(x, w, count, wsum, w2sum, wxsum, m2):  # pragma: no cover - compiled
-    # One pass per frame, no temporaries: numpy needs ten passes (and allocations) for the
-    # same update, which for a 1000-bin profile is most of its cost.
+def _mean_add(x, w, count, wsum, w2sum, shift, dsum, d2sum):  # pragma: no cover - compiled
+    # Sums of the deviations from a shift (each element's first value): no division in the
+    # loop (it was most of the cost) and no cancellation in the variance, as plain sums of
+    # squares would have. One pass per frame, no temporaries.
     for i in range(x.size):
         v = float(x[i])
         if v != v:  # NaN: this element of this frame does not count
             continue
-        old_w = wsum[i]
-        new_w = old_w + w
-        delta = v - (wxsum[i] / old_w if old_w > 0.0 else 0.0)
-        wxsum[i] += w * v
-        m2[i] += w * delta * (v - wxsum[i] / new_w)
-        wsum[i] = new_w
+        if count[i] == 0:
+            shift[i] = v
+        d = v - shift[i]
+        dsum[i] += w * d
+        d2sum[i] += w * d * d
+        wsum[i] += w
         w2sum[i] += w * w
         count[i] += 1
+
+
+def _shifted(state: State, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``dsum`` and ``d2sum`` of ``state`` about another ``shift``."""
+    delta = state["shift"] - shift
+    d, w = state["dsum"], state["wsum"]
+    return d + w * delta, state["d2sum"] + 2.0 * delta * d + w * delta * delta
 
 
 @dataclass
@@ -68,8 +77,8 @@ class MeanReducer(Reducer):
         # was a third of the reducer's cost); ``finish`` gives them the input's shape.
         size = int(np.prod(self.input_spec.shape, dtype=np.int64))
         z = lambda dt: np.zeros(size, dt)  # noqa: E731
-        return {"count": z(np.int64), "wsum": z(float), "w2sum": z(float), "wxsum": z(float),
-                "m2": z(float)}  # fmt: skip
+        return {"count": z(np.int64), "wsum": z(float), "w2sum": z(float), "shift": z(float),
+                "dsum": z(float), "d2sum": z(float)}  # fmt: skip
 
     def _weight(self, record: Record) -> float:
         key = self.params.weight
@@ -91,30 +100,30 @@ class MeanReducer(Reducer):
             return  # a frame of weight 0 (no beam) adds nothing
         s = state
         x = value.reshape(-1) if value.flags.c_contiguous else np.ravel(value)
-        _mean_add(x, w, s["count"], s["wsum"], s["w2sum"], s["wxsum"], s["m2"])
+        _mean_add(x, w, s["count"], s["wsum"], s["w2sum"], s["shift"], s["dsum"], s["d2sum"])
 
     def merge(self, a: State, b: State) -> State:
-        wa, wb = a["wsum"], b["wsum"]
-        w = wa + wb
-        with np.errstate(invalid="ignore", divide="ignore"):
-            delta = np.where(wb > 0, b["wxsum"] / wb, 0.0) - np.where(wa > 0, a["wxsum"] / wa, 0.0)
-            cross = np.where(w > 0, delta * delta * wa * wb / w, 0.0)
+        shift = np.where(a["count"] > 0, a["shift"], b["shift"])
+        (da, d2a), (db, d2b) = _shifted(a, shift), _shifted(b, shift)
         return {
             "count": a["count"] + b["count"],
-            "wsum": w,
+            "wsum": a["wsum"] + b["wsum"],
             "w2sum": a["w2sum"] + b["w2sum"],
-            "wxsum": a["wxsum"] + b["wxsum"],
-            "m2": a["m2"] + b["m2"] + cross,
+            "shift": shift,
+            "dsum": da + db,
+            "d2sum": d2a + d2b,
         }
 
     def finish(self, state: State) -> dict[str, np.ndarray]:
-        w, w2 = state["wsum"], state["w2sum"]
+        w, w2, d = state["wsum"], state["w2sum"], state["dsum"]
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(w > 0, state["wxsum"] / w, np.nan)
+            offset = d / w
+            mean = np.where(w > 0, state["shift"] + offset, np.nan)
+            m2 = np.maximum(state["d2sum"] - d * offset, 0.0)  # sum of w (x - mean)^2
             # Effective number of frames (Kish): n for equal weights, so the standard error
             # is the usual sqrt(sample variance / n).
             n_eff = np.where(w2 > 0, w * w / w2, 0.0)
-            sem = np.where(n_eff > 1, np.sqrt(state["m2"] / w / (n_eff - 1)), np.nan)
+            sem = np.where(n_eff > 1, np.sqrt(m2 / w / (n_eff - 1)), np.nan)
         shape = self.input_spec.shape
         return {
             "mean": mean.reshape(shape),
