@@ -283,3 +283,17 @@ def test_the_custom_reducer_of_the_docs_runs_as_documented(tmp_path):
         np.testing.assert_array_equal(tens["peak"][k], rows[(ids - 1) // 10 == k].max(0))
     np.testing.assert_allclose(reduced(path, "scan_0001", "avg")["mean"][0], rows.mean(0),
                                rtol=1e-12)  # fmt: skip
+
+
+def test_publisher_killed_after_the_checkpoint_before_the_ack_adds_nothing_twice(tmp_path):
+    """The publisher dies the instant after a commit's checkpoint, before acknowledging it:
+    the replacement publishes that commit's frames again, and the reducers skip them."""
+    raw = faults.config(tmp_path, chain(tmp_path), frames=40, ordered=False,
+                        reducer_state=str(tmp_path / "state.ckpt"), commit_every=8)  # fmt: skip
+    raw["source"].update(kind="tests.reduce_plugins:KillOnAck", kill_at=23, rate=40.0,
+                         marker=str(tmp_path / "killed"))  # fmt: skip
+    raw["reducers"] = MEANS
+    summary = Pipeline(load_config(raw=raw)).run()
+    assert summary.exit_code == EXIT_OK, summary.error
+    assert (tmp_path / "killed").exists() and summary.publisher_restarts == 1
+    assert_means_of_rows(tmp_path / "out_scan_0001.h5", "scan_0001", 40)
