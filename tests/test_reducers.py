@@ -223,3 +223,17 @@ def test_a_torn_checkpoint_write_leaves_the_one_before(tmp_path):
         assert cp.covered["s"].hi == [4]  # the one before
         assert cp.windows[("total", "s")].open[0].state["sum"][0] == 4.0
     assert checkpoint.Writer(path).generation == 2  # continues after the complete one
+
+
+def test_reducer_names_and_asapo_outputs_of_reducers_are_checked_before_start():
+    from tests.conftest import run_cli
+
+    r = run_cli("run", "--frames", "2", "--set", "reducers.a-b.kind=mean",
+                "--set", "reducers.a-b.input=checksum.nbytes")  # fmt: skip
+    assert r.returncode == 2 and "reducers.a-b: 'a-b': a reducer's name is letters" in r.stderr
+    asapo = ["--set", "sinks.0.kind=asapo", "--set", "sinks.0.carry=reduced"]
+    r = run_cli("run", "--frames", "2", *asapo)
+    assert r.returncode == 2 and 'carry = "reduced" and reducer = "NAME" go together' in r.stderr
+    r = run_cli("run", "--frames", "2", *asapo, "--set", "sinks.0.reducer=avg")
+    assert r.returncode == 2, r.stderr
+    assert "asapo reducer = 'avg' names no [reducers.*] table (reducers: none)" in r.stderr

@@ -9,6 +9,7 @@ must be in the chain and the reducer's name must not be a kernel's (both qualify
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import Any
 
@@ -32,6 +33,13 @@ def reducer_specs(
     specs = []
     for name, table in tables.items():
         key = f"reducers.{name}"
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(
+                f"{name!r}: a reducer's name is letters, digits and _ (it names its outputs, "
+                "an HDF5 group and Tango attributes)",
+                key,
+                file,
+            )
         if name in chain:
             raise ConfigError(
                 f"{name!r} is also a kernel's name; reducer outputs are {name}.<output> like "

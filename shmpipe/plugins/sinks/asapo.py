@@ -52,6 +52,11 @@ class AsapoSinkParams:
     merge downstream)."""
     reducer: str = ""
     """With carry = "reduced": the reducer (``[reducers.NAME]``) this output carries."""
+
+    def validate(self) -> None:
+        if (self.carry == "reduced") != bool(self.reducer):
+            raise ValueError('carry = "reduced" and reducer = "NAME" go together')
+
     outputs: list[str] | None = None
     """Kernel outputs to carry (kernel.output); default all. One output is sent as its raw
     bytes; several are concatenated, each described in meta["arrays"]."""
@@ -95,6 +100,14 @@ class AsapoSink(Sink):
         p = self.params
         names = sorted({p.stream.format(stream=s) for s in streams})
         return [f"ASAPO {p.endpoint} {p.beamtime}/{p.data_source}: {', '.join(names)}"]
+
+    def check_rerun(self, run: RunInfo) -> None:
+        reducers = run.config.get("reducers", {})
+        if self.params.carry == "reduced" and self.params.reducer not in reducers:
+            raise ValueError(
+                f"sinks: asapo reducer = {self.params.reducer!r} names no [reducers.*] table "
+                f"(reducers: {', '.join(reducers) or 'none'})"
+            )
 
     def open(self, run: RunInfo) -> None:
         import asapo_producer
