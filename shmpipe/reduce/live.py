@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import numpy as np
 
@@ -48,7 +49,11 @@ class LiveReduced:
     """The latest results of a run's reducers (``refresh`` reads the checkpoint again when
     the publisher wrote a new one)."""
 
-    def __init__(self, config: PipelineConfig, outputs: list[ArraySpec]) -> None:
+    def __init__(
+        self, config: PipelineConfig, outputs: list[ArraySpec], min_interval_s: float = 0.1
+    ) -> None:
+        self.min_interval_s = min_interval_s
+        self._checked = -min_interval_s
         self.reducers = {r.name: r for r in build_reducers(config, outputs)}
         self.path = state_path(config)
         self.specs = {s.name: s for r in self.reducers.values() for s in shown_specs(r)}
@@ -57,7 +62,12 @@ class LiveReduced:
         self._cp: checkpoint.Checkpoint | None = None
 
     def refresh(self) -> bool:
-        """Read the checkpoint if it changed; whether it did."""
+        """Read the checkpoint if it changed (looking at most every ``min_interval_s``: a
+        large state, a sum of images, is not read again at every commit); whether it did."""
+        now = time.monotonic()
+        if now - self._checked < self.min_interval_s:
+            return False
+        self._checked = now
         seen = []
         for p in checkpoint.files(self.path):
             try:
