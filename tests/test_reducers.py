@@ -237,3 +237,30 @@ def test_reducer_names_and_asapo_outputs_of_reducers_are_checked_before_start():
     r = run_cli("run", "--frames", "2", *asapo, "--set", "sinks.0.reducer=avg")
     assert r.returncode == 2, r.stderr
     assert "asapo reducer = 'avg' names no [reducers.*] table (reducers: none)" in r.stderr
+
+
+@pytest.mark.parametrize("mode", ["resume", "overwrite"])
+def test_an_earlier_runs_checkpoint_is_continued_or_replaced_as_the_sinks_mode_says(tmp_path, mode):
+    path = tmp_path / "state.ckpt"
+    raw = {
+        "run": {"reducer_state": str(path)},
+        "kernels": {"integrate": {"kind": "null"}},
+        "reducers": {"avg": {"kind": "mean", "input": "integrate.intensity"}},
+        "sinks": [{"kind": "hdf5", "output": str(tmp_path / "o.h5"), "mode": mode}],
+    }
+    frames = _frames(6, seed=4)
+    first = _stage(raw, path, Collect(), "run-1")
+    for i in range(3):
+        first.add(_record(i + 1, frames[i]))
+    first.commit()
+    sink = Collect()
+    second = _stage(raw, path, sink, "run-2")  # another run of the same name
+    for i in range(3, 6):  # a resumed source goes on where the first run stopped
+        second.add(_record(i + 1, frames[i]))
+    second.stream_finished("s")
+    done = sink.results[("s", "avg", 0)]
+    included = frames if mode == "resume" else frames[3:]
+    assert done.frames == len(included)
+    np.testing.assert_allclose(
+        done.arrays["avg.mean"], np.nanmean(included.astype(np.float64), 0), rtol=1e-12
+    )
