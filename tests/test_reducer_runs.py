@@ -55,6 +55,7 @@ def assert_means_of_rows(path: Path, stream: str, frames: int) -> None:
     np.testing.assert_allclose(whole["mean"][0], rows.mean(0), rtol=1e-12)
     sem = rows.std(0, ddof=1) / np.sqrt(frames)
     np.testing.assert_allclose(whole["sem"][0], sem, rtol=1e-9)
+    np.testing.assert_array_equal(whole["mean_errors"], whole["sem"])  # NeXus's errors link
     np.testing.assert_array_equal(whole["axis"], d["integrate.radial"])
     assert tens["window"].tolist() == list(range(frames // 10))
     assert tens["frames"].tolist() == [10] * (frames // 10)

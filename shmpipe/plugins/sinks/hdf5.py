@@ -376,7 +376,7 @@ class HDF5Sink(Sink):
             self._outside_swmr(fs)
             e = fs.entries[result.stream]
             g = e.e.get(f"reducers/{info.name}") or hdf5_reduced.create(e.e, info)
-            hdf5_reduced.make_datasets(g, result)
+            hdf5_reduced.make_datasets(g, info, result)
             fs.f.swmr_mode = True
         hdf5_reduced.write(g, info, result)
         e.dirty = True

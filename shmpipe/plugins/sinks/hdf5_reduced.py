@@ -99,8 +99,9 @@ def write(g: h5py.Group, info: ReducerInfo, result: ReducedRecord) -> None:
             g["axis"].attrs["long_name"] = info.input_axis
 
 
-def make_datasets(g: h5py.Group, result: ReducedRecord) -> None:
-    """Create the datasets ``new_arrays`` names (outside SWMR mode), row 0 empty."""
+def make_datasets(g: h5py.Group, info: ReducerInfo, result: ReducedRecord) -> None:
+    """Create the datasets ``new_arrays`` names (outside SWMR mode), row 0 empty, and
+    NeXus's ``<output>_errors`` links to the outputs' declared errors (``mean_errors``)."""
     for name in new_arrays(g, result):
         if name == "axis":
             value = result.axis
@@ -109,6 +110,10 @@ def make_datasets(g: h5py.Group, result: ReducedRecord) -> None:
         else:
             value = next(v for q, v in result.arrays.items() if q.rpartition(".")[2] == name)
         _put(g, name, 0, np.zeros_like(np.asarray(value)))
+    for s in info.outputs:
+        short, errors = s.name.rpartition(".")[2], (s.errors or "").rpartition(".")[2]
+        if errors and short in g and errors in g and f"{short}_errors" not in g:
+            g[f"{short}_errors"] = h5py.SoftLink(g[errors].name)
 
 
 def read(g: h5py.Group) -> dict[str, Any]:
