@@ -102,7 +102,7 @@ def test_whole_group_sigkilled_and_resumed_each_frame_counted_once(tmp_path):
             "--sink", "hdf5", "--output", str(tmp_path / "out_{stream}.h5"),
             "--set", 'sinks.0.mode="resume"', "--set", f"run.reducer_state={str(state)!r}",
             "--set", "run.commit_every=4", "--set", "run.commit_interval_s=0.02"]  # fmt: skip
-    for key, value in {**SMALL_SIM, "frames": frames, "rate": 200.0}.items():
+    for key, value in {**SMALL_SIM, "frames": frames, "rate": 100.0}.items():
         args += ["--set", f"source.{key}={value!r}".replace("'", '"')]
     for name, table in chain(tmp_path).items():
         for key, value in table.items():
