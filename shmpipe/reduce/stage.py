@@ -77,21 +77,18 @@ class ReduceStage:
     # -- the publisher's hooks -------------------------------------------------------------
     def add(self, record: Record) -> None:
         stream, mid = record.stream, record.message_id
-        covered = self.cp.covered.setdefault(stream, IdSet())
-        if mid in covered:
+        for r in self.reducers:  # the input's axis, stored with the results (once)
+            if r.name not in self.axis and self._axis_of(r) in record.arrays:
+                self.axis[r.name] = np.array(record.arrays[self._axis_of(r)])
+        if not self._cover(stream, mid):
             return  # in the checkpointed state already: a redelivered frame
-        covered.add(mid)
-        self.dirty = True
         self.cp.last_stream = stream
         for r in self.reducers:
-            every = r.params.every
-            k = window_of(mid, every)
+            k = window_of(mid, r.params.every)
             sw = self._windows(r, stream)
-            if k in sw.written:
-                continue  # cannot happen for a new id, unless windows changed: never twice
-            w = sw.open.get(k)
+            w = self._open(r, sw, k)
             if w is None:
-                w = sw.open[k] = Window(r.new_state())
+                continue
             try:
                 grown = r.add(w.state, record.arrays[r.params.input], record)
             except (ValueError, KeyError, TypeError) as exc:
@@ -101,26 +98,18 @@ class ReduceStage:
                 if grown is not None:
                     w.state = grown
                 w.add(mid)
-            if r.name not in self.axis and self._axis_of(r) in record.arrays:
-                self.axis[r.name] = np.array(record.arrays[self._axis_of(r)])
             self._close_if_complete(r, stream, k, sw)
 
     def skip(self, stream: str, mid: int) -> None:
-        covered = self.cp.covered.setdefault(stream, IdSet())
-        if mid in covered:
+        if not self._cover(stream, mid):
             return
-        covered.add(mid)
-        self.dirty = True
         for r in self.reducers:
             k = window_of(mid, r.params.every)
             sw = self._windows(r, stream)
-            if k in sw.written:
-                continue
-            w = sw.open.get(k)
-            if w is None:
-                w = sw.open[k] = Window(r.new_state())
-            w.skipped += 1
-            self._close_if_complete(r, stream, k, sw)
+            w = self._open(r, sw, k)
+            if w is not None:
+                w.skipped += 1
+                self._close_if_complete(r, stream, k, sw)
 
     def stream_finished(self, stream: str) -> None:
         for r in self.reducers:
@@ -138,6 +127,26 @@ class ReduceStage:
             self.dirty = False
 
     # -- windows ---------------------------------------------------------------------------
+    def _cover(self, stream: str, mid: int) -> bool:
+        """Note ``mid`` as accounted for; False if it already was (in the checkpoint)."""
+        covered = self.cp.covered.setdefault(stream, IdSet())
+        if mid in covered:
+            return False
+        covered.add(mid)
+        self.dirty = True
+        return True
+
+    @staticmethod
+    def _open(r: Reducer, sw: StreamWindows, k: int) -> Window | None:
+        """Window ``k``, opened if new; None if it was written (a new id cannot be in a
+        written window, so this is a guard, never a second count)."""
+        if k in sw.written:
+            return None
+        w = sw.open.get(k)
+        if w is None:
+            w = sw.open[k] = Window(r.new_state())
+        return w
+
     def _windows(self, r: Reducer, stream: str) -> StreamWindows:
         key = (r.name, stream)
         sw = self.cp.windows.get(key)
