@@ -61,9 +61,42 @@ def test_the_view_shows_the_map_filling_in_and_the_mean_with_error_bars(tmp_path
         assert headers["X-Shape"] == f"{NY},{NX}"
         if os.path.exists(CHROMIUM):
             _screenshot(rv, tmp_path)
+        _attached_view_shows_the_reducers(rv.name)
     finally:
         stderr = rv.stop()
     assert rv.proc.returncode == rv.clean_exit, stderr
+
+
+def _attached_view_shows_the_reducers(name: str) -> None:
+    """``shmpipe view RUN`` attached to the running pipeline lists and serves them too."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.view_helpers import free_port
+
+    port = free_port()
+    view = subprocess.Popen([sys.executable, "-m", "shmpipe", "view", name, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+
+        def get(path: str):
+            if view.poll() is not None:
+                raise AssertionError(view.communicate()[1])
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+                    return json.loads(r.read())
+            except OSError:
+                return None
+
+        outs = wait_for(lambda: get("/api/outputs"), timeout=60, what="the attached view")
+        assert outs["outputs"]["scan.map"]["kind"] == "image"
+        p = wait_for(lambda: get("/api/profile/avg.mean"), timeout=60, what="the mean profile")
+        assert len(p["y"]) == 40 and p["sigma"] is not None
+    finally:
+        view.terminate()
+        view.communicate(timeout=30)
 
 
 def _screenshot(rv: RunningView, tmp_path) -> None:

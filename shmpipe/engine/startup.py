@@ -23,7 +23,7 @@ from shmpipe.api.source import SourceConfigError, SourceLayout
 from shmpipe.config import ConfigError, PipelineConfig, to_toml
 from shmpipe.engine.chain import ChainLayout, KernelChain, KernelSetupError
 from shmpipe.engine.plumbing import Plumbing
-from shmpipe.reduce.setup import check_reducers, reducer_infos
+from shmpipe.reduce.setup import check_reducers, reducer_identity, reducer_infos
 from shmpipe.shm.channel import RecordPipe
 from shmpipe.shm.layout import PROC_FIRST_WORKER
 from shmpipe.shm.params import LiveParams
@@ -233,6 +233,8 @@ def _preview_tap(cfg: PipelineConfig, layout, src_layout, run_info: RunInfo, rin
         "config_hash": run_info.config_hash,
         "geometry": raw_geometry(cfg),
     }
+    if cfg.reducers:  # for a view attached later (shmpipe view RUN): shmpipe.reduce.live
+        identity["reducers"] = reducer_identity(cfg)
     try:
         return PreviewTap.create(
             layout.specs(), src_layout.parts, identity, cfg.view.max_hz, cfg.view.history

@@ -74,6 +74,29 @@ def warm(reducer: Reducer) -> None:
         ) from None
 
 
+def reducer_identity(config: PipelineConfig) -> dict:
+    """What a process attaching to the run later needs to read its reducers' results: the
+    kernel and reducer tables and the checkpoint's path (``config_of_identity``)."""
+    doc = config.effective()
+    return {
+        "kernels": doc["kernels"],
+        "reducers": doc["reducers"],
+        "reducer_state": state_path(config),
+    }
+
+
+def config_of_identity(identity: dict) -> PipelineConfig:
+    """The configuration ``reducer_identity`` describes (enough for ``LiveReduced``)."""
+    from shmpipe.config import load_config
+
+    raw = {
+        "kernels": identity["kernels"],
+        "reducers": identity["reducers"],
+        "run": {"reducer_state": identity["reducer_state"]},
+    }
+    return load_config(raw=raw)
+
+
 def reducer_infos(config: PipelineConfig, outputs: list[ArraySpec]) -> list[ReducerInfo]:
     """What the sinks learn of the reducers (``RunInfo.reducers``)."""
     available = {s.name: s for s in outputs}
