@@ -303,6 +303,12 @@ class AzimuthalIntegrate(Kernel):
     @dataclass
     class Params:
         ALIASES: ClassVar[dict[str, str]] = {"bins": "npt"}  # a command-line value wins
+        # A geometry source given on the command line replaces the file's geometry keys.
+        REPLACES: ClassVar[dict[str, tuple[str, ...]]] = {
+            "poni": ("master", "dist", "poni1", "poni2", "rot1", "rot2", "rot3", "wavelength"),
+            "master": ("poni", "dist", "poni1", "poni2", "rot1", "rot2", "rot3", "wavelength"),
+            "dist": ("poni", "master"),
+        }
 
         input: str = "stitch.image"
         """The image, or "parts" / "decompress.modules" to integrate straight from the
@@ -595,12 +601,15 @@ class FrameStats(Kernel):
         if "rois" not in params:
             return {}
         room = outputs.get(f"{self.name}.roi_sums")
-        image = outputs.get(self.params.input)
-        # ROIs are in image coordinates: the image's, or (module input) the layout's
-        shape = image.shape if image is not None and len(image.shape) == 2 else None
-        shape = shape or getattr(self, "_shape", None)
-        if room is None or shape is None:
+        if room is None:
             raise ValueError("no room for live ROIs: set max_rois in the configuration")
+        # ROIs are in image coordinates: the image's, or (module input) the layout's, which
+        # only setup knows (the device sets this kernel up as the workers do)
+        image = outputs.get(self.params.input)
+        shape = image.shape if image is not None and len(image.shape) == 2 else None
+        shape = getattr(self, "_shape", None) or shape
+        if shape is None:
+            raise ValueError(f"the image shape behind {self.params.input!r} is not known yet")
         rois = _parse_rois(params["rois"])
         if len(rois) > room.shape[0]:
             raise ValueError(f"{len(rois)} ROIs, but max_rois = {room.shape[0]}")

@@ -63,7 +63,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     if args.frames is not None:
         given(f"source.frames={args.frames}", f"--frames {args.frames}")
     if args.sink is not None:
-        raw["sinks"] = [{"kind": args.sink}]
+        raw["sinks"] = [{}]  # the kind, set below, is the command line's (named in errors)
+        given(f"sinks.0.kind={_quote(args.sink)}", f"--sink {args.sink}")
     if args.output is not None:
         if not raw.get("sinks"):
             raw["sinks"] = [{"kind": "hdf5"}]
@@ -98,6 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.progress:
         cfg.run.progress = args.progress
     configure_logging(cfg.run.log_format, cfg.run.log_level)
+    for note in cfg.notes:
+        log.info("%s", note)
     warn_about_resources(cfg.run.workers)
     # Until the supervisor takes signals over, SIGTERM stops the start-up like Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, _terminated)
@@ -141,6 +144,8 @@ def _terminated(signum, frame) -> None:  # noqa: ARG001
 
 def cmd_config_show(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    for note in cfg.notes:
+        print(f"shmpipe: {note}", file=sys.stderr)
     sys.stdout.write(to_toml(cfg.effective()))
     return 0
 
@@ -186,6 +191,10 @@ def cmd_results(args: argparse.Namespace) -> int:
     elif args.paths:
         docs = []
         for path in args.paths:
+            problem = _unreadable_results_file(path)
+            if problem:
+                print(f"shmpipe results: {path}: {problem}", file=sys.stderr)
+                return 1
             try:
                 docs.append(describe_file(path))
             except (OSError, KeyError) as exc:
@@ -195,8 +204,25 @@ def cmd_results(args: argparse.Namespace) -> int:
         print("shmpipe results: give a results file or --asapo ENDPOINT", file=sys.stderr)
         return 2
     for doc in docs:
-        print(format_description(doc, show_config=args.config))
+        print(format_description(doc, show_config=args.config, show_all=args.all))
     return 0
+
+
+def _unreadable_results_file(path: str) -> str:
+    """Why ``path`` cannot be a results file, in words (h5py's own are errno dumps), or ""."""
+    import os
+
+    import h5py
+
+    if not os.path.lexists(path):
+        return "no such file"
+    if os.path.isdir(path):
+        return "is a directory, not a results file"
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied)"
+    if not h5py.is_hdf5(path):
+        return "not an HDF5 file (shmpipe results reads the files of the hdf5 sink)"
+    return ""
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -232,6 +258,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_text() -> str:
+    """``shmpipe 0.1.0 (commit abc123, Python 3.11.4)``: what a bug report should quote."""
+    import platform
+
+    from shmpipe.api import provenance
+
+    commit = provenance.git_commit()
+    where = (
+        f"commit {commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}, " if commit else ""
+    )
+    return f"shmpipe {provenance.version()} ({where}Python {platform.python_version()})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, looked up only when asked for (the commit costs a few git calls)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ARG002
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shmpipe",
@@ -240,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the results and only then acknowledges the input.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action=_VersionAction, nargs=0, help="print the version and exit"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -295,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--data-source", help="with --asapo: the output data source")
     results.add_argument("--token", default="", help="with --asapo: the access token")
     results.add_argument("--config", action="store_true", help="print each run's configuration")
+    results.add_argument(
+        "--all",
+        action="store_true",
+        help="list every result-shaping key (default: those that differ from the defaults)",
+    )
     results.set_defaults(func=cmd_results)
 
     from shmpipe.view.command import add_parser as add_view_parser
@@ -343,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
         return exit_codes.EXIT_CONFIG_ERROR
     except KeyboardInterrupt:
         return exit_codes.EXIT_SIGINT
+    except BrokenPipeError:
+        # The reader went away (``shmpipe results FILE | head``): no traceback about it.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -141,6 +141,25 @@ def run_guarded(pipeline: Pipeline, deadline_s: float) -> tuple[RunSummary, bool
     return summary, guard.fired
 
 
+def run_with_fault(
+    pipeline: Pipeline, fault: Callable[[ProcTable, threading.Event], object], deadline_s: float
+) -> tuple[RunSummary, bool]:
+    """The one fault-injection scaffold: run ``pipeline`` to its end under the hang guard
+    while ``fault(table, stop)`` works in a thread of its own, watching the run through
+    ``table``; ``stop`` is set when the run ends, and the fault must return soon after.
+    Returns the summary and whether the guard had to stop the run."""
+    stop = threading.Event()
+    table = ProcTable(pipeline)
+    t = threading.Thread(target=fault, args=(table, stop), daemon=True)
+    t.start()
+    try:
+        return run_guarded(pipeline, deadline_s)
+    finally:
+        stop.set()
+        t.join()
+        table.close()
+
+
 def count(ids: list[int], expected: set[int]) -> tuple[int, int]:
     """Frames lost (expected, never seen) and duplicates (seen more than once)."""
     c = Counter(ids)
@@ -242,12 +261,10 @@ def random_sigkill(
     cfg = load_config(raw=raw)
     pipeline = Pipeline(cfg)
     rng = random.Random(seed)
-    table = ProcTable(pipeline)
     kills: list[int] = []
     recoveries: list[float] = []
-    stop = threading.Event()
 
-    def killer() -> None:
+    def killer(table: ProcTable, stop: threading.Event) -> None:
         next_at = rng.randint(every // 2 + 1, every * 3 // 2 + 1)
         while not stop.is_set():
             if table.frames() < next_at:
@@ -273,14 +290,7 @@ def random_sigkill(
                     break
                 stop.wait(0.001)
 
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    try:
-        summary, hung = run_guarded(pipeline, deadline_s)
-    finally:
-        stop.set()
-        t.join()
-        table.close()
+    summary, hung = run_with_fault(pipeline, killer, deadline_s)
     data = read_stream(str(tmp / "out_scan_0001.h5"), "scan_0001")
     lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
     return Figures(
@@ -367,25 +377,6 @@ def crash_kernel(
 
 
 # -- dispatcher and publisher ---------------------------------------------------------------
-def kill_role(pipeline: Pipeline, role: str, after: int, stop: threading.Event) -> list[float]:
-    """SIGKILL the dispatcher or publisher once ``after`` frames are published."""
-    table = ProcTable(pipeline)
-    try:
-        while not stop.is_set():
-            proc = getattr(pipeline, role, None)
-            if proc is None or proc.pid is None or table.frames() < after:
-                stop.wait(0.005)
-                continue
-            try:
-                os.kill(proc.pid, signal.SIGKILL)
-                return [time.time()]
-            except ProcessLookupError:
-                return []
-        return []
-    finally:
-        table.close()
-
-
 def process_death(
     tmp: Path,
     role: str,
@@ -478,11 +469,8 @@ def long_run(
     raw["source"] = {"kind": "sim", "payload_bytes": 256, "frames": frames, "pool": 4}
     pipeline = Pipeline(load_config(raw=raw))
     samples: list[dict[str, tuple[int, int]]] = []
-    stop = threading.Event()
 
-    table = ProcTable(pipeline)
-
-    def sampler() -> None:
+    def sampler(table: ProcTable, stop: threading.Event) -> None:
         for fraction in (0.25, 0.95):
             while not stop.is_set():
                 if table.frames() >= fraction * frames:
@@ -490,14 +478,7 @@ def long_run(
                     break
                 stop.wait(0.005)
 
-    t = threading.Thread(target=sampler, daemon=True)
-    t.start()
-    try:
-        summary, hung = run_guarded(pipeline, deadline_s)
-    finally:
-        stop.set()
-        t.join()
-        table.close()
+    summary, hung = run_with_fault(pipeline, sampler, deadline_s)
     data = read_stream(str(tmp / "out_scan_0001.h5"), "scan_0001")
     seen = data["message_id"].tolist() + data["errors"]["message_id"].tolist()
     lost, dups = count(seen, set(range(1, frames + 1)))
@@ -587,108 +568,94 @@ def output_ids(endpoint: str, group: str) -> list[int]:
     return ids
 
 
-@reported
-def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> Figures:
-    """SIGSTOP the ASAPO service mid-run for ``stall_s`` (a stalled connection), then go on."""
-    group = "stall"
+def _asapo_outage(
+    service,
+    tmp: Path,
+    frames: int,
+    group: str,
+    title: str,
+    down: Callable[[threading.Event], object],
+    up: Callable[[], object],
+    cleanup: Callable[[], object] = lambda: None,
+) -> Figures:
+    """Take the ASAPO service away once a quarter of the frames are published (``down``),
+    bring it back (``up``) and time the recovery: from its return to the next message the
+    dispatcher pulls. ``cleanup`` runs after the run whatever happened. ``group`` names the
+    consumer group and the run."""
     producer = produce(service.server_name, frames, rate=40.0)
-    pipeline = Pipeline(load_config(raw=asapo_config(service.server_name, tmp, group, "stall")))
+    pipeline = Pipeline(load_config(raw=asapo_config(service.server_name, tmp, group, group)))
     marks: dict[str, float] = {}
-    stop = threading.Event()
-    table = ProcTable(pipeline)
 
-    def stall() -> None:
+    def outage(table: ProcTable, stop: threading.Event) -> None:
         while not stop.is_set() and table.frames() < frames // 4:
             stop.wait(0.01)
         if stop.is_set():
             return
-        pid = service.pid
-        os.kill(pid, signal.SIGSTOP)
-        marks["stopped"] = time.monotonic()
-        stop.wait(stall_s)
+        down(stop)
         before = table.frames(PROC_DISPATCHER)
-        os.kill(pid, signal.SIGCONT)
-        marks["resumed"] = time.monotonic()
-        # Recovery: from the service's return to the next message pulled from it.
+        up()
+        marks["back"] = time.monotonic()
         while not stop.is_set():
             if table.frames(PROC_DISPATCHER) > before:
                 marks["next"] = time.monotonic()
                 return
             stop.wait(0.005)
 
-    t = threading.Thread(target=stall, daemon=True)
-    t.start()
     try:
-        summary, hung = run_guarded(pipeline, 240)
+        summary, hung = run_with_fault(pipeline, outage, 240)
     finally:
-        stop.set()
-        t.join()
-        table.close()
-        if service.running:
-            os.kill(service.pid, signal.SIGCONT)
-    out, err = producer.communicate(timeout=120)
-    data = read_stream(str(tmp / "out_scan_0001_stall.h5"), "scan_0001")
+        cleanup()
+    _, err = producer.communicate(timeout=120)
+    data = read_stream(str(tmp / f"out_scan_0001_{group}.h5"), "scan_0001")
     lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
     out_lost, out_dups = count(output_ids(service.server_name, group), set(range(1, frames + 1)))
     return Figures(
-        f"ASAPO service stalled {stall_s:.0f} s (SIGSTOP) mid-run",
-        faults=int("stopped" in marks),
+        title,
+        faults=int("back" in marks),
         lost=max(lost, out_lost),
         duplicates=max(dups, out_dups),
         hangs=int(hung),
-        recovery_s=[marks["next"] - marks["resumed"]] if "next" in marks else [],
+        recovery_s=[marks["next"] - marks["back"]] if "next" in marks else [],
         exit_code=summary.exit_code,
         details={"summary": summary, "data": data, "producer": (producer.returncode, err)},
     )
 
 
 @reported
+def asapo_stall(service, tmp: Path, frames: int = 60, stall_s: float = 3.0) -> Figures:
+    """SIGSTOP the ASAPO service mid-run for ``stall_s`` (a stalled connection), then go on."""
+
+    def down(stop: threading.Event) -> None:
+        os.kill(service.pid, signal.SIGSTOP)
+        stop.wait(stall_s)
+
+    def cleanup() -> None:
+        if service.running:
+            os.kill(service.pid, signal.SIGCONT)
+
+    return _asapo_outage(
+        service,
+        tmp,
+        frames,
+        "stall",
+        f"ASAPO service stalled {stall_s:.0f} s (SIGSTOP) mid-run",
+        down,
+        lambda: os.kill(service.pid, signal.SIGCONT),
+        cleanup,
+    )
+
+
+@reported
 def asapo_restart(service, tmp: Path, frames: int = 60) -> Figures:
     """Restart the ASAPO service mid-run (stop, start on the same port and data)."""
-    group = "restart"
-    producer = produce(service.server_name, frames, rate=40.0)
-    pipeline = Pipeline(load_config(raw=asapo_config(service.server_name, tmp, group, "restart")))
-    marks: dict[str, float] = {}
-    stop = threading.Event()
-    table = ProcTable(pipeline)
-
-    def restart() -> None:
-        while not stop.is_set() and table.frames() < frames // 4:
-            stop.wait(0.01)
-        if stop.is_set():
-            return
-        service.stop()
-        before = table.frames(PROC_DISPATCHER)
-        service.start()
-        marks["fault"] = time.monotonic()
-        # Recovery: from the service's return to the next message pulled from it.
-        while not stop.is_set():
-            if table.frames(PROC_DISPATCHER) > before:
-                marks["next"] = time.monotonic()
-                return
-            stop.wait(0.005)
-
-    t = threading.Thread(target=restart, daemon=True)
-    t.start()
-    try:
-        summary, hung = run_guarded(pipeline, 240)
-    finally:
-        stop.set()
-        t.join()
-        table.close()
-    producer.communicate(timeout=120)
-    data = read_stream(str(tmp / "out_scan_0001_restart.h5"), "scan_0001")
-    lost, dups = count(data["message_id"].tolist(), set(range(1, frames + 1)))
-    out_lost, out_dups = count(output_ids(service.server_name, group), set(range(1, frames + 1)))
-    return Figures(
+    return _asapo_outage(
+        service,
+        tmp,
+        frames,
+        "restart",
         "ASAPO service restarted mid-run",
-        faults=int("fault" in marks),
-        lost=max(lost, out_lost),
-        duplicates=max(dups, out_dups),
-        hangs=int(hung),
-        recovery_s=[marks["next"] - marks["fault"]] if "next" in marks else [],
-        exit_code=summary.exit_code,
-        details={"summary": summary, "data": data},
+        lambda stop: service.stop(),
+        service.start,
     )
 
 
@@ -835,10 +802,8 @@ def stopped_worker(
     pipeline = Pipeline(load_config(raw=raw))
     recoveries: list[float] = []
     stopped: list[int] = []
-    stop = threading.Event()
-    table = ProcTable(pipeline)
 
-    def freezer() -> None:
+    def freezer(table: ProcTable, stop: threading.Event) -> None:
         while not stop.is_set():
             pid, ready = table.worker_pid(0)
             if table.frames() < 5 or not ready or not is_child(pipeline, pid):
@@ -855,14 +820,9 @@ def stopped_worker(
                 stop.wait(0.005)
             return
 
-    t = threading.Thread(target=freezer, daemon=True)
-    t.start()
     try:
-        summary, hung = run_guarded(pipeline, deadline_s)
+        summary, hung = run_with_fault(pipeline, freezer, deadline_s)
     finally:
-        stop.set()
-        t.join()
-        table.close()
         for pid in stopped:
             try:
                 os.kill(pid, signal.SIGCONT)  # if the run did not kill it, let it be reaped
@@ -886,42 +846,43 @@ def stopped_worker(
 
 # -- dispatcher and publisher replaced ------------------------------------------------------
 def kill_role_repeatedly(
-    pipeline: Pipeline, role: str, kills: int, every: int, stop: threading.Event
+    pipeline: Pipeline,
+    role: str,
+    kills: int,
+    every: int,
+    table: ProcTable,
+    stop: threading.Event,
 ) -> list[float]:
     """SIGKILL the dispatcher or publisher ``kills`` times, each after ``every`` more frames
     were published and once the replacement of the one before is ready; return the seconds
     from each kill until its replacement was ready."""
-    table = ProcTable(pipeline)
     times: list[float] = []
     last_pid, next_at = 0, every
-    try:
-        while not stop.is_set() and len(times) < kills:
-            proc = getattr(pipeline, role, None)
-            if (
-                proc is None
-                or proc.pid in (None, last_pid)
-                or proc.exitcode is not None
-                or table.frames() < next_at
-            ):
-                stop.wait(0.002)
-                continue
-            try:
-                os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-            last_pid, t0 = proc.pid, time.monotonic()
-            row = PROC_DISPATCHER if role == "dispatcher" else PROC_PUBLISHER
-            while not stop.is_set():  # until the replacement is ready for messages
-                new = getattr(pipeline, role)
-                procs = table.get()
-                if new.pid != last_pid and procs[row, P_PID] == new.pid and procs[row, P_READY_NS]:
-                    times.append(time.monotonic() - t0)
-                    break
-                stop.wait(0.002)
-            next_at = table.frames() + every
-        return times
-    finally:
-        table.close()
+    while not stop.is_set() and len(times) < kills:
+        proc = getattr(pipeline, role, None)
+        if (
+            proc is None
+            or proc.pid in (None, last_pid)
+            or proc.exitcode is not None
+            or table.frames() < next_at
+        ):
+            stop.wait(0.002)
+            continue
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        last_pid, t0 = proc.pid, time.monotonic()
+        row = PROC_DISPATCHER if role == "dispatcher" else PROC_PUBLISHER
+        while not stop.is_set():  # until the replacement is ready for messages
+            new = getattr(pipeline, role)
+            procs = table.get()
+            if new.pid != last_pid and procs[row, P_PID] == new.pid and procs[row, P_READY_NS]:
+                times.append(time.monotonic() - t0)
+                break
+            stop.wait(0.002)
+        next_at = table.frames() + every
+    return times
 
 
 @reported
@@ -939,18 +900,12 @@ def role_replaced(
     must complete (exit 0) with every message of each stream once in the HDF5 sink.
     ``expected``: stream name -> messages in it (ids 1..n)."""
     pipeline = Pipeline(load_config(raw=raw))
-    stop = threading.Event()
     killed: list[float] = []
-    t = threading.Thread(
-        target=lambda: killed.extend(kill_role_repeatedly(pipeline, role, kills, every, stop)),
-        daemon=True,
-    )
-    t.start()
-    try:
-        summary, hung = run_guarded(pipeline, deadline_s)
-    finally:
-        stop.set()
-        t.join()
+
+    def killer(table: ProcTable, stop: threading.Event) -> None:
+        killed.extend(kill_role_repeatedly(pipeline, role, kills, every, table, stop))
+
+    summary, hung = run_with_fault(pipeline, killer, deadline_s)
     lost = dups = 0
     data = {}
     for stream, n in expected.items():

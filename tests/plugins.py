@@ -112,6 +112,19 @@ class Sleepy(Kernel):
         time.sleep(self.params.ms / 1000)
 
 
+class Spin(Kernel):
+    """Keeps its core busy for a fixed time per frame: a compute-bound kernel."""
+
+    @dataclass
+    class Params:
+        ms: float = 20.0
+
+    def process(self, frame, out):
+        end = time.perf_counter() + self.params.ms / 1000
+        while time.perf_counter() < end:
+            pass  # busy on purpose: the core is the kernel's, as a real one's would be
+
+
 @dataclass
 class BadInputParams:
     cases: list[str] = field(default_factory=list)

@@ -197,8 +197,11 @@ def test_summary_gives_the_steady_rate_and_names_the_files(tmp_path):
     steady = float(re.search(r"([\d.]+) frames/s steady", r.stderr).group(1))
     whole = float(re.search(r"([\d.]+) frames/s over the whole run", r.stderr).group(1))
     assert steady > whole  # start-up is left out of the steady rate
-    written = r.stderr.split("written: ", 1)[1].split()
-    assert written == [str(tmp_path / "o_scan_0001.h5"), str(tmp_path / "o_scan_0002.h5")]
+    written = r.stderr.split("written: ", 1)[1].split("\n")
+    assert [w.strip() for w in written if w.strip()] == [
+        f"{tmp_path / 'o_scan_0001.h5'}: 30 rows stored",
+        f"{tmp_path / 'o_scan_0002.h5'}: 30 rows stored",
+    ]
 
 
 def test_steady_rate_spans_first_to_last_frame_published():

@@ -7,7 +7,7 @@ import tomllib
 import pytest
 
 from shmpipe.config import ConfigError, load_config, to_toml
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 
 def write(tmp_path, text: str):
@@ -113,3 +113,17 @@ def test_set_parses_toml_values_and_list_items():
     assert cfg.run.ordered is False and cfg.run.watchdog_s == 2.0
     assert cfg.sinks[1].params.output == "a.h5"
     assert cfg.source.params.module_shape == [10, 20]
+
+
+def test_what_the_sinks_record_of_the_configuration_holds_no_token():
+    from shmpipe.engine.startup import run_info_for
+
+    cfg = load_config(
+        REPO / "examples" / "asapo_lambda.toml",
+        overrides=["source.token=s3cret-beamtime-token"],
+    )
+    assert cfg.source.params.token == "s3cret-beamtime-token"  # the run itself keeps it
+    info = run_info_for(cfg)
+    assert "s3cret" not in info.config_toml
+    assert "s3cret" not in repr(info.config)
+    assert info.config["source"]["token"] == "<redacted>"

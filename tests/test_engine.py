@@ -187,13 +187,15 @@ def test_worker_killed_while_waiting_repeatedly(tmp_path):
             if out >= next_at:
                 seat = len(kills) % cfg.run.workers
                 pid = int(p.ring.procs[PROC_FIRST_WORKER + seat, P_PID])
-                if pid > 0:
+                # The row names a killed worker until its replacement has started (a kill of
+                # that dying process would "succeed" again): wait for the replacement.
+                if pid > 0 and pid not in kills and pipeline.workers[seat].pid == pid:
                     try:
                         os.kill(pid, signal.SIGKILL)
                         kills.append(pid)
+                        next_at += 8
                     except ProcessLookupError:
                         pass
-                next_at += 8
             stop.wait(0.005)
 
     t = threading.Thread(target=killer, daemon=True)

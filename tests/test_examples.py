@@ -46,6 +46,7 @@ def test_there_are_examples_of_each_kind():
         "sim_to_hdf5.toml",
         "files_to_hdf5.toml",
         "asapo_lambda.toml",
+        "beamline.toml",
         "compare/integrate_coarse.toml",
         "compare/integrate_fine.toml",
         "custom_kernel/hot_pixels.toml",

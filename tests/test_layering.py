@@ -1,15 +1,16 @@
 """The layers of the package, checked on the import statements of every module.
 
+Every package stands on a floor (``FLOORS``, lowest first) and imports only its own floor
+and those below it: no arrow runs back up. On top of that, some packages are held tighter:
+
 shmpipe.api        the plug-in contract: imports nothing of shmpipe but itself
 shmpipe.plugins    built-in sources, sinks, kernels: only shmpipe.api (and themselves)
 native_kernels     nothing of shmpipe, except its adapter module shmpipe_kernels.py,
                    which imports only shmpipe.api
-shmpipe.shm        memory layout and pipes: nothing above it (engine, observe, ...)
-shmpipe.observe    readers of the shared tables: never the engine's internals; a side
-                   process may use the child-process contract (plumbing, roles)
-shmpipe.view,      side processes (live view, Tango device): api, config, shm, reduce (the
-shmpipe.tango      reducers' live results), the child-process contract (plumbing, roles),
-                   themselves; the view also observe
+shmpipe.child      the contract of a forked process (plumbing, roles, exit codes): below
+                   observe, the side processes and the engine, which all use it
+shmpipe.view,      side processes (live view, Tango device): api, config, shm, child,
+shmpipe.tango      reduce (the reducers' live results), themselves; the view also observe
 and no import circle anywhere in shmpipe.
 """
 
@@ -21,19 +22,40 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-OBSERVE_MAY_USE = {"shmpipe.engine.plumbing", "shmpipe.engine.roles"}
-# Feature packages running as side processes, and the packages each may import besides the
-# child-process contract (OBSERVE_MAY_USE) and itself.
+# Lowest first. A module imports only packages on its own floor or below; a package on no
+# floor fails the test until it is given one.
+FLOORS = (
+    ("shmpipe", "shmpipe.api", "shmpipe.netserver", "native_kernels"),
+    ("shmpipe.shm", "shmpipe.plugins", "shmpipe.asapo"),
+    ("shmpipe.config", "shmpipe.results", "shmpipe.reduce"),
+    ("shmpipe.child",),
+    ("shmpipe.observe",),
+    ("shmpipe.view", "shmpipe.tango"),
+    ("shmpipe.engine",),
+    ("shmpipe.benchmark",),
+    ("shmpipe.cli", "shmpipe.__main__"),
+)
+# Feature packages running as side processes, and the packages each may import besides itself.
 SIDE_PACKAGES = {
     "shmpipe.view": (
-        "shmpipe.api",
-        "shmpipe.config",
-        "shmpipe.shm",
-        "shmpipe.observe",
+        "shmpipe.api", "shmpipe.config", "shmpipe.shm", "shmpipe.child", "shmpipe.observe",
         "shmpipe.reduce",
     ),
-    "shmpipe.tango": ("shmpipe.api", "shmpipe.config", "shmpipe.shm", "shmpipe.reduce"),
-}
+    "shmpipe.tango": (
+        "shmpipe.api", "shmpipe.config", "shmpipe.shm", "shmpipe.child", "shmpipe.reduce"
+    ),
+}  # fmt: skip
+
+
+def floor(name: str) -> tuple[int, str] | None:
+    """The floor of module ``name`` and the package that places it there (the longest)."""
+    placed = [
+        (len(pkg), level, pkg)
+        for level, pkgs in enumerate(FLOORS)
+        for pkg in pkgs
+        if _within(name, pkg) and pkg != "shmpipe" or name == pkg
+    ]
+    return max(placed)[1:] if placed else None
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -97,31 +119,31 @@ def violations(root: Path) -> list[str]:
                 and _within(target, "shmpipe")
             ):
                 rule = "native_kernels imports shmpipe only through shmpipe_kernels.py"
-            elif _within(mod, "shmpipe.shm") and any(
-                _within(target, f"shmpipe.{up}")
-                for up in ("engine", "observe", "plugins", "config", "benchmark", "cli")
-            ):
-                rule = "shmpipe.shm imports nothing above it"
-            elif (
-                _within(mod, "shmpipe.observe")
-                and _within(target, "shmpipe.engine")
-                and target not in OBSERVE_MAY_USE
-                and target != "shmpipe.engine"
-            ):
-                rule = "observe never imports engine internals"
             side = next((p for p in SIDE_PACKAGES if _within(mod, p)), None)
             if (
                 side is not None
                 and _within(target, "shmpipe")
                 and not _within(target, side)
-                and target not in OBSERVE_MAY_USE
                 and not any(_within(target, ok) for ok in SIDE_PACKAGES[side])
             ):
-                rule = f"{side} imports only {', '.join(SIDE_PACKAGES[side])}, plumbing and roles"
+                rule = f"{side} imports only {', '.join(SIDE_PACKAGES[side])}"
+            if rule is None:
+                rule = _floor_rule(mod, target)
             if rule:
                 bad.append(f"{mod} imports {target}: {rule}")
     bad += [f"import circle: {' -> '.join(c)}" for c in circles(graph, mods)]
     return bad
+
+
+def _floor_rule(mod: str, target: str) -> str | None:
+    here, there = floor(mod), floor(target)
+    if here is None:
+        return f"{mod} is on no floor: give its package one in FLOORS (tests/test_layering.py)"
+    if there is None:
+        return f"{target} is on no floor: give its package one in FLOORS (tests/test_layering.py)"
+    if there[0] > here[0]:
+        return f"{here[1]} (floor {here[0]}) imports from a higher floor ({there[1]}, {there[0]})"
+    return None
 
 
 def targets(names: set[str], mods: set[str]) -> set[str]:
@@ -164,18 +186,31 @@ def circles(graph: dict[str, set[str]], mods: set[str]) -> list[list[str]]:
     return found
 
 
+def _code_with(tmp_path: Path, added: dict[str, str]) -> Path:
+    """A copy of ``shmpipe`` and ``native_kernels`` under ``tmp_path`` with a line put at the
+    top of some files (``added``: path -> line; a missing file is made)."""
+    for top in ("shmpipe", "native_kernels"):
+        shutil.copytree(REPO / top, tmp_path / top, ignore=shutil.ignore_patterns("__pycache__"))
+    for name, line in added.items():
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(line + "\n" + (path.read_text() if path.exists() else ""))
+    return tmp_path
+
+
 def test_the_package_keeps_its_layers():
     assert violations(REPO) == []
 
 
 def test_a_plug_in_importing_an_engine_internal_is_caught(tmp_path):
-    for top in ("shmpipe", "native_kernels"):
-        shutil.copytree(REPO / top, tmp_path / top, ignore=shutil.ignore_patterns("__pycache__"))
-    sink = tmp_path / "shmpipe" / "plugins" / "sinks" / "null.py"
-    sink.write_text("from shmpipe.engine.protocol import release\n" + sink.read_text())
-    stitch = tmp_path / "native_kernels" / "stitch.py"
-    stitch.write_text("import shmpipe.shm.ring\n" + stitch.read_text())
-    assert set(violations(tmp_path)) == {
+    root = _code_with(
+        tmp_path,
+        {
+            "shmpipe/plugins/sinks/null.py": "from shmpipe.engine.protocol import release",
+            "native_kernels/stitch.py": "import shmpipe.shm.ring",
+        },
+    )
+    assert set(violations(root)) == {
         "shmpipe.plugins.sinks.null imports shmpipe.engine.protocol: "
         "plug-ins import only shmpipe.api",
         "native_kernels.stitch imports shmpipe.shm.ring: "
@@ -184,18 +219,38 @@ def test_a_plug_in_importing_an_engine_internal_is_caught(tmp_path):
 
 
 def test_a_side_process_importing_an_engine_internal_is_caught(tmp_path):
-    for top in ("shmpipe", "native_kernels"):
-        shutil.copytree(REPO / top, tmp_path / top, ignore=shutil.ignore_patterns("__pycache__"))
-    feed = tmp_path / "shmpipe" / "tango" / "feed.py"
-    feed.write_text("from shmpipe.engine.protocol import release\n" + feed.read_text())
-    catalog = tmp_path / "shmpipe" / "view" / "catalog.py"
-    catalog.write_text("import shmpipe.tango.names\n" + catalog.read_text())
-    assert set(violations(tmp_path)) == {
+    root = _code_with(
+        tmp_path,
+        {
+            "shmpipe/tango/feed.py": "from shmpipe.engine.protocol import release",
+            "shmpipe/view/catalog.py": "import shmpipe.tango.names",
+        },
+    )
+    assert set(violations(root)) == {
         "shmpipe.tango.feed imports shmpipe.engine.protocol: shmpipe.tango imports only "
-        "shmpipe.api, shmpipe.config, shmpipe.shm, shmpipe.reduce, plumbing and roles",
+        "shmpipe.api, shmpipe.config, shmpipe.shm, shmpipe.child, shmpipe.reduce",
         "shmpipe.view.catalog imports shmpipe.tango.names: shmpipe.view imports only "
-        "shmpipe.api, shmpipe.config, shmpipe.shm, shmpipe.observe, shmpipe.reduce, plumbing "
-        "and roles",
+        "shmpipe.api, shmpipe.config, shmpipe.shm, shmpipe.child, shmpipe.observe, "
+        "shmpipe.reduce",
+    }
+
+
+def test_an_import_from_a_higher_floor_is_caught(tmp_path):
+    root = _code_with(
+        tmp_path,
+        {
+            "shmpipe/observe/metrics.py": "from shmpipe.engine.recovery import Recovery",
+            "shmpipe/child/roles.py": "import shmpipe.observe.logs",
+            "shmpipe/newpkg/__init__.py": "import shmpipe.shm.layout",
+        },
+    )
+    assert set(violations(root)) == {
+        "shmpipe.observe.metrics imports shmpipe.engine.recovery: shmpipe.observe (floor 4) "
+        "imports from a higher floor (shmpipe.engine, 6)",
+        "shmpipe.child.roles imports shmpipe.observe.logs: shmpipe.child (floor 3) imports "
+        "from a higher floor (shmpipe.observe, 4)",
+        "shmpipe.newpkg imports shmpipe.shm.layout: shmpipe.newpkg is on no floor: give its "
+        "package one in FLOORS (tests/test_layering.py)",
     }
 
 

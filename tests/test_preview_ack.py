@@ -16,6 +16,7 @@ import pytest
 
 from shmpipe.api.kernel import ArraySpec
 from shmpipe.shm.preview import BIG_BYTES, PreviewTap
+from shmpipe.shm.tapwriter import TapWriter
 from tests.conftest import wait_for
 
 FALLBACK_S = 0.25
@@ -32,7 +33,7 @@ class Writer:
     """A tap and a publisher stand-in that commits one frame per ``publish``."""
 
     def __init__(self, max_hz: float = 1e6) -> None:
-        self.tap = PreviewTap.create(
+        self.tap = TapWriter.create(
             SPECS, PARTS, {"name": "ack-test"}, max_hz=max_hz, history=10, fallback_s=FALLBACK_S
         )
         self.results = {s.name: np.zeros((2, *s.shape), s.dtype) for s in SPECS}

@@ -14,6 +14,7 @@ from shmpipe.api.kernel import ArraySpec
 from shmpipe.observe.runs import live_runs
 from shmpipe.shm.history import is_small
 from shmpipe.shm.preview import PreviewTap
+from shmpipe.shm.tapwriter import TapWriter
 from tests.conftest import SMALL_SIM, wait_for
 
 SLOTS = 4
@@ -33,7 +34,7 @@ def _frame_value(mid: int) -> float:
 
 def _writer(conn, frames: int, history: int) -> None:
     """Publish ``frames`` fake frames through the tap, as the publisher does."""
-    tap = PreviewTap.create(SPECS, PARTS, {"name": "tap-test"}, max_hz=1e6, history=history)
+    tap = TapWriter.create(SPECS, PARTS, {"name": "tap-test"}, max_hz=1e6, history=history)
     results = {s.name: np.zeros((SLOTS, *s.shape), s.dtype) for s in SPECS}
     inputs = np.zeros((SLOTS, 2, 8, 8), "uint16")
     tap.bind_results(lambda off, dt, shape: results[off], {s.name: s.name for s in SPECS})
@@ -182,7 +183,7 @@ def test_a_running_pipeline_publishes_into_its_tap():
 
 
 def _unwatched_writer(conn) -> None:
-    tap = PreviewTap.create(SPECS, PARTS, {"name": "tap-test"}, max_hz=1e6, history=10)
+    tap = TapWriter.create(SPECS, PARTS, {"name": "tap-test"}, max_hz=1e6, history=10)
     results = {s.name: np.full((SLOTS, *s.shape), 7, s.dtype) for s in SPECS}
     tap.bind_results(lambda off, dt, shape: results[off], {s.name: s.name for s in SPECS})
     layout = ((0, "<u2", (8, 8)), (128, "<u2", (8, 8)))

@@ -12,15 +12,20 @@ from shmpipe.shm.layout import (
     ATTEMPT,
     ERROR_BYTES,
     FLAGS,
+    HELD_BY,
+    IN_FLIGHT,
+    NUMBERED,
     OWNER,
     OWNER_PID,
     PAYLOAD_LEN,
     PROC_FIRST_WORKER,
     SEQ,
+    SLOT_STATES,
     STATE,
     T_CLAIM,
     T_DONE,
     TICKET,
+    Holder,
     SlotFlag,
     SlotState,
 )
@@ -103,3 +108,27 @@ def test_only_the_protocol_module_writes_the_state_column():
                 if isinstance(t, ast.Subscript) and "STATE" in ast.unparse(t.slice).split(", "):
                     writers.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert writers == []
+
+
+def test_every_slot_state_has_a_declared_holder():
+    """``SLOT_STATES`` is the one declaration every slot-table scan derives from (recovery,
+    scheduler, watchdog, status): a state added to ``SlotState`` without its rule would be
+    invisible to the recovery of a dead process."""
+    missing = [s.name for s in SlotState if s not in SLOT_STATES]
+    assert missing == [], f"slot state(s) with no declared holder: {missing}"
+    held = sum(HELD_BY[h].astype(int) for h in Holder)
+    assert held.tolist() == [1] * len(SlotState)  # each state held by exactly one process
+    assert not (NUMBERED & ~IN_FLIGHT).any()  # a numbered row holds a message
+
+
+def test_scans_follow_the_declared_holders(ring):
+    """The scheduler counts the rows its declaration gives the worker seats, whatever the
+    state's number: the scans hold no list of states of their own."""
+    from shmpipe.engine.scheduler import Scheduler
+
+    states = [SlotState.FILLED, SlotState.ASSIGNED, SlotState.CLAIMED, SlotState.DONE]
+    for slot, state in enumerate(states):
+        ring.table[slot, STATE], ring.table[slot, OWNER] = state, 1
+    load, _ = Scheduler(ring).seat_loads(2)
+    by_rule = sum(SLOT_STATES[s].holder is Holder.WORKER for s in states)
+    assert load == [0, by_rule] == [0, 2]

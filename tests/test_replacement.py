@@ -14,8 +14,17 @@ import sys
 import numpy as np
 import pytest
 
-from shmpipe.engine.exit_codes import EXIT_SIGTERM
-from shmpipe.engine.supervisor import EXIT_OK
+from shmpipe.child.exits import (
+    CHILD_FAILED,
+    CHILD_FINISHED,
+    CHILD_RAISED,
+    CHILD_REFUSED,
+    ExitKind,
+    classify_exit,
+)
+from shmpipe.config import load_config
+from shmpipe.engine.exit_codes import EXIT_CONFIG_ERROR, EXIT_FAILED, EXIT_SIGTERM
+from shmpipe.engine.supervisor import EXIT_OK, Pipeline
 from shmpipe.observe.runs import live_runs
 from shmpipe.observe.status import attach_tables
 from shmpipe.plugins.kernels import frame_digest
@@ -138,6 +147,87 @@ def test_worker_stopped_for_good_with_the_default_configuration(tmp_path, caplog
     stall = re.search(r"stall: nothing published for \d+ s with frames in flight; (.*)", text)
     assert stall and f"worker 0 (pid {pid}): stream 'scan_0001' message" in stall.group(1)
     assert f"message {kill.group(1)}" in stall.group(1)
+
+
+# -- process death in one room ---------------------------------------------------------------
+def test_child_exit_statuses_are_classified_in_one_place():
+    """A child's exit status has one meaning for every role (``child/exits.py``), apart
+    from the run's own exit statuses (``engine/exit_codes.py``)."""
+    kinds = {
+        CHILD_FINISHED: ExitKind.FINISHED,
+        CHILD_RAISED: ExitKind.RAISED,
+        CHILD_FAILED: ExitKind.FAILED,
+        CHILD_REFUSED: ExitKind.REFUSED,
+        -signal.SIGKILL: ExitKind.DIED,
+        -signal.SIGSEGV: ExitKind.DIED,
+        7: ExitKind.DIED,
+    }
+    assert {code: classify_exit(code).kind for code in kinds} == kinds
+    assert classify_exit(-9).cause == "killed by signal 9 (SIGKILL)"
+    assert classify_exit(7).cause == "exit code 7"
+
+
+@pytest.fixture
+def recovery(tmp_path):
+    """The recovery of a prepared run (real tables and pipes, no process forked yet), with
+    ``run.max_restarts = 2``."""
+    import multiprocessing as mp
+
+    from shmpipe.engine.recovery import Recovery
+    from shmpipe.engine.scheduler import Scheduler
+    from shmpipe.engine.startup import prepare
+    from shmpipe.engine.summary import RunSummary
+
+    cfg = load_config(raw=faults.config(tmp_path, {"checksum": {}}, frames=4, max_restarts=2))
+    p = prepare(mp.get_context("fork"), cfg)
+    try:
+        yield Recovery(p, Scheduler(p.ring), cfg, RunSummary("unit"))
+    finally:
+        for pipe in [*p.seats, p.done, p.dispatcher_inbox]:
+            pipe.close()
+        p.ring.close()
+        p.live.close()
+
+
+def test_every_role_s_exit_has_one_policy_and_one_restart_budget(recovery):
+    """``Recovery.after_exit``: a finished dispatcher ends the input, a failed child fails the
+    run with its reason, a refused source is a configuration error, and a death of any role
+    is replaced until the deaths of all roles together pass ``run.max_restarts``."""
+    from shmpipe.engine.recovery import RunFailed, Verdict
+
+    ring = recovery.p.ring
+    worker = PROC_FIRST_WORKER
+    assert recovery.after_exit(PROC_DISPATCHER, 11, CHILD_FINISHED).verdict is Verdict.ENDED
+    ring.set_exit_reason(worker, "worker 0: kernels declared different outputs")
+    with pytest.raises(RunFailed, match="kernels declared different outputs") as failed:
+        recovery.after_exit(worker, 12, CHILD_FAILED)
+    assert failed.value.exit_code == EXIT_FAILED
+    with pytest.raises(RunFailed) as refused:
+        recovery.after_exit(PROC_DISPATCHER, 13, CHILD_REFUSED)
+    assert refused.value.exit_code == EXIT_CONFIG_ERROR
+    for proc in (PROC_DISPATCHER, PROC_PUBLISHER):
+        assert recovery.after_exit(proc, 14, -signal.SIGKILL).verdict is Verdict.REPLACE
+    with pytest.raises(RunFailed, match=r"processes died 3 times \(run.max_restarts = 2\); "
+                       r"last: worker 0 \(exit code 1\)"):  # fmt: skip
+        recovery.after_exit(worker, 15, CHILD_RAISED)  # a kernel that called exit(1)
+    s = recovery.summary
+    assert (s.dispatcher_restarts, s.publisher_restarts, s.worker_restarts) == (1, 1, 1)
+    assert ring.procs[[PROC_DISPATCHER, PROC_PUBLISHER, worker], P_RESTARTS].tolist() == [1] * 3
+
+
+def test_one_restart_budget_stops_a_run_whose_workers_keep_dying(tmp_path):
+    """A frame that kills every worker taking it (``run.max_attempts`` not reached) spends
+    ``run.max_restarts``, the one budget of every role: the run fails (exit 1) naming it."""
+    crash = {"kind": "tests.plugins:Crash", "ids": [3], "mode": "sigkill"}
+    raw = faults.config(
+        tmp_path, {"checksum": {}, "crash": crash}, frames=10, max_attempts=10, max_restarts=2
+    )
+    summary, hung = faults.run_guarded(Pipeline(load_config(raw=raw)), 120)
+    assert not hung
+    assert summary.exit_code == EXIT_FAILED
+    assert summary.worker_restarts == 3
+    assert summary.error.startswith("processes died 3 times (run.max_restarts = 2); last: worker ")
+    assert summary.error.endswith("(killed by signal 9 (SIGKILL))")
 
 
 # -- what an operator sees ------------------------------------------------------------------

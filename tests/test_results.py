@@ -70,7 +70,12 @@ def test_nexus_structure_signal_axes_units_default(made):
         assert nx.attrs["radial_indices"] == 1 and nx.attrs["message_id_indices"] == 0
         assert nx["intensity"].shape == (12, 8)
         assert nx["radial"].shape == (8,)  # the axis stored once, not per row
-        assert nx["radial"].attrs["units"] == "q_nm^-1"
+        # pyFAI's unit name is not a unit: the unit, and the name in long_name.
+        assert nx["radial"].attrs["units"] == "1/nm"
+        assert nx["radial"].attrs["long_name"] == "q (nm^-1)"
+        assert nx["radial"].attrs["pyfai_unit"] == "q_nm^-1"
+        for lineage in ("timestamp", "published"):
+            assert e[lineage].attrs["units"] == "s"
         np.testing.assert_allclose(nx["radial"][:], np.linspace(0.1, 1.0, 8))
         np.testing.assert_array_equal(nx["intensity_errors"][:], e["profile.sigma"][:])
         assert nx["message_id"][:].tolist() == list(range(1, 13))
@@ -112,6 +117,14 @@ def test_silx_opens_the_default_plot(made):
         assert nx.axes_dataset_names == ["message_id", "radial"]
         assert nx.interpretation == "spectrum" and nx.errors is not None
         np.testing.assert_allclose(nx.axes[1], np.linspace(0.1, 1.0, 8))
+        # What silx labels the axes and the curve with.
+        assert nx.axes_names == ["message id", "q (nm^-1)"]
+        assert nx.signal_name == "profile.intensity"  # the legend (no long_name declared)
+        entry = f[STREAM]
+        for name in ("profile_intensity", "profile_total"):
+            assert silx_nxdata.is_valid_nxdata(entry[name]), name
+        trace = silx_nxdata.NXdata(entry["profile_total"])
+        assert trace.signal_name == "profile.total (counts)"
 
 
 def test_reader_equals_h5py(made):
@@ -122,7 +135,7 @@ def test_reader_equals_h5py(made):
             np.testing.assert_array_equal(r[name], e[name][:])
         np.testing.assert_array_equal(r.axis("profile.intensity"), e["profile.radial"][:])
         np.testing.assert_array_equal(r.message_id, e["message_id"][:])
-    assert r.units == {"profile.radial": "q_nm^-1", "profile.total": "counts"}
+    assert r.units == {"profile.radial": "q_nm^-1", "profile.total": "counts"}  # as declared
     assert r.errors_of == {"profile.intensity": "profile.sigma"}
     assert r.axis_of == {n: "profile.radial" for n in ("profile.intensity", "profile.sigma")}
     np.testing.assert_allclose(r["profile.total"], totals(r.message_id))
@@ -183,11 +196,11 @@ def test_cli_results_prints_streams_rows_errors_runs_and_the_summary_says_where(
     assert done.returncode == 0, done.stderr
     path = tmp_path / f"cli_{STREAM}.h5"
     assert f"written: {path}" in done.stderr
-    shown = run_cli("results", str(path), "--config")
+    shown = run_cli("results", str(path), "--config", "--all")
     assert shown.returncode == 0, shown.stderr
     assert f"stream {STREAM}: 7 rows, ids 1..7, 0 errors, finished" in shown.stdout
     assert "profile.radial (8,) [q_nm^-1]" in shown.stdout
-    assert "kernels.profile.npt = 8" in shown.stdout and "run run-" in shown.stdout
+    assert "kernels.profile.npt = 8" in shown.stdout and "run run-" in shown.stdout  # --all
     missing = run_cli("results", str(tmp_path / "nothing.h5"))
     assert missing.returncode == 1 and "nothing.h5" in missing.stderr
 
@@ -245,3 +258,16 @@ def test_a_reader_follows_the_file_while_it_is_written(tmp_path):
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert len(results.load(str(path))) == 60
+
+
+def test_each_stream_entry_has_its_own_start_and_end_time(tmp_path):
+    out = tmp_path / "two.h5"
+    raw = raw_config(out, frames=12)
+    raw["source"]["streams"] = 2
+    run(raw)
+    with h5py.File(out, "r") as f:
+        times = {s: (f[s]["start_time"][()].decode(), f[s]["end_time"][()].decode()) for s in f}
+        run_end = f["scan_0002/runs/end_time"][0].decode()
+    (start1, end1), (start2, end2) = times["scan_0001"], times["scan_0002"]
+    assert start1 <= end1 <= end2 <= run_end and start1 < start2 <= end2
+    assert end1 < run_end  # the first stream ended before the run did

@@ -10,9 +10,10 @@ import numpy as np
 import psutil
 
 from shmpipe.observe.runs import live_runs
-from shmpipe.observe.snapshot import read_processes
+from shmpipe.observe.snapshot import RunTotals, read_processes, ring_holders, ring_occupancy
 from shmpipe.observe.status import attach_tables, process_rows
 from shmpipe.shm.layout import (
+    N_COLUMNS,
     P_COLUMNS,
     P_FRAMES,
     P_PID,
@@ -23,6 +24,8 @@ from shmpipe.shm.layout import (
     PROC_PUBLISHER,
     PS_BUSY,
     PS_DEAD,
+    STATE,
+    SlotState,
 )
 from tests.conftest import run_cli, wait_for
 
@@ -140,3 +143,18 @@ def test_process_rows_are_read_through_the_snapshot_reader_with_role_names():
     assert (rows[0].pid, rows[0].frames) == (101, 7)
     assert (rows[3].pid, rows[3].frames, rows[3].restarts) == (104, 3, 2)
     assert [r.role for r in rows] == [f.role for f in read_processes(procs)]
+
+
+def test_the_ring_is_counted_per_state_and_per_declared_holder():
+    """``shmpipe status`` and the totals read who holds a slot from ``SLOT_STATES``."""
+    table = np.zeros((8, N_COLUMNS), dtype="<i8")
+    S = SlotState
+    table[:, STATE] = [S.FREE, S.FILLING, S.FILLED, S.ASSIGNED, S.CLAIMED, S.CLAIMED, S.DONE,
+                       S.PUBLISHING]  # fmt: skip
+    assert ring_occupancy(table) == {
+        "free": 1, "filling": 1, "filled": 1, "assigned": 1, "claimed": 2, "done": 1,
+        "publishing": 1,
+    }  # fmt: skip
+    assert ring_holders(table) == {"dispatcher": 2, "worker": 3, "publisher": 2}
+    procs = np.zeros((4, P_COLUMNS), dtype="<i8")
+    assert RunTotals.read(procs, table).ring_used == 7  # every slot but the free one

@@ -16,9 +16,10 @@ import numpy as np
 import psutil
 import pytest
 
+from native_kernels import stitch
 from shmpipe.observe.runs import registry_dir
 from shmpipe.plugins.sinks.hdf5 import read_stream
-from shmpipe.plugins.sources.sim import SimParams, sim_geometry
+from shmpipe.plugins.sources.sim import SimParams, SimSource, sim_geometry
 from tests.conftest import REPO, wait_for
 
 tango = pytest.importorskip(
@@ -83,14 +84,19 @@ event_hz = 10
 class Pipeline:
     """A ``shmpipe run`` process with its device; the tests share one."""
 
-    def __init__(self, tmp) -> None:
-        self.tmp = tmp
+    def __init__(self, tmp, run_args=None, run: str = RUN) -> None:
+        """``run_args(port)``: the ``shmpipe run`` options (default: this module's config)."""
+        self.tmp, self.run = tmp, run
         self.port = _free_port()
-        path = tmp / "run.toml"
-        path.write_text(_config(tmp, self.port))
+        if run_args is None:
+            path = tmp / "run.toml"
+            path.write_text(_config(tmp, self.port))
+            args = ["--config", str(path)]
+        else:
+            args = run_args(self.port)
         self.log = open(tmp / "run.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shmpipe", "run", "--config", str(path)],
+            [sys.executable, "-m", "shmpipe", "run", *args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -108,7 +114,7 @@ class Pipeline:
             return None
 
     def info(self) -> dict:
-        return json.loads((registry_dir() / f"{RUN}.json").read_text())
+        return json.loads((registry_dir() / f"{self.run}.json").read_text())
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -206,6 +212,7 @@ def test_bad_requests_are_refused_and_the_pipeline_goes_on(pipeline):
         (lambda: p.GetValueForFrame(["stitch.image", str(last)]), "shmpipe_NotPerFrame"),
         (lambda: p.GetValueForFrame(["stats.sum", str(last + 10**6)]), "shmpipe_NotAnalysedYet"),
         (lambda: p.GetValueForFrame(["stats.sum", "1"]), "shmpipe_NotInHistory"),
+        (lambda: p.GetValueForFrame(["stats.sum", str(last), "scan_9"]), "shmpipe_UnknownStream"),
         (lambda: p.GetValueForFrame(["stats.sum", "twelve"]), "shmpipe_BadArgument"),
         (lambda: p.GetValueForFrame(["stats.sum"]), "shmpipe_BadArgument"),
         (lambda: p.GetRoiForFrame([7, last]), "shmpipe_BadArgument"),
@@ -292,3 +299,91 @@ def test_rois_written_mid_run_and_lookups_equal_the_hdf5_rows(pipeline):
         want = [float(img[a:b, c:d].sum(dtype=np.float64)) for a, b, c, d in rois]
         np.testing.assert_allclose(sums, want + [np.nan] * (4 - len(want)), rtol=1e-12)
     assert not [e for e in os.listdir("/dev/shm") if RUN in e]
+
+
+MAIN_RUN = "tango-main-job"
+
+
+def _main_job_args(tmp):
+    """examples/lambda9m_sim.toml as it is (compressed modules, decompress.modules into
+    integrate and stats, ROIs mapped onto the modules), with small modules, room for 8 ROIs,
+    an endless source and the device."""
+    geo = tmp / "geometry.json"
+    sim_geometry(SimParams(module_shape=[48, 64])).to_file(geo)
+    sets = {
+        "run.name": f'"{MAIN_RUN}"',
+        "source.module_shape": "[48, 64]",
+        "source.frames": "0",
+        "source.rate": "40.0",
+        "kernels.decompress.geometry": f'"{geo}"',
+        "kernels.integrate.geometry": f'"{geo}"',
+        "kernels.integrate.poni1": "0.006",
+        "kernels.integrate.poni2": "0.005",
+        "kernels.stats.geometry": f'"{geo}"',
+        "kernels.stats.rois": "[[0, 48, 0, 64]]",
+        "kernels.stats.max_rois": "8",
+        "sinks.0.outputs": '["stats.roi_sums", "stats.roi_version"]',
+        "tango.device": f'"{DEVICE}"',
+        "tango.nodb": "true",
+    }
+    config = str(REPO / "examples" / "lambda9m_sim.toml")
+
+    def args(port: int) -> list[str]:
+        extra = [
+            a for k, v in {**sets, "tango.port": str(port)}.items() for a in ("--set", f"{k}={v}")
+        ]
+        return [
+            "--config",
+            config,
+            "--output",
+            str(tmp / "main_{stream}.h5"),
+            "--progress",
+            "off",
+        ] + extra
+
+    return args
+
+
+def test_rois_written_on_the_main_job_are_stitched_image_coordinates(tmp_path):
+    """The main job has no 2-D image (stats reads decompress.modules): the device checks ROIs
+    against the stitched image of the geometry, as the configured ones are, and the workers
+    sum them over the modules."""
+    geo = sim_geometry(SimParams(module_shape=[48, 64]))
+    height, width = geo.shape
+    pipeline = Pipeline(tmp_path, _main_job_args(tmp_path), run=MAIN_RUN)
+    try:
+        p = pipeline.proxy
+        assert list(p.RoIs) == [0, 48, 0, 64]
+        p.RoIs = [0, 48, 0, 64]  # the configured ROI, written back
+        # Across modules and gaps: wider than a module, inside the stitched image.
+        new = [[0, height, 0, width], [10, 60, 30, 140], [height - 5, height, width - 7, width]]
+        p.RoIs = [v for r in new for v in r]
+        version = p.ParamsVersion
+        assert version == 2 and list(p.RoIs) == [v for r in new for v in r]
+        for bad in ([0, height + 1, 0, 10], [0, 10, 0, width + 1], [0, 1, 0, 1] * 9):
+            with pytest.raises(tango.DevFailed) as err:
+                p.write_attribute("RoIs", bad)
+            assert err.value.args[0].reason == "shmpipe_BadRoIs", err.value.args[0].desc
+        wait_for(lambda: p.stats_roi_version == version, 30, "frames with the new ROIs")
+        last_with_rois = p.LastAnalyzedFrame
+        p.RoIs = []  # accepted: every ROI removed
+        cleared = p.ParamsVersion
+        assert cleared == version + 1 and list(p.RoIs) == []
+        wait_for(lambda: p.stats_roi_version == cleared, 30, "frames without ROIs")
+        p.StopAnalysis()
+        assert pipeline.proc.wait(60) == 143, (tmp_path / "run.log").read_text()
+    finally:
+        pipeline.stop()
+    rows = read_stream(str(tmp_path / "main_scan_0001.h5"), "scan_0001")
+    sim = SimSource(SimParams(module_shape=[48, 64], compression="none"))
+    sim.open()
+    images = [stitch(sim.frame_parts(i), geo) for i in range(2)]  # the sim's pool of two
+    versions = rows["stats.roi_version"]
+    assert {version, cleared} <= set(versions)
+    for mid, sums, v in zip(rows["message_id"], rows["stats.roi_sums"], versions, strict=True):
+        img = images[(int(mid) - 1) % 2]
+        rois = {0: [[0, 48, 0, 64]], 1: [[0, 48, 0, 64]], version: new, cleared: []}[int(v)]
+        want = [float(img[a:b, c:d].sum(dtype=np.float64)) for a, b, c, d in rois]
+        np.testing.assert_allclose(sums, want + [np.nan] * (8 - len(want)), rtol=1e-12)
+    assert rows["message_id"][versions == version].max() >= last_with_rois
+    assert not [e for e in os.listdir("/dev/shm") if MAIN_RUN in e]

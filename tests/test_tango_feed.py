@@ -37,12 +37,12 @@ def feed():
     from shmpipe.api.kernel import ArraySpec
     from shmpipe.config import TangoSection
     from shmpipe.shm.layout import PROC_FIRST_WORKER
-    from shmpipe.shm.preview import PreviewTap
     from shmpipe.shm.ring import RingGeometry, SlotRing
+    from shmpipe.shm.tapwriter import TapWriter
     from shmpipe.tango.feed import DeviceFeed
 
     ring = SlotRing(RingGeometry(4, 4096, 4096, 4096, PROC_FIRST_WORKER + 2))
-    tap = PreviewTap.create([ArraySpec("sum", (), "float64").qualified("stats")], None, {})
+    tap = TapWriter.create([ArraySpec("sum", (), "float64").qualified("stats")], None, {})
     yield DeviceFeed(ring, tap, None, [], TangoSection(), os.getpid(), 2)
     tap.close()
     ring.close()
@@ -62,7 +62,7 @@ def test_state_follows_the_processes(feed):
     procs = feed.ring.procs
     assert feed.state()[0] == "running"
     procs[PROC_FIRST_WORKER + 1, P_STATE] = PS_DEAD
-    feed.ring.set_note(PROC_FIRST_WORKER + 1, "killed by signal 9")
+    feed.ring.set_exit_reason(PROC_FIRST_WORKER + 1, "killed by signal 9")
     state, status = feed.state()
     assert state == "fault" and "[1]" in status and "killed by signal 9" in status
     procs[PROC_FIRST_WORKER + 1, P_STATE] = PS_IDLE  # replaced
@@ -93,3 +93,35 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_the_main_jobs_rois_are_checked_against_the_stitched_image(tmp_path):
+    """examples/lambda9m_sim.toml at full size: statistics from decompress.modules, no 2-D
+    image in the chain. Set up as the workers' are, the kernel checks written ROIs against
+    the stitched LAMBDA 9M image (2484 x 4728), not a module (516 x 1556)."""
+    import tomllib
+
+    from shmpipe.engine.chain import KernelChain
+    from shmpipe.shm.params import LiveParamsError, check_live_params
+    from shmpipe.tango.livekernels import set_up_live_kernels
+    from tests.conftest import REPO
+
+    raw = tomllib.loads((REPO / "examples" / "lambda9m_sim.toml").read_text())
+    raw["kernels"]["stats"]["max_rois"] = 8
+    config = load_config(raw=raw)
+    # The workers' layout of the kernels up to the statistics (the integrator's tables are
+    # not needed to check ROIs, and take long to build at full size).
+    chain = KernelChain([k for k in config.kernel_instances() if k.name != "integrate"])
+    layout = chain.setup(None, tmp_path, 1, -1)
+    specs = layout.specs()
+    fresh = config.kernel_instances()
+    with pytest.raises(LiveParamsError, match="not known"):
+        check_live_params(fresh, specs, "stats", {"rois": [[0, 516, 0, 1556]]})
+    kernels = set_up_live_kernels(config.kernel_instances(), layout.outputs, None, tmp_path)
+    configured = check_live_params(kernels, specs, "stats", {"rois": [[0, 516, 0, 1556]]})
+    assert configured == {"rois": [[0, 516, 0, 1556]]}
+    across = [[0, 2484, 0, 4728], [500, 600, 1500, 1700]]  # the whole image; across a gap
+    assert check_live_params(kernels, specs, "stats", {"rois": across}) == {"rois": across}
+    for bad, words in (([[0, 2485, 0, 10]], "outside"), ([[0, 1, 0, 1]] * 9, "max_rois = 8")):
+        with pytest.raises(LiveParamsError, match=words):
+            check_live_params(kernels, specs, "stats", {"rois": bad})

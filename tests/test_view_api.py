@@ -59,7 +59,9 @@ def _png_indices(body: bytes) -> np.ndarray:
 
 
 def _lavue_receive(sub, deadline_s: float = 30.0):
-    """Receive one image the way lavue's ZMQSource.getData decodes it."""
+    """Receive one image as lavue 3.16's ZMQSource.getData decodes it: the last part
+    b"JSON" names the encoding, three parts remain (topic, array, metadata), the array is
+    ``frombuffer(dtype).reshape(shape)``, transposed and transposed back (taken as sent)."""
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)
     assert poller.poll(deadline_s * 1000), "no image from the lavue publisher"
@@ -71,8 +73,14 @@ def _lavue_receive(sub, deadline_s: float = 30.0):
     assert encoding == "JSON" and len(message) == 3
     topic, array, meta = message
     meta = json.loads(meta.decode())
-    image = np.frombuffer(array, dtype=meta["dtype"]).reshape(meta["shape"])
-    return topic, image, meta
+    image = np.transpose(np.frombuffer(array, dtype=meta["dtype"]).reshape(meta["shape"]))
+    return topic, np.transpose(image), meta
+
+
+def _lavue_file_source(rows, index: int) -> np.ndarray:
+    """What lavue 3.16's NeXus file source hands its display for frame ``index`` of a
+    (frames, rows, columns) dataset: ``np.transpose(node[index, :, :])``, (x, y)."""
+    return np.transpose(rows["stitch.image"][index])
 
 
 def test_view_api_against_a_running_pipeline(tmp_path):
@@ -152,10 +160,12 @@ def test_view_api_against_a_running_pipeline(tmp_path):
         code, _, _ = rv.get("/")
         assert code == 200
 
-        topic, image, meta = _lavue_receive(sub)
-        assert topic == b"shmpipe" and image.shape == (228, 194) and image.dtype == np.float32
-        assert meta["name"].startswith("view-api/scan_0001/")
-        lavue_mid = int(meta["name"].rsplit("/", 1)[1])
+        lavue = []  # (message id, image as lavue decodes it)
+        for _ in range(6):
+            topic, image, meta = _lavue_receive(sub)
+            assert topic == b"shmpipe" and image.dtype == np.float32
+            assert meta["name"].startswith("view-api/scan_0001/")
+            lavue.append((int(meta["name"].rsplit("/", 1)[1]), image))
 
         # Nothing can change the pipeline: the API answers reads only.
         req = urllib.request.Request(rv.url + "/api/status", method="POST", data=b"{}")
@@ -200,7 +210,14 @@ def test_view_api_against_a_running_pipeline(tmp_path):
         np.testing.assert_allclose(p["x"], rows["integrate.radial"])  # the axis, stored once
     idx = [at[m] for m in trace["message_id"]]
     np.testing.assert_array_equal(trace["values"], rows["stats.sum"][idx])
-    assert lavue_mid in at
+    # lavue gets (x, y): the same orientation as its own file source shows the stitched
+    # image (landscape for a LAMBDA 9M), the same pixels, and each frame once.
+    ids = [mid for mid, _ in lavue]
+    assert len(set(ids)) == len(ids) and ids == sorted(ids), ids
+    for mid, image in lavue:
+        shown_from_file = _lavue_file_source(rows, at[mid])
+        assert image.shape == shown_from_file.shape == (194, 228)
+        np.testing.assert_array_equal(image, shown_from_file)
 
 
 def test_view_killed_or_stalled_the_pipeline_goes_on_and_loses_nothing(tmp_path):

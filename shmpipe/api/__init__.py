@@ -2,6 +2,7 @@
 
 from shmpipe.api.kernel import ArraySpec, Frame, Kernel, NoParams, SetupContext
 from shmpipe.api.message import Message, PartReader, StreamFinished, payload_bytes
+from shmpipe.api.params import ParamError
 from shmpipe.api.reducer import Reducer, ReducerParams
 from shmpipe.api.sink import ErrorRecord, Record, ReducedRecord, ReducerInfo, RunInfo, Sink
 from shmpipe.api.source import (
@@ -21,6 +22,7 @@ __all__ = [
     "Kernel",
     "Message",
     "NoParams",
+    "ParamError",
     "PartReader",
     "Record",
     "ReducedRecord",

@@ -212,8 +212,9 @@ class Kernel:
         """Validate live parameters on the writer's side; return them normalised.
 
         Runs in the process that changes parameters during a run (the Tango device), on an
-        instance whose ``setup`` has not run: decide from ``self.params`` and ``outputs``
-        (every declared output of the chain, by qualified name). Raise ``ValueError`` with a
+        instance set up as the workers' are (same parts, same inputs): decide from
+        ``self.params``, what ``setup`` found and ``outputs`` (every declared output of the
+        chain, by qualified name). Raise ``ValueError`` with a
         message naming the parameter; a kernel that takes no live parameters refuses all.
         """
         raise ValueError(f"kernel {self.name!r} takes no live parameters")

@@ -109,6 +109,27 @@ def result_shaping(effective: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+SECRET_KEYS = frozenset({"token"})
+REDACTED = "<redacted>"
+
+
+def without_secrets(value: Any) -> Any:
+    """A copy of a configuration with every secret (an ASAPO ``token``) replaced.
+
+    Result files and output streams are read by many more people than the beamtime's token
+    should reach, so what they record of the configuration never holds one. An empty value
+    stays empty: it tells a reader that no token was set.
+    """
+    if isinstance(value, dict):
+        return {
+            k: (REDACTED if k in SECRET_KEYS and v else without_secrets(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [without_secrets(v) for v in value]
+    return value
+
+
 def result_hash(shaping: dict[str, Any]) -> str:
     """A short hash of a result-shaping configuration (``result_shaping``)."""
     raw = json.dumps(shaping, sort_keys=True, default=str).encode()

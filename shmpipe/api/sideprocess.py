@@ -24,9 +24,17 @@ class SideProcess:
         ``prepare(config) -> resource``, called in the supervisor before each fork (a listening
         socket). An exception at the first start is a start-up error, at a restart a failed
         restart. The supervisor closes its copy of the resource (``close()``) after the fork.
+    setup : callable, optional
+        ``setup(config, outputs, parts)``, called in the run's setup phase, in the process
+        that sets the kernels up, before any worker starts: compile what the process will
+        need (Numba kernels, into Numba's cache), so that it starts at once however busy the
+        workers keep the cores. ``outputs``: the chain's declared outputs (qualified
+        ``ArraySpec``), ``parts``: the source's parts or None. A failure is logged; the run
+        goes on.
     """
 
     name: str
     enabled: Callable[[Any], bool]
     target: Callable[[Any, Any, int], None]
     prepare: Callable[[Any], Any] | None = None
+    setup: Callable[[Any, Any, Any], None] | None = None

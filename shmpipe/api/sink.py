@@ -160,3 +160,13 @@ class Sink:
         """Where this sink put a run's results, for the summary (paths, or a service's
         streams); called in the supervisor with the names of the streams the run saw."""
         return []
+
+    def stored(self, run: RunInfo, published: dict[str, int]) -> list[str]:
+        """Lines for the run's summary: where this sink put the run's results and how many
+        it stored, apart from those it skipped as already stored (a resumed file, a stream
+        read again); called in the supervisor after the run.
+
+        ``published`` counts the records (not the error records) the publisher handed to
+        the sinks, per input stream. The default names the places of ``written``.
+        """
+        return self.written(run.run_name, list(published))

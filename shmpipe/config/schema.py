@@ -7,7 +7,7 @@ at the prompt, not a started pipeline.
 
 ::
 
-    [run]                          # RunSection
+    [run]                          # RunSection (sections.py)
     workers = 16
     [ring]                         # RingSection
     slots = 0                      # 0: 2 x workers + 2 (more when slots are small)
@@ -28,6 +28,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import tomllib
 import types
 import typing
@@ -36,9 +37,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shmpipe.api.kernel import Kernel
+from shmpipe.api.params import ParamError
 from shmpipe.api.registry import PluginLookupError, resolve
 from shmpipe.api.sink import Sink
 from shmpipe.api.source import Source
+from shmpipe.config.sections import (
+    DEFAULT_KERNELS,
+    DEFAULT_SINKS,
+    DEFAULT_SOURCE,
+    PLUGIN_SECTIONS,
+    SECTIONS,
+    MetricsSection,
+    RingSection,
+    RunSection,
+    TangoSection,
+    ViewSection,
+)
+from shmpipe.config.toml_text import toml_value  # noqa: F401 - importable from here too
+
+# Plug-in tables validated in modules of their own, which import this one (not the reverse):
+# shmpipe.config.reducers registers "reducers" when shmpipe.config is imported.
+TABLE_VALIDATORS: dict[str, typing.Callable[..., list[PluginSpec]]] = {}
 
 
 class ConfigError(ValueError):
@@ -62,154 +81,6 @@ def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
 
 
 @dataclass
-class RunSection:
-    """How the pipeline runs."""
-
-    name: str = ""
-    """Run name, used by ``shmpipe status``; empty: ``run-<pid>``."""
-    workers: int = 2
-    """Worker processes (the parallelism; one per core is the usual choice)."""
-    ordered: bool = True
-    """Publish in message order (bounded reorder window) instead of completion order."""
-    on_error: Literal["fail", "skip"] = "fail"
-    """A kernel exception stops the run (fail) or becomes an error record (skip)."""
-    max_attempts: int = 3
-    """A frame that killed this many workers is quarantined as an error record."""
-    watchdog: bool = True
-    """Kill and replace a worker stuck on one frame (or stopped) for longer than the limit,
-    and retry its frames; false: never."""
-    watchdog_s: float = 0.0
-    """A fixed limit on one frame; 0: adaptive, max(watchdog_floor_s, watchdog_factor x the
-    chain's measured p99 time per frame)."""
-    watchdog_floor_s: float = 10.0
-    """The adaptive limit is never below this (start-up, first frames, no measurement yet)."""
-    watchdog_factor: float = 20.0
-    """The adaptive limit in multiples of the chain's p99 time per frame."""
-    stall_s: float = 5.0
-    """Log a stall (who holds which message) when nothing was published for this long, and
-    never less than 5 x the chain's p99, with frames in flight; 0: never."""
-    kernel_threads: int = 1
-    """Numba threads each kernel may use inside one worker."""
-    max_restarts: int = 100
-    """Worker restarts allowed in one run before it stops with an error."""
-    cache_dir: str = ""
-    """Directory for kernel tables (CSR, LUT); empty: ~/.cache/shmpipe."""
-    progress: Literal["auto", "on", "off"] = "auto"
-    """Live progress line: on a terminal (auto), always, or never."""
-    log_format: Literal["text", "json"] = "text"
-    """Log lines as text or as JSON objects (for log shippers)."""
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    """Least severe log level printed."""
-    commit_every: int = 64
-    """Commit sinks (then acknowledge) at least every this many records."""
-    commit_interval_s: float = 0.5
-    """... and at least this often while records arrive."""
-    drain_timeout_s: float = 60.0
-    """On Ctrl-C/SIGTERM, how long frames in flight may take to finish before a hard stop."""
-    setup_timeout_s: float = 600.0
-    """Longest the start-up checks and the kernels' set-up may take before the run refuses
-    to start; 0: no limit."""
-    reducer_state: str = "shmpipe_reducers.ckpt"
-    """Checkpoint of the reducers' state and the message ids it includes (``{run}`` is
-    replaced; two files, this one and ``.1``, written in turn before every acknowledgement);
-    a run continues it when its sinks do (``mode = "resume"``), refuses it under ``"new"``,
-    starts afresh under ``"overwrite"``. Written only when the run has ``[reducers.*]``."""
-
-
-@dataclass
-class RingSection:
-    """The shared-memory rings."""
-
-    slots: int = 0
-    """Slots in each ring; 0: 2 x workers + 2, or more small slots (up to 256 within
-    64 MiB) so that small messages travel in batches."""
-    slot_bytes: int = 0
-    """Payload bytes per input slot; 0: what the source declares."""
-    header_bytes: int = 65536
-    """Bytes per slot for the message's header: its metadata and part layout (pickled)."""
-
-
-@dataclass
-class MetricsSection:
-    """Prometheus metrics."""
-
-    port: int = 0
-    """Serve metrics on this port; 0: off."""
-    host: str = "127.0.0.1"
-    """Address the metrics endpoint listens on."""
-
-
-@dataclass
-class TangoSection:
-    """The Tango device (needs ``pip install 'shmpipe[tango]'``)."""
-
-    device: str = ""
-    """Serve a Tango device of this name (``domain/family/member``); empty: none."""
-    nodb: bool = False
-    """Run without a Tango database (clients use ``tango://host:port/<device>#dbase=no``)."""
-    port: int = 0
-    """TCP port of the device server; needed with nodb, 0 otherwise: any free port."""
-    instance: str = "shmpipe"
-    """Server instance name (the Tango database knows the device as ShmpipeDS/<instance>)."""
-    event_hz: float = 10.0
-    """Most change events per second per attribute."""
-    roi_output: str = ""
-    """The output GetRoiForFrame and RoIs refer to; empty: the first ``*.roi_sums``."""
-    profile: str = ""
-    """The output shown as LatestProfile; empty: the first 1-D output with an axis."""
-    hit_output: str = ""
-    """The output HitRate counts a frame a hit by; empty: the first ``*.count_above``."""
-    hit_min: float = 1.0
-    """A frame is a hit when its hit_output is at least this."""
-    hit_window: int = 100
-    """HitRate is the fraction of hits among this many latest frames."""
-
-
-@dataclass
-class ViewSection:
-    """The preview tap and the live web view."""
-
-    port: int = 0
-    """Serve the live web view on this port; 0: off (``shmpipe view RUN`` can still attach)."""
-    host: str = "127.0.0.1"
-    """Address the view listens on; the default admits this machine only."""
-    max_hz: float = 10.0
-    """Most copies per second of the full outputs and the raw frame into the preview tap; a
-    copy of 1 MiB or more also waits until a reader has taken the last one (at most 1 s)."""
-    history: int = 100000
-    """Frames whose small outputs (scalars, short vectors) the preview tap keeps."""
-    zmq: str = ""
-    """Also publish the displayed image for lavue on this ZeroMQ address (``tcp://*:5555``)."""
-    image: str = ""
-    """Output shown as the image by default (and sent to lavue); empty: the first 2-D one."""
-    tap: bool = True
-    """Keep the preview tap (for views and the Tango device); false: none at all."""
-    nice: int = 19
-    """Niceness added to the view process started with the run (0..19): when the cores are
-    busy it yields them to the workers and shows fewer images instead (lower: more images on
-    busy cores, at some of the workers' throughput)."""
-    geometry: str = ""
-    """Detector geometry file the raw frame is assembled with; empty: the ``geometry`` of
-    the first kernel that has one, else the built-in layout (LAMBDA 9M for its 12 modules)."""
-
-
-SECTIONS: dict[str, type] = {
-    "run": RunSection,
-    "ring": RingSection,
-    "metrics": MetricsSection,
-    "tango": TangoSection,
-    "view": ViewSection,
-}
-PLUGIN_SECTIONS = ("source", "kernels", "reducers", "sinks")
-DEFAULT_SOURCE = {"kind": "sim"}
-DEFAULT_KERNELS = {"checksum": {"kind": "checksum"}}
-DEFAULT_SINKS = [{"kind": "null"}]
-# Plug-in tables validated in modules of their own, which import this one (not the reverse):
-# shmpipe.config.reducers registers "reducers" when shmpipe.config is imported.
-TABLE_VALIDATORS: dict[str, typing.Callable[..., list[PluginSpec]]] = {}
-
-
-@dataclass
 class PluginSpec:
     """One configured source, kernel or sink: its class and validated parameters."""
 
@@ -217,6 +88,8 @@ class PluginSpec:
     cls: type
     params: Any
     name: str = ""
+    notes: list[str] = field(default_factory=list)
+    """What loading decided for the user (a file's keys replaced from the command line)."""
 
     def table(self) -> dict[str, Any]:
         return {"kind": self.kind, **dataclasses.asdict(self.params)}
@@ -252,6 +125,11 @@ class PipelineConfig:
         if self.reducers:  # only then: the digest of a run without reducers stays as it was
             doc["reducers"] = {r.name: r.table() for r in self.reducers}
         return doc
+
+    @property
+    def notes(self) -> list[str]:
+        """What loading decided that the user should hear of (logged when a run starts)."""
+        return [n for spec in (self.source, *self.kernels, *self.sinks) for n in spec.notes]
 
     def digest(self) -> str:
         """A short hash of the effective configuration, for lineage."""
@@ -348,6 +226,9 @@ def build_dataclass(cls: type, table: dict[str, Any], prefix: str, file: str | N
     if callable(check):
         try:
             check()
+        except ParamError as exc:
+            key = f"{prefix}.{exc.key}" if prefix else exc.key
+            raise ConfigError(exc.message, key, file) from exc
         except ValueError as exc:
             raise ConfigError(str(exc), prefix, file) from exc
     return obj
@@ -365,12 +246,38 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"not valid TOML: {exc}", "", str(path)) from exc
 
 
+TOML_OPENERS = ('"', "'", "[", "{")
+"""A command-line value starting with one of these is TOML (a string, an array, a table)."""
+
+
 def parse_value(text: str) -> Any:
-    """A command-line value: TOML syntax if it parses (numbers, booleans, lists), else a string."""
+    """A command-line value: TOML syntax if it parses (numbers, booleans, lists), else a string.
+
+    Only a bare word falls back to a string: a value that opens a TOML string, array or
+    table (``TOML_OPENERS``) and does not parse is refused with the syntax error, so that
+    ``"out_{stream}.h5`` (a closing quote lost to the shell) never names a file.
+
+    Raises
+    ------
+    ValueError
+        For a value that starts as TOML and is not valid TOML.
+    """
+    prefix = "v = "
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+        return tomllib.loads(f"{prefix}{text}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        if not text.lstrip().startswith(TOML_OPENERS):
+            return text
+        # tomllib counts columns on the line it was given: count them in the value instead.
+        where = re.sub(
+            r"\(at line 1, column (\d+)\)",
+            lambda m: f"(at character {int(m.group(1)) - len(prefix)} of the value)",
+            str(exc),
+        ).replace("(at end of document)", "(at the end of the value)")
+        raise ValueError(
+            f"not valid TOML: {where}; a value starting with {text.lstrip()[0]} is read as TOML "
+            f"(for a string, quote it whole: '\"...\"')"
+        ) from None
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
@@ -397,11 +304,18 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
             raise ConfigError(f"no item {last} in this list", key)
-        node[int(last)] = parse_value(text)
+        node[int(last)] = _override_value(text, key)
     elif not isinstance(node, dict):
         raise ConfigError("cannot set a key inside a value that is not a table", key)
     else:
-        node[last] = parse_value(text)
+        node[last] = _override_value(text, key)
+
+
+def _override_value(text: str, key: str) -> Any:
+    try:
+        return parse_value(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key) from None
 
 
 def _plugin(
@@ -424,8 +338,33 @@ def _plugin(
     except PluginLookupError as exc:
         raise ConfigError(str(exc), f"{key}.kind", file) from exc
     _settle_aliases(cls.Params, table, key, given)
+    notes = _settle_replacements(cls.Params, table, key, given)
     params = build_dataclass(cls.Params, table, key, file)
-    return PluginSpec(kind=kind, cls=cls, params=params, name=name)
+    return PluginSpec(kind=kind, cls=cls, params=params, name=name, notes=notes)
+
+
+def _settle_replacements(
+    params_cls: type, table: dict[str, Any], key: str, given: typing.Collection[str]
+) -> list[str]:
+    """Drop the file's keys that a key given on the command line replaces; say which.
+
+    ``Params.REPLACES`` maps a key to those it stands in for (``{"poni": ("dist", ...)}``:
+    a PONI file gives the whole geometry), so that ``--set kernels.integrate.poni=...``
+    works with a file that gives the geometry key by key. Keys also given on the command
+    line are kept (and left for the plug-in to judge).
+    """
+    notes = []
+    for trigger, replaced in getattr(params_cls, "REPLACES", {}).items():
+        if f"{key}.{trigger}" not in given:
+            continue
+        dropped = [k for k in replaced if k in table and f"{key}.{k}" not in given]
+        for k in dropped:
+            del table[k]
+        if dropped:
+            notes.append(
+                f"{key}.{trigger} from the command line replaces the file's {', '.join(dropped)}"
+            )
+    return notes
 
 
 def _settle_aliases(
@@ -528,14 +467,6 @@ def _validate(raw: dict[str, Any], file: str | None, given: dict[str, str]) -> P
     sections = {
         name: build_dataclass(cls, raw.get(name, {}), name, file) for name, cls in SECTIONS.items()
     }
-    run: RunSection = sections["run"]
-    if run.workers < 1:
-        raise ConfigError("must be at least 1", "run.workers", file)
-    if run.max_attempts < 1:
-        raise ConfigError("must be at least 1", "run.max_attempts", file)
-    for key in ("watchdog_s", "watchdog_floor_s", "watchdog_factor", "stall_s"):
-        if getattr(run, key) < 0:
-            raise ConfigError("must be 0 or more", f"run.{key}", file)
     src_table = raw.get("source", DEFAULT_SOURCE)
     if isinstance(src_table, dict) and "kind" not in src_table:
         src_table = {**DEFAULT_SOURCE, **src_table}
@@ -569,116 +500,13 @@ def _validate(raw: dict[str, Any], file: str | None, given: dict[str, str]) -> P
         )
     return PipelineConfig(
         path=file,
-        run=run,
+        run=sections["run"],
         ring=sections["ring"],
         metrics=sections["metrics"],
-        tango=_checked_tango(sections["tango"], file),
-        view=_checked_view(sections["view"], file),
+        tango=sections["tango"],
+        view=sections["view"],
         source=source,
         kernels=kernels,
         sinks=sinks,
         reducers=reducers,
     )
-
-
-def _checked_tango(tango: TangoSection, file: str | None) -> TangoSection:
-    import re
-
-    if tango.device and not re.fullmatch(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+){2}", tango.device):
-        raise ConfigError(
-            f"must be a Tango device name domain/family/member, got {tango.device!r}",
-            "tango.device",
-            file,
-        )
-    if not 0 <= tango.port <= 65535:
-        raise ConfigError(f"must be a TCP port, got {tango.port}", "tango.port", file)
-    if tango.device and tango.nodb and not tango.port:
-        raise ConfigError("without a database (nodb) the device needs a port", "tango.port", file)
-    if not tango.event_hz > 0:
-        raise ConfigError(f"must be more than 0, got {tango.event_hz}", "tango.event_hz", file)
-    if tango.hit_window < 1:
-        raise ConfigError(f"must be at least 1, got {tango.hit_window}", "tango.hit_window", file)
-    if tango.device:
-        try:
-            import tango as pytango  # noqa: F401 - only whether it imports
-        except ImportError as exc:
-            raise ConfigError(
-                f"a Tango device needs pytango, which is not installed ({exc}); "
-                "pip install 'shmpipe[tango]'",
-                "tango.device",
-                file,
-            ) from None
-    return tango
-
-
-def _checked_view(view: ViewSection, file: str | None) -> ViewSection:
-    if not 0 <= view.port <= 65535:
-        raise ConfigError(f"must be a TCP port (0 for none), got {view.port}", "view.port", file)
-    if not view.max_hz > 0:
-        raise ConfigError(f"must be more than 0, got {view.max_hz}", "view.max_hz", file)
-    if view.history < 1:
-        raise ConfigError(f"must be at least 1, got {view.history}", "view.history", file)
-    if not 0 <= view.nice <= 19:
-        raise ConfigError(f"must be 0..19, got {view.nice}", "view.nice", file)
-    if view.zmq and not view.zmq.startswith(("tcp://", "ipc://", "inproc://")):
-        raise ConfigError(
-            f"must be a ZeroMQ address such as tcp://*:5555, got {view.zmq!r}", "view.zmq", file
-        )
-    if (view.port or view.zmq) and not view.tap:
-        raise ConfigError("a view needs the preview tap (view.tap = true)", "view.tap", file)
-    if view.geometry:
-        from native_kernels.geometry import load_geometry
-
-        try:
-            load_geometry(view.geometry)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            text = str(exc) if view.geometry in str(exc) else f"{view.geometry}: {exc}"
-            raise ConfigError(text, "view.geometry", file) from None
-    return view
-
-
-# -- TOML output for `shmpipe config show` --------------------------------------------------
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
-    if v is None:
-        return '""'
-    return json.dumps(str(v))
-
-
-def _toml_key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
-
-
-def to_toml(doc: dict[str, Any]) -> str:
-    """Render the effective configuration as TOML (readable back by ``load_config``)."""
-    out: list[str] = []
-    for section in ("run", "ring", "metrics", "view", "tango", "source"):
-        if section not in doc:
-            continue  # a configuration recorded before the section existed
-        out.append(f"[{section}]")
-        out += [
-            f"{_toml_key(k)} = {toml_value(v)}" for k, v in doc[section].items() if v is not None
-        ]
-        out.append("")
-    for name, table in doc["kernels"].items():
-        out.append(f"[kernels.{_toml_key(name)}]")
-        out += [f"{_toml_key(k)} = {toml_value(v)}" for k, v in table.items() if v is not None]
-        out.append("")
-    for name, table in doc.get("reducers", {}).items():
-        out.append(f"[reducers.{_toml_key(name)}]")
-        out += [f"{_toml_key(k)} = {toml_value(v)}" for k, v in table.items() if v is not None]
-        out.append("")
-    for table in doc["sinks"]:
-        out.append("[[sinks]]")
-        out += [f"{_toml_key(k)} = {toml_value(v)}" for k, v in table.items() if v is not None]
-        out.append("")
-    return "\n".join(out)

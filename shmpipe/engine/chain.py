@@ -17,38 +17,11 @@ from typing import Any
 import numpy as np
 
 from shmpipe.api.kernel import ArraySpec, Frame, Kernel, SetupContext
-
-OUTPUT_ALIGN = 64
+from shmpipe.shm.resultlayout import OUTPUT_ALIGN, ChainLayout, OutputPlacement
 
 
 class KernelSetupError(RuntimeError):
     """A kernel's setup failed or declared something unusable."""
-
-
-@dataclass(frozen=True)
-class OutputPlacement:
-    kernel: str
-    spec: ArraySpec
-    offset: int
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.kernel}.{self.spec.name}"
-
-
-@dataclass(frozen=True)
-class ChainLayout:
-    """Where each kernel output sits in a result slot."""
-
-    outputs: tuple[OutputPlacement, ...]
-    result_bytes: int
-    setup_seconds: tuple[float, ...] = ()
-
-    def specs(self) -> list[ArraySpec]:
-        return [o.spec.qualified(o.kernel) for o in self.outputs]
-
-    def same_as(self, other: ChainLayout) -> bool:
-        return self.outputs == other.outputs
 
 
 @dataclass(frozen=True)

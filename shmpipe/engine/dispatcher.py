@@ -20,17 +20,18 @@ from shmpipe.api.message import (
     part_layout,
 )
 from shmpipe.api.source import EndOfSource, SourceConfigError
-from shmpipe.engine import protocol
-from shmpipe.engine.plumbing import (
+from shmpipe.child.plumbing import (
     Plumbing,
     now_ns,
 )
-from shmpipe.engine.roles import run_role
+from shmpipe.child.roles import run_role
+from shmpipe.engine import protocol
 from shmpipe.engine.scheduler import Scheduler
-from shmpipe.shm.channel import DONE, END, FREE, STOP
+from shmpipe.shm.channel import END, FREED, READY, STOP
 from shmpipe.shm.layout import (
     CONTROL,
     FLAGS,
+    FREE,
     HEADER_LEN,
     MSG_ID,
     P_BYTES,
@@ -48,7 +49,6 @@ from shmpipe.shm.layout import (
     STREAM_ROW,
     T_FILL,
 )
-from shmpipe.shm.layout import FREE as S_FREE
 from shmpipe.shm.slotio import UnstorableHeader, copy_parts, encode_header
 
 STREAM_MIN_BYTES = 65536  # smaller parts: numpy copies them faster than a Numba call
@@ -68,10 +68,10 @@ class Dispatcher:
         if resume_at is None:
             self.free: deque[int] = deque(range(p.ring.geometry.slots))
         else:
-            # A replacement: the table says which slots are free; FREE records still in the
+            # A replacement: the table says which slots are free; FREED records still in the
             # inbox (or re-sent by a replacement publisher) are checked against it.
             state = p.ring.table[:, STATE]
-            self.free = deque(int(s) for s in (state == S_FREE).nonzero()[0])
+            self.free = deque(int(s) for s in (state == FREE).nonzero()[0])
         self._free_set = set(self.free)
         self._headers = p.ring.headers()
         self._payloads = [p.ring.payload(s) for s in range(p.ring.geometry.slots)]
@@ -117,17 +117,17 @@ class Dispatcher:
     def _poll_inbox(self, timeout: float) -> None:
         state = self.ring.table[:, STATE]
         for kind, slot, _, _ in self.p.dispatcher_inbox.recv(timeout).tolist():
-            if kind == FREE:
+            if kind == FREED:
                 # A record is a wake-up, the table the truth: after a replacement a slot can
                 # be announced twice (an old record, and the table or a re-sent one).
-                if slot not in self._free_set and state[slot] == S_FREE:
+                if slot not in self._free_set and state[slot] == FREE:
                     self._free_set.add(slot)
                     self.free.append(slot)
             elif kind == STOP:
                 self.stopping = True
 
     def _straight_to_publisher(self, slot: int) -> None:
-        self.p.done.send(DONE, slot, protocol.skip_to_done(self.ring.table[slot]))
+        self.p.done.send(READY, slot, protocol.skip_to_done(self.ring.table[slot]))
 
     def _mismatch(self, layout: PartLayout, parts: list) -> str | None:
         """Why a part layout differs from the declared one, worked out once per layout."""
@@ -227,7 +227,7 @@ class Dispatcher:
         try:
             while True:
                 # With slots to spare and messages flowing, look at the inbox only every
-                # POLL_EVERY messages: a poll (and reading one FREE record at a time) per
+                # POLL_EVERY messages: a poll (and reading one FREED record at a time) per
                 # message cost small messages about a third of the dispatcher's time.
                 if len(self.free) < 2 or skipped >= POLL_EVERY:
                     skipped = 0

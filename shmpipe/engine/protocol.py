@@ -15,10 +15,12 @@ State machine (one row per slot; ``SlotState`` in ``shmpipe.shm.layout``)::
 After a dispatcher or publisher died, the supervisor moves that process's rows on:
 FILLING ──abandon_fill──► FREE and PUBLISHING ──requeue──► DONE.
 
-Writers: at any instant each row has exactly one writer. The dispatcher owns FREE, FILLING
-and FILLED rows; the worker seat named in OWNER owns an ASSIGNED or CLAIMED row; the
-publisher owns DONE and PUBLISHING rows (it learns of them through a DONE record). The
-supervisor writes a row only when the process that owned it is dead (``mark_assigned`` to
+Writers: at any instant each row has exactly one writer, the holder that
+``shm.layout.SLOT_STATES`` declares for its state (the one declaration every scan of the
+table derives from): the dispatcher for FREE, FILLING and FILLED rows, the worker seat named
+in OWNER for ASSIGNED and CLAIMED rows, the publisher for DONE and PUBLISHING rows (it learns
+of them through a READY record). The supervisor's recovery (``engine.recovery``) writes a row
+only when the process that held it is dead (``mark_assigned`` to
 another seat, ``retry``, ``quarantine``). So the table needs no lock, and a process killed at
 any instant cannot leave a row held.
 
@@ -101,7 +103,7 @@ def mark_assigned(row: np.ndarray, seat: int) -> int:
 
 def skip_to_done(row: np.ndarray) -> int:
     """FILLING → DONE (dispatcher): a row no worker needs (a stream-finished marker, or an
-    error record written by ``record_error``). Returns the ticket for the DONE record."""
+    error record written by ``record_error``). Returns the ticket for the READY record."""
     ticket = int(row[TICKET]) + 1
     row[TICKET] = ticket
     row[STATE] = DONE
@@ -133,7 +135,7 @@ def retry(row: np.ndarray) -> int:
 
 def quarantine(row: np.ndarray) -> int:
     """CLAIMED → DONE (supervisor): the frame killed ``max_attempts`` workers; the caller has
-    written its error record. Returns the ticket for the DONE record."""
+    written its error record. Returns the ticket for the READY record."""
     row[FLAGS] = int(row[FLAGS]) | QUARANTINED
     ticket = int(row[TICKET]) + 1
     row[TICKET] = ticket
@@ -142,7 +144,7 @@ def quarantine(row: np.ndarray) -> int:
 
 
 def take_for_publishing(row: np.ndarray, ticket: int) -> bool:
-    """DONE → PUBLISHING (publisher). False for a duplicate DONE record (recovery re-sends
+    """DONE → PUBLISHING (publisher). False for a duplicate READY record (recovery re-sends
     one when a worker died between marking DONE and telling the publisher)."""
     if row[STATE] != DONE or row[TICKET] != ticket:
         return False
@@ -165,7 +167,7 @@ def requeue(row: np.ndarray) -> None:
 
 
 def release(row: np.ndarray) -> None:
-    """PUBLISHING → FREE (publisher): committed and acknowledged; the FREE record follows."""
+    """PUBLISHING → FREE (publisher): committed and acknowledged; the FREED record follows."""
     row[STATE] = FREE
 
 

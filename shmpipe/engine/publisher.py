@@ -17,12 +17,12 @@ import time
 import numpy as np
 
 from shmpipe.api.sink import ErrorRecord, Record
-from shmpipe.engine.plumbing import Plumbing, now_ns
+from shmpipe.child.plumbing import Plumbing, now_ns
+from shmpipe.child.roles import run_role
 from shmpipe.engine.protocol import read_error, release, take_for_publishing
 from shmpipe.engine.recovery import publish_point
-from shmpipe.engine.roles import run_role
 from shmpipe.reduce.stage import ReduceStage
-from shmpipe.shm.channel import DONE, END, FREE
+from shmpipe.shm.channel import END, FREED, READY
 from shmpipe.shm.layout import (
     ATTEMPT,
     CONTROL,
@@ -104,8 +104,8 @@ class Publisher:
             if take_for_publishing(row, int(row[TICKET])):
                 heapq.heappush(self.ready, (int(row[SEQ]), slot))
         # The dead one may have freed slots without telling the dispatcher, which checks a
-        # FREE record against the table and ignores one for a slot it already has.
-        self.p.dispatcher_inbox.send_many([(FREE, s, 0, 0) for s in point.free])
+        # FREED record against the table and ignores one for a slot it already has.
+        self.p.dispatcher_inbox.send_many([(FREED, s, 0, 0) for s in point.free])
         self.log.warning(
             "publisher replaced: resuming at sequence %d, %d results to publish again or anew",
             self.watermark + 1,
@@ -118,10 +118,10 @@ class Publisher:
         for kind, slot, ticket, arg in records.tolist():
             if kind == END:
                 self.total = arg
-            elif kind == DONE:
+            elif kind == READY:
                 row = table[slot]
                 if not take_for_publishing(row, ticket):
-                    continue  # a duplicate DONE (recovery re-sent it); already taken
+                    continue  # a duplicate READY (recovery re-sent it); already taken
                 heapq.heappush(self.ready, (int(row[SEQ]), slot))
 
     # -- publishing --------------------------------------------------------------------
@@ -294,7 +294,7 @@ class Publisher:
         self.procs[P_RELEASED_SEQ] = self.released_seq
         for _, _, slot, _ in self.uncommitted:
             release(table[slot])
-            freed.append((FREE, slot, 0, 0))
+            freed.append((FREED, slot, 0, 0))
         self.p.dispatcher_inbox.send_many(freed)
         self.uncommitted.clear()
 

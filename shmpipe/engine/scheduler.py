@@ -10,8 +10,10 @@ import numpy as np
 
 from shmpipe.engine.protocol import mark_assigned
 from shmpipe.shm.channel import ASSIGN
-from shmpipe.shm.layout import ASSIGNED, CLAIMED, OWNER, P_STATE, PROC_FIRST_WORKER, PS_DEAD, STATE
+from shmpipe.shm.layout import HELD_BY, OWNER, P_STATE, PROC_FIRST_WORKER, PS_DEAD, STATE, Holder
 from shmpipe.shm.ring import SlotRing
+
+_HELD_BY_SEATS = HELD_BY[Holder.WORKER]
 
 
 class Scheduler:
@@ -22,19 +24,19 @@ class Scheduler:
         self._rr = -1
 
     def seat_loads(self, seats: int) -> tuple[list[int], list[bool]]:
-        """Slots assigned or claimed per worker seat, and which seats are alive.
+        """Slots held per worker seat (``shm.layout.SLOT_STATES``), and which seats are alive.
 
         Called by the dispatcher once per batch of assignments: a mask and a bincount over
         the slot column, about 15 us at 256 slots (a Python loop took 32 us there).
         """
         state, owner = self.ring.table[:, STATE], self.ring.table[:, OWNER]
-        held = ((state == ASSIGNED) | (state == CLAIMED)) & (owner >= 0) & (owner < seats)
+        held = _HELD_BY_SEATS[state] & (owner >= 0) & (owner < seats)
         load = np.bincount(owner[held], minlength=seats).tolist()
         pstate = self.ring.procs[PROC_FIRST_WORKER : PROC_FIRST_WORKER + seats, P_STATE].tolist()
         return load, [s != PS_DEAD for s in pstate]
 
     def least_loaded_seat(self, seats: int, exclude: int = -1) -> int:
-        """The live worker seat with the fewest slots assigned or claimed (ties round-robin)."""
+        """The live worker seat holding the fewest slots (ties round-robin)."""
         load, alive = self.seat_loads(seats)
         return self._pick(load, alive, exclude)
 

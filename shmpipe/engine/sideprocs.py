@@ -25,8 +25,8 @@ from typing import Any
 
 from shmpipe.api.registry import load_dotted
 from shmpipe.api.sideprocess import SideProcess
+from shmpipe.child.plumbing import Plumbing
 from shmpipe.config import PipelineConfig
-from shmpipe.engine.plumbing import Plumbing
 
 log = logging.getLogger("shmpipe.supervisor")
 

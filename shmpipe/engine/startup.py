@@ -20,15 +20,16 @@ from typing import Any
 from shmpipe.api import provenance
 from shmpipe.api.sink import RunInfo
 from shmpipe.api.source import SourceConfigError, SourceLayout
+from shmpipe.child.plumbing import Plumbing
 from shmpipe.config import ConfigError, PipelineConfig, to_toml
-from shmpipe.engine.chain import ChainLayout, KernelChain, KernelSetupError
-from shmpipe.engine.plumbing import Plumbing
+from shmpipe.engine.chain import KernelChain, KernelSetupError
 from shmpipe.reduce.setup import check_reducers, reducer_identity, reducer_infos
 from shmpipe.shm.channel import RecordPipe
 from shmpipe.shm.layout import PROC_FIRST_WORKER
 from shmpipe.shm.params import LiveParams
-from shmpipe.shm.preview import PreviewTap
+from shmpipe.shm.resultlayout import ChainLayout
 from shmpipe.shm.ring import RingGeometry, ShmCapacityError, SlotRing
+from shmpipe.shm.tapwriter import TapWriter
 
 log = logging.getLogger("shmpipe.supervisor")
 
@@ -44,7 +45,7 @@ class StartupError(RuntimeError):
 
 def run_info_for(config: PipelineConfig) -> RunInfo:
     """What the sinks record about this run, before the kernels' outputs are known."""
-    effective = config.effective()
+    effective = provenance.without_secrets(config.effective())
     shaping = provenance.result_shaping(effective)
     return RunInfo(
         run_name=config.run.name,
@@ -94,11 +95,24 @@ def preflight_main(conn, config: PipelineConfig, cache_dir: Path, run_info: RunI
             return
         check_reducers(config, layout.specs(), run_info)
         uses_numba = "numba" in sys.modules
+        _set_up_side_processes(config, layout, src_layout)
         conn.send(("ok", pickle.dumps((source.params, src_layout, layout, uses_numba))))
     except Exception as exc:  # noqa: BLE001 - sent back and reported as a start-up error
         conn.send(("error", f"{exc}"))
     finally:
         conn.close()
+
+
+def _set_up_side_processes(config: PipelineConfig, layout: ChainLayout, src: SourceLayout) -> None:
+    """``SideProcess.setup`` of each enabled one (the view's Numba kernels), before workers."""
+    from shmpipe.engine.sideprocs import declared
+
+    for side in declared():
+        if side.setup is not None and side.enabled(config):
+            try:
+                side.setup(config, layout.specs(), src.parts)
+            except Exception as exc:  # noqa: BLE001 - the side process sets up itself then
+                log.warning("%s: setting up before the workers failed: %s", side.name, exc)
 
 
 def _prepare_numba_for_forks(threads: int) -> None:
@@ -236,7 +250,7 @@ def _preview_tap(cfg: PipelineConfig, layout, src_layout, run_info: RunInfo, rin
     if cfg.reducers:  # for a view attached later (shmpipe view RUN): shmpipe.reduce.live
         identity["reducers"] = reducer_identity(cfg)
     try:
-        return PreviewTap.create(
+        return TapWriter.create(
             layout.specs(), src_layout.parts, identity, cfg.view.max_hz, cfg.view.history
         )
     except (MemoryError, ValueError) as exc:

@@ -56,6 +56,5 @@ class RunSummary:
             + (f", {self.dispatcher_restarts} dispatcher" if self.dispatcher_restarts else "")
             + (f", {self.publisher_restarts} publisher" if self.publisher_restarts else "")
         )
-        if self.outputs:
-            text += "\nwritten: " + "\n         ".join(self.outputs)
+        text += "\nwritten: " + "\n         ".join(self.outputs or ["nothing"])
         return text

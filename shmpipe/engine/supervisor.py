@@ -13,20 +13,20 @@ travel through a pipe, only slot numbers do)::
      source                 ▲ copy once          ▲ views, in place       ▲ read, in place
        │  Message           │                    │                       │
        ▼                    │                    │                       │
-  ┌────────────┐  ASSIGN(slot,ticket) ┌──────────────┐  DONE(slot,ticket) ┌────────────┐
+  ┌────────────┐  ASSIGN(slot,ticket) ┌──────────────┐ READY(slot,ticket) ┌────────────┐
   │ dispatcher │─────────────────────►│ worker seat i│──────────────────►│ publisher  │─► sinks
   └────────────┘  one inbox per seat  └──────────────┘  one shared pipe   └────────────┘  commit
         ▲   END(total) ─────────────────────────────────────────────────────►  │     then ack
-        └──────────────────────────── FREE(slot) ──────────────────────────────┘  to the source
+        └─────────────────────────── FREED(slot) ──────────────────────────────┘  to the source
 
   supervisor (this module): first forks a short-lived preflight child (source and sink
   checks, kernel setup filling the Numba cache), then allocates the memory and forks every
   process (plus the side processes, such as metrics when [metrics] port is set, which only
-  read the tables: ``engine/sideprocs.py``), and waits on their sentinels; when a worker
-  dies it finds the seat's slots in the slot table and re-assigns them (attempt+1 for a
-  claimed one; quarantined as an error record after run.max_attempts), then forks a
-  replacement into the same seat. A dead dispatcher or publisher is replaced too: what it
-  held and where the replacement resumes come from the slot table (``engine/recovery.py``).
+  read the tables: ``engine/sideprocs.py``), and waits on their sentinels. Every exit of
+  the data path goes to ``engine/recovery.py``, which says what it means, moves on the
+  rows the dead process held (a worker's slots are re-assigned, attempt+1 for a claimed
+  one, quarantined as an error record after run.max_attempts), counts the restart, and
+  says where a replacement starts; the supervisor forks it into the same process row.
   The watchdog (``engine/watchdog.py``, on by default) kills a worker stuck on a frame and
   names a stall. Ctrl-C/SIGTERM: STOP
   to the dispatcher, the rest drains; a second one kills.
@@ -39,7 +39,7 @@ one held.
 
 Records travel in batches where that saves wake-ups without delaying anyone: the dispatcher
 hands small messages over a few dozen at a time (each held at most 0.5 ms, the source's wait
-included), workers report a batch's DONE records in one write (when the batch ends, or once
+included), workers report a batch's READY records in one write (when the batch ends, or once
 0.5 ms old), the publisher frees a commit's slots in one write. A large frame travels alone.
 """
 
@@ -52,8 +52,9 @@ import signal
 import time
 from multiprocessing.connection import wait
 
+from shmpipe.child.plumbing import Plumbing
+from shmpipe.child.roles import getproctitle, set_process_title, setproctitle
 from shmpipe.config import ConfigError, PipelineConfig
-from shmpipe.engine import protocol, recovery
 from shmpipe.engine.chain import KernelSetupError
 from shmpipe.engine.dispatcher import dispatcher_main
 from shmpipe.engine.exit_codes import (
@@ -63,9 +64,8 @@ from shmpipe.engine.exit_codes import (
     EXIT_INTERRUPTED,
     EXIT_OK,
 )
-from shmpipe.engine.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing
 from shmpipe.engine.publisher import publisher_main
-from shmpipe.engine.roles import getproctitle, set_process_title, setproctitle
+from shmpipe.engine.recovery import Decision, Recovery, RunFailed, Verdict
 from shmpipe.engine.run_state import RunState
 from shmpipe.engine.scheduler import Scheduler
 from shmpipe.engine.sideprocs import SideProcesses
@@ -73,35 +73,23 @@ from shmpipe.engine.startup import StartupError, prepare
 from shmpipe.engine.summary import RunSummary
 from shmpipe.engine.watchdog import Watchdog
 from shmpipe.engine.worker import worker_main
-from shmpipe.observe.logs import frame_extra
 from shmpipe.observe.progress import ProgressReporter
 from shmpipe.observe.run_report import SteadyRate, written_outputs
 from shmpipe.observe.runs import RunNameInUse, RunRecord, sweep_stale
-from shmpipe.observe.snapshot import Snapshot
-from shmpipe.shm.channel import DONE, STOP
+from shmpipe.observe.snapshot import RunTotals
+from shmpipe.shm.channel import STOP
 from shmpipe.shm.layout import (
-    ASSIGNED,
-    ATTEMPT,
-    CLAIMED,
-    MSG_ID,
-    OWNER,
     P_EXIT,
     P_FRAMES,
-    P_KERNEL,
     P_PID,
     P_READY_NS,
-    P_RESTARTS,
     P_STARTED_NS,
     P_STATE,
     PROC_DISPATCHER,
     PROC_FIRST_WORKER,
     PROC_PUBLISHER,
-    PS_DEAD,
     PS_EXITED,
-    STATE,
-    TICKET,
 )
-from shmpipe.shm.layout import DONE as S_DONE
 
 log = logging.getLogger("shmpipe.supervisor")
 
@@ -130,6 +118,7 @@ class Pipeline:
         self.summary = RunSummary(self.name)
         self.p: Plumbing | None = None
         self.scheduler: Scheduler | None = None
+        self.recovery: Recovery | None = None
         self.state = RunState.STARTING
         self.side: SideProcesses | None = None
         self.watchdog: Watchdog | None = None
@@ -160,166 +149,40 @@ class Pipeline:
         proc.start()
         return proc
 
-    def _start_worker(self, seat: int) -> None:
-        row = self.p.ring.procs[PROC_FIRST_WORKER + seat]
-        row[P_STATE] = 0
-        row[P_EXIT] = 0
-        row[P_READY_NS] = 0  # else a replacement looks ready before it is (negative start-up)
-        self.workers[seat] = self._start(worker_main, (self.p, seat), f"shmpipe-worker{seat}")
-
-    # -- recovery --------------------------------------------------------------------------
-    def _recover_seat(self, seat: int, cause: str) -> None:
-        """Give the slots of a dead worker back: re-assign, or quarantine a poison frame."""
-        p, ring = self.p, self.p.ring
-        table = ring.table
-        kernel_index = int(ring.procs[PROC_FIRST_WORKER + seat, P_KERNEL])
-        kernel = self.config.kernels[kernel_index - 1].name if kernel_index > 0 else "?"
-        for slot in range(ring.geometry.slots):
-            row = table[slot]
-            if row[OWNER] != seat:
-                continue
-            state = row[STATE]
-            if state == ASSIGNED:
-                target = self.scheduler.least_loaded_seat(p.workers, exclude=seat)
-                self.scheduler.assign(slot, target, p.seats[target])
-            elif state == CLAIMED:
-                if protocol.retry(row) >= self.config.run.max_attempts:
-                    self._quarantine(slot, kernel, cause)
-                else:
-                    log.warning(
-                        "re-dispatching message %d (attempt %d) after %s",
-                        int(row[MSG_ID]),
-                        int(row[ATTEMPT]) + 1,
-                        cause,
-                        extra=frame_extra(ring, slot),
-                    )
-                    target = self.scheduler.least_loaded_seat(p.workers, exclude=seat)
-                    self.scheduler.assign(slot, target, p.seats[target])
-            elif state == S_DONE:
-                # It may have died between marking DONE and telling the publisher; a second
-                # DONE with the same ticket is ignored by the publisher if the first arrived.
-                p.done.send(DONE, slot, int(row[TICKET]))
-
-    def _quarantine(self, slot: int, kernel: str, cause: str) -> None:
-        ring = self.p.ring
-        row = ring.table[slot]
-        attempts = int(row[ATTEMPT])
-        protocol.record_error(
-            ring,
-            slot,
-            kernel,
-            f"quarantined: the frame killed {attempts} workers in kernel {kernel!r}; last: {cause}",
-        )
-        ticket = protocol.quarantine(row)
-        self.summary.quarantined += 1
-        log.error(
-            "message %d quarantined after %d attempts (%s)",
-            int(row[MSG_ID]),
-            attempts,
-            cause,
-            extra=frame_extra(ring, slot),
-        )
-        self.p.done.send(DONE, slot, ticket)
-
-    def _on_worker_exit(self, seat: int, proc: mp.Process) -> None:
-        ring = self.p.ring
-        code = proc.exitcode
-        procs = ring.procs[PROC_FIRST_WORKER + seat]
-        procs[P_EXIT] = code if code is not None else -999
-        if code == EXIT_FATAL:
-            raise _RunFailed(ring.note(PROC_FIRST_WORKER + seat) or f"worker {seat} failed")
-        cause = (
-            f"signal {-code} ({signal.Signals(-code).name})"
-            if code and code < 0
-            else f"exit code {code}"
-        )
-        procs[P_STATE] = PS_DEAD
-        log.warning("worker %d (pid %d) died: %s", seat, proc.pid, cause)
-        self._recover_seat(seat, f"worker {seat} (pid {proc.pid}) died: {cause}")
-        self.summary.worker_restarts += 1
-        procs[P_RESTARTS] += 1
-        if self.summary.worker_restarts > self.config.run.max_restarts:
-            raise _RunFailed(
-                f"workers died {self.summary.worker_restarts} times "
-                f"(run.max_restarts = {self.config.run.max_restarts}); last: {cause}"
-            )
-        self._start_worker(seat)
-
-    def _count_restart(self, role: str, proc: int, code: int | None) -> None:
-        self.p.ring.procs[proc, P_RESTARTS] += 1
-        total = self.summary.worker_restarts + self.summary.dispatcher_restarts
-        total += self.summary.publisher_restarts
-        if total > self.config.run.max_restarts:
-            raise _RunFailed(
-                f"processes died {total} times (run.max_restarts = "
-                f"{self.config.run.max_restarts}); last: the {role} ({_cause(code)})"
-            )
-
-    def _replace_dispatcher(self, code: int | None) -> None:
-        """A dispatcher killed (not one that stopped on purpose): free, hand on or re-send
-        what it held, and start another that resumes where the table says."""
+    def _start_child(self, proc: int, replacing: Decision | None = None) -> None:
+        """Fork the process of row ``proc``: its first start, or a replacement after
+        ``replacing`` (the recovery's decision: where a new dispatcher resumes)."""
         p = self.p
-        rows = recovery.recover_dispatcher(p.ring, self.scheduler, p.seats, p.done, p.workers)
-        log.warning(
-            "the dispatcher (pid %d) died (%s): replaced; resuming after item %d "
-            "(%d half-filled slot(s) read again, %d filled slot(s) handed to workers)",
-            self.dispatcher.pid,
-            _cause(code),
-            rows.resume_at,
-            rows.abandoned,
-            rows.assigned,
-        )
-        self.summary.dispatcher_restarts += 1
-        self._count_restart("dispatcher", PROC_DISPATCHER, code)
-        p.ring.procs[PROC_DISPATCHER, [P_STATE, P_READY_NS]] = 0
-        self.dispatcher = self._start(dispatcher_main, (p, rows.resume_at), "shmpipe-dispatcher")
-
-    def _replace_publisher(self, code: int | None) -> None:
-        """A publisher killed: its PUBLISHING rows go back to DONE and another publishes them
-        (the sinks skip message ids they already hold)."""
-        requeued = recovery.recover_publisher(self.p.ring)
-        log.warning(
-            "the publisher (pid %d) died (%s): replaced; %d result(s) it was publishing go "
-            "out again",
-            self.publisher.pid,
-            _cause(code),
-            requeued,
-        )
-        self.summary.publisher_restarts += 1
-        self._count_restart("publisher", PROC_PUBLISHER, code)
-        self.p.ring.procs[PROC_PUBLISHER, [P_STATE, P_READY_NS]] = 0
-        self.publisher = self._start(publisher_main, (self.p, True), "shmpipe-publisher")
-
-    def _on_exit(self, role: str | int, proc) -> None:
-        """Every process exit the supervisor sees, by role: ``"side"``, ``"dispatcher"``,
-        ``"publisher"`` or a worker's seat; raises ``_Finished`` when the publisher ends the run,
-        ``_RunFailed`` when an exit cannot be recovered from."""
-        if role == "side":
-            # An observer, not part of the data path: restarted, the run goes on.
-            self.side.on_exit(proc)
-            return
-        proc.join()
-        ring = self.p.ring
-        if role == "dispatcher":
-            ring.procs[PROC_DISPATCHER, P_STATE] = PS_EXITED
-            if proc.exitcode == EXIT_CONFIG:
-                raise _RunFailed(ring.note(PROC_DISPATCHER), EXIT_CONFIG_ERROR)
-            if proc.exitcode in (EXIT_FATAL, 1):
-                raise _RunFailed(ring.note(PROC_DISPATCHER) or "the dispatcher failed")
-            if proc.exitcode == 0:
-                self._dispatcher_done = True
-                self._set_state(RunState.DRAINING, "no more messages")
-            else:
-                self._replace_dispatcher(proc.exitcode)
-        elif role == "publisher":
-            ring.procs[PROC_PUBLISHER, P_STATE] = PS_EXITED
-            if proc.exitcode in (EXIT_FATAL, 1):
-                raise _RunFailed(ring.note(PROC_PUBLISHER) or "the publisher failed")
-            if proc.exitcode == 0:
-                raise _Finished
-            self._replace_publisher(proc.exitcode)
+        # Else a replacement looks ready before it is (a negative start-up time).
+        p.ring.procs[proc, [P_STATE, P_EXIT, P_READY_NS]] = 0
+        if proc == PROC_DISPATCHER:
+            args = (p,) if replacing is None else (p, replacing.resume_at)
+            self.dispatcher = self._start(dispatcher_main, args, "shmpipe-dispatcher")
+        elif proc == PROC_PUBLISHER:
+            args = (p,) if replacing is None else (p, True)
+            self.publisher = self._start(publisher_main, args, "shmpipe-publisher")
         else:
-            self._on_worker_exit(role, proc)
+            seat = proc - PROC_FIRST_WORKER
+            self.workers[seat] = self._start(worker_main, (p, seat), f"shmpipe-worker{seat}")
+
+    def _on_exit(self, proc: int | str, child) -> None:
+        """Every process exit the supervisor sees: ``"side"`` or a process row. What a death
+        means and what the dead process held is the recovery's (``engine/recovery.py``);
+        raises ``_Finished`` when the publisher ends the run, ``RunFailed`` when an exit
+        cannot be recovered from."""
+        if proc == "side":
+            # An observer, not part of the data path: restarted, the run goes on.
+            self.side.on_exit(child)
+            return
+        child.join()
+        decision = self.recovery.after_exit(proc, child.pid, child.exitcode)
+        if decision.verdict is Verdict.REPLACE:
+            self._start_child(proc, decision)
+        elif proc == PROC_PUBLISHER:
+            raise _Finished
+        elif proc == PROC_DISPATCHER:
+            self._dispatcher_done = True
+            self._set_state(RunState.DRAINING, "no more messages")
 
     def _report_ready_workers(self) -> None:
         """Log each worker's start-up time (fork to first frame possible) once."""
@@ -369,12 +232,13 @@ class Pipeline:
         title = getproctitle()
         set_process_title("supervisor", self.name)
         try:
-            self.p = prepare(self.ctx, self.config)
-            self.scheduler = Scheduler(self.p.ring)
             try:
                 self.side.prepare()
-            except OSError as exc:  # a port in use (metrics, view): refused before any fork
-                raise StartupError(str(exc)) from None
+            except OSError as exc:  # a port in use (metrics, view): refused before any fork,
+                raise StartupError(str(exc)) from None  # and before the kernels' set-up
+            self.p = prepare(self.ctx, self.config)
+            self.scheduler = Scheduler(self.p.ring)
+            self.recovery = Recovery(self.p, self.scheduler, self.config, self.summary)
             self._record = record
             record.describe(self._describe())
             return self._supervise(t_start)
@@ -423,18 +287,18 @@ class Pipeline:
         exit_code, error = EXIT_OK, ""
         try:
             self._start_side_processes()
-            self.publisher = self._start(publisher_main, (p,), "shmpipe-publisher")
+            self._start_child(PROC_PUBLISHER)
             for seat in range(cfg.run.workers):
-                self._start_worker(seat)
-            self.dispatcher = self._start(dispatcher_main, (p,), "shmpipe-dispatcher")
+                self._start_child(PROC_FIRST_WORKER + seat)
+            self._start_child(PROC_DISPATCHER)
             handled_signals = 0
             self._set_state(RunState.RUNNING, "every process started")
             while True:
-                procs = {self.publisher.sentinel: ("publisher", self.publisher)}
+                procs = {self.publisher.sentinel: (PROC_PUBLISHER, self.publisher)}
                 if not self._dispatcher_done:
-                    procs[self.dispatcher.sentinel] = ("dispatcher", self.dispatcher)
+                    procs[self.dispatcher.sentinel] = (PROC_DISPATCHER, self.dispatcher)
                 for seat, w in enumerate(self.workers):
-                    procs[w.sentinel] = (seat, w)
+                    procs[w.sentinel] = (PROC_FIRST_WORKER + seat, w)
                 side = self.side.sentinels()
                 procs.update({s: ("side", r) for s, r in side.items()})
                 ready = wait(list(procs), timeout=0.25)
@@ -455,7 +319,7 @@ class Pipeline:
                     self._draining_since
                     and time.monotonic() - self._draining_since > cfg.run.drain_timeout_s
                 ):
-                    raise _RunFailed(
+                    raise RunFailed(
                         f"frames in flight did not finish within "
                         f"run.drain_timeout_s = {cfg.run.drain_timeout_s} s"
                     )
@@ -473,7 +337,7 @@ class Pipeline:
             exit_code = 128 + self._signals[0][0]
             error = "stopped at once by a second Ctrl-C: frames in flight were dropped"
             log.error("%s", error)
-        except _RunFailed as exc:
+        except RunFailed as exc:
             exit_code, error = exc.exit_code, str(exc)
             log.error("the run failed: %s", error)
         finally:
@@ -486,7 +350,7 @@ class Pipeline:
         if exit_code == EXIT_OK and self._signals:
             exit_code = 128 + self._signals[0][0]  # 130 SIGINT, 143 SIGTERM: stopped early
         summary.wall_s = time.perf_counter() - t_start
-        snap = Snapshot.read(ring.procs, ring.table)
+        snap = RunTotals.read(ring.procs, ring.table)
         summary.frames_in, summary.bytes_in = snap.frames_in, snap.bytes_in
         summary.frames_out, summary.errors = snap.frames_out, snap.errors
         summary.slots = ring.geometry.slots
@@ -497,7 +361,8 @@ class Pipeline:
         steady.sample(summary.frames_out)
         summary.steady_frames_per_s = steady.rate()
         try:
-            summary.outputs = written_outputs(cfg, [c.stream for c in ring.streams.read()])
+            published = {c.stream: c.frames_out for c in ring.streams.read()}
+            summary.outputs = written_outputs(cfg, self.p.run_info, published)
         except Exception as exc:  # noqa: BLE001 - the summary must not fail the run
             log.debug("cannot list the outputs written: %s", exc)
         t = ring.timings
@@ -556,26 +421,12 @@ class Pipeline:
             self._record.describe({**self._describe(), **pids})
 
 
-def _cause(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        return f"killed by signal {-code} ({signal.Signals(-code).name})"
-    return f"exit code {code}"
-
-
 class _Finished(Exception):
     pass
 
 
 class _Interrupted(Exception):
     pass
-
-
-class _RunFailed(Exception):
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def run_pipeline(config: PipelineConfig) -> RunSummary:

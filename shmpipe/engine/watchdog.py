@@ -28,15 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from shmpipe.engine.plumbing import now_ns
+from shmpipe.child.plumbing import now_ns
 from shmpipe.observe.logs import frame_extra
 from shmpipe.shm.layout import (
-    ASSIGNED,
     CLAIMED,
-    DONE,
-    FILLED,
-    FILLING,
-    FREE,
+    HELD_BY,
+    IN_FLIGHT,
     KERNEL_BUCKETS_S,
     MSG_ID,
     OWNER,
@@ -45,19 +42,23 @@ from shmpipe.shm.layout import (
     P_FRAMES,
     P_STALLED_NS,
     PROC_PUBLISHER,
-    PUBLISHING,
+    SLOT_STATES,
     STATE,
+    STATE_NAMES,
     T_CLAIM,
+    Holder,
 )
 
 log = logging.getLogger("shmpipe.supervisor")
 
+# Who holds a message in each state, for the stall's log line; a worker seat's rows are named
+# per seat (``Watchdog._held_by_seat``).
 _HOLDER = {
-    FILLING: "the dispatcher (filling)",
-    FILLED: "the dispatcher (filled)",
-    DONE: "the publisher (done, waiting)",
-    PUBLISHING: "the publisher (publishing)",
+    int(state): f"the {rule.holder.value} ({STATE_NAMES[state]})"
+    for state, rule in SLOT_STATES.items()
+    if rule.in_flight and rule.holder is not Holder.WORKER
 }
+_HELD_BY_SEATS = HELD_BY[Holder.WORKER]
 
 
 def chain_p99_s(kernel_hist: np.ndarray) -> float:
@@ -168,16 +169,13 @@ class Watchdog:
 
     def _held_by_seat(self, seat: int) -> str:
         table = self.ring.table
-        held = ((table[:, STATE] == ASSIGNED) | (table[:, STATE] == CLAIMED)) & (
-            table[:, OWNER] == seat
-        )
+        held = _HELD_BY_SEATS[table[:, STATE]] & (table[:, OWNER] == seat)
         return ", ".join(self._describe(slot) for slot in held.nonzero()[0].tolist())
 
     def _describe(self, slot: int) -> str:
         extra = frame_extra(self.ring, slot)
         state = int(self.ring.table[slot, STATE])
-        what = "claimed" if state == CLAIMED else "assigned" if state == ASSIGNED else "held"
-        return f"stream {extra['stream']!r} message {extra['message_id']} ({what})"
+        return f"stream {extra['stream']!r} message {extra['message_id']} ({STATE_NAMES[state]})"
 
     def holders(self, workers: list) -> list[str]:
         """Who holds which message now, one line per process holding any."""
@@ -200,7 +198,7 @@ class Watchdog:
         procs = self.ring.procs
         published = int(procs[PROC_PUBLISHER, P_FRAMES] + procs[PROC_PUBLISHER, P_ERRORS])
         now = time.monotonic()
-        in_flight = bool((self.ring.table[:, STATE] != FREE).any())
+        in_flight = bool(IN_FLIGHT[self.ring.table[:, STATE]].any())
         if published != self._published or not in_flight:
             self._published, self._published_at = published, now
             if self._stall_logged:

@@ -12,11 +12,11 @@ import os
 import sys
 import traceback
 
+from shmpipe.child.plumbing import Plumbing, now_ns
+from shmpipe.child.roles import fail, start_role
 from shmpipe.engine.chain import KernelChain
-from shmpipe.engine.plumbing import Plumbing, now_ns
 from shmpipe.engine.protocol import claim, finish, record_error
-from shmpipe.engine.roles import fail, start_role
-from shmpipe.shm.channel import ASSIGN, DONE, STOP
+from shmpipe.shm.channel import ASSIGN, READY, STOP
 from shmpipe.shm.layout import (
     HEADER_LEN,
     P_BUSY_NS,
@@ -77,11 +77,11 @@ def worker_main(p: Plumbing, seat: int) -> None:
     inbox, done, table = p.seats[seat], p.done, ring.table
     pid = int(procs[P_PID])
     running = procs[P_KERNEL : P_KERNEL + 1]  # where the supervisor reads the kernel running
-    # DONE records of a batch of small messages go to the publisher in one write, when the
+    # READY records of a batch of small messages go to the publisher in one write, when the
     # batch ends or, checked after each frame, once the oldest is HOLD_DONE_NS old (a frame
     # that took that long itself goes out at once). A worker killed while holding some loses
     # nothing: the slots are DONE in the table, and the supervisor's recovery sends their
-    # DONE records again.
+    # READY records again.
     finished: list[tuple[int, int, int, int]] = []
     finished_since = 0
     while True:
@@ -147,7 +147,7 @@ def worker_main(p: Plumbing, seat: int) -> None:
             finish(row, t1)
             if not finished:
                 finished_since = t0
-            finished.append((DONE, slot, ticket, 0))
+            finished.append((READY, slot, ticket, 0))
             if t1 - finished_since >= HOLD_DONE_NS:
                 done.send_many(finished)
                 finished = []

@@ -46,11 +46,11 @@ from prometheus_client.core import (
 )
 
 from shmpipe.api.sideprocess import SideProcess
+from shmpipe.child.plumbing import Plumbing
+from shmpipe.child.roles import start_role
 from shmpipe.config import MetricsSection
-from shmpipe.engine.plumbing import Plumbing
-from shmpipe.engine.roles import start_role
 from shmpipe.observe.metrics_http import MetricsHTTPServer
-from shmpipe.observe.snapshot import Snapshot, stalled_seconds
+from shmpipe.observe.snapshot import RunTotals, stalled_seconds
 from shmpipe.observe.status import ProcessSampler
 from shmpipe.shm.layout import (
     KERNEL_BUCKETS_S,
@@ -160,7 +160,7 @@ class PipelineCollector:
         yield info
 
         # -- run totals (from the process table; never roll over) ----------------------
-        snap = Snapshot.read(procs, self.ring.table)
+        snap = RunTotals.read(procs, self.ring.table)
         for name, doc, value in (
             ("frames_in", "Messages taken from the source.", snap.frames_in),
             ("bytes_in", "Payload bytes taken from the source.", snap.bytes_in),

@@ -16,7 +16,7 @@ import time
 
 from shmpipe.config import PipelineConfig
 from shmpipe.observe.live import LiveFigures, LiveView
-from shmpipe.observe.snapshot import Snapshot, stalled_seconds
+from shmpipe.observe.snapshot import RunTotals, stalled_seconds
 from shmpipe.observe.status import ProcessSampler, process_rows
 from shmpipe.shm.ring import (
     SlotRing,
@@ -66,7 +66,7 @@ class ProgressReporter:
         self.supervisor_pid = os.getpid()
 
     def snapshot(self) -> dict[str, float]:
-        return dataclasses.asdict(Snapshot.read(self.ring.procs, self.ring.table))
+        return dataclasses.asdict(RunTotals.read(self.ring.procs, self.ring.table))
 
     def tick(self) -> None:
         now = time.monotonic()

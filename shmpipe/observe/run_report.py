@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from shmpipe.api.sink import RunInfo
 from shmpipe.config import PipelineConfig
 
 MIN_STEADY_S = 0.5  # shorter spans give no meaningful rate (the supervisor samples at 4 Hz)
@@ -43,11 +44,13 @@ class SteadyRate:
         return (self.last[1] - self.first[1]) / span
 
 
-def written_outputs(config: PipelineConfig, streams: list[str]) -> list[str]:
-    """Where the sinks put this run's results (files, or a service's streams)."""
+def written_outputs(config: PipelineConfig, run: RunInfo, published: dict[str, int]) -> list[str]:
+    """Where the sinks put this run's results (files, or a service's streams), with what each
+    stored and skipped as already stored (``Sink.stored``); ``published`` counts the records
+    published per input stream."""
     out: list[str] = []
     for sink in config.sink_instances():
-        for where in sink.written(config.run.name, streams):
+        for where in sink.stored(run, published):
             if where not in out:
                 out.append(where)
     return out

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from shmpipe.shm.layout import (
-    FREE,
+    HELD_BY,
+    IN_FLIGHT,
     P_BUSY_NS,
     P_BYTES,
     P_ERRORS,
@@ -28,6 +29,7 @@ from shmpipe.shm.layout import (
     PS_BUSY,
     STATE,
     STATE_NAMES,
+    Holder,
 )
 
 
@@ -41,20 +43,20 @@ def role_name(proc: int) -> str:
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class RunTotals:
     """Totals of a run at one instant (each a counter with one writer; none rolls over)."""
 
     frames_in: int  # messages taken from the source (dispatcher)
     bytes_in: int  # their payload bytes
     frames_out: int  # results and error records published (publisher)
     errors: int  # error records published
-    ring_used: int  # slots not FREE
+    ring_used: int  # slots holding a message in flight (``shm.layout.SLOT_STATES``)
     ring_slots: int
     workers_busy: int
     workers: int
 
     @classmethod
-    def read(cls, procs: np.ndarray, table: np.ndarray) -> Snapshot:
+    def read(cls, procs: np.ndarray, table: np.ndarray) -> RunTotals:
         """Read the process table ``procs`` and the slot table ``table`` (live or copies)."""
         workers = procs[PROC_FIRST_WORKER:]
         return cls(
@@ -62,7 +64,7 @@ class Snapshot:
             bytes_in=int(procs[PROC_DISPATCHER, P_BYTES]),
             frames_out=int(procs[PROC_PUBLISHER, P_FRAMES]),
             errors=int(procs[PROC_PUBLISHER, P_ERRORS]),
-            ring_used=int(np.count_nonzero(table[:, STATE] != FREE)),
+            ring_used=int(np.count_nonzero(IN_FLIGHT[table[:, STATE]])),
             ring_slots=int(table.shape[0]),
             workers_busy=int(np.count_nonzero(workers[:, P_STATE] == PS_BUSY)),
             workers=int(workers.shape[0]),
@@ -118,3 +120,11 @@ def ring_occupancy(table: np.ndarray) -> dict[str, int]:
     """Slots of the slot table ``table`` per state, states with none left out."""
     states = np.bincount(table[:, STATE], minlength=len(STATE_NAMES))
     return {STATE_NAMES[i]: int(n) for i, n in enumerate(states) if n}
+
+
+def ring_holders(table: np.ndarray) -> dict[str, int]:
+    """Slots holding a message, per holder (``shm.layout.SLOT_STATES``): ``dispatcher``,
+    ``worker`` (all seats), ``publisher``; holders with none left out."""
+    state = table[:, STATE]
+    held = {h.value: int(np.count_nonzero(HELD_BY[h][state] & IN_FLIGHT[state])) for h in Holder}
+    return {name: n for name, n in held.items() if n}

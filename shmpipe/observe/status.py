@@ -16,7 +16,12 @@ import numpy as np
 import psutil
 
 from shmpipe.observe.runs import live_runs
-from shmpipe.observe.snapshot import read_processes, ring_occupancy, stalled_seconds
+from shmpipe.observe.snapshot import (
+    read_processes,
+    ring_holders,
+    ring_occupancy,
+    stalled_seconds,
+)
 from shmpipe.shm.layout import (
     MAX_STREAMS,
     N_COLUMNS,
@@ -207,6 +212,9 @@ def format_status(info: dict, cpu_window_s: float = 0.25) -> str:
         if cpu_window_s > 0:
             time.sleep(cpu_window_s)  # the CPU measurement window, not synchronisation
         occupancy = ", ".join(f"{k} {n}" for k, n in ring_occupancy(table).items())
+        holders = ", ".join(f"{k} {n}" for k, n in ring_holders(table).items())
+        if holders:
+            occupancy += f" (held by {holders})"
         lines = [
             f"{info['name']}  pid {info['pid']}  chain {' -> '.join(info['chain'])}  "
             f"state {info.get('state', '?')}  ring: {occupancy}"

@@ -98,7 +98,7 @@ def load(path: str, stream: str | None = None, *, text: bool = True) -> Results:
             # One handle per dataset: refreshing a second handle of a dataset that is open
             # already fails in HDF5 ("can't insert duplicate key").
             ds = _refreshed(e, name)
-            unit = ds.attrs.get("units")
+            unit = _declared_unit(ds)
             if unit:
                 out.units[name] = _text(unit)
             for attr, table in (("axis_output", out.axis_of), ("errors_output", out.errors_of)):
@@ -160,7 +160,7 @@ def describe_file(path: str) -> dict[str, Any]:
                     "outputs": {
                         k: {
                             "shape": list(e[k].shape if f"{k}_versions" in e else e[k].shape[1:]),
-                            "units": _text(e[k].attrs.get("units", "")),
+                            "units": _declared_unit(e[k]),
                         }
                         for k in outputs
                     },
@@ -169,3 +169,9 @@ def describe_file(path: str) -> dict[str, Any]:
                 }
             )
         return doc
+
+
+def _declared_unit(ds: h5py.Dataset) -> str:
+    """The unit as the kernel declared it: pyFAI's unit name (``q_nm^-1``, kept beside the
+    NeXus ``units`` "1/nm"), else ``units``; "" for none."""
+    return _text(ds.attrs.get("pyfai_unit", ds.attrs.get("units", "")))

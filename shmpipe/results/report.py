@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 
-def format_description(doc: dict[str, Any], show_config: bool = False) -> str:
-    """Render ``describe_file`` / ``describe_asapo`` output for a terminal."""
+def format_description(
+    doc: dict[str, Any], show_config: bool = False, show_all: bool = False
+) -> str:
+    """Render ``describe_file`` / ``describe_asapo`` output for a terminal.
+
+    Parameters
+    ----------
+    doc : dict
+        What ``describe_file`` or ``describe_asapo`` returned.
+    show_config : bool
+        Add each run's whole configuration (TOML).
+    show_all : bool
+        List every result-shaping key; otherwise only the kinds and the keys whose value
+        differs from the plug-in's default.
+    """
     lines = [doc["origin"]]
     if doc.get("creator"):
         lines.append(f"  written by {doc['creator']}, result hash {doc.get('result_hash', '')}")
-    shaping = doc.get("result_config") or {}
+    shaping = {k: v for k, v in (doc.get("result_config") or {}).items() if k != "kernels"}
     if shaping:
-        lines.append("  result-shaping configuration:")
-        lines += [f"    {k} = {v}" for k, v in shaping.items() if k != "kernels"]
+        shown = shaping if show_all else without_defaults(shaping)
+        hidden = len(shaping) - len(shown)
+        lines.append(
+            "  result-shaping configuration"
+            + (
+                f" ({hidden} keys at their defaults not shown: --all shows them):"
+                if hidden
+                else ":"
+            )
+        )
+        lines += [f"    {k} = {v}" for k, v in shown.items()]
     if not doc["streams"]:
         lines.append("  no streams")
     for s in doc["streams"]:
@@ -54,3 +78,50 @@ def format_description(doc: dict[str, Any], show_config: bool = False) -> str:
             lines.append("    configuration:")
             lines += [f"      {line}" for line in s["configuration"].splitlines()]
     return "\n".join(lines)
+
+
+def without_defaults(shaping: dict[str, Any]) -> dict[str, Any]:
+    """The result-shaping keys (``kernels.<name>.<key>``) whose values differ from the default
+    of their kernel's parameter, the kinds, and every key of a kernel not installed here."""
+    kinds = {
+        k.rsplit(".", 1)[0]: v for k, v in shaping.items() if k.endswith(".kind") and k != "kind"
+    }
+    defaults: dict[str, dict[str, Any]] = {}
+    for table, kind in kinds.items():
+        if table.startswith("kernels."):
+            defaults[table] = _param_defaults("shmpipe.kernels", kind)
+    defaults["sink"] = {"outputs": ["*"]}
+    out = {}
+    for key, value in shaping.items():
+        table, _, name = key.rpartition(".")
+        known = defaults.get(table)
+        if name == "kind" or known is None or name not in known or not _same(known[name], value):
+            out[key] = value
+    return out
+
+
+def _param_defaults(group: str, kind: str) -> dict[str, Any] | None:
+    """The defaults of a plug-in's ``Params`` fields; None when the plug-in is not here."""
+    from shmpipe.api.kernel import Kernel
+    from shmpipe.api.registry import PluginLookupError, resolve
+
+    try:
+        cls = resolve(group, str(kind), Kernel)
+    except (PluginLookupError, ImportError, TypeError, ValueError):
+        return None
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls.Params):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as stored: JSON has lists for tuples (and 1 == 1.0 in Python)."""
+
+    def stored(v: Any) -> Any:
+        return json.loads(json.dumps(v, default=str))
+
+    return stored(a) == stored(b)

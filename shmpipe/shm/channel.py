@@ -21,12 +21,13 @@ PIPE_BUF = select.PIPE_BUF
 MAX_BATCH = PIPE_BUF // RECORD_SIZE
 _RECORD_DTYPE = np.dtype("<i8")
 
-# Record kinds. One table for every channel so a misrouted record is recognisable in a log.
+# Record kinds. One table for every channel so a misrouted record is recognisable in a log;
+# named apart from the slot states (``shm.layout.SlotState``) they announce.
 ASSIGN = 1  # dispatcher/supervisor -> worker seat: (ASSIGN, slot, ticket, 0)
 STOP = 2  # -> any process: finish what you have, then exit
-DONE = 3  # worker/supervisor/dispatcher -> publisher: (DONE, slot, ticket, 0)
+READY = 3  # worker/supervisor/dispatcher -> publisher: (READY, slot, ticket, 0), a row DONE
 END = 4  # dispatcher -> publisher: (END, 0, 0, total messages dispatched)
-FREE = 5  # publisher -> dispatcher: (FREE, slot, 0, 0)
+FREED = 5  # publisher -> dispatcher: (FREED, slot, 0, 0), a row released to FREE
 
 
 class RecordPipe:

@@ -9,11 +9,15 @@ second).
 
 from __future__ import annotations
 
-from enum import IntEnum, IntFlag
+from dataclasses import dataclass
+from enum import Enum, IntEnum, IntFlag
+
+import numpy as np
 
 
 class SlotState(IntEnum):
-    """Where a slot is in its cycle (``shmpipe.engine.protocol`` says who moves it)."""
+    """Where a slot is in its cycle (``shmpipe.engine.protocol`` moves it; ``SLOT_STATES``
+    says who holds it)."""
 
     FREE = 0
     FILLING = 1
@@ -22,6 +26,63 @@ class SlotState(IntEnum):
     CLAIMED = 4
     DONE = 5
     PUBLISHING = 6
+
+
+class Holder(Enum):
+    """The process that holds a slot-table row (the only one that may write it)."""
+
+    DISPATCHER = "dispatcher"
+    WORKER = "worker"  # the seat named in the row's OWNER column
+    PUBLISHER = "publisher"
+
+
+@dataclass(frozen=True)
+class StateRule:
+    """What a slot state means to everyone who scans the slot table.
+
+    Attributes
+    ----------
+    holder : Holder
+        Who holds a row in this state. A process that dies leaves exactly these rows to the
+        supervisor's recovery (``shmpipe.engine.recovery``).
+    in_flight : bool
+        The row holds a message taken from the source and not yet released.
+    numbered : bool
+        Its SEQ column is the message's for good (a FILLING row's may be abandoned, and the
+        number given again).
+    """
+
+    holder: Holder
+    in_flight: bool
+    numbered: bool
+
+
+SLOT_STATES: dict[SlotState, StateRule] = {
+    SlotState.FREE: StateRule(Holder.DISPATCHER, in_flight=False, numbered=False),
+    SlotState.FILLING: StateRule(Holder.DISPATCHER, in_flight=True, numbered=False),
+    SlotState.FILLED: StateRule(Holder.DISPATCHER, in_flight=True, numbered=True),
+    SlotState.ASSIGNED: StateRule(Holder.WORKER, in_flight=True, numbered=True),
+    SlotState.CLAIMED: StateRule(Holder.WORKER, in_flight=True, numbered=True),
+    SlotState.DONE: StateRule(Holder.PUBLISHER, in_flight=True, numbered=True),
+    SlotState.PUBLISHING: StateRule(Holder.PUBLISHER, in_flight=True, numbered=True),
+}
+"""The one declaration of who holds a slot in each state: every scan of the slot table (the
+recovery, the scheduler, the watchdog, the status reader) is derived from it."""
+
+
+def state_mask(**rule: object) -> np.ndarray:
+    """A boolean array indexed by state value, true where the state's ``StateRule`` has every
+    attribute given: ``state_mask(holder=Holder.WORKER)[table[:, STATE]]`` marks the rows
+    held by worker seats (one fancy index: the scans run once a batch on the hot path)."""
+    mask = np.zeros(len(SlotState), dtype=bool)
+    for state, declared in SLOT_STATES.items():
+        mask[state] = all(getattr(declared, k) == v for k, v in rule.items())
+    return mask
+
+
+IN_FLIGHT = state_mask(in_flight=True)
+NUMBERED = state_mask(numbered=True)
+HELD_BY = {holder: state_mask(holder=holder) for holder in Holder}
 
 
 class SlotColumn(IntEnum):
@@ -107,7 +168,7 @@ PROC_STATE_NAMES = tuple(s.name.lower() for s in ProcState)
 
 ALIGN = 4096
 ERROR_BYTES = 16384
-NOTE_BYTES = 4096
+EXIT_REASON_BYTES = 4096
 
 # Timing histograms kept in shared memory (one writer per row, read by metrics and benchmarks).
 MAX_KERNELS = 16

@@ -25,13 +25,13 @@ import psutil
 from shmpipe.shm.layout import (
     ALIGN,
     ERROR_BYTES,
+    EXIT_REASON_BYTES,
     KERNEL_BUCKETS_S,
     LATENCY_BUCKETS_S,
     MAX_KERNELS,
     MAX_STREAMS,
     N_BUCKETS,
     N_COLUMNS,
-    NOTE_BYTES,
     P_COLUMNS,
     STREAM_WORDS,
 )
@@ -139,7 +139,7 @@ class RingGeometry:
         """Byte offset of the stream table in the tables region (after everything else)."""
         return (
             _round_up((self.slots * N_COLUMNS + self.processes * P_COLUMNS) * 8)
-            + _round_up(self.processes * NOTE_BYTES)
+            + _round_up(self.processes * EXIT_REASON_BYTES)
             + _round_up(self.timing_words * 8)
         )
 
@@ -203,8 +203,8 @@ class SlotRing:
         self.results = SharedRegion(g.slots * g.result_stride, "result-ring")
         self.table = self.tables.array("<i8", (g.slots, N_COLUMNS))
         self.procs = self.tables.array("<i8", (g.processes, P_COLUMNS), g.slots * N_COLUMNS * 8)
-        self._notes_at = _round_up((g.slots * N_COLUMNS + g.processes * P_COLUMNS) * 8)
-        timing_at = self._notes_at + _round_up(g.processes * NOTE_BYTES)
+        self._reasons_at = _round_up((g.slots * N_COLUMNS + g.processes * P_COLUMNS) * 8)
+        timing_at = self._reasons_at + _round_up(g.processes * EXIT_REASON_BYTES)
         self.timings = Timings(self.tables.array("<i8", (g.timing_words,), timing_at), g.processes)
         from shmpipe.shm.streams import StreamTable
 
@@ -248,15 +248,17 @@ class SlotRing:
         off = slot * g.result_stride + g.result_bytes
         return memoryview(self.results.map)[off : off + ERROR_BYTES]
 
-    # -- notes: the last words of a process that stops with an error ---------------------
-    def set_note(self, proc: int, text: str) -> None:
-        raw = text.encode(errors="replace")[: NOTE_BYTES - 4]
-        off = self._notes_at + proc * NOTE_BYTES
+    # -- exit reasons: the last words of a process that stops the run on purpose ---------
+    def set_exit_reason(self, proc: int, text: str) -> None:
+        """Leave ``text`` in process row ``proc`` for the supervisor (cut to fit)."""
+        raw = text.encode(errors="replace")[: EXIT_REASON_BYTES - 4]
+        off = self._reasons_at + proc * EXIT_REASON_BYTES
         self.tables.map[off + 4 : off + 4 + len(raw)] = raw
         self.tables.map[off : off + 4] = len(raw).to_bytes(4, "little")
 
-    def note(self, proc: int) -> str:
-        off = self._notes_at + proc * NOTE_BYTES
+    def exit_reason(self, proc: int) -> str:
+        """What process row ``proc`` left when it stopped the run; empty if nothing."""
+        off = self._reasons_at + proc * EXIT_REASON_BYTES
         n = int.from_bytes(self.tables.map[off : off + 4], "little")
         return self.tables.map[off + 4 : off + 4 + n].decode(errors="replace")
 

@@ -152,8 +152,9 @@ class ShmpipeDevice(Device):
         dtype=("DevLong64",),
         max_dim_x=4 * MAX_ROIS,
         access=AttrWriteType.READ_WRITE,
-        doc="ROIs of the statistics, flat [y0, y1, x0, x1, ...] half-open pixel bounds; "
-        "written ROIs apply from the next frame a worker takes",
+        doc="ROIs of the statistics, flat [y0, y1, x0, x1, ...] half-open pixel bounds of the "
+        "stitched image (also when the statistics read the modules); written ROIs apply from "
+        "the next frame a worker takes; [] removes every ROI",
     )
 
     def read_RoIs(self) -> list[int]:

@@ -40,8 +40,8 @@ RATE_WINDOW_S = 2.0  # FrameRate: frames published over about this long
 class FeedError(ValueError):
     """A request the device refuses: a DevFailed with ``reason`` and this message.
 
-    Reasons: ``UnknownOutput``, ``NotPerFrame``, ``BadArgument``, ``NotAnalysedYet``,
-    ``NotInHistory``, ``BadRoIs``, ``Unavailable``.
+    Reasons: ``UnknownOutput``, ``UnknownStream``, ``NotPerFrame``, ``BadArgument``,
+    ``NotAnalysedYet``, ``NotInHistory``, ``BadRoIs``, ``Unavailable``.
     """
 
     def __init__(self, message: str, reason: str = "BadArgument") -> None:
@@ -156,7 +156,8 @@ class DeviceFeed:
         if int(procs[PROC_PUBLISHER, P_STATE]) == PS_EXITED:
             return "finished", "finished: every frame taken was published"
         if dead:
-            note = "; ".join(filter(None, (self.ring.note(PROC_FIRST_WORKER + s) for s in dead)))
+            reasons = (self.ring.exit_reason(PROC_FIRST_WORKER + s) for s in dead)
+            note = "; ".join(filter(None, reasons))
             return "fault", f"worker(s) {dead} died; being replaced{': ' + note if note else ''}"
         c = self.counters()
         if self.stop_requested or int(procs[PROC_DISPATCHER, P_STATE]) == PS_EXITED:
@@ -243,6 +244,13 @@ class DeviceFeed:
             return np.asarray(h.values[hits[-1]])
         where = f" of stream {stream!r}" if stream else ""
         ids = h.message_id if not stream else h.message_id[[s == stream for s in h.stream]]
+        if stream and not len(ids) and len(h.message_id):
+            known = ", ".join(dict.fromkeys(h.stream))
+            raise FeedError(
+                f"unknown stream {stream!r}: no frame of it in the history, which holds "
+                f"stream(s) {known}",
+                "UnknownStream",
+            )
         if not len(ids):
             raise FeedError(
                 f"frame {mid}{where} is not in the history: no frame analysed yet", "NotAnalysedYet"

@@ -13,9 +13,10 @@ import sys
 from typing import Any
 
 from shmpipe.api.sideprocess import SideProcess
+from shmpipe.child.exits import CHILD_FAILED
+from shmpipe.child.plumbing import Plumbing
+from shmpipe.child.roles import start_role
 from shmpipe.config import TangoSection
-from shmpipe.engine.plumbing import EXIT_FATAL, Plumbing
-from shmpipe.engine.roles import start_role
 from shmpipe.tango import tango_missing
 
 SERVER = "ShmpipeDS"
@@ -62,21 +63,29 @@ def tango_main(p: Plumbing, resource: Any, supervisor_pid: int) -> None:  # noqa
     why = tango_missing()
     if why:
         log.error("no Tango device: %s", why)
-        os._exit(EXIT_FATAL)
+        os._exit(CHILD_FAILED)
     from tango import GreenMode
     from tango.server import run
 
     from shmpipe.tango import device
     from shmpipe.tango.feed import DeviceFeed
+    from shmpipe.tango.livekernels import set_up_live_kernels
 
     t = p.config.tango
-    log.info("Tango device: %s (pid %d)", device_url(t), os.getpid())
+    url = device_url(t)
+    if t.nodb:  # taurus cannot parse "#dbase=no" (its bug); its own scheme works
+        url += f", in taurus {url.replace('tango://', 'tango-nodb://').split('#')[0]}"
+    log.info("Tango device: %s (pid %d)", url, os.getpid())
     try:
         device.FEED = DeviceFeed(
             p.ring,
             p.tap,
             p.live,
-            p.config.kernel_instances(),
+            # Set up as the workers' are: ROIs are checked against the image shape (with
+            # module input, the geometry's) that only setup knows.
+            set_up_live_kernels(
+                p.config.kernel_instances(), p.layout.outputs, p.parts, p.cache_dir
+            ),
             t,
             supervisor_pid,
             p.workers,
@@ -94,7 +103,7 @@ def tango_main(p: Plumbing, resource: Any, supervisor_pid: int) -> None:  # noqa
             _register(t)
     except Exception as exc:  # noqa: BLE001 - reported, then the process ends (and restarts)
         log.error("the Tango device cannot start: %s", exc)
-        os._exit(EXIT_FATAL)
+        os._exit(CHILD_FAILED)
     sys.argv = server_args(t)
     run((device.ShmpipeDevice,), args=sys.argv, green_mode=GreenMode.Synchronous)
 

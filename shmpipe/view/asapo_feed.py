@@ -60,6 +60,7 @@ class AsapoFeed:
         self._specs: dict[str, ArraySpec] = {}
         self._snap: Snapshot | None = None
         self._raw: RawFrame | None = None
+        self._raw_reads = 0  # raw frames read: the raw frame's generation
         self._rows: dict[str, deque] = {}
         self._finished: set[tuple[str, str]] = set()
         self.records = 0
@@ -201,6 +202,7 @@ class AsapoFeed:
             parts.append(data.view(self.raw_dtype).reshape(self.raw_part_shape))
         with self._lock:
             self._raw = RawFrame(stream, int(ds["id"]), time.time(), parts)
+            self._raw_reads += 1
             if self.part_specs is None or len(self.part_specs) != len(parts):
                 self.part_specs = [
                     ArraySpec(f"module_{i:02d}", p.shape, p.dtype.str) for i, p in enumerate(parts)
@@ -219,9 +221,20 @@ class AsapoFeed:
         with self._lock:
             return self._snap
 
+    def apply(self, name: str, fn):
+        """``(stream, message_id, t, fn(array))`` on the latest record's copy, or None."""
+        snap = self.latest([name])
+        if snap is None or name not in snap.arrays:
+            return None
+        return snap.stream, snap.message_id, snap.t, fn(snap.arrays[name])
+
     def raw(self) -> RawFrame | None:
         with self._lock:
             return self._raw
+
+    def raw_generation(self) -> int:
+        with self._lock:
+            return self._raw_reads
 
     def history_names(self) -> list[str]:
         with self._lock:

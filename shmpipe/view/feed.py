@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from shmpipe.api.kernel import ArraySpec
-from shmpipe.observe.snapshot import Snapshot as RunTotals
+from shmpipe.observe.snapshot import RunTotals
 from shmpipe.shm.history import History
 from shmpipe.shm.layout import PROC_FIRST_WORKER
 from shmpipe.shm.preview import PreviewTap, RawFrame, TapBusy
@@ -51,15 +52,60 @@ class Counters:
 
 
 class Feed(Protocol):
-    run_name: str
+    """Everything the view server asks of its data source (``TapFeed``, ``AsapoFeed``).
 
-    def outputs(self) -> dict[str, ArraySpec]: ...
-    def generation(self) -> int: ...
-    def latest(self, names: list[str] | None = None) -> Snapshot | None: ...
-    def raw(self) -> RawFrame | None: ...
-    def history(self, name: str, last: int | None) -> History: ...
-    def history_names(self) -> list[str]: ...
-    def counters(self) -> Counters: ...
+    Attributes
+    ----------
+    run_name : str
+        What the status line names.
+    part_specs : list of ArraySpec or None
+        The raw frame's modules, when the source declares them (None: compressed parts;
+        the view then shows the first 3-D output as the raw frame).
+    geometry : DetectorGeometry or None
+        The detector layout of the raw modules (None: a built-in layout).
+    """
+
+    run_name: str
+    part_specs: list[ArraySpec] | None
+    geometry: Any
+
+    def outputs(self) -> dict[str, ArraySpec]:
+        """The declared outputs by qualified name."""
+        ...
+
+    def generation(self) -> int:
+        """Changes with every new latest frame (0: none yet)."""
+        ...
+
+    def latest(self, names: list[str] | None = None) -> Snapshot | None:
+        """The latest frame with (at least) the outputs ``names``; None before the first."""
+        ...
+
+    def apply(self, name: str, fn: Callable[[np.ndarray], Any]) -> tuple | None:
+        """``(stream, message_id, t, fn(array))`` for one output of the latest frame (read
+        where it lies when the feed can); None when it cannot be had now."""
+        ...
+
+    def raw(self) -> RawFrame | None:
+        """The latest raw frame, or None."""
+        ...
+
+    def raw_generation(self) -> int:
+        """Changes with every new raw frame."""
+        ...
+
+    def history(self, name: str, last: int | None) -> History:
+        """The last ``last`` frames' values of a small output, oldest first."""
+        ...
+
+    def history_names(self) -> list[str]:
+        """The outputs kept per frame."""
+        ...
+
+    def counters(self) -> Counters:
+        """The run's counters for the status line."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -180,6 +226,9 @@ class TapFeed:
                 return self._raw[1]
             self._raw = (g, frame)
             return frame
+
+    def raw_generation(self) -> int:
+        return self.tap.raw_generation()
 
     def history(self, name: str, last: int | None) -> History:
         return self.tap.history(name, last)

@@ -3,6 +3,12 @@
 lavue subscribes to a PUB socket and reads multipart messages ``[topic, array bytes,
 metadata, b"JSON"]`` where the metadata is a JSON object with ``shape``, ``dtype`` and
 ``name``. In lavue choose the ZMQ Stream source and give ``host:port/shmpipe``.
+
+Orientation: lavue works on arrays indexed (x, y). Its file, Tango and HTTP sources transpose
+the (rows, columns) arrays they read; its ZMQ source takes the array as sent (``frombuffer``,
+``reshape(shape)``, no net transpose). So an image goes out transposed, shape ``[columns,
+rows]``, and lavue shows it as its NeXus file source shows the same dataset: landscape for a
+LAMBDA 9M (x 0..4727), not portrait.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ class LavuePublisher:
         self.topic = topic
 
     def send(self, image: np.ndarray, name: str) -> None:
-        """Publish one image under ``name`` (lavue shows it as the image name)."""
-        array = np.ascontiguousarray(image)
+        """Publish one (rows, columns) image under ``name`` (lavue shows it as the image
+        name), transposed to lavue's (x, y)."""
+        array = np.ascontiguousarray(image.T)
         meta = {"shape": list(array.shape), "dtype": array.dtype.str, "name": name}
         try:
             self.socket.send_multipart(

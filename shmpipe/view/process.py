@@ -14,9 +14,9 @@ import signal
 import socket
 
 from shmpipe.api.sideprocess import SideProcess
+from shmpipe.child.plumbing import Plumbing
+from shmpipe.child.roles import start_role
 from shmpipe.config.schema import ViewSection
-from shmpipe.engine.plumbing import Plumbing
-from shmpipe.engine.roles import start_role
 
 
 class ViewPortError(OSError):
@@ -73,15 +73,26 @@ def serve(feed, sock: socket.socket, view: ViewSection, signals: bool = True) ->
 
 def view_main(p: Plumbing, sock: socket.socket, supervisor_pid: int) -> None:  # noqa: ARG001
     """Body of the view process forked by the supervisor (a side process)."""
-    start_role(p, -1, "view", "view")
+    log = start_role(p, -1, "view", "view")
+    # The supervisor stops this process with SIGTERM at the end of the run; it holds no state.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # At the run's priority: import the server and load the image kernels (compiled into
+    # Numba's cache in the setup phase), so that the view answers at once; at nice 19 beside
+    # busy workers this took minutes.
+    import uvicorn  # noqa: F401 - imported here, at full priority (as the server below)
+
+    from shmpipe.view.feed import TapFeed
+    from shmpipe.view.server import create_app  # noqa: F401
+    from shmpipe.view.warm import image_dtypes, warm_kernels
+
+    feed = TapFeed(p.tap, p.ring.table, p.ring.procs, p.config.run.workers)
+    try:
+        warm_kernels(image_dtypes(feed.outputs().values(), feed.part_specs))
+    except Exception:  # noqa: BLE001 - a slower first image, not a reason to stop
+        log.exception("view: loading the image kernels failed")
     if p.config.view.nice:
         # Below the workers: on busy cores the view skips images, the pipeline keeps its pace.
         os.nice(p.config.view.nice)
-    # The supervisor stops this process with SIGTERM at the end of the run; it holds no state.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    from shmpipe.view.feed import TapFeed
-
-    feed = TapFeed(p.tap, p.ring.table, p.ring.procs, p.config.run.workers)
     if p.config.reducers:
         from shmpipe.reduce.live import LiveReduced
         from shmpipe.view.reduced import ReducedFeed
@@ -90,9 +101,16 @@ def view_main(p: Plumbing, sock: socket.socket, supervisor_pid: int) -> None:  #
     serve(feed, sock, p.config.view, signals=False)
 
 
+def _setup(config, outputs, parts) -> None:
+    from shmpipe.view.warm import warm_for_run
+
+    warm_for_run(config, outputs, parts)
+
+
 SIDE_PROCESS = SideProcess(
     name="view",
     enabled=lambda config: config.view.port > 0,
     target=view_main,
     prepare=lambda config: open_view_socket(config.view.host, config.view.port),
+    setup=_setup,
 )

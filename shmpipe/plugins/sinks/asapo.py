@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from shmpipe.api.params import ParamError
 from shmpipe.api.sink import ErrorRecord, Record, ReducedRecord, RunInfo, Sink
 
 log = logging.getLogger("shmpipe.publisher.asapo")
@@ -53,10 +54,6 @@ class AsapoSinkParams:
     reducer: str = ""
     """With carry = "reduced": the reducer (``[reducers.NAME]``) this output carries."""
 
-    def validate(self) -> None:
-        if (self.carry == "reduced") != bool(self.reducer):
-            raise ValueError('carry = "reduced" and reducer = "NAME" go together')
-
     outputs: list[str] | None = None
     """Kernel outputs to carry (kernel.output); default all. One output is sent as its raw
     bytes; several are concatenated, each described in meta["arrays"]."""
@@ -70,6 +67,10 @@ class AsapoSinkParams:
     """Write into an output stream whose records were made with another result-shaping
     configuration (kernels and their parameters). Off: such a stream is refused, so that one
     stream never mixes results made differently."""
+
+    def validate(self) -> None:
+        if (self.carry == "reduced") != bool(self.reducer):
+            raise ParamError("reducer", 'carry = "reduced" and reducer = "NAME" go together')
 
 
 def client_log_level(level: int) -> str:
@@ -108,6 +109,57 @@ class AsapoSink(Sink):
                 f"sinks: asapo reducer = {self.params.reducer!r} names no [reducers.*] table "
                 f"(reducers: {', '.join(reducers) or 'none'})"
             )
+
+    def stored(self, run: RunInfo, published: dict[str, int]) -> list[str]:
+        """``ASAPO host:port beamtime/azint: scan_0001 100 records sent, ...``; a stream whose
+        newest record predates the run got nothing new: the service already held a record
+        of each id sent (a stream read again, ``--reprocess``), and says so."""
+        p = self.params
+        where = f"ASAPO {p.endpoint} {p.beamtime}/{p.data_source}"
+        if p.carry == "errors":
+            return [f"{where}: error records"]
+        if p.carry == "reduced":
+            return [f"{where}: results of reducer {p.reducer}"]
+        sent: dict[str, int] = {}
+        for stream, n in published.items():
+            if n > 0:
+                out = p.stream.format(stream=stream)
+                sent[out] = sent.get(out, 0) + n
+        if not sent:
+            return [f"{where}: nothing sent (no results were published)"]
+        untouched = self._streams_older_than(run.started, list(sent))
+        parts = []
+        for out, n in sorted(sent.items()):
+            if out in untouched:
+                parts.append(f"{out} 0 records stored, {n} skipped (already stored)")
+            else:
+                parts.append(f"{out} {n} records sent")
+        text = f"{where}: " + ", ".join(parts)
+        if untouched:
+            text += (
+                "; the service keeps one record per input id: to keep results read again, "
+                'give this sink another stream, e.g. stream = "{stream}-reprocessed"'
+            )
+        return [text]
+
+    def _streams_older_than(self, started: float, streams: list[str]) -> set[str]:
+        """The output streams whose newest record came before ``started`` (Unix time)."""
+        p = self.params
+        try:
+            import asapo_consumer
+
+            c = asapo_consumer.create_consumer(
+                p.endpoint, "", False, p.beamtime, p.data_source, p.token, p.timeout_ms
+            )
+            infos = {s: c.get_stream_info(s) for s in streams}
+        except Exception as exc:  # noqa: BLE001 - the summary then only says what was sent
+            log.debug("cannot read the ASAPO output streams for the summary: %s", exc)
+            return set()
+        return {
+            s
+            for s, info in infos.items()
+            if int(info.get("lastId", 0)) > 0 and int(info.get("timestampLast", 0)) < started * 1e9
+        }
 
     def open(self, run: RunInfo) -> None:
         import asapo_producer
@@ -152,8 +204,11 @@ class AsapoSink(Sink):
         self._attempt = 0  # answers to the sends of an earlier attempt are not counted
         self._last_id: dict[str, int] = {}
         self._checked: set[str] = set()
+        self._duplicates = 0  # sends the service answered with "already stored"
 
-    def _callback(self, attempt: int, payload: dict[str, Any], err: Exception | None) -> None:
+    def _callback(
+        self, attempt: int, record: bool, payload: dict[str, Any], err: Exception | None
+    ) -> None:
         import asapo_producer
 
         with self._done:
@@ -161,7 +216,9 @@ class AsapoSink(Sink):
                 return  # a late answer to a send made again since
             self._in_flight -= 1
             # A server warning is e.g. a duplicate of a record already stored: idempotent by id.
-            if err is not None and not isinstance(err, asapo_producer.AsapoServerWarning):
+            if isinstance(err, asapo_producer.AsapoServerWarning):
+                self._duplicates += record  # not a finished flag sent again
+            elif err is not None:
                 temporary = isinstance(
                     err, asapo_producer.AsapoTimeOutError | asapo_producer.AsapoRequestsPoolIsFull
                 )
@@ -236,7 +293,7 @@ class AsapoSink(Sink):
         self._batch.append((method, kwargs))
         with self._done:
             self._in_flight += 1
-            callback = functools.partial(self._callback, self._attempt)
+            callback = functools.partial(self._callback, self._attempt, method == "send")
         if method == "send":
             self.producer.send(**kwargs, callback=callback)
         else:
@@ -371,3 +428,10 @@ class AsapoSink(Sink):
                 self.commit()
             finally:
                 self.producer = None
+            if self._duplicates:
+                log.info(
+                    "ASAPO output %s: %d records were stored already (the same input ids) "
+                    "and were not stored again",
+                    self.params.data_source,
+                    self._duplicates,
+                )

@@ -18,6 +18,7 @@ all three are checked before any process starts.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import glob
 import json
 import os
@@ -31,6 +32,7 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 
+from shmpipe.api.params import ParamError
 from shmpipe.api.provenance import describe_difference, iso_time, result_hash
 from shmpipe.api.sink import ErrorRecord, Record, ReducedRecord, RunInfo, Sink
 from shmpipe.plugins.sinks import hdf5_reduced, nexus
@@ -99,12 +101,12 @@ class HDF5Params:
 
     def validate(self) -> None:
         if not self.output:
-            raise ValueError("output must name a file")
+            raise ParamError("output", "must name a file")
         try:
             self.output.format(stream="s", run="r")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"output {self.output!r}: only {{stream}} and {{run}} may be replaced ({exc})"
+            raise ParamError(
+                "output", f"{self.output!r}: only {{stream}} and {{run}} may be replaced ({exc})"
             ) from None
 
 
@@ -139,6 +141,7 @@ class _Entry:
         self.errors_written = self.error_rows
         self.pending: list[Record] = []
         self.dirty = False
+        self.finished_at: float | None = None  # when this run saw the stream finish
         self.run_row = -1
 
     def rebind(self, e: h5py.Group) -> None:
@@ -308,6 +311,27 @@ class HDF5Sink(Sink):
             if p not in paths[:i] and os.path.isfile(p)
         ]
 
+    def stored(self, run: RunInfo, published: dict[str, int]) -> list[str]:
+        """``/abs/out.h5: 200 rows stored`` per file, with the rows skipped as already there
+        (a ``mode = "resume"`` run onto a file that held them): counted from each entry's
+        ``runs`` table, whose row for this run says where its rows begin."""
+        streams_of: dict[str, list[str]] = {}
+        for stream in published:
+            path = self.params.output.format(stream=stream, run=run.run_name)
+            streams_of.setdefault(path, []).append(stream)
+        lines = []
+        for path, streams in streams_of.items():
+            if not os.path.isfile(path):
+                continue
+            with open_read(path) as f:
+                new = sum(_rows_stored_by(f, s, run.run_uid) for s in streams)
+            skipped = max(0, sum(published[s] for s in streams) - new)
+            line = f"{os.path.abspath(path)}: {new} rows stored"
+            if skipped:
+                line += f", {skipped} skipped (already stored)"
+            lines.append(line)
+        return lines
+
     def _path(self, stream: str) -> str:
         return self.params.output.format(stream=stream, run=self.run.run_name)
 
@@ -393,6 +417,7 @@ class HDF5Sink(Sink):
 
     def stream_finished(self, stream: str, next_stream: str, last_id: int = 0) -> None:
         e = self._entry(stream)
+        e.finished_at = time.time()
         e.e.attrs["finished"] = True
         # Fixed-width, kept in the object header: nothing in the global heap (see nexus.text).
         e.e.attrs["next_stream"] = np.bytes_(next_stream.encode())
@@ -425,12 +450,26 @@ class HDF5Sink(Sink):
                     if e.run_row >= 0:
                         dt = e.e["end_time"].dtype
                         e.e["runs/end_time"][e.run_row] = nexus.as_text(end, dt)
-                        e.e["end_time"][()] = nexus.as_text(end, dt)
+                        # The stream's end: when it finished, else (stopped early) now.
+                        stream_end = iso_time(e.finished_at) if e.finished_at else end
+                        e.e["end_time"][()] = nexus.as_text(stream_end, dt)
                 fs.f.flush()
         finally:
             for fs in self._files.values():
                 fs.f.close()
             self._files.clear()
+
+
+def _rows_stored_by(f: h5py.File, stream: str, run_uid: str) -> int:
+    """Committed rows of ``stream``'s entry that the run ``run_uid`` stored (0: none)."""
+    e = f.get(stream)
+    if not isinstance(e, h5py.Group) or "runs" not in e:
+        return 0
+    uids = [u.decode() if isinstance(u, bytes) else str(u) for u in e["runs/run_uid"][:]]
+    if run_uid not in uids:
+        return 0
+    first = int(e["runs/first_row"][uids.index(run_uid)])
+    return int(e["rows"][0]) - first
 
 
 def output_path_problem(pattern: str) -> str:
@@ -455,7 +494,7 @@ def output_path_problem(pattern: str) -> str:
         with tempfile.TemporaryFile(dir=d):
             pass
     except OSError as exc:
-        return f"directory {d} is not writable ({exc.strerror})"
+        return f"directory {d} is not writable ({_why_not_writable(exc)})"
     for path in sorted(glob.glob(glob_pattern)) if "*" in glob_pattern else [glob_pattern]:
         if not os.path.lexists(path):
             continue
@@ -466,6 +505,18 @@ def output_path_problem(pattern: str) -> str:
         if os.path.getsize(path) and not h5py.is_hdf5(path):
             return f"{path} exists and is not an HDF5 file (the run would append to it)"
     return ""
+
+
+def _why_not_writable(exc: OSError) -> str:
+    """The reason a test file could not be created, in the words of a directory's owner."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.EROFS:
+        return "a read-only file system"
+    if exc.errno == errno.ENOENT:
+        # What /proc and /sys answer: the directory exists, files cannot be made in it.
+        return "it takes no new files: a virtual file system such as /proc or /sys"
+    return f"creating a file there failed: {exc.strerror}"
 
 
 def read_stream(path: str, stream: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ that let silx, h5web, PyMca or DAWN plot a profile in one click, and the ``defau
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 
 import h5py
@@ -124,10 +125,45 @@ def _columns(group: h5py.Group, columns, chunk: int, compression: str | None = N
         )
 
 
+PYFAI_UNITS = {
+    # pyFAI's radial unit names: (the unit, the quantity)
+    "q_nm^-1": ("1/nm", "q"),
+    "q_A^-1": ("1/A", "q"),
+    "2th_deg": ("deg", "2theta"),
+    "2th_rad": ("rad", "2theta"),
+    "r_mm": ("mm", "r"),
+    "r_m": ("m", "r"),
+    "chi_deg": ("deg", "chi"),
+    "chi_rad": ("rad", "chi"),
+}
+"""A declared unit that is one of pyFAI's unit names is not a unit (NeXus readers show
+``units`` as one): the file gets the unit and keeps pyFAI's name in ``long_name``."""
+
+
+def units_and_label(spec: ArraySpec) -> tuple[str, str]:
+    """NeXus ``units`` and ``long_name`` of an output.
+
+    ``long_name`` is what plotting programs label an axis or a curve with, so it names the
+    unit too: ``"q (nm^-1)"`` for pyFAI's ``q_nm^-1``, ``"stats.sum (counts)"``.
+    """
+    label = spec.long_name or spec.name
+    if spec.unit in PYFAI_UNITS:
+        unit, quantity = PYFAI_UNITS[spec.unit]
+        if label in (spec.unit, spec.name):
+            label = quantity
+        return unit, f"{label} ({spec.unit.split('_', 1)[1]})"
+    if spec.unit and spec.unit not in label:
+        return spec.unit, f"{label} ({spec.unit})"
+    return spec.unit, label
+
+
 def _describe(ds: h5py.Dataset, spec: ArraySpec) -> None:
-    if spec.unit:
-        ds.attrs["units"] = spec.unit
-    ds.attrs["long_name"] = spec.long_name or spec.name
+    unit, label = units_and_label(spec)
+    if unit:
+        ds.attrs["units"] = unit
+    if unit != spec.unit:
+        ds.attrs["pyfai_unit"] = spec.unit  # as the kernel declared it
+    ds.attrs["long_name"] = label
     # Qualified names of the companions, for readers (NeXus' own "axis" attribute is not it).
     if spec.axis:
         ds.attrs["axis_output"] = spec.axis
@@ -144,10 +180,15 @@ def create_entry(
     e.create_dataset("rows", data=np.zeros(1, np.int64))
     e.create_dataset("title", data=stream)
     e.create_dataset("program_name", data="shmpipe").attrs["version"] = run.version
-    e.create_dataset("start_time", data=iso_time(run.started))
+    # The stream's own times: its first result reached the sink now (end_time: when it
+    # finished, written at the sink's close), not the run's, which may span many streams.
+    e.create_dataset("start_time", data=iso_time(time.time()))
     e.create_dataset("end_time", data=as_text("", text(40)))
     _columns(e, LINEAGE, 1024)
     e["message_id"].attrs["long_name"] = "message id"
+    for name, what in (("timestamp", "source timestamp"), ("published", "publish time")):
+        e[name].attrs["units"] = "s"
+        e[name].attrs["long_name"] = f"{what} (s since 1970-01-01 UTC)"
     axes = axis_names(specs)
     for s in specs:
         if s.name in axes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shmpipe.api.sink import ErrorRecord, Record, Sink
+from shmpipe.api.sink import ErrorRecord, Record, RunInfo, Sink
 
 
 @dataclass
@@ -26,3 +26,9 @@ class NullSink(Sink):
 
     def write_error(self, error: ErrorRecord) -> None:
         self.errors += 1
+
+    def stored(self, run: RunInfo, published: dict[str, int]) -> list[str]:
+        return [
+            "nothing: the null sink discards the results "
+            "(--sink hdf5 --output 'results_{stream}.h5' stores them)"
+        ]

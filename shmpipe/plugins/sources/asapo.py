@@ -25,6 +25,7 @@ import numpy as np
 
 from shmpipe.api.kernel import ArraySpec
 from shmpipe.api.message import Message, StreamFinished, payload_bytes
+from shmpipe.api.params import ParamError
 from shmpipe.api.source import Acknowledger, EndOfSource, Source, SourceConfigError, SourceLayout
 from shmpipe.plugins.sources.stream_naming import next_stream
 
@@ -93,10 +94,11 @@ class AsapoSourceParams:
     """How often to look for a next stream when following by naming scheme."""
 
     def validate(self) -> None:
-        if self.parts < 1 or self.timeout_ms < 1:
-            raise ValueError("parts and timeout_ms must be >= 1")
+        for key in ("parts", "timeout_ms"):
+            if getattr(self, key) < 1:
+                raise ParamError(key, f"must be 1 or more, got {getattr(self, key)}")
         if self.has_filesystem and not self.source_path:
-            raise ValueError("has_filesystem needs source_path")
+            raise ParamError("source_path", "has_filesystem = true needs the beamtime's folder")
 
 
 def _client():

@@ -26,6 +26,7 @@ import numpy as np
 from native_kernels.master import MasterFile, MasterFileError, read_master
 from shmpipe.api.kernel import ArraySpec
 from shmpipe.api.message import Message, StreamFinished, payload_bytes
+from shmpipe.api.params import ParamError
 from shmpipe.api.source import EndOfSource, Source, SourceConfigError, SourceLayout
 from shmpipe.plugins.sources.dectris_master import MasterFrames, chunk_bound
 
@@ -48,7 +49,7 @@ class FilesParams:
 
     def validate(self) -> None:
         if not self.paths:
-            raise ValueError("paths must name at least one file")
+            raise ParamError("paths", "must name at least one file")
 
 
 class _DatasetFrame:

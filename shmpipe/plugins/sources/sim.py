@@ -19,6 +19,7 @@ import numpy as np
 from native_kernels.geometry import DetectorGeometry, ModulePlacement
 from shmpipe.api.kernel import ArraySpec
 from shmpipe.api.message import Message, StreamFinished, payload_bytes
+from shmpipe.api.params import ParamError
 from shmpipe.api.source import EndOfSource, Source, SourceLayout
 
 
@@ -59,8 +60,10 @@ class SimParams:
     """Step of the mesh along x and y (``motor_x = ix * step_x``)."""
 
     def validate(self) -> None:
-        if self.frames < 0 or self.rate < 0 or self.streams < 1 or self.pool < 1:
-            raise ValueError("frames and rate must be >= 0, streams and pool >= 1")
+        for key, least in (("frames", 0), ("rate", 0), ("streams", 1), ("pool", 1)):
+            if getattr(self, key) < least:
+                hint = " (0: until stopped)" if key == "frames" else ""
+                raise ParamError(key, f"must be {least} or more{hint}, got {getattr(self, key)}")
         if len(self.module_shape) != 2 or min(self.module_shape) < 1:
             raise ValueError("module_shape must be [rows, columns]")
         if self.mesh and (len(self.mesh) != 2 or min(self.mesh) < 1):

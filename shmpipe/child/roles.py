@@ -4,7 +4,8 @@ A role is "dispatcher", "publisher", "worker 3" or a side process such as "metri
 shows in ``ps``, ``top`` and ``htop`` as ``shmpipe: <role> [<run name>]``, so an operator can
 tell the dispatcher from worker 3; each records its pid and start time in its row of the
 process table, dies with the supervisor, and leaves Ctrl-C and SIGTERM to the supervisor.
-On the way out a role leaves a note in the process table for the supervisor's message.
+A role that stops the run on purpose leaves its reason in the process table for the
+supervisor's message and exits with a status of ``shmpipe.child.exits``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import NoReturn
 
 from setproctitle import getproctitle, setproctitle
 
-from shmpipe.engine.plumbing import EXIT_CONFIG, EXIT_FATAL, Plumbing, become_child, now_ns
+from shmpipe.child.exits import CHILD_FAILED, CHILD_REFUSED
+from shmpipe.child.plumbing import Plumbing, become_child, now_ns
 from shmpipe.shm.layout import P_PID, P_STARTED_NS
 
 __all__ = ["fail", "getproctitle", "process_title", "run_role", "set_process_title",
@@ -44,9 +46,9 @@ def start_role(p: Plumbing, proc: int, role: str, logger: str) -> logging.Logger
     return log
 
 
-def fail(p: Plumbing, proc: int, note: str, code: int = EXIT_FATAL) -> NoReturn:
-    """Leave ``note`` for the supervisor and exit at once (no cleanup of inherited state)."""
-    p.ring.set_note(proc, note)
+def fail(p: Plumbing, proc: int, reason: str, code: int = CHILD_FAILED) -> NoReturn:
+    """Leave ``reason`` for the supervisor and exit at once (no cleanup of inherited state)."""
+    p.ring.set_exit_reason(proc, reason)
     os._exit(code)
 
 
@@ -60,17 +62,17 @@ def run_role(
     fatal_errors: tuple[type[BaseException], ...] = (),
 ) -> None:
     """Start the role, run ``body(log)``, and turn its exceptions into an exit the supervisor
-    understands: ``config_errors`` exit with EXIT_CONFIG (a configuration the source refused),
-    ``fatal_errors`` with EXIT_FATAL and their message, anything else with EXIT_FATAL and a
-    traceback. A normal return exits normally."""
+    understands: ``config_errors`` exit with CHILD_REFUSED (a configuration the source
+    refused), ``fatal_errors`` with CHILD_FAILED and their message, anything else with
+    CHILD_FAILED and a traceback. A normal return exits normally."""
     log = start_role(p, proc, role, logger)
     try:
         body(log)
     except config_errors as exc:
         log.error("source: %s", exc)
-        fail(p, proc, f"source: {exc}", EXIT_CONFIG)
+        fail(p, proc, f"source: {exc}", CHILD_REFUSED)
     except fatal_errors as exc:
         fail(p, proc, str(exc))
-    except Exception as exc:  # noqa: BLE001 - the supervisor stops the run with this note
+    except Exception as exc:  # noqa: BLE001 - the supervisor stops the run with this reason
         log.error("%s failed: %s", role, exc)
         fail(p, proc, f"{role}: {type(exc).__name__}: {exc}\n" + traceback.format_exc())

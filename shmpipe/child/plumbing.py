@@ -14,15 +14,12 @@ from shmpipe.api.kernel import ArraySpec
 from shmpipe.api.sink import RunInfo
 from shmpipe.api.source import Source
 from shmpipe.config import PipelineConfig
-from shmpipe.engine.chain import ChainLayout
 from shmpipe.shm.channel import RecordPipe
 from shmpipe.shm.params import LiveParams
+from shmpipe.shm.resultlayout import ChainLayout
 from shmpipe.shm.ring import (
     SlotRing,
 )
-
-EXIT_FATAL = 3  # a child stopping on purpose with a note explaining why
-EXIT_CONFIG = 4  # ... because the source refused its settings (bad token, unknown beamtime)
 
 
 @dataclass
