@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from shmpipe.api.kernel import ArraySpec
+from shmpipe.api.params import ParamError
 from shmpipe.api.sink import Record
 
 ENTRY_POINT_GROUP = "shmpipe.reducers"
@@ -64,9 +65,11 @@ class ReducerParams:
 
     def validate(self) -> None:
         if not self.input or "." not in self.input:
-            raise ValueError(f'input must name a kernel output "kernel.output", got {self.input!r}')
+            raise ParamError(
+                "input", f'must name a kernel output "kernel.output", got {self.input!r}'
+            )
         if self.every < 0:
-            raise ValueError(f"every must be 0 (per stream) or more, got {self.every}")
+            raise ParamError("every", f"must be 0 (per stream) or more, got {self.every}")
 
 
 class Reducer:

@@ -15,6 +15,7 @@ import numba
 import numpy as np
 
 from shmpipe.api.kernel import ArraySpec
+from shmpipe.api.params import ParamError
 from shmpipe.api.reducer import Reducer, ReducerParams, State
 from shmpipe.api.sink import Record
 
@@ -181,9 +182,9 @@ class HistogramParams(ReducerParams):
     def validate(self) -> None:
         super().validate()
         if self.bins < 1:
-            raise ValueError(f"bins must be at least 1, got {self.bins}")
+            raise ParamError("bins", f"must be at least 1, got {self.bins}")
         if len(self.range) != 2 or not self.range[0] < self.range[1]:
-            raise ValueError(f"range must be [low, high] with low < high, got {self.range}")
+            raise ParamError("range", f"must be [low, high] with low < high, got {self.range}")
 
 
 class HistogramReducer(Reducer):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shmpipe.api.kernel import ArraySpec
+from shmpipe.api.params import ParamError
 from shmpipe.api.reducer import Reducer, ReducerParams, State
 from shmpipe.api.sink import Record
 
@@ -36,12 +37,12 @@ class MapParams(ReducerParams):
         for key in ("x_grid", "y_grid"):
             g = getattr(self, key)
             if g and (len(g) != 3 or g[2] < 1 or int(g[2]) != g[2] or (g[2] > 1 and g[0] == g[1])):
-                raise ValueError(f"{key} must be [first, last, points] (points >= 1), got {g}")
+                raise ParamError(key, f"must be [first, last, points] (points >= 1), got {g}")
         if bool(self.x_grid) != bool(self.y_grid):
-            raise ValueError("give both x_grid and y_grid, or neither (a learned grid)")
+            raise ParamError("y_grid", "give both x_grid and y_grid, or neither (a learned grid)")
         if not self.x_grid and self.every:
-            raise ValueError(
-                "a learned grid is learned per stream: every must be 0 (or give x_grid and y_grid)"
+            raise ParamError(
+                "every", "a learned grid is learned per stream: 0 (or give x_grid and y_grid)"
             )
 
 

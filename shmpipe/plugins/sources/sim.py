@@ -67,9 +67,9 @@ class SimParams:
         if len(self.module_shape) != 2 or min(self.module_shape) < 1:
             raise ValueError("module_shape must be [rows, columns]")
         if self.mesh and (len(self.mesh) != 2 or min(self.mesh) < 1):
-            raise ValueError(f"mesh must be [nx, ny], each at least 1, got {self.mesh}")
+            raise ParamError("mesh", f"must be [nx, ny], each at least 1, got {self.mesh}")
         if len(self.mesh_step) != 2:
-            raise ValueError(f"mesh_step must be [step_x, step_y], got {self.mesh_step}")
+            raise ParamError("mesh_step", f"must be [step_x, step_y], got {self.mesh_step}")
         if self.stream_names and len(self.stream_names) != self.streams:
             raise ValueError(
                 f"stream_names has {len(self.stream_names)} names for {self.streams} streams"
