@@ -89,9 +89,7 @@ class BrokerServer(TrackedConnections, ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], broker: Broker) -> None:
         self.broker = broker
-        self._init_tracking()
-        limits = broker.limits
-        self._init_bounds(limits.max_connections, limits.idle_timeout_s, limits.listen_backlog)
+        self._init_tracking(broker.limits)
         super().__init__(address, _Handler)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 
+from shmpipe.asapo.limits import Limits
 from shmpipe.netserver import BoundedServerMixIn
 
 
@@ -22,7 +23,10 @@ class TrackedConnections(BoundedServerMixIn):
     daemon_threads = False  # joined by server_close() after close_all()
     block_on_close = True
 
-    def _init_tracking(self) -> None:
+    def _init_tracking(self, limits: Limits) -> None:
+        """Call before the server's own ``__init__`` binds: bounds from ``limits``, no
+        connection tracked yet."""
+        self._init_bounds(limits.max_connections, limits.idle_timeout_s, limits.listen_backlog)
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         self._closing = False

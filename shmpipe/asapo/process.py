@@ -19,12 +19,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import shmpipe
+from shmpipe.asapo.handle import ServiceHandle
 
 _READY = re.compile(r"server_name=(\S+):(\d+) receiver=(\S+):(\d+) data_dir=(.+)$", re.M)
 _PACKAGE_ROOT = str(Path(shmpipe.__file__).resolve().parents[1])
 
 
-class AsapoProcess:
+class AsapoProcess(ServiceHandle):
     """Run, stop, kill and restart the service as a child process.
 
     Parameters
@@ -60,7 +61,7 @@ class AsapoProcess:
         self.command = ["shmpipe", "asapo-standalone"] if cli else ["shmpipe.asapo"]
         self.log_level = log_level
         self.extra_args = list(extra_args)
-        self.host = host
+        self.host = self.advertise_host = host  # the clients connect to the listen address
         self.port = 0
         self.receiver_port = 0
         self._given_data_dir = Path(data_dir) if data_dir is not None else None
@@ -74,16 +75,6 @@ class AsapoProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         fd, self._log_path = tempfile.mkstemp(prefix="shmpipe-asapo-", suffix=".log")
         os.close(fd)
-
-    @property
-    def server_name(self) -> str:
-        """``host:port`` for the clients."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def receiver_address(self) -> str:
-        """``host:port`` of the receiver."""
-        return f"{self.host}:{self.receiver_port}"
 
     @property
     def running(self) -> bool:
@@ -155,11 +146,6 @@ class AsapoProcess:
             self._proc.wait()
         self._proc = None
 
-    def restart(self) -> None:
-        """Stop cleanly and start again on the same ports and data folder."""
-        self.stop()
-        self.start()
-
     def output(self) -> str:
         """Everything the child printed so far."""
         return self._output_bytes().decode("utf-8", "replace")
@@ -175,9 +161,6 @@ class AsapoProcess:
         """Stop the child and remove its output file (idempotent)."""
         self.stop()
         Path(self._log_path).unlink(missing_ok=True)
-
-    def __enter__(self) -> AsapoProcess:
-        return self.start() if not self.running else self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -174,9 +174,7 @@ class ReceiverServer(TrackedConnections, socketserver.ThreadingTCPServer):
 
     def __init__(self, address: tuple[str, int], receiver: Receiver) -> None:
         self.receiver = receiver
-        self._init_tracking()
-        limits = receiver.limits
-        self._init_bounds(limits.max_connections, limits.idle_timeout_s, limits.listen_backlog)
+        self._init_tracking(receiver.limits)
         super().__init__(address, _Handler)
 
 

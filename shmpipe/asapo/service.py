@@ -18,6 +18,7 @@ from pathlib import Path
 
 from shmpipe.asapo.auth import RedactingFilter, TokenPolicy
 from shmpipe.asapo.broker import Broker, BrokerServer
+from shmpipe.asapo.handle import ServiceHandle
 from shmpipe.asapo.journal import SqliteJournal
 from shmpipe.asapo.limits import Limits
 from shmpipe.asapo.payloads import STATE_DIR, PayloadStore, remove_partial_files
@@ -27,7 +28,7 @@ from shmpipe.asapo.store import MessageStore
 log = logging.getLogger(__name__)
 
 
-class AsapoService:
+class AsapoService(ServiceHandle):
     """An ASAPO-compatible service on two ports: HTTP (discovery/broker/files) and receiver.
 
     Parameters
@@ -93,17 +94,7 @@ class AsapoService:
         self._broker: Broker | None = None
         self.data_dir: Path | None = self._given_data_dir
 
-    # ------------------------------------------------------------ endpoints
-    @property
-    def server_name(self) -> str:
-        """``host:port`` the clients are given (discovery, broker, file transfer)."""
-        return f"{self.advertise_host}:{self.port}"
-
-    @property
-    def receiver_address(self) -> str:
-        """``host:port`` of the receiver (producers and cache reads)."""
-        return f"{self.advertise_host}:{self.receiver_port}"
-
+    # ------------------------------------------------ state (the endpoints: ServiceHandle)
     @property
     def stats(self) -> dict[str, int]:
         """Diagnostic counters since the last start: ``cache_hits``, ``cache_misses`` (op 6
@@ -204,14 +195,6 @@ class AsapoService:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
-
-    def restart(self) -> None:
-        """Stop and start again on the same ports and data folder."""
-        self.stop()
-        self.start()
-
-    def __enter__(self) -> AsapoService:
-        return self.start() if not self.running else self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

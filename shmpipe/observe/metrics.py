@@ -115,6 +115,48 @@ def _histogram_buckets(counts: np.ndarray, edges: tuple[float, ...]) -> list[tup
     return out
 
 
+# The families labelled by process, each (type, name after "shmpipe_", help), in the order a
+# scrape lists them.
+_ACTIVITY_FAMILIES = (
+    (
+        GaugeMetricFamily,
+        "process_busy_ratio",
+        "Share of the process's life spent on frames (since it started).",
+    ),
+    (
+        CounterMetricFamily,
+        "process_busy_seconds",
+        "Seconds spent on frames (rate() of it is the recent busy fraction).",
+    ),
+    (CounterMetricFamily, "process_frames", "Frames handled by the process."),
+    (GaugeMetricFamily, "process_up", "1 while the process is alive."),
+    (CounterMetricFamily, "worker_restarts", "Workers of this seat that died and were replaced."),
+    (
+        CounterMetricFamily,
+        "process_restarts",
+        "Processes in this role (dispatcher, publisher, worker seat) that died and were replaced.",
+    ),
+)
+_RESOURCE_FAMILIES = (
+    (CounterMetricFamily, "process_cpu_seconds", "CPU time (user + system)."),
+    (
+        GaugeMetricFamily,
+        "process_cpu_percent",
+        "CPU use since the previous scrape (100 = one core).",
+    ),
+    (
+        GaugeMetricFamily,
+        "process_resident_memory_bytes",
+        "Resident memory (shared ring pages count in each process that touched them).",
+    ),
+)
+
+
+def _per_process(specs: tuple[tuple[type[Metric], str, str], ...]) -> list[Metric]:
+    """Empty families labelled by ``process``, one per spec, in the specs' order."""
+    return [family(f"shmpipe_{name}", doc, labels=["process"]) for family, name, doc in specs]
+
+
 class PipelineCollector:
     """A prometheus_client collector that reads a pipeline's shared tables on every scrape.
 
@@ -209,33 +251,7 @@ class PipelineCollector:
         )
 
         # -- per process: frames, busy, up, restarts -----------------------------------
-        busy_ratio = GaugeMetricFamily(
-            "shmpipe_process_busy_ratio",
-            "Share of the process's life spent on frames (since it started).",
-            labels=["process"],
-        )
-        busy_s = CounterMetricFamily(
-            "shmpipe_process_busy_seconds",
-            "Seconds spent on frames (rate() of it is the recent busy fraction).",
-            labels=["process"],
-        )
-        frames = CounterMetricFamily(
-            "shmpipe_process_frames", "Frames handled by the process.", labels=["process"]
-        )
-        up = GaugeMetricFamily(
-            "shmpipe_process_up", "1 while the process is alive.", labels=["process"]
-        )
-        restarts = CounterMetricFamily(
-            "shmpipe_worker_restarts",
-            "Workers of this seat that died and were replaced.",
-            labels=["process"],
-        )
-        replaced = CounterMetricFamily(
-            "shmpipe_process_restarts",
-            "Processes in this role (dispatcher, publisher, worker seat) that died and were "
-            "replaced.",
-            labels=["process"],
-        )
+        busy_ratio, busy_s, frames, up, restarts, replaced = _per_process(_ACTIVITY_FAMILIES)
         for i, row in enumerate(procs):
             label = process_label(i)
             replaced.add_metric([label], float(row[P_RESTARTS]))
@@ -281,19 +297,7 @@ class PipelineCollector:
         yield latency
 
         # -- CPU and memory (psutil) ---------------------------------------------------
-        cpu_s = CounterMetricFamily(
-            "shmpipe_process_cpu_seconds", "CPU time (user + system).", labels=["process"]
-        )
-        cpu_pct = GaugeMetricFamily(
-            "shmpipe_process_cpu_percent",
-            "CPU use since the previous scrape (100 = one core).",
-            labels=["process"],
-        )
-        rss = GaugeMetricFamily(
-            "shmpipe_process_resident_memory_bytes",
-            "Resident memory (shared ring pages count in each process that touched them).",
-            labels=["process"],
-        )
+        cpu_s, cpu_pct, rss = _per_process(_RESOURCE_FAMILIES)
         pids = [("supervisor", self.supervisor_pid), ("metrics", os.getpid())]
         pids += [(process_label(i), int(row[P_PID])) for i, row in enumerate(procs)]
         for label, pid in pids:

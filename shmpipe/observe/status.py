@@ -10,7 +10,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import psutil
@@ -116,7 +116,8 @@ class ProcessSampler:
 
 @dataclass
 class ProcessRow:
-    """One process of a pipeline as ``shmpipe status`` and the live view show it."""
+    """One process of a pipeline as ``shmpipe status`` and the live view show it: the fields of
+    :class:`~shmpipe.observe.snapshot.ProcessFigures` and psutil's CPU and memory."""
 
     role: str
     pid: int
@@ -156,22 +157,7 @@ def process_rows(
         rows.append(ProcessRow("metrics", metrics_pid, state, 0, 0, 0, 0.0, cpu, rss, cpu_s, 0, 0))
     for f in read_processes(ptable):
         cpu, rss, cpu_s = sampler.sample(f.pid)
-        rows.append(
-            ProcessRow(
-                role=f.role,
-                pid=f.pid,
-                state=f.state,
-                frames=f.frames,
-                bytes=f.bytes,
-                errors=f.errors,
-                busy_pct=f.busy_pct,
-                cpu_pct=cpu,
-                rss=rss,
-                cpu_s=cpu_s,
-                message=f.message,
-                restarts=f.restarts,
-            )
-        )
+        rows.append(ProcessRow(**asdict(f), cpu_pct=cpu, rss=rss, cpu_s=cpu_s))
     return rows
 
 

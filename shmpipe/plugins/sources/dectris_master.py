@@ -39,7 +39,11 @@ class RawChunk:
 
 
 class DecodedFrame:
-    """One frame decoded by HDF5 (its filters) straight into the slot."""
+    """One frame of a dataset read straight into the slot: an HDF5 dataset decoded by its
+    filters (``read_direct``), or an array (a memory-mapped raw file: copied).
+
+    The ``files`` source reads its ``modules`` and ``frames`` layouts with it too.
+    """
 
     __slots__ = ("ds", "index", "nbytes", "dtype", "shape")
 
@@ -50,7 +54,11 @@ class DecodedFrame:
         self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * np.dtype(ds.dtype).itemsize
 
     def read_into(self, dest: np.ndarray) -> None:
-        self.ds.read_direct(dest.view(self.dtype).reshape(self.shape), np.s_[self.index])
+        out = dest.view(self.dtype).reshape(self.shape)
+        if isinstance(self.ds, np.ndarray):
+            out[...] = self.ds[self.index]
+        else:
+            self.ds.read_direct(out, np.s_[self.index])
 
 
 class MasterFrames:

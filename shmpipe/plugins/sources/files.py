@@ -28,7 +28,7 @@ from shmpipe.api.kernel import ArraySpec
 from shmpipe.api.message import Message, StreamFinished, payload_bytes
 from shmpipe.api.params import ParamError
 from shmpipe.api.source import EndOfSource, Source, SourceConfigError, SourceLayout
-from shmpipe.plugins.sources.dectris_master import MasterFrames, chunk_bound
+from shmpipe.plugins.sources.dectris_master import DecodedFrame, MasterFrames, chunk_bound
 
 
 @dataclass
@@ -50,25 +50,6 @@ class FilesParams:
     def validate(self) -> None:
         if not self.paths:
             raise ParamError("paths", "must name at least one file")
-
-
-class _DatasetFrame:
-    """One frame of a dataset, read directly into the slot (h5py read_direct / memmap copy)."""
-
-    __slots__ = ("ds", "index", "nbytes", "dtype", "shape")
-
-    def __init__(self, ds, index: int) -> None:
-        self.ds, self.index = ds, index
-        self.shape = tuple(ds.shape[1:])
-        self.dtype = np.dtype(ds.dtype).str
-        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * np.dtype(ds.dtype).itemsize
-
-    def read_into(self, dest: np.ndarray) -> None:
-        out = dest.view(self.dtype).reshape(self.shape)
-        if isinstance(self.ds, np.ndarray):
-            out[...] = self.ds[self.index]
-        else:
-            self.ds.read_direct(out, np.s_[self.index])
 
 
 def _expand(patterns: list[str]) -> list[str]:
@@ -216,9 +197,7 @@ class FileSource(Source):
             stream=name,
             message_id=i + 1,
             name=f"{name}/{i:06d}",
-            parts=[
-                d.part(i) if isinstance(d, MasterFrames) else _DatasetFrame(d, i) for d in dsets
-            ],
+            parts=[d.part(i) if isinstance(d, MasterFrames) else DecodedFrame(d, i) for d in dsets],
             meta={"frame_index": i},
             timestamp=time.time(),
         )
