@@ -182,7 +182,8 @@ def test_two_nodes_on_one_asapo_group_merge_to_the_single_node_result(tmp_path):
             raw["sinks"] = [
                 {"kind": "hdf5", "output": str(tmp_path / "out_{stream}_{run}.h5")},
                 {"kind": "asapo", "endpoint": asapo.server_name, "beamtime": BEAMTIME,
-                 "data_source": f"avg10_{group}", "carry": "reduced", "reducer": "avg10"},
+                 "data_source": f"avg10_{group}", "carry": "reduced", "reducer": "avg10",
+                 "stream": "{stream}-{run}"},  # each node's partial windows apart
             ]  # fmt: skip
             return _write_toml(tmp_path / f"{group}.toml", raw)
 
@@ -203,7 +204,7 @@ def test_two_nodes_on_one_asapo_group_merge_to_the_single_node_result(tmp_path):
         single = _run_cli(node_config("single"), "single")
         _, err = single.communicate(timeout=120)
         assert single.returncode == 0, err
-        windows = _reduced_records(asapo.server_name, "avg10_single")
+        windows = _reduced_records(asapo.server_name, "avg10_single", "scan_0001-single")
     parts = [str(tmp_path / f"out_scan_0001_{n}.h5") for n in ("node-a", "node-b")]
     rows = [read_stream(p, "scan_0001") for p in parts if Path(p).exists()]
     per_node = [len(r["message_id"]) for r in rows]
@@ -234,18 +235,18 @@ def test_two_nodes_on_one_asapo_group_merge_to_the_single_node_result(tmp_path):
         assert value == tens.arrays["avg10.mean"][k]
 
 
-def _reduced_records(endpoint: str, data_source: str) -> list[tuple[bytes, dict]]:
+def _reduced_records(endpoint: str, data_source: str, stream: str) -> list[tuple[bytes, dict]]:
     """Every record of an ASAPO output of reducer results, read with the real consumer."""
     import asapo_consumer
 
     from tests.test_asapo_pipeline import BEAMTIME
 
     c = asapo_consumer.create_consumer(endpoint, "", False, BEAMTIME, data_source, "", 5000)
-    last = int(c.get_stream_info("scan_0001")["lastId"])
+    last = int(c.get_stream_info(stream)["lastId"])
     out = []
     for i in range(1, last + 1):
         try:
-            data, meta = c.get_by_id(i, meta_only=False, stream="scan_0001")
+            data, meta = c.get_by_id(i, meta_only=False, stream=stream)
         except asapo_consumer.AsapoStreamFinishedError:
             break
         out.append((np.asarray(data).view(np.uint8).tobytes(), meta["meta"]))

@@ -41,7 +41,8 @@ class AsapoSinkParams:
     data_source: str = "processed"
     """Output data source, e.g. azint, image, errors."""
     stream: str = "{stream}"
-    """Output stream name; {stream} is the input's stream."""
+    """Output stream name; {stream} is the input's stream, {run} the run's name (give each
+    node its own stream of reducer results: "{stream}-{run}")."""
     name: str = "{data_source}/{name}"
     """Output message name; {name} is the input's name, {id} its id, {stream} its stream,
     {data_source} this output's. Keep it distinct from the input's name: stored payloads are
@@ -99,8 +100,11 @@ class AsapoSink(Sink):
 
     def written(self, run_name: str, streams: list[str]) -> list[str]:
         p = self.params
-        names = sorted({p.stream.format(stream=s) for s in streams})
+        names = sorted({p.stream.format(stream=s, run=run_name) for s in streams})
         return [f"ASAPO {p.endpoint} {p.beamtime}/{p.data_source}: {', '.join(names)}"]
+
+    def _out_stream(self, stream: str) -> str:
+        return self.params.stream.format(stream=stream, run=self.run.run_name)
 
     def check_rerun(self, run: RunInfo) -> None:
         reducers = run.config.get("reducers", {})
@@ -123,7 +127,7 @@ class AsapoSink(Sink):
         sent: dict[str, int] = {}
         for stream, n in published.items():
             if n > 0:
-                out = p.stream.format(stream=stream)
+                out = p.stream.format(stream=stream, run=run.run_name)
                 sent[out] = sent.get(out, 0) + n
         if not sent:
             return [f"{where}: nothing sent (no results were published)"]
@@ -272,7 +276,7 @@ class AsapoSink(Sink):
             )
 
     def _send(self, stream: str, mid: int, name: str, data: np.ndarray, meta: dict) -> None:
-        out_stream = self.params.stream.format(stream=stream)
+        out_stream = self._out_stream(stream)
         if out_stream not in self._checked:
             self._check_stream(out_stream)
         self._submit(
@@ -372,13 +376,13 @@ class AsapoSink(Sink):
         self._send(error.stream, error.message_id, error.name, data, meta)
 
     def stream_finished(self, stream: str, next_stream: str, last_id: int = 0) -> None:
-        out_stream = self.params.stream.format(stream=stream)
+        out_stream = self._out_stream(stream)
         if self.params.carry == "reduced":
             last_id = 0  # its ids count windows, not input messages
         last = max(last_id, self._last_id.get(out_stream, 0))
         if last <= 0:
             return  # nothing was ever sent to this output: there is no stream to finish
-        nxt = self.params.stream.format(stream=next_stream) if next_stream else ""
+        nxt = self._out_stream(next_stream) if next_stream else ""
         self._submit("finish", {"stream": out_stream, "last_id": last, "next_stream": nxt or None})
 
     def commit(self) -> None:
