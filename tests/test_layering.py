@@ -10,7 +10,7 @@ native_kernels     nothing of shmpipe, except its adapter module shmpipe_kernels
 shmpipe.child      the contract of a forked process (plumbing, roles, exit codes): below
                    observe, the side processes and the engine, which all use it
 shmpipe.view,      side processes (live view, Tango device): api, config, shm, child,
-shmpipe.tango      themselves; the view also observe
+shmpipe.tango      reduce (the reducers' live results), themselves; the view also observe
 shmpipe.serve      the service (beside the command line): starts pipelines as ``shmpipe run``
                    processes; of the engine it imports only the exit codes
 and no import circle anywhere in shmpipe.
@@ -29,7 +29,7 @@ from tests.conftest import REPO
 FLOORS = (
     ("shmpipe", "shmpipe.api", "shmpipe.netserver", "native_kernels"),
     ("shmpipe.shm", "shmpipe.plugins", "shmpipe.asapo"),
-    ("shmpipe.config", "shmpipe.results"),
+    ("shmpipe.config", "shmpipe.results", "shmpipe.reduce"),
     ("shmpipe.child",),
     ("shmpipe.observe",),
     ("shmpipe.view", "shmpipe.tango"),
@@ -40,9 +40,12 @@ FLOORS = (
 # Feature packages running as side processes, and the packages each may import besides itself.
 SIDE_PACKAGES = {
     "shmpipe.view": (
-        "shmpipe.api", "shmpipe.config", "shmpipe.shm", "shmpipe.child", "shmpipe.observe"
+        "shmpipe.api", "shmpipe.config", "shmpipe.shm", "shmpipe.child", "shmpipe.observe",
+        "shmpipe.reduce",
     ),
-    "shmpipe.tango": ("shmpipe.api", "shmpipe.config", "shmpipe.shm", "shmpipe.child"),
+    "shmpipe.tango": (
+        "shmpipe.api", "shmpipe.config", "shmpipe.shm", "shmpipe.child", "shmpipe.reduce"
+    ),
 }  # fmt: skip
 
 
@@ -233,9 +236,10 @@ def test_a_side_process_importing_an_engine_internal_is_caught(tmp_path):
     )
     assert set(violations(root)) == {
         "shmpipe.tango.feed imports shmpipe.engine.protocol: shmpipe.tango imports only "
-        "shmpipe.api, shmpipe.config, shmpipe.shm, shmpipe.child",
+        "shmpipe.api, shmpipe.config, shmpipe.shm, shmpipe.child, shmpipe.reduce",
         "shmpipe.view.catalog imports shmpipe.tango.names: shmpipe.view imports only "
-        "shmpipe.api, shmpipe.config, shmpipe.shm, shmpipe.child, shmpipe.observe",
+        "shmpipe.api, shmpipe.config, shmpipe.shm, shmpipe.child, shmpipe.observe, "
+        "shmpipe.reduce",
     }
 
 

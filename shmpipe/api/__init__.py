@@ -4,7 +4,8 @@ from shmpipe.api.detector import RunDetector
 from shmpipe.api.kernel import ArraySpec, Frame, Kernel, NoParams, SetupContext
 from shmpipe.api.message import Message, PartReader, StreamFinished, payload_bytes
 from shmpipe.api.params import ParamError
-from shmpipe.api.sink import ErrorRecord, Record, RunInfo, Sink
+from shmpipe.api.reducer import Reducer, ReducerParams
+from shmpipe.api.sink import ErrorRecord, Record, ReducedRecord, ReducerInfo, RunInfo, Sink
 from shmpipe.api.source import (
     Acknowledger,
     EndOfSource,
@@ -25,6 +26,10 @@ __all__ = [
     "ParamError",
     "PartReader",
     "Record",
+    "ReducedRecord",
+    "Reducer",
+    "ReducerInfo",
+    "ReducerParams",
     "RunDetector",
     "RunInfo",
     "SetupContext",

@@ -93,7 +93,8 @@ def result_shaping(effective: dict[str, Any]) -> dict[str, Any]:
     Returns
     -------
     dict
-        Dotted keys (``kernels.integrate.npt``, ``detector.geometry``) to values, plus
+        Dotted keys (``kernels.integrate.npt``, ``detector.geometry``,
+        ``reducers.avg.every``) to values, plus
         ``kernels`` (the chain order) and ``source.kind``.
     """
     out: dict[str, Any] = {
@@ -106,6 +107,9 @@ def result_shaping(effective: dict[str, Any]) -> dict[str, Any]:
     # The run's detector places every pixel (absent from configurations that declare none).
     for key, value in effective.get("detector", {}).items():
         out[f"detector.{key}"] = value
+    for name, table in effective.get("reducers", {}).items():
+        for key, value in table.items():
+            out[f"reducers.{name}.{key}"] = value
     return out
 
 

@@ -1,4 +1,4 @@
-"""Finding sources, kernels and sinks by name: built-ins, entry points, dotted paths."""
+"""Finding sources, kernels, reducers and sinks by name: built-ins, entry points, dotted paths."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ BUILTINS: dict[str, dict[str, str]] = {
         "sim": "shmpipe.plugins.sources.sim:SimSource",
         "files": "shmpipe.plugins.sources.files:FileSource",
         "asapo": "shmpipe.plugins.sources.asapo:AsapoSource",
+    },
+    "shmpipe.reducers": {
+        "mean": "shmpipe.plugins.reducers:MeanReducer",
+        "sum": "shmpipe.plugins.reducers:SumReducer",
+        "map": "shmpipe.plugins.scanmap:MapReducer",
+        "histogram": "shmpipe.plugins.reducers:HistogramReducer",
     },
     "shmpipe.sinks": {
         "null": "shmpipe.plugins.sinks.null:NullSink",

@@ -44,6 +44,22 @@ class RunInfo:
     """shmpipe version."""
     commit: str = ""
     """git commit shmpipe runs from, "" when unknown."""
+    reducers: list[ReducerInfo] = field(default_factory=list)
+    """The run's reducers (``[reducers.*]``) and their outputs; empty when it has none."""
+
+
+@dataclass
+class ReducerInfo:
+    """One configured reducer as sinks see it (``RunInfo.reducers``)."""
+
+    name: str
+    kind: str
+    input: str
+    every: int
+    outputs: list[ArraySpec]
+    """Qualified ``name.output``; a shape ``(0, 0)`` is known only when a result is made."""
+    input_axis: str | None = None
+    """The input's axis output (``integrate.radial``), stored with the results."""
 
 
 @dataclass
@@ -59,6 +75,33 @@ class Record:
     timestamp: float
     attempt: int = 0
     lineage: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReducedRecord:
+    """One result of a reducer: a window of ``every`` message ids, or a whole stream.
+
+    Sinks store it idempotently by ``(stream, reducer, window)``: after a crash the same
+    window may be written again (with the same frames, so the same values).
+    """
+
+    stream: str
+    reducer: str
+    window: int
+    """0-based window index (``first_id = window * every + 1``); 0 for a per-stream result."""
+    first_id: int
+    last_id: int
+    """The window's message ids (per stream: the lowest and highest included)."""
+    frames: int
+    """Frames added (error records and frames of other nodes are not)."""
+    ids: list[tuple[int, int]]
+    """The included message ids, as runs ``(lo, hi)``."""
+    arrays: dict[str, np.ndarray]
+    """The finished outputs by qualified name (``avg.mean``)."""
+    state: dict[str, np.ndarray]
+    """The reducer's state, so that partial results of several nodes can be merged."""
+    axis: np.ndarray | None = None
+    """The input's axis values (the integrator's radial axis), when it has one."""
 
 
 @dataclass
@@ -100,6 +143,9 @@ class Sink:
 
     def write_error(self, error: ErrorRecord) -> None:  # noqa: B027
         pass
+
+    def write_reduced(self, result: ReducedRecord) -> None:  # noqa: B027
+        """Store a reducer's result (before the next ``commit``); default: ignore it."""
 
     def stream_finished(self, stream: str, next_stream: str, last_id: int = 0) -> None:  # noqa: B027
         """Every message of ``stream`` up to ``last_id`` has been written before this call."""

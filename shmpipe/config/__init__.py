@@ -1,5 +1,6 @@
 """Configuration: the schema of a pipeline's TOML file, its loading, TOML output, the reference."""
 
+from shmpipe.config import reducers as _reducers  # noqa: F401 - registers [reducers.*]
 from shmpipe.config.schema import (
     ConfigError,
     PipelineConfig,

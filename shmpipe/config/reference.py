@@ -28,6 +28,7 @@ PROJECT_MODULES = ("shmpipe", "native_kernels")
 GROUPS = (
     ("shmpipe.sources", "Sources", "[source]", "source"),
     ("shmpipe.kernels", "Kernels", "[kernels.<name>]", "kernels.<name>"),
+    ("shmpipe.reducers", "Reducers", "[reducers.<name>]", "reducers.<name>"),
     ("shmpipe.sinks", "Sinks", "[[sinks]]", "sinks.<i>"),
 )
 

@@ -15,6 +15,8 @@ at the prompt, not a started pipeline.
     kind = "sim"                   # + the source's parameters
     [kernels.integrate]            # one table per kernel, chained in file order
     kind = "azimuthal_integrate"   # + the kernel's parameters
+    [reducers.avg]                 # across frames, in the publisher (shmpipe.reduce)
+    kind = "mean"                  # + input, every and the reducer's parameters
     [[sinks]]
     kind = "hdf5"                  # + the sink's parameters
 """
@@ -54,6 +56,10 @@ from shmpipe.config.sections import (
     ViewSection,
 )
 from shmpipe.config.toml_text import toml_value  # noqa: F401 - importable from here too
+
+# Plug-in tables validated in modules of their own, which import this one (not the reverse):
+# shmpipe.config.reducers registers "reducers" when shmpipe.config is imported.
+TABLE_VALIDATORS: dict[str, typing.Callable[..., list[PluginSpec]]] = {}
 
 
 class ConfigError(ValueError):
@@ -106,12 +112,13 @@ class PipelineConfig:
     view: ViewSection = field(default_factory=ViewSection)
     detector_section: DetectorSection = field(default_factory=DetectorSection)
     detector: RunDetector | None = None  # resolved from [detector] or a deprecated key
+    reducers: list[PluginSpec] = field(default_factory=list)
 
     def effective(self) -> dict[str, Any]:
         """The configuration with every default filled in, as TOML-shaped dicts."""
         # [detector] only when declared: configurations without one keep their hashes.
         detector = {"detector": dataclasses.asdict(self.detector_section)}
-        return {
+        doc = {
             "run": dataclasses.asdict(self.run),
             **(detector if self.detector_section.declared() else {}),
             "ring": dataclasses.asdict(self.ring),
@@ -122,6 +129,9 @@ class PipelineConfig:
             "kernels": {k.name: k.table() for k in self.kernels},
             "sinks": [s.table() for s in self.sinks],
         }
+        if self.reducers:  # only then: the digest of a run without reducers stays as it was
+            doc["reducers"] = {r.name: r.table() for r in self.reducers}
+        return doc
 
     @property
     def notes(self) -> list[str]:
@@ -490,6 +500,7 @@ def _validate(raw: dict[str, Any], file: str | None, given: dict[str, str]) -> P
         _plugin("shmpipe.sinks", Sink, t, f"sinks.{i}", file, given=given)
         for i, t in enumerate(stables)
     ]
+    reducers = TABLE_VALIDATORS["reducers"](raw.get("reducers", {}), kernels, file, given)
     if sections["tango"].device and not sections["view"].tap:
         raise ConfigError(
             "the Tango device reads the preview tap: set view.tap = true", "tango.device", file
@@ -510,4 +521,5 @@ def _validate(raw: dict[str, Any], file: str | None, given: dict[str, str]) -> P
         sinks=sinks,
         detector_section=sections["detector"],
         detector=detector,
+        reducers=reducers,
     )

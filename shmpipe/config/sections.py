@@ -69,6 +69,11 @@ class RunSection:
     setup_timeout_s: float = 600.0
     """Longest the start-up checks and the kernels' set-up may take before the run refuses
     to start; 0: no limit."""
+    reducer_state: str = "shmpipe_reducers.ckpt"
+    """Checkpoint of the reducers' state and the message ids it includes (``{run}`` is
+    replaced; two files, this one and ``.1``, written in turn before every acknowledgement);
+    a run continues it when its sinks do (``mode = "resume"``), refuses it under ``"new"``,
+    starts afresh under ``"overwrite"``. Written only when the run has ``[reducers.*]``."""
 
     def validate(self) -> None:
         for key in ("workers", "max_attempts"):
@@ -212,7 +217,7 @@ SECTIONS: dict[str, type] = {
     "tango": TangoSection,
     "view": ViewSection,
 }
-PLUGIN_SECTIONS = ("source", "kernels", "sinks")
+PLUGIN_SECTIONS = ("source", "kernels", "reducers", "sinks")
 DEFAULT_SOURCE = {"kind": "sim"}
 DEFAULT_KERNELS = {"checksum": {"kind": "checksum"}}
 DEFAULT_SINKS = [{"kind": "null"}]

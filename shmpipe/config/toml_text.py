@@ -41,6 +41,10 @@ def to_toml(doc: dict[str, Any]) -> str:
         out.append(f"[kernels.{_toml_key(name)}]")
         out += [f"{_toml_key(k)} = {toml_value(v)}" for k, v in table.items() if v is not None]
         out.append("")
+    for name, table in doc.get("reducers", {}).items():
+        out.append(f"[reducers.{_toml_key(name)}]")
+        out += [f"{_toml_key(k)} = {toml_value(v)}" for k, v in table.items() if v is not None]
+        out.append("")
     for table in doc["sinks"]:
         out.append("[[sinks]]")
         out += [f"{_toml_key(k)} = {toml_value(v)}" for k, v in table.items() if v is not None]

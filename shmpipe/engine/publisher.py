@@ -21,6 +21,7 @@ from shmpipe.child.plumbing import Plumbing, now_ns
 from shmpipe.child.roles import run_role
 from shmpipe.engine.protocol import read_error, release, take_for_publishing
 from shmpipe.engine.recovery import publish_point
+from shmpipe.reduce.stage import ReduceStage
 from shmpipe.shm.channel import END, FREED, READY
 from shmpipe.shm.layout import (
     ATTEMPT,
@@ -80,6 +81,7 @@ class Publisher:
         self.stream_counts: dict[tuple[int, bool], int] = {}
         self.released_seq = int(self.procs[P_RELEASED_SEQ])
         self.replacement = replacement
+        self.reduce: ReduceStage | None = None  # made in run(): [reducers.*], if any
         self.tap = p.tap
         if self.tap is not None:
             self.tap.bind_results(
@@ -163,6 +165,8 @@ class Publisher:
         flags = int(row[FLAGS])
         stream, mid, name = header.stream, header.message_id, header.name
         if flags & CONTROL:
+            if self.reduce is not None:
+                self.reduce.stream_finished(stream)
             for s in self.sinks:
                 s.stream_finished(stream, header.next_stream, header.last_id)
             self._queue(stream, mid, slot, ack=False)
@@ -194,6 +198,8 @@ class Publisher:
                 return
             for s in self.sinks:
                 s.write_error(record)
+            if self.reduce is not None:
+                self.reduce.skip(stream, mid)
             self.errors += 1
             self._count_stream(int(row[STREAM_ROW]), error=True)
             where = f"stream {stream!r} message {mid}"
@@ -231,6 +237,8 @@ class Publisher:
             )
             for s in self.sinks:
                 s.write(record)
+            if self.reduce is not None:
+                self.reduce.add(record)
             self.latencies.append(now_ns() - int(row[T_FILL]))
             self.frames += 1
             self._count_stream(int(row[STREAM_ROW]), error=False)
@@ -267,6 +275,9 @@ class Publisher:
             return
         for s in self.sinks:
             s.commit()
+        if self.reduce is not None:
+            # After the sinks (the windows written are in their commit), before the acks.
+            self.reduce.commit()
         if self.tap is not None:
             # Before the slots are freed: the tap copies from them.
             self.tap.commit(self._output_view, self.ring.part_view)
@@ -322,6 +333,7 @@ class Publisher:
         self.acknowledger = p.source.acknowledger()
         for s in self.sinks:
             s.open(p.run_info)
+        self.reduce = ReduceStage.create(p.config, p.run_info, self.sinks, self.log)
         if self.replacement:
             self._take_over()
         self.procs[P_READY_NS] = now_ns()

@@ -24,6 +24,7 @@ from shmpipe.api.source import SourceConfigError, SourceLayout
 from shmpipe.child.plumbing import Plumbing
 from shmpipe.config import ConfigError, PipelineConfig, to_toml
 from shmpipe.engine.chain import KernelChain, KernelSetupError
+from shmpipe.reduce.setup import check_reducers, reducer_identity, reducer_infos
 from shmpipe.shm.channel import RecordPipe
 from shmpipe.shm.layout import PROC_FIRST_WORKER
 from shmpipe.shm.params import LiveParams
@@ -104,6 +105,7 @@ def preflight_main(conn, config: PipelineConfig, cache_dir: Path, run_info: RunI
         except KernelSetupError as exc:
             conn.send(("error", f"kernel setup failed: {exc}"))
             return
+        check_reducers(config, layout.specs(), run_info)
         uses_numba = "numba" in sys.modules
         _set_up_side_processes(config, layout, src_layout)
         conn.send(("ok", pickle.dumps((source.params, src_layout, layout, uses_numba))))
@@ -234,7 +236,7 @@ def ring_geometry(config: PipelineConfig, layout: SourceLayout, chain: ChainLayo
 
 def run_identity(cfg: PipelineConfig, run_info: RunInfo) -> dict[str, Any]:
     """What the preview tap tells views and the Tango device about the run (JSON-able)."""
-    return {
+    identity = {
         "name": cfg.run.name,
         "pid": os.getpid(),
         "started": time.time(),
@@ -244,6 +246,9 @@ def run_identity(cfg: PipelineConfig, run_info: RunInfo) -> dict[str, Any]:
         # The run's detector, which views and the Tango device place raw modules with.
         "detector": None if cfg.detector is None else cfg.detector.describe(),
     }
+    if cfg.reducers:  # for a view attached later (shmpipe view RUN): shmpipe.reduce.live
+        identity["reducers"] = reducer_identity(cfg)
+    return identity
 
 
 def _preview_tap(cfg: PipelineConfig, layout, src_layout, run_info: RunInfo, ring: SlotRing):
@@ -284,7 +289,9 @@ def prepare(ctx: Any, config: PipelineConfig) -> Plumbing:
         geometry.result_stride / 2**20,
         geometry.total_bytes / 2**20,
     )
-    run_info = dataclasses.replace(run_info, outputs=layout.specs())
+    run_info = dataclasses.replace(
+        run_info, outputs=layout.specs(), reducers=reducer_infos(cfg, layout.specs())
+    )
     tap = _preview_tap(cfg, layout, src_layout, run_info, ring)
     try:
         live = LiveParams()  # kernel parameters changed during the run (the Tango device)

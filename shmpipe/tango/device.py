@@ -26,6 +26,7 @@ STATES = {
 MAX_PROFILE = 1 << 20
 MAX_ROIS = 256
 FEED: DeviceFeed | None = None  # set by the server process before the device starts
+REDUCED: Any = None  # the reducers' attributes (shmpipe.tango.reduced), when the run has any
 
 
 def _refuse(exc: FeedError, origin: str) -> None:
@@ -90,6 +91,10 @@ class ShmpipeDevice(Device):
             )
             self.add_attribute(attr, self.read_profile)
             self.set_change_event(name, True, False)
+        for r in REDUCED.attributes if REDUCED is not None else ():
+            attr = tango.Attr(r.attribute, _tango_type(r.dtype), AttrWriteType.READ)
+            attr.set_default_properties(_props(r.unit, r.label))
+            self.add_attribute(attr, self.read_reduced)
 
     def delete_device(self) -> None:
         self._stop.set()
@@ -177,6 +182,17 @@ class ShmpipeDevice(Device):
             attr.set_quality(tango.AttrQuality.ATTR_INVALID)  # no frame yet
             return
         attr.set_value(value.tolist() if value.ndim else value.item())
+
+    def read_attr_hardware(self, attr_list) -> None:
+        if REDUCED is not None:
+            REDUCED.refresh()  # once per request: its attributes come from the same windows
+
+    def read_reduced(self, attr) -> None:
+        value = REDUCED.values().get(attr.get_name()) if REDUCED is not None else None
+        if value is None:
+            attr.set_quality(tango.AttrQuality.ATTR_INVALID)  # no window written yet
+            return
+        attr.set_value(value)
 
     def read_profile(self, attr) -> None:
         y, x = self.feed.profile()

@@ -90,6 +90,15 @@ def tango_main(p: Plumbing, resource: Any, supervisor_pid: int) -> None:  # noqa
             supervisor_pid,
             p.workers,
         )
+        if p.config.reducers:
+            from shmpipe.reduce.live import LiveReduced
+            from shmpipe.tango.names import FIXED
+            from shmpipe.tango.reduced import ReducedAttributes
+
+            taken = {n.lower() for n in FIXED} | {
+                a.attribute.lower() for a in device.FEED.per_frame
+            }
+            device.REDUCED = ReducedAttributes(LiveReduced(p.config, p.run_info.outputs), taken)
         if not t.nodb:
             _register(t)
     except Exception as exc:  # noqa: BLE001 - reported, then the process ends (and restarts)

@@ -108,6 +108,13 @@ def cmd_view(args: argparse.Namespace) -> int:
         except (LookupError, OSError) as exc:
             print(f"shmpipe view: cannot attach: {exc}", file=sys.stderr)
             return 1
+        if feed.tap.run.get("reducers"):  # the run's reducers, from their checkpoint
+            from shmpipe.reduce.live import LiveReduced
+            from shmpipe.reduce.setup import config_of_identity
+            from shmpipe.view.reduced import ReducedFeed
+
+            cfg = config_of_identity(feed.tap.run["reducers"])
+            feed = ReducedFeed(feed, LiveReduced(cfg, list(feed.outputs().values())))
     try:
         sock = open_view_socket(args.host, args.port)
     except ViewPortError as exc:

@@ -93,6 +93,11 @@ def view_main(p: Plumbing, sock: socket.socket, supervisor_pid: int) -> None:  #
     if p.config.view.nice:
         # Below the workers: on busy cores the view skips images, the pipeline keeps its pace.
         os.nice(p.config.view.nice)
+    if p.config.reducers:
+        from shmpipe.reduce.live import LiveReduced
+        from shmpipe.view.reduced import ReducedFeed
+
+        feed = ReducedFeed(feed, LiveReduced(p.config, p.run_info.outputs))
     serve(feed, sock, p.config.view, signals=False)
 
 

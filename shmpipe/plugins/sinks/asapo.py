@@ -24,7 +24,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from shmpipe.api.sink import ErrorRecord, Record, RunInfo, Sink
+from shmpipe.api.params import ParamError
+from shmpipe.api.sink import ErrorRecord, Record, ReducedRecord, RunInfo, Sink
 
 log = logging.getLogger("shmpipe.publisher.asapo")
 
@@ -40,13 +41,20 @@ class AsapoSinkParams:
     data_source: str = "processed"
     """Output data source, e.g. azint, image, errors."""
     stream: str = "{stream}"
-    """Output stream name; {stream} is the input's stream."""
+    """Output stream name; {stream} is the input's stream, {run} the run's name (give each
+    node its own stream of reducer results: "{stream}-{run}")."""
     name: str = "{data_source}/{name}"
     """Output message name; {name} is the input's name, {id} its id, {stream} its stream,
     {data_source} this output's. Keep it distinct from the input's name: stored payloads are
     files named after their messages."""
-    carry: Literal["results", "errors"] = "results"
-    """What this output carries: kernel results, or the error records."""
+    carry: Literal["results", "errors", "reduced"] = "results"
+    """What this output carries: kernel results, the error records, or the results of one
+    reducer (``reducer``): one record per window (id: window + 1) or stream (id 1), its
+    meta naming the message ids it covers; the data holds the outputs and the state (for a
+    merge downstream)."""
+    reducer: str = ""
+    """With carry = "reduced": the reducer (``[reducers.NAME]``) this output carries."""
+
     outputs: list[str] | None = None
     """Kernel outputs to carry (kernel.output); default all. One output is sent as its raw
     bytes; several are concatenated, each described in meta["arrays"]."""
@@ -60,6 +68,10 @@ class AsapoSinkParams:
     """Write into an output stream whose records were made with another result-shaping
     configuration (kernels and their parameters). Off: such a stream is refused, so that one
     stream never mixes results made differently."""
+
+    def validate(self) -> None:
+        if (self.carry == "reduced") != bool(self.reducer):
+            raise ParamError("reducer", 'carry = "reduced" and reducer = "NAME" go together')
 
 
 def client_log_level(level: int) -> str:
@@ -88,8 +100,19 @@ class AsapoSink(Sink):
 
     def written(self, run_name: str, streams: list[str]) -> list[str]:
         p = self.params
-        names = sorted({p.stream.format(stream=s) for s in streams})
+        names = sorted({p.stream.format(stream=s, run=run_name) for s in streams})
         return [f"ASAPO {p.endpoint} {p.beamtime}/{p.data_source}: {', '.join(names)}"]
+
+    def _out_stream(self, stream: str) -> str:
+        return self.params.stream.format(stream=stream, run=self.run.run_name)
+
+    def check_rerun(self, run: RunInfo) -> None:
+        reducers = run.config.get("reducers", {})
+        if self.params.carry == "reduced" and self.params.reducer not in reducers:
+            raise ValueError(
+                f"sinks: asapo reducer = {self.params.reducer!r} names no [reducers.*] table "
+                f"(reducers: {', '.join(reducers) or 'none'})"
+            )
 
     def stored(self, run: RunInfo, published: dict[str, int]) -> list[str]:
         """``ASAPO host:port beamtime/azint: scan_0001 100 records sent, ...``; a stream whose
@@ -97,12 +120,14 @@ class AsapoSink(Sink):
         of each id sent (a stream read again, ``--reprocess``), and says so."""
         p = self.params
         where = f"ASAPO {p.endpoint} {p.beamtime}/{p.data_source}"
-        if p.carry != "results":
+        if p.carry == "errors":
             return [f"{where}: error records"]
+        if p.carry == "reduced":
+            return [f"{where}: results of reducer {p.reducer}"]
         sent: dict[str, int] = {}
         for stream, n in published.items():
             if n > 0:
-                out = p.stream.format(stream=stream)
+                out = p.stream.format(stream=stream, run=run.run_name)
                 sent[out] = sent.get(out, 0) + n
         if not sent:
             return [f"{where}: nothing sent (no results were published)"]
@@ -151,10 +176,15 @@ class AsapoSink(Sink):
             if bad:
                 raise ValueError(f"sinks: outputs {bad} are not written by the chain ({known})")
         self.names = p.outputs or known
+        if p.carry == "reduced" and p.reducer not in [r.name for r in run.reducers]:
+            raise ValueError(
+                f'sinks: carry = "reduced" needs reducer = the name of a [reducers.*] table, '
+                f"got {p.reducer!r} (reducers: {[r.name for r in run.reducers]})"
+            )
         # Units, axes and errors travel with each record so a view can label what it shows.
         self._labels = {
             s.name: {"unit": s.unit, "axis": s.axis, "errors": s.errors, "long_name": s.long_name}
-            for s in run.outputs
+            for s in [*run.outputs, *(o for r in run.reducers for o in r.outputs)]
         }
         self.producer = asapo_producer.create_producer(
             p.endpoint,
@@ -248,7 +278,7 @@ class AsapoSink(Sink):
             )
 
     def _send(self, stream: str, mid: int, name: str, data: np.ndarray, meta: dict) -> None:
-        out_stream = self.params.stream.format(stream=stream)
+        out_stream = self._out_stream(stream)
         if out_stream not in self._checked:
             self._check_stream(out_stream)
         self._submit(
@@ -275,19 +305,17 @@ class AsapoSink(Sink):
         else:
             self.producer.send_stream_finished_flag(**kwargs, callback=callback)
 
-    def write(self, record: Record) -> None:
-        if self.params.carry != "results":
-            return
+    def _pack(self, named: dict[str, np.ndarray]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Arrays as one payload and its description (name, dtype, shape, offset, labels)."""
         arrays, described, offset = [], [], 0
-        for n in self.names:
-            src = record.arrays[n]
+        for n, src in named.items():
             a = np.ascontiguousarray(src)  # a scalar comes back 1-D: its shape is src's
             arrays.append(a.reshape(-1).view(np.uint8))
             described.append(
                 {
                     "name": n,
                     "dtype": a.dtype.str,
-                    "shape": list(src.shape),
+                    "shape": list(np.shape(src)),
                     "offset": offset,
                     **self._labels.get(n, {}),
                 }
@@ -295,7 +323,33 @@ class AsapoSink(Sink):
             offset += a.nbytes
         # One array goes out as a view of the result slot (kept until commit); several are
         # joined, which costs one copy of what are usually small profiles.
-        data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        return (arrays[0] if len(arrays) == 1 else np.concatenate(arrays)), described
+
+    def write_reduced(self, result: ReducedRecord) -> None:
+        if self.params.carry != "reduced" or result.reducer != self.params.reducer:
+            return
+        state = {f"state.{k}": v for k, v in result.state.items()}
+        data, described = self._pack({**result.arrays, **state})
+        window = {
+            "reducer": result.reducer,
+            "window": result.window,
+            "first_id": result.first_id,
+            "last_id": result.last_id,
+            "frames": result.frames,
+            "id_runs": [list(r) for r in result.ids],
+        }
+        meta = {
+            "arrays": described,
+            "reduced": window,
+            "lineage": {**self._lineage(result.stream, [], []), "input_id_runs": window["id_runs"]},
+        }
+        name = f"{result.reducer}_window_{result.window:06d}"
+        self._send(result.stream, result.window + 1, name, data, meta)
+
+    def write(self, record: Record) -> None:
+        if self.params.carry != "results":
+            return
+        data, described = self._pack({n: record.arrays[n] for n in self.names})
         meta = {
             "arrays": described,
             "source_meta": record.meta,
@@ -324,11 +378,13 @@ class AsapoSink(Sink):
         self._send(error.stream, error.message_id, error.name, data, meta)
 
     def stream_finished(self, stream: str, next_stream: str, last_id: int = 0) -> None:
-        out_stream = self.params.stream.format(stream=stream)
+        out_stream = self._out_stream(stream)
+        if self.params.carry == "reduced":
+            last_id = 0  # its ids count windows, not input messages
         last = max(last_id, self._last_id.get(out_stream, 0))
         if last <= 0:
             return  # nothing was ever sent to this output: there is no stream to finish
-        nxt = self.params.stream.format(stream=next_stream) if next_stream else ""
+        nxt = self._out_stream(next_stream) if next_stream else ""
         self._submit("finish", {"stream": out_stream, "last_id": last, "next_stream": nxt or None})
 
     def commit(self) -> None:

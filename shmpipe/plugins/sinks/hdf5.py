@@ -34,8 +34,8 @@ import numpy as np
 
 from shmpipe.api.params import ParamError
 from shmpipe.api.provenance import describe_difference, iso_time, result_hash
-from shmpipe.api.sink import ErrorRecord, Record, RunInfo, Sink
-from shmpipe.plugins.sinks import nexus
+from shmpipe.api.sink import ErrorRecord, Record, ReducedRecord, RunInfo, Sink
+from shmpipe.plugins.sinks import hdf5_reduced, nexus
 from shmpipe.plugins.sinks.swmr import open_read, open_write
 
 CHUNK_BYTES = nexus.CHUNK_BYTES
@@ -366,15 +366,7 @@ class HDF5Sink(Sink):
         fs = self._files.get(path) or self._open_file(path)
         entry = fs.entries.get(stream)
         if entry is None:
-            if fs.f.swmr_mode:
-                # Objects are created outside SWMR mode, where readers never meet them half
-                # made: write what is queued, reopen, create, and go back to SWMR.
-                for other in fs.entries.values():
-                    other.write_pending()
-                fs.f.close()
-                fs.f = open_write(path)
-                for name, other in fs.entries.items():
-                    other.rebind(fs.f[name])
+            self._outside_swmr(fs)
             g = nexus.create_entry(fs.f, stream, self.specs, self.run, self.params.compression)
             entry = fs.entries[stream] = _Entry(g, self.specs, self.axes)
         if entry.run_row < 0:
@@ -386,6 +378,32 @@ class HDF5Sink(Sink):
         if not fs.f.swmr_mode:
             fs.f.swmr_mode = True
         return entry
+
+    def _outside_swmr(self, fs: _File) -> None:
+        """Leave SWMR mode: objects are created outside it, where readers never meet them
+        half made (write what is queued, reopen; ``_entry`` goes back to SWMR)."""
+        if not fs.f.swmr_mode:
+            return
+        for other in fs.entries.values():
+            other.write_pending()
+        fs.f.close()
+        fs.f = open_write(fs.path)
+        for name, other in fs.entries.items():
+            other.rebind(fs.f[name])
+
+    def write_reduced(self, result: ReducedRecord) -> None:
+        info = next(r for r in self.run.reducers if r.name == result.reducer)
+        e = self._entry(result.stream)
+        fs = self._files[self._path(result.stream)]
+        g = e.e.get(f"reducers/{info.name}")
+        if g is None or hdf5_reduced.new_arrays(g, result):
+            self._outside_swmr(fs)
+            e = fs.entries[result.stream]
+            g = e.e.get(f"reducers/{info.name}") or hdf5_reduced.create(e.e, info)
+            hdf5_reduced.make_datasets(g, info, result)
+            fs.f.swmr_mode = True
+        hdf5_reduced.write(g, info, result)
+        e.dirty = True
 
     def write(self, record: Record) -> None:
         e = self._entry(record.stream)

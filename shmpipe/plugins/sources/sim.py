@@ -52,6 +52,12 @@ class SimParams:
     """Send each module raw or bitshuffle-LZ4 compressed (as detector streams do)."""
     payload_bytes: int = 0
     """Instead of modules, send one part of this many bytes (small-message tests)."""
+    mesh: list[int] = field(default_factory=list)
+    """[nx, ny]: each stream's frames walk a mesh scan of nx x ny points (x the fast axis,
+    again from the start after nx x ny frames), their positions in each message's metadata
+    as ``motor_x`` and ``motor_y``; empty: no positions."""
+    mesh_step: list[float] = field(default_factory=lambda: [0.1, 0.1])
+    """Step of the mesh along x and y (``motor_x = ix * step_x``)."""
 
     def validate(self) -> None:
         for key, least in (("frames", 0), ("rate", 0), ("streams", 1), ("pool", 1)):
@@ -60,6 +66,10 @@ class SimParams:
                 raise ParamError(key, f"must be {least} or more{hint}, got {getattr(self, key)}")
         if len(self.module_shape) != 2 or min(self.module_shape) < 1:
             raise ValueError("module_shape must be [rows, columns]")
+        if self.mesh and (len(self.mesh) != 2 or min(self.mesh) < 1):
+            raise ParamError("mesh", f"must be [nx, ny], each at least 1, got {self.mesh}")
+        if len(self.mesh_step) != 2:
+            raise ParamError("mesh_step", f"must be [step_x, step_y], got {self.mesh_step}")
         if self.stream_names and len(self.stream_names) != self.streams:
             raise ValueError(
                 f"stream_names has {len(self.stream_names)} names for {self.streams} streams"
@@ -105,6 +115,13 @@ def powder_image(geometry: DetectorGeometry, photons: float) -> np.ndarray:
     return np.interp(r, grid, profile).astype(np.float32)
 
 
+def mesh_position(mid: int, mesh: list[int], step: list[float]) -> dict[str, float]:
+    """The motor positions of message ``mid`` (from 1) of a mesh scan ``[nx, ny]``."""
+    i = mid - 1
+    nx, ny = mesh
+    return {"motor_x": (i % nx) * step[0], "motor_y": ((i // nx) % ny) * step[1]}
+
+
 class SimSource(Source):
     """The built-in simulated detector (``[source] kind = "sim"``)."""
 
@@ -148,7 +165,7 @@ class SimSource(Source):
         shaping = {
             k: v
             for k, v in dataclasses.asdict(p).items()
-            if k not in ("frames", "rate", "streams", "stream_names")
+            if k not in ("frames", "rate", "streams", "stream_names", "mesh", "mesh_step")
         }
         key = hashlib.sha256(repr(sorted(shaping.items())).encode()).hexdigest()[:16]
         path = Path(self.cache_dir) / "sim" / f"pool-{key}.npz"
@@ -224,12 +241,15 @@ class SimSource(Source):
         self._sent += 1
         mid = self._frame
         parts = self._pool[(self._sent - 1) % len(self._pool)]
+        meta = {"frame_number": mid, "pool_index": (self._sent - 1) % len(self._pool)}
+        if p.mesh:
+            meta.update(mesh_position(mid, p.mesh, p.mesh_step))
         return Message(
             stream=stream,
             message_id=mid,
             name=f"{stream}/frame_{mid:06d}",
             parts=parts,
-            meta={"frame_number": mid, "pool_index": (self._sent - 1) % len(self._pool)},
+            meta=meta,
             timestamp=time.time(),
         )
 
