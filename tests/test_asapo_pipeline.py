@@ -524,3 +524,28 @@ def test_source_reads_on_with_a_fresh_client_after_a_failed_request(asapo, tmp_p
         assert sorted(ids) == [2, 3]
     finally:
         source.close()
+
+
+def test_a_message_held_long_in_a_killed_pipeline_is_redelivered(asapo, tmp_path):
+    """A backlog held unacknowledged for many resend delays still comes back after a crash.
+
+    With one slow worker the whole stream waits in the ring, unacknowledged, for many times
+    ``source.resend_delay_ms``; the broker redelivers each id every delay, and with a bounded
+    ``resend_attempts`` gives up on it: a pipeline SIGKILLed after that would lose them all.
+    The default (0: unlimited) keeps redelivering until a run acknowledges the result.
+    """
+    from tests.test_lifecycle import published, wait_for
+
+    produced(asapo.server_name, 14, ["scan_0001"])
+    raw = config(asapo, tmp_path, group="backlog", resend_delay_ms=100)
+    raw["run"]["workers"] = 1
+    raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 250.0}
+    cfg = _write_toml(tmp_path / "backlog.toml", raw)
+    first = _run_cli(cfg, "backlog-1")
+    wait_for(lambda: published("backlog-1") >= 3, what="3 published frames")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.communicate(timeout=30)
+    second = _run_cli(cfg, "backlog-2")
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    assert sorted(outputs(asapo, "scan_0001")) == list(range(1, 15))

@@ -77,8 +77,10 @@ class AsapoSourceParams:
     """Exit after this long without a message; 0: wait for ever."""
     resend_delay_ms: int = 10000
     """Unacknowledged messages come back after this long (those of a crashed run, too)."""
-    resend_attempts: int = 3
-    """Redeliveries of one unacknowledged message; 0: unlimited."""
+    resend_attempts: int = 0
+    """Redeliveries of one unacknowledged message; 0: unlimited (the default: a message held
+    unacknowledged longer than a bounded number of delays, in a deep backlog, would never come
+    back after a crash)."""
     nack_delay_ms: int = 1000
     """Delay of the redelivery asked for by a negative acknowledgement."""
     retry_quarantined: int = 1
