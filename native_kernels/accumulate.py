@@ -107,9 +107,12 @@ def _is_gone(v, dummy):
     return v - v != 0.0 or v == dummy
 
 
-# The lean loops below are deliberate hot-loop specialisations (see the module docstring and
-# native_kernels.engines, which registers them and chooses among them per CPU): they differ
-# in the accumulator layout and the table format they read, which is the whole point.
+# Every loop below is a deliberate hot-loop specialisation, named as such in its docstring:
+# the lean ones (see the module docstring and native_kernels.engines, which registers them and
+# chooses among them per CPU) differ in the accumulator layout and the table format they read,
+# the general ones in the splitting; Numba compiles each as a loop of its own, so their bodies
+# repeat each other on purpose (an inlined helper taking the array made a loop 9x slower: see
+# _add4).
 
 
 @njit(cache=True, nogil=True)
@@ -175,7 +178,12 @@ def nosplit_general(
     accv,
     removed,
 ):
-    """No splitting with dark subtraction and/or the dummy test."""
+    """No splitting with dark subtraction and/or the dummy test.
+
+    Hot-loop specialisation *general, no splitting*: its pixel read (raw, dark, variance, the
+    dummy test) repeats :func:`bbox_general`'s on purpose, each compiled as its own loop; the
+    lean loops leave that read out (see the module docstring).
+    """
     rows, cols = bins.shape
     for r in range(rows):
         o = base + r * s0
@@ -299,7 +307,11 @@ def bbox_general(
     accv,
     removed,
 ):
-    """bbox splitting with dark subtraction and/or the dummy test."""
+    """bbox splitting with dark subtraction and/or the dummy test.
+
+    Hot-loop specialisation *general, bbox*: the pixel read repeats :func:`nosplit_general`'s
+    on purpose (one compiled loop per splitting).
+    """
     rows, cols = bins.shape
     for r in range(rows):
         o = base + r * s0
@@ -352,7 +364,12 @@ def bbox_exceptions(
     accv,
     removed,
 ):
-    """The exception pixels ``lo:hi`` of a segment whose first flat pixel index is ``first``."""
+    """The exception pixels ``lo:hi`` of a segment whose first flat pixel index is ``first``.
+
+    Hot-loop specialisation *exceptions* (the explicit (bin, weight) lists of
+    :mod:`native_kernels.tables`): the pixel read repeats :func:`bbox_general`'s on purpose,
+    in a loop over a pixel list.
+    """
     cols = norm.shape[1]
     for i in range(lo, hi):
         li = pix[i] - first

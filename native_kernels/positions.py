@@ -96,25 +96,7 @@ def center_array(shape, pixel_size, params, space, wavelength=None) -> np.ndarra
     wavelength : float, optional
         Metres; required for SPACE_Q.
     """
-    if space == SPACE_Q and not wavelength:
-        raise ValueError("q units need a wavelength")
-    dist, poni1, poni2, rot1, rot2, rot3 = params
-    out = np.empty(shape, dtype=np.float64)
-    _grid(
-        shape[0],
-        shape[1],
-        0.5,
-        pixel_size[0],
-        pixel_size[1],
-        dist,
-        poni1,
-        poni2,
-        rotation_matrix(rot1, rot2, rot3),
-        space,
-        wavelength or 1.0,
-        out,
-    )
-    return out
+    return _positions((shape[0], shape[1]), 0.5, pixel_size, params, space, wavelength)
 
 
 def corner_grid(shape, pixel_size, params, space, wavelength=None) -> np.ndarray:
@@ -123,25 +105,21 @@ def corner_grid(shape, pixel_size, params, space, wavelength=None) -> np.ndarray
     pyFAI keeps corner positions in single precision; rounding them the same way keeps our
     bounding boxes identical to its ones to the last bit that matters.
     """
+    corners = (shape[0] + 1, shape[1] + 1)
+    return _positions(corners, 0.0, pixel_size, params, space, wavelength).astype(np.float32)
+
+
+def _positions(points, offset, pixel_size, params, space, wavelength) -> np.ndarray:
+    """Radial value at ``points`` (rows, cols) grid points ``offset`` pixels from the origin
+    (0.5: pixel centres, 0.0: corners), float64."""
     if space == SPACE_Q and not wavelength:
         raise ValueError("q units need a wavelength")
     dist, poni1, poni2, rot1, rot2, rot3 = params
-    out = np.empty((shape[0] + 1, shape[1] + 1), dtype=np.float64)
-    _grid(
-        shape[0] + 1,
-        shape[1] + 1,
-        0.0,
-        pixel_size[0],
-        pixel_size[1],
-        dist,
-        poni1,
-        poni2,
-        rotation_matrix(rot1, rot2, rot3),
-        space,
-        wavelength or 1.0,
-        out,
-    )
-    return out.astype(np.float32)
+    out = np.empty(points, dtype=np.float64)
+    rot = rotation_matrix(rot1, rot2, rot3)
+    px1, px2 = pixel_size
+    _grid(*points, offset, px1, px2, dist, poni1, poni2, rot, space, wavelength or 1.0, out)
+    return out
 
 
 @njit(cache=True, nogil=True)

@@ -147,46 +147,14 @@ def build_table_2d_bbox(
     bins = np.empty(rad.size, dtype=np.int32)
     coef = np.empty(rad.size, dtype=np.float32)
     counts = np.empty(rad.size, dtype=np.int64)
-    _build(
-        rad,
-        drad,
-        chi,
-        dchi,
-        valid,
-        rlo,
-        rhi_in,
-        rdelta,
-        npt_rad,
-        alo,
-        ahi_in,
-        adelta,
-        npt_azim,
-        bins,
-        coef,
-        counts,
-    )
+    # Both passes bin by the same radial and azimuthal axes.
+    axes = (rlo, rhi_in, rdelta, npt_rad, alo, ahi_in, adelta, npt_azim)
+    _build(rad, drad, chi, dchi, valid, *axes, bins, coef, counts)
     pix = np.flatnonzero(counts).astype(np.int64)
     ptr = np.empty(pix.size + 1, dtype=np.int64)
     ebin = np.empty(int(counts.sum()), dtype=np.int32)
     ecoef = np.empty(ebin.size, dtype=np.float32)
-    _fill(
-        rad,
-        drad,
-        chi,
-        dchi,
-        rlo,
-        rhi_in,
-        rdelta,
-        npt_rad,
-        alo,
-        ahi_in,
-        adelta,
-        npt_azim,
-        pix,
-        ptr,
-        ebin,
-        ecoef,
-    )
+    _fill(rad, drad, chi, dchi, *axes, pix, ptr, ebin, ecoef)
     edges = {
         "lo": rlo,
         "hi": rhi,

@@ -101,6 +101,31 @@ def test_node_model_takes_the_tightest_bound():
     assert m["bound_by"] == "memory bandwidth"
 
 
+def test_benchmark_chains_take_the_detector_from_the_source_without_deprecated_keys(
+    tmp_path, caplog
+):
+    """The LAMBDA chains name no kernel geometry key (each would log a deprecation warning):
+    the run's detector is the simulated source's layout, the one the geometry file holds."""
+    import logging
+
+    from native_kernels.geometry import load_geometry
+    from shmpipe.benchmark import geometry_file, lambda_chain, sim_source
+    from shmpipe.benchmark.beamline import chains
+    from shmpipe.config import load_config
+    from shmpipe.engine.startup import run_detector
+
+    shape = (32, 48)
+    geo = geometry_file(tmp_path, shape)
+    tables = {"lambda": lambda_chain(geo, shape), **chains(geo, shape)}
+    for name, kernels in tables.items():
+        with caplog.at_level(logging.WARNING, logger="shmpipe.config"):
+            raw = {"source": sim_source(2, shape), "kernels": kernels, "sinks": [{"kind": "null"}]}
+            cfg = load_config(raw=raw)
+        assert "deprecated" not in caplog.text, name
+        detector = run_detector(cfg, cfg.source_instance().layout())
+        assert detector.geometry.digest() == load_geometry(str(geo)).digest(), name
+
+
 def test_steady_rate_skips_the_start():
     import numpy as np
 

@@ -50,6 +50,7 @@ from shmpipe.benchmark.model import ModelAssumptions, compressed_frame_bytes, no
 from shmpipe.benchmark.pipeline_run import run_pipeline
 from shmpipe.config import load_config
 from shmpipe.engine.chain import KernelChain
+from shmpipe.engine.startup import run_detector
 
 CHAINS = ("beamline", "stitch_first")
 COMPARED = ("integrate.radial", "integrate.intensity", "integrate.sigma")
@@ -57,16 +58,18 @@ BUFFERS = 4  # result buffers the in-process frames rotate through (4 x 19 MB > 
 
 
 def chains(geometry: Path, module_shape: tuple[int, int]) -> dict[str, dict[str, Any]]:
-    """The ``[kernels]`` tables of both chains for a geometry file (README parameters)."""
+    """The ``[kernels]`` tables of both chains for a geometry file (README parameters).
+
+    The detector is not named here: the simulated source declares its layout (the one
+    ``geometry`` holds), which is the run's detector (kernels get it at setup).
+    """
     from native_kernels.geometry import load_geometry
 
     geo = load_geometry(str(geometry))
     h, w = geo.shape
     px = geo.pixel_size
-    g = str(geometry)
     integrate = {
         "kind": f"{KERNELS}:AzimuthalIntegrate",
-        "geometry": g,
         "dist": 0.3,
         "poni1": 0.47 * h * px[0],  # where the simulator puts the beam
         "poni2": 0.52 * w * px[1],
@@ -84,17 +87,17 @@ def chains(geometry: Path, module_shape: tuple[int, int]) -> dict[str, dict[str,
         "rois": [[0, module_shape[0], 0, module_shape[1]]],
         "dummy": 0.0,
     }
-    decompress = {"kind": f"{KERNELS}:LambdaDecompress", "geometry": g}
+    decompress = {"kind": f"{KERNELS}:LambdaDecompress"}
     modules = "decompress.modules"
     return {
         "beamline": {
             "decompress": decompress,
             "integrate": {**integrate, "input": modules},
-            "stats": {**stats, "input": modules, "geometry": g},
+            "stats": {**stats, "input": modules},
         },
         "stitch_first": {
             "decompress": decompress,
-            "stitch": {"kind": f"{KERNELS}:LambdaStitch", "input": modules, "geometry": g},
+            "stitch": {"kind": f"{KERNELS}:LambdaStitch", "input": modules},
             "integrate": integrate,
             "stats": stats,
         },
@@ -171,7 +174,10 @@ def _stage_costs_here(
     src = cfg.source_instance()
     src.open()
     chain = KernelChain(cfg.kernel_instances())
-    layout = chain.setup(src.layout().parts, Path(cache_dir), 1, 0)
+    src_layout = src.layout()
+    # The run's detector as a run hands it to the kernels ([detector], else the source's).
+    detector = run_detector(cfg, src_layout)
+    layout = chain.setup(src_layout.parts, Path(cache_dir), 1, 0, detector)
     # Touched before timing, as the ring's slots are after their first lap (a fresh zeroed
     # buffer would charge its page faults to whichever kernel writes it first).
     bufs = [np.ones(max(layout.result_bytes, 64), np.uint8) for _ in range(BUFFERS)]

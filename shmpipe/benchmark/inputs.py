@@ -88,19 +88,19 @@ def lambda_chain(geometry: Path, module_shape: tuple[int, int], npt: int = 1000)
     """The LAMBDA chain: bitshuffle-LZ4 decompress, stitch, azimuthal integration, statistics.
 
     The beam centre matches the simulated powder rings (47 % down, 52 % across the canvas).
+    The detector is the simulated source's own layout (the one ``geometry`` holds), which
+    the run hands to the kernels.
     """
     from native_kernels.geometry import load_geometry
 
     geo = load_geometry(str(geometry))
     h, w = geo.shape
     px = geo.pixel_size
-    g = str(geometry)
     return {
-        "decompress": {"kind": f"{KERNELS}:LambdaDecompress", "geometry": g},
-        "stitch": {"kind": f"{KERNELS}:LambdaStitch", "input": "decompress.modules", "geometry": g},
+        "decompress": {"kind": f"{KERNELS}:LambdaDecompress"},
+        "stitch": {"kind": f"{KERNELS}:LambdaStitch", "input": "decompress.modules"},
         "integrate": {
             "kind": f"{KERNELS}:AzimuthalIntegrate",
-            "geometry": g,
             "dist": 0.2,
             "poni1": 0.47 * h * px[0],
             "poni2": 0.52 * w * px[1],

@@ -13,6 +13,7 @@ import numpy as np
 from shmpipe.api.message import Message
 from shmpipe.config import PipelineConfig, load_config
 from shmpipe.engine.chain import KernelChain
+from shmpipe.engine.startup import run_detector
 
 # -- the naive way: multiprocessing.Pool pickling frames ---------------------------------------
 _POOL: dict[str, Any] = {}
@@ -22,7 +23,10 @@ def _pool_init(cfg: PipelineConfig, cache_dir: str) -> None:
     # One thread per kernel, as the engine's workers run (OpenMP reads this when it loads).
     os.environ["OMP_NUM_THREADS"] = "1"
     chain = KernelChain(cfg.kernel_instances())
-    layout = chain.setup(cfg.source_instance().layout().parts, Path(cache_dir), 1, 0)
+    src_layout = cfg.source_instance().layout()
+    # The run's detector as a run hands it to the kernels ([detector], else the source's).
+    detector = run_detector(cfg, src_layout)
+    layout = chain.setup(src_layout.parts, Path(cache_dir), 1, 0, detector)
     buf = np.empty(max(layout.result_bytes, 64), dtype=np.uint8)
     _POOL["chain"] = chain
     _POOL["views"] = chain.output_views(

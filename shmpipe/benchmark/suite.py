@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from shmpipe.benchmark import bandwidth
+from shmpipe.benchmark import bandwidth, model
 from shmpipe.benchmark.anchors import cpu_anchor, memory_anchor
 from shmpipe.benchmark.beamline import report_markdown as beamline_markdown
 from shmpipe.benchmark.beamline import suite_step
@@ -55,12 +55,6 @@ from shmpipe.benchmark.inputs import (
     sim_parts,
     sim_parts_lz4,
     sim_source,
-)
-from shmpipe.benchmark.model import (
-    ModelAssumptions,
-    chain_bytes_per_frame,
-    compressed_frame_bytes,
-    node_model,
 )
 from shmpipe.benchmark.naive_pool import naive_pool_rate
 from shmpipe.benchmark.pipeline_run import percentiles, run_pipeline
@@ -306,8 +300,8 @@ def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> dict[st
 
         # 7. the model
         geo_px = _image_px(geo)
-        moved = chain_bytes_per_frame(
-            shape, modules, geo_px, compressed_frame_bytes(shape, modules)
+        moved = model.chain_bytes_per_frame(
+            shape, modules, geo_px, model.compressed_frame_bytes(shape, modules)
         )
         # The dispatcher's time per frame, from the null-kernel run (raw frames), scaled to
         # the compressed payload it copies for the LAMBDA chain.
@@ -321,12 +315,12 @@ def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> dict[st
             f"{report['machine']['read_gbs_one_core']:.1f} GB/s, {cores} cores "
             f"{report['machine']['read_gbs_node']:.1f} GB/s"
         )
-        report["model"] = node_model(
+        report["model"] = model.node_model(
             one["kernel_ms"],
             max(0.0, one["engine_overhead_ms"]),
             dispatcher_ms,
             moved["total"],
-            ModelAssumptions(mem_bandwidth_gbs=report["machine"]["read_gbs_node"]),
+            model.ModelAssumptions(mem_bandwidth_gbs=report["machine"]["read_gbs_node"]),
         )
         report["model"]["bytes_by_stage"] = moved
         report["model"]["measured_here_copy_gbps"] = max(m["copy_gbps"] for m in machine)

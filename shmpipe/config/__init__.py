@@ -1,4 +1,8 @@
-"""Configuration: the schema of a pipeline's TOML file, its loading, TOML output, the reference."""
+"""Configuration: the schema of a pipeline's TOML file, its loading, TOML output, the reference.
+
+Of the sections only those the side processes read are re-exported here; the rest (SECTIONS,
+the defaults ...) are imported from :mod:`shmpipe.config.sections` where needed.
+"""
 
 from shmpipe.config import reducers as _reducers  # noqa: F401 - registers [reducers.*]
 from shmpipe.config.schema import (
@@ -12,34 +16,15 @@ from shmpipe.config.schema import (
     parse_value,
     read_toml,
 )
-from shmpipe.config.sections import (
-    DEFAULT_KERNELS,
-    DEFAULT_SINKS,
-    DEFAULT_SOURCE,
-    PLUGIN_SECTIONS,
-    SECTIONS,
-    MetricsSection,
-    RingSection,
-    RunSection,
-    TangoSection,
-    ViewSection,
-)
+from shmpipe.config.sections import MetricsSection, TangoSection
 from shmpipe.config.toml_text import to_toml
 
 __all__ = [
-    "DEFAULT_KERNELS",
-    "DEFAULT_SINKS",
-    "DEFAULT_SOURCE",
-    "PLUGIN_SECTIONS",
-    "SECTIONS",
     "ConfigError",
     "MetricsSection",
     "PipelineConfig",
     "PluginSpec",
-    "RingSection",
-    "RunSection",
     "TangoSection",
-    "ViewSection",
     "apply_override",
     "build_dataclass",
     "coerce",

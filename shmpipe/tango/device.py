@@ -42,6 +42,11 @@ def _tango_type(dtype: str) -> Any:
     return tango.CmdArgType.DevLong64
 
 
+def _counter(name: str, doc: str) -> attribute:
+    """A read-only int64 attribute: the pipeline's counter ``name`` (``DeviceFeed.counters``)."""
+    return attribute(dtype="DevLong64", doc=doc, fget=lambda self: self.feed.counters()[name])
+
+
 class ShmpipeDevice(Device):
     """One shmpipe pipeline: its progress, its per-frame results, its live ROIs."""
 
@@ -128,21 +133,10 @@ class ShmpipeDevice(Device):
     def CurrentStream(self) -> str:
         return self.feed.last_frame()[1]
 
-    @attribute(dtype="DevLong64", doc="Messages taken from the source")
-    def FramesIn(self) -> int:
-        return self.feed.counters()["FramesIn"]
-
-    @attribute(dtype="DevLong64", doc="Results published")
-    def FramesOut(self) -> int:
-        return self.feed.counters()["FramesOut"]
-
-    @attribute(dtype="DevLong64", doc="Error records published")
-    def Errors(self) -> int:
-        return self.feed.counters()["Errors"]
-
-    @attribute(dtype="DevLong64", doc="Frames in flight (taken, not yet published)")
-    def Backlog(self) -> int:
-        return self.feed.counters()["Backlog"]
+    FramesIn = _counter("FramesIn", "Messages taken from the source")
+    FramesOut = _counter("FramesOut", "Results published")
+    Errors = _counter("Errors", "Error records published")
+    Backlog = _counter("Backlog", "Frames in flight (taken, not yet published)")
 
     @attribute(dtype="DevDouble", unit="frames/s", doc="Frames published per second")
     def FrameRate(self) -> float:

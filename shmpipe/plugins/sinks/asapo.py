@@ -26,18 +26,13 @@ import numpy as np
 
 from shmpipe.api.params import ParamError
 from shmpipe.api.sink import ErrorRecord, Record, ReducedRecord, RunInfo, Sink
+from shmpipe.plugins.asapo_connection import AsapoConnectionParams
 
 log = logging.getLogger("shmpipe.publisher.asapo")
 
 
 @dataclass
-class AsapoSinkParams:
-    endpoint: str = "localhost:8400"
-    """ASAPO discovery endpoint, host:port."""
-    beamtime: str = "asapo_test"
-    """Beamtime id."""
-    token: str = ""
-    """Access token for the beamtime."""
+class AsapoSinkParams(AsapoConnectionParams):
     data_source: str = "processed"
     """Output data source, e.g. azint, image, errors."""
     stream: str = "{stream}"

@@ -27,21 +27,16 @@ from shmpipe.api.kernel import ArraySpec
 from shmpipe.api.message import Message, StreamFinished, payload_bytes
 from shmpipe.api.params import ParamError
 from shmpipe.api.source import Acknowledger, EndOfSource, Source, SourceConfigError, SourceLayout
+from shmpipe.plugins.asapo_connection import AsapoConnectionParams
 from shmpipe.plugins.sources.stream_naming import next_stream
 
 log = logging.getLogger("shmpipe.dispatcher.asapo")
 
 
 @dataclass
-class AsapoSourceParams:
-    endpoint: str = "localhost:8400"
-    """ASAPO discovery endpoint, host:port."""
-    beamtime: str = "asapo_test"
-    """Beamtime id."""
+class AsapoSourceParams(AsapoConnectionParams):
     data_source: str = "detector"
     """Data source (the detector's) within the beamtime."""
-    token: str = ""
-    """Access token for the beamtime."""
     stream: str = "default"
     """Stream to start with."""
     group_id: str = ""
