@@ -216,6 +216,13 @@ class HangingSetup(Kernel):
             time.sleep(1)  # never returns; run.setup_timeout_s must act
 
 
+class FailingSetup(Kernel):
+    """A kernel whose set-up fails (a file that the configuration could not check)."""
+
+    def setup(self, ctx):
+        raise OSError("the calibration file went away (on purpose)")
+
+
 @dataclass
 class ProfileParams:
     npt: int = 8

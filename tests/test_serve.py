@@ -340,8 +340,14 @@ def test_runs_never_exceed_max_workers_and_wait_in_turn(asapo, tmp_path, serves)
     for n in ("a", "b"):
         assert sorted(output_records(asapo, f"azint_{n}", "scan_0001")) == [1, 2, 3, 4]
 
+    # A geometry file that does not exist is refused with the request, naming the field.
+    missing = {"kernels.integrate.geometry": str(tmp_path / "missing.json")}
+    request = {"recipe": "a", "beamtime": BEAMTIME, "data_source": "det1", "set": missing}
+    status, answer = serve.request("POST", "/api/runs", request, token=TOKEN)
+    assert status == 400 and answer["field"] == "set.kernels.integrate.geometry", answer
+
     # A pipeline that cannot start is started again once (max_restarts = 1), then fails.
-    broken = {"kernels.integrate.geometry": str(tmp_path / "missing.json")}
+    broken = {"kernels.broken.kind": "tests.plugins:FailingSetup"}
     request = {"recipe": "a", "beamtime": BEAMTIME, "data_source": "det1", "set": broken}
     status, run = serve.request("POST", "/api/runs", request, token=TOKEN)
     assert status == 201, run
