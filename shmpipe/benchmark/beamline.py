@@ -247,6 +247,8 @@ def max_relative_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) 
 class ProcessSampler:
     """Samples CPU times and memory of this process's descendants until stopped."""
 
+    FAST_INTERVAL, FAST_S = 0.05, 3.0  # a short run's workers may live under one interval
+
     def __init__(self, interval: float = 0.2) -> None:
         import psutil
 
@@ -281,7 +283,8 @@ class ProcessSampler:
 
     def _loop(self) -> None:
         me = self._psutil.Process()
-        while not self._stop.wait(self.interval):
+        fast_until, fast, slow = time.monotonic() + self.FAST_S, self.FAST_INTERVAL, self.interval
+        while not self._stop.wait(fast if time.monotonic() < fast_until else slow):
             for p in me.children(recursive=True):
                 try:
                     with p.oneshot():
@@ -320,6 +323,8 @@ def engine_run(
         busy = sum(sampler.last.get(pid, {}).get("cpu_s", math.nan) for pid in r.worker_pids)
         fps = r.frames
         cpu_how = "whole run"
+        if not math.isfinite(busy):  # a worker never sampled: the engine's own busy time
+            busy, fps, cpu_how = r.worker_busy_ms / 1e3, 1.0, "busy time (too short to sample)"
     mib = 2.0**20
 
     def mean(key: str) -> float:
@@ -381,8 +386,8 @@ def compare_chains(
                 runs[c][w].append(run)
                 log(
                     f"  {c}, {w} worker(s): {run['fps_per_worker']:.1f} frames/s per worker, "
-                    f"{run['worker_cpu_ms_per_frame']:.1f} ms worker CPU/frame"
-                    + (" (whole run)" if run["worker_cpu_how"] != "steady" else "")
+                    f"{_f(run['worker_cpu_ms_per_frame'], 1)} ms worker CPU/frame"
+                    + (f" ({run['worker_cpu_how']})" if run["worker_cpu_how"] != "steady" else "")
                 )
     report: dict[str, Any] = {
         "frames": frames,
@@ -464,9 +469,9 @@ def memory_by_workers(
             k: run[k] for k in ("rss_mib_per_worker", "pss_mib_per_worker", "uss_mib_per_worker")
         }
         log(
-            f"  memory, {w} worker(s): RSS {run['rss_mib_per_worker']:.0f} MiB, "
-            f"PSS {run['pss_mib_per_worker']:.0f} MiB, USS {run['uss_mib_per_worker']:.0f} MiB"
-            " per worker"
+            f"  memory, {w} worker(s): RSS {_f(run['rss_mib_per_worker'], 0)} MiB, "
+            f"PSS {_f(run['pss_mib_per_worker'], 0)} MiB, "
+            f"USS {_f(run['uss_mib_per_worker'], 0)} MiB per worker"
         )
     return out
 
@@ -517,11 +522,11 @@ def report_markdown(r: dict[str, Any]) -> str:
         lines += [
             f"| frames/s per worker, {w} worker(s) | {ea['fps_per_worker']:.1f} | "
             f"{eb['fps_per_worker']:.1f} | {r['fps_per_worker_ratio'][w]:.2f} |",
-            f"| worker CPU per frame, {w} worker(s), ms | {ea['worker_cpu_ms_per_frame']:.1f} | "
-            f"{eb['worker_cpu_ms_per_frame']:.1f} | |",
-            f"| RSS / PSS per worker, {w} worker(s), MiB | {ea['rss_mib_per_worker']:.0f} / "
-            f"{ea['pss_mib_per_worker']:.0f} | {eb['rss_mib_per_worker']:.0f} / "
-            f"{eb['pss_mib_per_worker']:.0f} | |",
+            f"| worker CPU per frame, {w} worker(s), ms | "
+            f"{_f(ea['worker_cpu_ms_per_frame'], 1)} | {_f(eb['worker_cpu_ms_per_frame'], 1)} | |",
+            f"| RSS / PSS per worker, {w} worker(s), MiB | {_f(ea['rss_mib_per_worker'], 0)} / "
+            f"{_f(ea['pss_mib_per_worker'], 0)} | {_f(eb['rss_mib_per_worker'], 0)} / "
+            f"{_f(eb['pss_mib_per_worker'], 0)} | |",
         ]
     ma, mb = a["model"], b["model"]
     if r.get("quick"):  # toy frames: no node sized on them
@@ -563,8 +568,8 @@ def report_markdown(r: dict[str, Any]) -> str:
         lines += ["", "| workers | RSS MiB per worker | PSS | USS |", "|---:|---:|---:|---:|"]
         for w, m in mem.items():
             lines.append(
-                f"| {w} | {m['rss_mib_per_worker']:.0f} | {m['pss_mib_per_worker']:.0f} | "
-                f"{m['uss_mib_per_worker']:.0f} |"
+                f"| {w} | {_f(m['rss_mib_per_worker'], 0)} | {_f(m['pss_mib_per_worker'], 0)} | "
+                f"{_f(m['uss_mib_per_worker'], 0)} |"
             )
     return "\n".join(lines) + "\n"
 
