@@ -213,9 +213,11 @@ def chosen_build(itemsize: int = 2) -> Bslz4Build | None:
 
 
 def choice(itemsize: int = 2) -> dict:
-    """The build chosen (name) and each build's best time on the probe module (ms)."""
+    """The build chosen, how (``"timed"``, ``"only"``) and each build's best time on the probe
+    module in ms, shaped as the integrator's engine choices are reported."""
     build, times = _choose(itemsize)
-    return {"build": None if build is None else build.name, "times_ms": times}
+    name = "python fallback" if build is None else build.name
+    return {"engine": name, "how": "timed" if times else "only", "times_ms": times}
 
 
 @functools.lru_cache(maxsize=4)
