@@ -137,7 +137,12 @@ def test_bench_compare_runs_both_trees_alternately(tmp_path):
     assert report["rounds"] == 2 and report["cpu_model"] in res.stdout
     assert report["read_bandwidth_gbs"]["this"] > 0 and report["read_bandwidth_gbs"]["rev"] > 0
     names = {r["measurement"] for r in report["rows"]}
-    assert names == {"integrate1d stitched no", "integrate1d stitched bbox"}
+    assert names == {
+        "integrate1d stitched no",
+        "integrate1d stitched bbox",
+        "decompress 12 modules",
+    }
+    assert "decompress bitshuffle-LZ4" in report["engines"]
     for row in report["rows"]:
         assert row["rev_over_this"] > 0 and row["over_bound"] > 0
     assert res.stderr.count("round 1/2: rev") == 1 and res.stderr.count("round 2/2: this") == 1
