@@ -8,11 +8,14 @@ Two bitshuffle-LZ4 framings are accepted:
 * ``bslz4_h5``: the same prefixed by the 12-byte header of the HDF5 filter (and Dectris
   streams): uncompressed size in bytes (big-endian uint64) and block size in bytes (uint32).
 
-``auto`` picks by looking at the header. Before a payload reaches the LZ4 decoder its block
-structure is walked and checked: the LZ4 library trusts the block lengths, and a garbage length
-crashes the process (measured: a random payload of the right size segfaults
-``bitshuffle.decompress_lz4``). A payload that fails the walk, or that the decoder rejects,
-raises :class:`PayloadError` for that frame only.
+``auto`` picks by looking at the header. The blocks are decoded by one compiled loop around
+the bitshuffle library's own LZ4 and untranspose routines (:mod:`native_kernels.bslz4_decode`,
+the library build chosen per CPU), which checks each block length against the payload before
+decoding the block: the library trusts the lengths, and a garbage length crashes the process
+(measured: a random payload of the right size segfaults ``bitshuffle.decompress_lz4``). Where
+no build of the library can be loaded, the block structure is walked and checked first and
+``bitshuffle.decompress_lz4`` decodes. A payload that fails the checks, or that the decoder
+rejects, raises :class:`PayloadError` for that frame only.
 """
 
 from __future__ import annotations
