@@ -76,42 +76,46 @@ def builds() -> tuple[Bslz4Build, ...]:
     return tuple(b for b in found if b is not None)
 
 
-@intrinsic
-def _call_lz4(typingctx, fn, src, dst, src_size, capacity):
-    """``LZ4_decompress_safe(src, dst, src_size, capacity)`` through its address ``fn``.
+def _c_call(ret_bits: int, int_bits: int, doc: str):
+    """An intrinsic ``call(fn, src, dst, x, y)`` calling the C function at address ``fn`` as
+    ``int<ret_bits> f(void *src, void *dst, int<int_bits> x, int<int_bits> y)``.
 
-    The address is an argument, not a constant: the compiled loop is cached on disk and
-    serves whichever build (and wherever it is mapped) the process chose.
+    The address is an argument, not a constant: the compiled loop is cached on disk and serves
+    whichever build (and wherever it is mapped) the process chose.
     """
-    sig = types.int32(fn, src, dst, src_size, capacity)
 
-    def codegen(context, builder, signature, args):
-        f, s, d, n, cap = args
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(i32, [i8p, i8p, i32, i32])
-        call = builder.inttoptr(f, fnty.as_pointer())
-        conv = [builder.inttoptr(s, i8p), builder.inttoptr(d, i8p)]
-        conv += [builder.trunc(n, i32), builder.trunc(cap, i32)]
-        return builder.call(call, conv)
+    @intrinsic
+    def call(typingctx, fn, src, dst, x, y):
+        sig = getattr(types, f"int{ret_bits}")(fn, src, dst, x, y)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            f, s, d, *xy = args
+            i8p = ir.IntType(8).as_pointer()
+            it = ir.IntType(int_bits)
+            fnty = ir.FunctionType(ir.IntType(ret_bits), [i8p, i8p, it, it])
+            conv = [builder.inttoptr(s, i8p), builder.inttoptr(d, i8p)]
+            conv += [builder.trunc(v, it) if int_bits < 64 else v for v in xy]
+            return builder.call(builder.inttoptr(f, fnty.as_pointer()), conv)
+
+        return sig, codegen
+
+    call.__doc__ = doc
+    return call
 
 
-@intrinsic
-def _call_untrans(typingctx, fn, src, dst, size, elem_size):
-    """``bshuf_untrans_bit_elem(src, dst, size, elem_size)`` through its address ``fn``."""
-    sig = types.int64(fn, src, dst, size, elem_size)
+_call_lz4 = _c_call(32, 32, "``LZ4_decompress_safe(src, dst, src_size, capacity)``")
+_call_untrans = _c_call(64, 64, "``bshuf_untrans_bit_elem(src, dst, size, elem_size)``")
 
-    def codegen(context, builder, signature, args):
-        f, s, d, n, e = args
-        i8p = ir.IntType(8).as_pointer()
-        i64 = ir.IntType(64)
-        fnty = ir.FunctionType(i64, [i8p, i8p, i64, i64])
-        call = builder.inttoptr(f, fnty.as_pointer())
-        return builder.call(call, [builder.inttoptr(s, i8p), builder.inttoptr(d, i8p), n, e])
 
-    return sig, codegen
+@njit(cache=True, nogil=True, inline="always")
+def block_length(buf, pos):  # pragma: no cover - jitted
+    """The 4-byte big-endian compressed length of the block at ``buf[pos]``."""
+    return (
+        (np.int64(buf[pos]) << 24)
+        | (np.int64(buf[pos + 1]) << 16)
+        | (np.int64(buf[pos + 2]) << 8)
+        | np.int64(buf[pos + 3])
+    )
 
 
 @njit(cache=True, nogil=True)
@@ -129,12 +133,7 @@ def _decode(buf, start, out, itemsize, block, scratch, lz4, untrans):  # pragma:
         b -= b % 8
         if pos + 4 > n:
             return -1
-        length = (
-            (np.int64(buf[pos]) << 24)
-            | (np.int64(buf[pos + 1]) << 16)
-            | (np.int64(buf[pos + 2]) << 8)
-            | np.int64(buf[pos + 3])
-        )
+        length = block_length(buf, pos)
         pos += 4
         nbytes = b * itemsize
         if length <= 0 or pos + length > n or nbytes > scratch.shape[0]:

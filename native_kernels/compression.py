@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from native_kernels.bslz4_decode import chosen_build, decode_into
+from native_kernels.bslz4_decode import block_length, chosen_build, decode_into
 
 BSHUF_TARGET_BLOCK_BYTES = 8192  # bitshuffle's default block size, in bytes
 _H5_HEADER = 12
@@ -51,12 +51,7 @@ def _walk_blocks(buf, start, n_elem, itemsize, block):  # pragma: no cover - jit
     for _ in range(nblocks):
         if pos + 4 > n:
             return -1
-        length = (
-            (np.int64(buf[pos]) << 24)
-            | (np.int64(buf[pos + 1]) << 16)
-            | (np.int64(buf[pos + 2]) << 8)
-            | np.int64(buf[pos + 3])
-        )
+        length = block_length(buf, pos)
         if length <= 0 or length > bound:
             return -1
         pos += 4 + length
