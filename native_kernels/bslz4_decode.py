@@ -22,6 +22,7 @@ import ctypes
 import functools
 import logging
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,7 +150,7 @@ def _decode(buf, start, out, itemsize, block, scratch, lz4, untrans):  # pragma:
         return -1
     for k in range(tail):
         out[done * itemsize + k] = buf[pos + k]
-    return pos
+    return pos + tail
 
 
 def decode_into(
@@ -175,7 +176,14 @@ def decode_into(
     bool
         False if the payload does not decode to exactly ``out`` (truncated, corrupt, wrong
         size); ``out`` may then be partly written.
+
+    Raises
+    ------
+    ValueError
+        ``buf`` not contiguous uint8, or ``out`` not C-contiguous.
     """
+    if not (out.flags.c_contiguous and buf.flags.c_contiguous and buf.dtype == np.uint8):
+        raise ValueError("decode_into needs a contiguous uint8 payload and a C-contiguous out")
     scratch = _scratch(block * out.dtype.itemsize)
     flat = out.reshape(-1).view(np.uint8)
     end = _decode(
@@ -185,10 +193,16 @@ def decode_into(
     return end >= 0
 
 
-@functools.lru_cache(maxsize=8)
+_PER_THREAD = threading.local()
+
+
 def _scratch(nbytes: int) -> np.ndarray:
-    """A block's decoding buffer, one per size and process (reused: it stays in cache)."""
-    return np.empty(nbytes, np.uint8)
+    """A block's decoding buffer, one per thread (reused: it stays in cache; per thread, as
+    two threads decoding at once must not share it)."""
+    buf = getattr(_PER_THREAD, "scratch", None)
+    if buf is None or buf.size < nbytes:
+        buf = _PER_THREAD.scratch = np.empty(nbytes, np.uint8)
+    return buf
 
 
 def _probe(itemsize: int) -> tuple[np.ndarray, np.ndarray, int]:

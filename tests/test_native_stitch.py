@@ -166,6 +166,37 @@ def test_decoding_into_place_equals_bitshuffle_python_api(shape, dtype):
             np.testing.assert_array_equal(out, expected, err_msg=build.name)
 
 
+def test_threads_decoding_at_once_each_get_their_modules():
+    """The block buffer is per thread: two threads decoding at once (the loop releases the
+    GIL) each get their own module back, bit for bit."""
+    import threading
+
+    from native_kernels.bslz4_decode import chosen_build, decode_into
+
+    rng = np.random.default_rng(8)
+    modules = [rng.poisson(9 + 20 * i, (516, 1556)).astype(np.uint16) for i in range(2)]
+    payloads = [compress(m) for m in modules]
+    build = chosen_build(2)
+    wrong = []
+
+    def decode(i):
+        out = np.empty_like(modules[i])
+        for _ in range(20):
+            if not decode_into(payloads[i], 0, out, 4096, build) or not np.array_equal(
+                out, modules[i]
+            ):
+                wrong.append(i)
+
+    threads = [threading.Thread(target=decode, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+    with pytest.raises(ValueError, match="C-contiguous"):
+        decode_into(payloads[0], 0, np.empty((1556, 516), np.uint16).T, 4096, build)
+
+
 def test_every_build_rejects_corrupt_payloads():
     """A payload that does not decode to exactly the module fails with every build, no crash."""
     from native_kernels.bslz4_decode import decode_into
