@@ -8,17 +8,22 @@ Two bitshuffle-LZ4 framings are accepted:
 * ``bslz4_h5``: the same prefixed by the 12-byte header of the HDF5 filter (and Dectris
   streams): uncompressed size in bytes (big-endian uint64) and block size in bytes (uint32).
 
-``auto`` picks by looking at the header. Before a payload reaches the LZ4 decoder its block
-structure is walked and checked: the LZ4 library trusts the block lengths, and a garbage length
-crashes the process (measured: a random payload of the right size segfaults
-``bitshuffle.decompress_lz4``). A payload that fails the walk, or that the decoder rejects,
-raises :class:`PayloadError` for that frame only.
+``auto`` picks by looking at the header. The blocks are decoded by one compiled loop around
+the bitshuffle library's own LZ4 and untranspose routines (:mod:`native_kernels.bslz4_decode`,
+the library build chosen per CPU), which checks each block length against the payload before
+decoding the block: the library trusts the lengths, and a garbage length crashes the process
+(measured: a random payload of the right size segfaults ``bitshuffle.decompress_lz4``). Where
+no build of the library can be loaded, the block structure is walked and checked first and
+``bitshuffle.decompress_lz4`` decodes. A payload that fails the checks, or that the decoder
+rejects, raises :class:`PayloadError` for that frame only.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from native_kernels.bslz4_decode import block_length, chosen_build, decode_into
 
 BSHUF_TARGET_BLOCK_BYTES = 8192  # bitshuffle's default block size, in bytes
 _H5_HEADER = 12
@@ -46,12 +51,7 @@ def _walk_blocks(buf, start, n_elem, itemsize, block):  # pragma: no cover - jit
     for _ in range(nblocks):
         if pos + 4 > n:
             return -1
-        length = (
-            (np.int64(buf[pos]) << 24)
-            | (np.int64(buf[pos + 1]) << 16)
-            | (np.int64(buf[pos + 2]) << 8)
-            | np.int64(buf[pos + 3])
-        )
+        length = block_length(buf, pos)
         if length <= 0 or length > bound:
             return -1
         pos += 4 + length
@@ -125,6 +125,16 @@ def decompress_into(
         raise ValueError(f"unknown compression {compression!r}; use auto, none, bslz4, bslz4_h5")
     if block <= 0 or block % 8:
         raise PayloadError(f"bitshuffle block size {block} must be a positive multiple of 8")
+    build = chosen_build(itemsize) if out.flags.c_contiguous else None
+    if build is not None:
+        # One compiled loop checks each block length and decodes it with the library's own
+        # routines, straight into ``out`` (see bslz4_decode).
+        if not decode_into(buf, start, out, block, build):
+            raise PayloadError(
+                f"bitshuffle-LZ4 payload of {buf.size} bytes is truncated or corrupt "
+                f"(it does not decode to {out.shape} {out.dtype})"
+            )
+        return
     n_elem = out.size
     end = _walk_blocks(buf, start, n_elem, itemsize, block)
     tail = (n_elem % 8) * itemsize
@@ -133,15 +143,6 @@ def decompress_into(
             f"bitshuffle-LZ4 payload of {buf.size} bytes is truncated or corrupt "
             f"(block structure does not match {out.shape} {out.dtype})"
         )
-    decode = _library_decoder()
-    if decode is not None and out.flags.c_contiguous:
-        used = decode(buf.ctypes.data + start, out.ctypes.data, n_elem, itemsize, block)
-        if used != buf.size - start:
-            raise PayloadError(
-                f"bitshuffle-LZ4 payload is corrupt (decoder returned {used}, "
-                f"expected {buf.size - start} bytes)"
-            )
-        return
     import bitshuffle
 
     try:
@@ -149,35 +150,6 @@ def decompress_into(
     except (RuntimeError, ValueError) as exc:
         raise PayloadError(f"bitshuffle-LZ4 payload is corrupt: {exc}") from exc
     np.copyto(out, data)
-
-
-_DECODER: list = []
-
-
-def _library_decoder():
-    """bitshuffle's own C entry point, ``bshuf_decompress_lz4(in, out, n, elem_size,
-    block_size)`` (its public header's API, exported by the wheel's extension module), or
-    None where it cannot be found.
-
-    The Python ``bitshuffle.decompress_lz4`` has no ``out=``: it allocates a module-sized
-    array per call, which we then copy into the slot. Calling the same C function with the
-    slot as destination decodes in place: 0.6-0.7 ms less per LAMBDA 9M frame (12 modules,
-    5.8 -> 5.1 ms), with the library doing all the decoding.
-    """
-    if not _DECODER:
-        fn = None
-        try:
-            import ctypes
-
-            import bitshuffle.ext
-
-            fn = ctypes.CDLL(bitshuffle.ext.__file__).bshuf_decompress_lz4
-            fn.restype = ctypes.c_int64
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_size_t] * 3
-        except (ImportError, OSError, AttributeError):
-            fn = None
-        _DECODER.append(fn)
-    return _DECODER[0]
 
 
 def compress(module: np.ndarray, framing: str = "bslz4", block_size: int = 0) -> np.ndarray:

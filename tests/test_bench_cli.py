@@ -75,6 +75,13 @@ def test_bench_quick_writes_report_and_plots(tmp_path):
     assert chain["bandwidth_bounds"]["integrate"]["over_bound"] > 0
     assert chain["integrate_alone_ms"]["integrate"] > 0
     assert any(v["engine"] for v in chain["integrate_engines"].values())
+    # The decompression stage: its output rate per core and the decoder build chosen here.
+    assert "GB/s of decoded modules per core" in md
+    decoder = chain["integrate_engines"]["decompress bitshuffle-LZ4"]
+    assert (
+        decoder["engine"] in {"bitshuffle", "hdf5plugin"}
+        and f"- `decompress bitshuffle-LZ4`: {decoder['engine']}" in md
+    )
     for png in ("throughput_vs_workers.png", "stages.png"):
         assert (out / png).stat().st_size > 1000
     # The latency plot is drawn only over frames published after settling.
@@ -155,7 +162,12 @@ def test_bench_compare_runs_both_trees_alternately(tmp_path):
     assert report["rounds"] == 2 and report["cpu_model"] in res.stdout
     assert report["read_bandwidth_gbs"]["this"] > 0 and report["read_bandwidth_gbs"]["rev"] > 0
     names = {r["measurement"] for r in report["rows"]}
-    assert names == {"integrate1d stitched no", "integrate1d stitched bbox"}
+    assert names == {
+        "integrate1d stitched no",
+        "integrate1d stitched bbox",
+        "decompress 12 modules",
+    }
+    assert "decompress bitshuffle-LZ4" in report["engines"]
     for row in report["rows"]:
         assert row["rev_over_this"] > 0 and row["over_bound"] > 0
     assert res.stderr.count("round 1/2: rev") == 1 and res.stderr.count("round 2/2: this") == 1

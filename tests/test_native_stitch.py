@@ -127,28 +127,97 @@ def test_odd_sized_payload_and_raw():
     np.testing.assert_array_equal(out, module)
 
 
+def _bslz4_builds():
+    from native_kernels.bslz4_decode import builds
+
+    return builds()
+
+
 @pytest.mark.parametrize("shape", [(516, 1556), (17, 59), (3,)])
-def test_decoding_into_place_equals_bitshuffle_python_api(shape):
-    """The slot is filled by bitshuffle's C entry point; bit for bit what its Python API
-    returns, on random data too (no compression to speak of) and with a verbatim tail."""
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32])
+def test_decoding_into_place_equals_bitshuffle_python_api(shape, dtype):
+    """The slot is filled by our block loop around the library's LZ4 and untranspose
+    routines, with every installed build (the one chosen at run time among them): bit for bit
+    what bitshuffle's Python API returns, on random data too (no compression to speak of)
+    and with a verbatim tail."""
     import bitshuffle
 
-    from native_kernels.compression import _library_decoder, default_block_size
+    from native_kernels.bslz4_decode import chosen_build, decode_into
+    from native_kernels.compression import default_block_size
 
-    assert _library_decoder() is not None, "bitshuffle's bshuf_decompress_lz4 not found"
+    builds = _bslz4_builds()
+    assert builds, "no bitshuffle build found (the wheel's extension at least)"
+    assert chosen_build(np.dtype(dtype).itemsize) in builds
+    block = default_block_size(np.dtype(dtype).itemsize)
     rng = np.random.default_rng(9)
     for module in (
-        rng.integers(0, 2**16, shape, dtype=np.uint16),
-        rng.poisson(3, shape).astype(np.uint16),
+        rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True),
+        rng.poisson(3, shape).astype(dtype),
     ):
         payload = compress(module)
-        expected = bitshuffle.decompress_lz4(
-            payload, module.shape, module.dtype, default_block_size(2)
-        )
+        expected = bitshuffle.decompress_lz4(payload, module.shape, module.dtype, block)
+        np.testing.assert_array_equal(expected, module)
         out = np.full_like(module, 7)
         decompress_into(payload, out)
         np.testing.assert_array_equal(out, expected)
-        np.testing.assert_array_equal(out, module)
+        for build in builds:
+            out[...] = 7
+            assert decode_into(payload, 0, out, block, build), build.name
+            np.testing.assert_array_equal(out, expected, err_msg=build.name)
+
+
+def test_threads_decoding_at_once_each_get_their_modules():
+    """The block buffer is per thread: two threads decoding at once (the loop releases the
+    GIL) each get their own module back, bit for bit."""
+    import threading
+
+    from native_kernels.bslz4_decode import chosen_build, decode_into
+
+    rng = np.random.default_rng(8)
+    modules = [rng.poisson(9 + 20 * i, (516, 1556)).astype(np.uint16) for i in range(2)]
+    payloads = [compress(m) for m in modules]
+    build = chosen_build(2)
+    wrong = []
+
+    def decode(i):
+        out = np.empty_like(modules[i])
+        for _ in range(20):
+            if not decode_into(payloads[i], 0, out, 4096, build) or not np.array_equal(
+                out, modules[i]
+            ):
+                wrong.append(i)
+
+    threads = [threading.Thread(target=decode, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+    with pytest.raises(ValueError, match="C-contiguous"):
+        decode_into(payloads[0], 0, np.empty((1556, 516), np.uint16).T, 4096, build)
+
+
+def test_every_build_rejects_corrupt_payloads():
+    """A payload that does not decode to exactly the module fails with every build, no crash."""
+    from native_kernels.bslz4_decode import decode_into
+
+    rng = np.random.default_rng(6)
+    module = rng.poisson(20, (516, 1556)).astype(np.uint16)
+    payload = compress(module)
+    out = np.empty_like(module)
+    bad = [
+        payload[: payload.size // 2],
+        payload[:-1],
+        np.concatenate([payload, payload[:1]]),
+        rng.integers(0, 256, payload.size, dtype=np.uint8),
+        payload[:0],
+    ]
+    lengths_garbled = payload.copy()
+    lengths_garbled[:4] = 0x7F  # the first block length far past the payload
+    bad.append(lengths_garbled)
+    for build in _bslz4_builds():
+        for p in bad:
+            assert not decode_into(p, 0, out, 4096, build), build.name
 
 
 def test_corrupt_or_truncated_payloads_raise_not_crash():

@@ -218,10 +218,13 @@ def _integration_alone(kernels, frame: Frame, views, frames: int):
     """Each integration kernel alone on the chain's last frame (its input and table already
     in memory, in cache where they fit): CPU ms a frame, and the engines it chose."""
     from native_kernels import shmpipe_kernels as nk
+    from native_kernels.bslz4_decode import choice
 
     alone: dict[str, float] = {}
     engines: dict[str, dict] = {}
     for k, out in zip(kernels, views.per_kernel, strict=True):
+        if isinstance(k, nk.LambdaDecompress):  # its decoder build, chosen as engines are
+            engines[f"{k.name} bitshuffle-LZ4"] = choice(out["modules"].dtype.itemsize)
         if not isinstance(k, nk.AzimuthalIntegrate):
             continue
         k.process(frame, out)
@@ -559,9 +562,13 @@ def report_markdown(r: dict[str, Any]) -> str:
             f"| {k} | {_f(ca, 1)} | {_f(ba and ba / 1e6, 0)} | {_f(xa, 1)} | {_f(cb, 1)} | "
             f"{_f(bb and bb / 1e6, 0)} | {_f(xb, 1)} |"
         )
+    ms, mv = a["stage_cpu_ms"].get("decompress"), a["bytes_by_stage"]
+    if ms:  # decoded bytes: what decompress moves less the payload (half the dispatcher's)
+        gbs = (mv["decompress"] - mv["dispatcher"] / 2) / ms / 1e6
+        lines += ["", f"Decompression (beamline): {gbs:.2f} GB/s of decoded modules per core."]
     engines = {**b.get("integrate_engines", {}), **a.get("integrate_engines", {})}
     if engines:
-        lines += ["", "Integration engines chosen on this CPU (kind of frame: engine, how):", ""]
+        lines += ["", "Engines chosen on this CPU (kind of frame or stage: engine, how):", ""]
         lines += [f"- `{k}`: {v['engine']} ({v['how']})" for k, v in sorted(engines.items())]
     mem = r.get("memory", {}).get("beamline", {})
     if mem:

@@ -9,9 +9,11 @@ processes, with each measurement's ratio to its bandwidth bound (bytes it reads 
 
 Measured in each process (one thread, as a worker): the public integrator
 (``AzimuthalIntegrator.integrate1d``, uint16, tilted geometry, 1000 bins in q, no splitting
-and bbox) on a stitched image and on the LAMBDA 9M module parts, and numpy's sum over an
-array larger than the caches (the bandwidth). pyFAI (CSR, Cython) is timed once, in a
-process of its own, on the stitched image, for the ratio the issue names.
+and bbox) on a stitched image and on the LAMBDA 9M module parts, the decompression of 12
+bitshuffle-LZ4 LAMBDA modules into one slot (``decompress_into``; its bound: payload and
+modules), and numpy's sum over an array larger than the caches (the bandwidth). pyFAI (CSR,
+Cython) is timed once, in a process of its own, on the stitched image, for the ratio the issue
+names.
 """
 
 from __future__ import annotations
@@ -88,6 +90,24 @@ for layout, (ai, data) in cases.items():
     for plan in getattr(ai, "_plans", {}).values():
         if hasattr(plan, "engine_choices"):
             engines.update(plan.engine_choices())
+# The decompression stage: 12 bitshuffle-LZ4 modules (Poisson counts) into one slot.
+from native_kernels.compression import compress, decompress_into
+mshape = (64, 96) if quick else (516, 1556)
+rate = np.linspace(0.5, 20.0, mshape[1])[None, :].repeat(mshape[0], 0)
+mods = [np.random.default_rng(5 + i).poisson(rate).astype(np.uint16) for i in range(12)]
+payloads = [compress(m) for m in mods]
+slot = np.empty((12, *mshape), np.uint16)
+def decode():
+    for i, p in enumerate(payloads):
+        decompress_into(p, slot[i])
+out["decompress 12 modules"] = best(decode)
+out["decompress 12 modules bytes"] = sum(p.nbytes for p in payloads) + slot.nbytes
+assert all(np.array_equal(slot[i], m) for i, m in enumerate(mods))
+try:
+    from native_kernels.bslz4_decode import choice
+    engines["decompress bitshuffle-LZ4"] = choice(2)
+except ImportError:  # a tree from before the decoder builds were chosen
+    pass
 print(json.dumps({"times": out, "engines": engines}))
 """
 
@@ -191,7 +211,7 @@ def summarise(
         nbytes = nbytes_of.get(name, 0)
         rows.append(
             {
-                "measurement": f"integrate1d {name}",
+                "measurement": name if name.startswith("decompress") else f"integrate1d {name}",
                 "rev_ms": None if t_rev is None else t_rev * 1e3,
                 "this_ms": t_this * 1e3,
                 "rev_over_this": None if t_rev is None else t_rev / t_this,
