@@ -205,11 +205,17 @@ def _scratch(nbytes: int) -> np.ndarray:
     return buf
 
 
+BSHUF_TARGET_BLOCK_BYTES = 8192  # bitshuffle's default block size, in bytes
+
+
+def default_block_size(itemsize: int) -> int:
+    """bitshuffle's default block size in elements for an element size in bytes."""
+    return max(8, (BSHUF_TARGET_BLOCK_BYTES // itemsize) // 8 * 8)
+
+
 def _probe(itemsize: int) -> tuple[np.ndarray, np.ndarray, int]:
     """A LAMBDA-like module (Poisson counts, 516 x 1556), its payload and block size."""
     import bitshuffle
-
-    from native_kernels.compression import default_block_size
 
     dtype = np.dtype(f"u{itemsize}")
     rng = np.random.default_rng(0)

@@ -23,19 +23,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from native_kernels.bslz4_decode import block_length, chosen_build, decode_into
+from native_kernels.bslz4_decode import (
+    block_length,
+    chosen_build,
+    decode_into,
+    default_block_size,
+)
 
-BSHUF_TARGET_BLOCK_BYTES = 8192  # bitshuffle's default block size, in bytes
 _H5_HEADER = 12
 
 
 class PayloadError(ValueError):
     """A module payload that is truncated, corrupt or of the wrong size."""
-
-
-def default_block_size(itemsize: int) -> int:
-    """bitshuffle's default block size in elements for an element size in bytes."""
-    return max(8, (BSHUF_TARGET_BLOCK_BYTES // itemsize) // 8 * 8)
 
 
 @njit(cache=True, nogil=True)
