@@ -17,6 +17,7 @@ from pathlib import Path
 from shmpipe.config import load_config, to_toml
 from shmpipe.plugins.sources.sim import SimParams, sim_geometry
 from tests.conftest import REPO, wait_for
+from tests.view_helpers import small_lambda_kernels
 
 SHAPE = [48, 64]
 BEAMTIME = "bt_serve"
@@ -45,17 +46,7 @@ def pipeline_toml(tmp: Path, asapo_endpoint: str, data_source: str = "azint") ->
             "resend_attempts": 0,
             "follow": "finished",
         },
-        "kernels": {
-            "stitch": {"kind": "lambda_stitch", "geometry": str(geo)},
-            "integrate": {
-                "kind": "azimuthal_integrate",
-                "geometry": str(geo),
-                "dist": 0.1,
-                "poni1": 0.006,
-                "poni2": 0.005,
-                "wavelength": 1e-10,
-            },
-        },
+        "kernels": small_lambda_kernels(geo),
         "sinks": [
             {"kind": "hdf5", "output": "out_{stream}.h5", "outputs": ["integrate.intensity"]},
             {

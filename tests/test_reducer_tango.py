@@ -3,7 +3,6 @@ real DeviceProxy (no Tango database), equal to the window stored in the HDF5 fil
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ from shmpipe.config import load_config, to_toml
 from tests.conftest import SMALL_SIM, wait_for
 from tests.test_reducer_runs import chain, reduced
 from tests.test_tango import _free_port
+from tests.view_helpers import stop_run
 
 tango = pytest.importorskip("tango", reason="pytango is not installed")
 
@@ -60,14 +60,7 @@ def test_the_device_shows_the_latest_windows_scalars(tmp_path):
         assert values["point_frames"] == 10
         assert proxy.get_attribute_config("point_mean").unit == "counts"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
+        stop_run(proc, log)
     stored = reduced(tmp_path / "out_scan_0001.h5", "scan_0001", "point")
     row = int(np.nonzero(stored["window"] == k)[0][0])
     assert stored["mean"][row] == pytest.approx(values["point_mean"], rel=1e-12)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -16,7 +15,7 @@ import psutil
 
 from shmpipe.config import load_config, to_toml
 from tests.conftest import REPO, wait_for
-from tests.view_helpers import free_port
+from tests.view_helpers import free_port, stop_run
 
 RUN = "view-startup"
 
@@ -89,12 +88,5 @@ def test_the_view_answers_at_once_beside_busy_workers_with_an_empty_numba_cache(
         view = _children(proc.pid, "view")
         assert len(view) == 1 and view[0].nice() == 19  # lowered once it was ready
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
+        stop_run(proc, log)
     assert proc.returncode == 143, (tmp_path / "run.log").read_text()

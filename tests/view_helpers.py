@@ -20,6 +20,34 @@ from shmpipe.plugins.sources.sim import SimParams
 from tests.conftest import wait_for
 
 
+def stop_run(proc: subprocess.Popen, log) -> None:
+    """Stop a ``shmpipe run`` child with SIGTERM (a kill past 60 s) and close its log."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def small_lambda_kernels(geo: Path, **integrate) -> dict:
+    """Stitch and integrate the simulator's small LAMBDA frames (geometry file ``geo``)."""
+    return {
+        "stitch": {"kind": "lambda_stitch", "geometry": str(geo)},
+        "integrate": {
+            "kind": "azimuthal_integrate",
+            "geometry": str(geo),
+            "dist": 0.1,
+            "poni1": 0.006,
+            "poni2": 0.005,
+            "wavelength": 1e-10,
+            **integrate,
+        },
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -36,17 +64,7 @@ def small_lambda_config(tmp: Path, name: str, port: int, zmq_port: int = 0, rate
         "run": {"workers": 2, "progress": "off", "name": name, "commit_every": 4},
         "source": {"kind": "sim", "module_shape": [48, 64], "frames": 100000, "rate": rate},
         "kernels": {
-            "stitch": {"kind": "lambda_stitch", "geometry": str(geo)},
-            "integrate": {
-                "kind": "azimuthal_integrate",
-                "geometry": str(geo),
-                "dist": 0.1,
-                "poni1": 0.006,
-                "poni2": 0.005,
-                "wavelength": 1e-10,
-                "npt": 50,
-                "error_model": "poisson",
-            },
+            **small_lambda_kernels(geo, npt=50, error_model="poisson"),
             "stats": {"kind": "frame_stats", "threshold": 150.0},
         },
         "sinks": [{"kind": "hdf5", "output": str(tmp / "out_{stream}.h5")}],
