@@ -12,11 +12,21 @@ raw value is the dummy, or the signal is NaN/inf) adds its static contributions 
 Accumulators are float64 (as pyFAI's) with ``NCOPY`` interleaved copies selected by column:
 neighbouring pixels usually fall into the same bin, and a single copy would chain every
 addition on the previous one through memory (load, add, store, load...). Measured on a 9.6 Mpx
-frame: 1 copy 15.7 ms, 2 copies 12.5 ms, 4 copies 11.7 ms (signal and variance). Shapes:
-``accs``/``accv`` (NCOPY, nbins + 2) (*separate*), or one packed ``acc`` (NCOPY,
-2 (nbins + 2)) of [signal, variance] pairs (*packed*): bins ``nbins`` and ``nbins + 1`` are
-trash bins, so masked pixels need no branch in the hot loop. ``removed``: (nbins + 2, 3) of
-[Σc, Σcω, Σc²ω²].
+frame: 1 copy 15.7 ms, 2 copies 12.5 ms, 4 copies 11.7 ms (signal and variance). Shapes
+(bins ``nbins`` and ``nbins + 1`` are trash bins, so masked pixels need no branch in the hot
+loop):
+
+* no splitting: ``accs``/``accv`` (NCOPY, nbins + 2) (*separate*), or one packed ``acc``
+  (NCOPY, 2 (nbins + 2)) of [signal, variance] pairs (*packed*);
+* bbox splitting (lean loops): one ``acc`` of *slots* (NCOPY, SLOT (nbins + 2)): the slot of
+  bin b sums what pixels whose lower bin is b give, [c0·s, c1·s, c0²·v, c1²·v] (``c1`` parts
+  belong to bin b + 1, added there when the copies are summed). A pixel updates one slot of
+  its own, never half of another's: with the pair [signal, variance] of bin b + 1 next to
+  bin b's, the update of a pixel in bin b + 1 read half of what the previous pixel in bin b
+  had just stored, a store-to-load forwarding failure, and the vector loop ran at half speed
+  (LAMBDA 9M frame, AMD EPYC family 25 model 1: 20.5 ms against 9.5 ms with slots).
+
+``removed``: (nbins + 2, 3) of [Σc, Σcω, Σc²ω²].
 
 *Lean* loops handle no dark and an exact dummy value or none (the common streaming case);
 *general* ones dark and a dummy with a tolerance (Numba does not reliably hoist invariant
@@ -37,6 +47,7 @@ from numba.extending import intrinsic
 from native_kernels.tables import COEF_BITS, COEF_ONE
 
 NCOPY = 4
+SLOT = 4  # doubles per bin of a bbox accumulator: [c0·s, c1·s, c0²·v, c1²·v]
 COEF_MASK = COEF_ONE - 1
 COEF_STEP = 1.0 / COEF_ONE
 
@@ -206,11 +217,13 @@ def nosplit_general(
 
 
 @njit(cache=True, nogil=True)
-def bbox_separate(img, base, s0, bins, coef, norm, dummy, poisson, nbins, accs, accv, removed):
-    """bbox splitting, no dark: c0 to ``bin`` and 1 - c0 to ``bin + 1``, signal and variance
-    in separate arrays (hot-loop specialisation: two updates a pixel without Poisson errors).
+def bbox_scalar(img, base, s0, bins, coef, norm, dummy, poisson, nbins, acc, removed):
+    """bbox splitting, no dark: a pixel's parts into its slot (see the module docstring), one
+    scalar update each: two without Poisson errors (LLVM unswitches ``poisson``), four with.
     """
     rows, cols = bins.shape
+    stride = acc.shape[1]
+    flat = acc.reshape(-1)  # C-contiguous: a view
     for r in range(rows):
         o = base + r * s0
         for c in range(cols):
@@ -222,21 +235,19 @@ def bbox_separate(img, base, s0, bins, coef, norm, dummy, poisson, nbins, accs, 
                 if b < nbins:
                     _remove_split(removed, b, c0, c1, np.float64(norm[r, c]))
                 continue
-            k = c & (NCOPY - 1)
-            accs[k, b] += c0 * v
-            accs[k, b + 1] += c1 * v
+            at = (c & (NCOPY - 1)) * stride + SLOT * b
+            flat[at] += c0 * v
+            flat[at + 1] += c1 * v
             if poisson:
                 var = max(v, 1.0)
-                accv[k, b] += c0 * c0 * var
-                accv[k, b + 1] += c1 * c1 * var
+                flat[at + 2] += c0 * c0 * var
+                flat[at + 3] += c1 * c1 * var
 
 
 @njit(cache=True, nogil=True)
 def bbox_vector(img, base, s0, bins, coef, norm, dummy, poisson, nbins, acc, removed):
-    """Hot-loop specialisation of :func:`bbox_separate` into the packed ``acc``: a pixel's
-    four sums are four neighbouring doubles, updated as one vector (:func:`_add4`), the
-    variance summed even when unused. Wins with Poisson errors on AMD EPYC family 25 (9.8
-    against 11.3 ms a 5.3 Mpx frame), loses without (9.8 against 6.0 ms).
+    """Hot-loop specialisation of :func:`bbox_scalar`: a pixel's slot updated as one vector
+    (:func:`_add4`), the variance summed even when unused.
     """
     rows, cols = bins.shape
     stride = acc.shape[1]
@@ -253,8 +264,8 @@ def bbox_vector(img, base, s0, bins, coef, norm, dummy, poisson, nbins, acc, rem
                     _remove_split(removed, b, c0, c1, np.float64(norm[r, c]))
                 continue
             var = max(v, 1.0)
-            at = (c & (NCOPY - 1)) * stride + 2 * b
-            _add4(flat, at, c0 * v, c0 * c0 * var, c1 * v, c1 * c1 * var)
+            at = (c & (NCOPY - 1)) * stride + SLOT * b
+            _add4(flat, at, c0 * v, c1 * v, c0 * c0 * var, c1 * c1 * var)
 
 
 @njit(cache=True, nogil=True)
@@ -282,8 +293,8 @@ def bbox_vector_words(img, base, s0, words, norm, dummy, poisson, nbins, acc, re
                     _remove_split(removed, b, c0, c1, np.float64(norm[r, c]))
                 continue
             var = max(v, 1.0)
-            at = (c & (NCOPY - 1)) * stride + 2 * b
-            _add4(flat, at, c0 * v, c0 * c0 * var, c1 * v, c1 * c1 * var)
+            at = (c & (NCOPY - 1)) * stride + SLOT * b
+            _add4(flat, at, c0 * v, c1 * v, c0 * c0 * var, c1 * c1 * var)
 
 
 @njit(cache=True, nogil=True)

@@ -114,7 +114,10 @@ class EngineChooser:
             return Choice(options[0], "only", {})
         stored = _read(self.path).get(self.cpu, {}).get(str(key), {})
         engine = ENGINES.get(stored.get("engine", ""))
-        if engine is not None and engine in options:
+        # A choice made among other candidates (an engine added or removed since) is timed
+        # again: the new one may be the fastest.
+        timed_among = set(stored.get("times_ms") or {}) or {e.name for e in options}
+        if engine is not None and engine in options and timed_among == {e.name for e in options}:
             return Choice(engine, "stored", stored.get("times_ms", {}))
         for e in options:
             time_engine(e)  # compiles, maps the tables

@@ -7,11 +7,13 @@ model). 2-D is another output shape (bins = npt_rad · npt_azim), so 1-D and 2-D
 loops; the key keeps the dimension because the best loop may differ with the number of bins.
 
 Where several engines apply (the accumulator layout: separate signal and variance arrays, or
-packed pairs updated as one vector; the table format: bin and weight arrays or one packed
-word per pixel), their speed order depends on the CPU and the error model: measured on AMD
-EPYC family 25 model 1, the packed vector loop loses 1.6x without Poisson errors and wins
-1.15x with them. :mod:`native_kernels.engine_choice` times the candidates once per CPU model
-and keeps the choice beside the tables.
+packed pairs updated as one vector; one pixel or four at a time; the table format: bin and
+weight arrays or one packed word per pixel), their speed order depends on the CPU and the
+error model: measured on AMD EPYC family 25 model 1, the packed no-splitting loop loses
+without Poisson errors and wins with them. :mod:`native_kernels.engine_choice` times the
+candidates once per CPU model and keeps the choice beside the tables. The lean bbox engines
+all sum into the same per-bin slots (see :mod:`native_kernels.accumulate`) in the same
+order, so whichever a CPU chooses, the sums are the same bit for bit.
 
 Adding an engine: write the Numba loop (``native_kernels/accumulate.py``) with the argument
 order of its family (see :func:`_run_lean` and :func:`_run_general`) and add one
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from native_kernels import accumulate as A
+from native_kernels import pixel_groups
 
 SPLITS = ("no", "bbox")
 TABLE_FORMATS = ("bins", "bins+words")  # what a table holds (words: bbox 1-D up to 1023 bins)
@@ -67,7 +70,8 @@ class FrameArgs:
 
     ``segments`` and ``darks`` are per module (flat array, offset of row 0, row stride);
     ``dummy`` is the lean loops' exact dummy (None: no test at all), ``dummy32``/``delta32``/
-    ``check_dummy`` the general loops' test.
+    ``check_dummy`` the general loops' test. Accumulators (see :mod:`native_kernels.accumulate`):
+    ``accs``/``accv`` separate, ``accp`` packed pairs, ``accq`` the bbox slots.
     """
 
     segments: list[tuple[np.ndarray, int, int]]
@@ -84,6 +88,7 @@ class FrameArgs:
     accs: np.ndarray
     accv: np.ndarray
     accp: np.ndarray
+    accq: np.ndarray
     removed: np.ndarray
 
 
@@ -98,7 +103,7 @@ def _rows(engine: Engine, f: FrameArgs, k: int) -> tuple[np.ndarray, ...]:
 def _run_lean(engine: Engine, f: FrameArgs, k: int) -> None:
     """(image, base, stride, *table rows, norm, dummy, poisson, nbins, *accumulators, removed)."""
     img, base, s0 = f.segments[k]
-    acc = (f.accp,) if engine.packed else (f.accs, f.accv)
+    acc = {"separate": (f.accs, f.accv), "packed": (f.accp,), "slots": (f.accq,)}[engine.acc]
     rows = _rows(engine, f, k)
     engine.loop(img, base, s0, *rows, f.norm[k], f.dummy, f.poisson, f.nbins, *acc, f.removed)
 
@@ -122,10 +127,11 @@ class Engine:
     split: str
     frames: tuple[str, ...]
     table: str  # the format it reads: "bins" or "words"
-    packed: bool  # accumulates into the packed [signal, variance] pairs
+    acc: str  # the accumulators it adds to: ACCUMULATORS
     loop: Callable = field(repr=False, compare=False)
     run: Callable[[Engine, FrameArgs, int], None] = field(default=_run_lean, compare=False)
     max_dim: int = 2
+    errors: tuple[str, ...] = ERROR_MODELS  # the error models whose sums it makes
 
     def applies(self, key: EngineKey) -> bool:
         """Whether this engine can integrate frames of ``key``."""
@@ -133,6 +139,7 @@ class Engine:
             key.split == self.split
             and key.frame in self.frames
             and key.dim <= self.max_dim
+            and key.errors in self.errors
             and (self.table == "bins" or "words" in key.tables)
         )
 
@@ -140,18 +147,31 @@ class Engine:
         self.run(self, f, k)
 
 
+ACCUMULATORS = ("separate", "packed", "slots")  # FrameArgs' accs/accv, accp, accq
 LEAN = ("plain", "dummy")
 GENERAL = ("general",)
 ENGINES: dict[str, Engine] = {
     e.name: e
     for e in (
-        Engine("nosplit-separate", "no", LEAN, "bins", False, A.nosplit_separate),
-        Engine("nosplit-packed", "no", LEAN, "bins", True, A.nosplit_packed),
-        Engine("nosplit-general", "no", GENERAL, "bins", False, A.nosplit_general, _run_general),
-        Engine("bbox-separate", "bbox", LEAN, "bins", False, A.bbox_separate),
-        Engine("bbox-vector", "bbox", LEAN, "bins", True, A.bbox_vector),
-        Engine("bbox-vector-words", "bbox", LEAN, "words", True, A.bbox_vector_words, max_dim=1),
-        Engine("bbox-general", "bbox", GENERAL, "bins", False, A.bbox_general, _run_general),
+        Engine("nosplit-separate", "no", LEAN, "bins", "separate", A.nosplit_separate),
+        Engine("nosplit-packed", "no", LEAN, "bins", "packed", A.nosplit_packed),
+        Engine(
+            *("nosplit-general", "no", GENERAL, "bins", "separate"),
+            *(A.nosplit_general, _run_general),
+        ),
+        Engine("bbox-groups", "bbox", LEAN, "bins", "slots", pixel_groups.bbox_groups),
+        Engine(
+            *("bbox-groups-signal", "bbox", LEAN, "bins", "slots"),
+            pixel_groups.bbox_groups_signal,
+            errors=("none",),
+        ),
+        Engine("bbox-scalar", "bbox", LEAN, "bins", "slots", A.bbox_scalar),
+        Engine("bbox-vector", "bbox", LEAN, "bins", "slots", A.bbox_vector),
+        Engine("bbox-vector-words", "bbox", LEAN, "words", "slots", A.bbox_vector_words, max_dim=1),
+        Engine(
+            *("bbox-general", "bbox", GENERAL, "bins", "separate"),
+            *(A.bbox_general, _run_general),
+        ),
     )
 }
 

@@ -101,6 +101,7 @@ class RadialPlan:
         self._accs = np.zeros((A.NCOPY, self.nbins + 2), dtype=np.float64)
         self._accv = np.zeros((A.NCOPY, self.nbins + 2), dtype=np.float64)
         self._accp = np.zeros((A.NCOPY, 2 * (self.nbins + 2)), dtype=np.float64)  # packed
+        self._accq = np.zeros((A.NCOPY, A.SLOT * (self.nbins + 2)), dtype=np.float64)  # slots
         self._removed = np.zeros((self.nbins + 2, 3), dtype=np.float64)
         # A placeholder for the dark a loop does not read (Numba needs a typed argument).
         self._no_dark = np.zeros(1, dtype=np.float32)
@@ -167,6 +168,7 @@ class RadialPlan:
             accs=self._accs,
             accv=self._accv,
             accp=self._accp,
+            accq=self._accq,
             removed=self._removed,
         )
 
@@ -188,8 +190,10 @@ class RadialPlan:
         """One frame through ``engine``: every module, then the bbox exception pixels."""
         f.accs[...] = 0.0
         f.accv[...] = 0.0
-        if engine.packed:
+        if engine.acc == "packed":
             f.accp[...] = 0.0
+        elif engine.acc == "slots":
+            f.accq[...] = 0.0
         f.removed[...] = 0.0
         for k in range(len(f.segments)):
             engine(f, k)
@@ -243,9 +247,15 @@ class RadialPlan:
         nb = self.nbins
         signal = f.accs.sum(axis=0)[:nb]
         variance = f.accv.sum(axis=0)[:nb]
-        if engine.packed:
+        if engine.acc == "packed":
             signal += f.accp[:, 0::2].sum(axis=0)[:nb]
             variance += f.accp[:, 1::2].sum(axis=0)[:nb]
+        elif engine.acc == "slots":  # bin b: its pixels' c0 parts, then bin b - 1's c1 parts
+            slots = f.accq.sum(axis=0).reshape(-1, A.SLOT)
+            signal += slots[:nb, 0]
+            signal[1:] += slots[: nb - 1, 1]
+            variance += slots[:nb, 2]
+            variance[1:] += slots[: nb - 1, 3]
         return signal, variance, f.removed[:nb], f
 
     def integrate(

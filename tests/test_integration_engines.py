@@ -180,3 +180,82 @@ def test_another_engine_replaces_the_default_only_when_clearly_faster(other_ms, 
     }
     n = len(calls)
     assert chooser.choose(key, time_engine) is (default, other)[chosen] and len(calls) == n
+
+
+def test_a_choice_made_among_other_engines_is_timed_again(tmp_path):
+    """An engine added since the choice was stored gets its chance on the next plan."""
+    img = _frame("uint16", "modules", 0.0)
+    plan = _integrator().plan1d(300, method="bbox", dummy=0.0, cache_dir=tmp_path)
+    plan.integrate(img)
+    key = str(plan.engine_key(img))
+    (store,) = tmp_path.glob(f"azint-*/{CHOICE_FILE}")
+    stored = json.loads(store.read_text())
+    stored[cpu_model()][key] = {
+        "engine": "bbox-scalar",
+        "how": "timed",
+        "times_ms": {"bbox-scalar": 1.0, "bbox-vector": 2.0},  # before the others existed
+    }
+    store.write_text(json.dumps(stored))
+    again = _integrator().plan1d(300, method="bbox", dummy=0.0, cache_dir=tmp_path)
+    again.integrate(img)
+    made = again.engine_choices()[key]
+    assert made["how"] == "timed"
+    assert set(made["times_ms"]) == {e.name for e in engines.candidates(again.engine_key(img))}
+
+
+# Modules whose rows are no multiple of four pixels (and shorter than four): the grouped
+# loops handle a row's last pixels one by one.
+ODD = DetectorGeometry((7, 38), (ModulePlacement(0, 0), ModulePlacement(9, 0, rot90=2)), name="odd")
+NARROW = DetectorGeometry((30, 3), (ModulePlacement(0, 0),), name="narrow")
+
+
+@pytest.mark.parametrize("geo", [ODD, NARROW], ids=["38-wide", "3-wide"])
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint32", "int64", "float32", "float64"])
+def test_the_grouped_bbox_loops_give_the_scalar_loops_sums(geo, dtype):
+    """Every pixel value kind the groups convert (signed, unsigned, above float32's exact
+    integers, floats with NaN/inf), dummy pixels inside groups and in the row tails."""
+    rng = np.random.default_rng(11)
+    img = rng.poisson(30, geo.shape).astype(dtype)
+    img[1::3, ::7] = 0  # the dummy, in groups and tails
+    if dtype in ("uint32", "int64", "float64"):
+        img[2, :5] = 2**24 + 1  # rounded to float32 as the scalar loops do
+    if img.dtype.kind in "if":
+        img[3, :6] = -5  # converted as signed values
+    if img.dtype.kind == "f":
+        img[4, 1] = np.nan
+        img[5, -1] = -np.inf
+    ai = AzimuthalIntegrator(*PARAMS, wavelength=WAVELENGTH, geometry=geo)
+    for dummy in (None, 0.0):
+        for em in (None, "poisson"):
+            results = {}
+            for name in ("bbox-scalar", "bbox-groups", "bbox-groups-signal"):
+                plan = ai.plan1d(40, method="bbox", dummy=dummy, engine=name)
+                results[name] = plan.integrate(img, error_model=em)
+                forced = plan.engine_choices()[str(plan.engine_key(img, None, em))]
+                # the signal-only loop applies to frames without errors only
+                assert forced["engine"] == name or (name.endswith("signal") and em), forced
+            ref = results["bbox-scalar"]
+            assert np.count_nonzero(ref.count) > 10
+            for name, r in results.items():
+                for field in ("sum_signal", "count", "sum_normalization"):
+                    np.testing.assert_array_equal(
+                        getattr(r, field), getattr(ref, field), err_msg=f"{name} {dummy} {em}"
+                    )
+                if em:
+                    np.testing.assert_array_equal(r.sum_variance, ref.sum_variance, err_msg=name)
+
+
+@pytest.mark.parametrize("split", ["no", "bbox"])
+def test_every_engine_of_a_2d_key_gives_the_same_sums(split):
+    ai = _integrator()
+    data = _frame("uint16", "modules", 0.0)
+    key = ai.plan2d(40, 8, method=split, dummy=0.0).engine_key(data, None, "poisson")
+    results = {}
+    for e in engines.candidates(key):
+        plan = ai.plan2d(40, 8, method=split, dummy=0.0, engine=e.name)
+        results[e.name] = plan.integrate(data, error_model="poisson")
+    first = next(iter(results.values()))
+    assert len(results) >= 2 and np.count_nonzero(first.sum_signal) > 50
+    for name, r in results.items():
+        np.testing.assert_array_equal(r.sum_signal, first.sum_signal, err_msg=name)
+        np.testing.assert_array_equal(r.sum_variance, first.sum_variance, err_msg=name)
