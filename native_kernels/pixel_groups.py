@@ -101,32 +101,32 @@ def _group_intrinsic(variance: bool):
     width = _D4 if variance else _D2
 
     @intrinsic
-    def group(typingctx, flat, stride, img, at_img, bins, coef, at_table, dummy):
+    def group(typingctx, flat, first, stride, img, at_img, bins, coef, at_table, dummy):
         """Pixels ``img[at_img:at_img + 4]`` (table entries ``at_table..``) into their slots
-        of ``flat`` (copies 0..3, ``stride`` doubles apart); True, and nothing added, when
+        of ``flat`` (pixel j's copy at ``first + j · stride``); True, and nothing added, when
         one of them is gone."""
-        sig = types.boolean(flat, stride, img, at_img, bins, coef, at_table, dummy)
+        sig = types.boolean(flat, first, stride, img, at_img, bins, coef, at_table, dummy)
         dtype, bin_signed = img.dtype, bins.dtype.signed
 
         def codegen(context, builder, signature, args):
-            aflat, astride, aimg, aat, abins, acoef, atab, adummy = args
+            aflat, afirst, astride, aimg, aat, abins, acoef, atab, adummy = args
 
             def data(i: int, value) -> ir.Value:
                 return context.make_array(signature.args[i])(context, builder, value).data
 
-            raw = _load4(builder, data(2, aimg), aat, context.get_data_type(dtype), 1)
+            raw = _load4(builder, data(3, aimg), aat, context.get_data_type(dtype), 1)
             v = _pixels(builder, raw, dtype)
-            gone = _any_gone(builder, v, dtype, signature.args[7], adummy)
+            gone = _any_gone(builder, v, dtype, signature.args[8], adummy)
             with builder.if_then(builder.not_(gone), likely=True):
-                c0 = builder.fpext(_load4(builder, data(5, acoef), atab, ir.FloatType(), 4), _D4)
+                c0 = builder.fpext(_load4(builder, data(6, acoef), atab, ir.FloatType(), 4), _D4)
                 c1 = builder.fsub(ir.Constant(_D4, [1.0] * 4), c0)
                 updates = _slot_updates(builder, c0, c1, v, variance)
-                pflat, pbins = data(0, aflat), data(4, abins)
+                pflat, pbins = data(0, aflat), data(5, abins)
                 for j, upd in enumerate(updates):
                     b = builder.load(builder.gep(pbins, [builder.add(atab, ir.Constant(_I64, j))]))
                     b = builder.sext(b, _I64) if bin_signed else builder.zext(b, _I64)
                     at = builder.add(
-                        builder.mul(astride, ir.Constant(_I64, j)),
+                        builder.add(afirst, builder.mul(astride, ir.Constant(_I64, j))),
                         builder.mul(b, ir.Constant(_I64, SLOT)),
                     )
                     ptr = builder.bitcast(builder.gep(pflat, [at]), width.as_pointer())
@@ -164,7 +164,9 @@ def bbox_groups(img, base, s0, bins, coef, norm, dummy, poisson, nbins, acc, rem
         t = r * cols
         c = 0
         while c + 4 <= cols:
-            if _group_with_variance(flat, stride, img, o + c, bflat, cflat, t + c, dummy):
+            if _group_with_variance(
+                flat, (c & (NCOPY - 1)) * stride, stride, img, o + c, bflat, cflat, t + c, dummy
+            ):
                 for cc in range(c, c + 4):
                     b = bins[r, cc]
                     v = np.float64(np.float32(img[o + cc]))
@@ -207,7 +209,9 @@ def bbox_groups_signal(img, base, s0, bins, coef, norm, dummy, poisson, nbins, a
         t = r * cols
         c = 0
         while c + 4 <= cols:
-            if _group_signal(flat, stride, img, o + c, bflat, cflat, t + c, dummy):
+            if _group_signal(
+                flat, (c & (NCOPY - 1)) * stride, stride, img, o + c, bflat, cflat, t + c, dummy
+            ):
                 for cc in range(c, c + 4):
                     b = bins[r, cc]
                     v = np.float64(np.float32(img[o + cc]))
