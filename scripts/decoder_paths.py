@@ -8,7 +8,7 @@ neighbour's activity):
 * ``library-<build>``: the library's ``bshuf_decompress_lz4`` called through ctypes per module
   into the slot (after our Python-side checks, as ``decompress_into`` did before the block loop);
 * ``loop-<build>``: ``native_kernels.bslz4_decode``'s compiled block loop with that build's LZ4
-  and untranspose routines;
+  and untranspose routines, or its LZ4 and ``native_kernels.bit_untranspose``;
 * ``decompress_into``: what the pipeline runs (the block loop with the build chosen here).
 
 ``<build>`` is each installed build of the library: the ``bitshuffle`` wheel, hdf5plugin's.
@@ -91,8 +91,10 @@ def main(rounds: int = 6, frames: int = 30) -> None:
     from native_kernels import bslz4_decode
     from native_kernels.cpu import cpu_model
 
-    names = [b.name for b in bslz4_decode.builds()]
-    paths = ["python-api", *(f"library-{n}" for n in names), *(f"loop-{n}" for n in names)]
+    builds = bslz4_decode.builds()
+    names = [b.name for b in builds]
+    library = [b.name for b in builds if not b.own_untranspose]  # the library's whole decoder
+    paths = ["python-api", *(f"library-{n}" for n in library), *(f"loop-{n}" for n in names)]
     paths.append("decompress_into")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     best: dict[str, float] = {}

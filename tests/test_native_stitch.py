@@ -166,6 +166,53 @@ def test_decoding_into_place_equals_bitshuffle_python_api(shape, dtype):
             np.testing.assert_array_equal(out, expected, err_msg=build.name)
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint32, np.float32])
+def test_the_compiled_untranspose_untransposes_only_the_planes_that_hold_bits(dtype):
+    """Blocks whose values all fit the low byte (or two) take the narrow path, the others the
+    full one, in the same module: a hot pixel in some blocks, counts up to 65535 in others
+    (4-byte elements), negative and float values (every byte plane used). Each gives the module
+    bit for bit, and the test of which planes are zero says what the data hold."""
+    import bitshuffle
+
+    from native_kernels.bit_untranspose import nonzero_planes
+    from native_kernels.bslz4_decode import decode_into
+    from native_kernels.compression import default_block_size
+
+    rng = np.random.default_rng(12)
+    item = np.dtype(dtype).itemsize
+    block = default_block_size(item)
+    module = rng.poisson(4, (60, 1000)).astype(dtype)
+    flat = module.reshape(-1)
+    flat[5 * block + 17] = 300  # block 5: the second byte plane
+    if item == 4:
+        flat[9 * block + 3] = 70000  # block 9: the third
+        flat[10 * block : 11 * block] = rng.integers(256, 65536, block)  # block 10: two planes
+    if np.dtype(dtype).kind in "if":
+        flat[12 * block + 1] = -3
+    payload = compress(module)
+    own = [b for b in _bslz4_builds() if b.own_untranspose]
+    assert own and len(own) == len(_bslz4_builds()) // 2
+    for build in own:
+        out = np.full_like(module, 7)
+        assert decode_into(payload, 0, out, block, build), build.name
+        np.testing.assert_array_equal(out, module, err_msg=build.name)
+
+    def planes(values):
+        shuffled = np.frombuffer(bitshuffle.bitshuffle(values, block).tobytes(), np.uint8)
+        return nonzero_planes(shuffled.copy().view(np.uint64), block, item)
+
+    blocks = flat[: 13 * block].reshape(13, block)
+    if np.dtype(dtype).kind == "f":  # the exponent is in the top byte: every plane holds bits
+        assert {planes(b) for b in blocks} == {item}
+        return
+    assert planes(blocks[0]) == 1
+    assert planes(blocks[5]) == (2 if item == 4 else item)
+    if item == 4:
+        assert planes(blocks[9]) == 4 and planes(blocks[10]) == 2
+    if np.dtype(dtype).kind == "i":
+        assert planes(blocks[12]) == item
+
+
 def test_threads_decoding_at_once_each_get_their_modules():
     """The block buffer is per thread: two threads decoding at once (the loop releases the
     GIL) each get their own module back, bit for bit."""
