@@ -33,6 +33,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from native_kernels import ntstore
 from native_kernels.bit_untranspose import (
     interleave_planes,
     nonzero_planes,
@@ -42,6 +43,8 @@ from native_kernels.cpu import cpu_model
 from native_kernels.engine_choice import MARGIN, TIMING_ROUNDS, timer
 
 log = logging.getLogger(__name__)
+
+STREAM = True  # the compiled untranspose writes whole lines with streaming stores
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ def block_length(buf, pos):  # pragma: no cover - jitted
 
 @njit(cache=True, nogil=True)
 def _decode(  # pragma: no cover - jitted
-    buf, start, out, wide, itemsize, block, scratch, planes, lz4, untrans, own
+    buf, start, out, wide, itemsize, block, scratch, planes, staged, lz4, untrans, own, stream
 ):
     """Decode ``buf[start:]`` into the bytes ``out`` (``wide``: the same memory as unsigned
     elements); the end offset, or -1 if it does not fit. ``own``: untranspose with
@@ -149,6 +152,7 @@ def _decode(  # pragma: no cover - jitted
     tmp = scratch.ctypes.data
     words = scratch.view(np.uint64)
     plane_words = planes.view(np.uint64)
+    staged_bytes = staged.view(np.uint8)
     own = own and (itemsize == 1 or itemsize == 2 or itemsize == 4)
     pos = np.int64(start)
     done = np.int64(0)
@@ -169,17 +173,38 @@ def _decode(  # pragma: no cover - jitted
             # the block once more, in L1; the untranspose is most of the decoding)
             count = nonzero_planes(words, b, itemsize)
             untranspose_planes(scratch, plane_words, b, count)
-            interleave_planes(planes, wide, done, b, count)
+            if stream:
+                interleave_planes(planes, staged, 0, b, count)
+                _stream(staged_bytes, out, done * itemsize, nbytes)
+            else:
+                interleave_planes(planes, wide, done, b, count)
         elif _call_untrans(untrans, tmp, dst + done * itemsize, b, np.int64(itemsize)) < 0:
             return -1
         pos += length
         done += b
+    if stream:
+        ntstore.sfence()
     tail = (n_elem - done) * itemsize
     if pos + tail != n:
         return -1
     for k in range(tail):
         out[done * itemsize + k] = buf[pos + k]
     return pos + tail
+
+
+@njit(cache=True, nogil=True)
+def _stream(src, out, at, nbytes):  # pragma: no cover - jitted
+    """``out[at:at + nbytes] = src[:nbytes]``, the whole 64-byte lines of ``out`` with
+    streaming stores (no read for ownership of lines the next stage reads from memory anyway),
+    the partial lines at either end with ordinary ones."""
+    head = min((-(out.ctypes.data + at)) & 63, nbytes)
+    for k in range(head):
+        out[at + k] = src[k]
+    lines = (nbytes - head) // 64
+    for i in range(lines):
+        ntstore.nt_copy64(out, at + head + 64 * i, src, head + 64 * i)
+    for k in range(head + 64 * lines, nbytes):
+        out[at + k] = src[k]
 
 
 def decode_into(
@@ -214,13 +239,15 @@ def decode_into(
     if not (out.flags.c_contiguous and buf.flags.c_contiguous and buf.dtype == np.uint8):
         raise ValueError("decode_into needs a contiguous uint8 payload and a C-contiguous out")
     item = out.dtype.itemsize
-    scratch, planes = _scratch(block * item)
+    scratch, planes, staged = _scratch(block * item)
     flat = out.reshape(-1)
     # the elements as unsigned integers of their size (the compiled untranspose writes them)
     wide = flat.view(f"u{item}") if item in (2, 4) else flat.view(np.uint8)
+    staged = staged.view(wide.dtype)  # a block's elements, before they are streamed out
     end = _decode(
-        buf, start, flat.view(np.uint8), wide, item, block, scratch, planes,
+        buf, start, flat.view(np.uint8), wide, item, block, scratch, planes, staged,
         build.lz4_decompress_safe, build.untrans_bit_elem, build.own_untranspose,
+        STREAM and ntstore.AVAILABLE,
     )  # fmt: skip
     return end >= 0
 
@@ -228,17 +255,14 @@ def decode_into(
 _PER_THREAD = threading.local()
 
 
-def _scratch(nbytes: int) -> tuple[np.ndarray, np.ndarray]:
+def _scratch(nbytes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A block's decoding buffer and its untransposed byte planes, one pair per thread
     (reused: they stay in cache; per thread, as two threads decoding at once must not share
     them); 8-byte aligned, as the compiled untranspose reads and writes them as words."""
     bufs = getattr(_PER_THREAD, "scratch", None)
     if bufs is None or bufs[0].size < nbytes:
         words = -(-nbytes // 8)
-        bufs = _PER_THREAD.scratch = (
-            np.empty(words, np.uint64).view(np.uint8),
-            np.empty(words, np.uint64).view(np.uint8),
-        )
+        bufs = _PER_THREAD.scratch = tuple(np.empty(words, np.uint64).view(np.uint8) for _ in "abc")
     return bufs
 
 

@@ -167,13 +167,14 @@ def test_decoding_into_place_equals_bitshuffle_python_api(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint32, np.float32])
-def test_the_compiled_untranspose_untransposes_only_the_planes_that_hold_bits(dtype):
+def test_the_compiled_untranspose_untransposes_only_the_planes_that_hold_bits(dtype, monkeypatch):
     """Blocks whose values all fit the low byte (or two) take the narrow path, the others the
     full one, in the same module: a hot pixel in some blocks, counts up to 65535 in others
     (4-byte elements), negative and float values (every byte plane used). Each gives the module
     bit for bit, and the test of which planes are zero says what the data hold."""
     import bitshuffle
 
+    from native_kernels import bslz4_decode
     from native_kernels.bit_untranspose import nonzero_planes
     from native_kernels.bslz4_decode import decode_into
     from native_kernels.compression import default_block_size
@@ -192,10 +193,20 @@ def test_the_compiled_untranspose_untransposes_only_the_planes_that_hold_bits(dt
     payload = compress(module)
     own = [b for b in _bslz4_builds() if b.own_untranspose]
     assert own and len(own) == len(_bslz4_builds()) // 2
+    # into an array, and into a view 1 element past a 64-byte line (streaming stores write
+    # whole lines only: the partial ones at either end are ordinary stores)
+    room = np.zeros(module.size + 64, dtype)
     for build in own:
-        out = np.full_like(module, 7)
-        assert decode_into(payload, 0, out, block, build), build.name
-        np.testing.assert_array_equal(out, module, err_msg=build.name)
+        for stream in (True, False):
+            monkeypatch.setattr(bslz4_decode, "STREAM", stream)
+            out = np.full_like(module, 7)
+            assert decode_into(payload, 0, out, block, build), build.name
+            np.testing.assert_array_equal(out, module, err_msg=build.name)
+            room[...] = 7
+            inside = room[1 : 1 + module.size]
+            assert decode_into(payload, 0, inside, block, build), build.name
+            np.testing.assert_array_equal(inside.reshape(module.shape), module)
+            assert room[0] == 7 and (room[1 + module.size :] == 7).all()
 
     def planes(values):
         shuffled = np.frombuffer(bitshuffle.bitshuffle(values, block).tobytes(), np.uint8)
