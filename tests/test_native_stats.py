@@ -66,3 +66,30 @@ def test_frame_statistics_over_parts_of_several_dtypes():
     ref = reference(img, 15.0, -1.0)
     assert (st.max, st.count_above, st.n_valid) == (ref[1], ref[2], ref[3])
     assert st.sum == pytest.approx(ref[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "uint32"])
+@pytest.mark.parametrize("dummy", [None, 0.0, 65535.0, 7.0, -1.0, 0.5, 70000.0, np.nan])
+def test_integer_paths_equal_numpy(dtype, dummy):
+    """uint8/uint16 rows go through 32-bit lanes, other integers through int64 ones: both
+    exact, whatever the threshold and the dummy (values only an integer of another range or a
+    non-integer could equal), rows wider than the 32-bit path allows and strided views too."""
+    rng = np.random.default_rng(4)
+    top = np.iinfo(dtype).max
+    img = rng.poisson(30, (41, 333)).astype(dtype)
+    img[2, :7] = top  # a full row of the largest value still sums in 32 bits
+    img[5] = 0
+    img[6, ::3] = 7
+    if dtype == "int16":
+        img[8, 10:20] = -300
+    wide = np.full((2, 2**15 + 5), top, dtype)  # the int64 path for uint16 too
+    wide[1, ::2] = 3
+    for a in (img, img[:, ::2], img[3:4], wide):
+        for threshold in (-np.inf, -5.0, 0.0, 20.5, 30.0, 65535.0, 1e9, np.nan):
+            out = np.array([0.0, -np.inf, 0.0, 0.0])
+            accumulate_stats(a, threshold, None if dummy is None else float(dummy), out)
+            assert out.tolist() == reference(a, threshold, dummy), (a.shape, threshold)
+    gone = np.full((3, 9), 7, dtype)  # every pixel the dummy: nothing counted, max -inf
+    out = np.array([0.0, -np.inf, 0.0, 0.0])
+    accumulate_stats(gone, 1.0, 7.0, out)
+    assert out.tolist() == [0.0, -np.inf, 0.0, 0.0]
