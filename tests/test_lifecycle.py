@@ -278,3 +278,34 @@ def test_sigterm_during_start_up_exits_143_and_leaves_nothing():
     assert proc.returncode == 143, err
     assert "stopped by SIGTERM during start-up" in err
     # (the no_leaks fixture checks that the preflight child did not live on)
+
+
+def test_a_ctrl_c_during_the_clean_up_is_recorded_not_raised(tmp_path, monkeypatch):
+    """Ctrl-C pressed while a finished run cleans up: it neither interrupts the clean-up (a
+    KeyboardInterrupt there left the shared memory behind and once hung the exit in a join)
+    nor turns the run's exit code into "stopped early"; the caller's handlers are put back
+    afterwards (the autouse check sees /dev/shm as it was)."""
+    from shmpipe.config import load_config
+    from shmpipe.engine.sideprocs import SideProcesses
+    from shmpipe.engine.supervisor import Pipeline
+    from tests.faults import config
+
+    stop_all = SideProcesses.stop_all
+    interrupts = []
+
+    def stop_and_interrupt(self):
+        interrupts.append(os.getpid())
+        os.kill(os.getpid(), signal.SIGINT)  # handled in this thread before the next line
+        stop_all(self)
+
+    monkeypatch.setattr(SideProcesses, "stop_all", stop_and_interrupt)
+    raw = config(tmp_path, {"checksum": {}}, frames=6, workers=1, name="clean-up")
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        summary = Pipeline(load_config(raw=raw)).run()
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C interrupted the run's clean-up")
+    assert len(interrupts) >= 2  # once as the processes stop, once as the run cleans up
+    assert summary.exit_code == 0 and summary.frames_out == 6, summary.error
+    assert signal.getsignal(signal.SIGINT) is before
+    assert read_stream(str(tmp_path / "out_scan_0001.h5"), "scan_0001")["message_id"].size == 6

@@ -114,6 +114,8 @@ class Pipeline:
         self.name = config.run.name
         self.ctx = mp.get_context("fork")
         self._signals: list[tuple[int, float]] = []
+        self._handlers: dict[int, object] = {}
+        """The signal handlers ours replaced, put back once the run has cleaned up."""
         self._draining_since = 0.0
         self.summary = RunSummary(self.name)
         self.p: Plumbing | None = None
@@ -256,6 +258,11 @@ class Pipeline:
                     self.p.tap.close()
             record.release()
             setproctitle(title)
+            # Only now: a Ctrl-C during the clean-up above is recorded, not raised in the
+            # middle of it (it left shared memory behind, and an interrupted join hung at exit)
+            for s, h in self._handlers.items():
+                signal.signal(s, h)
+            self._handlers = {}
 
     def _describe(self) -> dict:
         ring = self.p.ring
@@ -280,7 +287,9 @@ class Pipeline:
 
     def _supervise(self, t_start: float) -> RunSummary:
         p, ring, cfg = self.p, self.p.ring, self.config
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._handlers = {
+            s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)
+        }
         self.watchdog = Watchdog(cfg.run, ring)
         progress = ProgressReporter(ring, cfg, self.name)
         steady = SteadyRate()
@@ -341,14 +350,13 @@ class Pipeline:
             exit_code, error = exc.exit_code, str(exc)
             log.error("the run failed: %s", error)
         finally:
+            stopped_by = self._signals[:1]  # a signal once the run is stopping stops nothing
             self._set_state(RunState.STOPPING, "supervision ended")
             self._stop_all(graceful=exit_code == EXIT_OK)
-            for s, h in old.items():
-                signal.signal(s, h)
             progress.close()
         summary = self.summary
-        if exit_code == EXIT_OK and self._signals:
-            exit_code = 128 + self._signals[0][0]  # 130 SIGINT, 143 SIGTERM: stopped early
+        if exit_code == EXIT_OK and stopped_by:
+            exit_code = 128 + stopped_by[0][0]  # 130 SIGINT, 143 SIGTERM: stopped early
         summary.wall_s = time.perf_counter() - t_start
         snap = RunTotals.read(ring.procs, ring.table)
         summary.frames_in, summary.bytes_in = snap.frames_in, snap.bytes_in
