@@ -78,6 +78,23 @@ def test_mean_per_stream_and_per_10_frames_equals_numpy_of_the_rows(tmp_path):
     assert summary.exit_code == EXIT_OK, summary.error
     for stream in ("scan_0001", "scan_0002"):
         assert_means_of_rows(tmp_path / f"out_{stream}.h5", stream, SMALL_SIM["frames"])
+    # `shmpipe results` lists the reducers beside the per-frame outputs
+    n = SMALL_SIM["frames"]
+    shown = run_cli("results", str(tmp_path / "out_scan_0002.h5"))
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        f"reducer avg (mean of integrate.intensity, the whole stream): 1 window, {n} frames, "
+        f"ids 1..{n}" in shown.stdout
+    )
+    assert (
+        f"reducer avg10 (mean of integrate.intensity, every 10 frames): {n // 10} windows, "
+        f"{n} frames, ids 1..{n}" in shown.stdout
+    )
+    assert "avg.mean (40,)" in shown.stdout and "avg10.sem (40,)" in shown.stdout
+    assert "avg.mean_errors" not in shown.stdout
+    # the reducers' settings at their defaults are left out, as the kernels' are
+    assert "reducers.avg10.every = 10" in shown.stdout
+    assert "reducers.avg.every" not in shown.stdout and "weight" not in shown.stdout
 
 
 def test_publisher_sigkilled_mid_stream_each_frame_counted_once(tmp_path):

@@ -166,9 +166,43 @@ def describe_file(path: str) -> dict[str, Any]:
                     },
                     "runs": _runs(e),
                     "configuration": config,
+                    "reducers": _reducers(e),
                 }
             )
         return doc
+
+
+def _reducers(e: h5py.Group) -> list[dict[str, Any]]:
+    """Each reducer's results in a stream: kind, input, windows, frames, ids, outputs."""
+    from shmpipe.plugins.sinks.hdf5_reduced import COLUMNS
+
+    out = []
+    for name, g in e["reducers"].items() if "reducers" in e else ():
+        window = _refreshed(g, "window")[:]
+        rows = np.nonzero(window >= 0)[0]
+        first, last = _refreshed(g, "first_id")[:], _refreshed(g, "last_id")[:]
+        outputs = {
+            k: {"shape": list(ds.shape[1:]), "units": _declared_unit(ds)}
+            for k, ds in g.items()
+            if isinstance(ds, h5py.Dataset)
+            and k not in COLUMNS
+            and k != "axis"
+            and not k.endswith("_errors")  # NeXus's links to the uncertainties
+        }
+        out.append(
+            {
+                "name": name,
+                "kind": _text(g.attrs.get("reducer", "")),
+                "input": _text(g.attrs.get("input", "")),
+                "every": int(g.attrs.get("every", 0)),
+                "windows": len(rows),
+                "frames": int(_refreshed(g, "frames")[:][rows].sum()) if len(rows) else 0,
+                "first_id": int(first[rows].min()) if len(rows) else None,
+                "last_id": int(last[rows].max()) if len(rows) else None,
+                "outputs": outputs,
+            }
+        )
+    return out
 
 
 def _declared_unit(ds: h5py.Dataset) -> str:

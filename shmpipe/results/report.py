@@ -57,6 +57,17 @@ def format_description(
         for name, o in s["outputs"].items():
             unit = f" [{o['units']}]" if o.get("units") else ""
             lines.append(f"    {name} {tuple(o['shape'])}{unit}")
+        for red in s.get("reducers", []):
+            every = f"every {red['every']} frames" if red["every"] else "the whole stream"
+            ids = f", ids {red['first_id']}..{red['last_id']}" if red["windows"] else ""
+            lines.append(
+                f"    reducer {red['name']} ({red['kind']} of {red['input']}, {every}): "
+                f"{red['windows']} window{'' if red['windows'] == 1 else 's'}, "
+                f"{red['frames']} frames{ids}"
+            )
+            for name, o in red["outputs"].items():
+                unit = f" [{o['units']}]" if o.get("units") else ""
+                lines.append(f"      {red['name']}.{name} {tuple(o['shape'])}{unit}")
         for r in s["runs"]:
             extra = " ".join(
                 f"{k}={r[k]}"
@@ -81,8 +92,9 @@ def format_description(
 
 
 def without_defaults(shaping: dict[str, Any]) -> dict[str, Any]:
-    """The result-shaping keys (``kernels.<name>.<key>``) whose values differ from the default
-    of their kernel's parameter, the kinds, and every key of a kernel not installed here."""
+    """The result-shaping keys (``kernels.<name>.<key>``, ``reducers.<name>.<key>``) whose
+    values differ from the default of their plug-in's parameter, the kinds, and every key of a
+    plug-in not installed here."""
     kinds = {
         k.rsplit(".", 1)[0]: v for k, v in shaping.items() if k.endswith(".kind") and k != "kind"
     }
@@ -90,6 +102,8 @@ def without_defaults(shaping: dict[str, Any]) -> dict[str, Any]:
     for table, kind in kinds.items():
         if table.startswith("kernels."):
             defaults[table] = _param_defaults("shmpipe.kernels", kind)
+        elif table.startswith("reducers."):
+            defaults[table] = _param_defaults("shmpipe.reducers", kind)
     defaults["sink"] = {"outputs": ["*"]}
     out = {}
     for key, value in shaping.items():
@@ -103,10 +117,12 @@ def without_defaults(shaping: dict[str, Any]) -> dict[str, Any]:
 def _param_defaults(group: str, kind: str) -> dict[str, Any] | None:
     """The defaults of a plug-in's ``Params`` fields; None when the plug-in is not here."""
     from shmpipe.api.kernel import Kernel
+    from shmpipe.api.reducer import Reducer
     from shmpipe.api.registry import PluginLookupError, resolve
 
+    base = Reducer if group == "shmpipe.reducers" else Kernel
     try:
-        cls = resolve(group, str(kind), Kernel)
+        cls = resolve(group, str(kind), base)
     except (PluginLookupError, ImportError, TypeError, ValueError):
         return None
     out: dict[str, Any] = {}
