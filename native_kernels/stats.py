@@ -70,13 +70,23 @@ def _row_sum_counts(row, threshold, dummy):  # pragma: no cover - jitted
 
 @njit(cache=True, nogil=True)
 def _row_max_key(bits, dummy_mask, dummy_bits, m):  # pragma: no cover - jitted
-    """Largest order key of the valid pixels of a row of float32 bits (int32)."""
+    """Largest order key of the valid pixels of a row of float32 bits (int32).
+
+    Every step is cast back to int32: Numba types int32 arithmetic with an int literal as
+    int64, and the loop then ran in 64-bit lanes (a 2484 x 4728 canvas: 4.5 ms against 2.8,
+    AMD EPYC family 25 model 1, interleaved in one process).
+    """
+    exponent = np.int32(_F32_EXPONENT)
+    none = np.int32(_INT32_MIN)
+    low31 = np.int32(0x7FFFFFFF)
+    m = np.int32(m)
     for c in range(bits.shape[0]):
         b = bits[c]
-        ok = ((b & _F32_EXPONENT) != _F32_EXPONENT) & ((b & dummy_mask) != dummy_bits)
-        key = b ^ ((b >> 31) & 0x7FFFFFFF)  # float order as signed-integer order
-        key = key if ok else np.int32(_INT32_MIN)
-        m = max(m, key)
+        ok = ((b & exponent) != exponent) & ((b & dummy_mask) != dummy_bits)
+        # float order as signed-integer order
+        key = np.int32(b ^ np.int32(np.int32(b >> np.int32(31)) & low31))
+        key = key if ok else none
+        m = np.int32(max(m, key))
     return m
 
 
