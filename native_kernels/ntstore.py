@@ -98,10 +98,14 @@ nt_u32_to_f32_line.__doc__ = "Convert 16 uint32 to 16 float32: one 64-byte line 
 
 @intrinsic
 def sfence(typingctx):
-    """Order all earlier streaming stores before any later store (``sfence``)."""
+    """Order all earlier streaming stores before any later store (``sfence``; elsewhere a
+    sequentially consistent fence, so that a loop calling it compiles on any CPU)."""
     sig = types.void()
 
     def codegen(context, builder, signature, args):
+        if not AVAILABLE:
+            builder.fence("seq_cst")
+            return context.get_dummy_value()
         fnty = ir.FunctionType(ir.VoidType(), [])
         fn = builder.module.declare_intrinsic("llvm.x86.sse.sfence", fnty=fnty)
         builder.call(fn, [])

@@ -329,3 +329,28 @@ def test_streaming_path_any_alignment(in_dtype, out_dtype):
         st(parts, out)
         np.testing.assert_array_equal(out, ref)
         assert (buf[:offset] == 7).all() and (buf[offset + n :] == 7).all()  # nothing outside
+
+
+def test_the_streaming_fence_compiles_where_there_is_no_x86_sfence(monkeypatch):
+    """The decoder's loop calls ``sfence`` whether it streamed or not: on a CPU without x86's
+    instruction it must still compile (a fence of LLVM's own), or no payload would decode."""
+    from numba import njit
+
+    from native_kernels import ntstore
+
+    for available in (False, True):
+        monkeypatch.setattr(ntstore, "AVAILABLE", available)
+
+        @njit
+        def fenced(x):
+            ntstore.sfence()
+            return x + 1
+
+        assert fenced(1) == 2
+        ops = {
+            line.split()[0]
+            for line in next(iter(fenced.inspect_asm().values())).splitlines()
+            if line.strip() and not line.lstrip().startswith((".", "#", "_"))
+        }
+        # here (x86-64): sfence, or the portable fence (LLVM lowers it to a locked or)
+        assert ("sfence" in ops) == available and ("lock" in ops) != available
