@@ -116,8 +116,9 @@ class EngineChooser:
         engine = ENGINES.get(stored.get("engine", ""))
         # A choice made among other candidates (an engine added or removed since) is timed
         # again: the new one may be the fastest.
-        timed_among = set(stored.get("times_ms") or {}) or {e.name for e in options}
-        if engine is not None and engine in options and timed_among == {e.name for e in options}:
+        names = {e.name for e in options}
+        timed_among = set(stored.get("times_ms") or names)
+        if engine is not None and engine in options and timed_among == names:
             return Choice(engine, "stored", stored.get("times_ms", {}))
         for e in options:
             time_engine(e)  # compiles, maps the tables

@@ -37,6 +37,8 @@ TABLE_FORMATS = ("bins", "bins+words")  # what a table holds (words: bbox 1-D up
 LAYOUTS = ("stitched", "modules")
 FRAME_KINDS = ("plain", "dummy", "general")  # none; exact dummy; dark or dummy tolerance
 ERROR_MODELS = ("none", "poisson")  # what the loop sums ("azimuthal" is a pass of its own)
+# The accumulators of each layout, as FrameArgs fields in the order the loops take them.
+ACCUMULATORS = {"separate": ("accs", "accv"), "packed": ("accp",), "slots": ("accq",)}
 # every input dtype the integrator accepts (integers and floats up to 8 bytes; Numba has no
 # float16)
 DTYPES = tuple(f"{kind}{bits}" for kind in ("uint", "int") for bits in (8, 16, 32, 64)) + (
@@ -103,7 +105,7 @@ def _rows(engine: Engine, f: FrameArgs, k: int) -> tuple[np.ndarray, ...]:
 def _run_lean(engine: Engine, f: FrameArgs, k: int) -> None:
     """(image, base, stride, *table rows, norm, dummy, poisson, nbins, *accumulators, removed)."""
     img, base, s0 = f.segments[k]
-    acc = {"separate": (f.accs, f.accv), "packed": (f.accp,), "slots": (f.accq,)}[engine.acc]
+    acc = [getattr(f, name) for name in ACCUMULATORS[engine.acc]]
     rows = _rows(engine, f, k)
     engine.loop(img, base, s0, *rows, f.norm[k], f.dummy, f.poisson, f.nbins, *acc, f.removed)
 
@@ -127,7 +129,7 @@ class Engine:
     split: str
     frames: tuple[str, ...]
     table: str  # the format it reads: "bins" or "words"
-    acc: str  # the accumulators it adds to: ACCUMULATORS
+    acc: str  # the accumulators it adds to: a key of ACCUMULATORS
     loop: Callable = field(repr=False, compare=False)
     run: Callable[[Engine, FrameArgs, int], None] = field(default=_run_lean, compare=False)
     max_dim: int = 2
@@ -147,7 +149,6 @@ class Engine:
         self.run(self, f, k)
 
 
-ACCUMULATORS = ("separate", "packed", "slots")  # FrameArgs' accs/accv, accp, accq
 LEAN = ("plain", "dummy")
 GENERAL = ("general",)
 ENGINES: dict[str, Engine] = {
@@ -156,12 +157,21 @@ ENGINES: dict[str, Engine] = {
         Engine("nosplit-separate", "no", LEAN, "bins", "separate", A.nosplit_separate),
         Engine("nosplit-packed", "no", LEAN, "bins", "packed", A.nosplit_packed),
         Engine(
-            *("nosplit-general", "no", GENERAL, "bins", "separate"),
-            *(A.nosplit_general, _run_general),
+            "nosplit-general",
+            "no",
+            GENERAL,
+            "bins",
+            "separate",
+            A.nosplit_general,
+            run=_run_general,
         ),
         Engine("bbox-groups", "bbox", LEAN, "bins", "slots", pixel_groups.bbox_groups),
         Engine(
-            *("bbox-groups-signal", "bbox", LEAN, "bins", "slots"),
+            "bbox-groups-signal",
+            "bbox",
+            LEAN,
+            "bins",
+            "slots",
             pixel_groups.bbox_groups_signal,
             errors=("none",),
         ),
@@ -169,8 +179,13 @@ ENGINES: dict[str, Engine] = {
         Engine("bbox-vector", "bbox", LEAN, "bins", "slots", A.bbox_vector),
         Engine("bbox-vector-words", "bbox", LEAN, "words", "slots", A.bbox_vector_words, max_dim=1),
         Engine(
-            *("bbox-general", "bbox", GENERAL, "bins", "separate"),
-            *(A.bbox_general, _run_general),
+            "bbox-general",
+            "bbox",
+            GENERAL,
+            "bins",
+            "separate",
+            A.bbox_general,
+            run=_run_general,
         ),
     )
 }

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 
 from shmpipe.plugins.sinks.hdf5 import read_stream
+from shmpipe.plugins.sinks.hdf5_reduced import COLUMNS
 from shmpipe.plugins.sinks.nexus import ERRORS, LINEAGE, RUNS, is_axis_index
 from shmpipe.plugins.sinks.swmr import open_read
 from shmpipe.results.model import Results
@@ -174,8 +175,6 @@ def describe_file(path: str) -> dict[str, Any]:
 
 def _reducers(e: h5py.Group) -> list[dict[str, Any]]:
     """Each reducer's results in a stream: kind, input, windows, frames, ids, outputs."""
-    from shmpipe.plugins.sinks.hdf5_reduced import COLUMNS
-
     out = []
     for name, g in e["reducers"].items() if "reducers" in e else ():
         window = _refreshed(g, "window")[:]
