@@ -287,20 +287,25 @@ def _write_toml(path: Path, raw: dict) -> Path:
     return path
 
 
-def test_pipeline_sigkilled_and_restarted_no_loss_no_duplicate(asapo, tmp_path):
+def _killed_then_rerun(cfg: Path, name: str, after: int) -> None:
+    """Run ``cfg`` as ``NAME-1``, SIGKILL its whole group once ``after`` frames are
+    published, then run it again as ``NAME-2`` to its end (exit 0)."""
     from tests.test_lifecycle import published, wait_for
 
+    first = _run_cli(cfg, f"{name}-1")
+    wait_for(lambda: published(f"{name}-1") >= after, what=f"{after} published frames")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.communicate(timeout=30)
+    second = _run_cli(cfg, f"{name}-2")
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+
+
+def test_pipeline_sigkilled_and_restarted_no_loss_no_duplicate(asapo, tmp_path):
     produced(asapo.server_name, 40, ["scan_0001"])
     raw = config(asapo, tmp_path, group="crash")
     raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 40.0}
-    cfg = _write_toml(tmp_path / "crash.toml", raw)
-    first = _run_cli(cfg, "crash-1")
-    wait_for(lambda: published("crash-1") >= 8, what="8 published frames")
-    os.killpg(first.pid, signal.SIGKILL)
-    first.communicate(timeout=30)
-    second = _run_cli(cfg, "crash-2")
-    _, err = second.communicate(timeout=120)
-    assert second.returncode == 0, err
+    _killed_then_rerun(_write_toml(tmp_path / "crash.toml", raw), "crash", after=8)
     out = outputs(asapo, "scan_0001")
     assert sorted(out) == list(range(1, 41))  # nothing lost, each id once in the output
     done_first = set()
@@ -534,18 +539,9 @@ def test_a_message_held_long_in_a_killed_pipeline_is_redelivered(asapo, tmp_path
     ``resend_attempts`` gives up on it: a pipeline SIGKILLed after that would lose them all.
     The default (0: unlimited) keeps redelivering until a run acknowledges the result.
     """
-    from tests.test_lifecycle import published, wait_for
-
     produced(asapo.server_name, 14, ["scan_0001"])
     raw = config(asapo, tmp_path, group="backlog", resend_delay_ms=100)
     raw["run"]["workers"] = 1
     raw["kernels"]["slow"] = {"kind": "tests.plugins:Sleepy", "ms": 250.0}
-    cfg = _write_toml(tmp_path / "backlog.toml", raw)
-    first = _run_cli(cfg, "backlog-1")
-    wait_for(lambda: published("backlog-1") >= 3, what="3 published frames")
-    os.killpg(first.pid, signal.SIGKILL)
-    first.communicate(timeout=30)
-    second = _run_cli(cfg, "backlog-2")
-    _, err = second.communicate(timeout=120)
-    assert second.returncode == 0, err
+    _killed_then_rerun(_write_toml(tmp_path / "backlog.toml", raw), "backlog", after=3)
     assert sorted(outputs(asapo, "scan_0001")) == list(range(1, 15))

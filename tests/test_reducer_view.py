@@ -102,19 +102,13 @@ def _attached_view_shows_the_reducers(name: str) -> None:
 def _screenshot(rv: RunningView, tmp_path) -> None:
     """The page with the map as its image and the mean as its profile."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    from tests.test_view_browser import CANVAS_NOT_BLANK, FLAGS
+    from tests.test_view_browser import CANVAS_NOT_BLANK, open_live_view
 
     errors: list[str] = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(rv.url + "/")
         # The map has a few distinct values (the pool's frames): drawn, not necessarily
         # colourful enough for CANVAS_NOT_BLANK.
-        page.wait_for_function(
-            "document.getElementById('img').dataset.mid !== undefined", timeout=30000
-        )
+        browser, page = open_live_view(p, rv.url, errors)
         page.select_option("#prof-name", "avg.mean")
         page.wait_for_function(CANVAS_NOT_BLANK, arg="profile", timeout=30000)
         page.wait_for_function(

@@ -37,6 +37,19 @@ CANVAS_NOT_BLANK = """(id) => {
 }"""
 
 
+def open_live_view(p, url: str, errors: list[str]):
+    """The live view's page at ``url`` in a new headless Chromium, once it shows a frame;
+    page errors are appended to ``errors``. Returns (browser, page)."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url + "/")
+    page.wait_for_function(
+        "document.getElementById('img').dataset.mid !== undefined", timeout=30000
+    )
+    return browser, page
+
+
 def test_the_page_shows_image_profile_traces_and_advancing_message_ids(tmp_path):
     shots = tmp_path / "screenshots"
     shots.mkdir()
@@ -44,13 +57,7 @@ def test_the_page_shows_image_profile_traces_and_advancing_message_ids(tmp_path)
     errors: list[str] = []
     try:
         with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(rv.url + "/")
-            page.wait_for_function(
-                "document.getElementById('img').dataset.mid !== undefined", timeout=30000
-            )
+            browser, page = open_live_view(p, rv.url, errors)
             for canvas in ("img", "profile", "raw", "trace", "cb"):
                 page.wait_for_function(CANVAS_NOT_BLANK, arg=canvas, timeout=30000)
             first = int(page.inner_text("#s-mid"))
